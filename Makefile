@@ -1,0 +1,30 @@
+# Set-up and entry points. `make demo` and `make test` each create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch and torchvision are pinned together (a mismatched pair fails to import); the pair below is the
+# one tested here. On GPU machines it is the CUDA build from PyPI; it also runs on CPUs.
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/dpiqa: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+demo: $(BIN)/dpiqa
+	$(BIN)/dpiqa demo --output demo-out
+
+test: $(BIN)/dpiqa
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/dpiqa
+	$(BIN)/ruff check engine jobs models tests bench
+
+clean:
+	rm -rf $(VENV) demo-out

@@ -1,0 +1,18 @@
+"""The executor interface: run map stages over input rows and feed every output batch to a sink."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+
+from engine.stages.base import Batch, Stage
+
+Sink = Callable[[Batch], None]
+
+
+class Executor(ABC):
+    """Runs `stages` (the first one receives batches of `items`) and calls `sink` on each output batch."""
+
+    @abstractmethod
+    def run(self, items: list[dict], stages: Sequence[Stage], sink: Sink) -> None:
+        """Process every item; returns when the last output batch has gone to the sink."""

@@ -1,0 +1,35 @@
+"""An executor that runs the stages in this process, item by item (tests, debugging, tiny runs)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from engine.executor.base import Executor, Sink
+from engine.stages.base import Batch, Stage
+
+
+class LocalExecutor(Executor):
+    """Runs every stage in-process: one item at a time, each stage's output straight into the next."""
+
+    def run(self, items: list[dict], stages: Sequence[Stage], sink: Sink) -> None:
+        for stage in stages:
+            stage.setup()
+        try:
+            for item in items:
+                batch = {k: np.asarray([v], dtype=object if isinstance(v, str) else None) for k, v in item.items()}
+                for out in _chain(batch, stages):
+                    sink(out)
+        finally:
+            for stage in stages:
+                stage.teardown()
+
+
+def _chain(batch: Batch, stages: Sequence[Stage]) -> Iterator[Batch]:
+    if not stages:
+        yield batch
+        return
+    result = stages[0](batch)
+    for out in [result] if isinstance(result, dict) else result:
+        yield from _chain(out, stages[1:])

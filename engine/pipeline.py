@@ -1,0 +1,191 @@
+"""The scoring run: shard list -> read -> decode -> score -> per-shard Parquet, resumable, with a manifest."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+import models
+from engine import io
+from engine.executor.base import Executor
+from engine.output import MANIFEST, OutputLocation
+from engine.progress import Progress
+from engine.schema import SCORES_SCHEMA
+from engine.stages.base import Batch, Stage
+from engine.stages.decode import DEFAULT_MAX_PIXELS, DecodeStage
+from engine.stages.score import ScoreStage
+from engine.stages.source import SourceStage
+from engine.stages.write import ParquetWriteStage
+from engine.version import code_version
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class ScoreConfig:
+    """Everything a `score` run depends on.
+
+    Args:
+        input: shard specification (brace pattern, glob, prefix/folder, or a text file of URLs).
+        output: output folder or URL.
+        model: named configuration, shipped name (`demo`), checkpoint folder, URL or Hub id.
+        batch_size: images per model call.
+        device: `auto`, `cpu` or `cuda`.
+        precision: `auto`, `fp32`, `bf16`, `fp16`.
+        overwrite: replace another configuration's results at `output`.
+        write_maps: also write quality maps (float16) to `maps/`, for distillation.
+        max_pixels: larger images are `too_large` rows.
+        actors: scoring actors (default: one per GPU of the cluster, else 1).
+        threads: torch threads per CPU actor (default: the worker's cores / actors).
+        chunk_size: samples per block from the shard reader.
+        channels_last, compile: inference fast paths.
+        storage_options: fsspec options for input and output.
+    """
+
+    input: str
+    output: str
+    model: str = "demo"
+    batch_size: int = 32
+    device: str = "auto"
+    precision: str = "auto"
+    overwrite: bool = False
+    write_maps: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    actors: int | None = None
+    threads: int | None = None
+    chunk_size: int = 64
+    channels_last: bool = False
+    compile: bool = False
+    storage_options: dict | None = None
+
+    def identity(self, info: models.ModelInfo) -> dict:
+        """What makes two runs' rows comparable: the same identity may resume into the same output."""
+        ident = info.identity()
+        ident.pop("model")  # the same checkpoint under another path or URL is the same model
+        return {**ident, "precision": self.precision, "write_maps": self.write_maps,
+                "max_pixels": self.max_pixels, "schema_version": SCHEMA_VERSION}
+
+
+@dataclass
+class ScoreResult:
+    """The manifest of a run, and its exit status (non-zero when a shard failed)."""
+
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return self.manifest.get("failed_shards", {})
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def build_stages(config: ScoreConfig, info: models.ModelInfo, gpus: float) -> list[Stage]:
+    """read -> decode -> score, with resources from the config and the cluster's GPU count."""
+    use_gpu = config.device == "cuda" or (config.device == "auto" and gpus > 0)
+    actors = config.actors or (max(1, int(gpus)) if use_gpu else 1)
+    score = ScoreStage(
+        config.model, device="cuda" if use_gpu else "cpu", precision=config.precision,
+        batch_size=config.batch_size, num_gpus=1.0 if use_gpu else 0.0, concurrency=actors,
+        threads=config.threads or (None if use_gpu else max(1, (os.cpu_count() or 1) // actors)),
+        write_maps=config.write_maps, channels_last=config.channels_last, compile=config.compile,
+    )
+    source = SourceStage(chunk_size=config.chunk_size, storage_options=config.storage_options)
+    source.batch_size = 1
+    decode = DecodeStage(info.preprocessing, max_pixels=config.max_pixels)
+    decode.batch_size = config.batch_size
+    return [source, decode, score]
+
+
+def run_score(config: ScoreConfig, executor: Executor) -> ScoreResult:
+    """Score every shard of `config.input` that has no completion marker at `config.output`.
+
+    Raises:
+        engine.output.ForeignOutputError: the output holds another configuration's results.
+        ValueError: the input names no shard.
+    """
+    started = datetime.now(timezone.utc)
+    t0 = time.monotonic()
+    info = models.describe(config.model)
+    urls = io.expand_shards(config.input, config.storage_options)
+    names = io.shard_names(urls)
+    output = OutputLocation(config.output, config.storage_options)
+    identity = config.identity(info)
+    digest = output.claim(identity, overwrite=config.overwrite)
+
+    done = output.done()
+    todo, skipped = [], 0
+    for url in urls:
+        marker = done.get(names[url])
+        if marker is not None and marker.get("shard") != url:
+            raise ValueError(f"{config.output}: output name {names[url]!r} was written for {marker.get('shard')}, "
+                             f"not {url}; use a separate --output for a different shard set")
+        if marker is not None:
+            skipped += 1
+        else:
+            todo.append(url)
+    log.info("score: %d shards, %d already done, %d to do; model %s (%s)",
+             len(urls), skipped, len(todo), config.model, info.checkpoint_hash)
+
+    gpus = _cluster_gpus(executor)
+    stages = build_stages(config, info, gpus)
+    map_shape = info.map_shape if config.write_maps else None
+    metadata = {**info.identity(), "config_hash": digest, "code_version": code_version()}
+    writer = ParquetWriteStage(output, names, metadata, config.model, digest, map_shape=map_shape)
+    progress = Progress("score", len(todo))
+
+    def sink(batch: Batch) -> None:
+        writer(batch)
+        written, images = writer.progress()
+        progress.update(written, images, failed=len(writer.summary.failed))
+
+    executor.run([{"shard": url} for url in todo], stages, sink)
+    summary = writer.close()
+    elapsed = time.monotonic() - t0
+    progress.update(summary.shards_written, writer.images_seen, failed=len(summary.failed), force=True)
+
+    manifest = {
+        "input": config.input,
+        "output": config.output,
+        "config": {k: v for k, v in asdict(config).items() if k != "storage_options"},
+        "config_hash": digest,
+        "model": info.identity(),
+        "code_version": code_version(),
+        "shards": {"total": len(urls), "skipped_done": skipped, "written": summary.shards_written,
+                   "failed": len(summary.failed)},
+        "failed_shards": summary.failed,
+        "rows": summary.rows,
+        "statuses": dict(summary.statuses),
+        "io_retries": summary.io_retries,
+        "columns": SCORES_SCHEMA.names,
+        "started": started.isoformat(timespec="seconds"),
+        "seconds": round(elapsed, 3),
+        "images_per_second": round(writer.images_seen / elapsed, 2) if elapsed > 0 else None,
+    }
+    output.write_json(MANIFEST, manifest)
+    if summary.failed:
+        log.error("score: %d shard(s) failed:\n  %s", len(summary.failed),
+                  "\n  ".join(f"{u}: {e}" for u, e in sorted(summary.failed.items())))
+    return ScoreResult(manifest)
+
+
+def _cluster_gpus(executor: Executor) -> float:
+    """GPUs of the Ray cluster (0 for the local executor): decided from cluster resources, never from
+    the driver's own hardware."""
+    from engine.executor.ray_data import RayDataExecutor, init_ray
+
+    if not isinstance(executor, RayDataExecutor):
+        import torch
+
+        return float(torch.cuda.device_count())
+    import ray
+
+    init_ray(executor.address, executor.num_cpus)
+    return float(ray.cluster_resources().get("GPU", 0))
+

@@ -1,0 +1,1 @@
+"""Pipeline stages: read shards, decode images, score them, write Parquet."""

@@ -1,0 +1,49 @@
+"""The stage interface shared by the local and Ray Data executors."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import ClassVar
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+
+class Stage(ABC):
+    """One step of a pipeline over column batches (`dict[str, np.ndarray]`, Ray Data's numpy format).
+
+    A stage that overrides `setup()` holds state (a model) and runs as a pool of actors that each call
+    `setup()` once; any other stage runs as stateless tasks. Resources are class defaults that an
+    instance may override (from the CLI or a cluster config), never guessed from the driver's hardware.
+    """
+
+    name: ClassVar[str] = "stage"
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    batch_size: int | None = None
+    concurrency: int | tuple[int, int] | None = None
+
+    def setup(self) -> None:
+        """Load what the stage needs (a model, say); called once per worker before any batch."""
+
+    @abstractmethod
+    def __call__(self, batch: Batch) -> Batch | Iterator[Batch]:
+        """Process one batch; a generator may yield several output batches."""
+
+    def teardown(self) -> None:
+        """Release what `setup()` took."""
+
+    @property
+    def runs_as_actor(self) -> bool:
+        return type(self).setup is not Stage.setup
+
+
+def take(batch: Batch, mask: np.ndarray) -> Batch:
+    """The rows of `batch` where `mask` is true."""
+    return {k: v[mask] for k, v in batch.items()}
+
+
+def batch_len(batch: Batch) -> int:
+    return len(next(iter(batch.values()))) if batch else 0

@@ -1,0 +1,138 @@
+"""The decoder: image bytes -> RGB uint8 at the model's input size, each failure captured in its row."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import ClassVar
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from engine import schema
+from engine.stages.base import Batch, Stage
+from models.preprocessing import Preprocessing
+
+# PIL's own bomb guard warns above MAX_IMAGE_PIXELS and raises above twice that; we check the header
+# size against our own limit before decoding and turn it into a row status instead.
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+class DecodeError(Exception):
+    """A sample that cannot become a model input; `status` is one of `engine.schema`'s classes."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB: alpha composited over white, 16-bit gray scaled (PIL would clip it),
+    palette and CMYK converted by PIL, EXIF orientation applied."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        arr = np.asarray(img, dtype=np.uint16) >> 8
+        img = Image.fromarray(arr.astype(np.uint8), "L")
+    elif img.mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        img = Image.fromarray((np.clip(arr, 0, top) * (255.0 / top)).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def decode_image(
+    data: bytes | None, preprocessing: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, int, int]:
+    """Decode and resize one image.
+
+    Returns:
+        `(pixels, width, height)`: uint8 `(H, W, 3)` at `preprocessing.size`, and the original size.
+
+    Raises:
+        DecodeError: with the row status (`empty_file`, `not_an_image`, `too_large`, `decode_error`).
+    """
+    if not data:
+        raise DecodeError(schema.EMPTY, "zero-byte image member")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise DecodeError(schema.NOT_AN_IMAGE, f"not an image PIL can identify ({len(data)} bytes)") from exc
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(schema.TOO_LARGE, str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - any parser failure is this sample's problem only
+        raise DecodeError(schema.DECODE_ERROR, f"{type(exc).__name__}: {exc}") from exc
+    width, height = img.size
+    if width * height > max_pixels:
+        raise DecodeError(schema.TOO_LARGE, f"{width}x{height} has more than {max_pixels} pixels")
+    target_h, target_w = preprocessing.size
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if img.format == "JPEG":
+                # DCT-domain downscaling: decode at the smallest 1/2^k scale still >= the target.
+                img.draft("RGB", (target_w, target_h))
+            img.load()
+            rgb = to_rgb(img)
+            if rgb.size != (target_w, target_h):
+                rgb = rgb.resize((target_w, target_h), _FILTERS[preprocessing.interpolation])
+            pixels = np.asarray(rgb, dtype=np.uint8)
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(schema.TOO_LARGE, str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001
+        raise DecodeError(schema.DECODE_ERROR, f"{type(exc).__name__}: {exc}") from exc
+    return pixels, width, height
+
+
+class DecodeStage(Stage):
+    """Decodes the `data` column into an `image` column (uint8 `(B, H, W, 3)`) plus `width`/`height`.
+
+    Rows that are already failures, or fail here, keep a zero image and get their status and error;
+    control rows pass through untouched.
+
+    Args:
+        preprocessing: the model's input contract (read from its config on the driver).
+        max_pixels: images with more pixels are `too_large` rows (decompression bombs).
+    """
+
+    name: ClassVar[str] = "decode"
+
+    def __init__(
+        self, preprocessing: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS, num_cpus: float = 1.0
+    ) -> None:
+        self.preprocessing = preprocessing
+        self.max_pixels = max_pixels
+        self.num_cpus = num_cpus
+
+    def __call__(self, batch: Batch) -> Batch:
+        n = len(batch["index"])
+        h, w = self.preprocessing.size
+        images = np.zeros((n, h, w, 3), dtype=np.uint8)
+        widths = np.full(n, -1, dtype=np.int32)
+        heights = np.full(n, -1, dtype=np.int32)
+        status = batch["status"].copy()
+        error = batch["error"].copy()
+        for i in range(n):
+            if status[i] != schema.OK:
+                continue
+            try:
+                images[i], widths[i], heights[i] = decode_image(batch["data"][i], self.preprocessing, self.max_pixels)
+            except DecodeError as exc:
+                status[i], error[i] = exc.status, f"{batch['ext'][i]}: {exc}"
+        out = {k: v for k, v in batch.items() if k not in ("data", "ext", "status", "error")}
+        out.update(status=status, error=error, width=widths, height=heights, image=images)
+        return out

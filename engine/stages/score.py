@@ -1,0 +1,95 @@
+"""The scorer: an actor stage that loads a DP-IQA model once and scores the decoded images."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from engine import schema
+from engine.stages.base import Batch, Stage
+
+
+class ScoreStage(Stage):
+    """Adds a `score` column (MOS units; NaN where the row is no image) and optionally `map`.
+
+    The constructor only stores settings; `setup()` loads the model on the worker, on its GPU when
+    the actor was given one.
+
+    Args:
+        model: a named configuration, shipped name, checkpoint folder, URL or Hub id.
+        device: `auto` (the worker's GPU if it has one), `cpu` or `cuda`.
+        precision: `auto` (bf16 on GPU, fp32 on CPU), `fp32`, `bf16`, `fp16`.
+        batch_size: images per model call.
+        num_gpus: GPUs per actor (1 on GPU clusters, 0 on CPUs).
+        concurrency: number of actors.
+        threads: torch threads per actor on CPU (Ray gives an actor one thread by default).
+        write_maps: also return the quality map of each image (float16 bytes).
+        channels_last, compile: inference fast paths.
+    """
+
+    name: ClassVar[str] = "score"
+
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int = 32,
+        num_gpus: float = 0.0,
+        num_cpus: float = 1.0,
+        concurrency: int = 1,
+        threads: int | None = None,
+        write_maps: bool = False,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        self.model = model
+        self.device, self.precision = device, precision
+        self.batch_size, self.num_gpus, self.num_cpus, self.concurrency = batch_size, num_gpus, num_cpus, concurrency
+        self.threads = threads
+        self.write_maps = write_maps
+        self.channels_last, self.compile = channels_last, compile
+        self.scorer = None
+
+    def setup(self) -> None:
+        import torch
+
+        import models
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        self.scorer = models.load_scorer(
+            self.model, device=self.device, precision=self.precision,
+            channels_last=self.channels_last, compile=self.compile,
+        )
+
+    def __call__(self, batch: Batch) -> Batch:
+        if self.scorer is None:
+            self.setup()
+        status = batch["status"].copy()
+        error = batch["error"].copy()
+        ok = status == schema.OK
+        n = len(status)
+        scores = np.full(n, np.nan, dtype=np.float32)
+        maps = np.empty(n, dtype=object)
+        for start in range(0, n, self.batch_size):
+            rows = np.flatnonzero(ok[start : start + self.batch_size]) + start
+            if len(rows) == 0:
+                continue
+            out = self.scorer(batch["image"][rows], return_map=self.write_maps)
+            scores[rows] = out.scores
+            if self.write_maps:
+                for j, row in enumerate(rows):
+                    maps[row] = out.maps[j].tobytes()
+        bad = ok & ~np.isfinite(scores)
+        status[bad] = schema.SCORE_ERROR
+        error[bad] = "the model returned a non-finite score"
+        scores[bad] = np.nan
+        if self.write_maps:
+            maps[bad] = None
+        result = {k: v for k, v in batch.items() if k != "image"}
+        result.update(status=status, error=error, score=scores)
+        if self.write_maps:
+            result["map"] = maps
+        return result

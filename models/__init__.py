@@ -1,0 +1,142 @@
+"""DP-IQA models: the registry of architectures and named configurations, and `load`/`describe`."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from models import checkpoint
+from models.preprocessing import Preprocessing
+from models.scorer import Scorer
+from models.student import StudentConfig
+
+log = logging.getLogger(__name__)
+
+# Architecture name (written into every config.json) -> class, imported on first use so that scoring
+# with a student never imports diffusers.
+ARCHITECTURES: dict[str, str] = {
+    "dpiqa-student": "models.student:DPIQAStudent",
+    "dpiqa-teacher": "models.teacher:DPIQATeacher",
+}
+
+
+def _teacher_config(name: str) -> Any:
+    from models.teacher import TeacherConfig
+
+    return TeacherConfig() if name == "dpiqa-teacher" else TeacherConfig.tiny()
+
+
+# Named configurations: `--model NAME` builds one with seeded random weights (tests, benchmarks,
+# `model-info`); real scoring uses a checkpoint.
+MODELS: dict[str, tuple[str, Callable[[], Any]]] = {
+    "dpiqa-student": ("dpiqa-student", StudentConfig),
+    "dpiqa-student-tiny": (
+        "dpiqa-student",
+        lambda: StudentConfig(backbone="test_efficientnet", map_size=16, head_hidden=64, image_size=64),
+    ),
+    "dpiqa-teacher": ("dpiqa-teacher", lambda: _teacher_config("dpiqa-teacher")),
+    "dpiqa-teacher-tiny": ("dpiqa-teacher", lambda: _teacher_config("dpiqa-teacher-tiny")),
+}
+
+# Checkpoints that ship inside the package, addressable by name.
+SHIPPED: dict[str, Path] = {"demo": Path(__file__).resolve().parent / "checkpoints" / "demo"}
+
+RANDOM_SEED = 0
+
+
+def model_class(architecture: str) -> type:
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    module, cls = ARCHITECTURES[architecture].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def resolve(name_or_path: str) -> str:
+    """A shipped name -> its folder; anything else unchanged."""
+    return str(SHIPPED[name_or_path]) if name_or_path in SHIPPED else name_or_path
+
+
+def build(name: str, device: str | torch.device = "cpu", seed: int | None = RANDOM_SEED) -> nn.Module:
+    """A named configuration with random weights, seeded so every worker builds the same model."""
+    architecture, make_config = MODELS[name]
+    cls = model_class(architecture)
+    if seed is None or str(device) == "meta":
+        return cls.from_config(make_config(), device=device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return cls.from_config(make_config(), device=device)
+
+
+def load_model(name_or_path: str, device: str | torch.device = "cpu") -> nn.Module:
+    """A model from a named configuration (random weights), a shipped name, a folder, URL or Hub id."""
+    if name_or_path in MODELS:
+        log.warning("%s: a named configuration with random weights (seed %d), not a trained model",
+                    name_or_path, RANDOM_SEED)
+        return build(name_or_path, device=device).eval()
+    location = resolve(name_or_path)
+    config = checkpoint.read_json(location, checkpoint.CONFIG_NAME)
+    if config is None:
+        raise FileNotFoundError(f"{name_or_path}: no config.json (not a DP-IQA checkpoint)")
+    return model_class(config["architecture"]).from_pretrained(location, device=device)
+
+
+def load_scorer(
+    name_or_path: str,
+    device: str = "auto",
+    precision: str = "auto",
+    channels_last: bool = False,
+    compile: bool = False,
+) -> Scorer:
+    """Load a model for inference on this worker (see `Scorer` for the options)."""
+    return Scorer(load_model(name_or_path), device=device, precision=precision,
+                  channels_last=channels_last, compile=compile)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the driver needs to know about a model without loading its weights."""
+
+    name: str
+    architecture: str
+    checkpoint_hash: str
+    preprocessing: Preprocessing
+    mos_scale: float
+    map_shape: tuple[int, ...]
+    card: dict
+
+    def identity(self) -> dict:
+        return {
+            "model": self.name,
+            "architecture": self.architecture,
+            "checkpoint_hash": self.checkpoint_hash,
+            "preprocessing": self.preprocessing.to_dict(),
+            "mos_scale": self.mos_scale,
+        }
+
+
+def describe(name_or_path: str) -> ModelInfo:
+    """Read a model's identity from its config and card only (works on the driver for any size)."""
+    if name_or_path in MODELS:
+        architecture, make_config = MODELS[name_or_path]
+        config = make_config()
+        digest = hashlib.sha256(json.dumps(checkpoint.config_to_dict(config), sort_keys=True).encode()).hexdigest()
+        return ModelInfo(name_or_path, architecture, f"random:seed{RANDOM_SEED}:{digest[:16]}",
+                         config.preprocessing, float(config.mos_scale), tuple(config.map_shape), {})
+    location = resolve(name_or_path)
+    data = checkpoint.read_json(location, checkpoint.CONFIG_NAME)
+    if data is None:
+        raise FileNotFoundError(f"{name_or_path}: no config.json (not a DP-IQA checkpoint, named model or Hub id)")
+    card = checkpoint.read_json(location, checkpoint.CARD_NAME) or {}
+    cls = model_class(data["architecture"])
+    config = checkpoint.config_from_dict(cls.config_class, data)
+    digest = card.get("sha256") or checkpoint.content_hash(checkpoint.local_dir(location))
+    return ModelInfo(name_or_path, data["architecture"], digest, config.preprocessing, float(config.mos_scale),
+                     tuple(config.map_shape), card)

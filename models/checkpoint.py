@@ -1,0 +1,218 @@
+"""Our checkpoint format: a directory with `config.json`, `model.safetensors` and `card.json`.
+
+The directory may be local, any fsspec URL (`s3://...`) or a Hugging Face Hub repo id. No pickle is
+read or written. A content hash (sha256 over `config.json` and `model.safetensors`) identifies a
+checkpoint; it is stored in the card when saving and checked when loading.
+
+We write this small layer instead of using diffusers' `ModelMixin` or huggingface_hub's
+`PyTorchModelHubMixin` because neither reads or writes fsspec URLs or carries a card with a content
+hash; the weights themselves go through `safetensors.torch` as in both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import typing
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import fsspec
+import safetensors.torch
+import torch
+from torch import nn
+
+from engine.version import code_version
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "card.json"
+FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+
+C = TypeVar("C")
+M = TypeVar("M", bound="CheckpointMixin")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DPIQA_CACHE", Path.home() / ".cache" / "dpiqa"))
+
+
+def config_to_dict(config: Any) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_from_dict(cls: type[C], data: dict) -> C:
+    """Build a config dataclass from JSON, turning lists back into tuples where the field is a tuple.
+    Unknown keys are an error, so a checkpoint from a newer version fails loudly, not silently."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields) - {"architecture"}
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown config keys {sorted(unknown)} (checkpoint from a newer version?)")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        if name not in fields:
+            continue
+        if isinstance(value, list) and "tuple" in str(hints.get(name, "")):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def is_url(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
+
+
+def is_hub_id(location: str) -> bool:
+    return not is_url(location) and not os.path.exists(location) and location.count("/") == 1
+
+
+def local_dir(location: str, files: tuple[str, ...] = FILES) -> Path:
+    """A local directory holding the checkpoint's files: the folder itself, or a cached download of an
+    fsspec URL or a Hub repo (re-fetched when the remote size changes)."""
+    if os.path.isdir(location):
+        return Path(location)
+    if location.startswith("file://"):
+        return Path(location[len("file://") :])
+    if is_url(location):
+        fs, path = fsspec.core.url_to_fs(location)
+        target = cache_dir() / "checkpoints" / hashlib.sha256(location.encode()).hexdigest()[:16]
+        target.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            remote = f"{path.rstrip('/')}/{name}"
+            if not fs.exists(remote):
+                if name == CARD_NAME:
+                    continue
+                raise FileNotFoundError(f"{location}: checkpoint has no {name}")
+            local = target / name
+            if not local.exists() or local.stat().st_size != fs.size(remote):
+                fs.get(remote, str(local))
+        return target
+    if is_hub_id(location):
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=location, allow_patterns=list(files)))
+    raise FileNotFoundError(f"{location}: no such checkpoint directory, URL or Hub repo")
+
+
+def content_hash(directory: Path) -> str:
+    """`sha256:<hex>` over config.json then model.safetensors."""
+    h = hashlib.sha256()
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        with open(directory / name, "rb") as f:
+            while chunk := f.read(8 << 20):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def read_json(location: str, name: str) -> dict | None:
+    """One small JSON file of a checkpoint, without fetching its weights; None if absent."""
+    if is_url(location):
+        fs, path = fsspec.core.url_to_fs(location)
+        remote = f"{path.rstrip('/')}/{name}"
+        if not fs.exists(remote):
+            return None
+        with fs.open(remote, "rt") as f:
+            return json.load(f)
+    path = local_dir(location, files=(name,)) / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable}
+
+
+class CheckpointMixin:
+    """`save_pretrained` / `from_pretrained` for an `nn.Module` built from one config dataclass.
+
+    Subclasses set `architecture` (the name written into `config.json`) and `config_class`, and take
+    the config as their only `__init__` argument.
+    """
+
+    architecture: ClassVar[str]
+    config_class: ClassVar[type]
+    config: Any
+
+    def card(self) -> dict:
+        """What the card says about any checkpoint of this class (subclasses add their parts)."""
+        counts = parameter_counts(self)  # type: ignore[arg-type]
+        return {
+            "architecture": self.architecture,
+            "preprocessing": self.config.preprocessing.to_dict(),
+            "mos_scale": self.config.mos_scale,
+            "parameters": counts,
+            "code_version": code_version(),
+        }
+
+    def save_pretrained(self, location: str, card: dict | None = None) -> dict:
+        """Write config, weights and card to a local folder or fsspec URL; returns the card.
+
+        Args:
+            location: destination folder or URL (created if needed).
+            card: extra card fields (training data, commands, metrics); merged over the defaults.
+        """
+        with tempfile.TemporaryDirectory() as tmp:
+            staging = Path(tmp) if is_url(location) else Path(location)
+            staging.mkdir(parents=True, exist_ok=True)
+            config = {"architecture": self.architecture, **config_to_dict(self.config)}
+            (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
+            safetensors.torch.save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
+            full_card = {**self.card(), **(card or {}), "sha256": content_hash(staging)}
+            (staging / CARD_NAME).write_text(json.dumps(full_card, indent=2, sort_keys=True) + "\n")
+            if is_url(location):
+                fs, path = fsspec.core.url_to_fs(location)
+                fs.makedirs(path, exist_ok=True)
+                for name in FILES:
+                    fs.put(str(staging / name), f"{path.rstrip('/')}/{name}")
+        return full_card
+
+    @classmethod
+    def from_config(cls: type[M], config: Any, device: str | torch.device = "cpu") -> M:
+        """A randomly initialised model (pass `device="meta"` to count parameters without memory)."""
+        with torch.device(device):
+            return cls(config)  # type: ignore[call-arg]
+
+    @classmethod
+    def from_pretrained(cls: type[M], location: str, device: str | torch.device = "cpu", verify: bool = True) -> M:
+        """Load a checkpoint from a folder, fsspec URL or Hub repo id.
+
+        Args:
+            location: where the checkpoint is.
+            device: where the weights go.
+            verify: check the content hash against the card (catches corrupted or edited files).
+        """
+        directory = local_dir(location)
+        config_data = json.loads((directory / CONFIG_NAME).read_text())
+        if config_data.get("architecture") != cls.architecture:
+            raise ValueError(
+                f"{location}: checkpoint is a {config_data.get('architecture')!r}, not a {cls.architecture!r}"
+            )
+        card_path = directory / CARD_NAME
+        if verify and card_path.exists():
+            expected = json.loads(card_path.read_text()).get("sha256")
+            actual = content_hash(directory)
+            if expected and expected != actual:
+                raise ValueError(f"{location}: content hash {actual} does not match card.json ({expected})")
+        config = config_from_dict(cls.config_class, config_data)
+        # Build on the meta device and assign the loaded tensors: no time spent on random init.
+        model = cls.from_config(config, device="meta")
+        state = safetensors.torch.load_file(str(directory / WEIGHTS_NAME), device=str(device))
+        # Tensors read from the file are not 64-byte aligned, which makes CPU kernels take other code
+        # paths (last-bit differences); fresh allocations keep a round trip bit-identical.
+        state = {k: v.clone() for k, v in state.items()}
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)  # type: ignore[attr-defined]
+        if unexpected or [k for k in missing if not k.endswith("num_batches_tracked")]:
+            raise ValueError(f"{location}: weights do not fit the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):  # type: ignore[attr-defined]
+            model = cls.from_config(config, device=device)  # a buffer that is not saved: build for real
+            model.load_state_dict(state)  # type: ignore[attr-defined]
+        return model.eval()  # type: ignore[attr-defined,return-value]

@@ -1,0 +1,93 @@
+"""The scoring interface the engine uses: a loaded model, its preprocessing, fast paths, MOS units."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.preprocessing import Preprocessing
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class ScoreOutput:
+    """Scores in the model's MOS units `(B,)` float32 and, when asked for, quality maps float16."""
+
+    scores: np.ndarray
+    maps: np.ndarray | None = None
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` -> `cuda` where this process sees a GPU, else `cpu` (decided on the worker, not the driver)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` -> bf16 on a GPU, fp32 on a CPU (where bf16 autocast is slower on most CPUs)."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
+    return precision
+
+
+class Scorer:
+    """Scores batches of uint8 images with a DP-IQA model.
+
+    Args:
+        model: a teacher or student (`forward(x) -> (score, map)`, `config.preprocessing`, `config.mos_scale`).
+        device: `auto`, `cpu`, `cuda`, `cuda:1`, ...
+        precision: `auto`, `fp32`, `bf16` (autocast) or `fp16`.
+        channels_last: run convolutions in NHWC memory format (faster on GPUs with tensor cores).
+        compile: wrap the model in `torch.compile`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str = "auto",
+        precision: str = "auto",
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.channels_last = channels_last
+        model = model.to(self.device).eval()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        prepare = getattr(model, "prepare_for_inference", None)
+        if prepare is not None:
+            prepare()
+        self.model = model
+        self._forward = torch.compile(model) if compile else model
+        self.preprocessing: Preprocessing = model.config.preprocessing
+        self.mos_scale = float(model.config.mos_scale)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray | torch.Tensor, return_map: bool = False) -> ScoreOutput:
+        """Score uint8 `(B, H, W, 3)` images already resized to `preprocessing.size`."""
+        if len(images) == 0:
+            return ScoreOutput(np.zeros(0, np.float32), np.zeros((0,), np.float16) if return_map else None)
+        pixels = torch.as_tensor(images).to(self.device, non_blocking=True)
+        x = self.preprocessing.to_tensor(pixels)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            score, quality_map = self._forward(x)
+        scores = (score.float() * self.mos_scale).cpu().numpy()
+        maps = quality_map.to(torch.float16).cpu().numpy() if return_map else None
+        return ScoreOutput(scores, maps)

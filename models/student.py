@@ -1,0 +1,110 @@
+"""The DP-IQA student: a timm CNN backbone, a transposed-conv quality-map head and the score MLP."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.checkpoint import CheckpointMixin
+from models.layers import ScoreMLP
+from models.preprocessing import Preprocessing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudentConfig:
+    """Sizes of a student; the defaults are the paper's (EfficientNet-B7 at 512, 8x64x64 map).
+
+    Args:
+        backbone: a timm model name; its `forward_features` output feeds the head. Other backbones
+            than `efficientnet_b7` are speed tiers.
+        backbone_kwargs: extra timm kwargs (e.g. `drop_path_rate`).
+        map_channels: channels of the quality map (8, the teacher's).
+        map_size: side of the quality map (64, the teacher's).
+        head_hidden: width of the score MLP.
+        image_size: input side.
+        interpolation: resize filter of the preprocessing.
+        value_range: input float range.
+        mos_scale: the model predicts MOS / mos_scale; scores are reported times this, in MOS units.
+    """
+
+    backbone: str = "efficientnet_b7"
+    backbone_kwargs: dict = field(default_factory=dict)
+    map_channels: int = 8
+    map_size: int = 64
+    head_hidden: int = 512
+    image_size: int = 512
+    interpolation: str = "bilinear"
+    value_range: tuple[float, float] = (0.0, 1.0)
+    mos_scale: float = 100.0
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing((self.image_size, self.image_size), self.interpolation, self.value_range)
+
+    @property
+    def map_shape(self) -> tuple[int, int, int]:
+        return (self.map_channels, self.map_size, self.map_size)
+
+
+class DPIQAStudent(CheckpointMixin, nn.Module):
+    """Backbone features -> ConvTranspose2d(C->8, k3, s2, p1, op1) -> ReLU -> nearest upsample to the map
+    size = the student map F_s -> the 32768->512->512->1 MLP = score (MOS / mos_scale).
+
+    `forward_features` returns the map (the distillation target), `forward_head` the score.
+    """
+
+    architecture: ClassVar[str] = "dpiqa-student"
+    config_class: ClassVar[type] = StudentConfig
+
+    def __init__(self, config: StudentConfig, pretrained_backbone: bool = False) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = create_backbone(config.backbone, pretrained_backbone, config.backbone_kwargs)
+        channels = self.backbone.num_features
+        self.map_head = nn.ConvTranspose2d(
+            channels, config.map_channels, kernel_size=3, stride=2, padding=1, output_padding=1
+        )
+        self.mlp = ScoreMLP(config.map_channels * config.map_size**2, config.head_hidden)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images `(B, 3, H, W)` in the value range -> quality map `(B, 8, 64, 64)`."""
+        features = self.backbone.forward_features(x)
+        quality_map = F.relu(self.map_head(features))
+        return F.interpolate(quality_map, size=(self.config.map_size,) * 2, mode="nearest")
+
+    def forward_head(self, quality_map: torch.Tensor) -> torch.Tensor:
+        return self.mlp(quality_map)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns `(score (B,), quality map (B, 8, 64, 64))`."""
+        quality_map = self.forward_features(x)
+        return self.forward_head(quality_map), quality_map
+
+    def card(self) -> dict:
+        card = super().card()
+        card["parameters"]["backbone"] = sum(p.numel() for p in self.backbone.parameters())
+        card["parameters"]["head"] = card["parameters"]["total"] - card["parameters"]["backbone"]
+        return card
+
+
+def create_backbone(name: str, pretrained: bool, kwargs: dict | None = None) -> nn.Module:
+    """A timm feature extractor (no classifier, no pooling). With `pretrained=True` it tries timm's
+    ImageNet weights and, where they cannot be downloaded, says so and continues from random init."""
+    kwargs = dict(kwargs or {})
+    if pretrained:
+        try:
+            return timm.create_model(name, pretrained=True, num_classes=0, global_pool="", **kwargs)
+        except Exception as exc:  # noqa: BLE001 - offline machines are normal here
+            log.warning(
+                "ImageNet weights for %s could not be fetched (%s: %s); continuing with pretrained=False",
+                name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
+            )
+    return timm.create_model(name, pretrained=False, num_classes=0, global_pool="", **kwargs)

@@ -1,0 +1,87 @@
+"""Shared fixtures: a sealed-off environment, a local Ray, an S3 server on loopback, tiny shards."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+# Nothing may leave this machine: no Ray usage reports, no cloud metadata probes, dummy credentials.
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+os.environ["AWS_ACCESS_KEY_ID"] = "testing"
+os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import sys
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/corpus.py, shared builders
+
+REPO = Path(__file__).resolve().parent.parent
+AGIQA = REPO.parent / "shared" / "datasets" / "agiqa3k"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    os.environ["DPIQA_CACHE"] = str(tmp_path_factory.mktemp("dpiqa-cache"))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray with 2 CPUs, shared by the tests of a session."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API (moto's server mode) on loopback; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: str):
+    """A fresh bucket on the loopback S3 server; yields `(bucket, storage_options)` for s3fs."""
+    import uuid
+
+    import boto3
+
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
+    options = {"client_kwargs": {"endpoint_url": s3_server}, "key": "testing", "secret": "testing"}
+    yield bucket, options
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_slow = pytest.mark.skip(reason="slow: set RUN_SLOW=1")
+    skip_agiqa = pytest.mark.skip(reason=f"needs {AGIQA}")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+        if "slow" in item.keywords and not os.environ.get("RUN_SLOW"):
+            item.add_marker(skip_slow)
+        if "agiqa" in item.keywords and not AGIQA.exists():
+            item.add_marker(skip_agiqa)
