@@ -58,6 +58,12 @@ class OutputLocation:
         """The URL of a file below this location."""
         return join(self.url, *parts)
 
+    def _forget_listings(self) -> None:
+        """fsspec caches listings per filesystem instance (s3fs per folder); another process or
+        filesystem instance may have changed ours, and markers must be read fresh."""
+        for sub in ("", SCORES_DIR, MAPS_DIR, DONE_DIR):
+            self.fs.invalidate_cache(self._p(sub) if sub else self.path)
+
     # -- identity -------------------------------------------------------------------------------
     def claim(self, identity: dict, overwrite: bool = False) -> str:
         """Make this location the output of a run with `identity`; returns its config hash.
@@ -67,6 +73,7 @@ class OutputLocation:
                 without an identity file) and `overwrite` is false.
         """
         digest = config_hash(identity)
+        self._forget_listings()
         existing = self.read_json(RUN_FILE)
         ours = [d for d in (SCORES_DIR, MAPS_DIR, DONE_DIR, MANIFEST) if self.fs.exists(self._p(d))]
         if existing is not None and existing.get("config_hash") == digest and not overwrite:
@@ -91,6 +98,7 @@ class OutputLocation:
     # -- markers --------------------------------------------------------------------------------
     def done(self) -> dict[str, dict]:
         """Completion markers by shard name."""
+        self._forget_listings()
         pattern = self._p(DONE_DIR, "*.json")
         markers = {}
         for path in self.fs.glob(pattern):

@@ -82,6 +82,8 @@ class Scorer:
         """Score uint8 `(B, H, W, 3)` images already resized to `preprocessing.size`."""
         if len(images) == 0:
             return ScoreOutput(np.zeros(0, np.float32), np.zeros((0,), np.float16) if return_map else None)
+        if isinstance(images, np.ndarray) and not images.flags.writeable:
+            images = images.copy()  # Ray hands out read-only views; torch wants writable memory
         pixels = torch.as_tensor(images).to(self.device, non_blocking=True)
         x = self.preprocessing.to_tensor(pixels)
         if self.channels_last:

@@ -13,9 +13,12 @@ from engine import schema
 from engine.stages.base import Batch, Stage
 from models.preprocessing import Preprocessing
 
-# PIL's own bomb guard warns above MAX_IMAGE_PIXELS and raises above twice that; we check the header
-# size against our own limit before decoding and turn it into a row status instead.
+# PIL's own bomb guard warns above MAX_IMAGE_PIXELS and raises inside `Image.open` above twice that,
+# before the size is known to us. We switch it off and check the header's size against our own limit
+# right after `open` (which parses only the header), so a bomb becomes a `too_large` row with the size
+# it claims, and no pixel of it is decoded.
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+Image.MAX_IMAGE_PIXELS = None
 
 _FILTERS = {
     "nearest": Image.Resampling.NEAREST,
@@ -25,18 +28,27 @@ _FILTERS = {
 }
 
 
-class DecodeError(Exception):
-    """A sample that cannot become a model input; `status` is one of `engine.schema`'s classes."""
+_ORIENTATION = 0x0112
+_TRANSPOSING = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
-    def __init__(self, status: str, message: str) -> None:
+
+class DecodeError(Exception):
+    """A sample that cannot become a model input; `status` is one of `engine.schema`'s classes, and
+    `size` the `(width, height)` its header claims when it was read."""
+
+    def __init__(self, status: str, message: str, size: tuple[int, int] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.size = size
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB: alpha composited over white, 16-bit gray scaled (PIL would clip it),
     palette and CMYK converted by PIL, EXIF orientation applied."""
-    img = ImageOps.exif_transpose(img)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - a broken EXIF block only loses the orientation
+        pass
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         arr = np.asarray(img, dtype=np.uint16) >> 8
         img = Image.fromarray(arr.astype(np.uint8), "L")
@@ -68,18 +80,19 @@ def decode_image(
         raise DecodeError(schema.EMPTY, "zero-byte image member")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise DecodeError(schema.NOT_AN_IMAGE, f"not an image PIL can identify ({len(data)} bytes)") from exc
-    except Image.DecompressionBombError as exc:
-        raise DecodeError(schema.TOO_LARGE, str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - any parser failure is this sample's problem only
         raise DecodeError(schema.DECODE_ERROR, f"{type(exc).__name__}: {exc}") from exc
     width, height = img.size
     if width * height > max_pixels:
-        raise DecodeError(schema.TOO_LARGE, f"{width}x{height} has more than {max_pixels} pixels")
+        raise DecodeError(schema.TOO_LARGE, f"{width}x{height} has more than {max_pixels} pixels", (width, height))
     target_h, target_w = preprocessing.size
+    try:
+        orientation = img.getexif().get(_ORIENTATION)
+    except Exception:  # noqa: BLE001 - a broken EXIF block only loses the orientation
+        orientation = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -91,10 +104,10 @@ def decode_image(
             if rgb.size != (target_w, target_h):
                 rgb = rgb.resize((target_w, target_h), _FILTERS[preprocessing.interpolation])
             pixels = np.asarray(rgb, dtype=np.uint8)
-    except Image.DecompressionBombError as exc:
-        raise DecodeError(schema.TOO_LARGE, str(exc)) from exc
     except Exception as exc:  # noqa: BLE001
         raise DecodeError(schema.DECODE_ERROR, f"{type(exc).__name__}: {exc}") from exc
+    if orientation in _TRANSPOSING:
+        width, height = height, width  # report the size as displayed
     return pixels, width, height
 
 
@@ -133,6 +146,8 @@ class DecodeStage(Stage):
                 images[i], widths[i], heights[i] = decode_image(batch["data"][i], self.preprocessing, self.max_pixels)
             except DecodeError as exc:
                 status[i], error[i] = exc.status, f"{batch['ext'][i]}: {exc}"
+                if exc.size:
+                    widths[i], heights[i] = exc.size
         out = {k: v for k, v in batch.items() if k not in ("data", "ext", "status", "error")}
         out.update(status=status, error=error, width=widths, height=heights, image=images)
         return out

@@ -1,0 +1,116 @@
+"""The decoder: every image mode a corpus has becomes RGB at the model size; failures become statuses."""
+
+from __future__ import annotations
+
+import io
+
+import corpus
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine import schema
+from engine.stages.decode import DecodeError, DecodeStage, decode_image
+from models.preprocessing import Preprocessing
+
+SAME = Preprocessing(size=(32, 40), interpolation="nearest")  # (h, w) equal to the fixtures: no resize
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_rgb_png_is_returned_exactly_with_original_size():
+    arr = np.random.default_rng(1).integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    pixels, w, h = decode_image(encode(Image.fromarray(arr), "PNG"), SAME)
+    assert (w, h) == (40, 32) and pixels.dtype == np.uint8
+    np.testing.assert_array_equal(pixels, arr)
+
+
+def test_resize_to_model_size_records_original_size():
+    pixels, w, h = decode_image(corpus.jpeg(0, size=(100, 60)), Preprocessing(size=(16, 24)))
+    assert pixels.shape == (16, 24, 3) and (w, h) == (100, 60)
+
+
+def test_alpha_is_composited_over_white():
+    rgba = np.zeros((32, 40, 4), dtype=np.uint8)
+    rgba[..., 0] = 200  # red channel set everywhere
+    rgba[:16, :, 3] = 255  # top half opaque, bottom half fully transparent
+    pixels, _, _ = decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"), SAME)
+    assert pixels[0, 0].tolist() == [200, 0, 0]
+    assert pixels[-1, -1].tolist() == [255, 255, 255]
+
+
+def test_16bit_grayscale_is_scaled_not_clipped():
+    gray = np.full((32, 40), 0x8000, dtype=np.uint16)
+    gray[0, 0] = 0xFFFF
+    pixels, _, _ = decode_image(encode(Image.fromarray(gray), "PNG"), SAME)
+    assert pixels[1, 1].tolist() == [128, 128, 128]  # PIL's own convert would give 255
+    assert pixels[0, 0].tolist() == [255, 255, 255]
+
+
+def test_palette_grayscale_and_cmyk_become_rgb():
+    arr = np.random.default_rng(2).integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    pal = Image.fromarray(arr).convert("P")
+    pixels, _, _ = decode_image(encode(pal, "PNG"), SAME)
+    np.testing.assert_array_equal(pixels, np.asarray(pal.convert("RGB")))
+    gray = arr[..., 0]
+    pixels, _, _ = decode_image(encode(Image.fromarray(gray, "L"), "PNG"), SAME)
+    np.testing.assert_array_equal(pixels, np.repeat(gray[..., None], 3, axis=2))
+    cmyk = Image.new("CMYK", (40, 32), (0, 255, 255, 0))  # no black, full magenta+yellow = red
+    pixels, _, _ = decode_image(encode(cmyk, "JPEG", quality=100), SAME)
+    assert pixels.shape == (32, 40, 3)
+    r, g, b = pixels[16, 20].tolist()
+    assert r > 230 and g < 25 and b < 25
+
+
+def test_exif_orientation_is_applied():
+    arr = np.zeros((32, 40, 3), dtype=np.uint8)
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    _, w, h = decode_image(encode(img, "JPEG", exif=exif), Preprocessing(size=(8, 8)))
+    assert (w, h) == (32, 40)
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"", schema.EMPTY),
+        (b"just some text, not pixels", schema.NOT_AN_IMAGE),
+        (corpus.corrupt_jpeg(), schema.DECODE_ERROR),
+        (corpus.bomb_png(20000), schema.TOO_LARGE),
+    ],
+    ids=["zero-byte", "not-an-image", "corrupt-jpeg", "decompression-bomb"],
+)
+def test_bad_images_raise_with_their_status(data, status):
+    with pytest.raises(DecodeError) as info:
+        decode_image(data, Preprocessing(size=(16, 16)))
+    assert info.value.status == status and str(info.value)
+
+
+def test_max_pixels_is_configurable():
+    with pytest.raises(DecodeError) as info:
+        decode_image(corpus.jpeg(0, size=(100, 100)), Preprocessing(size=(16, 16)), max_pixels=9_999)
+    assert info.value.status == schema.TOO_LARGE and "100x100" in str(info.value)
+
+
+def test_stage_keeps_failures_and_control_rows_in_place():
+    n = 4
+    batch = {
+        "shard": np.array(["s"] * n, dtype=object),
+        "index": np.arange(n),
+        "key": np.array(["a", "b", "c", None], dtype=object),
+        "ext": np.array(["jpg", "jpg", None, None], dtype=object),
+        "data": np.array([corpus.jpeg(0), b"", None, None], dtype=object),
+        "status": np.array(["ok", "ok", schema.NO_IMAGE, schema.END_OF_SHARD], dtype=object),
+        "error": np.array([None, None, "no image member", '{"samples": 3}'], dtype=object),
+    }
+    out = DecodeStage(Preprocessing(size=(8, 8)))(batch)
+    assert set(out) == {"shard", "index", "key", "status", "error", "width", "height", "image"}
+    assert list(out["status"]) == ["ok", schema.EMPTY, schema.NO_IMAGE, schema.END_OF_SHARD]
+    assert out["error"][1] == "jpg: zero-byte image member" and out["error"][3] == '{"samples": 3}'
+    assert out["image"].shape == (4, 8, 8, 3) and out["image"][0].any() and not out["image"][1:].any()
+    assert out["width"].tolist() == [48, -1, -1, -1]
