@@ -223,7 +223,8 @@ def test_object_store_fits_in_shm_and_memory(label: str, spec: dict) -> None:
         store = float(params["object-store-memory"])
         assert store <= shm <= memory, (
             f"{label}/{group}: need object-store-memory ({store:.3g}) <= /dev/shm ({shm:.3g}) <= memory ({memory:.3g})")
-        # Ray's advice: requests equal limits, so a pod's Ray resources are what it really gets.
+        # KubeRay derives a node's Ray CPUs and memory from the limits: requests equal to them make the pod
+        # really get what Ray will schedule onto it.
         assert container["resources"]["requests"] == container["resources"]["limits"], f"{label}/{group}"
 
 
@@ -323,7 +324,6 @@ def test_credentials_come_only_from_secret_references(label: str, spec: dict) ->
                 if CREDENTIAL_NAME.search(env["name"]):
                     assert "value" not in env, f"{label}/{group}: {env['name']} has a literal value"
                     assert env["valueFrom"]["secretKeyRef"]["name"], f"{label}/{group}: {env['name']}"
-            assert "envFrom" not in container or all("configMapRef" not in e for e in container["envFrom"])
 
 
 # ------------------------------------------------------------------------------------ cluster launcher
