@@ -46,8 +46,34 @@ def get_fs(location: Location, storage_options: dict | None = None) -> tuple[Abs
         url = location
     protocol = fsspec.core.split_protocol(url)[0] or "file"
     options = {**DEFAULT_STORAGE_OPTIONS.get(protocol, {}), **(storage_options or {})}
+    if protocol in ("s3", "s3a") and "session" not in options:
+        options["session"] = _s3_session()
     fs, path = fsspec.core.url_to_fs(url, **options)
     return fs, path
+
+
+_S3_SESSION = None
+
+
+def _s3_session():
+    """One aiobotocore session per process whose clients report each failed request attempt to
+    `RetryCounter` (botocore and s3fs retry them silently; the run manifest reports how many)."""
+    global _S3_SESSION
+    if _S3_SESSION is None:
+        from aiobotocore.session import AioSession
+
+        session = AioSession()
+        session.register("needs-retry.s3", _count_failed_attempt)
+        _S3_SESSION = session
+    return _S3_SESSION
+
+
+def _count_failed_attempt(response: Any = None, caught_exception: BaseException | None = None, **_: Any) -> None:
+    """botocore's `needs-retry` event fires after every attempt; this only observes (returns None, so
+    botocore's own retry handler decides)."""
+    status = response[0].status_code if response is not None else None
+    if caught_exception is not None or (status is not None and (status >= 500 or status == 429)):
+        RetryCounter.count += 1
 
 
 def to_url(fs: AbstractFileSystem, path: str) -> str:

@@ -112,6 +112,7 @@ def run_score(config: ScoreConfig, executor: Executor) -> ScoreResult:
     """
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
+    retries_before = io.RetryCounter.count
     info = models.describe(config.model)
     urls = io.expand_shards(config.input, config.storage_options)
     names = io.shard_names(urls)
@@ -148,6 +149,9 @@ def run_score(config: ScoreConfig, executor: Executor) -> ScoreResult:
     executor.run([{"shard": url} for url in todo], stages, sink)
     summary = writer.close()
     elapsed = time.monotonic() - t0
+    # Retries of this process (listing, writes; and reads when the stages ran here) plus those the
+    # shard readers reported from other processes.
+    io_retries = io.RetryCounter.count - retries_before + (0 if executor.in_process else summary.io_retries)
     progress.update(summary.shards_written, writer.images_seen, failed=len(summary.failed), force=True)
 
     manifest = {
@@ -162,7 +166,7 @@ def run_score(config: ScoreConfig, executor: Executor) -> ScoreResult:
         "failed_shards": summary.failed,
         "rows": summary.rows,
         "statuses": dict(summary.statuses),
-        "io_retries": summary.io_retries,
+        "io_retries": io_retries,
         "columns": SCORES_SCHEMA.names,
         "started": started.isoformat(timespec="seconds"),
         "seconds": round(elapsed, 3),

@@ -13,6 +13,8 @@ Sink = Callable[[Batch], None]
 class Executor(ABC):
     """Runs `stages` (the first one receives batches of `items`) and calls `sink` on each output batch."""
 
+    in_process: bool = False  # whether the stages run in the caller's process
+
     @abstractmethod
     def run(self, items: list[dict], stages: Sequence[Stage], sink: Sink) -> None:
         """Process every item; returns when the last output batch has gone to the sink."""

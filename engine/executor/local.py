@@ -13,6 +13,8 @@ from engine.stages.base import Batch, Stage
 class LocalExecutor(Executor):
     """Runs every stage in-process: one item at a time, each stage's output straight into the next."""
 
+    in_process = True
+
     def run(self, items: list[dict], stages: Sequence[Stage], sink: Sink) -> None:
         for stage in stages:
             stage.setup()
