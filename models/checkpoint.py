@@ -18,6 +18,7 @@ import logging
 import os
 import tempfile
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -101,6 +102,37 @@ def local_dir(location: str, files: tuple[str, ...] = FILES) -> Path:
     raise FileNotFoundError(f"{location}: no such checkpoint directory, URL or Hub repo")
 
 
+def mirror(url: str, include: Callable[[str], bool], storage_options: dict | None = None) -> Path:
+    """Copy the files of a remote folder that `include(relative_path)` accepts into the local cache,
+    keeping the layout, so libraries that read only local folders (diffusers, transformers) can load
+    it. Files already there with the remote size are not fetched again.
+
+    Args:
+        url: an fsspec folder URL (`s3://bucket/sd-v1-5`).
+        include: which files to copy, by path relative to `url` (`unet/config.json`).
+        storage_options: fsspec options (endpoint, credentials).
+    """
+    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    root = root.rstrip("/")
+    if not fs.isdir(root):
+        raise FileNotFoundError(f"{url}: no such folder")
+    target = cache_dir() / "mirrors" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    wanted = {
+        path: path[len(root) + 1 :] for path, info in fs.find(root, detail=True).items()
+        if info.get("type") == "file" and include(path[len(root) + 1 :])
+    }
+    if not wanted:
+        raise FileNotFoundError(f"{url}: none of the expected files are there")
+    for remote, relative in sorted(wanted.items()):
+        local = target / relative
+        if local.exists() and local.stat().st_size == fs.size(remote):
+            continue
+        local.parent.mkdir(parents=True, exist_ok=True)
+        log.info("fetching %s/%s", url.rstrip("/"), relative)
+        fs.get(remote, str(local))
+    return target
+
+
 def content_hash(directory: Path) -> str:
     """`sha256:<hex>` over config.json then model.safetensors."""
     h = hashlib.sha256()
@@ -134,16 +166,22 @@ class CheckpointMixin:
     """`save_pretrained` / `from_pretrained` for an `nn.Module` built from one config dataclass.
 
     Subclasses set `architecture` (the name written into `config.json`) and `config_class`, and take
-    the config as their only `__init__` argument.
+    the config as their first `__init__` argument (any others optional, e.g. pretrained parts).
     """
 
     architecture: ClassVar[str]
     config_class: ClassVar[type]
     config: Any
 
+    def parts(self) -> dict[str, list[nn.Module]]:
+        """Named parts for per-part parameter and FLOP counts (`model-info`, the card); none by default."""
+        return {}
+
     def card(self) -> dict:
-        """What the card says about any checkpoint of this class (subclasses add their parts)."""
+        """What the card says about any checkpoint of this class (subclasses add their own fields)."""
         counts = parameter_counts(self)  # type: ignore[arg-type]
+        for name, modules in self.parts().items():
+            counts[name] = sum(p.numel() for m in modules for p in m.parameters())
         return {
             "architecture": self.architecture,
             "preprocessing": self.config.preprocessing.to_dict(),

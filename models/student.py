@@ -88,11 +88,9 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
         quality_map = self.forward_features(x)
         return self.forward_head(quality_map), quality_map
 
-    def card(self) -> dict:
-        card = super().card()
-        card["parameters"]["backbone"] = sum(p.numel() for p in self.backbone.parameters())
-        card["parameters"]["head"] = card["parameters"]["total"] - card["parameters"]["backbone"]
-        return card
+    def parts(self) -> dict[str, list[nn.Module]]:
+        """The named parts, for per-part parameter and FLOP counts."""
+        return {"backbone": [self.backbone], "head": [self.map_head, self.mlp]}
 
 
 def create_backbone(name: str, pretrained: bool, kwargs: dict | None = None) -> nn.Module:

@@ -1,0 +1,621 @@
+"""The DP-IQA teacher: frozen SD VAE encoder, SD U-Net at t=1 with image and text adapters, quality decoder."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.models.adapter import FullAdapter
+from diffusers.models.attention_processor import Attention
+from diffusers.utils import is_accelerate_available
+from timm.layers import SEModule
+from torch import nn
+
+from models import checkpoint
+from models.checkpoint import CheckpointMixin
+from models.layers import ScoreMLP
+from models.preprocessing import Preprocessing
+from models.prompts import DEFAULT_SET, prompt_set_name, quality_prompts
+
+log = logging.getLogger(__name__)
+
+STABLE_DIFFUSION = "runwayml/stable-diffusion-v1-5"
+CLIP_TEXT = "openai/clip-vit-large-patch14"
+
+# Parameters DP-IQA's released code carries but never uses (see `DPIQATeacher`); we do not build them.
+DROPPED_REFERENCE_PARAMETERS = 13_336
+
+
+def sd15_vae_config() -> dict:
+    """The Stable Diffusion v1.5 VAE (`vae/config.json`), as diffusers' `AutoencoderKL` takes it."""
+    return {
+        "act_fn": "silu",
+        "block_out_channels": [128, 256, 512, 512],
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "in_channels": 3,
+        "latent_channels": 4,
+        "layers_per_block": 2,
+        "norm_num_groups": 32,
+        "out_channels": 3,
+        "sample_size": 512,
+        "scaling_factor": 0.18215,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+    }
+
+
+def sd15_unet_config() -> dict:
+    """The Stable Diffusion v1.5 U-Net (`unet/config.json`), as diffusers' `UNet2DConditionModel` takes it."""
+    return {
+        "act_fn": "silu",
+        "attention_head_dim": 8,
+        "block_out_channels": [320, 640, 1280, 1280],
+        "center_input_sample": False,
+        "cross_attention_dim": 768,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "downsample_padding": 1,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "in_channels": 4,
+        "layers_per_block": 2,
+        "mid_block_scale_factor": 1,
+        "norm_eps": 1e-05,
+        "norm_num_groups": 32,
+        "out_channels": 4,
+        "sample_size": 64,
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    }
+
+
+@dataclass
+class TeacherConfig:
+    """Sizes of a teacher; the defaults are the paper's (SD v1.5 at 512, 1485 prompts, 8x64x64 map).
+
+    Args:
+        vae: diffusers `AutoencoderKL` config (only its encoder is built).
+        unet: diffusers `UNet2DConditionModel` config; `cross_attention_dim` must equal `prompt_dim`.
+        adapter_channels: `FullAdapter` channels per level, equal to the U-Net's `block_out_channels`.
+        adapter_res_blocks: `FullAdapter` residual blocks per level.
+        adapter_downscale: `FullAdapter` pixel-unshuffle factor, equal to the VAE's downscale factor.
+        num_prompts: K, the number of quality prompts (rows of the stored prompt embeddings).
+        prompt_dim: the prompt embedding size (CLIP ViT-L/14's projected text feature: 768).
+        prompt_set: which texts the embeddings encode (`models.prompts`; `custom-...` for other lists).
+        text_encoder: the CLIP model the embeddings were computed with (empty: random embeddings).
+        text_adapter_gamma: initial value of the text adapter's learnable per-channel scale.
+        timestep: the U-Net timestep (1; no noise is added).
+        decoder_channels: channels of the decoder's per-level and fused 3x3 convs (512).
+        se_reduction: squeeze-and-excitation reduction of the decoder (16).
+        map_hidden: channels of the 1x1 convs between the fused features and the map (128, 32).
+        map_channels: channels of the quality map (8).
+        map_size: side of the quality map; every feature level is resized to it (64).
+        head_hidden: width of the score MLP (512).
+        image_size: input side.
+        interpolation: resize filter of the preprocessing.
+        value_range: input float range: `(0, 1)` is faithful to the released checkpoints, `(-1, 1)` is
+            what the SD VAE was trained on. The image adapter always sees the image in [0, 1].
+        train_latent: `mean` (deterministic) or `sample` (draw from the VAE posterior in training mode,
+            as the released code did at all times). Inference always uses the mean.
+        mos_scale: the model predicts MOS / mos_scale; scores are reported times this, in MOS units.
+    """
+
+    vae: dict = field(default_factory=sd15_vae_config)
+    unet: dict = field(default_factory=sd15_unet_config)
+    adapter_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    adapter_res_blocks: int = 2
+    adapter_downscale: int = 8
+    num_prompts: int = 1485
+    prompt_dim: int = 768
+    prompt_set: str = DEFAULT_SET
+    text_encoder: str = ""
+    text_adapter_gamma: float = 1e-4
+    timestep: int = 1
+    decoder_channels: int = 512
+    se_reduction: int = 16
+    map_hidden: tuple[int, ...] = (128, 32)
+    map_channels: int = 8
+    map_size: int = 64
+    head_hidden: int = 512
+    image_size: int = 512
+    interpolation: str = "bilinear"
+    value_range: tuple[float, float] = (0.0, 1.0)
+    train_latent: str = "mean"
+    mos_scale: float = 100.0
+
+    @classmethod
+    def tiny(cls) -> TeacherConfig:
+        """A structurally complete teacher small enough for CPU tests (0.63 M parameters).
+
+        The structure is kept, only widths shrink: a 4-level VAE (downscale 8, so the adapter's
+        pixel-unshuffle and the U-Net's levels line up as at full size) and a 4-level U-Net with the
+        SD block types, so there are 4 up-block feature levels (32x2x2, 32x4x4, 16x8x8, 16x8x8 at 64 px).
+        """
+        return cls(
+            vae={
+                "block_out_channels": [8, 8, 16, 16],
+                "down_block_types": ["DownEncoderBlock2D"] * 4,
+                "up_block_types": ["UpDecoderBlock2D"] * 4,
+                "latent_channels": 4,
+                "layers_per_block": 1,
+                "norm_num_groups": 4,
+                "sample_size": 64,
+                "scaling_factor": 0.18215,
+            },
+            unet={
+                **sd15_unet_config(),
+                "attention_head_dim": 2,
+                "block_out_channels": [16, 16, 32, 32],
+                "cross_attention_dim": 16,
+                "layers_per_block": 1,
+                "norm_num_groups": 8,
+                "sample_size": 8,
+            },
+            adapter_channels=(16, 16, 32, 32),
+            adapter_res_blocks=1,
+            num_prompts=6,
+            prompt_dim=16,
+            decoder_channels=32,
+            se_reduction=4,
+            map_hidden=(16, 8),
+            map_size=16,
+            head_hidden=32,
+            image_size=64,
+        )
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing((self.image_size, self.image_size), self.interpolation, self.value_range)
+
+    @property
+    def map_shape(self) -> tuple[int, int, int]:
+        return (self.map_channels, self.map_size, self.map_size)
+
+    @property
+    def feature_channels(self) -> tuple[int, ...]:
+        """Channels of the U-Net's up-block outputs, deepest first (1280, 1280, 640, 320 for SD v1.5)."""
+        return tuple(reversed(self.unet["block_out_channels"]))
+
+    def validate(self) -> None:
+        """Raise `ValueError` naming the first inconsistency between the parts' sizes."""
+        unet_channels = tuple(self.unet["block_out_channels"])
+        vae_downscale = 2 ** (len(self.vae["block_out_channels"]) - 1)
+        problems = [
+            (self.unet.get("cross_attention_dim") != self.prompt_dim,
+             f"unet cross_attention_dim {self.unet.get('cross_attention_dim')} != prompt_dim {self.prompt_dim}"),
+            (tuple(self.adapter_channels) != unet_channels,
+             f"adapter_channels {tuple(self.adapter_channels)} != unet block_out_channels {unet_channels}"),
+            (self.adapter_downscale != vae_downscale,
+             f"adapter_downscale {self.adapter_downscale} != the VAE's downscale factor {vae_downscale}"),
+            (tuple(self.value_range) not in ((0.0, 1.0), (-1.0, 1.0)),
+             f"value_range must be (0, 1) or (-1, 1), not {self.value_range}"),
+            (self.train_latent not in ("mean", "sample"), f"train_latent must be mean or sample, not {self.train_latent!r}"),
+            (self.image_size % (self.adapter_downscale * 2 ** (len(unet_channels) - 1)) != 0,
+             f"image_size {self.image_size} is not a multiple of the total downscale factor"),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise ValueError(f"TeacherConfig: {message}")
+
+
+class TextAdapter(nn.Module):
+    """`E' = E + gamma * MLP(E)`, MLP = Linear -> GELU -> Linear, gamma a learnable per-channel scale.
+
+    Args:
+        dim: prompt embedding size (768).
+        gamma_init: initial value of every entry of gamma (1e-4, so training starts from E' ~ E).
+    """
+
+    def __init__(self, dim: int, gamma_init: float = 1e-4) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.gamma = nn.Parameter(torch.full((dim,), gamma_init))
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return embeddings + self.gamma * self.mlp(embeddings)
+
+
+class QualityDecoder(nn.Module):
+    """U-Net up-block features -> the quality map.
+
+    Each level is resized to the map size (bicubic), then conv3x3 -> SE; the levels are concatenated,
+    then conv3x3 -> SE; then 1x1 convs with a ReLU after each (512->128->32->8 at full size).
+
+    Args:
+        in_channels: channels of each feature level (1280, 1280, 640, 320).
+        channels: width of the 3x3 convs (512).
+        se_reduction: squeeze-and-excitation reduction (16).
+        hidden: widths of the 1x1 convs before the map (128, 32).
+        out_channels: channels of the map (8).
+        size: side of the map (64).
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        channels: int = 512,
+        se_reduction: int = 16,
+        hidden: Sequence[int] = (128, 32),
+        out_channels: int = 8,
+        size: int = 64,
+    ) -> None:
+        super().__init__()
+        self.size = size
+        # timm's SE block; rd_channels given explicitly so tiny widths are not rounded up to 8.
+        self.levels = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, channels, 3, padding=1), SEModule(channels, rd_channels=channels // se_reduction))
+            for c in in_channels
+        )
+        self.fuse = nn.Sequential(
+            nn.Conv2d(channels * len(in_channels), channels, 3, padding=1),
+            SEModule(channels, rd_channels=channels // se_reduction),
+        )
+        layers: list[nn.Module] = []
+        width = channels
+        for out in (*hidden, out_channels):
+            layers += [nn.Conv2d(width, out, 1), nn.ReLU(inplace=True)]
+            width = out
+        self.to_map = nn.Sequential(*layers)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        resized = [
+            # Bicubic resampling to the same size is the identity, so levels already at the map size skip it.
+            f if tuple(f.shape[-2:]) == (self.size, self.size)
+            else F.interpolate(f, size=(self.size, self.size), mode="bicubic", align_corners=False)
+            for f in features
+        ]
+        fused = self.fuse(torch.cat([level(f) for level, f in zip(self.levels, resized, strict=True)], dim=1))
+        return self.to_map(fused)
+
+
+def _kv_cache_usable() -> bool:
+    """The precomputed prompt keys/values stand in for the live computation only when no gradient is
+    wanted (they are constants); the teacher and the processor both ask this one question."""
+    return not torch.is_grad_enabled()
+
+
+class CachedContextAttnProcessor(nn.Module):
+    """A cross-attention processor with the keys and values of a constant context computed once.
+
+    Same math as diffusers' `AttnProcessor2_0` for the attention layers of the SD U-Net (no spatial or
+    group norm, no mask, no residual inside the attention); only `to_k(E')` and `to_v(E')`, which do
+    not depend on the image, come from the cache, broadcast over the batch. We hand-write it because
+    diffusers has no processor for a constant context. While gradients are enabled it defers to the
+    original processor, so training and fine-tuning always see the live computation.
+
+    Args:
+        attn: the cross-attention layer.
+        context: the text-adapted prompt context `(K, D)`.
+        fallback: the layer's original processor.
+    """
+
+    def __init__(self, attn: Attention, context: torch.Tensor, fallback: Any) -> None:
+        super().__init__()
+        unsupported = [name for name, value in (
+            ("spatial_norm", attn.spatial_norm), ("group_norm", attn.group_norm), ("norm_q", attn.norm_q),
+            ("residual_connection", attn.residual_connection or None),
+        ) if value is not None]
+        if unsupported or attn.rescale_output_factor != 1.0:
+            raise ValueError(f"CachedContextAttnProcessor does not support attention layers with {unsupported}")
+        self.fallback = fallback
+        self.heads = attn.heads
+        context = context.unsqueeze(0)
+        if attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        key, value = attn.to_k(context), attn.to_v(context)
+        head_dim = key.shape[-1] // attn.heads
+        key = key.view(1, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(1, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        # Stored 3-D (heads, K, head_dim) so `.to(memory_format=channels_last)` leaves them alone;
+        # non-persistent buffers follow the model's device and dtype and never enter a checkpoint.
+        self.register_buffer("key", key[0].contiguous(), persistent=False)
+        self.register_buffer("value", value[0].contiguous(), persistent=False)
+
+    def forward(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if not _kv_cache_usable():
+            return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        if attention_mask is not None:
+            raise ValueError("CachedContextAttnProcessor: attention masks are not supported")
+        batch_size = hidden_states.shape[0]
+        query = attn.to_q(hidden_states)
+        head_dim = query.shape[-1] // self.heads
+        query = query.view(batch_size, -1, self.heads, head_dim).transpose(1, 2)
+        shape = (batch_size, *self.key.shape)
+        key = self.key.to(query.dtype).unsqueeze(0).expand(shape)
+        value = self.value.to(query.dtype).unsqueeze(0).expand(shape)
+        out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+        out = out.transpose(1, 2).reshape(batch_size, -1, self.heads * head_dim).to(query.dtype)
+        out = attn.to_out[0](out)
+        return attn.to_out[1](out)
+
+
+class DPIQATeacher(CheckpointMixin, nn.Module):
+    """The DP-IQA teacher (spec: models.md).
+
+    image `x` (value range of the config) ->
+      latent = frozen SD VAE encoder posterior mean * scaling_factor (the mean, so inference is
+        deterministic; the released code sampled; `train_latent="sample"` samples in training mode);
+      image adapter = diffusers `FullAdapter` on the image in [0, 1], its four outputs added inside the
+        four U-Net down blocks (`down_intrablock_additional_residuals`);
+      context E' = E + gamma * MLP(E) from the K stored prompt embeddings E (a buffer, so they live in
+        the checkpoint);
+      SD U-Net at timestep 1 on the clean latent, cross-attending to E'; the outputs of its four up
+        blocks (captured with forward hooks, the U-Net runs unmodified) are the features;
+    -> `QualityDecoder` -> quality map `(B, 8, 64, 64)` -> `ScoreMLP` -> score `(B,)` = MOS / mos_scale.
+
+    Everything trains except the VAE (frozen, and kept in eval mode even when the teacher trains) and
+    the U-Net's noise-prediction output (`conv_norm_out`, `conv_out`: 12,164 parameters at full size,
+    kept so SD weights load unchanged, frozen because nothing uses them: DDP would otherwise stop on
+    parameters without gradients). Only the VAE's encoder and `quant_conv` are built.
+
+    The released DP-IQA code carries 13,336 parameters that its forward pass never uses; they do not
+    affect any output, so we do not build them (checkpoints of the released code need a key mapping
+    that drops them).
+
+    `prepare_for_inference()` computes E' and every cross-attention layer's keys and values once
+    (same math); `train()` drops them again.
+    """
+
+    architecture: ClassVar[str] = "dpiqa-teacher"
+    config_class: ClassVar[type] = TeacherConfig
+
+    def __init__(
+        self,
+        config: TeacherConfig,
+        vae: AutoencoderKL | None = None,
+        unet: UNet2DConditionModel | None = None,
+        prompt_embeddings: torch.Tensor | None = None,
+    ) -> None:
+        """Build a teacher; pretrained `vae`, `unet` and `prompt_embeddings` may be passed in (they
+        must match `config`), the rest is randomly initialised."""
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.vae = vae if vae is not None else AutoencoderKL.from_config(config.vae)
+        # Only the encoder is used; dropping the decoder saves ~49.5 M parameters of memory.
+        del self.vae.decoder
+        del self.vae.post_quant_conv
+        self.vae.requires_grad_(False)
+        self.vae.eval()
+        self.unet = unet if unet is not None else UNet2DConditionModel.from_config(config.unet)
+        self.unet.conv_norm_out.requires_grad_(False)
+        self.unet.conv_out.requires_grad_(False)
+        self.image_adapter = FullAdapter(
+            in_channels=3, channels=list(config.adapter_channels), num_res_blocks=config.adapter_res_blocks,
+            downscale_factor=config.adapter_downscale,
+        )
+        self.text_adapter = TextAdapter(config.prompt_dim, config.text_adapter_gamma)
+        if prompt_embeddings is None:
+            prompt_embeddings = torch.randn(config.num_prompts, config.prompt_dim)
+        if tuple(prompt_embeddings.shape) != (config.num_prompts, config.prompt_dim):
+            raise ValueError(f"prompt embeddings {tuple(prompt_embeddings.shape)} do not match the config "
+                             f"({config.num_prompts}, {config.prompt_dim})")
+        self.register_buffer("prompt_embeddings", prompt_embeddings)
+        self.register_buffer("_cached_context", None, persistent=False)
+        self.decoder = QualityDecoder(
+            config.feature_channels, config.decoder_channels, config.se_reduction, config.map_hidden,
+            config.map_channels, config.map_size,
+        )
+        self.mlp = ScoreMLP(config.map_channels * config.map_size**2, config.head_hidden)
+        self._features: list[torch.Tensor] = []
+        for block in self.unet.up_blocks:
+            block.register_forward_hook(self._capture)
+
+    def _capture(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
+        self._features.append(output)
+
+    def train(self, mode: bool = True) -> DPIQATeacher:
+        super().train(mode)
+        self.vae.eval()
+        if mode:
+            self.drop_inference_cache()
+        return self
+
+    def parts(self) -> dict[str, list[nn.Module]]:
+        """The named parts, for per-part parameter and FLOP counts."""
+        vae_encoder = [m for m in (self.vae.encoder, self.vae.quant_conv) if m is not None]
+        return {
+            "vae_encoder": vae_encoder, "unet": [self.unet], "image_adapter": [self.image_adapter],
+            "text_adapter": [self.text_adapter], "decoder": [self.decoder], "head": [self.mlp],
+        }
+
+    def context(self) -> torch.Tensor:
+        """The text-adapted prompt context E' `(K, D)`, the same for every image."""
+        return self.text_adapter(self.prompt_embeddings)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in the value range -> scaled SD latents (posterior mean; a sample when training with
+        `train_latent="sample"`). No gradient flows into the frozen VAE."""
+        with torch.no_grad():
+            posterior = self.vae.encode(x).latent_dist
+            sample = self.training and self.config.train_latent == "sample"
+            latent = posterior.sample() if sample else posterior.mean
+        return latent * self.vae.config.scaling_factor
+
+    def unet_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Images `(B, 3, H, W)` -> the four U-Net up-block outputs (1280x16x16, 1280x32x32, 640x64x64,
+        320x64x64 at 512)."""
+        lo, hi = self.config.value_range
+        unit = x if (lo, hi) == (0.0, 1.0) else (x - lo) / (hi - lo)
+        residuals = self.image_adapter(unit)
+        cached = self._cached_context is not None and _kv_cache_usable()
+        context = self._cached_context if cached else self.context()
+        self._features = []
+        try:
+            self.unet(
+                self.encode(x), self.config.timestep,
+                encoder_hidden_states=context.unsqueeze(0).expand(x.shape[0], -1, -1),
+                down_intrablock_additional_residuals=list(residuals), return_dict=False,
+            )
+            return self._features
+        finally:
+            self._features = []
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images `(B, 3, H, W)` in the value range -> quality map `(B, 8, 64, 64)` (the distillation target)."""
+        return self.decoder(self.unet_features(x))
+
+    def forward_head(self, quality_map: torch.Tensor) -> torch.Tensor:
+        return self.mlp(quality_map)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns `(score (B,), quality map (B, 8, 64, 64))`."""
+        quality_map = self.forward_features(x)
+        return self.forward_head(quality_map), quality_map
+
+    @torch.no_grad()
+    def prepare_for_inference(self) -> None:
+        """Compute E' and the keys/values of every cross-attention layer for it, once.
+
+        Call after moving the model to its device and after any change of weights (`Scorer` does). The
+        cache is used only without gradients, and `train()` drops it.
+        """
+        if self.training:
+            raise RuntimeError("prepare_for_inference() is for inference: call .eval() first")
+        self.drop_inference_cache()
+        context = self.context()
+        self._cached_context = context
+        layers = [m for m in self.unet.modules() if isinstance(m, Attention) and m.is_cross_attention]
+        for attn in layers:
+            attn.set_processor(CachedContextAttnProcessor(attn, context, fallback=attn.processor))
+        log.debug("cached the prompt context's keys and values of %d cross-attention layers", len(layers))
+
+    def drop_inference_cache(self) -> None:
+        """Undo `prepare_for_inference()`: the original attention processors, no cached context."""
+        self._cached_context = None
+        for m in self.unet.modules():
+            if isinstance(m, Attention) and isinstance(m.processor, CachedContextAttnProcessor):
+                m.set_processor(m.processor.fallback)
+
+    def card(self) -> dict:
+        card = super().card()
+        card["prompts"] = {"set": self.config.prompt_set, "count": self.config.num_prompts,
+                           "text_encoder": self.config.text_encoder or "random (not computed from text)"}
+        card["latent"] = "VAE posterior mean (deterministic)" + (
+            "; sampled in training" if self.config.train_latent == "sample" else "")
+        card["dropped_reference_parameters"] = {
+            "count": DROPPED_REFERENCE_PARAMETERS,
+            "why": "unused by the released DP-IQA code's forward pass; not built here",
+        }
+        return card
+
+    @classmethod
+    def from_stable_diffusion(
+        cls,
+        sd: str = STABLE_DIFFUSION,
+        clip: str = CLIP_TEXT,
+        prompts: Sequence[str] | None = None,
+        config: TeacherConfig | None = None,
+        variant: str | None = None,
+        storage_options: dict | None = None,
+        device: str | torch.device = "cpu",
+        batch_size: int = 64,
+    ) -> DPIQATeacher:
+        """A teacher with the SD VAE and U-Net weights and prompt embeddings computed with CLIP; the
+        adapters, decoder and head are randomly initialised (ready to train).
+
+        Args:
+            sd: a diffusers Stable Diffusion folder (`vae/`, `unet/`): Hub id, local folder or fsspec URL
+                (its `vae/` and `unet/` safetensors are copied to the local cache first).
+            clip: a transformers CLIP model with a text projection (Hub id, local folder or fsspec URL);
+                the prompt embeddings are its projected pooled text features, computed once here.
+            prompts: the prompt texts (default: the spec's 1485, `models.prompts.quality_prompts()`).
+            config: other settings (value range, decoder sizes, ...); its VAE, U-Net and prompt fields
+                are replaced by what is loaded.
+            variant: diffusers weight variant (e.g. `fp16`); default the full-precision files.
+            storage_options: fsspec options for URLs (e.g. an S3 endpoint).
+            device: where the model is built.
+            batch_size: prompts per text-encoder call.
+        """
+        sd_location = _fetch(sd, storage_options, lambda rel: _is_sd_file(rel, variant))
+        # safetensors only (no pickle); skipping random init needs accelerate, so use it where installed.
+        load = {"variant": variant, "use_safetensors": True, "low_cpu_mem_usage": is_accelerate_available()}
+        vae = AutoencoderKL.from_pretrained(sd_location, subfolder="vae", **load)
+        unet = UNet2DConditionModel.from_pretrained(sd_location, subfolder="unet", **load)
+        texts = list(prompts) if prompts is not None else quality_prompts()
+        embeddings = embed_prompts(texts, clip, storage_options=storage_options, batch_size=batch_size)
+        config = dataclasses.replace(
+            config or TeacherConfig(), vae=_plain_config(vae.config), unet=_plain_config(unet.config),
+            num_prompts=len(texts), prompt_dim=int(embeddings.shape[1]), prompt_set=prompt_set_name(texts),
+            text_encoder=clip,
+        )
+        with torch.device(device):
+            model = cls(config, vae=vae.to(device), unet=unet.to(device), prompt_embeddings=embeddings.to(device))
+        log.info("teacher from %s + %d prompt embeddings from %s: %s parameters", sd, len(texts), clip,
+                 f"{checkpoint.parameter_counts(model)['total']:,}")
+        return model
+
+
+def embed_prompts(
+    prompts: Sequence[str], clip: str = CLIP_TEXT, storage_options: dict | None = None, batch_size: int = 64,
+) -> torch.Tensor:
+    """Each prompt's projected pooled CLIP text feature `(K, projection_dim)`, float32.
+
+    Args:
+        prompts: the texts.
+        clip: a CLIP checkpoint with a text projection (Hub id, local folder or fsspec URL).
+        storage_options: fsspec options for a URL.
+        batch_size: prompts per forward pass.
+    """
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    location = _fetch(clip, storage_options, _is_clip_file)
+    tokenizer = CLIPTokenizer.from_pretrained(location)
+    encoder = CLIPTextModelWithProjection.from_pretrained(location, use_safetensors=True).eval()
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenizer(list(prompts[start : start + batch_size]), padding=True, truncation=True,
+                              return_tensors="pt")
+            chunks.append(encoder(**batch).text_embeds.float())
+            log.info("embedded %d/%d prompts", min(start + batch_size, len(prompts)), len(prompts))
+    return torch.cat(chunks).clone()
+
+
+def _plain_config(config: Any) -> dict:
+    """A diffusers config as a JSON-ready dict, without its bookkeeping (`_class_name`, ...)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dict(config).items() if not k.startswith("_")}
+
+
+def _fetch(location: str, storage_options: dict | None, include: Any) -> str:
+    """A location from_pretrained can read: local folders and Hub ids as they are, fsspec URLs mirrored
+    into the local cache (only the files `include(relative_path)` accepts)."""
+    if location.startswith("file://"):
+        return location[len("file://") :]
+    if checkpoint.is_url(location):
+        return str(checkpoint.mirror(location, include, storage_options))
+    return location
+
+
+_SHARD = re.compile(r"-\d{5}-of-\d{5}$")
+
+
+def _is_sd_file(relative: str, variant: str | None) -> bool:
+    """`vae/` and `unet/` config and safetensors weights of one variant (SD repos hold several)."""
+    folder, _, name = relative.partition("/")
+    if folder not in ("vae", "unet") or "/" in name:
+        return False
+    if name == "config.json":
+        return True
+    tokens = [_SHARD.sub("", t) for t in name.split(".")]
+    if tokens[0] != "diffusion_pytorch_model" or "safetensors" not in tokens:
+        return False
+    return set(tokens[1:]) - {"safetensors", "index", "json"} == ({variant} if variant else set())
+
+
+def _is_clip_file(relative: str) -> bool:
+    """A transformers folder's configs, tokenizer files and safetensors weights (not other formats)."""
+    return "/" not in relative and (relative.endswith((".json", ".txt")) or relative.endswith(".safetensors"))
