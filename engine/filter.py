@@ -40,7 +40,7 @@ from engine import io as eio
 from engine import schema
 from engine.output import DONE_DIR, MANIFEST, OutputLocation
 from engine.progress import Progress
-from engine.scores import ScoredRun, ScoredShard
+from engine.scores import ScoredRun, ScoredShard, read_markers
 from engine.version import code_version
 
 log = logging.getLogger(__name__)
@@ -433,7 +433,7 @@ def run_filter(config: FilterConfig, executor: str = "local", address: str | Non
         _remove_previous(out)
     digest = out.claim(identity, overwrite=config.overwrite)
 
-    done = out.done()
+    done = read_markers(out)
     todo = [ShardTask(url, s.name, s.path) for url, s in pairs if s.name not in done]
     skipped = len(pairs) - len(todo)
     log.info("filter: %d shards, %d already done, %d to do, %d without scores", len(urls), skipped, len(todo),
@@ -454,7 +454,7 @@ def run_filter(config: FilterConfig, executor: str = "local", address: str | Non
         progress.update(written + len(failed) - len(missing), kept, failed=len(failed) - len(missing))
     progress.update(written + len(failed) - len(missing), kept, failed=len(failed) - len(missing), force=True)
     totals = {"kept": 0, "refused": 0}
-    for marker in out.done().values():
+    for marker in read_markers(out).values():
         totals["kept"] += int(marker.get("kept", 0))
         totals["refused"] += int(marker.get("refused", 0))
     elapsed = time.monotonic() - t0
@@ -485,7 +485,7 @@ def run_filter(config: FilterConfig, executor: str = "local", address: str | Non
 
 def _remove_previous(out: OutputLocation) -> None:
     """Before `--overwrite`: remove the shards and key files the previous filter run wrote."""
-    for name in out.done():
+    for name in read_markers(out):
         for rel in (f"{name}.tar", f"{KEYS_DIR}/{name}.parquet"):
             path = f"{out.path.rstrip('/')}/{rel}"
             if out.fs.exists(path):

@@ -65,7 +65,7 @@ def figure_histogram(doc: dict) -> str:
         if fig_data.get("baseline") is not None:
             base = np.asarray(fig_data["baseline"], dtype=float)
             ax.bar(centers, cur / max(cur.sum(), 1), width=widths, alpha=0.6, label="this run")
-            ax.step(edges[:-1], base / max(base.sum(), 1), where="post", color="k", label="baseline")
+            ax.stairs(base / max(base.sum(), 1), edges, color="k", label="baseline")
             ax.set_ylabel("fraction of ok rows")
             ax.legend()
         else:
@@ -89,7 +89,7 @@ def figure_cdf(doc: dict) -> str:
                 continue
             c = np.asarray(counts, dtype=float)
             ax.plot(edges, np.concatenate([[0.0], np.cumsum(c) / max(c.sum(), 1)]), style, label=label)
-        if doc.get("drift"):
+        if doc.get("drift") and doc["drift"]["ks_statistic"] > 0:
             ax.axvline(doc["drift"]["ks_at_score"], color="r", lw=0.8, label="largest CDF gap (KS)")
         ax.set_xlabel("score")
         ax.set_ylabel("cumulative fraction")
