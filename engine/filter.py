@@ -117,7 +117,7 @@ class Cutoff:
     """
 
     key: int
-    score: float
+    score: float | None  # None: nothing is kept (no ok row)
     inclusive: bool = True  # rows equal to `key` are kept (all of them when `ties` is None)
     ties: dict[str, int] | None = None
     kept: int | None = None
@@ -176,7 +176,7 @@ def top_fraction_cutoff(run: ScoredRun, shards: list[ScoredShard], fraction: flo
     total = int(high.sum())
     want = min(total, math.ceil(round(fraction * total, 9)))
     if want == 0:
-        return Cutoff(key=0xFFFFFFFF, score=math.inf, inclusive=False, ties={}, kept=0, total=total)
+        return Cutoff(key=0xFFFFFFFF, score=None, inclusive=False, ties={}, kept=0, total=total)
     above_high = np.cumsum(high[::-1])[::-1] - high  # rows in buckets above each bucket
     bucket = int(np.flatnonzero((above_high < want) & (above_high + high >= want))[-1])
     low = np.zeros(1 << 16, dtype=np.int64)
@@ -417,7 +417,7 @@ def run_filter(config: FilterConfig, executor: str = "local", address: str | Non
 
     if config.top_fraction is not None:
         cutoff = top_fraction_cutoff(run, [s for _, s in pairs], config.top_fraction)
-        log.info("filter: top %.4g of %s ok rows = %s rows, cut at score %.6g", config.top_fraction,
+        log.info("filter: top %.4g of %s ok rows = %s rows, cut at score %s", config.top_fraction,
                  f"{cutoff.total:,}", f"{cutoff.kept:,}", cutoff.score)
     else:
         cutoff = min_score_cutoff(config.min_score)

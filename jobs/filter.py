@@ -44,7 +44,8 @@ def main(args: argparse.Namespace) -> int:
     )
     result = run_filter(config, executor=args.executor, address=args.address)
     m = result.manifest
-    print(f"kept {m['kept']:,} samples (cut at score {m['cutoff']['score']:.6g}), refused {m['refused']:,}, from "
+    cut = "no ok row" if m["cutoff"]["score"] is None else f"cut at score {m['cutoff']['score']:.6g}"
+    print(f"kept {m['kept']:,} samples ({cut}), refused {m['refused']:,}, from "
           f"{m['shards']['written']} shards ({m['shards']['skipped_done']} already done, {m['shards']['failed']} "
           f"failed) -> {args.output}")
     for url, error in sorted(result.failed.items()):

@@ -172,7 +172,11 @@ def document(config: AuditConfig, run: ScoredRun, stats: RunStats, base: ScoredR
         if total.ok and base_stats.total.ok:
             doc["drift"] = drift.drift(stats.grid, stats.counts, base_stats.counts)
         plot["baseline"] = _coarse(base_stats.counts).tolist()
-    doc["figures"] = {"histogram": plot}
+    # Where each plot of the page takes its data from in this document.
+    sources = {"plot-histogram": "figures.histogram", "plot-cdf": "histogram, baseline.histogram",
+               "plot-statuses": "statuses", "plot-psi": "drift.psi_bins", "plot-per-source": "per_source",
+               "plot-per-shard": "per_shard"}
+    doc["figures"] = {"histogram": plot, "sources": sources}
     return doc
 
 

@@ -388,3 +388,17 @@ def test_score_with_every_status_is_counted(tmp_path: Path) -> None:
                                                                    schema.DUPLICATE_KEY: 1}
     assert doc["summary"]["error_rate"] == pytest.approx(2 / 3)
     assert doc["thumbnails"]["lowest"][0]["key"] == "k1"
+
+
+def test_run_without_ok_rows(tmp_path: Path) -> None:
+    path = tmp_path / "x.tar"
+    write_shard(path, [("k1", {"txt": b"no image"}), ("k2", {"jpg": jpeg(1)})])
+    out = str(tmp_path / "scores")
+    score_shards([str(path)], out, lambda u, i, k: None)
+    result = run_audit(AuditConfig(scores=out, baseline=out, report=str(tmp_path / "r.html"),
+                                   json=str(tmp_path / "a.json"), max_error_rate=0.5))
+    doc = json.loads((tmp_path / "a.json").read_text())
+    assert doc["summary"]["ok"] == 0 and doc["summary"]["error_rate"] == 1.0
+    assert doc["quantiles"] == {} and doc["drift"] is None and doc["thumbnails"]["lowest"] == []
+    assert result.exit_code == 3
+    assert (tmp_path / "r.html").read_text().count("data:image/png;base64,") == 5

@@ -249,3 +249,13 @@ def test_ray_executor_writes_the_same_shards(scored: tuple[str, list[str], str],
     assert result.manifest["shards"]["written"] == SHARDS
     for s in range(SHARDS):
         assert (tmp_path / "ray" / f"{s:05d}.tar").read_bytes() == (tmp_path / "local" / f"{s:05d}.tar").read_bytes()
+
+
+def test_top_fraction_without_ok_rows_keeps_nothing(tmp_path: Path) -> None:
+    shard = tmp_path / "00000.tar"
+    write_shard(shard, samples(0)[:3])
+    scores = str(tmp_path / "scores")
+    score_shards([str(shard)], scores, lambda u, i, k: None)  # every sample failed to score
+    result = run_filter(FilterConfig(scores=scores, input=str(shard), output=str(tmp_path / "new"), top_fraction=0.5))
+    assert result.manifest["kept"] == 0 and result.manifest["cutoff"]["score"] is None
+    assert read_tar(tmp_path / "new" / "00000.tar") == []
