@@ -1,0 +1,296 @@
+"""The audit's HTML page: one self-contained file (plots as inline PNG, thumbnails as inline JPEG, no
+script, no external asset), rendered from the audit's JSON document.
+
+Every number shown on the page carries `data-json="path.to.value"`, the place in the JSON document it
+comes from, so that a reader (or a test) can check the page against the JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+MAX_TABLE_ROWS = 25  # per-shard and per-source tables show the worst rows; the JSON has all of them
+MAX_PLOTTED_SOURCES = 30
+
+
+def _png(draw: Callable[[Any], None], size: tuple[float, float] = (7.0, 3.2)) -> str:
+    """Run `draw(fig)` on a fresh matplotlib figure and return it as a PNG data URI (a bare `Figure`
+    renders with Agg without touching pyplot's global state)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=100, layout="constrained")
+    draw(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def fmt(value: Any, kind: str = "num") -> str:
+    """A number as shown on the page: `int` with thousands separators, `rate` as a percentage with two
+    decimals, `num` with six significant digits."""
+    if value is None:
+        return "n/a"
+    if kind == "int":
+        return f"{int(value):,}"
+    if kind == "rate":
+        return f"{100 * value:.2f}%"
+    return f"{value:.6g}"
+
+
+def num(doc_path: str, value: Any, kind: str = "num", tag: str = "td") -> str:
+    """An element showing a number from the JSON document, tagged with its path there."""
+    return f'<{tag} class="n" data-json="{html.escape(doc_path)}">{fmt(value, kind)}</{tag}>'
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+# -- figures --------------------------------------------------------------------------------------
+
+def figure_histogram(doc: dict) -> str:
+    fig_data = doc["figures"]["histogram"]
+    edges = np.asarray(fig_data["edges"])
+    centers, widths = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+
+    def draw(fig: Any) -> None:
+        ax = fig.subplots()
+        cur = np.asarray(fig_data["counts"], dtype=float)
+        if fig_data.get("baseline") is not None:
+            base = np.asarray(fig_data["baseline"], dtype=float)
+            ax.bar(centers, cur / max(cur.sum(), 1), width=widths, alpha=0.6, label="this run")
+            ax.stairs(base / max(base.sum(), 1), edges, color="k", label="baseline")
+            ax.set_ylabel("fraction of ok rows")
+            ax.legend()
+        else:
+            ax.bar(centers, cur, width=widths)
+            ax.set_ylabel("ok rows")
+        ax.set_xlabel("score")
+        ax.set_title("Score distribution")
+
+    return _png(draw)
+
+
+def figure_cdf(doc: dict) -> str:
+    hist = doc["histogram"]
+    edges = np.linspace(hist["lo"], hist["hi"], hist["bins"] + 1)
+
+    def draw(fig: Any) -> None:
+        ax = fig.subplots()
+        for label, counts, style in (("this run", hist["counts"], "-"),
+                                     ("baseline", (doc.get("baseline") or {}).get("histogram", {}).get("counts"), "--")):
+            if counts is None:
+                continue
+            c = np.asarray(counts, dtype=float)
+            ax.plot(edges, np.concatenate([[0.0], np.cumsum(c) / max(c.sum(), 1)]), style, label=label)
+        if doc.get("drift") and doc["drift"]["ks_statistic"] > 0:
+            ax.axvline(doc["drift"]["ks_at_score"], color="r", lw=0.8, label="largest CDF gap (KS)")
+        ax.set_xlabel("score")
+        ax.set_ylabel("cumulative fraction")
+        ax.set_title("Cumulative distribution")
+        ax.legend()
+
+    return _png(draw)
+
+
+def figure_statuses(doc: dict) -> str:
+    statuses = doc["statuses"]
+
+    def draw(fig: Any) -> None:
+        ax = fig.subplots()
+        names = [s["status"] for s in statuses]
+        counts = [s["count"] for s in statuses]
+        ax.barh(names, counts, color=["tab:green" if n == "ok" else "tab:red" for n in names])
+        ax.set_xscale("symlog")
+        ax.invert_yaxis()
+        ax.set_xlabel("rows")
+        ax.set_title("Rows by status")
+
+    return _png(draw, (7.0, 0.6 + 0.35 * max(len(statuses), 1)))
+
+
+def figure_per_shard(doc: dict) -> str:
+    shards = doc["per_shard"]
+
+    def draw(fig: Any) -> None:
+        ax1, ax2 = fig.subplots(2, 1, sharex=True)
+        x = np.arange(len(shards))
+        means = [s["mean"] if s["mean"] is not None else np.nan for s in shards]
+        ax1.plot(x, means, ".", ms=3)
+        ax1.set_ylabel("mean score")
+        ax1.set_title("Per shard (in name order)")
+        ax2.plot(x, [s["error_rate"] for s in shards], ".", ms=3, color="tab:red")
+        ax2.set_ylabel("error rate")
+        ax2.set_xlabel("shard")
+
+    return _png(draw, (7.0, 4.0))
+
+
+def figure_per_source(doc: dict) -> str:
+    sources = sorted(doc["per_source"], key=lambda s: -s["rows"])[:MAX_PLOTTED_SOURCES]
+
+    def draw(fig: Any) -> None:
+        ax1, ax2 = fig.subplots(1, 2, sharey=True)
+        names = [s["source"] or "(none)" for s in sources]
+        ax1.barh(names, [s["mean"] or 0.0 for s in sources], xerr=[s["std"] or 0.0 for s in sources])
+        ax1.set_xlabel("mean score (± std)")
+        ax1.invert_yaxis()
+        ax2.barh(names, [s["error_rate"] for s in sources], color="tab:red")
+        ax2.set_xlabel("error rate")
+        fig.suptitle(f"Per source (largest {len(sources)})")
+
+    return _png(draw, (7.0, 1.0 + 0.3 * max(len(sources), 1)))
+
+
+def figure_psi(doc: dict) -> str:
+    bins = doc["drift"]["psi_bins"]
+
+    def draw(fig: Any) -> None:
+        ax = fig.subplots()
+        x = np.arange(len(bins))
+        ax.bar(x - 0.2, [b["baseline"] for b in bins], width=0.4, label="baseline")
+        ax.bar(x + 0.2, [b["current"] for b in bins], width=0.4, label="this run")
+        ax.set_xticks(x, [f"{b['lo']:.3g}–{b['hi']:.3g}" for b in bins], rotation=45, ha="right", fontsize=7)
+        ax.set_ylabel("fraction of ok rows")
+        ax.set_title(f"PSI bins (PSI = {doc['drift']['psi']:.4g})")
+        ax.legend()
+
+    return _png(draw)
+
+
+# -- page -----------------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}
+td.n{text-align:right;font-variant-numeric:tabular-nums}.alert{background:#fdd;border:1px solid #c00;padding:.6em}
+.okbox{background:#dfd;border:1px solid #0a0;padding:.6em}.thumbs{display:flex;flex-wrap:wrap;gap:8px}
+figure{margin:0;width:170px;font-size:11px;word-break:break-all}figure img{max-width:160px;max-height:160px}
+.plot{max-width:100%}.err{color:#a00}
+"""
+
+
+def _summary(doc: dict) -> str:
+    s = doc["summary"]
+    q = doc["quantiles"]
+    rows = [
+        ("completed shards", num("shards.completed", doc["shards"]["completed"], "int")),
+        ("rows", num("summary.rows", s["rows"], "int")),
+        ("ok rows", num("summary.ok", s["ok"], "int")),
+        ("error rows", num("summary.errors", s["errors"], "int")),
+        ("error rate", num("summary.error_rate", s["error_rate"], "rate")),
+        ("mean score", num("summary.mean", s["mean"])),
+        ("std", num("summary.std", s["std"])),
+        ("min", num("summary.min", s["min"])),
+        ("max", num("summary.max", s["max"])),
+    ]
+    rows += [(f"quantile {k}", num(f"quantiles.{k}", v)) for k, v in q.items()]
+    if doc["shards"].get("failed_in_run") is not None:
+        rows.insert(1, ("shards the score run reported failed", num("shards.failed_in_run",
+                                                                     doc["shards"]["failed_in_run"], "int")))
+    body = "".join(f"<tr><th>{esc(k)}</th>{v}</tr>" for k, v in rows)
+    return f"<table id='summary'>{body}</table>"
+
+
+def _statuses(doc: dict) -> str:
+    body = "".join(
+        f"<tr><td>{esc(s['status'])}</td>{num(f'statuses.{i}.count', s['count'], 'int')}"
+        f"{num(f'statuses.{i}.rate', s['rate'], 'rate')}</tr>"
+        for i, s in enumerate(doc["statuses"])
+    )
+    return f"<table id='statuses'><tr><th>status</th><th>rows</th><th>share</th></tr>{body}</table>"
+
+
+def _group_table(doc: dict, key: str, label: str) -> str:
+    items = list(enumerate(doc[key]))
+    # Worst first: highest error rate, then lowest mean score.
+    items.sort(key=lambda t: (-t[1]["error_rate"], t[1]["mean"] if t[1]["mean"] is not None else -np.inf))
+    head = (f"<tr><th>{label}</th><th>rows</th><th>error rate</th><th>mean</th><th>std</th>"
+            "<th>min</th><th>max</th></tr>")
+    body = "".join(
+        f"<tr><td>{esc(g.get('name', g.get('source')) or '(none)')}</td>{num(f'{key}.{i}.rows', g['rows'], 'int')}"
+        f"{num(f'{key}.{i}.error_rate', g['error_rate'], 'rate')}{num(f'{key}.{i}.mean', g['mean'])}"
+        f"{num(f'{key}.{i}.std', g['std'])}{num(f'{key}.{i}.min', g['min'])}{num(f'{key}.{i}.max', g['max'])}</tr>"
+        for i, g in items[:MAX_TABLE_ROWS]
+    )
+    more = (f"<p>{len(items) - MAX_TABLE_ROWS:,} more in the JSON document.</p>"
+            if len(items) > MAX_TABLE_ROWS else "")
+    return f"<table id='{key}'>{head}{body}</table>{more}"
+
+
+def _drift(doc: dict) -> str:
+    d, base = doc["drift"], doc["baseline"]
+    rows = [
+        ("baseline", f"<td>{esc(base['scores'])}</td>"),
+        ("baseline rows", num("baseline.summary.rows", base["summary"]["rows"], "int")),
+        ("baseline error rate", num("baseline.summary.error_rate", base["summary"]["error_rate"], "rate")),
+        ("baseline mean score", num("baseline.summary.mean", base["summary"]["mean"])),
+        ("baseline median", num("baseline.quantiles.p50", base["quantiles"].get("p50"))),
+        ("PSI", num("drift.psi", d["psi"])),
+        ("KS statistic D", num("drift.ks_statistic", d["ks_statistic"])),
+        ("KS p-value", num("drift.ks_pvalue", d["ks_pvalue"])),
+    ]
+    if not base.get("same_model", True):
+        rows.append(("note", "<td class='err'>the baseline was scored by another model or checkpoint</td>"))
+    body = "".join(f"<tr><th>{esc(k)}</th>{v}</tr>" for k, v in rows)
+    return f"<table id='drift'>{body}</table><p>{esc(d['method'])}.</p>"
+
+
+def _thumbs(doc: dict, images: dict[str, list[str | None]]) -> str:
+    parts = []
+    for which, title in (("lowest", "Lowest scored"), ("highest", "Highest scored")):
+        figs = []
+        for i, (t, uri) in enumerate(zip(doc["thumbnails"][which], images.get(which, []), strict=False)):
+            img = (f"<img alt='{esc(t['key'])}' src='{uri}'>" if uri
+                   else f"<div class='err'>{esc(t.get('error') or 'no thumbnail')}</div>")
+            figs.append(f"<figure class='thumb' data-which='{which}'>{img}<figcaption>"
+                        f"{num(f'thumbnails.{which}.{i}.score', t['score'], tag='b')} "
+                        f"{esc(t['key'])}<br>{esc(t['shard'])} #{t['index']}</figcaption></figure>")
+        parts.append(f"<h3>{title}</h3><div class='thumbs' id='thumbs-{which}'>{''.join(figs)}</div>")
+    return "".join(parts)
+
+
+def render(doc: dict, images: dict[str, list[str | None]]) -> str:
+    """The HTML page for an audit document.
+
+    Args:
+        doc: the audit's JSON document (`engine.audit.run.run_audit`).
+        images: thumbnail data URIs by `lowest`/`highest`, in the order of `doc["thumbnails"]`.
+    """
+    alerts = doc["alerts"]
+    banner = ("<div class='alert' id='alerts'><b>ALERT</b><ul>" + "".join(f"<li>{esc(a)}</li>" for a in alerts)
+              + "</ul></div>") if alerts else "<div class='okbox' id='alerts'>No threshold crossed.</div>"
+    model = doc.get("model") or {}
+    plots = [("Score distribution", figure_histogram(doc)), ("CDF", figure_cdf(doc)),
+             ("Statuses", figure_statuses(doc))]
+    sections = [
+        f"<h1>dpiqa audit: {esc(doc['scores'])}</h1>",
+        f"<p>Generated {esc(doc['generated'])}; model {esc(model.get('model'))} "
+        f"(checkpoint {esc(model.get('checkpoint_hash'))}, code {esc(model.get('code_version'))}).</p>",
+        banner,
+        "<h2>Summary</h2>", _summary(doc),
+        f"<img class='plot' id='plot-histogram' alt='score histogram' src='{plots[0][1]}'>",
+        f"<img class='plot' id='plot-cdf' alt='score CDF' src='{plots[1][1]}'>",
+        "<h2>Statuses</h2>", _statuses(doc),
+        f"<img class='plot' id='plot-statuses' alt='rows by status' src='{plots[2][1]}'>",
+    ]
+    if doc.get("drift"):
+        sections += ["<h2>Drift against the baseline</h2>", _drift(doc),
+                     f"<img class='plot' id='plot-psi' alt='PSI bins' src='{figure_psi(doc)}'>"]
+    sections += [
+        "<h2>Per source</h2>", _group_table(doc, "per_source", "source"),
+        f"<img class='plot' id='plot-per-source' alt='per source' src='{figure_per_source(doc)}'>",
+        "<h2>Per shard</h2>", _group_table(doc, "per_shard", "shard"),
+        f"<img class='plot' id='plot-per-shard' alt='per shard' src='{figure_per_shard(doc)}'>",
+    ]
+    if doc["thumbnails"]["lowest"] or doc["thumbnails"]["highest"]:
+        sections += ["<h2>Thumbnails</h2>", _thumbs(doc, images)]
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>dpiqa audit</title>"
+            f"<style>{CSS}</style></head><body>{''.join(sections)}</body></html>")

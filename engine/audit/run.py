@@ -1,0 +1,245 @@
+"""The audit of a scored run: statistics, drift against a baseline, thumbnails, the JSON document, the
+HTML page, and the alerts that decide the exit status."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+
+from engine.audit import drift, report
+from engine.audit.stats import Extreme, Grid, RunStats
+from engine.audit.thumbnails import read_thumbnails
+from engine.io import get_fs, retry
+from engine.progress import Progress
+from engine.scores import ScoredRun, source_of
+from engine.version import code_version
+
+log = logging.getLogger(__name__)
+
+ALERT_EXIT = 3  # the exit status when a threshold is crossed (2 is bad usage, 1 a failed job)
+PLOT_BINS = 64  # the histogram plot's bins (the fine grid summed in groups)
+DOC_VERSION = 1
+
+
+@dataclass
+class AuditConfig:
+    """What an audit reads, writes and alerts on.
+
+    Args:
+        scores: output location of the `dpiqa score` run to audit.
+        report: where to write the HTML page (local path or fsspec URL), or None.
+        json: where to write the JSON document, or None.
+        baseline: output location of a previous run to compare against, or None.
+        max_error_rate: alert when the share of rows whose status is not `ok` exceeds this.
+        max_drift: alert when the PSI against the baseline exceeds this (only with a baseline).
+        thumbnails: how many lowest and how many highest scored images to show (0: none).
+        bins: bins of the fine histogram grid (a multiple of 64).
+        batch_size: rows per streamed record batch.
+        storage_options: fsspec options for every location (scores, baseline, shards, outputs).
+    """
+
+    scores: str
+    report: str | None = None
+    json: str | None = None
+    baseline: str | None = None
+    max_error_rate: float | None = None
+    max_drift: float | None = 0.25
+    thumbnails: int = 8
+    bins: int = 2048
+    batch_size: int = 65536
+    storage_options: dict | None = None
+
+    def __post_init__(self) -> None:
+        if self.bins <= 0 or self.bins % PLOT_BINS:
+            raise ValueError(f"bins must be a positive multiple of {PLOT_BINS}, not {self.bins}")
+        if self.thumbnails < 0:
+            raise ValueError(f"thumbnails must be >= 0, not {self.thumbnails}")
+        for name in ("max_error_rate", "max_drift"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, not {value}")
+
+
+@dataclass
+class AuditResult:
+    """The audit's JSON document and its alerts."""
+
+    doc: dict = field(default_factory=dict)
+
+    @property
+    def alerts(self) -> list[str]:
+        return self.doc.get("alerts", [])
+
+    @property
+    def exit_code(self) -> int:
+        return ALERT_EXIT if self.alerts else 0
+
+
+def scan(run: ScoredRun, grid: Grid, extremes: int, groups: bool, batch_size: int, label: str) -> RunStats:
+    """Stream every completed shard of `run` once into a `RunStats`, logging progress."""
+    stats = RunStats(grid, extremes=extremes, groups=groups)
+    columns = ["score", "status", "index"] + (["source"] if run.has_source and groups else [])
+    progress = Progress(label, len(run.shards), unit="rows")
+    seen: set[str] = set()
+    for shard, batch in run.batches(columns, batch_size):
+        seen.add(shard.name)
+        stats.add(shard.name, shard.url, batch, source=None if run.has_source else source_of(shard.url))
+        progress.update(len(seen) - 1, stats.total.rows)
+    progress.update(len(seen), stats.total.rows, force=True)
+    return stats
+
+
+def run_audit(config: AuditConfig) -> AuditResult:
+    """Audit `config.scores` (and compare it with `config.baseline`), write the page and the JSON.
+
+    Raises:
+        ValueError: a location holds no completed shard.
+    """
+    run = ScoredRun(config.scores, config.storage_options)
+    base = ScoredRun(config.baseline, config.storage_options) if config.baseline else None
+    lo, hi = run.score_range()
+    if base is not None:
+        blo, bhi = base.score_range()
+        lo = min(v for v in (lo, blo) if v is not None) if lo is not None or blo is not None else None
+        hi = max(v for v in (hi, bhi) if v is not None) if hi is not None or bhi is not None else None
+    grid = Grid.around(lo, hi, config.bins)
+    log.info("audit: %d completed shards (%s rows by their markers) at %s", len(run.shards), f"{run.rows():,}",
+             config.scores)
+    stats = scan(run, grid, config.thumbnails, True, config.batch_size, "audit")
+    base_stats = scan(base, grid, 0, False, config.batch_size, "audit baseline") if base is not None else None
+
+    doc = document(config, run, stats, base, base_stats)
+    images = thumbnails(run, stats, doc, config.storage_options)
+    doc["alerts"] = alerts(config, doc)
+    if config.json:
+        write_text(config.json, json.dumps(doc, indent=1, allow_nan=False), config.storage_options)
+    if config.report:
+        write_text(config.report, report.render(doc, images), config.storage_options)
+    return AuditResult(doc)
+
+
+def document(config: AuditConfig, run: ScoredRun, stats: RunStats, base: ScoredRun | None,
+             base_stats: RunStats | None) -> dict:
+    """The audit's JSON document (everything the page shows, and the data behind every plot)."""
+    total = stats.total
+    manifest = run.manifest or {}
+    doc: dict = {
+        "version": DOC_VERSION,
+        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "code_version": code_version(),
+        "scores": config.scores,
+        "model": run.identity(),
+        "shards": {
+            "completed": len(run.shards),
+            "failed_in_run": len(manifest["failed_shards"]) if "failed_shards" in manifest else None,
+            "failed": manifest.get("failed_shards", {}),
+        },
+        "summary": _summary(total),
+        "statuses": [{"status": s, "count": c, "rate": c / total.rows if total.rows else 0.0}
+                     for s, c in sorted(total.statuses.items(), key=lambda t: (-t[1], t[0]))],
+        "quantiles": stats.quantiles(),
+        "histogram": {"lo": stats.grid.lo, "hi": stats.grid.hi, "bins": stats.grid.bins,
+                      "counts": stats.counts.tolist()},
+        "per_shard": [
+            {"name": s.name, "url": s.url, "source": stats.shard_source.get(s.name), **stats.per_shard[s.name].to_dict()}
+            for s in run.shards if s.name in stats.per_shard
+        ],
+        "per_source": [{"source": k, **v.to_dict()} for k, v in sorted(stats.per_source.items())],
+        "baseline": None,
+        "drift": None,
+        "thresholds": {"max_error_rate": config.max_error_rate,
+                       "max_drift": config.max_drift if base is not None else None},
+        "thumbnails": {"lowest": [], "highest": []},
+    }
+    plot = {"edges": np.linspace(stats.grid.lo, stats.grid.hi, PLOT_BINS + 1).tolist(),
+            "counts": _coarse(stats.counts).tolist(), "baseline": None}
+    if base is not None and base_stats is not None:
+        ours, theirs = run.identity(), base.identity()
+        doc["baseline"] = {
+            "scores": config.baseline,
+            "model": theirs,
+            "same_model": ours.get("checkpoint_hash") == theirs.get("checkpoint_hash"),
+            "shards": {"completed": len(base.shards)},
+            "summary": _summary(base_stats.total),
+            "quantiles": base_stats.quantiles(),
+            "histogram": {"lo": base_stats.grid.lo, "hi": base_stats.grid.hi, "bins": base_stats.grid.bins,
+                          "counts": base_stats.counts.tolist()},
+        }
+        if total.ok and base_stats.total.ok:
+            doc["drift"] = drift.drift(stats.grid, stats.counts, base_stats.counts)
+        plot["baseline"] = _coarse(base_stats.counts).tolist()
+    # Where each plot of the page takes its data from in this document.
+    sources = {"plot-histogram": "figures.histogram", "plot-cdf": "histogram, baseline.histogram",
+               "plot-statuses": "statuses", "plot-psi": "drift.psi_bins", "plot-per-source": "per_source",
+               "plot-per-shard": "per_shard"}
+    doc["figures"] = {"histogram": plot, "sources": sources}
+    return doc
+
+
+def _summary(total) -> dict:  # noqa: ANN001 - stats.Aggregate
+    d = total.to_dict()
+    return {k: d[k] for k in ("rows", "ok", "errors", "error_rate", "mean", "std", "min", "max")}
+
+
+def _coarse(counts: np.ndarray) -> np.ndarray:
+    return counts.reshape(PLOT_BINS, -1).sum(axis=1)
+
+
+def thumbnails(run: ScoredRun, stats: RunStats, doc: dict, storage_options: dict | None) -> dict[str, list]:
+    """Look up the keys of the lowest and highest rows, read their images back, fill the document's
+    `thumbnails` and return the data URIs in the same order."""
+    chosen = {"lowest": stats.lowest.rows(), "highest": stats.highest.rows()}
+    if not chosen["lowest"] and not chosen["highest"]:
+        return {}
+    by_name = {s.name: s for s in run.shards}
+    wanted: dict[str, set[int]] = {}
+    for e in chosen["lowest"] + chosen["highest"]:
+        wanted.setdefault(e.shard, set()).add(e.index)
+    keys = {name: run.keys(by_name[name], sorted(idx)) for name, idx in wanted.items()}
+    rows: list[Extreme] = []
+    for items in chosen.values():
+        for e in items:
+            e.key = keys[e.shard].get(e.index)
+            rows.append(e)
+    thumbs = read_thumbnails([(e.url, e.index, e.key) for e in rows], storage_options)
+    images: dict[str, list] = {}
+    for which, items in chosen.items():
+        doc["thumbnails"][which] = []
+        images[which] = []
+        for e in items:
+            t = thumbs[(e.url, e.index)]
+            doc["thumbnails"][which].append({"key": e.key, "shard": e.shard, "url": e.url, "index": e.index,
+                                             "score": e.score, "error": t.error})
+            images[which].append(t.data_uri)
+    return images
+
+
+def alerts(config: AuditConfig, doc: dict) -> list[str]:
+    """The thresholds the run crosses, one line each."""
+    out = []
+    rate = doc["summary"]["error_rate"]
+    if config.max_error_rate is not None and rate > config.max_error_rate:
+        out.append(f"error rate {rate:.4%} exceeds --max-error-rate {config.max_error_rate:g} "
+                   f"({doc['summary']['errors']:,} of {doc['summary']['rows']:,} rows)")
+    if doc["drift"] is not None and config.max_drift is not None and doc["drift"]["psi"] > config.max_drift:
+        out.append(f"score drift PSI {doc['drift']['psi']:.4f} exceeds --max-drift {config.max_drift:g} "
+                   f"against {config.baseline} (KS D={doc['drift']['ks_statistic']:.4f})")
+    return out
+
+
+def write_text(url: str, text: str, storage_options: dict | None = None) -> None:
+    """Write a text file to a local path or an fsspec URL (parent folders created)."""
+    fs, path = get_fs(url, storage_options)
+
+    def put() -> None:
+        parent = path.rsplit("/", 1)[0] if "/" in path else ""
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        with fs.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+
+    retry(put, f"write {url}")

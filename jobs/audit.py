@@ -1,0 +1,56 @@
+"""`dpiqa audit`: a scored run -> HTML report with plots, JSON figures, and an exit status for alerts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "audit", help="report on a scored run: statistics, drift, thumbnails (exit 3 on alerts)",
+        description="Audit the completed shards of a `dpiqa score` output: counts, error rates by status, score "
+                    "quantiles and histogram, per-shard and per-source breakdowns, drift against a baseline run "
+                    "(PSI over the baseline's decile bins, two-sample KS), thumbnails of the lowest and highest "
+                    "scored images. Writes one self-contained HTML page and/or a JSON document. Exits 3 when a "
+                    "threshold is crossed, printing which, so that a cron job can alert.",
+    )
+    p.add_argument("--scores", required=True, help="output location of the score run (local, s3://, any fsspec URL)")
+    p.add_argument("--baseline", default=None, help="output location of a previous score run to compare against")
+    p.add_argument("--report", default=None, help="HTML page to write (local path or URL)")
+    p.add_argument("--json", default=None, help="JSON document to write (local path or URL)")
+    p.add_argument("--max-error-rate", type=float, default=None, metavar="R",
+                   help="alert when more than this fraction of rows failed (status not 'ok'); default: no check")
+    p.add_argument("--max-drift", type=float, default=0.25, metavar="D",
+                   help="alert when the PSI against --baseline exceeds D (default: 0.25, a major shift)")
+    p.add_argument("--thumbnails", type=int, default=8, metavar="N",
+                   help="show the N lowest and N highest scored images, read back from the shards (default: 8)")
+    p.add_argument("--storage-options", type=json.loads, default=None,
+                   help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://localhost:9000"}\'')
+    p.set_defaults(run=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from engine.audit import AuditConfig, run_audit
+
+    config = AuditConfig(
+        scores=args.scores, baseline=args.baseline, report=args.report, json=args.json,
+        max_error_rate=args.max_error_rate, max_drift=args.max_drift, thumbnails=args.thumbnails,
+        storage_options=args.storage_options,
+    )
+    result = run_audit(config)
+    doc = result.doc
+    s = doc["summary"]
+    median = doc["quantiles"].get("p50")
+    line = (f"audited {s['rows']:,} rows of {doc['shards']['completed']} shards: error rate {s['error_rate']:.2%}, "
+            f"median score {median:.4g}" if median is not None else
+            f"audited {s['rows']:,} rows of {doc['shards']['completed']} shards: error rate {s['error_rate']:.2%}")
+    if doc["drift"]:
+        line += f", PSI {doc['drift']['psi']:.4f}, KS D {doc['drift']['ks_statistic']:.4f}"
+    print(line)
+    for what, where in (("report", args.report), ("json", args.json)):
+        if where:
+            print(f"{what} -> {where}")
+    for alert in result.alerts:
+        print(f"ALERT {alert}")
+    return result.exit_code
