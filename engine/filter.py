@@ -40,7 +40,8 @@ from engine import io as eio
 from engine import schema
 from engine.output import DONE_DIR, MANIFEST, OutputLocation
 from engine.progress import Progress
-from engine.scores import ScoredRun, ScoredShard, read_markers
+from engine.scores import ScoredRun, ScoredShard
+from engine.stages.source import Sample, iter_samples
 from engine.version import code_version
 
 log = logging.getLogger(__name__)
@@ -310,7 +311,6 @@ class ShardFilter:
     def _copy(self, task: ShardTask, wanted: dict[int, tuple[str | None, float]], out: OutputLocation,
               result: ShardResult) -> list[tuple[str, str | None, int, float]]:
         """Stream the input shard and write the wanted samples' members, unchanged, to NEW/NAME.tar."""
-        from engine.stages.source import iter_samples  # imported here: the reader pulls in webdataset
 
         slow = float(os.environ.get(SLOW_ENV, "0") or 0)
         kept: list[tuple[str, str | None, int, float]] = []
@@ -342,9 +342,9 @@ class ShardFilter:
         return kept
 
     @staticmethod
-    def _write_sample(tar: tarfile.TarFile, sample, result: ShardResult) -> bool:  # noqa: ANN001 - Sample
-        """Write one sample's members as `KEY.EXT`, or refuse it whole if a name could escape."""
-        names = {ext: f"{sample.key}.{ext}" for ext in sample.members}
+    def _write_sample(tar: tarfile.TarFile, sample: Sample, result: ShardResult) -> bool:
+        """Write one sample's members under their stored names, or refuse it whole if a name could escape."""
+        names = {ext: sample.names.get(ext, f"{sample.key}.{ext}") for ext in sample.members}
         for name in names.values():
             why = unsafe_name(name)
             if why:
@@ -433,7 +433,7 @@ def run_filter(config: FilterConfig, executor: str = "local", address: str | Non
         _remove_previous(out)
     digest = out.claim(identity, overwrite=config.overwrite)
 
-    done = read_markers(out)
+    done = out.done()
     todo = [ShardTask(url, s.name, s.path) for url, s in pairs if s.name not in done]
     skipped = len(pairs) - len(todo)
     log.info("filter: %d shards, %d already done, %d to do, %d without scores", len(urls), skipped, len(todo),
@@ -454,7 +454,7 @@ def run_filter(config: FilterConfig, executor: str = "local", address: str | Non
         progress.update(written + len(failed) - len(missing), kept, failed=len(failed) - len(missing))
     progress.update(written + len(failed) - len(missing), kept, failed=len(failed) - len(missing), force=True)
     totals = {"kept": 0, "refused": 0}
-    for marker in read_markers(out).values():
+    for marker in out.done().values():
         totals["kept"] += int(marker.get("kept", 0))
         totals["refused"] += int(marker.get("refused", 0))
     elapsed = time.monotonic() - t0
@@ -485,7 +485,7 @@ def run_filter(config: FilterConfig, executor: str = "local", address: str | Non
 
 def _remove_previous(out: OutputLocation) -> None:
     """Before `--overwrite`: remove the shards and key files the previous filter run wrote."""
-    for name in read_markers(out):
+    for name in out.done():
         for rel in (f"{name}.tar", f"{KEYS_DIR}/{name}.parquet"):
             path = f"{out.path.rstrip('/')}/{rel}"
             if out.fs.exists(path):

@@ -93,7 +93,7 @@ def build_stages(config: ScoreConfig, info: models.ModelInfo, gpus: float) -> li
     score = ScoreStage(
         config.model, device="cuda" if use_gpu else "cpu", precision=config.precision,
         batch_size=config.batch_size, num_gpus=1.0 if use_gpu else 0.0, concurrency=actors,
-        threads=config.threads or (None if use_gpu else max(1, (os.cpu_count() or 1) // actors)),
+        threads=config.threads or (None if use_gpu else _cpu_threads(actors)),
         write_maps=config.write_maps, channels_last=config.channels_last, compile=config.compile,
     )
     source = SourceStage(chunk_size=config.chunk_size, storage_options=config.storage_options)
@@ -101,6 +101,14 @@ def build_stages(config: ScoreConfig, info: models.ModelInfo, gpus: float) -> li
     decode = DecodeStage(info.preprocessing, max_pixels=config.max_pixels)
     decode.batch_size = config.batch_size
     return [source, decode, score]
+
+
+def _cpu_threads(actors: int) -> int:
+    """Torch threads per CPU actor: OMP_NUM_THREADS where the user set it, else the cores shared out
+    (Ray would give each actor one thread)."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    return max(1, (os.cpu_count() or 1) // actors)
 
 
 def run_score(config: ScoreConfig, executor: Executor) -> ScoreResult:

@@ -24,6 +24,9 @@ END_OF_SHARD = "_end"
 SHARD_FAILED = "_shard_failed"
 CONTROL = (END_OF_SHARD, SHARD_FAILED)
 
+# Images with more pixels become `too_large` rows (PIL's own default bomb limit).
+DEFAULT_MAX_PIXELS = 89_478_485
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm", "pgm", "jp2", "j2k")
 
 SCORES_SCHEMA = pa.schema(

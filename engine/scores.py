@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import posixpath
 from collections.abc import Iterator
@@ -16,8 +15,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from engine import schema
-from engine.io import retry
-from engine.output import DONE_DIR, MANIFEST, RUN_FILE, SCORES_DIR, OutputLocation
+from engine.output import MANIFEST, RUN_FILE, SCORES_DIR, OutputLocation
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +46,6 @@ def source_of(url: str) -> str:
     return posixpath.dirname(url.rstrip("/")) or "."
 
 
-def read_markers(location: OutputLocation) -> dict[str, dict]:
-    """Completion markers by shard name, like `OutputLocation.done()` but fetched in one `cat` call,
-    which s3fs (any async fsspec filesystem) serves concurrently: a run of 100,000 shards on an object
-    store would otherwise spend that many sequential round trips here."""
-    paths = location.fs.glob(f"{location.path.rstrip('/')}/{DONE_DIR}/*.json")
-    if not paths:
-        return {}
-    contents = retry(lambda: location.fs.cat(paths), f"read {len(paths)} markers under {location.url}")
-    return {p.rsplit("/", 1)[-1][: -len(".json")]: json.loads(data) for p, data in contents.items()}
-
-
 class ScoredRun:
     """The output of a `dpiqa score` run, restricted to shards whose completion marker exists (a
     shard being written, or abandoned half-way, is not read).
@@ -75,7 +62,7 @@ class ScoredRun:
         self.url = url
         self.location = OutputLocation(url, storage_options)
         self.fs = self.location.fs
-        markers = read_markers(self.location)
+        markers = self.location.done()
         if not markers:
             raise ValueError(f"{url}: no completed shard (no {url.rstrip('/')}/_done/*.json); "
                              "is it the --output of a `dpiqa score` run?")

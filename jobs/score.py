@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from engine.stages.decode import DEFAULT_MAX_PIXELS
+from engine.schema import DEFAULT_MAX_PIXELS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

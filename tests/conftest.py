@@ -16,6 +16,9 @@ os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
 os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# One torch/OpenMP thread per process (Ray workers inherit it): with more threads than free cores,
+# OpenMP's spin-waiting makes a busy 2-core machine crawl, and the test models are tiny.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 import sys
 

@@ -25,14 +25,14 @@ class Stage(ABC):
     batch_size: int | None = None
     concurrency: int | tuple[int, int] | None = None
 
-    def setup(self) -> None:
+    def setup(self) -> None:  # noqa: B027 - an optional hook; overriding it makes the stage an actor
         """Load what the stage needs (a model, say); called once per worker before any batch."""
 
     @abstractmethod
     def __call__(self, batch: Batch) -> Batch | Iterator[Batch]:
         """Process one batch; a generator may yield several output batches."""
 
-    def teardown(self) -> None:
+    def teardown(self) -> None:  # noqa: B027 - an optional hook
         """Release what `setup()` took."""
 
     @property

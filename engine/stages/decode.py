@@ -17,8 +17,8 @@ from models.preprocessing import Preprocessing
 # before the size is known to us. We switch it off and check the header's size against our own limit
 # right after `open` (which parses only the header), so a bomb becomes a `too_large` row with the size
 # it claims, and no pixel of it is decoded.
-DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 Image.MAX_IMAGE_PIXELS = None
+DEFAULT_MAX_PIXELS = schema.DEFAULT_MAX_PIXELS
 
 _FILTERS = {
     "nearest": Image.Resampling.NEAREST,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import tarfile
 import zlib
 from collections.abc import Iterator
@@ -12,13 +13,23 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
-from webdataset.tariterators import base_plus_ext
 
 from engine import schema
 from engine.io import RetryCounter, RetryingReader, get_fs, is_transient
 from engine.stages.base import Batch, Stage
 
 ROW_COLUMNS = ("shard", "index", "key", "ext", "data", "status", "error")
+
+# WebDataset's key convention, as `webdataset.tariterators.base_plus_ext` states it: the key is the
+# member path up to the first dot of its file name, the extension is the rest. Repeated here because
+# importing webdataset imports torch (~600 MB), which the shard reader of `audit`/`filter` must not pay.
+_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+
+
+def base_plus_ext(path: str) -> tuple[str | None, str | None]:
+    """`a/b.seg.jpg` -> `("a/b", "seg.jpg")`; `(None, None)` for a name without an extension."""
+    match = _KEY_EXT.match(path)
+    return (match.group(1), match.group(2)) if match else (None, None)
 
 
 @dataclass
@@ -29,6 +40,7 @@ class Sample:
     members: dict[str, bytes] = field(default_factory=dict)
     status: str = schema.OK
     error: str | None = None
+    names: dict[str, str] = field(default_factory=dict)  # lower-case extension -> member name as stored
 
     def image_member(self) -> tuple[str, bytes] | None:
         for ext in schema.IMAGE_EXTENSIONS:
@@ -107,7 +119,7 @@ def iter_samples(fileobj: io.RawIOBase) -> Iterator[Sample]:
             if not info.isreg():
                 continue
             key, ext = base_plus_ext(info.name)
-            if key is None or posix_basename(info.name).startswith("__"):
+            if key is None or ext is None or posix_basename(info.name).startswith("__"):
                 continue
             ext = ext.lower()
             try:
@@ -124,6 +136,7 @@ def iter_samples(fileobj: io.RawIOBase) -> Iterator[Sample]:
             if current is None:
                 current = Sample(key)
             current.members[ext] = data
+            current.names[ext] = info.name
         # The loop ended: at an end-of-archive block, or (silently) at a truncated or corrupt header.
         block = tap.block_at(stream.offset)
         if block is not None and (len(block) < tarfile.BLOCKSIZE or block.count(0) != tarfile.BLOCKSIZE):

@@ -7,14 +7,12 @@ import json
 import tarfile
 
 import corpus
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 import models
 from engine import schema
 from engine.executor.local import LocalExecutor
-from engine.executor.ray_data import RayDataExecutor
 from engine.output import ForeignOutputError, OutputLocation
 from engine.pipeline import ScoreConfig, run_score
 from engine.stages.decode import decode_image
