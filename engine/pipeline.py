@@ -148,8 +148,11 @@ def run_score(config: ScoreConfig, executor: Executor) -> ScoreResult:
     metadata = {**info.identity(), "config_hash": digest, "code_version": code_version()}
     writer = ParquetWriteStage(output, names, metadata, config.model, digest, map_shape=map_shape)
     progress = Progress("score", len(todo))
+    first_output: list[float] = []
 
     def sink(batch: Batch) -> None:
+        if not first_output:
+            first_output.append(time.monotonic() - t0)
         writer(batch)
         written, images = writer.progress()
         progress.update(written, images, failed=len(writer.summary.failed))
@@ -178,6 +181,8 @@ def run_score(config: ScoreConfig, executor: Executor) -> ScoreResult:
         "columns": SCORES_SCHEMA.names,
         "started": started.isoformat(timespec="seconds"),
         "seconds": round(elapsed, 3),
+        # until the first scored batch came back: listing, (Ray start,) model load, first batch
+        "startup_seconds": round(first_output[0], 3) if first_output else None,
         "images_per_second": round(writer.images_seen / elapsed, 2) if elapsed > 0 else None,
     }
     output.write_json(MANIFEST, manifest)

@@ -1,0 +1,1 @@
+"""Benchmarks anyone can rerun; each prints the machine it ran on."""

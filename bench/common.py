@@ -1,0 +1,76 @@
+"""Shared by the benchmarks: a description of the machine, and peak memory of a process tree."""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+
+def machine() -> str:
+    """CPU model, cores, RAM, OS, Python and the versions that matter, plus the GPU if one is visible."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = psutil.virtual_memory().total / 2**30
+    parts = [f"{cpu}, {os.cpu_count()} cores, {ram:.1f} GiB RAM", platform.platform(),
+             f"Python {platform.python_version()}"]
+    versions = []
+    for name in ("torch", "ray", "pyarrow", "onnxruntime"):
+        try:
+            versions.append(f"{name} {__import__(name).__version__}")
+        except ImportError:
+            pass
+    parts.append(", ".join(versions))
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            parts.append(f"GPU {torch.cuda.get_device_name(0)}")
+    except ImportError:
+        pass
+    return "; ".join(parts)
+
+
+class TreePeakRSS:
+    """Samples the summed resident memory of a process and all its descendants (a `dpiqa` driver with
+    the Ray processes it starts) every `interval` seconds, keeping the peak, in MiB."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        self.root = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                break
+            for p in procs:
+                try:
+                    total += p.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+            self.peak = max(self.peak, total / 2**20)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> TreePeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

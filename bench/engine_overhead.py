@@ -1,0 +1,193 @@
+"""Benchmark: what the engine costs over a bare loop, and whether its memory grows with the corpus.
+
+The same model on the same images, two ways:
+  (a) a bare loop in one process: read each tar, decode, preprocess, score in batches;
+  (b) `dpiqa score` end to end on a local Ray (shard reader tasks, decoder tasks, a scoring actor,
+      Parquet writer, markers, manifest).
+It prints both rates, their ratio (steady state, and with start-up included) and the machine. Then it
+runs (b) on the corpus and on 10 copies of it and prints the peak memory of the whole process tree
+(the driver and every Ray process): streaming means it must not grow with the corpus.
+
+The model is a DP-IQA student whose compute dominates on a CPU (default: EfficientNet-B0 backbone at
+the paper's 512x512 input, random weights, saved and loaded as a checkpoint); the images are
+real-size JPEGs (~640x480) cut from scikit-image's sample photographs.
+
+    python bench/engine_overhead.py [--images 480] [--shards 8] [--threads 2] [--scale 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.common import TreePeakRSS, machine  # noqa: E402
+
+
+def photographs() -> list[np.ndarray]:
+    from skimage import data
+
+    names = ["astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry", "hubble_deep_field"]
+    return [np.asarray(getattr(data, n)())[..., :3] for n in names if hasattr(data, n)]
+
+
+def build_corpus(directory: Path, images: int, shards: int, seed: int = 0) -> list[Path]:
+    """`shards` tars of ~640x480 JPEGs: random crops of the sample photographs, resized and re-encoded."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    sources = photographs()
+    per_shard = images // shards
+    paths = []
+    for s in range(shards):
+        path = directory / f"{s:05d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for i in range(per_shard):
+                src = sources[rng.integers(len(sources))]
+                h, w = src.shape[:2]
+                ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
+                y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+                img = Image.fromarray(src[y : y + ch, x : x + cw]).resize((640, 480), Image.Resampling.BICUBIC)
+                buf = io.BytesIO()
+                img.save(buf, "JPEG", quality=90)
+                info = tarfile.TarInfo(f"s{s:05d}_{i:06d}.jpg")
+                info.size = len(buf.getvalue())
+                tar.addfile(info, io.BytesIO(buf.getvalue()))
+        paths.append(path)
+    return paths
+
+
+BARE_LOOP = r"""
+import sys, tarfile, time, json
+import numpy as np, torch
+sys.path.insert(0, sys.argv[1])
+import models
+from engine.stages.decode import decode_image
+model, threads, batch, shards = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
+torch.set_num_threads(threads)
+scorer = models.load_scorer(model, device="cpu", precision="fp32")
+t0 = time.monotonic()
+n = 0
+pending = []
+def flush():
+    global n, pending
+    if pending:
+        scorer(np.stack(pending)); n += len(pending); pending = []
+for path in shards:
+    with tarfile.open(path, "r|") as tar:
+        for member in tar:
+            pixels, _, _ = decode_image(tar.extractfile(member).read(), scorer.preprocessing)
+            pending.append(pixels)
+            if len(pending) == batch:
+                flush()
+flush()
+print(json.dumps({"images": n, "seconds": time.monotonic() - t0}))
+"""
+
+
+def bare_loop(model: str, shards: list[Path], threads: int, batch: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", BARE_LOOP, str(REPO), model, str(threads), str(batch),
+                          *map(str, shards)], capture_output=True, text=True, check=True, env=_env(threads))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def engine_run(model: str, shards: Path, output: Path, threads: int, batch: int) -> tuple[dict, float, float]:
+    """`dpiqa score` on a local Ray; returns (manifest, wall seconds, peak MiB of the process tree)."""
+    cmd = [sys.executable, "-m", "jobs.cli", "score", "--input", str(shards), "--output", str(output),
+           "--model", model, "--device", "cpu", "--batch-size", str(batch), "--threads", str(threads)]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(threads), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    with TreePeakRSS(proc.pid) as mem:
+        log, _ = proc.communicate()
+    wall = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"dpiqa score failed:\n{log[-3000:]}")
+    return json.loads((output / "manifest.json").read_text()), wall, mem.peak
+
+
+def _env(threads: int) -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": str(threads)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=480)
+    ap.add_argument("--shards", type=int, default=8)
+    ap.add_argument("--backbone", default="efficientnet_b0")
+    ap.add_argument("--image-size", type=int, default=512)
+    ap.add_argument("--model", default=None, help="score with this model instead of a random student")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--scale", type=int, default=10, help="memory run on this many copies of the corpus")
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="dpiqa-bench-"))
+    corpus = work / "corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    shards = build_corpus(corpus, args.images, args.shards)
+    model = args.model
+    if model is None:
+        import torch
+
+        from models.student import DPIQAStudent, StudentConfig
+
+        torch.manual_seed(0)
+        model = str(work / "student")
+        DPIQAStudent(StudentConfig(backbone=args.backbone, image_size=args.image_size)).save_pretrained(model)
+    n = args.images // args.shards * args.shards
+    print(f"machine: {machine()}")
+    print(f"model: {args.backbone if args.model is None else model} @ {args.image_size}; {n} JPEGs 640x480 in "
+          f"{args.shards} shards; batch {args.batch_size}; {args.threads} torch threads")
+
+    bare = bare_loop(model, shards, args.threads, args.batch_size)
+    bare_rate = bare["images"] / bare["seconds"]
+    manifest, wall, peak_1x = engine_run(model, corpus, work / "out-1x", args.threads, args.batch_size)
+    startup = manifest["startup_seconds"]
+    steady = (manifest["rows"] - args.batch_size) / max(manifest["seconds"] - startup, 1e-9)
+    total = manifest["rows"] / wall
+
+    big = work / "corpus-x"
+    big.mkdir(exist_ok=True)
+    for copy in range(args.scale):
+        for path in shards:
+            target = big / f"c{copy:03d}_{path.name}"
+            if not target.exists():
+                os.link(path, target)
+    manifest_x, wall_x, peak_x = engine_run(model, big, work / f"out-{args.scale}x", args.threads, args.batch_size)
+
+    print()
+    print("| run | images | seconds | img/s |")
+    print("| --- | ---: | ---: | ---: |")
+    print(f"| (a) bare loop, one process | {bare['images']} | {bare['seconds']:.1f} | {bare_rate:.2f} |")
+    print(f"| (b) dpiqa score on local Ray, steady state (after {startup:.1f} s start-up) | {manifest['rows']} | "
+          f"{manifest['seconds'] - startup:.1f} | {steady:.2f} |")
+    print(f"| (b) dpiqa score, whole command incl. Ray start and model load | {manifest['rows']} | {wall:.1f} | "
+          f"{total:.2f} |")
+    print()
+    print(f"ratio (b)/(a), steady state: {steady / bare_rate:.3f}   (goal >= 0.9)")
+    print(f"ratio (b)/(a), whole command: {total / bare_rate:.3f}")
+    print()
+    print("| corpus | images | peak RSS of driver + Ray processes (MiB) | img/s (whole command) |")
+    print("| --- | ---: | ---: | ---: |")
+    print(f"| 1x | {manifest['rows']} | {peak_1x:.0f} | {total:.2f} |")
+    print(f"| {args.scale}x | {manifest_x['rows']} | {peak_x:.0f} | {manifest_x['rows'] / wall_x:.2f} |")
+    print(f"peak memory ratio {args.scale}x / 1x: {peak_x / peak_1x:.3f}   (goal: within 1.10)")
+
+
+if __name__ == "__main__":
+    main()

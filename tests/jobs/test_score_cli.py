@@ -1,0 +1,58 @@
+"""`dpiqa score` as a user runs it: help, progress lines, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import corpus
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def dpiqa(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)}, timeout=300)
+
+
+def test_help_lists_the_options():
+    out = dpiqa("score", "--help")
+    assert out.returncode == 0
+    for option in ("--input", "--output", "--model", "--batch-size", "--device", "--overwrite", "--address"):
+        assert option in out.stdout
+
+
+def test_progress_lines_and_summary(tmp_path):
+    corpus.write_corpus(tmp_path, shards=3, per_shard=5)
+    out = dpiqa("score", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model",
+                "dpiqa-student-tiny", "--executor", "local")
+    assert out.returncode == 0, out.stderr
+    progress = [line for line in out.stderr.splitlines() if "dpiqa.progress" in line]
+    assert progress and "score: 3/3 shards done, 15 images" in progress[-1] and "images/s" in progress[-1]
+    assert "scored 15 rows from 3 shards (0 already done, 0 failed)" in out.stdout
+
+
+def test_failed_shard_exit_code_lists_it(tmp_path):
+    corpus.write_corpus(tmp_path, shards=2, per_shard=3)
+    urls = [str(tmp_path / "00000.tar"), str(tmp_path / "00001.tar"), str(tmp_path / "gone.tar")]
+    (tmp_path / "urls.txt").write_text("\n".join(urls))
+    out = dpiqa("score", "--input", str(tmp_path / "urls.txt"), "--output", str(tmp_path / "o"), "--model",
+                "dpiqa-student-tiny", "--executor", "local")
+    assert out.returncode == 1
+    assert f"FAILED {tmp_path / 'gone.tar'}: FileNotFoundError" in out.stdout
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["shards"]["written"] == 2 and list(manifest["failed_shards"]) == [urls[2]]
+
+
+def test_bad_arguments_get_one_line_errors(tmp_path):
+    out = dpiqa("score", "--input", str(tmp_path / "nothing-here"), "--output", str(tmp_path / "o"),
+                "--model", "dpiqa-student-tiny", "--executor", "local")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("dpiqa score: error: ")
+    assert "nothing-here" in out.stderr and "Traceback" not in out.stderr
+    corpus.write_corpus(tmp_path, shards=1, per_shard=2)
+    out = dpiqa("score", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model", str(tmp_path / "no-model"),
+                "--executor", "local")
+    assert out.returncode == 2 and "no-model" in out.stderr and "Traceback" not in out.stderr
