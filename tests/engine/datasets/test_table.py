@@ -81,3 +81,16 @@ def test_reads_a_table_from_s3(tmp_path, s3):
     fs.pipe(f"{bucket}/sets/x/1.jpg", jpeg(1))
     data = load_dataset("csv", f"s3://{bucket}/sets/l.csv", storage_options=options, check_images=True)
     assert data[0].path == f"s3://{bucket}/sets/x/1.jpg" and data.mos.tolist() == [61.0]
+
+
+def test_a_mos_outside_the_declared_scale_is_reported(tmp_path, caplog):
+    pd.DataFrame({"path": [f"{i}.jpg" for i in range(12)], "mos": [1 + i / 3 for i in range(12)]}).to_csv(
+        tmp_path / "l.csv", index=False)
+    load_dataset("csv", str(tmp_path / "l.csv"), mos_scale=100)
+    assert "every MOS is at most 4.66667, a tenth of the declared scale 100" in caplog.text
+    caplog.clear()
+    load_dataset("csv", str(tmp_path / "l.csv"), mos_scale=4)
+    assert "MOS from 1 to 4.66667 lies outside [0, 4]" in caplog.text
+    caplog.clear()
+    load_dataset("csv", str(tmp_path / "l.csv"), mos_scale=5)
+    assert "MOS" not in caplog.text
