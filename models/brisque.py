@@ -58,18 +58,28 @@ def _load(image: ImageInput, storage_options: dict | None) -> np.ndarray:
 
 
 def brisque_score(image: ImageInput, storage_options: dict | None = None) -> float:
-    """The BRISQUE score of one image (lower = better quality).
+    """The BRISQUE score of one image (lower = better quality), NaN where BRISQUE is undefined.
+
+    BRISQUE normalises by local contrast, so an image without any (a flat colour: AGIQA-3K has three
+    all-black images) has no features (0 / 0); it gets NaN and a warning rather than an arbitrary number,
+    and the evaluation decides what a baseline's undefined score counts as.
 
     Args:
         image: an RGB/grey uint8 array, a PIL image, or a path/fsspec URL of an image file.
         storage_options: fsspec options when `image` is a URL.
     """
-    return float(brisque_model().score(_load(image, storage_options)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        score = float(brisque_model().score(_load(image, storage_options)))
+    if not np.isfinite(score):
+        what = image if isinstance(image, str) else "an image"
+        log.warning("BRISQUE is undefined for %s (no local contrast, e.g. a flat colour): NaN", what)
+        return float("nan")
+    return score
 
 
 def brisque_scores(images: Iterable[ImageInput], storage_options: dict | None = None) -> np.ndarray:
-    """BRISQUE scores of many images, in order (lower = better quality; about 0.3 s per 512 x 512 image
-    on one CPU core, logged every 10 s).
+    """BRISQUE scores of many images, in order (lower = better quality, NaN where undefined; about
+    0.25-0.5 s per 512 x 512 image on one CPU core; progress logged every 10 s).
 
     Args:
         images: uint8 arrays, PIL images, or paths/fsspec URLs.

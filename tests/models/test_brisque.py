@@ -40,3 +40,9 @@ def test_paths_and_pil_images_score_like_arrays(photo, tmp_path):
     Image.fromarray(photo).save(tmp_path / "photo.png")
     scores = brisque_scores([photo, Image.fromarray(photo), str(tmp_path / "photo.png")])
     assert scores[0] == pytest.approx(scores[1]) and scores[0] == pytest.approx(scores[2])
+
+
+def test_a_flat_image_is_undefined_not_a_number(caplog):
+    black = np.zeros((64, 64, 3), dtype=np.uint8)
+    assert np.isnan(brisque_score(black))
+    assert "BRISQUE is undefined for an image" in caplog.text
