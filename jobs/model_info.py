@@ -15,13 +15,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", metavar="NAME_OR_PATH", help="named configuration, shipped name or checkpoint location")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument(
+        "--set", dest="overrides", metavar="FIELD=VALUE", action="append", type=parse_override, default=[],
+        help="replace a config field of a named configuration, VALUE as JSON (else a string), e.g. the "
+             "ablation switches text_adapter=false, image_adapter=false, prompt_set=empty-1, "
+             "prompt_pooling=mean, timestep=500, decoder_levels=[0,1]; repeatable",
+    )
     p.set_defaults(run=main)
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """`FIELD=VALUE` -> (field, value): VALUE parsed as JSON where it is JSON, else kept as a string."""
+    field, sep, raw = text.partition("=")
+    if not sep or not field:
+        raise argparse.ArgumentTypeError(f"--set wants FIELD=VALUE, not {text!r}")
+    try:
+        return field, json.loads(raw)
+    except json.JSONDecodeError:
+        return field, raw
 
 
 def main(args: argparse.Namespace) -> int:
     from models.info import model_info
 
-    info = model_info(args.model)
+    info = model_info(args.model, dict(args.overrides) or None)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -39,6 +56,12 @@ def format_table(info: dict) -> str:
         f"input            3x{size}, values in {info['preprocessing']['value_range']}, "
         f"{info['preprocessing']['interpolation']} resize",
         f"quality map      {'x'.join(map(str, info['map_shape']))}",
+    ]
+    if "switches" in info:
+        changed = info["ablation"]
+        lines.append("switches         " + (
+            ", ".join(f"{k}={json.dumps(v)}" for k, v in changed.items()) if changed else "none (the paper's model)"))
+    lines += [
         "",
         f"{'part':<16} {'parameters':>15} {'GFLOP/image':>12}" + (
             f" {'GFLOP (cached)':>15}" if "flops_inference" in info else ""),

@@ -65,15 +65,54 @@ def resolve(name_or_path: str) -> str:
     return str(SHIPPED[name_or_path]) if name_or_path in SHIPPED else name_or_path
 
 
-def build(name: str, device: str | torch.device = "cpu", seed: int | None = RANDOM_SEED) -> nn.Module:
-    """A named configuration with random weights, seeded so every worker builds the same model."""
-    architecture, make_config = MODELS[name]
-    cls = model_class(architecture)
+def named_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
+    """The config of a named configuration, with some fields replaced (the ablation switches, sizes).
+
+    Args:
+        name: a `MODELS` name.
+        overrides: config field -> value (JSON types: lists for tuples). A named teacher `prompt_set`
+            also sets `num_prompts` to its size unless `num_prompts` is given too.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown named configuration {name!r}; known: {', '.join(MODELS)}")
+    config = MODELS[name][1]()
+    if not overrides:
+        return config
+    data = checkpoint.config_to_dict(config)
+    unknown = sorted(set(overrides) - set(data))
+    if unknown:
+        raise ValueError(f"{name}: {type(config).__name__} has no field {', '.join(unknown)}; "
+                         f"fields: {', '.join(data)}")
+    changed = checkpoint.config_from_dict(type(config), {**data, **overrides})
+    if "prompt_set" in overrides and "num_prompts" not in overrides and hasattr(changed, "with_prompt_set"):
+        from models.prompts import PROMPT_SETS
+
+        if changed.prompt_set in PROMPT_SETS:
+            changed = changed.with_prompt_set(changed.prompt_set)
+    return changed
+
+
+def build(
+    name: str,
+    device: str | torch.device = "cpu",
+    seed: int | None = RANDOM_SEED,
+    overrides: dict[str, Any] | None = None,
+) -> nn.Module:
+    """A named configuration with random weights, seeded so every worker builds the same model.
+
+    Args:
+        name: a `MODELS` name.
+        device: where to build it (`meta`: no memory, no initialisation).
+        seed: the random seed of the weights (None: not seeded).
+        overrides: config fields to replace (`named_config`), e.g. `{"text_adapter": False}`.
+    """
+    cls = model_class(MODELS[name][0])
+    config = named_config(name, overrides)
     if seed is None or str(device) == "meta":
-        return cls.from_config(make_config(), device=device)
+        return cls.from_config(config, device=device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return cls.from_config(make_config(), device=device)
+        return cls.from_config(config, device=device)
 
 
 def load_model(name_or_path: str, device: str | torch.device = "cpu") -> nn.Module:
@@ -123,11 +162,19 @@ class ModelInfo:
         }
 
 
-def describe(name_or_path: str) -> ModelInfo:
-    """Read a model's identity from its config and card only (works on the driver for any size)."""
+def describe(name_or_path: str, overrides: dict[str, Any] | None = None) -> ModelInfo:
+    """Read a model's identity from its config and card only (works on the driver for any size).
+
+    Args:
+        name_or_path: a `MODELS` name, a shipped name, or a checkpoint folder/URL/Hub id.
+        overrides: config fields to replace; named configurations only (a checkpoint's config is its own).
+    """
+    if overrides and name_or_path not in MODELS:
+        raise ValueError(f"{name_or_path}: config overrides apply to named configurations "
+                         f"({', '.join(MODELS)}), not to checkpoints")
     if name_or_path in MODELS:
-        architecture, make_config = MODELS[name_or_path]
-        config = make_config()
+        architecture = MODELS[name_or_path][0]
+        config = named_config(name_or_path, overrides)
         digest = hashlib.sha256(json.dumps(checkpoint.config_to_dict(config), sort_keys=True).encode()).hexdigest()
         return ModelInfo(name_or_path, architecture, f"random:seed{RANDOM_SEED}:{digest[:16]}",
                          config.preprocessing, float(config.mos_scale), tuple(config.map_shape), {})

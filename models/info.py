@@ -19,10 +19,11 @@ FLOP_NOTE = ("matmul/conv/attention FLOPs (2 per multiply-add) for one image, co
              "elementwise, normalisation, softmax and resize ops are not counted")
 
 
-def build_meta(name_or_path: str) -> nn.Module:
-    """The model of a named configuration or checkpoint, built on the meta device (no memory, no weights)."""
+def build_meta(name_or_path: str, overrides: dict[str, Any] | None = None) -> nn.Module:
+    """The model of a named configuration (with `overrides` of its config fields) or of a checkpoint, built
+    on the meta device (no memory, no weights)."""
     if name_or_path in models.MODELS:
-        return models.build(name_or_path, device="meta").eval()
+        return models.build(name_or_path, device="meta", overrides=overrides).eval()
     location = models.resolve(name_or_path)
     data = checkpoint.read_json(location, checkpoint.CONFIG_NAME)
     if data is None:
@@ -56,15 +57,16 @@ def _flops_under(by_module: dict[str, int], prefix: str) -> int:
     return int(sum(by_module[k] for k in outermost))
 
 
-def model_info(name_or_path: str) -> dict[str, Any]:
-    """Architecture, parameter counts (total, trainable, per part), input size, map shape and FLOPs per
-    image of a named configuration or checkpoint, without loading weights.
+def model_info(name_or_path: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Architecture, parameter counts (total, trainable, per part), input size, map shape, FLOPs per
+    image and ablation switches of a named configuration or checkpoint, without loading weights.
 
     Args:
         name_or_path: a `models.MODELS` name, a shipped name, or a checkpoint folder/URL/Hub id.
+        overrides: config fields to replace in a named configuration (e.g. `{"text_adapter": False}`).
     """
-    info = models.describe(name_or_path)
-    model = build_meta(name_or_path)
+    info = models.describe(name_or_path, overrides)
+    model = build_meta(name_or_path, overrides)
     parameters = checkpoint.parameter_counts(model)
     parameters["frozen"] = parameters["total"] - parameters["trainable"]
     for part, modules in model.parts().items():
@@ -83,6 +85,12 @@ def model_info(name_or_path: str) -> dict[str, Any]:
         "flops": count_flops(model, size),
         "flops_note": FLOP_NOTE,
     }
+    if overrides:
+        result["overrides"] = dict(overrides)
+    switches = getattr(model.config, "switches", None)
+    if switches is not None:
+        result["switches"] = switches()
+        result["ablation"] = model.config.changed_switches()
     prepare = getattr(model, "prepare_for_inference", None)
     if prepare is not None:
         prepare()

@@ -22,11 +22,14 @@ from models import checkpoint
 from models.checkpoint import CheckpointMixin
 from models.layers import ScoreMLP
 from models.preprocessing import Preprocessing
-from models.prompts import DEFAULT_SET, prompt_set_name, quality_prompts
+from models.prompts import DEFAULT_SET, PROMPT_SETS, prompt_set_name, prompt_set_size, prompt_texts
 
 log = logging.getLogger(__name__)
 
 STABLE_DIFFUSION = "runwayml/stable-diffusion-v1-5"
+# SD v1.5 was trained on 1000 DDPM timesteps; the U-Net's time embedding has seen t in [0, 999] only.
+NUM_TRAIN_TIMESTEPS = 1000
+POOLINGS = ("eos", "mean")
 CLIP_TEXT = "openai/clip-vit-large-patch14"
 
 # Parameters DP-IQA's released code carries but never uses (see `DPIQATeacher`); we do not build them.
@@ -83,12 +86,28 @@ class TeacherConfig:
         adapter_channels: `FullAdapter` channels per level, equal to the U-Net's `block_out_channels`.
         adapter_res_blocks: `FullAdapter` residual blocks per level.
         adapter_downscale: `FullAdapter` pixel-unshuffle factor, equal to the VAE's downscale factor.
-        num_prompts: K, the number of quality prompts (rows of the stored prompt embeddings).
+        num_prompts: K, the number of quality prompts (rows of the stored prompt embeddings); for a
+            named `prompt_set` with embeddings computed from text it must be that set's size
+            (`with_prompt_set` sets both).
         prompt_dim: the prompt embedding size (CLIP ViT-L/14's projected text feature: 768).
-        prompt_set: which texts the embeddings encode (`models.prompts`; `custom-...` for other lists).
+        prompt_set: which texts the embeddings encode: a `models.prompts.PROMPT_SETS` name
+            (`dpiqa-quality-1485`, the ablations' `dpiqa-coarse-495` and `empty-1`) or `custom-...`.
+        prompt_pooling: how each prompt's CLIP text feature was pooled: `eos` (the paper's: CLIP's
+            projected pooled output, the final hidden state at the end-of-text token) or `mean` (ablation:
+            the mean of the final hidden states over the prompt's tokens, padding excluded, then CLIP's
+            text projection). A record of how `from_stable_diffusion` computed the embeddings.
         text_encoder: the CLIP model the embeddings were computed with (empty: random embeddings).
+        text_adapter: build the text adapter (the paper's); without it (ablation) the raw prompt
+            embeddings E are the cross-attention context.
         text_adapter_gamma: initial value of the text adapter's learnable per-channel scale.
-        timestep: the U-Net timestep (1; no noise is added).
+        image_adapter: build the image adapter (the paper's); without it (ablation) the image reaches the
+            U-Net through the latent only.
+        timestep: the U-Net timestep, any integer in [0, 999] (the range SD v1.5's time embedding was
+            trained on); no noise is added at any t. The paper's is 1.
+        decoder_levels: which U-Net up-block outputs feed the decoder, as indices into the up blocks,
+            deepest first (0: 1280x16x16, 1: 1280x32x32, 2: 640x64x64, 3: 320x64x64 at full size);
+            strictly increasing. The paper's is all four. Up blocks after the last level used still run
+            (they are part of the U-Net) but are frozen: nothing depends on them.
         decoder_channels: channels of the decoder's per-level and fused 3x3 convs (512).
         se_reduction: squeeze-and-excitation reduction of the decoder (16).
         map_hidden: channels of the 1x1 convs between the fused features and the map (128, 32).
@@ -112,9 +131,13 @@ class TeacherConfig:
     num_prompts: int = 1485
     prompt_dim: int = 768
     prompt_set: str = DEFAULT_SET
+    prompt_pooling: str = "eos"
     text_encoder: str = ""
+    text_adapter: bool = True
     text_adapter_gamma: float = 1e-4
+    image_adapter: bool = True
     timestep: int = 1
+    decoder_levels: tuple[int, ...] = (0, 1, 2, 3)
     decoder_channels: int = 512
     se_reduction: int = 16
     map_hidden: tuple[int, ...] = (128, 32)
@@ -167,6 +190,11 @@ class TeacherConfig:
             image_size=64,
         )
 
+    # The ablation switches; the defaults are the paper's model.
+    SWITCHES: ClassVar[tuple[str, ...]] = (
+        "text_adapter", "image_adapter", "prompt_set", "prompt_pooling", "timestep", "decoder_levels",
+    )
+
     @property
     def preprocessing(self) -> Preprocessing:
         return Preprocessing((self.image_size, self.image_size), self.interpolation, self.value_range)
@@ -174,6 +202,23 @@ class TeacherConfig:
     @property
     def map_shape(self) -> tuple[int, int, int]:
         return (self.map_channels, self.map_size, self.map_size)
+
+    def switches(self) -> dict[str, Any]:
+        """The ablation switches' values (JSON types), the paper's model being the defaults."""
+        return {name: list(v) if isinstance(v := getattr(self, name), tuple) else v for name in self.SWITCHES}
+
+    def changed_switches(self) -> dict[str, Any]:
+        """The switches that differ from the paper's model."""
+        paper = TeacherConfig().switches()
+        return {name: value for name, value in self.switches().items() if value != paper[name]}
+
+    def with_prompt_set(self, name: str) -> TeacherConfig:
+        """This config with a named prompt set and K = its size (the embeddings still to be computed).
+
+        Args:
+            name: a `models.prompts.PROMPT_SETS` name.
+        """
+        return dataclasses.replace(self, prompt_set=name, num_prompts=len(prompt_texts(name)))
 
     @property
     def feature_channels(self) -> tuple[int, ...]:
@@ -196,6 +241,19 @@ class TeacherConfig:
             (self.train_latent not in ("mean", "sample"), f"train_latent must be mean or sample, not {self.train_latent!r}"),
             (self.image_size % (self.adapter_downscale * 2 ** (len(unet_channels) - 1)) != 0,
              f"image_size {self.image_size} is not a multiple of the total downscale factor"),
+            (isinstance(self.timestep, bool) or not isinstance(self.timestep, int)
+             or not 0 <= self.timestep < NUM_TRAIN_TIMESTEPS,
+             f"timestep must be an integer in [0, {NUM_TRAIN_TIMESTEPS - 1}], not {self.timestep!r}"),
+            (self.prompt_pooling not in POOLINGS,
+             f"prompt_pooling must be one of {', '.join(POOLINGS)}, not {self.prompt_pooling!r}"),
+            (not self.decoder_levels or list(self.decoder_levels) != sorted(set(self.decoder_levels))
+             or not set(self.decoder_levels) <= set(range(len(unet_channels))),
+             f"decoder_levels must be strictly increasing indices of the {len(unet_channels)} up blocks, "
+             f"not {tuple(self.decoder_levels)}"),
+            (bool(self.text_encoder) and self.prompt_set in PROMPT_SETS
+             and self.num_prompts != prompt_set_size(self.prompt_set),
+             f"num_prompts {self.num_prompts} != the size of prompt set {self.prompt_set!r} "
+             f"({prompt_set_size(self.prompt_set) if self.prompt_set in PROMPT_SETS else '-'})"),
         ]
         for bad, message in problems:
             if bad:
@@ -367,6 +425,13 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
 
     `prepare_for_inference()` computes E' and every cross-attention layer's keys and values once
     (same math); `train()` drops them again.
+
+    Ablation switches (`TeacherConfig`; the defaults are the paper's model): without the text adapter
+    the context is E itself; without the image adapter the U-Net gets no residuals; `decoder_levels`
+    picks the up-block outputs the decoder fuses (its fused conv takes 512 x len(levels) channels), and
+    up blocks after the last level picked are frozen; `timestep` is the U-Net's t. With a single prompt
+    (K = 1) every cross-attention softmax is over one key, so the cross-attention queries and keys (and
+    the layer norm before them) cannot affect any output: their gradients are zero up to rounding.
     """
 
     architecture: ClassVar[str] = "dpiqa-teacher"
@@ -396,8 +461,8 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
         self.image_adapter = FullAdapter(
             in_channels=3, channels=list(config.adapter_channels), num_res_blocks=config.adapter_res_blocks,
             downscale_factor=config.adapter_downscale,
-        )
-        self.text_adapter = TextAdapter(config.prompt_dim, config.text_adapter_gamma)
+        ) if config.image_adapter else None
+        self.text_adapter = TextAdapter(config.prompt_dim, config.text_adapter_gamma) if config.text_adapter else None
         if prompt_embeddings is None:
             prompt_embeddings = torch.randn(config.num_prompts, config.prompt_dim)
         if tuple(prompt_embeddings.shape) != (config.num_prompts, config.prompt_dim):
@@ -406,13 +471,16 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
         self.register_buffer("prompt_embeddings", prompt_embeddings)
         self.register_buffer("_cached_context", None, persistent=False)
         self.decoder = QualityDecoder(
-            config.feature_channels, config.decoder_channels, config.se_reduction, config.map_hidden,
+            [config.feature_channels[i] for i in config.decoder_levels], config.decoder_channels, config.se_reduction, config.map_hidden,
             config.map_channels, config.map_size,
         )
         self.mlp = ScoreMLP(config.map_channels * config.map_size**2, config.head_hidden)
         self._features: list[torch.Tensor] = []
         for block in self.unet.up_blocks:
             block.register_forward_hook(self._capture)
+        # Up blocks after the deepest level used only feed the unused noise prediction.
+        for block in self.unet.up_blocks[max(config.decoder_levels) + 1 :]:
+            block.requires_grad_(False)
 
     def _capture(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
         self._features.append(output)
@@ -428,12 +496,17 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
         """The named parts, for per-part parameter and FLOP counts."""
         vae_encoder = [m for m in (self.vae.encoder, self.vae.quant_conv) if m is not None]
         return {
-            "vae_encoder": vae_encoder, "unet": [self.unet], "image_adapter": [self.image_adapter],
-            "text_adapter": [self.text_adapter], "decoder": [self.decoder], "head": [self.mlp],
+            "vae_encoder": vae_encoder, "unet": [self.unet],
+            "image_adapter": [self.image_adapter] if self.image_adapter is not None else [],
+            "text_adapter": [self.text_adapter] if self.text_adapter is not None else [],
+            "decoder": [self.decoder], "head": [self.mlp],
         }
 
     def context(self) -> torch.Tensor:
-        """The text-adapted prompt context E' `(K, D)`, the same for every image."""
+        """The text-adapted prompt context E' `(K, D)` (E itself without a text adapter), the same for
+        every image."""
+        if self.text_adapter is None:
+            return self.prompt_embeddings
         return self.text_adapter(self.prompt_embeddings)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -447,10 +520,12 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
 
     def unet_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Images `(B, 3, H, W)` -> the four U-Net up-block outputs (1280x16x16, 1280x32x32, 640x64x64,
-        320x64x64 at 512)."""
-        lo, hi = self.config.value_range
-        unit = x if (lo, hi) == (0.0, 1.0) else (x - lo) / (hi - lo)
-        residuals = self.image_adapter(unit)
+        320x64x64 at 512), whichever `decoder_levels` uses."""
+        residuals = None
+        if self.image_adapter is not None:
+            lo, hi = self.config.value_range
+            unit = x if (lo, hi) == (0.0, 1.0) else (x - lo) / (hi - lo)
+            residuals = list(self.image_adapter(unit))
         cached = self._cached_context is not None and _kv_cache_usable()
         context = self._cached_context if cached else self.context()
         self._features = []
@@ -458,7 +533,7 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
             self.unet(
                 self.encode(x), self.config.timestep,
                 encoder_hidden_states=context.unsqueeze(0).expand(x.shape[0], -1, -1),
-                down_intrablock_additional_residuals=list(residuals), return_dict=False,
+                down_intrablock_additional_residuals=residuals, return_dict=False,
             )
             return self._features
         finally:
@@ -466,7 +541,8 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images `(B, 3, H, W)` in the value range -> quality map `(B, 8, 64, 64)` (the distillation target)."""
-        return self.decoder(self.unet_features(x))
+        features = self.unet_features(x)
+        return self.decoder([features[i] for i in self.config.decoder_levels])
 
     def forward_head(self, quality_map: torch.Tensor) -> torch.Tensor:
         return self.mlp(quality_map)
@@ -503,7 +579,10 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
     def card(self) -> dict:
         card = super().card()
         card["prompts"] = {"set": self.config.prompt_set, "count": self.config.num_prompts,
+                           "pooling": self.config.prompt_pooling,
                            "text_encoder": self.config.text_encoder or "random (not computed from text)"}
+        card["switches"] = self.config.switches()
+        card["ablation"] = self.config.changed_switches()
         card["latent"] = "VAE posterior mean (deterministic)" + (
             "; sampled in training" if self.config.train_latent == "sample" else "")
         card["dropped_reference_parameters"] = {
@@ -517,7 +596,7 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
         cls,
         sd: str = STABLE_DIFFUSION,
         clip: str = CLIP_TEXT,
-        prompts: Sequence[str] | None = None,
+        prompts: str | Sequence[str] | None = None,
         config: TeacherConfig | None = None,
         variant: str | None = None,
         storage_options: dict | None = None,
@@ -531,24 +610,32 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
             sd: a diffusers Stable Diffusion folder (`vae/`, `unet/`): Hub id, local folder or fsspec URL
                 (its `vae/` and `unet/` safetensors are copied to the local cache first).
             clip: a transformers CLIP model with a text projection (Hub id, local folder or fsspec URL);
-                the prompt embeddings are its projected pooled text features, computed once here.
-            prompts: the prompt texts (default: the spec's 1485, `models.prompts.quality_prompts()`).
-            config: other settings (value range, decoder sizes, ...); its VAE, U-Net and prompt fields
-                are replaced by what is loaded.
+                the prompt embeddings are its projected text features (pooled as `config.prompt_pooling`
+                says), computed once here.
+            prompts: a named prompt set (`models.prompts.PROMPT_SETS`: `dpiqa-quality-1485`,
+                `dpiqa-coarse-495`, `empty-1`) or the prompt texts; default the set `config.prompt_set`
+                names (the spec's 1485 for the default config).
+            config: other settings (value range, decoder sizes, ablation switches, ...); its VAE, U-Net and
+                prompt fields are replaced by what is loaded.
             variant: diffusers weight variant (e.g. `fp16`); default the full-precision files.
             storage_options: fsspec options for URLs (e.g. an S3 endpoint).
             device: where the model is built.
             batch_size: prompts per text-encoder call.
         """
+        config = config or TeacherConfig()
+        if prompts is None and config.prompt_set not in PROMPT_SETS:
+            raise ValueError(f"config.prompt_set {config.prompt_set!r} is not a named set: pass the texts as prompts")
+        name = config.prompt_set if prompts is None else prompts
+        texts = prompt_texts(name) if isinstance(name, str) else list(name)
         sd_location = _fetch(sd, storage_options, lambda rel: _is_sd_file(rel, variant))
         # safetensors only (no pickle); skipping random init needs accelerate, so use it where installed.
         load = {"variant": variant, "use_safetensors": True, "low_cpu_mem_usage": is_accelerate_available()}
         vae = AutoencoderKL.from_pretrained(sd_location, subfolder="vae", **load)
         unet = UNet2DConditionModel.from_pretrained(sd_location, subfolder="unet", **load)
-        texts = list(prompts) if prompts is not None else quality_prompts()
-        embeddings = embed_prompts(texts, clip, storage_options=storage_options, batch_size=batch_size)
+        embeddings = embed_prompts(texts, clip, pooling=config.prompt_pooling, storage_options=storage_options,
+                                   batch_size=batch_size)
         config = dataclasses.replace(
-            config or TeacherConfig(), vae=_plain_config(vae.config), unet=_plain_config(unet.config),
+            config, vae=_plain_config(vae.config), unet=_plain_config(unet.config),
             num_prompts=len(texts), prompt_dim=int(embeddings.shape[1]), prompt_set=prompt_set_name(texts),
             text_encoder=clip,
         )
@@ -560,16 +647,27 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
 
 
 def embed_prompts(
-    prompts: Sequence[str], clip: str = CLIP_TEXT, storage_options: dict | None = None, batch_size: int = 64,
+    prompts: Sequence[str],
+    clip: str = CLIP_TEXT,
+    pooling: str = "eos",
+    storage_options: dict | None = None,
+    batch_size: int = 64,
 ) -> torch.Tensor:
-    """Each prompt's projected pooled CLIP text feature `(K, projection_dim)`, float32.
+    """Each prompt's projected CLIP text feature `(K, projection_dim)`, float32.
 
     Args:
         prompts: the texts.
         clip: a CLIP checkpoint with a text projection (Hub id, local folder or fsspec URL).
+        pooling: `eos`: CLIP's own projected pooled output (the final hidden state at the end-of-text
+            token); `mean`: the final hidden states averaged over the prompt's tokens (start and end
+            tokens included, padding excluded by the attention mask), then CLIP's text projection.
+            CLIP's text encoder is causal, so padding never changes the hidden states of the real tokens:
+            both are independent of how prompts are batched.
         storage_options: fsspec options for a URL.
         batch_size: prompts per forward pass.
     """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
     location = _fetch(clip, storage_options, _is_clip_file)
@@ -580,7 +678,13 @@ def embed_prompts(
         for start in range(0, len(prompts), batch_size):
             batch = tokenizer(list(prompts[start : start + batch_size]), padding=True, truncation=True,
                               return_tensors="pt")
-            chunks.append(encoder(**batch).text_embeds.float())
+            out = encoder(**batch)
+            if pooling == "eos":
+                chunks.append(out.text_embeds.float())
+            else:
+                mask = batch["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
+                mean = (out.last_hidden_state * mask).sum(1) / mask.sum(1)
+                chunks.append(encoder.text_projection(mean).float())
             log.info("embedded %d/%d prompts", min(start + batch_size, len(prompts)), len(prompts))
     return torch.cat(chunks).clone()
 

@@ -43,6 +43,7 @@ class LabeledSample:
     ext: str
     image: bytes
     mos: float
+    index: int = -1  # position in the shard, as `dpiqa score` numbers its rows (the join key with `shard`)
 
 
 class LabeledShards:
@@ -104,15 +105,15 @@ class LabeledShards:
             return
         with reader:
             try:
-                for sample in iter_samples(reader):
-                    labeled = self._label(url, sample)
+                for index, sample in enumerate(iter_samples(reader)):
+                    labeled = self._label(url, sample, index)
                     if labeled is not None:
                         yield labeled
             except Exception as exc:  # noqa: BLE001 - I/O still failing after RetryingReader's retries
                 self._skip(SHARD_FAILED, url, None, f"stopped reading after byte {reader.pos}: "
                                                     f"{type(exc).__name__}: {exc}")
 
-    def _label(self, url: str, sample: Any) -> LabeledSample | None:
+    def _label(self, url: str, sample: Any, index: int) -> LabeledSample | None:
         if sample.status != schema.OK:
             return self._skip(sample.status, url, sample.key, sample.error)
         ext, image = sample.image_member()
@@ -120,7 +121,7 @@ class LabeledShards:
         if raw is None:
             if self.require_score:
                 return self._skip(NO_JSON, url, sample.key, "no .json member")
-            return LabeledSample(url, sample.key, ext, image, math.nan)
+            return LabeledSample(url, sample.key, ext, image, math.nan, index)
         try:
             meta = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -129,10 +130,10 @@ class LabeledShards:
         if value is None:
             if self.require_score:
                 return self._skip(NO_SCORE, url, sample.key, f".json has no {self.score_field!r}")
-            return LabeledSample(url, sample.key, ext, image, math.nan)
+            return LabeledSample(url, sample.key, ext, image, math.nan, index)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return self._skip(BAD_SCORE, url, sample.key, f"{self.score_field} = {value!r} is not a finite number")
-        return LabeledSample(url, sample.key, ext, image, float(value))
+        return LabeledSample(url, sample.key, ext, image, float(value), index)
 
     def _skip(self, reason: str, url: str, key: str | None, detail: str | None) -> None:
         self.skipped[reason] += 1

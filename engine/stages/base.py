@@ -45,5 +45,12 @@ def take(batch: Batch, mask: np.ndarray) -> Batch:
     return {k: v[mask] for k, v in batch.items()}
 
 
+def text_column(values: np.ndarray) -> np.ndarray:
+    """A writable object array of str/None. Ray hands an all-null string column back as float NaNs."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = [None if v is None or (isinstance(v, float) and v != v) else v for v in values]
+    return out
+
+
 def batch_len(batch: Batch) -> int:
     return len(next(iter(batch.values()))) if batch else 0

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine import schema
-from engine.stages.base import Batch, Stage
+from engine.stages.base import Batch, Stage, text_column
 from models.preprocessing import Preprocessing
 
 # PIL's own bomb guard warns above MAX_IMAGE_PIXELS and raises inside `Image.open` above twice that,
@@ -137,8 +137,8 @@ class DecodeStage(Stage):
         images = np.zeros((n, h, w, 3), dtype=np.uint8)
         widths = np.full(n, -1, dtype=np.int32)
         heights = np.full(n, -1, dtype=np.int32)
-        status = batch["status"].copy()
-        error = batch["error"].copy()
+        status = text_column(batch["status"])
+        error = text_column(batch["error"])
         for i in range(n):
             if status[i] != schema.OK:
                 continue

@@ -7,7 +7,7 @@ from typing import ClassVar
 import numpy as np
 
 from engine import schema
-from engine.stages.base import Batch, Stage
+from engine.stages.base import Batch, Stage, text_column
 
 
 class ScoreStage(Stage):
@@ -67,8 +67,8 @@ class ScoreStage(Stage):
     def __call__(self, batch: Batch) -> Batch:
         if self.scorer is None:
             self.setup()
-        status = batch["status"].copy()
-        error = batch["error"].copy()
+        status = text_column(batch["status"])
+        error = text_column(batch["error"])
         ok = status == schema.OK
         n = len(status)
         scores = np.full(n, np.nan, dtype=np.float32)

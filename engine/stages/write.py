@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from engine import schema
 from engine.output import MAPS_DIR, SCORES_DIR, OutputLocation
-from engine.stages.base import Batch
+from engine.stages.base import Batch, text_column
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class ParquetWriteStage:
         self._lock = threading.Lock()
 
     def __call__(self, batch: Batch) -> None:
+        batch = {**batch, **{k: text_column(batch[k]) for k in ("key", "status", "error") if k in batch}}
         shards = batch["shard"]
         for url in np.unique(shards):
             rows = {k: v[shards == url] for k, v in batch.items()}

@@ -88,3 +88,30 @@ def test_unknown_model_is_a_one_line_error(capsys: pytest.CaptureFixture, tmp_pa
     assert main(["model-info", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "missing" in err and "error" in err
+
+
+def test_ablation_switch_shows_in_counts_flops_and_table(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    paper = run_json(capsys, "dpiqa-teacher-tiny")
+    assert paper["ablation"] == {} and paper["switches"]["text_adapter"] is True
+    assert main(["model-info", "dpiqa-teacher-tiny", "--set", "text_adapter=false", "--json"]) == 0
+    ablated = json.loads(capsys.readouterr().out)
+    removed = 2 * (16 * 16 + 16) + 16  # the tiny text adapter: two Linear(16, 16) and gamma (16)
+    assert paper["parameters"]["text_adapter"] == removed and ablated["parameters"]["text_adapter"] == 0
+    assert paper["parameters"]["total"] - ablated["parameters"]["total"] == removed
+    assert paper["flops"]["text_adapter"] == 2 * 2 * 6 * 16 * 16 and ablated["flops"]["text_adapter"] == 0
+    assert ablated["ablation"] == {"text_adapter": False} and ablated["switches"]["text_adapter"] is False
+    assert ablated["checkpoint_hash"] != paper["checkpoint_hash"]  # another configuration
+
+    assert main(["model-info", "dpiqa-teacher-tiny", "--set", "decoder_levels=[0,1]", "--set",
+                 "prompt_set=empty-1"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert lines["switches"].split(None, 1)[1] == 'prompt_set="empty-1", decoder_levels=[0, 1]'
+    assert int(lines["buffers"].split()[-1].replace(",", "")) == 1 * 16  # K = 1 prompt embedding
+    assert main(["model-info", "dpiqa-teacher-tiny"]) == 0
+    assert "switches         none (the paper's model)" in capsys.readouterr().out
+
+    models.build("dpiqa-teacher-tiny").save_pretrained(str(tmp_path / "ckpt"))
+    assert main(["model-info", str(tmp_path / "ckpt"), "--set", "timestep=5"]) == 2
+    assert "not to checkpoints" in capsys.readouterr().err
+    assert main(["model-info", "dpiqa-teacher-tiny", "--set", "text_adaptor=false"]) == 2
+    assert "has no field text_adaptor" in capsys.readouterr().err

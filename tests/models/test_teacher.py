@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import string
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import safetensors.torch
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
+from tiny_clip import tiny_clip, tiny_clip_tokenizer
 
 import models
 from models import checkpoint
@@ -258,23 +258,10 @@ def test_bf16_autocast_gives_the_plain_scores_within_bf16_precision(tiny: DPIQAT
 PROMPTS = ["a photo of a cat", "a blurry photo of a dog, which is of bad quality", "ok"]
 
 
-def tiny_clip_tokenizer():
-    from transformers import CLIPTokenizer
-
-    # A character-level CLIP BPE vocabulary (no merges): enough to tokenize any lowercase prompt offline.
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in string.ascii_lowercase + string.digits + "_-,.":
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-
-
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A tiny diffusers SD folder (vae/, unet/, plus an fp16 variant that must be skipped) and a tiny CLIP
     text model with projection + tokenizer, saved with save_pretrained as the real ones are."""
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-
     root = tmp_path_factory.mktemp("tiny-sd")
     config = TeacherConfig.tiny()
     torch.manual_seed(1)
@@ -284,11 +271,7 @@ def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> dict:
     unet.save_pretrained(root / "sd" / "unet")
     copy.deepcopy(unet).half().save_pretrained(root / "sd" / "unet", variant="fp16")
     tokenizer = tiny_clip_tokenizer()
-    clip = CLIPTextModelWithProjection(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=24, intermediate_size=48, num_hidden_layers=2,
-        num_attention_heads=2, projection_dim=config.prompt_dim, max_position_embeddings=77,
-        bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    )).eval()
+    clip = tiny_clip(config.prompt_dim, tokenizer)
     clip.save_pretrained(root / "clip")
     tokenizer.save_pretrained(root / "clip")
     return {"sd": root / "sd", "clip": root / "clip", "vae": vae, "unet": unet, "clip_model": clip,

@@ -1,0 +1,64 @@
+"""Evaluation: a model's predictions on a labelled set, and SRCC/KRCC/PLCC/RMSE against its MOS."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from engine.datasets import LabeledSet
+from engine.io import get_fs, retry
+from engine.metrics import compute_metrics
+from engine.progress import Progress
+from engine.stages.decode import DecodeError, decode_image
+from models.scorer import Scorer
+
+log = logging.getLogger(__name__)
+
+
+def predict(scorer: Scorer, labeled: LabeledSet, indices: np.ndarray, batch_size: int = 32,
+            storage_options: dict | None = None, decoders: int = 4) -> np.ndarray:
+    """Scores (MOS units) of `labeled[indices]`; NaN for an image that cannot be read or decoded.
+
+    Images are read and decoded by a thread pool (PIL and fsspec release the GIL) one batch ahead of
+    the model.
+    """
+    h, w = scorer.preprocessing.size
+    out = np.full(len(indices), np.nan, dtype=np.float64)
+    progress = Progress("eval", len(indices), unit="images", done_unit="images")
+
+    def load(i: int) -> np.ndarray | None:
+        item = labeled[int(i)]
+        try:
+            fs, path = get_fs(item.path, storage_options)
+            return decode_image(retry(lambda: fs.cat_file(path), f"read {item.path}"), scorer.preprocessing)[0]
+        except (DecodeError, OSError) as exc:
+            log.warning("eval: %s not scored: %s", item.path, exc)
+            return None
+
+    with ThreadPoolExecutor(decoders) as pool:
+        starts = range(0, len(indices), batch_size)
+        futures = {s: pool.map(load, indices[s : s + batch_size]) for s in starts[:2]}
+        for n, s in enumerate(starts):
+            images = list(futures.pop(s))
+            if n + 2 < len(starts):
+                nxt = starts[n + 2]
+                futures[nxt] = pool.map(load, indices[nxt : nxt + batch_size])
+            ok = [j for j, im in enumerate(images) if im is not None]
+            if ok:
+                batch = np.stack([images[j] for j in ok]) if ok else np.zeros((0, h, w, 3), np.uint8)
+                out[[s + j for j in ok]] = scorer(batch).scores
+            progress.update(0, s + len(images), force=s + len(images) == len(indices))
+    return out
+
+
+def evaluate(scorer: Scorer, labeled: LabeledSet, indices: np.ndarray, batch_size: int = 32,
+             storage_options: dict | None = None) -> dict:
+    """Metrics of `scorer` on `labeled[indices]` (images that fail to decode are left out and counted)."""
+    pred = predict(scorer, labeled, indices, batch_size, storage_options)
+    mos = labeled.mos[indices]
+    keep = np.isfinite(pred)
+    metrics = compute_metrics(pred[keep], mos[keep])
+    metrics["unscored"] = int((~keep).sum())
+    return metrics

@@ -1,0 +1,1 @@
+"""Training on Ray Train: teacher training and student distillation (TorchTrainer, DDP), resumable."""

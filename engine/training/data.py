@@ -1,0 +1,209 @@
+"""Training data on Ray Data: labelled images or shards, decoded to the model's input, with teacher outputs.
+
+Rows carry `image` (uint8 `(H, W, 3)` at the model's size), `target` (MOS / mos_scale, NaN where the
+sample has no label), and for distillation `teacher_score` (MOS units, NaN where missing) and
+`teacher_map` (float16 bytes, None where missing).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+
+import numpy as np
+
+from engine import schema
+from engine.datasets import LabeledSet, LabeledShards
+from engine.io import get_fs, retry
+from engine.output import MAPS_DIR, SCORES_DIR, OutputLocation
+from engine.stages.base import Batch
+from engine.stages.decode import DecodeError, decode_image
+from models.preprocessing import Preprocessing
+
+log = logging.getLogger(__name__)
+
+
+def _object_array(values: list) -> np.ndarray:
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
+
+
+class ReadLabeledImages:
+    """Reads and decodes `path` rows into `image` rows; an image that cannot be read or decoded is
+    dropped with a warning naming the file (a training set cannot score it)."""
+
+    def __init__(self, preprocessing: Preprocessing, storage_options: dict | None = None) -> None:
+        self.preprocessing, self.storage_options = preprocessing, storage_options
+
+    def __call__(self, batch: Batch) -> Batch:
+        images, keep = [], []
+        for i, path in enumerate(batch["path"]):
+            try:
+                fs, p = get_fs(str(path), self.storage_options)
+                data = retry(lambda fs=fs, p=p: fs.cat_file(p), f"read {path}")
+                pixels, _, _ = decode_image(data, self.preprocessing)
+            except (DecodeError, OSError) as exc:
+                log.warning("training image %s dropped: %s", path, exc)
+                continue
+            images.append(pixels)
+            keep.append(i)
+        h, w = self.preprocessing.size
+        out = {k: v[keep] for k, v in batch.items()}
+        out["image"] = np.stack(images) if images else np.zeros((0, h, w, 3), np.uint8)
+        return out
+
+
+def labeled_rows(labeled: LabeledSet, indices: np.ndarray) -> list[dict]:
+    """Rows for `ray.data.from_items`: path, name, target (MOS / mos_scale)."""
+    return [
+        {"path": labeled[int(i)].path, "name": labeled[int(i)].name, "target": float(labeled[int(i)].mos / labeled.mos_scale)}
+        for i in indices
+    ]
+
+
+def labeled_dataset(labeled: LabeledSet, indices: np.ndarray, preprocessing: Preprocessing,
+                    storage_options: dict | None = None, batch_size: int = 32):
+    """A decoded Ray dataset of part of a labelled set (small: materialized by the caller if wanted)."""
+    import ray
+
+    rows = labeled_rows(labeled, indices)
+    blocks = max(1, min(len(rows) // batch_size, 64))
+    ds = ray.data.from_items(rows, override_num_blocks=blocks)
+    return ds.map_batches(ReadLabeledImages(preprocessing, storage_options), batch_size=batch_size,
+                          batch_format="numpy")
+
+
+def with_teacher(ds, teacher: str, device: str = "auto", batch_size: int = 16, num_gpus: float = 0.0,
+                 threads: int | None = None):
+    """Adds the teacher's `teacher_score` (MOS units) and `teacher_map` to every row, computed once by an
+    actor that loads the teacher (the engine's own scoring stage)."""
+    import ray
+
+    from engine.executor.ray_data import _StageActor
+    from engine.stages.score import ScoreStage
+
+    def mark_ok(batch: Batch) -> Batch:
+        n = len(batch["image"])
+        return {**batch, "status": _object_array([schema.OK] * n), "error": _object_array([None] * n)}
+
+    def rename(batch: Batch) -> Batch:
+        out = {k: v for k, v in batch.items() if k not in ("status", "error", "score", "map")}
+        out["teacher_score"] = batch["score"].astype(np.float32)
+        out["teacher_map"] = batch["map"]
+        return out
+
+    stage = ScoreStage(teacher, device=device, batch_size=batch_size, num_gpus=num_gpus, threads=threads,
+                       write_maps=True)
+    ds = ds.map_batches(mark_ok, batch_format="numpy")
+    ds = ds.map_batches(_StageActor, fn_constructor_args=(stage,), compute=ray.data.ActorPoolStrategy(size=1),
+                        batch_size=batch_size, batch_format="numpy", num_gpus=num_gpus or None)
+    return ds.map_batches(rename, batch_format="numpy")
+
+
+class TeacherOutputs:
+    """The quality maps and scores a `dpiqa score --write-maps` run wrote, per shard, in index order."""
+
+    def __init__(self, url: str, storage_options: dict | None = None) -> None:
+        self.location = OutputLocation(url, storage_options)
+        self.names = {marker["shard"]: name for name, marker in self.location.done().items()}
+        if not self.names:
+            raise ValueError(f"{url}: no completed shard of teacher outputs (run `dpiqa score --write-maps`)")
+
+    def rows(self, shard: str) -> dict[int, tuple[float, bytes]]:
+        """`index -> (score in MOS units, map bytes)` for one shard ({} when it was not scored)."""
+        import pyarrow.parquet as pq
+
+        name = self.names.get(shard)
+        if name is None:
+            return {}
+        fs, base = self.location.fs, self.location.path.rstrip("/")
+        with fs.open(f"{base}/{SCORES_DIR}/{name}.parquet", "rb") as f:
+            scores = pq.read_table(f, columns=["index", "score"]).to_pydict()
+        with fs.open(f"{base}/{MAPS_DIR}/{name}.parquet", "rb") as f:
+            maps = pq.read_table(f, columns=["index", "map"]).to_pydict()
+        score_of = dict(zip(scores["index"], scores["score"], strict=True))
+        return {i: (score_of.get(i) if score_of.get(i) is not None else math.nan, m)
+                for i, m in zip(maps["index"], maps["map"], strict=True)}
+
+
+class ShardsWithTeacher:
+    """Reads shards (rows with a `shard` URL) into labelled samples joined with the teacher's outputs by
+    `(shard, index)`. Samples the teacher did not score (its failures) keep only their label; samples
+    with neither a label nor teacher outputs are skipped."""
+
+    def __init__(self, shards: LabeledShards, teacher: TeacherOutputs | None, chunk: int = 64) -> None:
+        self.shards, self.teacher, self.chunk = shards, teacher, chunk
+
+    def __call__(self, batch: Batch) -> Iterator[Batch]:
+        for url in batch["shard"]:
+            outputs = self.teacher.rows(str(url)) if self.teacher is not None else {}
+            rows: list[tuple] = []
+            for sample in self.shards.iter_shard(str(url)):
+                score, qmap = outputs.get(sample.index, (math.nan, None))
+                target = sample.mos / self.shards.mos_scale if math.isfinite(sample.mos) else math.nan
+                if qmap is None and not math.isfinite(target):
+                    continue
+                rows.append((str(url), sample.index, sample.key, sample.ext, sample.image, target, score, qmap))
+                if len(rows) >= self.chunk:
+                    yield _shard_rows(rows)
+                    rows = []
+            if rows:
+                yield _shard_rows(rows)
+
+
+def _shard_rows(rows: list[tuple]) -> Batch:
+    shard, index, key, ext, data, target, score, qmap = zip(*rows, strict=True)
+    return {
+        "shard": _object_array(list(shard)), "index": np.asarray(index, np.int64), "name": _object_array(list(key)),
+        "ext": _object_array(list(ext)), "data": _object_array(list(data)),
+        "target": np.asarray(target, np.float32), "teacher_score": np.asarray(score, np.float32),
+        "teacher_map": _object_array(list(qmap)),
+    }
+
+
+class DecodeSamples:
+    """`data` bytes -> `image`; undecodable samples are dropped with a warning."""
+
+    def __init__(self, preprocessing: Preprocessing) -> None:
+        self.preprocessing = preprocessing
+
+    def __call__(self, batch: Batch) -> Batch:
+        images, keep = [], []
+        for i, data in enumerate(batch["data"]):
+            try:
+                images.append(decode_image(data, self.preprocessing)[0])
+                keep.append(i)
+            except DecodeError as exc:
+                log.warning("%s %s dropped: %s", batch["shard"][i], batch["name"][i], exc)
+        h, w = self.preprocessing.size
+        out = {k: v[keep] for k, v in batch.items() if k not in ("data", "ext")}
+        out["image"] = np.stack(images) if images else np.zeros((0, h, w, 3), np.uint8)
+        return out
+
+
+def shard_dataset(shards: LabeledShards, teacher: TeacherOutputs | None, preprocessing: Preprocessing):
+    """A streaming Ray dataset over labelled/unlabelled shards joined with teacher outputs."""
+    import ray
+
+    ds = ray.data.from_items([{"shard": u} for u in shards.urls], override_num_blocks=len(shards.urls))
+    ds = ds.map_batches(ShardsWithTeacher(shards, teacher), batch_size=1, batch_format="numpy")
+    return ds.map_batches(DecodeSamples(preprocessing), batch_format="numpy")
+
+
+def to_torch(batch: Batch, map_shape: tuple[int, ...] | None = None) -> dict:
+    """A numpy batch -> tensors: `image` uint8, `target`, and the teacher's outputs where present
+    (missing maps become NaN rows, so the loss leaves them out)."""
+    import torch
+
+    out = {"image": torch.as_tensor(np.ascontiguousarray(batch["image"])),
+           "target": torch.as_tensor(batch["target"].astype(np.float32))}
+    if "teacher_map" in batch and map_shape is not None:
+        maps = np.full((len(batch["teacher_map"]), *map_shape), np.nan, dtype=np.float32)
+        for i, raw in enumerate(batch["teacher_map"]):
+            if raw is not None:
+                maps[i] = np.frombuffer(raw, dtype=np.float16).reshape(map_shape)
+        out["teacher_map"] = torch.from_numpy(maps)
+        out["teacher_score"] = torch.as_tensor(batch["teacher_score"].astype(np.float32))
+    return out

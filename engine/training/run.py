@@ -1,0 +1,359 @@
+"""A training job: seeded splits, data on Ray Data, a Ray Train `TorchTrainer` per split, the best
+checkpoint by validation exported in our format with a card holding the protocol and test metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.io import get_fs, join
+from engine.splits import SplitConfig, make_split
+from engine.training.loop import MODEL_DIR, LoopConfig, ModelSpec, train_loop_per_worker
+from engine.version import code_version
+
+log = logging.getLogger(__name__)
+
+# The paper's protocol: epoch(s) at which the learning rate is multiplied by 0.2, per dataset.
+# AGIQA-3K is not in the paper; it gets KonIQ-10k's schedule.
+MILESTONES = {
+    "teacher": {"koniq": (5,), "spaq": (5,), "clive": (10,), "livefb": (2,), "agiqa3k": (5,)},
+    "student": {"koniq": (5,), "clive": (10, 25), "livefb": (4,), "spaq": (6,), "agiqa3k": (5,)},
+}
+DEFAULTS = {"teacher": {"lr": 1e-5, "batch_size": 16, "epochs": 30}, "student": {"lr": 1e-4, "batch_size": 24, "epochs": 30}}
+
+
+@dataclass
+class TrainConfig:
+    """A `train-teacher` or `distill` run.
+
+    Args:
+        job: `train-teacher` or `distill`.
+        output: where the trained checkpoint goes (folder or fsspec URL); with several splits,
+            `OUTPUT/split-SEED/` each and `OUTPUT/summary.json`.
+        model: the model to train (see `ModelSpec`).
+        dataset: a labelled dataset's registry name (`agiqa3k`, `koniq`, `csv`, ...), or None.
+        root: its root (folder, URL, table or shard specification).
+        dataset_options: the layout's options.
+        split: seeded train/val/test splits; one training run per split.
+        teacher: distill only: a teacher checkpoint whose outputs on the labelled images are computed
+            once, before training.
+        shards: distill at scale: WebDataset shards (labelled in `.json` where `score_field` is present,
+            else unlabelled), streamed into training beside the labelled set.
+        teacher_outputs: distill at scale: a `dpiqa score --write-maps` run of the teacher over `shards`.
+        shard_mos_scale: the MOS scale of the shards' labels.
+        epochs, batch_size, lr, milestones: the protocol (defaults: the paper's for `job` and `dataset`).
+        precision, distill_mode, workers, use_gpu, cpus_per_worker, threads, max_failures: execution.
+        storage: Ray Train's run storage (checkpoints); default `OUTPUT/_train`. A rerun of the same
+            command with the same storage resumes from the last checkpoint.
+        storage_options: fsspec options for the dataset, outputs and storage.
+        command: the command line, recorded in the card.
+    """
+
+    job: str
+    output: str
+    model: ModelSpec
+    dataset: str | None = None
+    root: str | None = None
+    dataset_options: dict = field(default_factory=dict)
+    split: SplitConfig = field(default_factory=lambda: SplitConfig(n_splits=1))
+    teacher: str | None = None
+    shards: str | None = None
+    teacher_outputs: str | None = None
+    score_field: str = "mos"
+    shard_mos_scale: float | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    milestones: tuple[int, ...] | None = None
+    precision: str = "auto"
+    distill_mode: str = "feature"
+    workers: int = 1
+    use_gpu: bool | None = None
+    cpus_per_worker: float = 1.0
+    threads: int | None = None
+    max_failures: int = 3
+    storage: str | None = None
+    storage_options: dict | None = None
+    command: list[str] = field(default_factory=list)
+
+    def protocol(self) -> dict:
+        kind = self.model.kind
+        d = DEFAULTS[kind]
+        return {
+            "optimizer": "Adam",
+            "lr": self.lr if self.lr is not None else d["lr"],
+            "batch_size": self.batch_size or d["batch_size"],
+            "epochs": self.epochs or d["epochs"],
+            "milestones": list(self.milestones if self.milestones is not None
+                               else MILESTONES[kind].get(self.dataset or "", (5,))),
+            "gamma": 0.2,
+            "precision": self.precision,
+            "distill_mode": self.distill_mode if kind == "student" else None,
+            "workers": self.workers,
+        }
+
+    def identity(self) -> str:
+        """A hash of what determines the trained model (not where it runs)."""
+        keep = {k: v for k, v in asdict(self).items() if k not in ("output", "storage", "storage_options", "command",
+                                                                  "workers", "use_gpu", "cpus_per_worker",
+                                                                  "threads", "max_failures")}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrainResult:
+    """Per split: where the checkpoint went and its metrics; and their summary over splits."""
+
+    splits: list[dict]
+    summary: dict
+
+
+def run_training(config: TrainConfig, address: str | None = None) -> TrainResult:
+    """Train (or distill) one model per split and report the median test metrics."""
+    from engine.executor.ray_data import init_ray
+    from engine.metrics import summarize
+
+    import ray
+
+    init_ray(address)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # epoch lines come from the loop
+    labeled = _load_labeled(config)
+    results = []
+    for seed in config.split.seeds:
+        out = config.output if config.split.n_splits == 1 else join(config.output, f"split-{seed}")
+        results.append(_train_split(config, labeled, seed, out))
+    tests = [r["metrics"]["test"] for r in results if r["metrics"].get("test")]
+    summary = {"job": config.job, "identity": config.identity(), "splits": [
+        {"seed": r["seed"], "output": r["output"], "test": r["metrics"].get("test"), "best_epoch": r["best_epoch"]}
+        for r in results], "median": summarize(tests) if tests else None}
+    if config.split.n_splits > 1:
+        fs, path = get_fs(config.output, config.storage_options)
+        with fs.open(f"{path.rstrip('/')}/summary.json", "wt") as f:
+            json.dump(summary, f, indent=2, sort_keys=True)
+    return TrainResult(results, summary)
+
+
+def _load_labeled(config: TrainConfig):
+    from engine.datasets import LabeledSet, load_dataset
+
+    if config.dataset is None:
+        return None
+    labeled = load_dataset(config.dataset, config.root, storage_options=config.storage_options,
+                           **config.dataset_options)
+    if not isinstance(labeled, LabeledSet):
+        raise ValueError(f"--dataset {config.dataset} streams shards; pass them with --shards instead")
+    return labeled
+
+
+def _preprocessing_and_scale(config: TrainConfig, labeled) -> tuple:  # noqa: ANN001
+    """The model's preprocessing and the MOS scale it will be trained in, decided on the driver without
+    building the model (the workers build it)."""
+    import models
+    from models.student import StudentConfig
+
+    spec = config.model
+    if labeled is not None:
+        mos_scale = labeled.mos_scale
+    elif config.teacher_outputs:
+        mos_scale = _teacher_scale(config)
+    else:
+        mos_scale = config.shard_mos_scale or 100.0
+    if spec.init:
+        pre = models.describe(spec.init).preprocessing
+    else:
+        name = spec.config or ("dpiqa-teacher" if spec.kind == "teacher" else "dpiqa-student")
+        base = models.MODELS[name][1]() if name in models.MODELS else StudentConfig()
+        changes = {"image_size": spec.image_size} if spec.image_size else {}
+        changes.update({k: v for k, v in spec.overrides.items() if k in ("interpolation", "value_range")})
+        pre = dataclasses.replace(base, **changes).preprocessing
+    return pre, mos_scale
+
+
+def _teacher_scale(config: TrainConfig) -> float:
+    from engine.output import OutputLocation
+
+    run = OutputLocation(config.teacher_outputs, config.storage_options).read_json("_run.json") or {}
+    return float(run.get("identity", {}).get("mos_scale", 100.0))
+
+
+def _datasets(config: TrainConfig, labeled, split, preprocessing):  # noqa: ANN001
+    """Ray datasets `train` and `val` for one split."""
+    from engine.datasets import load_dataset
+    from engine.training import data
+
+    columns = ["image", "target"] + (["teacher_score", "teacher_map"] if config.model.kind == "student" else [])
+    parts = []
+    val = None
+    if labeled is not None:
+        train = data.labeled_dataset(labeled, split.train, preprocessing, config.storage_options)
+        if config.model.kind == "student":
+            if config.teacher is None:
+                train = train.map_batches(_no_teacher, batch_format="numpy")
+            else:
+                gpus = 1.0 if _use_gpu(config) else 0.0
+                train = data.with_teacher(train, config.teacher, device="cuda" if gpus else "cpu", num_gpus=gpus,
+                                          threads=config.threads)
+        parts.append(train.select_columns(columns).materialize())
+        if len(split.val):
+            val = data.labeled_dataset(labeled, split.val, preprocessing, config.storage_options)
+            val = val.select_columns(["image", "target"]).materialize()
+    if config.shards:
+        shards = load_dataset("webdataset", config.shards, score_field=config.score_field,
+                              mos_scale=config.shard_mos_scale or 100.0, require_score=config.teacher_outputs is None,
+                              storage_options=config.storage_options)
+        teacher = data.TeacherOutputs(config.teacher_outputs, config.storage_options) if config.teacher_outputs else None
+        stream = data.shard_dataset(shards, teacher, preprocessing)
+        if config.model.kind == "teacher":
+            stream = stream.filter(lambda row: np.isfinite(row["target"]))
+        parts.append(stream.select_columns(columns))
+    if not parts:
+        raise ValueError("nothing to train on: give --dataset/--root and/or --shards")
+    train = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+    return train, val
+
+
+def _no_teacher(batch: dict) -> dict:
+    n = len(batch["target"])
+    maps = np.empty(n, dtype=object)
+    return {**batch, "teacher_score": np.full(n, np.nan, np.float32), "teacher_map": maps}
+
+
+def _use_gpu(config: TrainConfig) -> bool:
+    import ray
+
+    if config.use_gpu is not None:
+        return config.use_gpu
+    return ray.cluster_resources().get("GPU", 0) >= config.workers
+
+
+def _storage(config: TrainConfig) -> tuple[str, object | None]:
+    """Ray Train's storage path and, for object stores, a filesystem honouring our storage options
+    (pyarrow's own S3 filesystem would ignore e.g. a custom endpoint)."""
+    storage = config.storage or join(config.output, "_train")
+    if "://" not in storage:
+        Path(storage).mkdir(parents=True, exist_ok=True)
+        return str(Path(storage).resolve()), None
+    import pyarrow.fs
+
+    fs, path = get_fs(storage, config.storage_options)
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+def _train_split(config: TrainConfig, labeled, seed: int, out: str) -> dict:  # noqa: ANN001
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    import models
+    from engine.evaluate import evaluate
+    from models import checkpoint
+
+    identity = config.identity()
+    card = checkpoint.read_json(out, checkpoint.CARD_NAME) if _exists(out, config) else None
+    if card and card.get("training", {}).get("identity") == identity and card.get("training", {}).get("seed") == seed:
+        log.info("%s: split %d already trained at %s; skipping", config.job, seed, out)
+        return {"seed": seed, "output": out, "metrics": card.get("metrics", {}),
+                "best_epoch": card["training"].get("best_epoch")}
+
+    split = make_split(labeled.names, seed, config.split.fractions,
+                       groups=labeled.groups if config.split.grouped else None) if labeled is not None else None
+    if split is None:
+        from engine.splits import Split
+
+        split = Split(seed, np.zeros(0, int), np.zeros(0, int), np.zeros(0, int))
+    preprocessing, mos_scale = _preprocessing_and_scale(config, labeled)
+    protocol = config.protocol()
+    train, val = _datasets(config, labeled, split, preprocessing)
+    use_gpu = _use_gpu(config)
+    loop = LoopConfig(model=config.model, mos_scale=mos_scale, epochs=protocol["epochs"],
+                      batch_size=protocol["batch_size"], lr=protocol["lr"], milestones=tuple(protocol["milestones"]),
+                      precision=config.precision, distill_mode=config.distill_mode, seed=seed, threads=config.threads)
+    storage_path, storage_fs = _storage(config)
+    datasets = {"train": train}
+    if val is not None:
+        datasets["val"] = val
+    from ray.data import ExecutionOptions
+
+    trainer = TorchTrainer(
+        _worker, train_loop_config={"loop": loop},
+        scaling_config=ray.train.ScalingConfig(num_workers=config.workers, use_gpu=use_gpu,
+                                               resources_per_worker={"CPU": config.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=f"{config.job}-{identity}-split{seed}", storage_path=storage_path, storage_filesystem=storage_fs,
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute="val_srcc" if val is not None else None,
+                checkpoint_score_order="max")),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
+                                            execution_options=ExecutionOptions(preserve_order=True)),
+    )
+    t0 = time.monotonic()
+    result = trainer.fit()
+    seconds = time.monotonic() - t0
+    best_ckpt, best_metrics = _best(result, val is not None)
+    with best_ckpt.as_directory() as d:
+        model = models.load_model(str(Path(d) / MODEL_DIR))
+    metrics = {"val": {k[4:]: v for k, v in best_metrics.items() if k.startswith("val_")}}
+    if labeled is not None and len(split.test):
+        scorer = models.Scorer(model, device="cuda" if use_gpu else "cpu", precision=config.precision)
+        metrics["test"] = evaluate(scorer, labeled, split.test, storage_options=config.storage_options)
+        log.info("%s split %d: test SRCC %.4f PLCC %.4f (best epoch %s)", config.job, seed, metrics["test"]["srcc"],
+                 metrics["test"]["plcc"], best_metrics.get("epoch"))
+    training = {
+        "job": config.job, "identity": identity, "seed": seed, "command": config.command,
+        "dataset": config.dataset, "root": config.root, "dataset_options": config.dataset_options,
+        "split": {"fractions": list(config.split.fractions), "seed": seed, "grouped": config.split.grouped,
+                  "sizes": split.sizes()},
+        "shards": config.shards, "teacher_outputs": config.teacher_outputs,
+        "teacher": _teacher_identity(config.teacher), "protocol": protocol, "best_epoch": best_metrics.get("epoch"),
+        "seconds": round(seconds, 1), "machine": _machine(), "code_version": code_version(),
+    }
+    model.save_pretrained(out, card={"training": training, "metrics": metrics})
+    return {"seed": seed, "output": out, "metrics": metrics, "best_epoch": best_metrics.get("epoch")}
+
+
+def _worker(config: dict) -> None:
+    train_loop_per_worker(config["loop"])
+
+
+def _best(result, has_val: bool):  # noqa: ANN001
+    """The checkpoint with the best validation SRCC (the latest one when there is no validation)."""
+    candidates = [(c, m) for c, m in (result.best_checkpoints or []) if c is not None]
+    if has_val:
+        scored = [(c, m) for c, m in candidates if m.get("val_srcc") is not None and np.isfinite(m["val_srcc"])]
+        if scored:
+            return max(scored, key=lambda cm: (cm[1]["val_srcc"], -cm[1]["epoch"]))
+    if result.checkpoint is None:
+        raise RuntimeError(f"training produced no checkpoint: {result.error}")
+    return result.checkpoint, result.metrics or {}
+
+
+def _teacher_identity(teacher: str | None) -> dict | None:
+    if teacher is None:
+        return None
+    import models
+
+    info = models.describe(teacher)
+    return {"model": teacher, "checkpoint_hash": info.checkpoint_hash, "architecture": info.architecture}
+
+
+def _exists(out: str, config: TrainConfig) -> bool:
+    fs, path = get_fs(out, config.storage_options)
+    return fs.exists(f"{path.rstrip('/')}/card.json")
+
+
+def _machine() -> str:
+    import os
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpu}; {platform.platform()}"

@@ -1,0 +1,44 @@
+"""`dpiqa distill`: distill a teacher into the DP-IQA student with Ray Train (labelled sets and/or shards)."""
+
+from __future__ import annotations
+
+import argparse
+
+from jobs import training
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "distill", help="distill the student from a teacher (Ray Train, DDP; resumable)",
+        description="Train the student with MSE(score, MOS/scale) + MSE(student map, teacher map). On a labelled "
+                    "dataset the teacher's outputs are computed once before training; at scale, stream WebDataset "
+                    "shards (--shards) with the teacher's maps from `dpiqa score --write-maps` (--teacher-outputs); "
+                    "labels are used where present.",
+    )
+    p.add_argument("--teacher", default=None, help="teacher checkpoint (its outputs on --dataset are computed first)")
+    p.add_argument("--shards", default=None, help="WebDataset shards to distill on (labelled where .json has a score)")
+    p.add_argument("--teacher-outputs", default=None, help="a `dpiqa score --write-maps` run of the teacher on --shards")
+    p.add_argument("--score-field", default="mos", help="score key in the shards' .json (default mos)")
+    p.add_argument("--shard-mos-scale", type=float, default=None, help="MOS scale of the shards' labels")
+    p.add_argument("--mode", choices=["feature", "score", "both", "none"], default="feature",
+                   help="teacher terms: feature (the paper's map MSE), score, both, none (labels only)")
+    p.add_argument("--backbone", default=None, help="timm backbone replacing EfficientNet-B7 (a speed tier)")
+    p.add_argument("--no-pretrained", action="store_true", help="do not try ImageNet weights for the backbone")
+    training.add_common(p)
+    p.set_defaults(run=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from engine.training.loop import ModelSpec
+    from engine.training.run import run_training
+
+    spec = ModelSpec(kind="student", config=args.config, init=args.init, backbone=args.backbone,
+                     image_size=args.image_size, pretrained_backbone=not args.no_pretrained,
+                     overrides=training.overrides(args))
+    config = training.config_from_args(args, "distill", spec)
+    config.teacher, config.shards, config.teacher_outputs = args.teacher, args.shards, args.teacher_outputs
+    config.score_field, config.shard_mos_scale, config.distill_mode = args.score_field, args.shard_mos_scale, args.mode
+    if config.teacher is None and config.teacher_outputs is None and args.mode != "none":
+        raise ValueError("distill needs --teacher (with --dataset) or --teacher-outputs (with --shards); "
+                         "or --mode none to train the student on labels alone")
+    return training.report(run_training(config, address=args.address))
