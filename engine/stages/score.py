@@ -26,6 +26,7 @@ class ScoreStage(Stage):
         threads: torch threads per actor on CPU (Ray gives an actor one thread by default).
         write_maps: also return the quality map of each image (float16 bytes).
         channels_last, compile: inference fast paths.
+        keep_images: pass the `image` column through (distillation trains on the images it scored).
     """
 
     name: ClassVar[str] = "score"
@@ -43,6 +44,7 @@ class ScoreStage(Stage):
         write_maps: bool = False,
         channels_last: bool = False,
         compile: bool = False,
+        keep_images: bool = False,
     ) -> None:
         self.model = model
         self.device, self.precision = device, precision
@@ -50,6 +52,7 @@ class ScoreStage(Stage):
         self.threads = threads
         self.write_maps = write_maps
         self.channels_last, self.compile = channels_last, compile
+        self.keep_images = keep_images
         self.scorer = None
 
     def setup(self) -> None:
@@ -88,7 +91,7 @@ class ScoreStage(Stage):
         scores[bad] = np.nan
         if self.write_maps:
             maps[bad] = None
-        result = {k: v for k, v in batch.items() if k != "image"}
+        result = {k: v for k, v in batch.items() if k != "image" or self.keep_images}
         result.update(status=status, error=error, score=scores)
         if self.write_maps:
             result["map"] = maps

@@ -95,7 +95,7 @@ def with_teacher(ds, teacher: str, device: str = "auto", batch_size: int = 16, n
         return out
 
     stage = ScoreStage(teacher, device=device, batch_size=batch_size, num_gpus=num_gpus, threads=threads,
-                       write_maps=True)
+                       write_maps=True, keep_images=True)
     ds = ds.map_batches(mark_ok, batch_format="numpy")
     ds = ds.map_batches(_StageActor, fn_constructor_args=(stage,), compute=ray.data.ActorPoolStrategy(size=1),
                         batch_size=batch_size, batch_format="numpy", num_gpus=num_gpus or None)
