@@ -79,6 +79,7 @@ class LoopConfig:
     seed: int = 0
     threads: int | None = None
     shuffle_buffer: int = 4096
+    has_val: bool = True
 
 
 def build_model(spec: ModelSpec, mos_scale: float) -> torch.nn.Module:
@@ -162,7 +163,7 @@ def train_loop_per_worker(cfg: LoopConfig) -> None:
     scaler = torch.amp.GradScaler(enabled=precision == "fp16" and device.type == "cuda")
 
     train = ray.train.get_dataset_shard("train")
-    val = ray.train.get_dataset_shard("val") if rank == 0 else None
+    val = ray.train.get_dataset_shard("val") if rank == 0 and cfg.has_val else None
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.monotonic()
         torch.manual_seed(cfg.seed * 1000 + epoch)
@@ -194,7 +195,7 @@ def train_loop_per_worker(cfg: LoopConfig) -> None:
         metrics = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else math.nan,
                    "lr": optimizer.param_groups[0]["lr"], "images": seen,
                    "seconds": round(time.monotonic() - t0, 2)}
-        if val is not None:
+        if rank == 0:
             metrics.update(_validate(module, val, preprocessing, device, autocast, config.mos_scale, compute_metrics))
             score_key = metrics.get("val_srcc", -metrics["train_loss"])
             if not math.isfinite(score_key):  # constant predictions (an untrained model) have no SRCC
@@ -221,6 +222,8 @@ def _fmt(value: float | None) -> str:
 
 @torch.no_grad()
 def _validate(model, val, preprocessing, device, autocast, mos_scale, compute_metrics) -> dict:  # noqa: ANN001
+    if val is None:
+        return {}
     model.eval()
     preds, mos = [], []
     for batch in val.iter_batches(batch_size=64, batch_format="numpy"):

@@ -274,7 +274,8 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str) -> dict:  # 
     use_gpu = _use_gpu(config)
     loop = LoopConfig(model=config.model, mos_scale=mos_scale, epochs=protocol["epochs"],
                       batch_size=protocol["batch_size"], lr=protocol["lr"], milestones=tuple(protocol["milestones"]),
-                      precision=config.precision, distill_mode=config.distill_mode, seed=seed, threads=config.threads)
+                      precision=config.precision, distill_mode=config.distill_mode, seed=seed, threads=config.threads,
+                      has_val=val is not None)
     storage_path, storage_fs = _storage(config)
     datasets = {"train": train}
     if val is not None:
@@ -314,6 +315,7 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str) -> dict:  # 
                   "sizes": split.sizes()},
         "shards": config.shards, "teacher_outputs": config.teacher_outputs,
         "teacher": _teacher_identity(config.teacher), "protocol": protocol, "best_epoch": best_metrics.get("epoch"),
+        "images_per_epoch": best_metrics.get("images"),
         "seconds": round(seconds, 1), "machine": _machine(), "code_version": code_version(),
     }
     model.save_pretrained(out, card={"training": training, "metrics": metrics})

@@ -1,0 +1,174 @@
+"""`train-teacher`, `distill` and `eval` on a real local Ray (Ray Train + Ray Data), tiny models."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import models
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def graded_table(d: Path, n: int = 48, seed: int = 0) -> Path:
+    """Images whose quality (MOS) is the inverse of their noise level: a relation a model can learn."""
+    rng = np.random.default_rng(seed)
+    (d / "imgs").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        mos = float(rng.uniform(0, 100))
+        base = np.full((40, 40, 3), 120, np.uint8)
+        noisy = np.clip(base + rng.normal(0, (100 - mos) * 0.9, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(d / "imgs" / f"{i:03d}.png")
+        rows.append((f"imgs/{i:03d}.png", mos))
+    with open(d / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "mos"])
+        w.writerows(rows)
+    return d / "labels.csv"
+
+
+COMMON = ["--dataset", "csv", "--batch-size", "8", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    table = graded_table(d)
+    out = cli("train-teacher", *COMMON, "--root", str(table), "--config", "dpiqa-teacher-tiny", "--epochs", "2",
+              "--output", str(d / "teacher"), cwd=d)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return d, table
+
+
+def test_teacher_card_records_protocol_split_and_test_metrics(trained):
+    d, table = trained
+    card = json.loads((d / "teacher" / "card.json").read_text())
+    t = card["training"]
+    assert t["job"] == "train-teacher" and t["dataset"] == "csv" and t["seed"] == 0
+    assert t["protocol"]["optimizer"] == "Adam" and t["protocol"]["lr"] == 1e-5 and t["protocol"]["epochs"] == 2
+    assert t["split"]["sizes"] == {"train": 33, "val": 5, "test": 10}  # 48 at 70/10/20: val 4.8, test 9.6 rounded
+    assert card["metrics"]["test"]["n"] == 10 and -1 <= card["metrics"]["test"]["srcc"] <= 1
+    assert card["mos_scale"] == 100.0 and card["sha256"] == models.describe(str(d / "teacher")).checkpoint_hash
+
+
+def test_eval_reproduces_the_cards_test_metrics(trained):
+    d, table = trained
+    out = cli("eval", "--model", str(d / "teacher"), "--dataset", "csv", "--root", str(table), "--json",
+              "--device", "cpu", cwd=d)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    card = json.loads((d / "teacher" / "card.json").read_text())
+    assert result["split"] == {"part": "test", "seed": 0, "fractions": [0.7, 0.1, 0.2], "grouped": False}
+    for key in ("srcc", "krcc", "plcc", "plcc_logistic", "rmse", "n"):
+        assert result["metrics"][key] == pytest.approx(card["metrics"]["test"][key], rel=1e-6, abs=1e-9)
+    every = json.loads(cli("eval", "--model", str(d / "teacher"), "--dataset", "csv", "--root", str(table),
+                           "--split", "all", "--json", "--device", "cpu", cwd=d).stdout)
+    assert every["metrics"]["n"] == 48
+
+
+def test_distill_from_the_teacher_on_the_labelled_set(trained):
+    d, table = trained
+    out = cli("distill", *COMMON, "--root", str(table), "--teacher", str(d / "teacher"), "--config",
+              "dpiqa-student-tiny", "--no-pretrained", "--epochs", "2", "--output", str(d / "student"), cwd=d)
+    assert out.returncode == 0, out.stderr[-3000:]
+    card = json.loads((d / "student" / "card.json").read_text())
+    assert card["architecture"] == "dpiqa-student"
+    assert card["training"]["teacher"]["checkpoint_hash"] == models.describe(str(d / "teacher")).checkpoint_hash
+    assert card["training"]["protocol"]["distill_mode"] == "feature" and card["training"]["protocol"]["lr"] == 1e-4
+    assert card["metrics"]["test"]["n"] == 10
+
+
+def test_distill_needs_a_teacher_or_mode_none(trained):
+    d, table = trained
+    out = cli("distill", *COMMON, "--root", str(table), "--config", "dpiqa-student-tiny", "--output",
+              str(d / "x"), cwd=d)
+    assert out.returncode == 2 and "--teacher" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_distill_at_scale_from_shards_and_the_teachers_maps(trained, tmp_path):
+    """`score --write-maps` with the teacher over shards, then `distill --shards --teacher-outputs`:
+    labels are used where the shard's .json has one, teacher maps everywhere the teacher scored."""
+    import corpus
+
+    d, _ = trained
+    samples = []
+    for i in range(24):
+        members = {"jpg": corpus.jpeg(i, size=(40, 40))}
+        if i % 3 == 0:
+            members["json"] = json.dumps({"mos": float(i * 4)}).encode()
+        samples.append((f"k{i:03d}", members))
+    samples.append(("broken", {"jpg": b"not a jpeg"}))  # the teacher cannot score it and it has no label
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    corpus.write_shard(shards / "00000.tar", samples[:13])
+    corpus.write_shard(shards / "00001.tar", samples[13:])
+    score = cli("score", "--input", str(shards), "--output", str(tmp_path / "teacher-out"), "--model",
+                str(d / "teacher"), "--write-maps", "--executor", "local", cwd=tmp_path)
+    assert score.returncode == 0, score.stderr[-2000:]
+    import pyarrow.parquet as pq
+
+    maps = pq.read_table(tmp_path / "teacher-out" / "maps" / "00000.parquet")
+    assert maps.num_rows == 13 and len(maps.column("map")[0].as_py()) == 8 * 16 * 16 * 2  # float16 8x16x16
+
+    out = cli("distill", "--shards", str(shards), "--teacher-outputs", str(tmp_path / "teacher-out"), "--config",
+              "dpiqa-student-tiny", "--no-pretrained", "--epochs", "2", "--batch-size", "8", "--threads", "1",
+              "--output", str(tmp_path / "student"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    card = json.loads((tmp_path / "student" / "card.json").read_text())
+    assert card["training"]["shards"] == str(shards) and card["mos_scale"] == 100.0
+    assert card["training"]["images_per_epoch"] == 24  # every sample with a label or a teacher map; not "broken"
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return models.load_model(str(path)).state_dict()
+
+
+def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_does(tmp_path):
+    table = graded_table(tmp_path, n=40, seed=1)
+    args = ["train-teacher", *COMMON, "--root", str(table), "--config", "dpiqa-teacher-tiny", "--epochs", "4"]
+    clean = cli(*args, "--output", str(tmp_path / "clean"), cwd=tmp_path)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", *args, "--output", str(out)], cwd=tmp_path, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list(out.glob("_train/*/checkpoint_*"))) >= 2:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "card.json").exists(), "the run finished before it could be killed"
+    assert len(list(out.glob("_train/*/checkpoint_*"))) >= 2
+
+    resumed = cli(*args, "--output", str(out), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming after epoch" in resumed.stderr
+    a, b = _weights(tmp_path / "clean"), _weights(out)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    card_a = json.loads((tmp_path / "clean" / "card.json").read_text())
+    card_b = json.loads((out / "card.json").read_text())
+    assert card_a["training"]["best_epoch"] == card_b["training"]["best_epoch"]
+    assert card_a["metrics"]["test"]["srcc"] == pytest.approx(card_b["metrics"]["test"]["srcc"], abs=1e-6)
