@@ -9,7 +9,7 @@ import sys
 
 # Subcommand modules, in `--help` order; each has `add_parser(subparsers)` and keeps heavy imports
 # inside its `main`, so `dpiqa --help` stays fast.
-JOBS = ["score"]
+JOBS = ["score", "export"]
 
 
 def build_parser() -> argparse.ArgumentParser:

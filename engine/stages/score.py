@@ -26,6 +26,7 @@ class ScoreStage(Stage):
         threads: torch threads per actor on CPU (Ray gives an actor one thread by default).
         write_maps: also return the quality map of each image (float16 bytes).
         channels_last, compile: inference fast paths.
+        runtime: `auto` (onnxruntime for an ONNX export, else torch), `torch` or `onnx`.
     """
 
     name: ClassVar[str] = "score"
@@ -43,6 +44,7 @@ class ScoreStage(Stage):
         write_maps: bool = False,
         channels_last: bool = False,
         compile: bool = False,
+        runtime: str = "auto",
     ) -> None:
         self.model = model
         self.device, self.precision = device, precision
@@ -50,6 +52,7 @@ class ScoreStage(Stage):
         self.threads = threads
         self.write_maps = write_maps
         self.channels_last, self.compile = channels_last, compile
+        self.runtime = runtime
         self.scorer = None
 
     def setup(self) -> None:
@@ -61,7 +64,7 @@ class ScoreStage(Stage):
             torch.set_num_threads(self.threads)
         self.scorer = models.load_scorer(
             self.model, device=self.device, precision=self.precision,
-            channels_last=self.channels_last, compile=self.compile,
+            channels_last=self.channels_last, compile=self.compile, runtime=self.runtime,
         )
 
     def __call__(self, batch: Batch) -> Batch:
