@@ -212,6 +212,9 @@ def export_onnx(
     example = torch.from_numpy(random_images(example_batch, graph.preprocessing, seed))
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
 
+    for name in ("onnxscript", "onnx_ir"):  # one INFO line per optimisation pass would drown our progress
+        if logging.getLogger(name).level == logging.NOTSET:
+            logging.getLogger(name).setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="dpiqa-export-") as tmp:
         staging = Path(tmp)
         onnx_path = staging / checkpoint.ONNX_NAME
