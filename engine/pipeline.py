@@ -118,7 +118,8 @@ def run_score(config: ScoreConfig, executor: Executor) -> ScoreResult:
     t0 = time.monotonic()
     info = models.describe(config.model)
     models.check_runtime(config.model, info.runtime, config.runtime, device=config.device,
-                         precision=config.precision, channels_last=config.channels_last, compile=config.compile)
+                         precision=config.precision, channels_last=config.channels_last,
+                         compile=config.compile)
     urls = io.expand_shards(config.input, config.storage_options)
     names = io.shard_names(urls)
     output = OutputLocation(config.output, config.storage_options)

@@ -86,8 +86,8 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu") -> nn.Modu
     if config is None:
         raise FileNotFoundError(f"{name_or_path}: no config.json (not a DP-IQA checkpoint)")
     if runtime_of(name_or_path) == "onnx":
-        raise ValueError(f"{name_or_path}: an ONNX export has no PyTorch weights; score it with `load_scorer` "
-                         "(onnxruntime) or load the checkpoint it was exported from")
+        raise ValueError(f"{name_or_path}: an ONNX export has no PyTorch weights; score it with "
+                         "`load_scorer` (onnxruntime) or load the checkpoint it was exported from")
     return model_class(config["architecture"]).from_pretrained(location, device=device)
 
 

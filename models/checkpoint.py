@@ -107,7 +107,7 @@ def local_dir(location: str, files: tuple[str, ...] = FILES) -> Path:
 
 
 def content_hash(directory: Path, names: tuple[str, ...] = (CONFIG_NAME, WEIGHTS_NAME)) -> str:
-    """`sha256:<hex>` over config.json then the weights (`model.safetensors`, or `model.onnx` of an export)."""
+    """`sha256:<hex>` over config.json then the weights (`model.safetensors`; `model.onnx` of an export)."""
     h = hashlib.sha256()
     for name in names:
         with open(directory / name, "rb") as f:
@@ -139,7 +139,8 @@ def read_json(location: str, name: str) -> dict | None:
 
 def config_json(architecture: str, config: Any) -> str:
     """The `config.json` text of a model: its architecture name and config fields."""
-    return json.dumps({"architecture": architecture, **config_to_dict(config)}, indent=2, sort_keys=True) + "\n"
+    data = {"architecture": architecture, **config_to_dict(config)}
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""The onnxruntime scorer: an exported student (`dpiqa export`) scored on the CPU, same interface as `Scorer`."""
+"""The onnxruntime scorer: an exported student (`dpiqa export`) on the CPU, with the interface of `Scorer`."""
 
 from __future__ import annotations
 
@@ -59,12 +59,16 @@ class OnnxScorer:
         card_path = directory / checkpoint.CARD_NAME
         card = json.loads(card_path.read_text()) if card_path.exists() else {}
         if card.get("format") != "onnx" or not (directory / checkpoint.ONNX_NAME).exists():
-            raise ValueError(f"{location}: not an ONNX export (no model.onnx, or card.json lacks \"format\": \"onnx\"); "
-                             "create one with `dpiqa export`")
+            raise ValueError(
+                f'{location}: not an ONNX export (no model.onnx, or card.json lacks "format": "onnx"); '
+                "create one with `dpiqa export`"
+            )
         if verify:
             actual = checkpoint.content_hash(directory, (checkpoint.CONFIG_NAME, checkpoint.ONNX_NAME))
             if card.get("sha256") != actual:
-                raise ValueError(f"{location}: content hash {actual} does not match card.json ({card.get('sha256')})")
+                raise ValueError(
+                    f"{location}: content hash {actual} does not match card.json ({card.get('sha256')})"
+                )
         config_data = json.loads((directory / checkpoint.CONFIG_NAME).read_text())
         config = checkpoint.config_from_dict(StudentConfig, config_data)
         self.card = card
@@ -100,8 +104,10 @@ class OnnxScorer:
         images = np.ascontiguousarray(images.numpy() if isinstance(images, torch.Tensor) else images)
         expected = (*self.preprocessing.size, 3)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected:
-            raise ValueError(f"ONNX scorer: expected uint8 images (B, {expected[0]}, {expected[1]}, 3), "
-                             f"got {images.dtype} {images.shape}")
+            raise ValueError(
+                f"ONNX scorer: expected uint8 images (B, {expected[0]}, {expected[1]}, 3), "
+                f"got {images.dtype} {images.shape}"
+            )
         score, quality_map = self._run(images)
         maps = quality_map.astype(np.float16) if return_map else None
         return ScoreOutput(score.astype(np.float32), maps)

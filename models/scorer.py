@@ -24,7 +24,7 @@ class ScoreOutput:
 
 
 class ImageScorer(Protocol):
-    """What the engine calls: `Scorer` (torch) and `models.onnx_scorer.OnnxScorer` (onnxruntime) are both one."""
+    """What the engine calls: `Scorer` (torch) and `models.onnx_scorer.OnnxScorer` (onnxruntime) are one."""
 
     preprocessing: Preprocessing
     mos_scale: float

@@ -34,7 +34,10 @@ def scores_and_maps(out) -> tuple[dict[str, float], dict[str, np.ndarray], dict]
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "tiny-onnx"
-    assert main(["export", "--model", MODEL, "--format", "onnx", "--output", str(out), "--validate-batch", "5"]) == 0
+    assert (
+        main(["export", "--model", MODEL, "--format", "onnx", "--output", str(out), "--validate-batch", "5"])
+        == 0
+    )
     return out
 
 
@@ -44,16 +47,30 @@ def test_export_then_score_on_onnxruntime_gives_the_torch_scores(exported, tmp_p
     corpus.write_corpus(tmp_path, shards=2, per_shard=6)
     common = ["--input", str(tmp_path), "--executor", "local", "--batch-size", "4", "--write-maps"]
     assert main(["score", *common, "--output", str(tmp_path / "torch"), "--model", MODEL]) == 0
-    assert main(["score", *common, "--output", str(tmp_path / "onnx"), "--model", str(exported),
-                 "--runtime", "onnx"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                *common,
+                "--output",
+                str(tmp_path / "onnx"),
+                "--model",
+                str(exported),
+                "--runtime",
+                "onnx",
+            ]
+        )
+        == 0
+    )
     torch_scores, torch_maps, torch_meta = scores_and_maps(tmp_path / "torch")
     onnx_scores, onnx_maps, onnx_meta = scores_and_maps(tmp_path / "onnx")
     assert len(onnx_scores) == 12 and onnx_scores.keys() == torch_scores.keys()
     for key, score in torch_scores.items():
         assert onnx_scores[key] == pytest.approx(score, abs=SCORE_TOLERANCE * 100)
         # float16 maps: at most one float16 rounding step apart (values below 1)
-        np.testing.assert_allclose(onnx_maps[key].astype(np.float32), torch_maps[key].astype(np.float32),
-                                   rtol=0, atol=2**-11)
+        np.testing.assert_allclose(
+            onnx_maps[key].astype(np.float32), torch_maps[key].astype(np.float32), rtol=0, atol=2**-11
+        )
     # random weights make scores depend only weakly on the image: ONNX must reproduce that dependence
     keys = sorted(torch_scores)
     diffs = np.abs(np.array([onnx_scores[k] for k in keys]) - np.array([torch_scores[k] for k in keys]))
@@ -74,9 +91,25 @@ def test_bad_requests_get_one_line_errors(exported, tmp_path, capsys):
     assert not (tmp_path / "t").exists()
     corpus.write_corpus(tmp_path, shards=1, per_shard=2)
     common = ["--input", str(tmp_path), "--executor", "local"]
-    assert main(["score", *common, "--output", str(tmp_path / "a"), "--model", MODEL, "--runtime", "onnx"]) == 2
+    assert (
+        main(["score", *common, "--output", str(tmp_path / "a"), "--model", MODEL, "--runtime", "onnx"]) == 2
+    )
     assert f"create one with `dpiqa export --model {MODEL}" in capsys.readouterr().err
-    assert main(["score", *common, "--output", str(tmp_path / "b"), "--model", str(exported), "--precision", "bf16"]) == 2
+    assert (
+        main(
+            [
+                "score",
+                *common,
+                "--output",
+                str(tmp_path / "b"),
+                "--model",
+                str(exported),
+                "--precision",
+                "bf16",
+            ]
+        )
+        == 2
+    )
     assert "precision bf16 apply to the torch runtime only" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before any work
     assert (exported / checkpoint.ONNX_NAME).exists()

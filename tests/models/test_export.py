@@ -29,8 +29,14 @@ from models.student import DPIQAStudent, StudentConfig
 TINY = "dpiqa-student-tiny"
 # A real timm backbone at a reduced size, with a non-default value range and MOS scale, so that the graph's
 # built-in preprocessing and score scaling are exercised beyond the defaults.
-B0 = StudentConfig(backbone="efficientnet_b0", image_size=128, map_size=16, head_hidden=64,
-                   value_range=(-1.0, 1.0), mos_scale=5.0)
+B0 = StudentConfig(
+    backbone="efficientnet_b0",
+    image_size=128,
+    map_size=16,
+    head_hidden=64,
+    value_range=(-1.0, 1.0),
+    mos_scale=5.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +58,11 @@ def b0_export(tmp_path_factory):
 
 
 def batch_axis(path) -> str | int:
-    dim = onnx.load(str(path / checkpoint.ONNX_NAME), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    dim = (
+        onnx.load(str(path / checkpoint.ONNX_NAME), load_external_data=False)
+        .graph.input[0]
+        .type.tensor_type.shape.dim[0]
+    )
     return dim.dim_param or dim.dim_value
 
 
@@ -67,7 +77,10 @@ def test_onnx_scorer_matches_pytorch_at_batch_1_and_5(which, tiny_export, b0_exp
     onnx_scorer = models.load_scorer(str(export_dir))
     torch_scorer = models.load_scorer(source, device="cpu", precision="fp32")
     assert isinstance(onnx_scorer, OnnxScorer)
-    assert onnx_scorer.preprocessing == torch_scorer.preprocessing and onnx_scorer.mos_scale == torch_scorer.mos_scale
+    assert (
+        onnx_scorer.preprocessing == torch_scorer.preprocessing
+        and onnx_scorer.mos_scale == torch_scorer.mos_scale
+    )
     model = torch_scorer.model
     images = random_images(5, onnx_scorer.preprocessing, seed=123)  # not the export's validation images
     worst = {"score": 0.0, "map": 0.0}
@@ -82,8 +95,9 @@ def test_onnx_scorer_matches_pytorch_at_batch_1_and_5(which, tiny_export, b0_exp
         nchw = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0 * (hi - lo) + lo
         with torch.inference_mode():
             score, quality_map = model(nchw)
-        np.testing.assert_allclose(got, score.numpy() * onnx_scorer.mos_scale, rtol=0,
-                                   atol=SCORE_TOLERANCE * onnx_scorer.mos_scale)
+        np.testing.assert_allclose(
+            got, score.numpy() * onnx_scorer.mos_scale, rtol=0, atol=SCORE_TOLERANCE * onnx_scorer.mos_scale
+        )
         (onnx_map,) = onnx_scorer.session.run(["map"], {INPUT_NAME: x})
         assert onnx_map.shape == (batch, 8, 16, 16)
         np.testing.assert_allclose(onnx_map, quality_map.numpy(), rtol=0, atol=MAP_TOLERANCE)
@@ -97,7 +111,9 @@ def test_onnx_scorer_matches_pytorch_at_batch_1_and_5(which, tiny_export, b0_exp
     # the export's own validation ran at the same batch sizes and is recorded in the card
     validation = card["onnx"]["validation"]
     assert set(validation["batches"]) == {"1", "5"}
-    assert all(b["score_max_abs_diff"] <= validation["tolerance"]["score"] for b in validation["batches"].values())
+    assert all(
+        b["score_max_abs_diff"] <= validation["tolerance"]["score"] for b in validation["batches"].values()
+    )
 
 
 def test_scorer_returns_float16_maps_and_takes_read_only_arrays(tiny_export):
@@ -117,7 +133,9 @@ def test_static_batch_export_scores_any_batch_in_chunks(tiny_export, tmp_path):
     assert set(card["onnx"]["validation"]["batches"]) == {"2"}
     static, dynamic = OnnxScorer(str(tmp_path / "static")), OnnxScorer(str(tiny_export[0]))
     images = random_images(5, static.preprocessing, seed=9)  # 2 + 2 + 1 padded
-    np.testing.assert_allclose(static(images).scores, dynamic(images).scores, rtol=0, atol=SCORE_TOLERANCE * 100)
+    np.testing.assert_allclose(
+        static(images).scores, dynamic(images).scores, rtol=0, atol=SCORE_TOLERANCE * 100
+    )
 
 
 def test_describe_gives_the_exports_identity_from_config_and_card_only(b0_export, tmp_path):
