@@ -166,10 +166,11 @@ def validate(
 
 
 def _refuse_existing(output: str, overwrite: bool) -> None:
+    """An existing export is replaced only with `overwrite`; a PyTorch checkpoint never is."""
     fs, path = fsspec.core.url_to_fs(output)
-    existing = [
-        n for n in checkpoint.ONNX_FILES + (checkpoint.WEIGHTS_NAME,) if fs.exists(f"{path.rstrip('/')}/{n}")
-    ]
+    if fs.exists(f"{path.rstrip('/')}/{checkpoint.WEIGHTS_NAME}"):
+        raise ValueError(f"{output}: holds a PyTorch checkpoint (model.safetensors); export to another folder")
+    existing = [n for n in checkpoint.ONNX_FILES if fs.exists(f"{path.rstrip('/')}/{n}")]
     if existing and not overwrite:
         raise ValueError(
             f"{output}: already holds {', '.join(existing)}; choose another --output or pass --overwrite"
@@ -206,6 +207,9 @@ def export_onnx(
     Raises:
         ValueError: not a student, unknown format, `output` taken, or `ExportMismatchError`.
     """
+    import onnx
+    import onnxruntime
+
     import models
 
     if format not in FORMATS:
@@ -269,8 +273,6 @@ def export_onnx(
             time.monotonic() - t0,
             onnx_path.stat().st_size / 1e6,
         )
-        import onnx
-
         onnx.checker.check_model(str(onnx_path), full_check=True)
         batches = (1, validate_batch) if dynamic_batch else (batch_size,)
         validation = validate(onnx_path, graph, tuple(dict.fromkeys(batches)), seed=seed)
@@ -278,10 +280,7 @@ def export_onnx(
         (staging / checkpoint.CONFIG_NAME).write_text(
             checkpoint.config_json(student.architecture, student.config)
         )
-        import onnxruntime
-
         batch_dim = "batch" if dynamic_batch else batch_size
-
         card = {
             **student.card(),
             **info.card,

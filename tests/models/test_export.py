@@ -204,6 +204,9 @@ def test_bad_export_requests_are_refused(tiny_export, tmp_path):
         export_onnx(TINY, str(tmp_path / "x"), format="tflite")
     with pytest.raises(ValueError, match="already an ONNX export"):
         export_onnx(str(tiny_export[0]), str(tmp_path / "y"))
+    models.build(TINY).save_pretrained(str(tmp_path / "ckpt"))
+    with pytest.raises(ValueError, match="holds a PyTorch checkpoint"):
+        export_onnx(TINY, str(tmp_path / "ckpt"), overwrite=True)
 
 
 def test_runtime_options_that_do_not_fit_the_model_are_refused(tiny_export):
