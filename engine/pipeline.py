@@ -44,6 +44,8 @@ class ScoreConfig:
         threads: torch threads per CPU actor (default: the worker's cores / actors).
         chunk_size: samples per block from the shard reader.
         channels_last, compile: inference fast paths.
+        runtime: `auto` (onnxruntime on CPU actors for an ONNX export from `dpiqa export`, else torch),
+            `torch` or `onnx` (refuses a model that does not run on it).
         storage_options: fsspec options for input and output.
     """
 
@@ -61,6 +63,7 @@ class ScoreConfig:
     chunk_size: int = 64
     channels_last: bool = False
     compile: bool = False
+    runtime: str = "auto"
     storage_options: dict | None = None
 
     def identity(self, info: models.ModelInfo) -> dict:
@@ -88,13 +91,14 @@ class ScoreResult:
 
 def build_stages(config: ScoreConfig, info: models.ModelInfo, gpus: float) -> list[Stage]:
     """read -> decode -> score, with resources from the config and the cluster's GPU count."""
-    use_gpu = config.device == "cuda" or (config.device == "auto" and gpus > 0)
+    use_gpu = info.runtime == "torch" and (config.device == "cuda" or (config.device == "auto" and gpus > 0))
     actors = config.actors or (max(1, int(gpus)) if use_gpu else 1)
     score = ScoreStage(
         config.model, device="cuda" if use_gpu else "cpu", precision=config.precision,
         batch_size=config.batch_size, num_gpus=1.0 if use_gpu else 0.0, concurrency=actors,
         threads=config.threads or (None if use_gpu else _cpu_threads(actors)),
         write_maps=config.write_maps, channels_last=config.channels_last, compile=config.compile,
+        runtime=config.runtime,
     )
     source = SourceStage(chunk_size=config.chunk_size, storage_options=config.storage_options)
     source.batch_size = 1
@@ -122,6 +126,9 @@ def run_score(config: ScoreConfig, executor: Executor) -> ScoreResult:
     t0 = time.monotonic()
     retries_before = io.RetryCounter.count
     info = models.describe(config.model)
+    models.check_runtime(config.model, info.runtime, config.runtime, device=config.device,
+                         precision=config.precision, channels_last=config.channels_last,
+                         compile=config.compile)
     urls = io.expand_shards(config.input, config.storage_options)
     names = io.shard_names(urls)
     output = OutputLocation(config.output, config.storage_options)

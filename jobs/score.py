@@ -30,9 +30,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"larger images become 'too_large' rows (default: {DEFAULT_MAX_PIXELS})")
     p.add_argument("--actors", type=int, default=None, help="scoring actors (default: one per GPU, else 1)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per CPU actor")
+    p.add_argument("--threads", type=int, default=None, help="torch (or onnxruntime) threads per CPU actor")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster on GPUs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
+                   help="auto (default): onnxruntime on CPU for an ONNX export (dpiqa export), else torch")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--executor", choices=["ray", "local"], default="ray",
                    help="ray (default) or local (one process, no Ray; for debugging)")
@@ -50,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
         input=args.input, output=args.output, model=args.model, batch_size=args.batch_size, device=args.device,
         precision=args.precision, overwrite=args.overwrite, write_maps=args.write_maps, max_pixels=args.max_pixels,
         actors=args.actors, threads=args.threads, channels_last=args.channels_last, compile=args.compile,
-        storage_options=args.storage_options,
+        runtime=args.runtime, storage_options=args.storage_options,
     )
     executor = LocalExecutor() if args.executor == "local" else RayDataExecutor(address=args.address)
     result = run_score(config, executor)

@@ -16,7 +16,7 @@ from torch import nn
 
 from models import checkpoint
 from models.preprocessing import Preprocessing
-from models.scorer import Scorer
+from models.scorer import ImageScorer, Scorer
 from models.student import StudentConfig
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,57 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu") -> nn.Modu
     config = checkpoint.read_json(location, checkpoint.CONFIG_NAME)
     if config is None:
         raise FileNotFoundError(f"{name_or_path}: no config.json (not a DP-IQA checkpoint)")
+    if runtime_of(name_or_path) == "onnx":
+        raise ValueError(f"{name_or_path}: an ONNX export has no PyTorch weights; score it with "
+                         "`load_scorer` (onnxruntime) or load the checkpoint it was exported from")
     return model_class(config["architecture"]).from_pretrained(location, device=device)
+
+
+RUNTIMES = ("auto", "torch", "onnx")
+
+
+def runtime_of(name_or_path: str) -> str:
+    """`onnx` for an ONNX export (`dpiqa export`), `torch` for anything else; reads the card only."""
+    if name_or_path in MODELS:
+        return "torch"
+    card = checkpoint.read_json(resolve(name_or_path), checkpoint.CARD_NAME) or {}
+    return "onnx" if card.get("format") == "onnx" else "torch"
+
+
+def check_runtime(
+    name_or_path: str,
+    model_runtime: str,
+    runtime: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
+    channels_last: bool = False,
+    compile: bool = False,
+) -> None:
+    """Refuse scoring options that do not fit the model's runtime, with a message saying what to do.
+
+    Args:
+        name_or_path: the model, for the message.
+        model_runtime: what the model runs on (`runtime_of`, or `ModelInfo.runtime`).
+        runtime: what the user asked for: `auto` (the model's), `torch` or `onnx`.
+        device, precision, channels_last, compile: the scoring options (see `Scorer`).
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+    if runtime == "onnx" and model_runtime != "onnx":
+        raise ValueError(f"{name_or_path}: --runtime onnx needs an ONNX export; "
+                         f"create one with `dpiqa export --model {name_or_path} --output DIR` and score DIR")
+    if runtime == "torch" and model_runtime == "onnx":
+        raise ValueError(f"{name_or_path}: an ONNX export runs on onnxruntime only; "
+                         "use --runtime auto or onnx, or score the checkpoint it was exported from")
+    if model_runtime == "onnx":
+        unsupported = [name for name, bad in (
+            (f"device {device}", device not in ("auto", "cpu")),
+            (f"precision {precision}", precision not in ("auto", "fp32")),
+            ("channels_last", channels_last), ("compile", compile),
+        ) if bad]
+        if unsupported:
+            raise ValueError(f"{name_or_path}: the onnx runtime scores on the CPU in fp32; "
+                             f"{', '.join(unsupported)} apply to the torch runtime only")
 
 
 def load_scorer(
@@ -134,15 +184,35 @@ def load_scorer(
     precision: str = "auto",
     channels_last: bool = False,
     compile: bool = False,
-) -> Scorer:
-    """Load a model for inference on this worker (see `Scorer` for the options)."""
+    runtime: str = "auto",
+) -> ImageScorer:
+    """Load a model for inference on this worker: a `Scorer` (torch; see it for the options) or, for an
+    ONNX export, a `models.onnx_scorer.OnnxScorer` (onnxruntime on the CPU, torch's thread count).
+
+    Args:
+        name_or_path: a named configuration, shipped name, checkpoint or ONNX export (folder, URL, Hub id).
+        device, precision, channels_last, compile: see `Scorer`; checked by `check_runtime`.
+        runtime: `auto` (the model's: onnx for an export, else torch), `torch` or `onnx`.
+    """
+    model_runtime = runtime_of(name_or_path)
+    check_runtime(name_or_path, model_runtime, runtime, device=device, precision=precision,
+                  channels_last=channels_last, compile=compile)
+    if model_runtime == "onnx":
+        from models.onnx_scorer import OnnxScorer  # onnxruntime is imported only where it is used
+
+        return OnnxScorer(resolve(name_or_path))
     return Scorer(load_model(name_or_path), device=device, precision=precision,
                   channels_last=channels_last, compile=compile)
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the driver needs to know about a model without loading its weights."""
+    """What the driver needs to know about a model without loading its weights.
+
+    `checkpoint_hash` of an ONNX export is its own (over `config.json` + `model.onnx`), so its scores never
+    resume into a torch run's output; the card's `source.checkpoint_hash` names the checkpoint it came from.
+    `runtime` (`torch` or `onnx`) is not part of the identity: the hash already tells the two apart.
+    """
 
     name: str
     architecture: str
@@ -151,6 +221,7 @@ class ModelInfo:
     mos_scale: float
     map_shape: tuple[int, ...]
     card: dict
+    runtime: str = "torch"
 
     def identity(self) -> dict:
         return {
@@ -185,6 +256,10 @@ def describe(name_or_path: str, overrides: dict[str, Any] | None = None) -> Mode
     card = checkpoint.read_json(location, checkpoint.CARD_NAME) or {}
     cls = model_class(data["architecture"])
     config = checkpoint.config_from_dict(cls.config_class, data)
-    digest = card.get("sha256") or checkpoint.content_hash(checkpoint.local_dir(location))
+    runtime = "onnx" if card.get("format") == "onnx" else "torch"
+    digest = card.get("sha256")
+    if not digest:
+        files = checkpoint.ONNX_FILES if runtime == "onnx" else checkpoint.FILES
+        digest = checkpoint.content_hash(checkpoint.local_dir(location, files), files[:2])
     return ModelInfo(name_or_path, data["architecture"], digest, config.preprocessing, float(config.mos_scale),
-                     tuple(config.map_shape), card)
+                     tuple(config.map_shape), card, runtime)

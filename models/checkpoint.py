@@ -1,5 +1,8 @@
 """Our checkpoint format: a directory with `config.json`, `model.safetensors` and `card.json`.
 
+An ONNX export of a student (`models/export.py`) is the same directory with `model.onnx` in place of
+`model.safetensors` and `"format": "onnx"` in its card.
+
 The directory may be local, any fsspec URL (`s3://...`) or a Hugging Face Hub repo id. No pickle is
 read or written. A content hash (sha256 over `config.json` and `model.safetensors`) identifies a
 checkpoint; it is stored in the card when saving and checked when loading.
@@ -35,6 +38,8 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "card.json"
 FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+ONNX_NAME = "model.onnx"
+ONNX_FILES = (CONFIG_NAME, ONNX_NAME, CARD_NAME)
 
 C = TypeVar("C")
 M = TypeVar("M", bound="CheckpointMixin")
@@ -133,14 +138,22 @@ def mirror(url: str, include: Callable[[str], bool], storage_options: dict | Non
     return target
 
 
-def content_hash(directory: Path) -> str:
-    """`sha256:<hex>` over config.json then model.safetensors."""
+def content_hash(directory: Path, names: tuple[str, ...] = (CONFIG_NAME, WEIGHTS_NAME)) -> str:
+    """`sha256:<hex>` over config.json then the weights (`model.safetensors`; `model.onnx` of an export)."""
     h = hashlib.sha256()
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
+    for name in names:
         with open(directory / name, "rb") as f:
             while chunk := f.read(8 << 20):
                 h.update(chunk)
     return "sha256:" + h.hexdigest()
+
+
+def put_files(staging: Path, location: str, names: tuple[str, ...]) -> None:
+    """Copy `names` from a local staging folder to a local folder or fsspec URL (created if needed)."""
+    fs, path = fsspec.core.url_to_fs(location)
+    fs.makedirs(path, exist_ok=True)
+    for name in names:
+        fs.put(str(staging / name), f"{path.rstrip('/')}/{name}")
 
 
 def read_json(location: str, name: str) -> dict | None:
@@ -154,6 +167,12 @@ def read_json(location: str, name: str) -> dict | None:
             return json.load(f)
     path = local_dir(location, files=(name,)) / name
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def config_json(architecture: str, config: Any) -> str:
+    """The `config.json` text of a model: its architecture name and config fields."""
+    data = {"architecture": architecture, **config_to_dict(config)}
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
@@ -200,17 +219,13 @@ class CheckpointMixin:
         with tempfile.TemporaryDirectory() as tmp:
             staging = Path(tmp) if is_url(location) else Path(location)
             staging.mkdir(parents=True, exist_ok=True)
-            config = {"architecture": self.architecture, **config_to_dict(self.config)}
-            (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            (staging / CONFIG_NAME).write_text(config_json(self.architecture, self.config))
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
             safetensors.torch.save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
             full_card = {**self.card(), **(card or {}), "sha256": content_hash(staging)}
             (staging / CARD_NAME).write_text(json.dumps(full_card, indent=2, sort_keys=True) + "\n")
             if is_url(location):
-                fs, path = fsspec.core.url_to_fs(location)
-                fs.makedirs(path, exist_ok=True)
-                for name in FILES:
-                    fs.put(str(staging / name), f"{path.rstrip('/')}/{name}")
+                put_files(staging, location, FILES)
         return full_card
 
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -20,6 +21,15 @@ class ScoreOutput:
 
     scores: np.ndarray
     maps: np.ndarray | None = None
+
+
+class ImageScorer(Protocol):
+    """What the engine calls: `Scorer` (torch) and `models.onnx_scorer.OnnxScorer` (onnxruntime) are one."""
+
+    preprocessing: Preprocessing
+    mos_scale: float
+
+    def __call__(self, images: np.ndarray | torch.Tensor, return_map: bool = False) -> ScoreOutput: ...
 
 
 def resolve_device(device: str) -> torch.device:

@@ -27,6 +27,7 @@ class ScoreStage(Stage):
         write_maps: also return the quality map of each image (float16 bytes).
         channels_last, compile: inference fast paths.
         keep_images: pass the `image` column through (distillation trains on the images it scored).
+        runtime: `auto` (onnxruntime for an ONNX export, else torch), `torch` or `onnx`.
     """
 
     name: ClassVar[str] = "score"
@@ -45,6 +46,7 @@ class ScoreStage(Stage):
         channels_last: bool = False,
         compile: bool = False,
         keep_images: bool = False,
+        runtime: str = "auto",
     ) -> None:
         self.model = model
         self.device, self.precision = device, precision
@@ -53,6 +55,7 @@ class ScoreStage(Stage):
         self.write_maps = write_maps
         self.channels_last, self.compile = channels_last, compile
         self.keep_images = keep_images
+        self.runtime = runtime
         self.scorer = None
 
     def setup(self) -> None:
@@ -64,7 +67,7 @@ class ScoreStage(Stage):
             torch.set_num_threads(self.threads)
         self.scorer = models.load_scorer(
             self.model, device=self.device, precision=self.precision,
-            channels_last=self.channels_last, compile=self.compile,
+            channels_last=self.channels_last, compile=self.compile, runtime=self.runtime,
         )
 
     def __call__(self, batch: Batch) -> Batch:
