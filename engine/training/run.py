@@ -118,10 +118,10 @@ class TrainResult:
 
 def run_training(config: TrainConfig, address: str | None = None) -> TrainResult:
     """Train (or distill) one model per split and report the median test metrics."""
+    import ray
+
     from engine.executor.ray_data import init_ray
     from engine.metrics import summarize
-
-    import ray
 
     init_ray(address)
     ray.data.DataContext.get_current().enable_progress_bars = False  # epoch lines come from the loop
