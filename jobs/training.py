@@ -18,6 +18,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     data.add_argument("--seed", type=int, default=0, help="seed of the first split (default 0)")
     data.add_argument("--fractions", default="0.7,0.1,0.2", help="train,val,test fractions (default 0.7,0.1,0.2)")
     data.add_argument("--grouped", action="store_true", help="keep a group (AGIQA-3K: a prompt) on one side")
+    data.add_argument("--synthetic", type=int, default=0, metavar="N",
+                      help="add N distorted copies of each training image (graded blur, noise, JPEG, JPEG 2000, "
+                           "contrast, exposure) labelled reference MOS x (1 - 0.15 x level)")
     proto = p.add_argument_group("protocol (defaults: the paper's)")
     proto.add_argument("--epochs", type=int, default=None)
     proto.add_argument("--batch-size", type=int, default=None)
@@ -70,7 +73,7 @@ def config_from_args(args: argparse.Namespace, job: str, spec):  # noqa: ANN001
         split=SplitConfig(fractions=fractions, n_splits=args.splits, seed=args.seed, grouped=args.grouped),
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         milestones=tuple(int(m) for m in args.milestones.split(",")) if args.milestones else None,
-        precision=args.precision, workers=args.workers, use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
+        synthetic=args.synthetic, precision=args.precision, workers=args.workers, use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
         threads=args.threads, max_failures=args.max_failures, storage=args.storage,
         storage_options=args.storage_options, command=["dpiqa", *sys.argv[1:]],
     )

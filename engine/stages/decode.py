@@ -65,6 +65,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
+def resize(rgb: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
+    """An RGB image at the model's input size (aspect not kept), uint8 `(H, W, 3)`."""
+    target_h, target_w = preprocessing.size
+    if rgb.size != (target_w, target_h):
+        rgb = rgb.resize((target_w, target_h), _FILTERS[preprocessing.interpolation])
+    return np.asarray(rgb, dtype=np.uint8)
+
+
 def decode_image(
     data: bytes | None, preprocessing: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[np.ndarray, int, int]:
@@ -100,10 +108,7 @@ def decode_image(
                 # DCT-domain downscaling: decode at the smallest 1/2^k scale still >= the target.
                 img.draft("RGB", (target_w, target_h))
             img.load()
-            rgb = to_rgb(img)
-            if rgb.size != (target_w, target_h):
-                rgb = rgb.resize((target_w, target_h), _FILTERS[preprocessing.interpolation])
-            pixels = np.asarray(rgb, dtype=np.uint8)
+            pixels = resize(to_rgb(img), preprocessing)
     except Exception as exc:  # noqa: BLE001
         raise DecodeError(schema.DECODE_ERROR, f"{type(exc).__name__}: {exc}") from exc
     if orientation in _TRANSPOSING:

@@ -49,6 +49,8 @@ class TrainConfig:
             else unlabelled), streamed into training beside the labelled set.
         teacher_outputs: distill at scale: a `dpiqa score --write-maps` run of the teacher over `shards`.
         shard_mos_scale: the MOS scale of the shards' labels.
+        synthetic: distorted copies of each training image added with pseudo-labels (graded blur, noise,
+            JPEG, JPEG 2000, contrast, exposure; `engine.training.data.SyntheticDistortions`).
         epochs, batch_size, lr, milestones: the protocol (defaults: the paper's for `job` and `dataset`).
         precision, distill_mode, workers, use_gpu, cpus_per_worker, threads, max_failures: execution.
         storage: Ray Train's run storage (checkpoints); default `OUTPUT/_train`. A rerun of the same
@@ -69,6 +71,7 @@ class TrainConfig:
     teacher_outputs: str | None = None
     score_field: str = "mos"
     shard_mos_scale: float | None = None
+    synthetic: int = 0
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
@@ -193,7 +196,8 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing):  # noqa: ANN0
     parts = []
     val = None
     if labeled is not None:
-        train = data.labeled_dataset(labeled, split.train, preprocessing, config.storage_options)
+        train = data.labeled_dataset(labeled, split.train, preprocessing, config.storage_options,
+                                     synthetic=config.synthetic)
         if config.model.kind == "student":
             if config.teacher is None:
                 train = train.map_batches(_no_teacher, batch_format="numpy")
@@ -314,6 +318,8 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str) -> dict:  # 
         "split": {"fractions": list(config.split.fractions), "seed": seed, "grouped": config.split.grouped,
                   "sizes": split.sizes()},
         "shards": config.shards, "teacher_outputs": config.teacher_outputs,
+        "synthetic": {"copies_per_image": config.synthetic, "label": "reference MOS x (1 - 0.15 x level)"}
+        if config.synthetic else None,
         "teacher": _teacher_identity(config.teacher), "protocol": protocol, "best_epoch": best_metrics.get("epoch"),
         "images_per_epoch": best_metrics.get("images"),
         "seconds": round(seconds, 1), "machine": _machine(), "code_version": code_version(),
