@@ -62,3 +62,52 @@ def evaluate(scorer: Scorer, labeled: LabeledSet, indices: np.ndarray, batch_siz
     metrics = compute_metrics(pred[keep], mos[keep])
     metrics["unscored"] = int((~keep).sum())
     return metrics
+
+
+def split_indices(labeled: LabeledSet, card: dict, dataset: str, part: str, seed: int | None = None,
+                  fractions: tuple[float, ...] | None = None, grouped: bool | None = None,
+                  fallback_all: bool = False) -> tuple[np.ndarray, dict]:
+    """The images of `part` of a dataset for a model: the split its card recorded when it was trained on
+    this dataset (so `test` is what training never saw), else the given seed, else (with
+    `fallback_all`, for cross-dataset evaluation) every image.
+
+    Raises:
+        ValueError: a split part was asked for, the card records none and no seed is given.
+    """
+    from engine.splits import make_split
+
+    training = card.get("training") or {}
+    recorded = training.get("split") if training.get("dataset") == dataset else None
+    if part == "all" or (recorded is None and seed is None and fallback_all):
+        return np.arange(len(labeled)), {"part": "all"}
+    if seed is None and recorded is None:
+        raise ValueError(f"the model's card records no split of {dataset}; pass --seed (and --fractions) "
+                         "or use --split all")
+    seed = seed if seed is not None else recorded["seed"]
+    fractions = tuple(fractions or (recorded["fractions"] if recorded else (0.7, 0.1, 0.2)))
+    grouped = grouped if grouped is not None else bool(recorded and recorded.get("grouped"))
+    split = make_split(labeled.names, seed, fractions, groups=labeled.groups if grouped else None)
+    return split.part(part), {"part": part, "seed": seed, "fractions": list(fractions), "grouped": grouped}
+
+
+def matrix_markdown(results: list[dict], title: str) -> str:
+    """A train-on-A / test-on-B table: one row per model (with the dataset it was trained on), one column
+    per evaluated dataset, each cell `SRCC / PLCC (part, n)`."""
+    datasets = list(dict.fromkeys(r["dataset_label"] for r in results))
+    models = list(dict.fromkeys(r["model_label"] for r in results))
+    cells = {(r["model_label"], r["dataset_label"]): r for r in results}
+    lines = [f"# {title}", "", "| model (trained on) | " + " | ".join(datasets) + " |",
+             "| --- |" + " --- |" * len(datasets)]
+    for m in models:
+        row = []
+        for d in datasets:
+            r = cells.get((m, d))
+            if r is None:
+                row.append("-")
+                continue
+            met = r["metrics"]
+            row.append(f"{met['srcc']:.4f} / {met['plcc']:.4f} ({r['split']['part']}, n={met['n']})")
+        lines.append(f"| {m} | " + " | ".join(row) + " |")
+    lines += ["", "Cells: SRCC / PLCC on the test split the model's card records when it was trained on that "
+              "dataset, on every image otherwise."]
+    return "\n".join(lines) + "\n"

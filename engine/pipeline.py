@@ -43,6 +43,7 @@ class ScoreConfig:
         actors: scoring actors (default: one per GPU of the cluster, else 1).
         threads: torch threads per CPU actor (default: the worker's cores / actors).
         chunk_size: samples per block from the shard reader.
+        retries: fresh pipelines over the unfinished shards after Ray gives up on a lost node or worker.
         channels_last, compile: inference fast paths.
         runtime: `auto` (onnxruntime on CPU actors for an ONNX export from `dpiqa export`, else torch),
             `torch` or `onnx` (refuses a model that does not run on it).
@@ -61,6 +62,7 @@ class ScoreConfig:
     actors: int | None = None
     threads: int | None = None
     chunk_size: int = 64
+    retries: int = 3
     channels_last: bool = False
     compile: bool = False
     runtime: str = "auto"
@@ -164,7 +166,29 @@ def run_score(config: ScoreConfig, executor: Executor) -> ScoreResult:
         written, images = writer.progress()
         progress.update(written, images, failed=len(writer.summary.failed))
 
-    executor.run([{"shard": url} for url in todo], stages, sink)
+    remaining, attempt = todo, 0
+    while remaining:
+        try:
+            executor.run([{"shard": url} for url in remaining], stages, sink)
+            break
+        except Exception as exc:
+            writer.flush()
+            remaining = [u for u in remaining if u not in writer.completed and u not in writer.summary.failed]
+            attempt += 1
+            if not executor.retryable(exc) or attempt > config.retries:
+                if executor.retryable(exc):
+                    for url in remaining:
+                        writer.fail(url, f"incomplete after {attempt} attempts: {type(exc).__name__}: {exc}")
+                    break
+                raise
+            # A node or worker died and Ray Data gave up: start a fresh pipeline over the shards that are
+            # not written; their partial rows are dropped (rows are keyed by shard and index, so nothing
+            # is counted twice).
+            log.warning("score: pipeline failed (%s: %s); attempt %d of %d on %d unfinished shards",
+                        type(exc).__name__, str(exc).splitlines()[0][:300], attempt + 1, config.retries + 1,
+                        len(remaining))
+            for url in remaining:
+                writer.reset(url)
     summary = writer.close()
     elapsed = time.monotonic() - t0
     # Retries of this process (listing, writes; and reads when the stages ran here) plus those the

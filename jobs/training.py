@@ -8,9 +8,11 @@ import sys
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
+    from engine.datasets import DATASETS
+
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default=None,
-                      help="labelled dataset layout: koniq, clive, spaq, livefb, agiqa3k, csv (see `dpiqa eval --help`)")
+    data.add_argument("--dataset", default=None, choices=sorted(k for k in DATASETS if k != "webdataset"),
+                      help="labelled dataset layout (see `dpiqa eval --help` for each one's files)")
     data.add_argument("--root", default=None, help="the dataset's root folder or URL (the table for csv)")
     data.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                       help="a layout option, e.g. resolution=512x384 for koniq (repeatable)")

@@ -32,13 +32,18 @@ ARCHITECTURES: dict[str, str] = {
 def _teacher_config(name: str) -> Any:
     from models.teacher import TeacherConfig
 
-    return TeacherConfig() if name == "dpiqa-teacher" else TeacherConfig.tiny()
+    return {"dpiqa-teacher": TeacherConfig, "dpiqa-teacher-small": TeacherConfig.small,
+            "dpiqa-teacher-tiny": TeacherConfig.tiny}[name]()
 
 
 # Named configurations: `--model NAME` builds one with seeded random weights (tests, benchmarks,
 # `model-info`); real scoring uses a checkpoint.
 MODELS: dict[str, tuple[str, Callable[[], Any]]] = {
     "dpiqa-student": ("dpiqa-student", StudentConfig),
+    "dpiqa-student-small": (
+        "dpiqa-student",
+        lambda: StudentConfig(backbone="mobilenetv3_small_100", map_size=16, head_hidden=128, image_size=64),
+    ),
     "dpiqa-student-tiny": (
         "dpiqa-student",
         lambda: StudentConfig(backbone="test_efficientnet", map_size=16, head_hidden=64, image_size=64),
@@ -52,6 +57,7 @@ MODELS: dict[str, tuple[str, Callable[[], Any]]] = {
                               image_size=224, interpolation="bicubic"),
     ),
     "dpiqa-teacher": ("dpiqa-teacher", lambda: _teacher_config("dpiqa-teacher")),
+    "dpiqa-teacher-small": ("dpiqa-teacher", lambda: _teacher_config("dpiqa-teacher-small")),
     "dpiqa-teacher-tiny": ("dpiqa-teacher", lambda: _teacher_config("dpiqa-teacher-tiny")),
 }
 
@@ -59,6 +65,9 @@ MODELS: dict[str, tuple[str, Callable[[], Any]]] = {
 SHIPPED: dict[str, Path] = {"demo": Path(__file__).resolve().parent / "checkpoints" / "demo"}
 
 RANDOM_SEED = 0
+
+# Classical baselines that score through the same interface (no checkpoint): name -> identity.
+BASELINES: dict[str, str] = {"brisque": "brisque-0.2.0:live-svr"}
 
 
 def model_class(architecture: str) -> type:
@@ -146,6 +155,8 @@ def runtime_of(name_or_path: str) -> str:
     """`onnx` for an ONNX export (`dpiqa export`), `torch` for anything else; reads the card only."""
     if name_or_path in MODELS:
         return "torch"
+    if name_or_path in BASELINES:
+        return "baseline"
     card = checkpoint.read_json(resolve(name_or_path), checkpoint.CARD_NAME) or {}
     return "onnx" if card.get("format") == "onnx" else "torch"
 
@@ -202,6 +213,10 @@ def load_scorer(
         device, precision, channels_last, compile: see `Scorer`; checked by `check_runtime`.
         runtime: `auto` (the model's: onnx for an export, else torch), `torch` or `onnx`.
     """
+    if name_or_path in BASELINES:
+        from models.brisque import BrisqueScorer
+
+        return BrisqueScorer()
     model_runtime = runtime_of(name_or_path)
     check_runtime(name_or_path, model_runtime, runtime, device=device, precision=precision,
                   channels_last=channels_last, compile=compile)
@@ -248,6 +263,12 @@ def describe(name_or_path: str, overrides: dict[str, Any] | None = None) -> Mode
         name_or_path: a `MODELS` name, a shipped name, or a checkpoint folder/URL/Hub id.
         overrides: config fields to replace; named configurations only (a checkpoint's config is its own).
     """
+    if name_or_path in BASELINES:
+        from models.preprocessing import Preprocessing
+
+        return ModelInfo(name_or_path, "brisque", BASELINES[name_or_path], Preprocessing(size=(512, 512)), 100.0,
+                         (), {"architecture": "brisque", "note": "classical baseline: 100 - BRISQUE (LIVE SVR)"},
+                         "baseline")
     if overrides and name_or_path not in MODELS:
         raise ValueError(f"{name_or_path}: config overrides apply to named configurations "
                          f"({', '.join(MODELS)}), not to checkpoints")

@@ -107,3 +107,29 @@ def brisque_quality(images: Iterable[ImageInput], storage_options: dict | None =
         storage_options: fsspec options for URLs.
     """
     return QUALITY_OFFSET - brisque_scores(images, storage_options)
+
+
+class BrisqueScorer:
+    """BRISQUE behind the scoring interface (`models.load_scorer("brisque")`), so the engine, `dpiqa eval`
+    and the reports run the baseline on exactly the images and splits the models see.
+
+    Images are resized to 512 x 512 like the models' input (AGIQA-3K's images already are); the score is
+    `100 - BRISQUE` (higher = better). BRISQUE has no quality map. A flat image, where BRISQUE is
+    undefined, scores NaN, which the engine records as a `score_error` row and `evaluate` leaves out.
+    """
+
+    name = "brisque"
+    preprocessing = None  # set below: a module-level Preprocessing would import torch at import time
+    mos_scale = 100.0
+
+    def __init__(self) -> None:
+        from models.preprocessing import Preprocessing
+
+        self.preprocessing = Preprocessing(size=(512, 512), interpolation="bilinear")
+
+    def __call__(self, images: np.ndarray, return_map: bool = False):  # noqa: ANN204 - models.scorer.ScoreOutput
+        from models.scorer import ScoreOutput
+
+        if return_map:
+            raise ValueError("BRISQUE has no quality map: score without --write-maps")
+        return ScoreOutput(brisque_quality(list(np.asarray(images))).astype(np.float32))

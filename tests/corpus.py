@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import tarfile
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -97,3 +99,21 @@ def write_corpus(directory, shards: int = 3, per_shard: int = 8) -> list[str]:
         write_shard(path, good_samples(f"s{s}_", per_shard, seed=s))
         paths.append(path)
     return paths
+
+
+def graded_table(d: Path, n: int = 48, seed: int = 0) -> Path:
+    """Images whose quality (MOS) is the inverse of their noise level: a relation a model can learn."""
+    rng = np.random.default_rng(seed)
+    (d / "imgs").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        mos = float(rng.uniform(0, 100))
+        base = np.full((40, 40, 3), 120, np.uint8)
+        noisy = np.clip(base + rng.normal(0, (100 - mos) * 0.9, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(d / "imgs" / f"{i:03d}.png")
+        rows.append((f"imgs/{i:03d}.png", mos))
+    with open(d / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "mos"])
+        w.writerows(rows)
+    return d / "labels.csv"

@@ -15,6 +15,10 @@ class Executor(ABC):
 
     in_process: bool = False  # whether the stages run in the caller's process
 
+    def retryable(self, exc: BaseException) -> bool:
+        """Whether a failed run is worth starting again on its unfinished items (a lost node, say)."""
+        return False
+
     @abstractmethod
     def run(self, items: list[dict], stages: Sequence[Stage], sink: Sink) -> None:
         """Process every item; returns when the last output batch has gone to the sink."""

@@ -61,6 +61,17 @@ class RayDataExecutor(Executor):
     def __init__(self, address: str | None = None, num_cpus: int | None = None, prefetch_batches: int = 2) -> None:
         self.address, self.num_cpus, self.prefetch_batches = address, num_cpus, prefetch_batches
 
+    def retryable(self, exc: BaseException) -> bool:
+        """Ray system failures (a dead node, actor or worker, a lost object) are; errors in our own code,
+        which Ray wraps as a task error with the user's exception as its cause, are not."""
+        ray = _ray()
+        if not isinstance(exc, ray.exceptions.RayError):
+            return False
+        if isinstance(exc, ray.exceptions.RayTaskError):
+            cause = exc.cause if hasattr(exc, "cause") else None
+            return isinstance(cause, ray.exceptions.RayError) and not isinstance(cause, ray.exceptions.RayTaskError)
+        return True
+
     def run(self, items: list[dict], stages: Sequence[Stage], sink: Sink) -> None:
         if not items:
             return

@@ -79,6 +79,7 @@ class ParquetWriteStage:
             else None
         )
         self.pending: dict[str, _Pending] = {}
+        self.completed: set[str] = set()
         self.summary = WriteSummary()
         self.images_seen = 0
         self._pool = ThreadPoolExecutor(io_threads)
@@ -99,7 +100,7 @@ class ParquetWriteStage:
             info = json.loads(rows["error"][i])
             state.retries = max(state.retries, info.get("retries", 0))
             if rows["status"][i] == schema.SHARD_FAILED:
-                self._fail(url, info.get("error", "unreadable shard"), state.retries)
+                self.fail(url, info.get("error", "unreadable shard"), state.retries)
                 return
             state.total = int(info["samples"])
         data = {k: v[~control] for k, v in rows.items()}
@@ -111,7 +112,12 @@ class ParquetWriteStage:
             del self.pending[url]
             self._writes.append(self._pool.submit(self._write_shard, url, state))
 
-    def _fail(self, url: str, error: str, retries: int) -> None:
+    def reset(self, url: str) -> None:
+        """Forget the rows received so far for a shard that will be read again from the start."""
+        self.pending.pop(url, None)
+
+    def fail(self, url: str, error: str, retries: int = 0) -> None:
+        """Record a shard as failed (it gets no marker; a rerun tries it again)."""
         self.pending.pop(url, None)
         self.summary.failed[url] = error
         self.summary.io_retries += retries
@@ -139,6 +145,7 @@ class ParquetWriteStage:
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
         with self._lock:
+            self.completed.add(url)
             self.summary.shards_written += 1
             self.summary.rows += n
             self.summary.statuses.update(statuses)
@@ -190,7 +197,7 @@ class ParquetWriteStage:
         for url, state in list(self.pending.items()):
             got = len(state.indices)
             expected = "unknown" if state.total is None else str(state.total)
-            self._fail(url, f"incomplete: {got} of {expected} samples arrived", state.retries)
+            self.fail(url, f"incomplete: {got} of {expected} samples arrived", state.retries)
         return self.summary
 
     def progress(self) -> tuple[int, int]:

@@ -82,6 +82,21 @@ class LoopConfig:
     has_val: bool = True
 
 
+def model_config(spec: ModelSpec, mos_scale: float) -> object:
+    """The config of the model to train: the named config with the spec's sizes, switches and MOS scale."""
+    import models
+
+    name = spec.config or ("dpiqa-teacher" if spec.kind == "teacher" else "dpiqa-student")
+    overrides = {**spec.overrides, "mos_scale": mos_scale}
+    if spec.image_size:
+        overrides["image_size"] = spec.image_size
+    if spec.backbone:
+        overrides["backbone"] = spec.backbone
+    if spec.prompt_set:
+        overrides["prompt_set"] = spec.prompt_set
+    return models.named_config(name, overrides)
+
+
 def build_model(spec: ModelSpec, mos_scale: float) -> torch.nn.Module:
     """The model to train, from a named config, SD weights or a checkpoint, with the labels' MOS scale."""
     import models
@@ -91,29 +106,22 @@ def build_model(spec: ModelSpec, mos_scale: float) -> torch.nn.Module:
         if not math.isclose(model.config.mos_scale, mos_scale):
             model.config = dataclasses.replace(model.config, mos_scale=mos_scale)
         return model
+    config = model_config(spec, mos_scale)
     if spec.kind == "teacher" and spec.sd:
-        from models.teacher import DPIQATeacher, TeacherConfig
+        from models.teacher import DPIQATeacher
 
-        base = models.MODELS[spec.config][1]() if spec.config else TeacherConfig()
-        base = dataclasses.replace(base, mos_scale=mos_scale, **_size(spec), **spec.overrides)
-        kwargs = {"prompts": spec.prompt_set} if spec.prompt_set else {}
         return DPIQATeacher.from_stable_diffusion(sd=spec.sd, clip=spec.clip or "openai/clip-vit-large-patch14",
-                                                  config=base, **kwargs)
-    name = spec.config or ("dpiqa-teacher" if spec.kind == "teacher" else "dpiqa-student")
-    architecture, make_config = models.MODELS[name]
-    config = make_config()
-    changes = {"mos_scale": mos_scale, **_size(spec), **spec.overrides}
-    if spec.backbone:
-        changes["backbone"] = spec.backbone
-    config = dataclasses.replace(config, **changes)
-    cls = models.model_class(architecture)
+                                                  config=config)
+    cls = models.model_class(config_architecture(spec))
     if spec.kind == "student":
         return cls(config, pretrained_backbone=spec.pretrained_backbone)
     return cls(config)
 
 
-def _size(spec: ModelSpec) -> dict:
-    return {"image_size": spec.image_size} if spec.image_size else {}
+def config_architecture(spec: ModelSpec) -> str:
+    import models
+
+    return models.MODELS[spec.config or ("dpiqa-teacher" if spec.kind == "teacher" else "dpiqa-student")][0]
 
 
 def _autocast(precision: str, device: torch.device):

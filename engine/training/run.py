@@ -3,7 +3,6 @@ checkpoint by validation exported in our format with a card holding the protocol
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -16,7 +15,7 @@ import numpy as np
 
 from engine.io import get_fs, join
 from engine.splits import SplitConfig, make_split
-from engine.training.loop import MODEL_DIR, LoopConfig, ModelSpec, train_loop_per_worker
+from engine.training.loop import MODEL_DIR, LoopConfig, ModelSpec, model_config, train_loop_per_worker
 from engine.version import code_version
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,9 @@ class TrainConfig:
         dataset_options: the layout's options.
         split: seeded train/val/test splits; one training run per split.
         teacher: distill only: a teacher checkpoint whose outputs on the labelled images are computed
-            once, before training.
+            once, before training. `{seed}` in it is replaced by the split's seed, so that each split
+            distills from the teacher trained on that split (`OUT/split-{seed}`), never one that saw its
+            test images.
         shards: distill at scale: WebDataset shards (labelled in `.json` where `score_field` is present,
             else unlabelled), streamed into training beside the labelled set.
         teacher_outputs: distill at scale: a `dpiqa score --write-maps` run of the teacher over `shards`.
@@ -160,7 +161,6 @@ def _preprocessing_and_scale(config: TrainConfig, labeled) -> tuple:  # noqa: AN
     """The model's preprocessing and the MOS scale it will be trained in, decided on the driver without
     building the model (the workers build it)."""
     import models
-    from models.student import StudentConfig
 
     spec = config.model
     if labeled is not None:
@@ -172,11 +172,7 @@ def _preprocessing_and_scale(config: TrainConfig, labeled) -> tuple:  # noqa: AN
     if spec.init:
         pre = models.describe(spec.init).preprocessing
     else:
-        name = spec.config or ("dpiqa-teacher" if spec.kind == "teacher" else "dpiqa-student")
-        base = models.MODELS[name][1]() if name in models.MODELS else StudentConfig()
-        changes = {"image_size": spec.image_size} if spec.image_size else {}
-        changes.update({k: v for k, v in spec.overrides.items() if k in ("interpolation", "value_range")})
-        pre = dataclasses.replace(base, **changes).preprocessing
+        pre = model_config(spec, mos_scale).preprocessing
     return pre, mos_scale
 
 
@@ -199,12 +195,12 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing):  # noqa: ANN0
         train = data.labeled_dataset(labeled, split.train, preprocessing, config.storage_options,
                                      synthetic=config.synthetic)
         if config.model.kind == "student":
-            if config.teacher is None:
+            if config.teacher is None or config.distill_mode == "none":
                 train = train.map_batches(_no_teacher, batch_format="numpy")
             else:
                 gpus = 1.0 if _use_gpu(config) else 0.0
-                train = data.with_teacher(train, config.teacher, device="cuda" if gpus else "cpu", num_gpus=gpus,
-                                          threads=config.threads)
+                train = data.with_teacher(train, _teacher_for(config, split.seed), device="cuda" if gpus else "cpu",
+                                          num_gpus=gpus, threads=config.threads)
         parts.append(train.select_columns(columns).materialize())
         if len(split.val):
             val = data.labeled_dataset(labeled, split.val, preprocessing, config.storage_options)
@@ -320,7 +316,7 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str) -> dict:  # 
         "shards": config.shards, "teacher_outputs": config.teacher_outputs,
         "synthetic": {"copies_per_image": config.synthetic, "label": "reference MOS x (1 - 0.15 x level)"}
         if config.synthetic else None,
-        "teacher": _teacher_identity(config.teacher), "protocol": protocol, "best_epoch": best_metrics.get("epoch"),
+        "teacher": _teacher_identity(_teacher_for(config, seed)), "protocol": protocol, "best_epoch": best_metrics.get("epoch"),
         "images_per_epoch": best_metrics.get("images"),
         "seconds": round(seconds, 1), "machine": _machine(), "code_version": code_version(),
     }
@@ -342,6 +338,10 @@ def _best(result, has_val: bool):  # noqa: ANN001
     if result.checkpoint is None:
         raise RuntimeError(f"training produced no checkpoint: {result.error}")
     return result.checkpoint, result.metrics or {}
+
+
+def _teacher_for(config: TrainConfig, seed: int) -> str | None:
+    return config.teacher.replace("{seed}", str(seed)) if config.teacher else None
 
 
 def _teacher_identity(teacher: str | None) -> dict | None:

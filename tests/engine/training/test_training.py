@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -11,10 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from corpus import graded_table
 
 import models
 
@@ -25,24 +23,6 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
-
-
-def graded_table(d: Path, n: int = 48, seed: int = 0) -> Path:
-    """Images whose quality (MOS) is the inverse of their noise level: a relation a model can learn."""
-    rng = np.random.default_rng(seed)
-    (d / "imgs").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        mos = float(rng.uniform(0, 100))
-        base = np.full((40, 40, 3), 120, np.uint8)
-        noisy = np.clip(base + rng.normal(0, (100 - mos) * 0.9, base.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(noisy).save(d / "imgs" / f"{i:03d}.png")
-        rows.append((f"imgs/{i:03d}.png", mos))
-    with open(d / "labels.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "mos"])
-        w.writerows(rows)
-    return d / "labels.csv"
 
 
 COMMON = ["--dataset", "csv", "--batch-size", "8", "--threads", "1"]

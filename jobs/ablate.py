@@ -1,0 +1,49 @@
+"""`dpiqa ablate`: train variants of the teacher (switches) or the student (loss) and tabulate them."""
+
+from __future__ import annotations
+
+import argparse
+
+from jobs import training
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from engine.ablate import STUDENT_VARIANTS, TEACHER_VARIANTS
+
+    p = sub.add_parser(
+        "ablate", help="train ablation variants over seeded splits and tabulate SRCC/PLCC",
+        description="Each variant is trained with the same Ray Train job, data, splits and protocol into "
+                    "OUTPUT/VARIANT/; OUTPUT/ablation.md and ablation.json hold the table (median over splits "
+                    "with min and max, parameter counts).",
+        epilog=f"teacher variants: {', '.join(TEACHER_VARIANTS)}. student variants: {', '.join(STUDENT_VARIANTS)}.",
+    )
+    p.add_argument("--kind", choices=["teacher", "student"], default="teacher")
+    p.add_argument("--variants", default=None, help="comma-separated variant names (default: all of --kind)")
+    p.add_argument("--sd", default=None, help="teacher: Stable Diffusion weights (Hub id or diffusers folder/URL)")
+    p.add_argument("--clip", default="openai/clip-vit-large-patch14", help="teacher: CLIP text model")
+    p.add_argument("--teacher", default=None, help="student: the teacher checkpoint to distill from")
+    p.add_argument("--no-pretrained", action="store_true", help="student: no ImageNet weights for the backbone")
+    training.add_common(p)
+    p.set_defaults(run=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from engine.ablate import run_ablation, variants_for, write_table
+    from engine.training.loop import ModelSpec
+
+    if args.kind == "student" and not args.teacher:
+        raise ValueError("student ablations distill from a teacher: pass --teacher")
+    spec = ModelSpec(kind=args.kind, config=args.config, init=args.init, sd=args.sd, clip=args.clip,
+                     image_size=args.image_size, pretrained_backbone=not args.no_pretrained,
+                     overrides=training.overrides(args))
+    config = training.config_from_args(args, "ablate-" + args.kind, spec)
+    config.teacher = args.teacher
+    names = args.variants.split(",") if args.variants else list(variants_for(args.kind))
+    rows = run_ablation(config, names, address=args.address)
+    title = f"{args.kind} ablation on {args.dataset} ({args.splits} seeded splits)"
+    write_table(rows, args.output, title, args.storage_options)
+    for r in rows:
+        s = r.summary.get("srcc")
+        print(f"{r.variant}: SRCC {s['median']:.4f} [{s['min']:.4f}, {s['max']:.4f}]" if s else f"{r.variant}: -")
+    print(f"table -> {args.output.rstrip('/')}/ablation.md")
+    return 0

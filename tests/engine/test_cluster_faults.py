@@ -1,0 +1,117 @@
+"""Faults on several Ray nodes on one machine (`ray.cluster_utils.Cluster`): a worker node killed in the
+middle of `score`, and a training worker killed in the middle of `distill`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import corpus
+import pytest
+import torch
+from corpus import graded_table
+from test_pipeline import read_rows
+
+import models
+from engine.executor.local import LocalExecutor
+from engine.executor.ray_data import RayDataExecutor
+from engine.pipeline import ScoreConfig, run_score
+from models.student import DPIQAStudent, StudentConfig
+
+
+@pytest.fixture
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    ray.init(address=c.address)
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def student_checkpoint(path: Path) -> str:
+    torch.manual_seed(0)
+    DPIQAStudent(StudentConfig(backbone="efficientnet_b0", image_size=96, map_size=16, head_hidden=64)
+                 ).save_pretrained(str(path))
+    return str(path)
+
+
+def test_worker_node_killed_mid_score_loses_and_duplicates_nothing(cluster, tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    corpus.write_corpus(shards, shards=10, per_shard=24)
+    model = student_checkpoint(tmp_path / "model")
+    clean = run_score(ScoreConfig(input=str(shards), output=str(tmp_path / "clean"), model=model, threads=1),
+                      LocalExecutor())
+    assert clean.exit_code == 0
+
+    worker = cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    out = tmp_path / "faulty"
+    result: dict = {}
+
+    def score() -> None:
+        result["r"] = run_score(ScoreConfig(input=str(shards), output=str(out), model=model, threads=1,
+                                            batch_size=8, chunk_size=8), RayDataExecutor(address=cluster.address))
+
+    runner = threading.Thread(target=score)
+    runner.start()
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not list((out / "_done").glob("*.json")) if out.exists() else True:
+        time.sleep(0.05)
+    done_at_kill = len(list((out / "_done").glob("*.json")))
+    cluster.remove_node(worker, allow_graceful=False)  # every process on that node dies at once
+    cluster.add_node(num_cpus=2)
+    runner.join(timeout=400)
+    assert not runner.is_alive()
+    assert done_at_kill < 10, "the node was killed after the run finished"
+    r = result["r"]
+    assert r.exit_code == 0, r.failed
+    a, b = read_rows(str(tmp_path / "clean")), read_rows(str(out))
+    assert len(b) == 240 and len({(x["shard"], x["index"]) for x in b}) == 240
+    assert [(x["shard"], x["index"], x["key"], x["status"]) for x in a] == [
+        (x["shard"], x["index"], x["key"], x["status"]) for x in b]
+    assert [x["score"] for x in a] == pytest.approx([x["score"] for x in b], rel=1e-5)
+
+
+def test_training_worker_killed_mid_distill_resumes_from_its_checkpoint(ray_local, tmp_path):
+    import ray
+
+    from engine.splits import SplitConfig
+    from engine.training.loop import ModelSpec
+    from engine.training.run import TrainConfig, run_training
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False)
+    table = graded_table(tmp_path, n=40, seed=3)
+
+    def config(out: str) -> TrainConfig:
+        return TrainConfig(job="distill", output=out, model=ModelSpec(kind="student", config="dpiqa-student-tiny",
+                                                                     pretrained_backbone=False),
+                           dataset="csv", root=str(table), split=SplitConfig(n_splits=1), distill_mode="none",
+                           epochs=5, batch_size=8, threads=1, max_failures=2)
+
+    run_training(config(str(tmp_path / "clean")))
+    out = tmp_path / "killed"
+    thread = threading.Thread(target=run_training, args=(config(str(out)),))
+    thread.start()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list(out.glob("_train/*/checkpoint_*"))) < 2:
+        time.sleep(0.05)
+    from ray.util.state import list_actors
+
+    workers = [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])]
+    assert workers, "no training worker to kill"
+    os.kill(workers[0].pid, signal.SIGKILL)
+    thread.join(timeout=400)
+    assert not thread.is_alive() and (out / "card.json").exists()
+    a, b = models.load_model(str(tmp_path / "clean")).state_dict(), models.load_model(str(out)).state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
