@@ -44,6 +44,9 @@ class ScoreConfig:
         threads: torch threads per CPU actor (default: the worker's cores / actors).
         chunk_size: samples per block from the shard reader.
         retries: fresh pipelines over the unfinished shards after Ray gives up on a lost node or worker.
+        decode_on: where JPEGs are decoded: `cpu` (PIL in the decoder tasks), `device` (the scoring actor's
+            device: nvJPEG on a GPU, libjpeg on a CPU), or `auto`: the device for a student on GPUs (PIL
+            on one core cannot keep up with it), the CPU otherwise.
         channels_last, compile: inference fast paths.
         runtime: `auto` (onnxruntime on CPU actors for an ONNX export from `dpiqa export`, else torch),
             `torch` or `onnx` (refuses a model that does not run on it).
@@ -63,17 +66,20 @@ class ScoreConfig:
     threads: int | None = None
     chunk_size: int = 64
     retries: int = 3
+    decode_on: str = "auto"
     channels_last: bool = False
     compile: bool = False
     runtime: str = "auto"
     storage_options: dict | None = None
 
-    def identity(self, info: models.ModelInfo) -> dict:
+    def identity(self, info: models.ModelInfo, stages: list[Stage]) -> dict:
         """What makes two runs' rows comparable: the same identity may resume into the same output."""
         ident = info.identity()
         ident.pop("model")  # the same checkpoint under another path or URL is the same model
+        decode = next(s for s in stages if isinstance(s, DecodeStage))
         return {**ident, "precision": self.precision, "write_maps": self.write_maps,
-                "max_pixels": self.max_pixels, "schema_version": SCHEMA_VERSION}
+                "max_pixels": self.max_pixels, "jpeg_decoder": "device" if decode.defer_jpeg else "pil",
+                "schema_version": SCHEMA_VERSION}
 
 
 @dataclass
@@ -104,7 +110,13 @@ def build_stages(config: ScoreConfig, info: models.ModelInfo, gpus: float) -> li
     )
     source = SourceStage(chunk_size=config.chunk_size, storage_options=config.storage_options)
     source.batch_size = 1
-    decode = DecodeStage(info.preprocessing, max_pixels=config.max_pixels)
+    if config.decode_on not in ("auto", "cpu", "device"):
+        raise ValueError(f"decode_on must be auto, cpu or device, not {config.decode_on!r}")
+    on_device = config.decode_on == "device" or (
+        config.decode_on == "auto" and use_gpu and info.architecture == "dpiqa-student")
+    if on_device and info.runtime != "torch":
+        raise ValueError(f"--decode-on device needs a torch model; {config.model} runs on {info.runtime}")
+    decode = DecodeStage(info.preprocessing, max_pixels=config.max_pixels, defer_jpeg=on_device)
     decode.batch_size = config.batch_size
     return [source, decode, score]
 
@@ -134,7 +146,9 @@ def run_score(config: ScoreConfig, executor: Executor) -> ScoreResult:
     urls = io.expand_shards(config.input, config.storage_options)
     names = io.shard_names(urls)
     output = OutputLocation(config.output, config.storage_options)
-    identity = config.identity(info)
+    gpus = _cluster_gpus(executor)
+    stages = build_stages(config, info, gpus)
+    identity = config.identity(info, stages)
     digest = output.claim(identity, overwrite=config.overwrite)
 
     done = output.done()
@@ -151,8 +165,6 @@ def run_score(config: ScoreConfig, executor: Executor) -> ScoreResult:
     log.info("score: %d shards, %d already done, %d to do; model %s (%s)",
              len(urls), skipped, len(todo), config.model, info.checkpoint_hash)
 
-    gpus = _cluster_gpus(executor)
-    stages = build_stages(config, info, gpus)
     map_shape = info.map_shape if config.write_maps else None
     metadata = {**info.identity(), "config_hash": digest, "code_version": code_version()}
     writer = ParquetWriteStage(output, names, metadata, config.model, digest, map_shape=map_shape)

@@ -31,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"larger images become 'too_large' rows (default: {DEFAULT_MAX_PIXELS})")
     p.add_argument("--actors", type=int, default=None, help="scoring actors (default: one per GPU, else 1)")
     p.add_argument("--threads", type=int, default=None, help="torch (or onnxruntime) threads per CPU actor")
+    p.add_argument("--decode-on", choices=["auto", "cpu", "device"], default="auto",
+                   help="where JPEGs are decoded: auto (the GPU for a student on GPUs, else CPU), cpu, device")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster on GPUs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
@@ -51,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
     config = ScoreConfig(
         input=args.input, output=args.output, model=args.model, batch_size=args.batch_size, device=args.device,
         precision=args.precision, overwrite=args.overwrite, write_maps=args.write_maps, max_pixels=args.max_pixels,
-        actors=args.actors, threads=args.threads, channels_last=args.channels_last, compile=args.compile,
+        actors=args.actors, threads=args.threads, decode_on=args.decode_on, channels_last=args.channels_last, compile=args.compile,
         runtime=args.runtime, storage_options=args.storage_options,
     )
     executor = LocalExecutor() if args.executor == "local" else RayDataExecutor(address=args.address)

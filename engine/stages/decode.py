@@ -109,8 +109,8 @@ def decode_image(
                 img.draft("RGB", (target_w, target_h))
             img.load()
             pixels = resize(to_rgb(img), preprocessing)
-    except Exception as exc:  # noqa: BLE001
-        raise DecodeError(schema.DECODE_ERROR, f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - corrupt pixel data: the header's size is still worth recording
+        raise DecodeError(schema.DECODE_ERROR, f"{type(exc).__name__}: {exc}", (width, height)) from exc
     if orientation in _TRANSPOSING:
         width, height = height, width  # report the size as displayed
     return pixels, width, height
@@ -122,19 +122,26 @@ class DecodeStage(Stage):
     Rows that are already failures, or fail here, keep a zero image and get their status and error;
     control rows pass through untouched.
 
+    With `defer_jpeg`, JPEGs are only checked here (header, size, bomb limit) and handed on as bytes in a
+    `jpeg` column, flagged in `on_device`, for the scoring actor to decode on its GPU
+    (`engine.stages.device_decode`); other formats are decoded here as always.
+
     Args:
         preprocessing: the model's input contract (read from its config on the driver).
         max_pixels: images with more pixels are `too_large` rows (decompression bombs).
+        defer_jpeg: leave JPEG decoding to the scoring device.
     """
 
     name: ClassVar[str] = "decode"
 
     def __init__(
-        self, preprocessing: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS, num_cpus: float = 1.0
+        self, preprocessing: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS, num_cpus: float = 1.0,
+        defer_jpeg: bool = False,
     ) -> None:
         self.preprocessing = preprocessing
         self.max_pixels = max_pixels
         self.num_cpus = num_cpus
+        self.defer_jpeg = defer_jpeg
 
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["index"])
@@ -144,15 +151,27 @@ class DecodeStage(Stage):
         heights = np.full(n, -1, dtype=np.int32)
         status = text_column(batch["status"])
         error = text_column(batch["error"])
+        on_device = np.zeros(n, dtype=bool)
+        jpegs = np.empty(n, dtype=object)
         for i in range(n):
             if status[i] != schema.OK:
                 continue
             try:
-                images[i], widths[i], heights[i] = decode_image(batch["data"][i], self.preprocessing, self.max_pixels)
+                data = batch["data"][i]
+                if self.defer_jpeg and is_jpeg(data):
+                    widths[i], heights[i] = jpeg_header(data, self.max_pixels)
+                    on_device[i], jpegs[i] = True, data
+                    continue
+                images[i], widths[i], heights[i] = decode_image(data, self.preprocessing, self.max_pixels)
             except DecodeError as exc:
                 status[i], error[i] = exc.status, f"{batch['ext'][i]}: {exc}"
                 if exc.size:
                     widths[i], heights[i] = exc.size
         out = {k: v for k, v in batch.items() if k not in ("data", "ext", "status", "error")}
         out.update(status=status, error=error, width=widths, height=heights, image=images)
+        if self.defer_jpeg:
+            out.update(on_device=on_device, jpeg=jpegs)
         return out
+
+
+from engine.stages.device_decode import is_jpeg, jpeg_header  # noqa: E402 - it imports DecodeError from here

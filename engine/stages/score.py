@@ -8,6 +8,7 @@ import numpy as np
 
 from engine import schema
 from engine.stages.base import Batch, Stage, text_column
+from engine.stages.device_decode import pixels_for
 
 
 class ScoreStage(Stage):
@@ -83,18 +84,27 @@ class ScoreStage(Stage):
             rows = np.flatnonzero(ok[start : start + self.batch_size]) + start
             if len(rows) == 0:
                 continue
-            out = self.scorer(batch["image"][rows], return_map=self.write_maps)
+            if "on_device" in batch and batch["on_device"][rows].any():
+                pixels, failures = pixels_for(batch["image"], batch["on_device"], batch["jpeg"], rows,
+                                              self.scorer.preprocessing, self.scorer.device)
+                for row, exc in failures.items():
+                    status[row], error[row] = exc.status, f"jpg: {exc}"
+            else:
+                pixels = batch["image"][rows]
+            out = self.scorer(pixels, return_map=self.write_maps)
             scores[rows] = out.scores
             if self.write_maps:
                 for j, row in enumerate(rows):
                     maps[row] = out.maps[j].tobytes()
+        ok = status == schema.OK  # device decoding may have failed some rows after all
         bad = ok & ~np.isfinite(scores)
         status[bad] = schema.SCORE_ERROR
         error[bad] = "the model returned a non-finite score"
-        scores[bad] = np.nan
+        scores[~ok | bad] = np.nan
         if self.write_maps:
-            maps[bad] = None
-        result = {k: v for k, v in batch.items() if k != "image" or self.keep_images}
+            maps[~ok | bad] = None
+        result = {k: v for k, v in batch.items()
+                  if k not in ("jpeg", "on_device") and (k != "image" or self.keep_images)}
         result.update(status=status, error=error, score=scores)
         if self.write_maps:
             result["map"] = maps

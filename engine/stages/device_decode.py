@@ -1,0 +1,98 @@
+"""JPEG decoding on the scoring device: torchvision's batched decoder (nvJPEG on a GPU) and a resize
+there, with PIL on the CPU for whatever the device decoder refuses.
+
+One CPU core decodes a few hundred 512-pixel JPEGs a second with PIL, which caps a fast model (the
+student) far below what its GPU can score; nvJPEG decodes tens of thousands. The decoder stage then
+only checks each JPEG's header (size, bomb limit, orientation) and passes the bytes on, and the scoring
+actor calls `decode_on_device` for them.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+from PIL import Image
+
+from engine import schema
+from engine.stages.decode import DecodeError, decode_image
+from models.preprocessing import Preprocessing
+
+log = logging.getLogger(__name__)
+
+JPEG_MAGIC = b"\xff\xd8"
+
+
+def is_jpeg(data: bytes | None) -> bool:
+    return bool(data) and data[:2] == JPEG_MAGIC
+
+
+def jpeg_header(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """`(width, height)` as displayed, from the header alone; raises `DecodeError` like `decode_image`."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        orientation = img.getexif().get(0x0112)
+    except Exception as exc:  # noqa: BLE001 - a header PIL cannot parse is this sample's problem only
+        raise DecodeError(schema.DECODE_ERROR, f"{type(exc).__name__}: {exc}") from exc
+    if width * height > max_pixels:
+        raise DecodeError(schema.TOO_LARGE, f"{width}x{height} has more than {max_pixels} pixels", (width, height))
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def decode_on_device(blobs: list[bytes], preprocessing: Preprocessing, device):  # noqa: ANN001, ANN201
+    """Decode JPEGs on `device` in one batch and resize each to the model's size there.
+
+    Returns:
+        `(pixels, failures)`: uint8 `(N, H, W, 3)` on `device` (zeros where decoding failed), and
+        `{position: DecodeError}` for the images neither the device decoder nor PIL could decode.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    h, w = preprocessing.size
+    out = torch.zeros((len(blobs), h, w, 3), dtype=torch.uint8, device=device)
+    failures: dict[int, DecodeError] = {}
+    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+    try:
+        decoded = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+    except RuntimeError:
+        decoded = []
+        for t in tensors:  # one bad file fails the whole batch call: retry one by one
+            try:
+                decoded.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True))
+            except RuntimeError:
+                decoded.append(None)
+    mode = preprocessing.interpolation if preprocessing.interpolation in ("bilinear", "bicubic") else "bilinear"
+    for i, chw in enumerate(decoded):
+        if chw is None:
+            try:  # CMYK, progressive or damaged files the device decoder refuses: PIL on the CPU
+                pixels, _, _ = decode_image(blobs[i], preprocessing)
+                out[i] = torch.from_numpy(pixels).to(device)
+            except DecodeError as exc:
+                failures[i] = exc
+            continue
+        x = chw.unsqueeze(0).float()
+        if tuple(x.shape[-2:]) != (h, w):
+            # antialiased like PIL's resize, so the device path sees what the CPU path sees
+            x = F.interpolate(x, size=(h, w), mode=mode, antialias=True, align_corners=False)
+        out[i] = x.round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0)
+    return out, failures
+
+
+def pixels_for(batch_images: np.ndarray, on_device: np.ndarray, jpegs: np.ndarray, rows: np.ndarray,
+               preprocessing: Preprocessing, device):  # noqa: ANN001, ANN201
+    """The model input for `rows` of a batch: CPU-decoded images as they are, deferred JPEGs decoded on
+    `device`. Returns `(pixels on device, {row: DecodeError})`."""
+    import torch
+
+    pixels = torch.as_tensor(np.ascontiguousarray(batch_images[rows])).to(device)
+    deferred = [j for j, r in enumerate(rows) if on_device[r]]
+    failures = {}
+    if deferred:
+        decoded, failed = decode_on_device([jpegs[rows[j]] for j in deferred], preprocessing, device)
+        pixels[deferred] = decoded
+        failures = {int(rows[deferred[k]]): exc for k, exc in failed.items()}
+    return pixels, failures

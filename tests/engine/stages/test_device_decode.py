@@ -1,0 +1,95 @@
+"""JPEG decoding on the scoring device (nvJPEG on GPUs; here torchvision's CPU decoder runs the same path):
+the same pixels as the PIL path within a stated tolerance, and the same row statuses end to end."""
+
+from __future__ import annotations
+
+import io
+
+import corpus
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine import schema
+from engine.executor.local import LocalExecutor
+from engine.pipeline import ScoreConfig, run_score
+from engine.stages.decode import DecodeError, decode_image
+from engine.stages.device_decode import decode_on_device, jpeg_header
+from models.preprocessing import Preprocessing
+
+PRE = Preprocessing(size=(64, 64))
+# Tolerance: the two decoders (libjpeg-turbo via torchvision, libjpeg via PIL) may differ by one level in
+# places, and the resizes (torch's antialiased bilinear, PIL's bilinear) by a little more at edges.
+MEAN_ABS_LEVELS = 2.0
+
+
+def photo(w: int, h: int) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([(x * 255 // w), (y * 255 // h), ((x + y) * 127 // (w + h))], axis=-1).astype(np.uint8)
+
+
+def jpeg_bytes(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=92, **kw)
+    return buf.getvalue()
+
+
+def test_device_decode_matches_pil_within_tolerance():
+    rotated = Image.fromarray(photo(120, 80))
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    blobs = [jpeg_bytes(Image.fromarray(photo(200, 150))), jpeg_bytes(Image.fromarray(photo(64, 64))),
+             jpeg_bytes(Image.fromarray(photo(90, 300)[..., 0], "L")), jpeg_bytes(rotated, exif=exif),
+             corpus.cmyk_jpeg(size=(80, 60))]
+    pixels, failures = decode_on_device(blobs, PRE, torch.device("cpu"))
+    assert failures == {} and pixels.shape == (5, 64, 64, 3) and pixels.dtype == torch.uint8
+    for i, blob in enumerate(blobs):
+        reference, _, _ = decode_image(blob, PRE)
+        diff = np.abs(pixels[i].numpy().astype(int) - reference.astype(int))
+        assert diff.mean() <= MEAN_ABS_LEVELS, (i, diff.mean())
+
+
+def test_undecodable_jpeg_fails_alone_with_its_status():
+    blobs = [jpeg_bytes(Image.fromarray(photo(100, 100))), corpus.corrupt_jpeg(), b"\xff\xd8not a jpeg at all"]
+    pixels, failures = decode_on_device(blobs, PRE, torch.device("cpu"))
+    assert set(failures) == {1, 2}
+    for i in (1, 2):  # classified as the CPU path classifies them
+        with pytest.raises(DecodeError) as cpu:
+            decode_image(blobs[i], PRE)
+        assert failures[i].status == cpu.value.status
+    assert failures[1].status == schema.DECODE_ERROR and failures[2].status == schema.NOT_AN_IMAGE
+    assert pixels[0].float().mean() > 10 and not pixels[1:].any()
+
+
+def test_header_check_applies_the_bomb_limit_and_orientation():
+    with pytest.raises(DecodeError) as info:
+        jpeg_header(jpeg_bytes(Image.fromarray(photo(200, 100))), max_pixels=10_000)
+    assert info.value.status == schema.TOO_LARGE and info.value.size == (200, 100)
+    img = Image.fromarray(photo(120, 80))
+    exif = img.getexif()
+    exif[0x0112] = 8
+    assert jpeg_header(jpeg_bytes(img, exif=exif), max_pixels=10**8) == (80, 120)
+
+
+def test_score_run_with_device_decode_gives_the_same_rows(tmp_path):
+    samples = [(f"k{i}", {"jpg": jpeg_bytes(Image.fromarray(photo(60 + 7 * i, 50 + 3 * i)))}) for i in range(6)]
+    samples += [("png", {"png": corpus.png("RGBA")}), ("bad", {"jpg": corpus.corrupt_jpeg()}),
+                ("cmyk", {"jpg": corpus.cmyk_jpeg()})]
+    corpus.write_shard(tmp_path / "00000.tar", samples)
+    runs = {}
+    for where in ("cpu", "device"):
+        out = tmp_path / where
+        result = run_score(ScoreConfig(input=str(tmp_path / "00000.tar"), output=str(out), model="dpiqa-student-tiny",
+                                       decode_on=where), LocalExecutor())
+        import pyarrow.parquet as pq
+
+        runs[where] = (pq.read_table(out / "scores" / "00000.parquet").to_pylist(), result)
+    cpu, device = runs["cpu"][0], runs["device"][0]
+    assert [(r["key"], r["status"], r["width"], r["height"]) for r in cpu] == [
+        (r["key"], r["status"], r["width"], r["height"]) for r in device]
+    assert [r["status"] for r in cpu].count("ok") == 8 and cpu[7]["status"] == schema.DECODE_ERROR
+    for a, b in zip(cpu, device, strict=True):
+        if a["score"] is not None:
+            assert b["score"] == pytest.approx(a["score"], rel=1e-3)
+    assert runs["cpu"][1].manifest["config_hash"] != runs["device"][1].manifest["config_hash"]
