@@ -20,6 +20,13 @@ def _ray():
     return ray
 
 
+def quiet_worker_logs() -> None:
+    """Run in every worker of a local Ray (`worker_process_setup_hook`). A local Ray without the dashboard
+    has no state API, and Ray Train's placement-group cleaner then logs a warning every second for the
+    whole run; on a real cluster the dashboard runs and the cleaner works."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to a cluster (`address`, else `RAY_ADDRESS`) or start a local Ray.
 
@@ -34,7 +41,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         log.info("connecting to the Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"worker_process_setup_hook": "engine.executor.ray_data.quiet_worker_logs"})
         log.info("started a local Ray with %s CPUs", ray.cluster_resources().get("CPU"))
 
 

@@ -105,9 +105,11 @@ def test_training_worker_killed_mid_distill_resumes_from_its_checkpoint(ray_loca
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and len(list(out.glob("_train/*/checkpoint_*"))) < 2:
         time.sleep(0.05)
-    from ray.util.state import list_actors
+    import psutil
 
-    workers = [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])]
+    # Ray names its worker processes after the actor they host (`ray::RayTrainWorker...`).
+    workers = [p for p in psutil.process_iter(["cmdline"])
+               if p.info["cmdline"] and p.info["cmdline"][0].startswith("ray::RayTrainWorker")]
     assert workers, "no training worker to kill"
     os.kill(workers[0].pid, signal.SIGKILL)
     thread.join(timeout=400)
