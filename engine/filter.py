@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from engine import io as eio
 from engine import schema
-from engine.output import DONE_DIR, MANIFEST, OutputLocation
+from engine.output import DONE_DIR, MANIFEST, OutputLocation, RunResult
 from engine.progress import Progress
 from engine.scores import ScoredRun, ScoredShard
 from engine.stages.source import Sample, iter_samples
@@ -361,19 +361,7 @@ class ShardFilter:
 
 # -- the run ---------------------------------------------------------------------------------------
 
-@dataclass
-class FilterResult:
-    """The manifest of a filter run and its exit status (non-zero when a shard failed)."""
-
-    manifest: dict = field(default_factory=dict)
-
-    @property
-    def failed(self) -> dict[str, str]:
-        return self.manifest.get("failed_shards", {})
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.failed else 0
+FilterResult = RunResult
 
 
 def match_shards(run: ScoredRun, urls: list[str]) -> tuple[list[tuple[str, ScoredShard]], dict[str, str]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -28,6 +29,21 @@ MANIFEST = "manifest.json"
 SCORES_DIR = "scores"
 MAPS_DIR = "maps"
 DONE_DIR = "_done"
+
+
+@dataclass
+class RunResult:
+    """The manifest of a run over shards (`score`, `filter`), and its exit status: 1 when a shard failed."""
+
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return self.manifest.get("failed_shards", {})
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
 
 
 class ForeignOutputError(ValueError):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 import models
 from engine import io
 from engine.executor.base import Executor
-from engine.output import MANIFEST, OutputLocation
+from engine.output import MANIFEST, OutputLocation, RunResult
 from engine.progress import Progress
 from engine.schema import SCORES_SCHEMA
 from engine.stages.base import Batch, Stage
@@ -82,19 +82,7 @@ class ScoreConfig:
                 "schema_version": SCHEMA_VERSION}
 
 
-@dataclass
-class ScoreResult:
-    """The manifest of a run, and its exit status (non-zero when a shard failed)."""
-
-    manifest: dict = field(default_factory=dict)
-
-    @property
-    def failed(self) -> dict[str, str]:
-        return self.manifest.get("failed_shards", {})
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.failed else 0
+ScoreResult = RunResult
 
 
 def build_stages(config: ScoreConfig, info: models.ModelInfo, gpus: float) -> list[Stage]:

@@ -34,3 +34,22 @@ class Preprocessing:
         lo, hi = self.value_range
         x = images.permute(0, 3, 1, 2).float()
         return x * ((hi - lo) / 255.0) + lo
+
+
+class ImageModelConfig:
+    """What a model config derives from its fields `image_size`, `interpolation`, `value_range`,
+    `map_channels` and `map_size` (both the teacher's and the student's have them)."""
+
+    image_size: int
+    interpolation: str
+    value_range: tuple[float, float]
+    map_channels: int
+    map_size: int
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing((self.image_size, self.image_size), self.interpolation, self.value_range)
+
+    @property
+    def map_shape(self) -> tuple[int, int, int]:
+        return (self.map_channels, self.map_size, self.map_size)

@@ -57,6 +57,8 @@ class Scorer:
         precision: `auto`, `fp32`, `bf16` (autocast) or `fp16`.
         channels_last: run convolutions in NHWC memory format (faster on GPUs with tensor cores).
         compile: wrap the model in `torch.compile`.
+        prepare: call the model's `prepare_for_inference()` (the teacher's once-per-model prompt-context
+            keys and values); off only to measure the plain path.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class Scorer:
         precision: str = "auto",
         channels_last: bool = False,
         compile: bool = False,
+        prepare: bool = True,
     ) -> None:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -73,9 +76,9 @@ class Scorer:
         model = model.to(self.device).eval()
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        prepare = getattr(model, "prepare_for_inference", None)
-        if prepare is not None:
-            prepare()
+        prepare_fn = getattr(model, "prepare_for_inference", None)
+        if prepare and prepare_fn is not None:
+            prepare_fn()
         self.model = model
         self._forward = torch.compile(model) if compile else model
         self.preprocessing: Preprocessing = model.config.preprocessing

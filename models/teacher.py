@@ -21,7 +21,7 @@ from torch import nn
 from models import checkpoint
 from models.checkpoint import CheckpointMixin
 from models.layers import ScoreMLP
-from models.preprocessing import Preprocessing
+from models.preprocessing import ImageModelConfig
 from models.prompts import DEFAULT_SET, PROMPT_SETS, prompt_set_name, prompt_set_size, prompt_texts
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def sd15_unet_config() -> dict:
 
 
 @dataclass
-class TeacherConfig:
+class TeacherConfig(ImageModelConfig):
     """Sizes of a teacher; the defaults are the paper's (SD v1.5 at 512, 1485 prompts, 8x64x64 map).
 
     Args:
@@ -219,13 +219,6 @@ class TeacherConfig:
         "text_adapter", "image_adapter", "prompt_set", "prompt_pooling", "timestep", "decoder_levels",
     )
 
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return Preprocessing((self.image_size, self.image_size), self.interpolation, self.value_range)
-
-    @property
-    def map_shape(self) -> tuple[int, int, int]:
-        return (self.map_channels, self.map_size, self.map_size)
 
     def switches(self) -> dict[str, Any]:
         """The ablation switches' values (JSON types), the paper's model being the defaults."""

@@ -126,11 +126,23 @@ def labeled_dataset(labeled: LabeledSet, indices: np.ndarray, preprocessing: Pre
     return ds.union(*copies) if copies else ds
 
 
-def with_teacher(ds, teacher: str, device: str = "auto", batch_size: int = 16, num_gpus: float = 0.0,
-                 threads: int | None = None):
+def with_teacher(ds, teacher: str, preprocessing: Preprocessing, device: str = "auto", batch_size: int = 16,
+                 num_gpus: float = 0.0, threads: int | None = None):
     """Adds the teacher's `teacher_score` (MOS units) and `teacher_map` to every row, computed once by an
-    actor that loads the teacher (the engine's own scoring stage)."""
+    actor that loads the teacher (the engine's own scoring stage) on the images the student trains on.
+
+    Raises:
+        ValueError: the teacher takes another input (size, resize filter, value range) than the student:
+            its maps would be of other images.
+    """
     import ray
+
+    import models
+
+    theirs = models.describe(teacher).preprocessing
+    if theirs != preprocessing:
+        raise ValueError(f"teacher {teacher} takes {theirs} but the student {preprocessing}: give the student the "
+                         "teacher's input (--image-size, --set interpolation=...) so both see the same images")
 
     from engine.executor.ray_data import _StageActor
     from engine.stages.score import ScoreStage

@@ -199,8 +199,8 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing):  # noqa: ANN0
                 train = train.map_batches(_no_teacher, batch_format="numpy")
             else:
                 gpus = 1.0 if _use_gpu(config) else 0.0
-                train = data.with_teacher(train, _teacher_for(config, split.seed), device="cuda" if gpus else "cpu",
-                                          num_gpus=gpus, threads=config.threads)
+                train = data.with_teacher(train, _teacher_for(config, split.seed), preprocessing,
+                                          device="cuda" if gpus else "cpu", num_gpus=gpus, threads=config.threads)
         parts.append(train.select_columns(columns).materialize())
         if len(split.val):
             val = data.labeled_dataset(labeled, split.val, preprocessing, config.storage_options)
