@@ -23,8 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True, action="append", choices=sorted(DATASETS),
                    help="dataset layout (repeatable; the n-th --dataset goes with the n-th --root)")
     p.add_argument("--root", required=True, action="append", help="dataset root folder or URL (the table for csv)")
-    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="layout option, for every dataset (repeatable)")
+    p.add_argument("--dataset-option", action="append", default=[], metavar="[DATASET.]KEY=VALUE",
+                   help="layout option, e.g. csv.group_column=group (for that dataset) or KEY=VALUE (for all)")
     p.add_argument("--split", choices=["test", "val", "train", "all"], default="test")
     p.add_argument("--seed", type=int, default=None, help="split seed (default: the model card's)")
     p.add_argument("--fractions", default=None, help="train,val,test fractions (default: the model card's)")
@@ -49,10 +49,14 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError(f"{len(args.dataset)} --dataset but {len(args.root)} --root: give one root per dataset")
     matrix = len(args.model) > 1 or len(args.dataset) > 1
     options = _pairs(args.dataset_option, parse_json=True)
+
+    def options_for(dataset: str) -> dict:
+        mine = {k.split(".", 1)[1]: v for k, v in options.items() if k.startswith(f"{dataset}.")}
+        return {**{k: v for k, v in options.items() if "." not in k}, **mine}
     fractions = tuple(float(x) for x in args.fractions.split(",")) if args.fractions else None
     results = []
     for dataset, root in zip(args.dataset, args.root, strict=True):
-        labeled = load_dataset(dataset, root, storage_options=args.storage_options, **options)
+        labeled = load_dataset(dataset, root, storage_options=args.storage_options, **options_for(dataset))
         for name in args.model:
             info = models.describe(name)
             indices, split = split_indices(labeled, info.card, dataset, args.split, args.seed, fractions,

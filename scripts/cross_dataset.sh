@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Cross-dataset evaluation (issue 9): train-on-A / test-on-B over AGIQA-3K and a set of graded synthetic
+# distortions of other photographs (Debian's mate-backgrounds nature photographs), for the models trained
+# here and BRISQUE; writes docs/reports/cross-dataset.md. Run after scripts/report_agiqa.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+AGIQA=${AGIQA:-../shared/datasets/agiqa3k}
+REPORT=${REPORT:-../runs/agiqa-report}
+OUT=${OUT:-../runs/cross-dataset}
+DPIQA=${DPIQA:-dpiqa}
+PYTHON=${PYTHON:-python}
+WALL=$OUT/wallpapers
+if [ ! -f "$WALL/labels.csv" ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download mate-backgrounds >/dev/null)
+  dpkg -x "$tmp"/mate-backgrounds_*.deb "$tmp/x"
+  $PYTHON scripts/distortion_dataset.py "$tmp/x/usr/share/backgrounds/mate/nature" --output "$WALL"
+fi
+CSV_OPTS="--dataset-option csv.group_column=group --dataset-option csv.name_column=name --dataset-option csv.mos_scale=5"
+$DPIQA train-teacher --dataset csv --root "$WALL/labels.csv" --dataset-option group_column=group \
+  --dataset-option name_column=name --dataset-option mos_scale=5 --grouped --config dpiqa-teacher-small \
+  --epochs 15 --batch-size 16 --lr 5e-4 --milestones 10 --threads "${THREADS:-2}" --output "$OUT/teacher-wallpapers"
+$DPIQA eval --device cpu --model "$REPORT/teacher/split-0" --model "$REPORT/student/split-0" \
+  --model "$OUT/teacher-wallpapers" --model demo --model brisque \
+  --dataset agiqa3k --root "$AGIQA" --dataset csv --root "$WALL/labels.csv" $CSV_OPTS \
+  --table docs/reports/cross-dataset.md --json > "$OUT/cross-dataset.json"
+cat docs/reports/cross-dataset.md
