@@ -106,22 +106,32 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
         )
         self.mlp = ScoreMLP(config.map_channels * config.map_size**2, config.head_hidden)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images `(B, 3, H, W)` in the value range -> quality map `(B, 8, 64, 64)`."""
+    def backbone_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images `(B, 3, H, W)` in the value range -> backbone features on their grid `(B, C, h, w)`."""
         if self.config.input_norm:
             x = normalize(x, *INPUT_NORMS[self.config.input_norm])
         features = self.backbone.forward_features(x)
         if features.ndim == 3:
             features = tokens_to_grid(features, self.backbone, x.shape[-2:])
+        return features
+
+    def map_from_backbone(self, features: torch.Tensor) -> torch.Tensor:
+        """Backbone features -> quality map `(B, 8, 64, 64)` (training on cached features of a frozen
+        backbone starts here)."""
         quality_map = F.relu(self.map_head(features))
         return F.interpolate(quality_map, size=(self.config.map_size,) * 2, mode="nearest")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images `(B, 3, H, W)` in the value range -> quality map `(B, 8, 64, 64)`."""
+        return self.map_from_backbone(self.backbone_features(x))
 
     def forward_head(self, quality_map: torch.Tensor) -> torch.Tensor:
         return self.mlp(quality_map)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns `(score (B,), quality map (B, 8, 64, 64))`."""
-        quality_map = self.forward_features(x)
+    def forward(self, x: torch.Tensor, from_backbone: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns `(score (B,), quality map (B, 8, 64, 64))`. With `from_backbone`, `x` holds the backbone
+        features instead of images (training a frozen backbone's head on features computed once)."""
+        quality_map = self.map_from_backbone(x) if from_backbone else self.forward_features(x)
         return self.forward_head(quality_map), quality_map
 
     def train(self, mode: bool = True) -> DPIQAStudent:

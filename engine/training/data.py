@@ -260,8 +260,10 @@ def to_torch(batch: Batch, map_shape: tuple[int, ...] | None = None) -> dict:
     (missing maps become NaN rows, so the loss leaves them out)."""
     import torch
 
-    out = {"image": torch.as_tensor(np.ascontiguousarray(batch["image"])),
-           "target": torch.as_tensor(batch["target"].astype(np.float32))}
+    out = {"target": torch.as_tensor(batch["target"].astype(np.float32))}
+    for column in ("image", "features"):
+        if column in batch:
+            out[column] = torch.as_tensor(np.ascontiguousarray(batch[column]))
     if "teacher_map" in batch and map_shape is not None:
         maps = np.full((len(batch["teacher_map"]), *map_shape), np.nan, dtype=np.float32)
         for i, raw in enumerate(batch["teacher_map"]):
@@ -270,3 +272,37 @@ def to_torch(batch: Batch, map_shape: tuple[int, ...] | None = None) -> dict:
         out["teacher_map"] = torch.from_numpy(maps)
         out["teacher_score"] = torch.as_tensor(batch["teacher_score"].astype(np.float32))
     return out
+
+
+class BackboneFeatures:
+    """A Ray Data actor that replaces each row's `image` by the frozen backbone's features of it, computed
+    once (`features`, float32 `(C, h, w)`): a student whose backbone does not train then trains its head
+    for every epoch without running the backbone again. The model is built exactly as the training
+    workers build it, so the features are the ones the backbone would give them."""
+
+    def __init__(self, spec, mos_scale: float, threads: int | None = None) -> None:  # noqa: ANN001 - ModelSpec
+        import torch
+
+        from engine.training.loop import build_model
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = build_model(spec, mos_scale).eval()
+        self.preprocessing = self.model.config.preprocessing
+
+    def __call__(self, batch: Batch) -> Batch:
+        import torch
+
+        with torch.inference_mode():
+            x = self.preprocessing.to_tensor(torch.as_tensor(np.ascontiguousarray(batch["image"])))
+            features = self.model.backbone_features(x).float().numpy()
+        out = {k: v for k, v in batch.items() if k != "image"}
+        out["features"] = features
+        return out
+
+
+def with_backbone_features(ds, spec, mos_scale: float, batch_size: int = 32, threads: int | None = None):  # noqa: ANN001, ANN201
+    import ray
+
+    return ds.map_batches(BackboneFeatures, fn_constructor_args=(spec, mos_scale, threads), batch_size=batch_size,
+                          batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=1))

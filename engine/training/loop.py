@@ -65,6 +65,8 @@ class LoopConfig:
         seed: seeds initialisation and the per-epoch data order.
         threads: torch threads per worker on CPU.
         shuffle_buffer: rows shuffled locally per epoch.
+        has_val: a `val` dataset was given.
+        cached_features: the rows hold a frozen backbone's `features` instead of `image`.
     """
 
     model: ModelSpec
@@ -80,6 +82,7 @@ class LoopConfig:
     threads: int | None = None
     shuffle_buffer: int = 4096
     has_val: bool = True
+    cached_features: bool = False
 
 
 def model_config(spec: ModelSpec, mos_scale: float) -> object:
@@ -181,10 +184,12 @@ def train_loop_per_worker(cfg: LoopConfig) -> None:
                                         local_shuffle_buffer_size=cfg.shuffle_buffer,
                                         local_shuffle_seed=cfg.seed * 1000 + epoch):
             b = to_torch(batch, map_shape if cfg.model.kind == "student" else None)
-            x = preprocessing.to_tensor(b["image"].to(device))
             target = b["target"].to(device)
             with autocast:
-                score, quality_map = ddp(x)
+                if cfg.cached_features:
+                    score, quality_map = ddp(b["features"].to(device), from_backbone=True)
+                else:
+                    score, quality_map = ddp(preprocessing.to_tensor(b["image"].to(device)))
             score, quality_map = score.float(), quality_map.float()
             if cfg.model.kind == "teacher":
                 loss = teacher_loss(score, target)
@@ -198,13 +203,14 @@ def train_loop_per_worker(cfg: LoopConfig) -> None:
             scaler.step(optimizer)
             scaler.update()
             losses.append(float(loss.detach()))
-            seen += len(x)
+            seen += len(target)
         scheduler.step()
         metrics = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else math.nan,
                    "lr": optimizer.param_groups[0]["lr"], "images": seen,
                    "seconds": round(time.monotonic() - t0, 2)}
         if rank == 0:
-            metrics.update(_validate(module, val, preprocessing, device, autocast, config.mos_scale, compute_metrics))
+            metrics.update(_validate(module, val, preprocessing, device, autocast, config.mos_scale, compute_metrics,
+                                     cfg.cached_features))
             score_key = metrics.get("val_srcc", -metrics["train_loss"])
             if not math.isfinite(score_key):  # constant predictions (an untrained model) have no SRCC
                 score_key = -math.inf
@@ -229,15 +235,18 @@ def _fmt(value: float | None) -> str:
 
 
 @torch.no_grad()
-def _validate(model, val, preprocessing, device, autocast, mos_scale, compute_metrics) -> dict:  # noqa: ANN001
+def _validate(model, val, preprocessing, device, autocast, mos_scale, compute_metrics,  # noqa: ANN001
+              cached_features: bool = False) -> dict:
     if val is None:
         return {}
     model.eval()
     preds, mos = [], []
     for batch in val.iter_batches(batch_size=64, batch_format="numpy"):
-        x = preprocessing.to_tensor(torch.as_tensor(np.ascontiguousarray(batch["image"])).to(device))
         with autocast:
-            score, _ = model(x)
+            if cached_features:
+                score, _ = model(torch.as_tensor(np.ascontiguousarray(batch["features"])).to(device), from_backbone=True)
+            else:
+                score, _ = model(preprocessing.to_tensor(torch.as_tensor(np.ascontiguousarray(batch["image"])).to(device)))
         preds.append(score.float().cpu().numpy() * mos_scale)
         mos.append(batch["target"].astype(np.float64) * mos_scale)
     model.train()

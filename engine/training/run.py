@@ -50,6 +50,7 @@ class TrainConfig:
             else unlabelled), streamed into training beside the labelled set.
         teacher_outputs: distill at scale: a `dpiqa score --write-maps` run of the teacher over `shards`.
         shard_mos_scale: the MOS scale of the shards' labels.
+        cache_features: a student with a frozen backbone trains on the backbone's features computed once.
         synthetic: distorted copies of each training image added with pseudo-labels (graded blur, noise,
             JPEG, JPEG 2000, contrast, exposure; `engine.training.data.SyntheticDistortions`).
         epochs, batch_size, lr, milestones: the protocol (defaults: the paper's for `job` and `dataset`).
@@ -73,6 +74,7 @@ class TrainConfig:
     score_field: str = "mos"
     shard_mos_scale: float | None = None
     synthetic: int = 0
+    cache_features: bool = True
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
@@ -108,7 +110,7 @@ class TrainConfig:
         """A hash of what determines the trained model (not where it runs)."""
         keep = {k: v for k, v in asdict(self).items() if k not in ("output", "storage", "storage_options", "command",
                                                                   "workers", "use_gpu", "cpus_per_worker",
-                                                                  "threads", "max_failures")}
+                                                                  "threads", "max_failures", "cache_features")}
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -183,12 +185,18 @@ def _teacher_scale(config: TrainConfig) -> float:
     return float(run.get("identity", {}).get("mos_scale", 100.0))
 
 
-def _datasets(config: TrainConfig, labeled, split, preprocessing):  # noqa: ANN001
-    """Ray datasets `train` and `val` for one split."""
+def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: float):  # noqa: ANN001
+    """Ray datasets `train` and `val` for one split (and whether they carry cached backbone features)."""
     from engine.datasets import load_dataset
     from engine.training import data
 
-    columns = ["image", "target"] + (["teacher_score", "teacher_map"] if config.model.kind == "student" else [])
+    cache = _caches_features(config, mos_scale)
+    pixels = "features" if cache else "image"
+
+    def cached(ds):  # noqa: ANN001, ANN202
+        return data.with_backbone_features(ds, config.model, mos_scale, threads=config.threads) if cache else ds
+
+    columns = [pixels, "target"] + (["teacher_score", "teacher_map"] if config.model.kind == "student" else [])
     parts = []
     val = None
     if labeled is not None:
@@ -201,10 +209,10 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing):  # noqa: ANN0
                 gpus = 1.0 if _use_gpu(config) else 0.0
                 train = data.with_teacher(train, _teacher_for(config, split.seed), preprocessing,
                                           device="cuda" if gpus else "cpu", num_gpus=gpus, threads=config.threads)
-        parts.append(train.select_columns(columns).materialize())
+        parts.append(cached(train).select_columns(columns).materialize())
         if len(split.val):
             val = data.labeled_dataset(labeled, split.val, preprocessing, config.storage_options)
-            val = val.select_columns(["image", "target"]).materialize()
+            val = cached(val).select_columns([pixels, "target"]).materialize()
     if config.shards:
         shards = load_dataset("webdataset", config.shards, score_field=config.score_field,
                               mos_scale=config.shard_mos_scale or 100.0, require_score=config.teacher_outputs is None,
@@ -213,11 +221,19 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing):  # noqa: ANN0
         stream = data.shard_dataset(shards, teacher, preprocessing)
         if config.model.kind == "teacher":
             stream = stream.filter(lambda row: np.isfinite(row["target"]))
-        parts.append(stream.select_columns(columns))
+        parts.append(cached(stream).select_columns(columns))
     if not parts:
         raise ValueError("nothing to train on: give --dataset/--root and/or --shards")
     train = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
-    return train, val
+    return train, val, cache
+
+
+def _caches_features(config: TrainConfig, mos_scale: float) -> bool:
+    """A student whose backbone is frozen trains on its backbone's features, computed once per image
+    (there is no augmentation that would change them from epoch to epoch)."""
+    if not config.cache_features or config.model.kind != "student" or config.model.init:
+        return False
+    return bool(getattr(model_config(config.model, mos_scale), "freeze_backbone", False))
 
 
 def _no_teacher(batch: dict) -> dict:
@@ -270,12 +286,12 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str) -> dict:  # 
         split = Split(seed, np.zeros(0, int), np.zeros(0, int), np.zeros(0, int))
     preprocessing, mos_scale = _preprocessing_and_scale(config, labeled)
     protocol = config.protocol()
-    train, val = _datasets(config, labeled, split, preprocessing)
+    train, val, cached_features = _datasets(config, labeled, split, preprocessing, mos_scale)
     use_gpu = _use_gpu(config)
     loop = LoopConfig(model=config.model, mos_scale=mos_scale, epochs=protocol["epochs"],
                       batch_size=protocol["batch_size"], lr=protocol["lr"], milestones=tuple(protocol["milestones"]),
                       precision=config.precision, distill_mode=config.distill_mode, seed=seed, threads=config.threads,
-                      has_val=val is not None)
+                      has_val=val is not None, cached_features=cached_features)
     storage_path, storage_fs = _storage(config)
     datasets = {"train": train}
     if val is not None:
