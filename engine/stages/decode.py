@@ -116,6 +116,27 @@ def decode_image(
     return pixels, width, height
 
 
+JPEG_MAGIC = b"\xff\xd8"
+
+
+def is_jpeg(data: bytes | None) -> bool:
+    return bool(data) and data[:2] == JPEG_MAGIC
+
+
+def jpeg_header(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """`(width, height)` as displayed, from the header alone; raises `DecodeError` like `decode_image`."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        orientation = img.getexif().get(0x0112)
+    except Exception as exc:  # noqa: BLE001 - a header PIL cannot parse is this sample's problem only
+        raise DecodeError(schema.DECODE_ERROR, f"{type(exc).__name__}: {exc}") from exc
+    if width * height > max_pixels:
+        raise DecodeError(schema.TOO_LARGE, f"{width}x{height} has more than {max_pixels} pixels", (width, height))
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+
 class DecodeStage(Stage):
     """Decodes the `data` column into an `image` column (uint8 `(B, H, W, 3)`) plus `width`/`height`.
 
@@ -173,5 +194,3 @@ class DecodeStage(Stage):
             out.update(on_device=on_device, jpeg=jpegs)
         return out
 
-
-from engine.stages.device_decode import is_jpeg, jpeg_header  # noqa: E402 - it imports DecodeError from here

@@ -9,36 +9,14 @@ actor calls `decode_on_device` for them.
 
 from __future__ import annotations
 
-import io
 import logging
 
 import numpy as np
-from PIL import Image
 
-from engine import schema
 from engine.stages.decode import DecodeError, decode_image
 from models.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
-
-JPEG_MAGIC = b"\xff\xd8"
-
-
-def is_jpeg(data: bytes | None) -> bool:
-    return bool(data) and data[:2] == JPEG_MAGIC
-
-
-def jpeg_header(data: bytes, max_pixels: int) -> tuple[int, int]:
-    """`(width, height)` as displayed, from the header alone; raises `DecodeError` like `decode_image`."""
-    try:
-        img = Image.open(io.BytesIO(data))
-        width, height = img.size
-        orientation = img.getexif().get(0x0112)
-    except Exception as exc:  # noqa: BLE001 - a header PIL cannot parse is this sample's problem only
-        raise DecodeError(schema.DECODE_ERROR, f"{type(exc).__name__}: {exc}") from exc
-    if width * height > max_pixels:
-        raise DecodeError(schema.TOO_LARGE, f"{width}x{height} has more than {max_pixels} pixels", (width, height))
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def decode_on_device(blobs: list[bytes], preprocessing: Preprocessing, device):  # noqa: ANN001, ANN201

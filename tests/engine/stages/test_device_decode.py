@@ -14,8 +14,8 @@ from PIL import Image
 from engine import schema
 from engine.executor.local import LocalExecutor
 from engine.pipeline import ScoreConfig, run_score
-from engine.stages.decode import DecodeError, decode_image
-from engine.stages.device_decode import decode_on_device, jpeg_header
+from engine.stages.decode import DecodeError, decode_image, jpeg_header
+from engine.stages.device_decode import decode_on_device
 from models.preprocessing import Preprocessing
 
 PRE = Preprocessing(size=(64, 64))
