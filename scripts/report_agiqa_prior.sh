@@ -8,10 +8,11 @@ ROOT=${AGIQA:-../shared/datasets/agiqa3k}
 OUT=${OUT:-../runs/agiqa-report}
 DPIQA=${DPIQA:-dpiqa}
 mkdir -p "$OUT"
+HEAD="--set map_channels=64 --set map_size=8 --set head_hidden=256"  # see scripts/train_demo_checkpoint.sh
 COMMON="--dataset agiqa3k --root $ROOT --grouped --splits 3 --threads ${THREADS:-2}"
 commands=(
-  "$DPIQA distill --mode none $COMMON --config dpiqa-student-vits14 --set freeze_backbone=true --epochs 8 --batch-size 32 --lr 5e-4 --milestones 6 --output $OUT/prior-teacher"
-  "$DPIQA distill $COMMON --teacher $OUT/prior-teacher/split-{seed} --config dpiqa-student --backbone mobilenetv3_small_100 --image-size 224 --set map_size=16 --set head_hidden=256 --set interpolation=bicubic --no-pretrained --epochs 12 --batch-size 32 --lr 1e-3 --milestones 8 --output $OUT/prior-student"
+  "$DPIQA distill --mode none $COMMON --config dpiqa-student-vits14 $HEAD --set freeze_backbone=true --epochs 30 --batch-size 32 --lr 5e-4 --milestones 20 --output $OUT/prior-teacher"
+  "$DPIQA distill $COMMON --teacher $OUT/prior-teacher/split-{seed} --config dpiqa-student --backbone mobilenetv3_small_100 --image-size 224 $HEAD --set interpolation=bicubic --no-pretrained --epochs 12 --batch-size 32 --lr 1e-3 --milestones 8 --output $OUT/prior-student"
 )
 printf '%s\n' "${commands[@]}" > "$OUT/commands-prior.txt"
 for c in "${commands[@]}"; do
