@@ -209,6 +209,7 @@ def run_score(config: ScoreConfig, executor: Executor) -> ScoreResult:
         "rows": summary.rows,
         "statuses": dict(summary.statuses),
         "io_retries": io_retries,
+        "pipeline_attempts": attempt + 1,
         "columns": SCORES_SCHEMA.names,
         "started": started.isoformat(timespec="seconds"),
         "seconds": round(elapsed, 3),

@@ -163,3 +163,40 @@ def test_bad_input_gives_rows_and_a_failed_shard_gives_exit_1(tmp_path):
     manifest = json.load(open(f"{out}/manifest.json"))
     assert manifest["failed_shards"] == {urls[2]: result.failed[urls[2]]}
     assert manifest["statuses"][schema.TRUNCATED] == 1
+
+
+class NodeLossExecutor(LocalExecutor):
+    """The local executor, except that its first run dies half-way through a shard, as a Ray pipeline does
+    when Ray gives up on a lost node; `retryable` says so for that error, like `RayDataExecutor` does for
+    Ray's system errors."""
+
+    def __init__(self, after_batches: int) -> None:
+        self.after_batches, self.calls = after_batches, 0
+
+    def retryable(self, exc: BaseException) -> bool:
+        return isinstance(exc, ConnectionAbortedError)
+
+    def run(self, items, stages, sink):  # noqa: ANN001
+        self.calls += 1
+        if self.calls > 1:
+            return super().run(items, stages, sink)
+        seen = []
+
+        def dying(batch):  # noqa: ANN001, ANN202
+            seen.append(1)
+            if len(seen) > self.after_batches:
+                raise ConnectionAbortedError("the node holding this pipeline's actor died")
+            sink(batch)
+
+        return super().run(items, stages, dying)
+
+
+def test_a_pipeline_lost_half_way_is_rerun_on_the_unfinished_shards(good_corpus, tmp_path):
+    d, _ = good_corpus
+    clean = run_score(ScoreConfig(input=str(d), output=str(tmp_path / "clean"), model=MODEL, chunk_size=4),
+                      LocalExecutor())
+    executor = NodeLossExecutor(after_batches=3)  # dies inside the second shard, its rows half-sent
+    result = run_score(ScoreConfig(input=str(d), output=str(tmp_path / "lossy"), model=MODEL, chunk_size=4), executor)
+    assert executor.calls == 2 and result.exit_code == 0
+    assert result.manifest["pipeline_attempts"] == 2 and result.manifest["rows"] == 21
+    assert read_rows(str(tmp_path / "lossy")) == read_rows(str(tmp_path / "clean")) and clean.exit_code == 0
