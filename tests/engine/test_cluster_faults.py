@@ -107,10 +107,13 @@ def test_training_worker_killed_mid_distill_resumes_from_its_checkpoint(ray_loca
     while time.monotonic() < deadline and len(list(out.glob("_train/*/checkpoint_*"))) < 2:
         time.sleep(0.05)
     import psutil
+    from ray._private import worker as ray_worker
 
-    # Ray names its worker processes after the actor they host (`ray::RayTrainWorker...`).
-    workers = [p for p in psutil.process_iter(["cmdline"])
-               if p.info["cmdline"] and p.info["cmdline"][0].startswith("ray::RayTrainWorker")]
+    # Ray names its worker processes after the actor they host (`ray::RayTrainWorker...`); only this
+    # session's raylet's children are ours (other Ray instances may run on the machine).
+    raylet = ray_worker._global_node.all_processes["raylet"][0].process.pid
+    workers = [p for p in psutil.Process(raylet).children(recursive=True)
+               if p.cmdline() and p.cmdline()[0].startswith("ray::RayTrainWorker")]
     assert workers, "no training worker to kill"
     os.kill(workers[0].pid, signal.SIGKILL)
     thread.join(timeout=400)
