@@ -10,7 +10,7 @@ REPORT=${REPORT:-../runs/agiqa-report}
 OUT=${OUT:-../runs/ablation}
 DPIQA=${DPIQA:-dpiqa}
 COMMON="--dataset agiqa3k --root $ROOT --grouped --splits 3 --threads ${THREADS:-2} --epochs 8 --milestones 6"
-$DPIQA ablate --kind teacher --variants paper,no-text-adapter,no-image-adapter,levels-2-3,t-500 $COMMON \
+$DPIQA ablate --kind teacher --variants paper,no-text-adapter,no-image-adapter,level-3-only $COMMON \
   --config dpiqa-teacher-tiny --batch-size 16 --lr 5e-4 --output "$OUT/teacher"
 $DPIQA ablate --kind student --teacher "$REPORT/teacher/split-{seed}" $COMMON --config dpiqa-student-small \
   --no-pretrained --batch-size 24 --lr 1e-3 --output "$OUT/student"

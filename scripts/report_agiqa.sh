@@ -22,4 +22,4 @@ for c in "${commands[@]}"; do
   echo "+ $c"
   bash -c "$c"
 done
-$PYTHON scripts/agiqa_report.py --runs "$OUT" --commands "$OUT/commands.txt"
+$PYTHON scripts/agiqa_report.py --runs "$OUT"

@@ -11,8 +11,8 @@ mkdir -p "$OUT"
 HEAD="--set map_channels=64 --set map_size=8 --set head_hidden=256"  # see scripts/train_demo_checkpoint.sh
 COMMON="--dataset agiqa3k --root $ROOT --grouped --splits 3 --threads ${THREADS:-2}"
 commands=(
-  "$DPIQA distill --mode none $COMMON --config dpiqa-student-vits14 $HEAD --set freeze_backbone=true --epochs 30 --batch-size 32 --lr 5e-4 --milestones 20 --output $OUT/prior-teacher"
-  "$DPIQA distill $COMMON --teacher $OUT/prior-teacher/split-{seed} --config dpiqa-student --backbone mobilenetv3_small_100 --image-size 224 $HEAD --set interpolation=bicubic --no-pretrained --epochs 12 --batch-size 32 --lr 1e-3 --milestones 8 --output $OUT/prior-student"
+  "$DPIQA distill --mode none $COMMON --config dpiqa-student-vits14 $HEAD --set freeze_backbone=true --epochs 15 --batch-size 32 --lr 5e-4 --milestones 10 --output $OUT/prior-teacher"
+  "$DPIQA distill $COMMON --teacher $OUT/prior-teacher/split-{seed} --config dpiqa-student --backbone mobilenetv3_small_100 --image-size 224 $HEAD --set interpolation=bicubic --no-pretrained --epochs 8 --batch-size 32 --lr 1e-3 --milestones 6 --output $OUT/prior-student"
 )
 printf '%s\n' "${commands[@]}" > "$OUT/commands-prior.txt"
 for c in "${commands[@]}"; do
