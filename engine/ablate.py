@@ -7,9 +7,12 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from engine.io import get_fs, join
-from engine.training.run import TrainConfig, TrainResult, run_training
+
+if TYPE_CHECKING:  # the training code imports torch; `dpiqa --help` lists the variants without it
+    from engine.training.run import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ def variants_for(kind: str) -> dict[str, dict]:
 
 def run_ablation(base: TrainConfig, variants: list[str], address: str | None = None) -> list[AblationRow]:
     """Train each variant of `base` (same data, splits and protocol) into `base.output/VARIANT/`."""
+    from engine.training.run import run_training
     from models.info import model_info
 
     table = variants_for(base.model.kind)
@@ -67,7 +71,7 @@ def run_ablation(base: TrainConfig, variants: list[str], address: str | None = N
         else:
             config.model = dataclasses.replace(base.model, overrides={**base.model.overrides, **changes})
         log.info("ablate: variant %s (%s)", name, changes or "the paper's model")
-        result: TrainResult = run_training(config, address=address)
+        result = run_training(config, address=address)
         name_for_info = config.model.config or ("dpiqa-teacher" if config.model.kind == "teacher" else "dpiqa-student")
         info = model_info(name_for_info, overrides={**config.model.overrides} or None) if not config.model.init else {}
         rows.append(AblationRow(name, changes, info.get("parameters", {}) if info else {},
