@@ -18,7 +18,7 @@ HEAD="--set map_channels=64 --set map_size=8 --set head_hidden=256"
 SPLIT="--dataset agiqa3k --root $ROOT --grouped --seed 0 --synthetic 1 --threads ${THREADS:-2}"
 commands=(
   "$DPIQA distill --mode none $SPLIT --config dpiqa-student-vits14 $HEAD --set freeze_backbone=true --epochs 30 --batch-size 32 --lr 5e-4 --milestones 20 --output $OUT/demo-teacher"
-  "$DPIQA distill $SPLIT --teacher $OUT/demo-teacher --config dpiqa-student --backbone mobilenetv3_large_100 --image-size 224 $HEAD --set interpolation=bicubic --no-pretrained --epochs 12 --batch-size 32 --lr 1e-3 --milestones 8 --output $OUT/demo-student"
+  "$DPIQA distill $SPLIT --teacher $OUT/demo-teacher --config dpiqa-student --backbone mobilenetv3_large_100 --image-size 224 $HEAD --set interpolation=bicubic --no-pretrained --epochs 8 --batch-size 32 --lr 1e-3 --milestones 5 --output $OUT/demo-student"
   "$DPIQA demo --model $OUT/demo-student --output $OUT/demo-eval/student --overwrite"
   "$DPIQA demo --model $OUT/demo-teacher --output $OUT/demo-eval/teacher --overwrite"
   "$DPIQA demo --model brisque --output $OUT/demo-eval/brisque --overwrite"
