@@ -23,8 +23,11 @@ def _ray():
 def quiet_worker_logs() -> None:
     """Run in every worker of a local Ray (`worker_process_setup_hook`). A local Ray without the dashboard
     has no state API, and Ray Train's placement-group cleaner then logs a warning every second for the
-    whole run; on a real cluster the dashboard runs and the cleaner works."""
+    whole run; on a real cluster the dashboard runs and the cleaner works. The worker's own cluster is made
+    its `RAY_ADDRESS`: the cleaner looks the cluster up by address, and with two local Rays on one machine
+    (two jobs side by side) the lookup otherwise fails with "Found multiple active Ray instances"."""
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    os.environ.setdefault("RAY_ADDRESS", _ray().get_runtime_context().gcs_address)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
