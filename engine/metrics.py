@@ -53,8 +53,8 @@ def fit_logistic(pred: np.ndarray, mos: np.ndarray, maxfev: int = 10_000) -> Mos
 
     Initial values follow common practice: `b1`, `b2` the MOS maximum and minimum (swapped when the
     predictions fall as the MOS rises, so the curve starts out decreasing), `b3` the mean prediction,
-    `b4` the predictions' standard deviation. The fit falls back to a least-squares line when
-    `curve_fit` does not converge, returns non-finite values, or ends worse than that line (a
+    `b4` the predictions' standard deviation. The fit falls back to a least-squares line on fewer than
+    4 points, when `curve_fit` does not converge, returns non-finite values, or ends worse than that line (a
     logistic with large `|b4|` is a line, so a worse logistic is a fit stuck in a flat region).
 
     Args:
@@ -68,6 +68,8 @@ def fit_logistic(pred: np.ndarray, mos: np.ndarray, maxfev: int = 10_000) -> Mos
         return MosMapping("constant", (float(mos.mean()),))
     slope, intercept = np.polyfit(pred, mos, 1)
     line = MosMapping("linear", (float(slope), float(intercept)))
+    if len(pred) < 4:  # fewer points than the curve has parameters: curve_fit refuses them
+        return line
     rising = scipy.stats.spearmanr(pred, mos).statistic >= 0
     p0 = [mos.max(), mos.min(), pred.mean(), pred.std()] if rising else [mos.min(), mos.max(), pred.mean(),
                                                                          pred.std()]

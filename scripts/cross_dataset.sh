@@ -26,6 +26,6 @@ $DPIQA distill --mode none --dataset csv --root "$WALL/labels.csv" --dataset-opt
   --output "$OUT/prior-wallpapers"
 $DPIQA eval --device cpu --model "$REPORT/teacher/split-0" --model "$REPORT/student/split-0" \
   --model "$OUT/prior-wallpapers" --model demo --model brisque \
-  --dataset agiqa3k --root "$AGIQA" --dataset csv --root "$WALL/labels.csv" $CSV_OPTS \
+  --dataset agiqa3k --root "$AGIQA" --dataset csv --root "$WALL/labels.csv" $CSV_OPTS --split test --seed 0 --grouped \
   --table docs/reports/cross-dataset.md --json > "$OUT/cross-dataset.json"
 cat docs/reports/cross-dataset.md

@@ -62,6 +62,17 @@ def test_failed_fit_falls_back_to_a_line():
     assert np.corrcoef(mapping(x), mos)[0, 1] == pytest.approx(np.corrcoef(x, mos)[0, 1])
 
 
+def test_three_images_get_a_line_not_an_error():
+    """A validation part of 3 images (tiny datasets, tests) is too small for a 4-parameter curve."""
+    pred, mos = [1.0, 2.0, 4.0], [10.0, 30.0, 50.0]
+    m = compute_metrics(pred, mos)
+    assert m["fit"] == "linear" and m["n"] == 3
+    assert m["srcc"] == pytest.approx(1.0)
+    slope, intercept = np.polyfit(pred, mos, 1)  # by hand: residuals of the least-squares line
+    resid = np.array(mos) - (slope * np.array(pred) + intercept)
+    assert m["rmse_logistic"] == pytest.approx(math.sqrt(np.mean(resid**2)))
+
+
 def test_constant_predictions_give_nan_correlations_not_an_error():
     m = compute_metrics([50.0, 50.0, 50.0, 50.0], [10.0, 20.0, 30.0, 40.0])
     assert math.isnan(m["srcc"]) and math.isnan(m["plcc"]) and math.isnan(m["plcc_logistic"])
