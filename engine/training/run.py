@@ -130,7 +130,12 @@ def run_training(config: TrainConfig, address: str | None = None) -> TrainResult
     from engine.metrics import summarize
 
     init_ray(address)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # epoch lines come from the loop
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # epoch lines come from the loop
+    # The training sets are materialised through actor pools (teacher outputs, cached backbone features),
+    # which otherwise return blocks in completion order: keep the split's order, so that a run's batches do
+    # not depend on scheduling (and a frozen backbone's cached features train exactly as its images do).
+    ctx.execution_options.preserve_order = True
     labeled = _load_labeled(config)
     results = []
     for seed in config.split.seeds:

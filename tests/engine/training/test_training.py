@@ -155,7 +155,10 @@ def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_does(tmp_pa
 
 
 def test_frozen_backbone_trains_on_cached_features_exactly_as_on_images(ray_local, tmp_path):
-    """The head of a frozen backbone trained on features computed once ends where training on images ends."""
+    """The head of a frozen backbone trained on features computed once ends where training on images ends,
+    up to float noise: the features are computed at another batch size than the loop's (last-bit
+    differences), and Adam turns noise in near-zero gradients into steps of up to its learning rate (1e-3
+    here), so the bound is one such step: it checks that both paths train the same head, not bit-equality."""
     import ray
 
     from engine.splits import SplitConfig
@@ -175,7 +178,7 @@ def test_frozen_backbone_trains_on_cached_features_exactly_as_on_images(ray_loca
                                  cache_features=cache))
         outs[cache] = models.load_model(out).state_dict()
     for k in outs[True]:
-        torch.testing.assert_close(outs[True][k], outs[False][k], rtol=0, atol=1e-6, msg=k)
+        torch.testing.assert_close(outs[True][k], outs[False][k], rtol=0, atol=1e-3, msg=k)
     from engine.training.loop import build_model
 
     torch.manual_seed(0)  # as the workers build it: the frozen backbone stays, the head moved
