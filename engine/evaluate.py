@@ -108,6 +108,6 @@ def matrix_markdown(results: list[dict], title: str) -> str:
             met = r["metrics"]
             row.append(f"{met['srcc']:.4f} / {met['plcc']:.4f} ({r['split']['part']}, n={met['n']})")
         lines.append(f"| {m} | " + " | ".join(row) + " |")
-    lines += ["", "Cells: SRCC / PLCC on the test split the model's card records when it was trained on that "
-              "dataset, on every image otherwise."]
+    lines += ["", "Cells: SRCC / PLCC on the part of the dataset named in the cell (without `--seed`, the test "
+              "split the model's card records when it was trained on that dataset, every image otherwise)."]
     return "\n".join(lines) + "\n"

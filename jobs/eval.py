@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +39,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     import models
     from engine.datasets import load_dataset
@@ -54,6 +54,7 @@ def main(args: argparse.Namespace) -> int:
         mine = {k.split(".", 1)[1]: v for k, v in options.items() if k.startswith(f"{dataset}.")}
         return {**{k: v for k, v in options.items() if "." not in k}, **mine}
     fractions = tuple(float(x) for x in args.fractions.split(",")) if args.fractions else None
+    labels = model_labels(args.model)
     results = []
     for dataset, root in zip(args.dataset, args.root, strict=True):
         labeled = load_dataset(dataset, root, storage_options=args.storage_options, **options_for(dataset))
@@ -64,9 +65,9 @@ def main(args: argparse.Namespace) -> int:
             scorer = models.load_scorer(name, device=args.device)
             metrics = evaluate(scorer, labeled, indices, batch_size=args.batch_size,
                                storage_options=args.storage_options)
-            trained_on = (info.card.get("training") or {}).get("dataset") or "?"
+            trained_on = (info.card.get("training") or {}).get("dataset") or "not trained here"
             results.append({"model": name, "checkpoint_hash": info.checkpoint_hash, "dataset": dataset, "root": root,
-                            "split": split, "metrics": metrics, "model_label": f"{Path(name).name} ({trained_on})",
+                            "split": split, "metrics": metrics, "model_label": f"{labels[name]} ({trained_on})",
                             "dataset_label": dataset if args.dataset.count(dataset) == 1 else f"{dataset}:{root}"})
     if args.table:
         Path(args.table).write_text(matrix_markdown(results, "Cross-dataset evaluation" if matrix else "Evaluation"))
@@ -78,3 +79,16 @@ def main(args: argparse.Namespace) -> int:
             print(f"{r['model']} on {r['dataset']} ({r['split']['part']}, {m['n']} images): SRCC {m['srcc']:.4f} "
                   f"KRCC {m['krcc']:.4f} PLCC {m['plcc']:.4f} (logistic {m['plcc_logistic']:.4f}) RMSE {m['rmse']:.4f}")
     return 0
+
+
+def model_labels(names: list[str]) -> dict[str, str]:
+    """Short row names: a model's last path part, or as many trailing parts as tell it from the others
+    (`teacher/split-0` and `student/split-0`)."""
+    parts = {n: Path(n.rstrip("/")).parts or (n,) for n in names}
+    labels = {}
+    for n, p in parts.items():
+        k = 1
+        while k < len(p) and any(q[-k:] == p[-k:] for m, q in parts.items() if m != n):
+            k += 1
+        labels[n] = "/".join(p[-k:])
+    return labels
