@@ -148,7 +148,12 @@ def test_malicious_member_names_are_refused(tmp_path: Path) -> None:
     # Nothing named evil anywhere but in the input shard; the output extracts under the strict filter.
     assert not [p for p in tmp_path.rglob("*evil*")]
     with tarfile.open(new / "00000.tar") as tar:
-        tar.extractall(tmp_path / "work" / "x", filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 (Debian 12's 3.11.2 has no extraction filters)
+            tar.extractall(tmp_path / "work" / "x", filter="data")
+        else:  # the checks of the "data" filter that concern names, by hand
+            for m in tar.getmembers():
+                assert m.isfile() and not Path(m.name).is_absolute() and ".." not in Path(m.name).parts, m.name
+            tar.extractall(tmp_path / "work" / "x")
     assert sorted(p.name for p in (tmp_path / "work" / "x").iterdir()) == ["a.jpg", "a.txt", "b.jpg"]
 
 
