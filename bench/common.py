@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import threading
 import time
 from pathlib import Path
 
 import psutil
+
+
+def as_typed(command: str) -> str:
+    """A command as a script ran it, with a virtual environment's path to `dpiqa` shortened to the command a
+    user types (for the commands written into reports and model cards)."""
+    return re.sub(r"\S*/bin/dpiqa ", "dpiqa ", command)
 
 
 def machine() -> str:

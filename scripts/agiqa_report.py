@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import machine  # noqa: E402
+from bench.common import as_typed, machine  # noqa: E402
 
 PAIRS = [
     ("teacher", "student", "commands.txt",
@@ -100,8 +99,7 @@ Teacher and student above BRISQUE: **{'yes' if beat else 'no'}**. Student at lea
 **{'yes' if ratio >= 0.95 else 'no'}** ({ratio:.1%}).
 """)
         commands.append((args.runs / command_file).read_text().strip())
-    # The commands as run, with the venv's path to `dpiqa` shortened to the command a user types.
-    commands = [re.sub(r"\S*/bin/dpiqa ", "dpiqa ", c) for c in commands]
+    commands = [as_typed(c) for c in commands]
     shows = "\n".join(f"- {line}" for line in findings(args.runs))
     text = f"""# AGIQA-3K: teachers trained here, students distilled from them, and BRISQUE
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import models  # noqa: E402
-from bench.common import machine  # noqa: E402
+from bench.common import as_typed, machine  # noqa: E402
 
 
 def main() -> None:
@@ -52,8 +51,7 @@ def main() -> None:
                  "(70/10/20), plus one graded synthetic distortion (blur, noise, JPEG, JPEG 2000, contrast, "
                  "exposure; level 1-5) of each training image labelled reference MOS x (1 - 0.15 x level). The demo "
                  "corpus's photographs were not used."),
-        # as run, with the venv's path to `dpiqa` shortened to the command a user types
-        "commands": [re.sub(r"\S*/bin/dpiqa ", "dpiqa ", c) for c in args.commands.read_text().strip().splitlines()],
+        "commands": [as_typed(c) for c in args.commands.read_text().strip().splitlines()],
         "trained_on": machine(),
         "metrics": {**student_card.get("metrics", {}), **metrics},
         "teacher_card": "teacher-card.json",

@@ -134,7 +134,7 @@ def run_training(config: TrainConfig, address: str | None = None) -> TrainResult
     ctx.enable_progress_bars = False  # epoch lines come from the loop
     # The training sets are materialised through actor pools (teacher outputs, cached backbone features),
     # which otherwise return blocks in completion order: keep the split's order, so that a run's batches do
-    # not depend on scheduling (and a frozen backbone's cached features train exactly as its images do).
+    # not depend on scheduling (and a frozen backbone trains on its cached features as on its images).
     ctx.execution_options.preserve_order = True
     labeled = _load_labeled(config)
     results = []
