@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from fractions import Fraction
 
 import numpy as np
 import pyarrow as pa
@@ -41,7 +42,7 @@ from engine import schema
 from engine.output import DONE_DIR, MANIFEST, OutputLocation, RunResult
 from engine.progress import Progress
 from engine.scores import ScoredRun, ScoredShard
-from engine.stages.source import Sample, iter_samples
+from engine.stages.source import Sample, shard_samples
 from engine.version import code_version
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,9 @@ def top_fraction_cutoff(run: ScoredRun, shards: list[ScoredShard], fraction: flo
     for _, batch in run.batches(columns, shards=shards):
         high += np.bincount(_ok_keys(batch) >> 16, minlength=1 << 16)
     total = int(high.sum())
-    want = min(total, math.ceil(round(fraction * total, 9)))
+    # Exactly ceil(F x N) for the F the user typed: through its decimal text, not its binary float (0.3 x 10
+    # is 3.0000000000000004 in floats, and rounding that away would make 1e-12 x 3 zero).
+    want = min(total, math.ceil(Fraction(repr(fraction)) * total))
     if want == 0:
         return Cutoff(key=0xFFFFFFFF, score=None, inclusive=False, ties={}, kept=0, total=total)
     above_high = np.cumsum(high[::-1])[::-1] - high  # rows in buckets above each bucket
@@ -315,7 +318,6 @@ class ShardFilter:
         slow = float(os.environ.get(SLOW_ENV, "0") or 0)
         kept: list[tuple[str, str | None, int, float]] = []
         last = max(wanted) if wanted else -1
-        fs, path = eio.get_fs(task.url, self.storage_options)
         tar_path = f"{out.path.rstrip('/')}/{task.name}.tar"
         out.fs.makedirs(out.path, exist_ok=True)
         # "wb" replaces whatever a killed run left under this name. Stream mode ("w|") needs no seeking.
@@ -323,8 +325,8 @@ class ShardFilter:
                                                               format=tarfile.PAX_FORMAT) as tar:
             if last < 0:
                 return kept
-            with eio.RetryingReader(fs, path) as reader:
-                for position, sample in enumerate(iter_samples(reader)):
+            with shard_samples(task.url, self.storage_options) as samples:
+                for position, sample in enumerate(samples):
                     if position in wanted:
                         key, score = wanted[position]
                         if sample.key != key:
@@ -353,6 +355,8 @@ class ShardFilter:
                 log.warning("filter: refused sample %r: %s", sample.key, why)
                 return False
         for ext, data in sample.members.items():
+            if data is None:
+                continue  # a symbolic link, FIFO or device beside the image: no bytes to copy
             info = tarfile.TarInfo(names[ext])
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             tar.addfile(info, io.BytesIO(data))
@@ -364,15 +368,15 @@ class ShardFilter:
 FilterResult = RunResult
 
 
-def match_shards(run: ScoredRun, urls: list[str]) -> tuple[list[tuple[str, ScoredShard]], dict[str, str]]:
+def match_shards(run: ScoredRun, shards: eio.ShardList) -> tuple[list[tuple[str, ScoredShard]], dict[str, str]]:
     """Pair input shard URLs with their completed scores: by the URL the score marker names, else (for
     shards that were moved or copied) by the deterministic output name. Returns the pairs and, for the
     unmatched URLs, why."""
     by_url = {s.url: s for s in run.shards}
     by_name = {s.name: s for s in run.shards}
-    names = eio.shard_names(urls)
+    names = shards.names
     pairs, missing = [], {}
-    for url in urls:
+    for url in shards.urls:
         shard = by_url.get(url) or by_name.get(names[url])
         if shard is None:
             missing[url] = f"no completed scores for this shard in {run.url} (see its {DONE_DIR}/*.json)"
@@ -395,12 +399,15 @@ def run_filter(config: FilterConfig, executor: str = "local", address: str | Non
     """
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
-    run = ScoredRun(config.scores, config.storage_options)
-    urls = eio.expand_shards(config.input, config.storage_options)
-    pairs, missing = match_shards(run, urls)
+    shards = eio.list_shards(config.input, config.storage_options)
+    urls = shards.urls
     out = OutputLocation(config.output, config.storage_options)
+    eio.refuse_overlap(shards, out.url, config.storage_options)
+    out.check_writable()
+    run = ScoredRun(config.scores, config.storage_options)
+    pairs, missing = match_shards(run, shards)
     for url, shard in pairs:
-        if eio.get_fs(url, config.storage_options)[1] == f"{out.path.rstrip('/')}/{shard.name}.tar":
+        if eio.canonical(out.child(f"{shard.name}.tar"), config.storage_options) == url:
             raise ValueError(f"--output {config.output} would overwrite input shard {url}; choose another folder")
 
     if config.top_fraction is not None:
@@ -475,9 +482,7 @@ def _remove_previous(out: OutputLocation) -> None:
     """Before `--overwrite`: remove the shards and key files the previous filter run wrote."""
     for name in out.done():
         for rel in (f"{name}.tar", f"{KEYS_DIR}/{name}.parquet"):
-            path = f"{out.path.rstrip('/')}/{rel}"
-            if out.fs.exists(path):
-                out.fs.rm(path)
+            out.remove(rel)
 
 
 def _run_local(worker: Callable[[ShardTask], ShardResult], tasks: list[ShardTask], workers: int) -> Iterable[ShardResult]:

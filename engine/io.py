@@ -10,6 +10,7 @@ import posixpath
 import random
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import braceexpand
@@ -21,7 +22,8 @@ log = logging.getLogger(__name__)
 Location = str | tuple[str, dict] | tuple[str, AbstractFileSystem]
 T = TypeVar("T")
 
-SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+# Tar shards, compressed or not (the reader tells the compression by the bytes, not by the name).
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz", ".tar.zst", ".tzst")
 
 # Default storage options per protocol. s3fs already retries throttling (503 SlowDown) and dropped
 # connections on each request; botocore's "adaptive" mode adds client-side rate limiting on top.
@@ -77,13 +79,24 @@ def _count_failed_attempt(response: Any = None, caught_exception: BaseException 
 
 
 def to_url(fs: AbstractFileSystem, path: str) -> str:
-    """The full URL of `path` on `fs` (`s3://bucket/key`, or a plain local path)."""
-    if _is_local(fs):
-        return path
+    """The full URL of `path` on `fs` (`s3://bucket/key`, or a plain absolute local path)."""
+    if is_local(fs):
+        return os.path.abspath(path)
     return fs.unstrip_protocol(path)
 
 
-def _is_local(fs: AbstractFileSystem) -> bool:
+def canonical(url: str, storage_options: dict | None = None) -> str:
+    """One spelling per location, whatever form was typed: an absolute local path (`~` expanded,
+    `file://` dropped, `..` resolved; symbolic links are kept), or `protocol://bucket/key`."""
+    protocol = fsspec.core.split_protocol(url)[0]
+    if protocol in (None, "file", "local"):
+        return os.path.abspath(os.path.expanduser(fsspec.core.strip_protocol(url) if protocol else url))
+    fs, path = get_fs(url, storage_options)
+    return to_url(fs, posixpath.normpath(path))
+
+
+def is_local(fs: AbstractFileSystem) -> bool:
+    """Whether `fs` is the local file system."""
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 
 
@@ -92,68 +105,229 @@ def join(url: str, *parts: str) -> str:
     return posixpath.join(url.rstrip("/"), *parts) if "://" in url else os.path.join(url, *parts)
 
 
-def expand_shards(spec: str, storage_options: dict | None = None) -> list[str]:
-    """Expand a shard specification into a sorted list of shard URLs.
+def parent(url: str) -> str:
+    """The folder of a URL or local path."""
+    return posixpath.dirname(url.rstrip("/")) if "://" in url else os.path.dirname(url.rstrip(os.sep))
+
+
+def inside(child: str, folder: str) -> bool:
+    """Whether canonical location `child` is `folder` or lies below it."""
+    folder = folder.rstrip("/")
+    return child.rstrip("/") == folder or child.startswith(folder + "/")
+
+
+def is_shard_name(path: str) -> bool:
+    """Whether a file name has a tar shard's suffix (`.tar`, `.tar.gz`, `.tgz`, `.tar.bz2`, `.tar.xz`,
+    `.tar.zst`, ...; any case)."""
+    return path.lower().endswith(SHARD_SUFFIXES)
+
+
+@dataclass
+class ShardList:
+    """The shards an input specification names.
 
     Args:
-        spec: one of
-            - a brace pattern, `s3://b/p/{00000..00099}.tar` (shards it names that do not exist are kept:
-              the run reports them as failed shards instead of silently scoring less);
-            - a glob, `s3://b/p/*.tar`;
-            - a prefix or folder, `s3://b/p/` (every `.tar`, `.tar.gz` or `.tgz` below it);
-            - a text file listing one URL per line (`#` starts a comment).
+        urls: canonical shard URLs, sorted.
+        names: URL -> output name: the shard's path below `root` without its suffix, `/` as `__`
+            (`root/2026-11-27/00000.tar` -> `2026-11-27__00000`). A function of the shard's own place
+            below what the user named, so names stay the same as the tree grows.
+        root: the folder the user named (a folder or prefix, or the fixed part of a glob or brace
+            pattern); None for a single shard or a URL list, whose names are taken below their common folder.
+        missing: shards a brace pattern or URL list names that do not exist (left out of `urls`).
+    """
+
+    urls: list[str]
+    names: dict[str, str]
+    root: str | None
+    missing: list[str] = field(default_factory=list)
+
+
+def list_shards(spec: str, storage_options: dict | None = None, skip_missing: bool = False) -> ShardList:
+    """Expand a shard specification into its shards.
+
+    Args:
+        spec: one of (tried in this order)
+            - an existing folder or prefix, `s3://b/p/` (every tar shard below it, any depth);
+            - an existing shard, `s3://b/p/00000.tar` (used literally even if it holds `[`, `*` or `{`);
+            - an existing text file listing one shard per line (blank lines and lines starting with `#`
+              are skipped; a relative path is relative to the list's folder);
+            - a brace pattern, `s3://b/p/{00000..00099}.tar` (globs may follow expansion);
+            - a glob, `s3://b/p/*.tar` (only tar shards among its matches are taken).
         storage_options: fsspec options for the listing.
+        skip_missing: score the shards that exist when a brace pattern or list names some that do not;
+            without it they are refused.
 
     Raises:
-        ValueError: when the specification names no shard.
+        ValueError: the specification names no shard, names files that are no tar shards, or names
+            shards that do not exist (without `skip_missing`); the message is one line.
     """
-    if "{" in spec and ".." in spec:
-        urls = list(braceexpand.braceexpand(spec))
-    else:
-        fs, path = get_fs(spec, storage_options)
-        if any(ch in path for ch in "*?["):
-            urls = [to_url(fs, p) for p in fs.glob(path)]
-        elif fs.isdir(path):
-            urls = [to_url(fs, p) for p in fs.find(path) if p.endswith(SHARD_SUFFIXES)]
-        elif fs.isfile(path) and not path.endswith(SHARD_SUFFIXES):
-            with fs.open(path, "rt") as f:
-                urls = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
-        elif fs.isfile(path):
+    fs, path = get_fs(spec, storage_options)
+    root: str | None = None
+    explicit = False  # every URL was named one by one (checked for existence)
+    if _exists(fs, path):
+        if fs.isdir(path):
+            root = to_url(fs, path.rstrip("/"))
+            urls = [to_url(fs, p) for p in fs.find(path) if is_shard_name(p)]
+            if not urls:
+                raise ValueError(f"{spec}: a folder with no tar shard below it (.tar, .tar.gz, .tgz, .tar.zst, ...)")
+        elif is_shard_name(path):
             urls = [to_url(fs, path)]
         else:
-            raise ValueError(f"{spec}: no such shard, folder, prefix or URL list")
+            urls, explicit = _read_list(fs, path, spec, storage_options), True
+    elif "{" in spec and "}" in spec:
+        urls, explicit = [], True
+        for item in braceexpand.braceexpand(spec):
+            urls.extend(_glob(item, storage_options) if _magic(item) else [canonical(item, storage_options)])
+        root = _fixed_folder(spec, spec.index("{"), storage_options)
+    elif _magic(path):
+        urls = _glob(spec, storage_options)
+        root = _fixed_folder(spec, min(spec.index(c) for c in "*?[" if c in spec), storage_options)
+        if not urls:
+            raise ValueError(f"{spec}: the pattern matches no tar shard")
+    else:
+        raise ValueError(f"{spec}: no such shard, folder, prefix or URL list")
     urls = sorted(set(urls))
     if not urls:
-        raise ValueError(f"{spec}: names no shard (expected .tar files, a brace pattern or a URL list)")
+        raise ValueError(f"{spec}: names no shard")
+    not_shards = [u for u in urls if not is_shard_name(u)]
+    if not_shards:
+        raise ValueError(f"{spec}: names {len(not_shards)} file(s) that are no tar shards (first: {not_shards[0]}); "
+                         "a shard's name ends in .tar, .tar.gz, .tgz, .tar.bz2, .tar.xz or .tar.zst")
+    missing = _missing(urls, storage_options) if explicit else []
+    if missing and not skip_missing:
+        first = ", ".join(missing[:3])
+        raise ValueError(f"{spec}: {len(missing):,} of {len(urls):,} shards do not exist (first: {first}); "
+                         "pass --skip-missing to score the ones that do")
+    if missing:
+        log.warning("%s: %d of %d shards do not exist and are skipped (first: %s)", spec, len(missing), len(urls),
+                    missing[0])
+        gone = set(missing)
+        urls = [u for u in urls if u not in gone]
+        if not urls:
+            raise ValueError(f"{spec}: none of its {len(missing)} shards exists")
+    return ShardList(urls, shard_names(urls, root), root, missing)
+
+
+def refuse_overlap(shards: ShardList, output: str, storage_options: dict | None = None) -> None:
+    """Refuse an output inside the input folder (a later run over the input would take the outputs for
+    input), an input inside the output, and an output that is one of the shards.
+
+    Raises:
+        ValueError: one line naming both.
+    """
+    out = canonical(output, storage_options)
+    if shards.root is not None and inside(out, shards.root):
+        raise ValueError(f"--output {output} lies inside the input folder {shards.root}; "
+                         "choose an output outside the input tree")
+    if shards.root is not None and inside(shards.root, out):
+        raise ValueError(f"the input folder {shards.root} lies inside --output {output}; "
+                         "choose an output outside the input tree")
+    if out in set(shards.urls):
+        raise ValueError(f"--output {output} is one of the input shards")
+
+
+def _exists(fs: AbstractFileSystem, path: str) -> bool:
+    try:
+        return bool(path) and fs.exists(path)
+    except (ValueError, OSError):  # a pattern that is no valid object name
+        return False
+
+
+def _magic(path: str) -> bool:
+    return any(ch in path for ch in "*?[")
+
+
+def _glob(spec: str, storage_options: dict | None) -> list[str]:
+    fs, path = get_fs(spec, storage_options)
+    return [to_url(fs, p) for p in fs.glob(path) if is_shard_name(p) and not fs.isdir(p)]
+
+
+def _fixed_folder(spec: str, cut: int, storage_options: dict | None) -> str | None:
+    """The folder holding the fixed part of a pattern (`s3://b/p/x-{0..9}.tar` -> `s3://b/p`)."""
+    head = spec[:cut]
+    folder = head.rstrip("/") if head.endswith("/") else parent(head)
+    if not folder or folder.endswith(":") or folder.endswith("://"):
+        return None
+    return canonical(folder, storage_options)
+
+
+def _read_list(fs: AbstractFileSystem, path: str, spec: str, storage_options: dict | None) -> list[str]:
+    """The shards a text file lists: one per line, `#` comment lines and blank lines skipped, relative
+    paths taken relative to the list's own folder (so a list travels with its shards)."""
+    with fs.open(path, "rb") as f:
+        raw = f.read(64 << 20)
+    if b"\x00" in raw[:8192]:
+        raise ValueError(f"{spec}: neither a tar shard (.tar, .tar.gz, ...) nor a text list of shard URLs")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{spec}: neither a tar shard (.tar, .tar.gz, ...) nor a UTF-8 text list of shard URLs") from None
+    here = parent(to_url(fs, path))
+    urls = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        absolute = "://" in line or os.path.isabs(line) or line.startswith("~")
+        urls.append(canonical(line if absolute else join(here, line), storage_options))
     return urls
 
 
+def _missing(urls: list[str], storage_options: dict | None) -> list[str]:
+    """The URLs that do not exist, found with one listing per folder (not one request per shard)."""
+    by_folder: dict[str, list[str]] = {}
+    for url in urls:
+        by_folder.setdefault(parent(url), []).append(url)
+    missing = []
+    for folder, members in by_folder.items():
+        fs, path = get_fs(folder, storage_options)
+        try:
+            present = {to_url(fs, p) for p in fs.ls(path, detail=False)}
+        except (FileNotFoundError, NotADirectoryError):
+            present = set()
+        missing.extend(u for u in members if u not in present)
+    return sorted(missing)
+
+
 def shard_stem(url: str) -> str:
-    """`s3://b/p/00012.tar` -> `00012`."""
+    """`s3://b/p/00012.tar` -> `00012` (any shard suffix, any case)."""
     base = posixpath.basename(url.rstrip("/"))
+    lower = base.lower()
     for suffix in SHARD_SUFFIXES:
-        if base.endswith(suffix):
+        if lower.endswith(suffix):
             return base[: -len(suffix)]
     return base
 
 
-def shard_names(urls: Iterable[str]) -> dict[str, str]:
-    """Deterministic, unique output names for shard URLs: the path below their common folder.
+def shard_names(urls: Iterable[str], root: str | None = None) -> dict[str, str]:
+    """Deterministic, unique output names: each shard's path below `root` (or, without one, below the
+    shards' common folder), without its suffix, `/` written as `__`.
 
-    `s3://b/p/a/00001.tar` and `s3://b/p/b/00001.tar` become `a__00001` and `b__00001`; a flat set of
-    shards keeps its stems (`00001`). The name depends only on the shard list, never on run order.
+    `root/a/00001.tar` and `root/b/00001.tar` become `a__00001` and `b__00001`; shards directly in `root`
+    keep their stems (`00001`).
+
+    Raises:
+        ValueError: two shards would get one name (`x.tar` beside `x.tar.gz`).
     """
     urls = list(urls)
     stripped = [posixpath.normpath(u.split("://", 1)[-1]) for u in urls]
-    dirs = [posixpath.dirname(s) for s in stripped]
-    common = posixpath.commonpath(dirs) if len(set(dirs)) > 1 else dirs[0] if dirs else ""
+    if root is not None:
+        common = posixpath.normpath(root.split("://", 1)[-1])
+    else:
+        dirs = [posixpath.dirname(s) for s in stripped]
+        common = posixpath.commonpath(dirs) if len(set(dirs)) > 1 else dirs[0] if dirs else ""
     names = {}
     for url, s in zip(urls, stripped, strict=True):
         rel = posixpath.relpath(s, common) if common else s.lstrip("/")
         rel = posixpath.join(posixpath.dirname(rel), shard_stem(rel))
         names[url] = rel.replace("/", "__")
     if len(set(names.values())) != len(names):
-        raise ValueError("shard URLs map to clashing output names; list shards from one folder tree")
+        seen: dict[str, str] = {}
+        for url, name in names.items():
+            if name in seen:
+                raise ValueError(f"shards {seen[name]} and {url} would both be written as {name!r}; "
+                                 "keep one of them out of the input")
+            seen[name] = url
     return names
 
 
@@ -211,7 +385,7 @@ class RetryingReader(io.RawIOBase):
         self._f: Any = retry(self._open, f"open {path}", attempts)
 
     def _open(self) -> Any:
-        f = self.fs.open(self.path, "rb", block_size=self.block_size) if not _is_local(self.fs) else self.fs.open(
+        f = self.fs.open(self.path, "rb", block_size=self.block_size) if not is_local(self.fs) else self.fs.open(
             self.path, "rb"
         )
         if self.pos:
@@ -220,6 +394,22 @@ class RetryingReader(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move to an absolute offset; the object is reopened there at the next read."""
+        if whence != io.SEEK_SET:
+            raise io.UnsupportedOperation("RetryingReader seeks to absolute offsets only")
+        if offset != self.pos and self._f is not None:
+            self._f.close()
+            self._f = None
+        self.pos = offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
 
     def readinto(self, b: Any) -> int:
         def attempt() -> int:

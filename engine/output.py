@@ -14,13 +14,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.io import get_fs, join, retry
+from engine.io import get_fs, is_local, join, retry
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +58,16 @@ def config_hash(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class CorruptFileError(ValueError):
+    """A run file that exists but does not parse (a write cut short by a kill or a full disk)."""
+
+
 class OutputLocation:
     """Reads and writes a run's files under one URL.
+
+    Files are written whole or not at all: on a local file system through a temporary file renamed into
+    place, on an object store as one PUT (an object appears only when its upload completes). A marker
+    that does not parse anyway (a copy cut short, a disk filled by another program) counts as not done.
 
     Args:
         url: local folder or fsspec URL.
@@ -63,9 +75,10 @@ class OutputLocation:
     """
 
     def __init__(self, url: str, storage_options: dict | None = None) -> None:
-        self.url = url.rstrip("/")
+        self.url = url.rstrip("/") or url
         self.storage_options = storage_options
         self.fs, self.path = get_fs(url, storage_options)
+        self.local = is_local(self.fs)
 
     def _p(self, *parts: str) -> str:
         return "/".join([self.path.rstrip("/"), *parts])
@@ -80,82 +93,161 @@ class OutputLocation:
         for sub in ("", SCORES_DIR, MAPS_DIR, DONE_DIR):
             self.fs.invalidate_cache(self._p(sub) if sub else self.path)
 
+    def check_writable(self) -> None:
+        """Refuse a location that is an existing file (one line, before anything is written)."""
+        if self.fs.isfile(self.path):
+            raise ValueError(f"--output {self.url} is an existing file; give a folder or prefix")
+
     # -- identity -------------------------------------------------------------------------------
-    def claim(self, identity: dict, overwrite: bool = False) -> str:
+    def claim(self, identity: dict, overwrite: bool = False, model: str | None = None) -> str:
         """Make this location the output of a run with `identity`; returns its config hash.
+
+        Args:
+            identity: what makes two runs' results comparable.
+            overwrite: replace another configuration's results.
+            model: the model as the user named it, for the refusal message of a later run.
 
         Raises:
             ForeignOutputError: the location holds another configuration's results (or results
                 without an identity file) and `overwrite` is false.
         """
         digest = config_hash(identity)
+        self.check_writable()
         self._forget_listings()
-        existing = self.read_json(RUN_FILE)
+        try:
+            existing = self.read_json(RUN_FILE)
+        except CorruptFileError as exc:
+            # Cut short while being written: the markers say whose results are here.
+            hashes = {m.get("config_hash") for m in self.done().values()}
+            if not overwrite and hashes - {digest}:
+                raise ForeignOutputError(f"{exc}; its results are of config {', '.join(sorted(map(str, hashes)))}, "
+                                         f"not this run's ({digest}): pass --overwrite to replace them") from None
+            log.warning("%s; rewriting it (the completed shards are this configuration's)", exc)
+            self.write_json(RUN_FILE, {"config_hash": digest, "identity": identity, "model": model})
+            return digest
         ours = [d for d in (SCORES_DIR, MAPS_DIR, DONE_DIR, MANIFEST) if self.fs.exists(self._p(d))]
         if existing is not None and existing.get("config_hash") == digest and not overwrite:
             return digest
         if (existing is not None or ours) and not overwrite:
-            what = (
-                f"results of model {existing.get('identity', {}).get('model')!r} "
-                f"(config {existing.get('config_hash')})" if existing else f"{', '.join(ours)} but no {RUN_FILE}"
-            )
+            if existing is not None:
+                whose = existing.get("model") or existing.get("identity", {}).get("architecture") or "unknown"
+                what = f"results of model {whose!r} (config {existing.get('config_hash')})"
+            else:
+                what = f"{', '.join(ours)} but no {RUN_FILE}"
             raise ForeignOutputError(
                 f"{self.url} holds {what}, not this run's (config {digest}); "
                 "choose another --output or pass --overwrite to replace them"
             )
         if overwrite:
             for d in (SCORES_DIR, MAPS_DIR, DONE_DIR, MANIFEST, RUN_FILE):
-                if self.fs.exists(self._p(d)):
-                    self.fs.rm(self._p(d), recursive=True)
+                self.remove(d)
         self.fs.makedirs(self.path, exist_ok=True)
-        self.write_json(RUN_FILE, {"config_hash": digest, "identity": identity})
+        self.write_json(RUN_FILE, {"config_hash": digest, "identity": identity, "model": model})
         return digest
 
     # -- markers --------------------------------------------------------------------------------
     def done(self) -> dict[str, dict]:
-        """Completion markers by shard name, fetched in one `cat` call, which s3fs (any async fsspec
-        filesystem) serves concurrently: 100,000 markers on an object store would otherwise cost as
-        many sequential round trips."""
+        """Completion markers by shard name, fetched in one `cat_ranges` call, which s3fs (any async
+        fsspec filesystem) serves concurrently: 100,000 markers on an object store would otherwise cost
+        as many sequential round trips. Listed with `ls` and read by exact path, never through a glob
+        (a `[` in a folder or shard name is a glob pattern to fsspec). A marker that does not parse is
+        not done: a warning names it and the shard is done again."""
         self._forget_listings()
-        paths = self.fs.glob(self._p(DONE_DIR, "*.json"))
+        folder = self._p(DONE_DIR)
+        try:
+            paths = sorted(p for p in self.fs.ls(folder, detail=False) if p.endswith(".json"))
+        except FileNotFoundError:
+            return {}
         if not paths:
             return {}
-        contents = retry(lambda: self.fs.cat(paths), f"read {len(paths)} markers under {self.url}")
-        if isinstance(contents, bytes):  # a single path comes back unwrapped
-            contents = {paths[0]: contents}
-        return {p.rsplit("/", 1)[-1][: -len(".json")]: json.loads(data) for p, data in contents.items()}
+        contents = retry(lambda: self.fs.cat_ranges(paths, None, None, on_error="return"),
+                         f"read {len(paths)} markers under {self.url}")
+        markers = {}
+        for path, data in zip(paths, contents, strict=True):
+            name = path.rsplit("/", 1)[-1][: -len(".json")]
+            if isinstance(data, FileNotFoundError):
+                continue  # removed since the listing
+            if isinstance(data, BaseException):
+                raise data
+            try:
+                marker = json.loads(data)
+                if not isinstance(marker, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:
+                log.warning("%s: unreadable completion marker (%s); the shard counts as not done and is done "
+                            "again", self.child(DONE_DIR, f"{name}.json"), exc)
+                continue
+            markers[name] = marker
+        return markers
+
+    def remove(self, rel: str) -> None:
+        """Delete a file or folder below this location, if there. By exact paths: fsspec's `rm` takes a
+        `[` or `*` in a name for a glob pattern and would miss the file, or delete another."""
+        path = self._p(rel)
+        if not self.fs.exists(path):
+            return
+        if self.local:
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            return
+        files = [path] if self.fs.isfile(path) else self.fs.find(path)
+        if any(ch in f for f in files for ch in "*?["):
+            for f in files:
+                self.fs.rm_file(f)
+        elif files:
+            self.fs.rm(files)
+        self.fs.invalidate_cache(path)
 
     def write_marker(self, name: str, marker: dict) -> None:
         self.write_json(f"{DONE_DIR}/{name}.json", marker)
 
     # -- files ----------------------------------------------------------------------------------
-    def write_table(self, subdir: str, name: str, table: pa.Table) -> None:
-        path = self._p(subdir, f"{name}.parquet")
+    def _put(self, rel: str, write: Callable[[Any], None], mode: str = "wb") -> None:
+        """Write one file whole or not at all (see the class), retrying transient errors."""
+        path = self._p(rel)
 
         def put() -> None:
-            self.fs.makedirs(self._p(subdir), exist_ok=True)
-            with self.fs.open(path, "wb") as f:
-                pq.write_table(table, f, compression="zstd")
+            folder = path.rsplit("/", 1)[0]
+            self.fs.makedirs(folder, exist_ok=True)
+            if not self.local:
+                with self.fs.open(path, mode) as f:
+                    write(f)
+                return
+            tmp = f"{folder}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex[:8]}.tmp"
+            try:
+                with open(tmp, mode) as f:
+                    write(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
 
         retry(put, f"write {path}")
+
+    def write_table(self, subdir: str, name: str, table: pa.Table) -> None:
+        self._put(f"{subdir}/{name}.parquet", lambda f: pq.write_table(table, f, compression="zstd"))
 
     def read_json(self, rel: str) -> dict | None:
+        """A JSON file of the run; None when absent.
+
+        Raises:
+            CorruptFileError: it exists but does not parse.
+        """
         path = self._p(rel)
-        if not self.fs.exists(path):
+        try:
+            with self.fs.open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
             return None
-        with self.fs.open(path, "rt") as f:
-            return json.load(f)
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise CorruptFileError(f"{self.child(rel)} does not parse ({len(data)} bytes: {exc})") from None
 
     def write_json(self, rel: str, data: Any) -> None:
-        path = self._p(rel)
-
-        def put() -> None:
-            parent = path.rsplit("/", 1)[0]
-            self.fs.makedirs(parent, exist_ok=True)
-            with self.fs.open(path, "wt") as f:
-                json.dump(data, f, indent=2, sort_keys=True)
-
-        retry(put, f"write {path}")
+        text = json.dumps(data, indent=2, sort_keys=True).encode()
+        self._put(rel, lambda f: f.write(text))
 
     def score_files(self) -> list[str]:
         """URLs of the per-shard score files that have a completion marker."""

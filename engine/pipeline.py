@@ -50,6 +50,7 @@ class ScoreConfig:
         channels_last, compile: inference fast paths.
         runtime: `auto` (onnxruntime on CPU actors for an ONNX export from `dpiqa export`, else torch),
             `torch` or `onnx` (refuses a model that does not run on it).
+        skip_missing: score the shards that exist when a brace pattern or list names some that do not.
         storage_options: fsspec options for input and output.
     """
 
@@ -70,6 +71,7 @@ class ScoreConfig:
     channels_last: bool = False
     compile: bool = False
     runtime: str = "auto"
+    skip_missing: bool = False
     storage_options: dict | None = None
 
     def identity(self, info: models.ModelInfo, stages: list[Stage]) -> dict:
@@ -127,29 +129,22 @@ def run_score(config: ScoreConfig, executor: Executor) -> ScoreResult:
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
     retries_before = io.RetryCounter.count
+    # Everything the user named is checked before Ray starts or anything is written.
     info = models.describe(config.model)
     models.check_runtime(config.model, info.runtime, config.runtime, device=config.device,
                          precision=config.precision, channels_last=config.channels_last,
                          compile=config.compile)
-    urls = io.expand_shards(config.input, config.storage_options)
-    names = io.shard_names(urls)
+    shards = io.list_shards(config.input, config.storage_options, skip_missing=config.skip_missing)
+    urls, names = shards.urls, shards.names
     output = OutputLocation(config.output, config.storage_options)
+    io.refuse_overlap(shards, output.url, config.storage_options)
+    output.check_writable()
     gpus = _cluster_gpus(executor)
     stages = build_stages(config, info, gpus)
     identity = config.identity(info, stages)
-    digest = output.claim(identity, overwrite=config.overwrite)
+    digest = output.claim(identity, overwrite=config.overwrite, model=config.model)
 
-    done = output.done()
-    todo, skipped = [], 0
-    for url in urls:
-        marker = done.get(names[url])
-        if marker is not None and marker.get("shard") != url:
-            raise ValueError(f"{config.output}: output name {names[url]!r} was written for {marker.get('shard')}, "
-                             f"not {url}; use a separate --output for a different shard set")
-        if marker is not None:
-            skipped += 1
-        else:
-            todo.append(url)
+    todo, skipped = pending_shards(output, shards)
     log.info("score: %d shards, %d already done, %d to do; model %s (%s)",
              len(urls), skipped, len(todo), config.model, info.checkpoint_hash)
 
@@ -222,6 +217,29 @@ def run_score(config: ScoreConfig, executor: Executor) -> ScoreResult:
         log.error("score: %d shard(s) failed:\n  %s", len(summary.failed),
                   "\n  ".join(f"{u}: {e}" for u, e in sorted(summary.failed.items())))
     return ScoreResult(manifest)
+
+
+def pending_shards(output: OutputLocation, shards: io.ShardList) -> tuple[list[str], int]:
+    """The shards without a completion marker, and how many have one. A shard counts as done when a
+    marker names its URL under any output name (an earlier run may have named it differently), so no
+    run writes one input shard twice into one output.
+
+    Raises:
+        ValueError: the output name of a shard holds another shard's results.
+    """
+    done = output.done()
+    by_url = {m.get("shard"): name for name, m in done.items()}
+    todo, skipped = [], 0
+    for url in shards.urls:
+        if url in by_url:
+            skipped += 1
+            continue
+        marker = done.get(shards.names[url])
+        if marker is not None:
+            raise ValueError(f"{output.url}: output name {shards.names[url]!r} holds the results of "
+                             f"{marker.get('shard')}, not of {url}; use a separate --output for this shard set")
+        todo.append(url)
+    return todo, skipped
 
 
 def _cluster_gpus(executor: Executor) -> float:

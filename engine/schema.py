@@ -6,9 +6,11 @@ import json
 
 import pyarrow as pa
 
+from engine import tarstream
+
 # Every sample of every shard yields exactly one row; `status` says what happened to it.
 OK = "ok"
-TRUNCATED = "truncated_tar"  # the tar ended inside this member (or its header)
+TRUNCATED = tarstream.TRUNCATED  # the tar ended inside this member, inside a header or before its end
 EMPTY = "empty_file"  # a zero-byte image member
 NOT_AN_IMAGE = "not_an_image"  # an image-named member whose bytes are no image format PIL knows
 DECODE_ERROR = "decode_error"  # a known image format whose data is corrupt
@@ -16,7 +18,11 @@ NO_IMAGE = "no_image"  # a sample with no image member (only .txt/.json, say)
 TOO_LARGE = "too_large"  # more pixels than the decoder allows (decompression bomb)
 DUPLICATE_KEY = "duplicate_key"  # a key seen earlier in the same shard
 SCORE_ERROR = "score_error"  # the model produced no finite score for this image
-STATUSES = (OK, TRUNCATED, EMPTY, NOT_AN_IMAGE, DECODE_ERROR, NO_IMAGE, TOO_LARGE, DUPLICATE_KEY, SCORE_ERROR)
+CORRUPT = tarstream.CORRUPT  # a compressed stream fails its checksum, or bytes that are no tar follow the archive
+SPECIAL_MEMBER = "special_member"  # the image member is a symbolic link, FIFO, device, or a dangling hard link
+SEVERAL_IMAGES = "several_images"  # the sample holds more than one image member (which one to score?)
+STATUSES = (OK, TRUNCATED, CORRUPT, EMPTY, NOT_AN_IMAGE, DECODE_ERROR, NO_IMAGE, SEVERAL_IMAGES, SPECIAL_MEMBER,
+            TOO_LARGE, DUPLICATE_KEY, SCORE_ERROR)
 
 # Internal row kinds that never reach the output: the reader's end-of-shard row carries the shard's
 # sample count (`index`) and, for a shard that could not be read, the error.
@@ -27,7 +33,8 @@ CONTROL = (END_OF_SHARD, SHARD_FAILED)
 # Images with more pixels become `too_large` rows (PIL's own default bomb limit).
 DEFAULT_MAX_PIXELS = 89_478_485
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm", "pgm", "jp2", "j2k")
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm", "pgm", "jp2", "j2k", "avif", "heic",
+                    "heif")
 
 SCORES_SCHEMA = pa.schema(
     [

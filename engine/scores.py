@@ -15,7 +15,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from engine import schema
-from engine.output import MANIFEST, RUN_FILE, SCORES_DIR, OutputLocation
+from engine.output import MANIFEST, RUN_FILE, SCORES_DIR, CorruptFileError, OutputLocation
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,18 @@ class ScoredRun:
             for name, m in sorted(markers.items())
         ]
         self.by_path = {s.path: s for s in self.shards}
-        self.manifest = self.location.read_json(MANIFEST)
-        self.run_info = self.location.read_json(RUN_FILE)
+        self.manifest = self._optional_json(MANIFEST)
+        self.run_info = self._optional_json(RUN_FILE)
         self.schema = pq.read_schema(self.shards[0].path, filesystem=self.fs)
         self.has_source = "source" in self.schema.names
+
+    def _optional_json(self, rel: str) -> dict | None:
+        """A run file that only adds information: one cut short is named in a warning and left out."""
+        try:
+            return self.location.read_json(rel)
+        except CorruptFileError as exc:
+            log.warning("%s; reading the completed shards without it", exc)
+            return None
 
     def identity(self) -> dict:
         """Model identity from the Parquet key-value metadata (model, checkpoint hash, code version)."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from jobs.args import add_storage_options, nonnegative_float, nonnegative_int, rate
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,14 +20,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", default=None, help="output location of a previous score run to compare against")
     p.add_argument("--report", default=None, help="HTML page to write (local path or URL)")
     p.add_argument("--json", default=None, help="JSON document to write (local path or URL)")
-    p.add_argument("--max-error-rate", type=float, default=None, metavar="R",
+    p.add_argument("--max-error-rate", type=rate, default=None, metavar="R",
                    help="alert when more than this fraction of rows failed (status not 'ok'); default: no check")
-    p.add_argument("--max-drift", type=float, default=0.25, metavar="D",
+    p.add_argument("--max-drift", type=nonnegative_float, default=0.25, metavar="D",
                    help="alert when the PSI against --baseline exceeds D (default: 0.25, a major shift)")
-    p.add_argument("--thumbnails", type=int, default=8, metavar="N",
+    p.add_argument("--thumbnails", type=nonnegative_int, default=8, metavar="N",
                    help="show the N lowest and N highest scored images, read back from the shards (default: 8)")
-    p.add_argument("--storage-options", type=json.loads, default=None,
-                   help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://localhost:9000"}\'')
+    add_storage_options(p)
     p.set_defaults(run=main)
 
 

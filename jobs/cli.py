@@ -7,13 +7,15 @@ import importlib
 import logging
 import sys
 
+from jobs.args import Parser
+
 # Subcommand modules, in `--help` order; each has `add_parser(subparsers)` and keeps heavy imports
 # inside its `main`, so `dpiqa --help` stays fast.
 JOBS = ["demo", "score", "audit", "filter", "train_teacher", "distill", "eval", "ablate", "export", "model_info"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="dpiqa",
         description="Distributed image-quality scoring with DP-IQA on Ray: score shards, audit and filter "
                     "the results, train and distill models.",

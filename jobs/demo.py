@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from jobs.args import add_address
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -18,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", default="demo-out", help="folder for the corpus, scores and report (default demo-out)")
     p.add_argument("--model", default="demo", help="model to score with (default: the shipped demo checkpoint)")
     p.add_argument("--executor", choices=["ray", "local"], default="ray")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
+    add_address(p)
     p.add_argument("--overwrite", action="store_true", help="replace earlier scores of another model")
     p.set_defaults(run=main)
 

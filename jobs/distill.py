@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from jobs import training
+from jobs.args import positive_float
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shards", default=None, help="WebDataset shards to distill on (labelled where .json has a score)")
     p.add_argument("--teacher-outputs", default=None, help="a `dpiqa score --write-maps` run of the teacher on --shards")
     p.add_argument("--score-field", default="mos", help="score key in the shards' .json (default mos)")
-    p.add_argument("--shard-mos-scale", type=float, default=None, help="MOS scale of the shards' labels")
+    p.add_argument("--shard-mos-scale", type=positive_float, default=None, help="MOS scale of the shards' labels")
     p.add_argument("--mode", choices=["feature", "score", "both", "none"], default="feature",
                    help="teacher terms: feature (the paper's map MSE), score, both, none (labels only)")
     p.add_argument("--backbone", default=None, help="timm backbone replacing EfficientNet-B7 (a speed tier)")

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from jobs.args import add_storage_options, key_values, nonnegative_int, positive_int
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from engine.datasets import DATASETS
@@ -27,14 +29,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset-option", action="append", default=[], metavar="[DATASET.]KEY=VALUE",
                    help="layout option, e.g. csv.group_column=group (for that dataset) or KEY=VALUE (for all)")
     p.add_argument("--split", choices=["test", "val", "train", "all"], default="test")
-    p.add_argument("--seed", type=int, default=None, help="split seed (default: the model card's)")
+    p.add_argument("--seed", type=nonnegative_int, default=None, help="split seed (default: the model card's)")
     p.add_argument("--fractions", default=None, help="train,val,test fractions (default: the model card's)")
     p.add_argument("--grouped", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--table", default=None, help="write the results as a markdown table here")
-    p.add_argument("--storage-options", type=json.loads, default=None)
+    add_storage_options(p)
     p.set_defaults(run=main)
 
 
@@ -43,12 +45,11 @@ def main(args: argparse.Namespace) -> int:
     import models
     from engine.datasets import load_dataset
     from engine.evaluate import evaluate, matrix_markdown, split_indices
-    from jobs.training import _pairs
 
     if len(args.dataset) != len(args.root):
         raise ValueError(f"{len(args.dataset)} --dataset but {len(args.root)} --root: give one root per dataset")
     matrix = len(args.model) > 1 or len(args.dataset) > 1
-    options = _pairs(args.dataset_option, parse_json=True)
+    options = key_values(args.dataset_option, parse_json=True, option="--dataset-option")
 
     def options_for(dataset: str) -> dict:
         mine = {k.split(".", 1)[1]: v for k, v in options.items() if k.startswith(f"{dataset}.")}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from jobs.args import positive_int
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -21,15 +23,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(teachers do not export)")
     p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default: onnx)")
     p.add_argument("--output", required=True, help="export folder (local or fsspec URL)")
-    p.add_argument("--opset", type=int, default=None,
+    p.add_argument("--opset", type=positive_int, default=None,
                    help="ONNX opset (default: models.export.DEFAULT_OPSET, 18)")
     p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True,
                    help="symbolic batch axis (default); --no-dynamic-batch fixes it to --batch-size")
-    p.add_argument("--batch-size", type=int, default=1,
+    p.add_argument("--batch-size", type=positive_int, default=1,
                    help="the fixed batch of a --no-dynamic-batch export (default: 1)")
-    p.add_argument("--validate-batch", type=int, default=4,
+    p.add_argument("--validate-batch", type=positive_int, default=4,
                    help="larger batch size a dynamic export is validated at, besides 1 (default: 4)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch/onnxruntime threads for export and validation")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export at --output")
     p.set_defaults(run=main)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from jobs.args import add_address, add_storage_options, finite_float, fraction, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,17 +21,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="the scored shards: brace pattern, glob, prefix/folder, or a text file of URLs")
     p.add_argument("--output", required=True, help="folder or URL for the new shards (local, s3://, any fsspec URL)")
     mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--min-score", type=float, default=None, metavar="X", help="keep ok samples with score >= X")
-    mode.add_argument("--top-fraction", type=float, default=None, metavar="F",
+    mode.add_argument("--min-score", type=finite_float, default=None, metavar="X", help="keep ok samples with score >= X")
+    mode.add_argument("--top-fraction", type=fraction, default=None, metavar="F",
                       help="keep the ceil(F*N) highest scored of the N ok samples (ties by shard name, index)")
     p.add_argument("--keys-only", action="store_true", help="write only the kept keys (OUT/keys/), no shards")
     p.add_argument("--overwrite", action="store_true", help="replace another filter's results at OUT")
     p.add_argument("--executor", choices=["ray", "local"], default="ray",
                    help="ray (default: one Ray Data task per shard) or local (a thread pool in this process)")
-    p.add_argument("--workers", type=int, default=4, help="shards at once with --executor local (default: 4)")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--storage-options", type=json.loads, default=None,
-                   help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://localhost:9000"}\'')
+    p.add_argument("--workers", type=positive_int, default=4, help="shards at once with --executor local (default: 4)")
+    add_address(p)
+    add_storage_options(p)
     p.set_defaults(run=main)
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from engine.schema import DEFAULT_MAX_PIXELS
+from jobs.args import add_address, add_storage_options, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,28 +20,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="output folder or URL (local, s3://, any fsspec URL)")
     p.add_argument("--model", default="demo",
                    help="checkpoint folder/URL/Hub id, shipped name (demo) or named config (default: demo)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per model call (default: 32)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default: 32)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: one actor per GPU of the cluster if it has GPUs, else CPU actors")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto: bf16 on GPU, fp32 on CPU")
     p.add_argument("--overwrite", action="store_true", help="replace results of another model/config at OUT")
     p.add_argument("--write-maps", action="store_true", help="also write float16 quality maps to OUT/maps/ (for distill)")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+    p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                    help=f"larger images become 'too_large' rows (default: {DEFAULT_MAX_PIXELS})")
-    p.add_argument("--actors", type=int, default=None, help="scoring actors (default: one per GPU, else 1)")
-    p.add_argument("--threads", type=int, default=None, help="torch (or onnxruntime) threads per CPU actor")
+    p.add_argument("--actors", type=positive_int, default=None, help="scoring actors (default: one per GPU, else 1)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch (or onnxruntime) threads per CPU actor")
     p.add_argument("--decode-on", choices=["auto", "cpu", "device"], default="auto",
                    help="where JPEGs are decoded: auto (the GPU for a student on GPUs, else CPU), cpu, device")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster on GPUs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
                    help="auto (default): onnxruntime on CPU for an ONNX export (dpiqa export), else torch")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    add_address(p)
     p.add_argument("--executor", choices=["ray", "local"], default="ray",
                    help="ray (default) or local (one process, no Ray; for debugging)")
-    p.add_argument("--storage-options", type=json.loads, default=None,
-                   help='fsspec options as JSON, e.g. \'{"endpoint_url": "http://localhost:9000"}\'')
+    p.add_argument("--skip-missing", action="store_true",
+                   help="when a brace pattern or list names shards that do not exist, score the ones that do "
+                        "(default: refuse the run, naming the missing ones)")
+    add_storage_options(p)
     p.set_defaults(run=main)
 
 
@@ -54,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
         input=args.input, output=args.output, model=args.model, batch_size=args.batch_size, device=args.device,
         precision=args.precision, overwrite=args.overwrite, write_maps=args.write_maps, max_pixels=args.max_pixels,
         actors=args.actors, threads=args.threads, decode_on=args.decode_on, channels_last=args.channels_last, compile=args.compile,
-        runtime=args.runtime, storage_options=args.storage_options,
+        runtime=args.runtime, skip_missing=args.skip_missing, storage_options=args.storage_options,
     )
     executor = LocalExecutor() if args.executor == "local" else RayDataExecutor(address=args.address)
     result = run_score(config, executor)

@@ -286,6 +286,8 @@ def describe(name_or_path: str, overrides: dict[str, Any] | None = None) -> Mode
     cls = model_class(data["architecture"])
     config = checkpoint.config_from_dict(cls.config_class, data)
     runtime = "onnx" if card.get("format") == "onnx" else "torch"
+    if runtime == "torch":
+        checkpoint.check_weights(location)
     digest = card.get("sha256")
     if not digest:
         files = checkpoint.ONNX_FILES if runtime == "onnx" else checkpoint.FILES

@@ -148,6 +148,41 @@ def content_hash(directory: Path, names: tuple[str, ...] = (CONFIG_NAME, WEIGHTS
     return "sha256:" + h.hexdigest()
 
 
+def check_weights(location: str, name: str = WEIGHTS_NAME) -> None:
+    """Check that a checkpoint's safetensors file is whole, from its header and size alone (no weights
+    are read): a copy cut short is refused with one line before a run claims its output.
+
+    Raises:
+        ValueError: the file is missing, its header does not parse, or its size is not what the header
+            describes.
+    """
+    if is_hub_id(location):
+        return  # huggingface_hub checks what it downloads
+    where = f"{location.rstrip('/')}/{name}"
+    if is_url(location):
+        fs, root = fsspec.core.url_to_fs(location)
+        path = f"{root.rstrip('/')}/{name}"
+    else:
+        fs, path = fsspec.filesystem("file"), str(local_dir(location, files=(CONFIG_NAME,)) / name)
+    try:
+        size = fs.size(path)
+        with fs.open(path, "rb") as f:
+            head = f.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            header = json.loads(f.read(length)) if 0 < length < 100_000_000 else None
+    except FileNotFoundError:
+        raise ValueError(f"{where}: missing; the checkpoint is incomplete") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{where}: not a safetensors file ({exc}); copy the checkpoint again") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{where}: not a safetensors file ({size} bytes); copy the checkpoint again")
+    ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    expected = 8 + length + max(ends, default=0)
+    if size != expected:
+        raise ValueError(f"{where}: {size:,} bytes, but its header describes {expected:,}: the file is cut short "
+                         "or damaged; copy the checkpoint again")
+
+
 def put_files(staging: Path, location: str, names: tuple[str, ...]) -> None:
     """Copy `names` from a local staging folder to a local folder or fsspec URL (created if needed)."""
     fs, path = fsspec.core.url_to_fs(location)

@@ -21,13 +21,16 @@ MAX_PLOTTED_SOURCES = 30
 
 def _png(draw: Callable[[Any], None], size: tuple[float, float] = (7.0, 3.2)) -> str:
     """Run `draw(fig)` on a fresh matplotlib figure and return it as a PNG data URI (a bare `Figure`
-    renders with Agg without touching pyplot's global state)."""
+    renders with Agg without touching pyplot's global state). Text is never read as mathtext: shard and
+    source names are the user's, and a `$` in a folder name must show as a `$`."""
+    import matplotlib
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=size, dpi=100, layout="constrained")
-    draw(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    with matplotlib.rc_context({"text.parse_math": False}):
+        fig = Figure(figsize=size, dpi=100, layout="constrained")
+        draw(fig)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

@@ -59,8 +59,7 @@ def read_thumbnails(
         storage_options: fsspec options for opening the shards.
         size: the thumbnail's longest side in pixels.
     """
-    from engine.io import RetryingReader, get_fs
-    from engine.stages.source import iter_samples
+    from engine.stages.source import shard_samples
 
     by_shard: dict[str, dict[int, str | None]] = defaultdict(dict)
     for url, index, key in wanted:
@@ -69,9 +68,8 @@ def read_thumbnails(
     for url, indices in sorted(by_shard.items()):
         last = max(indices)
         try:
-            fs, path = get_fs(url, storage_options)
-            with RetryingReader(fs, path) as reader:
-                for position, sample in enumerate(iter_samples(reader)):
+            with shard_samples(url, storage_options) as samples:
+                for position, sample in enumerate(samples):
                     if position in indices:
                         out[(url, position)] = _thumbnail(sample, indices[position], size)
                     if position >= last:

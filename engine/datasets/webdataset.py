@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import schema
-from engine.io import RetryingReader, expand_shards, get_fs
-from engine.stages.source import iter_samples
+from engine.io import list_shards
+from engine.stages.source import shard_samples
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class LabeledShards:
 
     Args:
         shards: a shard specification (brace pattern, glob, folder/prefix or URL-list file: see
-            `engine.io.expand_shards`) or an explicit list of shard URLs.
+            `engine.io.list_shards`) or an explicit list of shard URLs.
         score_field: the score's key in the `.json` member; dots descend into nested objects
             (`quality.mos`).
         mos_scale: the top of the score's scale (training regresses `mos / mos_scale`).
@@ -76,7 +76,7 @@ class LabeledShards:
     ) -> None:
         if mos_scale <= 0:
             raise ValueError(f"mos_scale must be positive, got {mos_scale}")
-        self.urls = expand_shards(shards, storage_options) if isinstance(shards, str) else sorted(set(shards))
+        self.urls = list_shards(shards, storage_options).urls if isinstance(shards, str) else sorted(set(shards))
         if not self.urls:
             raise ValueError("no shards given")
         self.score_field = score_field
@@ -97,21 +97,15 @@ class LabeledShards:
 
     def iter_shard(self, url: str) -> Iterator[LabeledSample]:
         """The labelled samples of one shard, in tar order."""
+        index = -1
         try:
-            fs, path = get_fs(url, self.storage_options)
-            reader = RetryingReader(fs, path)
-        except Exception as exc:  # noqa: BLE001 - one unreadable shard must not stop the others
-            self._skip(SHARD_FAILED, url, None, f"{type(exc).__name__}: {exc}")
-            return
-        with reader:
-            try:
-                for index, sample in enumerate(iter_samples(reader)):
+            with shard_samples(url, self.storage_options) as samples:
+                for index, sample in enumerate(samples):
                     labeled = self._label(url, sample, index)
                     if labeled is not None:
                         yield labeled
-            except Exception as exc:  # noqa: BLE001 - I/O still failing after RetryingReader's retries
-                self._skip(SHARD_FAILED, url, None, f"stopped reading after byte {reader.pos}: "
-                                                    f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - one unreadable shard must not stop the others
+            self._skip(SHARD_FAILED, url, None, f"stopped reading after sample {index}: {type(exc).__name__}: {exc}")
 
     def _label(self, url: str, sample: Any, index: int) -> LabeledSample | None:
         if sample.status != schema.OK:

@@ -90,6 +90,9 @@ def decode_image(
         with warnings.catch_warnings():
             img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
+        if _is_heif(data):
+            raise DecodeError(schema.DECODE_ERROR, "a HEIF/HEIC image, which this worker's Pillow cannot decode: "
+                                                   "pip install pillow-heif (dpiqa[heif]) on the workers") from exc
         raise DecodeError(schema.NOT_AN_IMAGE, f"not an image PIL can identify ({len(data)} bytes)") from exc
     except Exception as exc:  # noqa: BLE001 - any parser failure is this sample's problem only
         raise DecodeError(schema.DECODE_ERROR, f"{type(exc).__name__}: {exc}") from exc
@@ -115,6 +118,21 @@ def decode_image(
         width, height = height, width  # report the size as displayed
     return pixels, width, height
 
+
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1")
+
+
+def _is_heif(data: bytes) -> bool:
+    """An ISO media file whose brand is HEIF's (AVIF, also ISO media, is decoded by Pillow itself)."""
+    return data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS
+
+
+try:  # HEIF/HEIC through the optional pillow-heif plugin; without it such images get an explaining row
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+except ImportError:
+    pass
 
 JPEG_MAGIC = b"\xff\xd8"
 

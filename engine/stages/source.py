@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import re
-import tarfile
-import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import BinaryIO, ClassVar
 
 import numpy as np
 
 from engine import schema
 from engine.io import RetryCounter, RetryingReader, get_fs, is_transient
 from engine.stages.base import Batch, Stage
+from engine.tarstream import Damage, NotATarError, iter_members, shown
 
 ROW_COLUMNS = ("shard", "index", "key", "ext", "data", "status", "error")
 
@@ -32,123 +30,118 @@ def base_plus_ext(path: str) -> tuple[str | None, str | None]:
     return (match.group(1), match.group(2)) if match else (None, None)
 
 
+def image_candidates(exts: list[str]) -> list[str]:
+    """The extensions of a sample's image members. An extension that is an image format by itself
+    (`jpg`) wins; otherwise one whose last part is (`seg.png`, or `5_normal_000.jpg` where a file stem
+    holds a dot), as webdataset's decoders recognise images by the last extension."""
+    whole = [e for e in exts if e in schema.IMAGE_EXTENSIONS]
+    return whole or [e for e in exts if e.rsplit(".", 1)[-1] in schema.IMAGE_EXTENSIONS]
+
+
 @dataclass
 class Sample:
-    """One WebDataset sample: the members sharing a key (`__key__`), by lower-case extension."""
+    """One WebDataset sample: the members sharing a key (`__key__`), by lower-case extension.
+
+    Args:
+        key: the key as text (bytes of the stored name that are not UTF-8 shown as `\\xNN`).
+        members: lower-case extension -> bytes (None for a special member: a link, FIFO or device).
+        status, error: the row's status and message.
+        names: lower-case extension -> member name as stored (surrogate escapes for non-UTF-8 bytes).
+        notes: lower-case extension -> what a special member is.
+        image_ext: the extension of the member that is scored (set when the sample is finished).
+    """
 
     key: str | None
-    members: dict[str, bytes] = field(default_factory=dict)
+    members: dict[str, bytes | None] = field(default_factory=dict)
     status: str = schema.OK
     error: str | None = None
-    names: dict[str, str] = field(default_factory=dict)  # lower-case extension -> member name as stored
+    names: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    image_ext: str | None = None
+    raw_key: str | None = None
 
     def image_member(self) -> tuple[str, bytes] | None:
-        for ext in schema.IMAGE_EXTENSIONS:
-            if ext in self.members:
-                return ext, self.members[ext]
-        return None
-
-
-class _Tap(io.RawIOBase):
-    """Passes bytes through to `tarfile` and keeps the most recent ones, so that when tarfile's stream
-    mode stops we can tell a proper end-of-archive block from a truncated or corrupt header (tarfile
-    silently treats both as the end of the archive once past the first member)."""
-
-    def __init__(self, raw: io.RawIOBase | io.BufferedIOBase, keep: int = 1 << 16) -> None:
-        super().__init__()
-        self.raw, self.keep = raw, keep
-        self.tail = b""
-        self.total = 0  # bytes handed to tarfile so far
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # noqa: ANN001 - buffer protocol
-        data = self.raw.read(len(b))
-        n = len(data)
-        b[:n] = data
-        self.total += n
-        self.tail = (self.tail + data)[-self.keep :]
-        return n
-
-    def block_at(self, offset: int, size: int = tarfile.BLOCKSIZE) -> bytes | None:
-        """The bytes at absolute `offset` if still kept (None if they scrolled away)."""
-        start = self.total - len(self.tail)
-        if offset < start:
+        if self.image_ext is None or self.members.get(self.image_ext) is None:
             return None
-        rest = self.tail[offset - start :]
-        if len(rest) < size:  # the header read may have asked for more than the file had left
-            rest += self.raw.read(size - len(rest)) or b""
-        return rest[:size]
+        return self.image_ext, self.members[self.image_ext]
+
+    def check(self, seen: set[str]) -> None:
+        """Give the finished sample its status: a key seen before, no image, several images, or a
+        special member as its image."""
+        if self.status != schema.OK:
+            return
+        if self.raw_key in seen:
+            self.status, self.error = schema.DUPLICATE_KEY, f"key {self.key!r} appears earlier in this shard"
+            return
+        candidates = image_candidates(list(self.members))
+        if not candidates:
+            exts = ", ".join(sorted(shown(e) for e in self.members)) or "none"
+            self.status, self.error = schema.NO_IMAGE, f"no image member (members: {exts})"
+        elif len(candidates) > 1:
+            names = ", ".join(repr(shown(self.names[e])) for e in candidates)
+            why = ("a WebDataset key ends at the first dot of the file name, so these files share one key; "
+                   "name files without dots in the stem to score each"
+                   if any("." in e for e in candidates) else "one image per sample is scored; give each its own key")
+            self.status, self.error = schema.SEVERAL_IMAGES, f"{len(candidates)} image members ({names}): {why}"
+        elif candidates[0] in self.notes:
+            ext = candidates[0]
+            self.status, self.error = schema.SPECIAL_MEMBER, f"{shown(self.names[ext])}: {self.notes[ext]}"
+        else:
+            self.image_ext = candidates[0]
 
 
-def iter_samples(fileobj: io.RawIOBase) -> Iterator[Sample]:
+def iter_samples(fileobj: BinaryIO, reopen: Callable[[], BinaryIO] | None = None) -> Iterator[Sample]:
     """Yield the samples of a tar stream in order, each with a status.
 
     Members are grouped by WebDataset's key convention (webdataset's `base_plus_ext`: the key is the
     path up to the first dot of the file name). A key seen before in the shard, or an extension seen
     twice in a row for the same key, starts a `duplicate_key` sample. A stream that ends inside a
     member, inside a header or without an end-of-archive block yields a `truncated_tar` sample (after
-    the complete ones), and nothing after it.
+    the complete ones), and a damaged compressed stream or trailing bytes a `corrupt_archive` one;
+    nothing follows them. Hard links are read as their target's bytes (`engine.tarstream`).
 
     We read the tar with `tarfile` ourselves instead of webdataset's `tar_file_iterator` because a
     corpus needs per-sample failures and the position of a truncation; webdataset's handlers can only
     skip or abandon a whole shard.
+
+    Args:
+        fileobj: the shard's bytes.
+        reopen: opens them again from the start (to read a hard link's target that is no longer held).
+
+    Raises:
+        engine.tarstream.NotATarError: the bytes are no tar archive at all.
     """
-    buffered = io.BufferedReader(fileobj, buffer_size=1 << 20)
-    gzipped = buffered.peek(2)[:2] == b"\x1f\x8b"
-    tap = _Tap(gzip.GzipFile(fileobj=buffered) if gzipped else buffered)
     seen: set[str] = set()
     current: Sample | None = None
 
     def finish(sample: Sample | None) -> Iterator[Sample]:
         if sample is None:
             return
-        if sample.status == schema.OK and sample.key in seen:
-            sample.status, sample.error = schema.DUPLICATE_KEY, f"key {sample.key!r} appears earlier in this shard"
-        if sample.status == schema.OK and sample.image_member() is None:
-            exts = ", ".join(sorted(sample.members)) or "none"
-            sample.status, sample.error = schema.NO_IMAGE, f"no image member (members: {exts})"
-        if sample.key is not None:
-            seen.add(sample.key)
+        sample.check(seen)
+        if sample.raw_key is not None:
+            seen.add(sample.raw_key)
         yield sample
 
-    try:
-        stream = tarfile.open(fileobj=tap, mode="r|")
-        for info in stream:
-            if not info.isreg():
-                continue
-            key, ext = base_plus_ext(info.name)
-            if key is None or ext is None or posix_basename(info.name).startswith("__"):
-                continue
-            ext = ext.lower()
-            try:
-                data = stream.extractfile(info).read()
-            except (tarfile.TarError, EOFError, zlib.error) as exc:
-                if current is not None and current.key != key:
-                    yield from finish(current)
-                yield Sample(key, status=schema.TRUNCATED, error=f"tar ends inside member {info.name!r}: {exc}")
-                return
-            stream.members = []  # tarfile keeps every TarInfo in stream mode; a shard can be huge
-            if current is not None and (current.key != key or ext in current.members):
+    for item in iter_members(fileobj, reopen):
+        if isinstance(item, Damage):
+            key = base_plus_ext(item.name)[0] if item.name else None
+            if current is not None and (key is None or current.raw_key != key):
                 yield from finish(current)
-                current = None
-            if current is None:
-                current = Sample(key)
-            current.members[ext] = data
-            current.names[ext] = info.name
-        # The loop ended: at an end-of-archive block, or (silently) at a truncated or corrupt header.
-        block = tap.block_at(stream.offset)
-        if block is not None and (len(block) < tarfile.BLOCKSIZE or block.count(0) != tarfile.BLOCKSIZE):
-            yield from finish(current)
-            what = "no end-of-archive block" if not block else "a truncated or corrupt header"
-            yield Sample(None, status=schema.TRUNCATED, error=f"tar stops after byte {stream.offset}: {what}")
+            yield Sample(shown(key) if key else None, status=item.status, error=item.message, raw_key=key)
             return
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        if current is not None:
+        key, ext = base_plus_ext(item.name)
+        if key is None or ext is None or posix_basename(item.name).startswith("__"):
+            continue
+        ext = ext.lower()
+        if current is not None and (current.raw_key != key or ext in current.members):
             yield from finish(current)
-        yield Sample(None, status=schema.TRUNCATED, error=f"unreadable tar data: {exc}")
-        return
+            current = None
+        if current is None:
+            current = Sample(shown(key), raw_key=key)
+        current.members[ext] = item.data
+        current.names[ext] = item.name
+        if item.note:
+            current.notes[ext] = item.note
     yield from finish(current)
 
 
@@ -156,8 +149,18 @@ def posix_basename(name: str) -> str:
     return name.rsplit("/", 1)[-1]
 
 
-class ShardReadError(Exception):
-    """A shard that cannot be read at all (missing, forbidden, or still failing after retries)."""
+@contextmanager
+def shard_samples(url: str, storage_options: dict | None = None) -> Iterator[Iterator[Sample]]:
+    """Open a shard (local path or fsspec URL) for `iter_samples`: read through `RetryingReader`, which
+    survives dropped connections, and reopened for a hard link whose target must be read again.
+
+    Raises:
+        OSError: the shard cannot be opened (after retries).
+        engine.tarstream.NotATarError: (while iterating) its bytes are no tar archive.
+    """
+    fs, path = get_fs(url, storage_options)
+    with RetryingReader(fs, path) as reader:
+        yield iter_samples(reader, reopen=lambda: RetryingReader(fs, path))
 
 
 class SourceStage(Stage):
@@ -187,36 +190,29 @@ class SourceStage(Stage):
         rows: list[tuple] = []
         retries_before = RetryCounter.count
         count = 0
+        failure: str | None = None
         try:
-            fs, path = get_fs(url, self.storage_options)
-            reader = RetryingReader(fs, path)
-        except Exception as exc:  # noqa: BLE001 - reported as a failed shard, the run goes on
-            yield _rows_to_batch([_control(url, 0, schema.SHARD_FAILED, _describe(exc), retries_before)])
-            return
-        with reader:
-            samples = iter_samples(reader)
-            while True:
-                try:
-                    sample = next(samples)
-                except StopIteration:
-                    break
-                except Exception as exc:  # noqa: BLE001 - I/O that failed after its retries
-                    if rows:
+            with shard_samples(url, self.storage_options) as samples:
+                for sample in samples:
+                    image = sample.image_member() if sample.status == schema.OK else None
+                    ext, data = image if image else (None, None)
+                    rows.append((url, count, sample.key, ext, data, sample.status, sample.error))
+                    count += 1
+                    if len(rows) >= self.chunk_size:
                         yield _rows_to_batch(rows)
-                    yield _rows_to_batch([_control(url, count, schema.SHARD_FAILED, _describe(exc), retries_before)])
-                    return
-                image = sample.image_member() if sample.status == schema.OK else None
-                ext, data = image if image else (None, None)
-                rows.append((url, count, sample.key, ext, data, sample.status, sample.error))
-                count += 1
-                if len(rows) >= self.chunk_size:
-                    yield _rows_to_batch(rows)
-                    rows = []
-        rows.append(_control(url, count, schema.END_OF_SHARD, None, retries_before))
+                        rows = []
+        except Exception as exc:  # noqa: BLE001 - not a tar, or I/O failing after its retries: a failed shard
+            failure = _describe(exc)
+        if failure is not None:
+            rows.append(_control(url, count, schema.SHARD_FAILED, failure, retries_before))
+        else:
+            rows.append(_control(url, count, schema.END_OF_SHARD, None, retries_before))
         yield _rows_to_batch(rows)
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, NotATarError):
+        return str(exc)
     kind = "transient error, retries exhausted" if is_transient(exc) else type(exc).__name__
     return f"{kind}: {exc}"
 

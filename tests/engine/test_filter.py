@@ -215,10 +215,20 @@ def test_changed_or_unscored_shards_fail_alone(scored: tuple[str, list[str], str
     assert sorted(p.name for p in (tmp_path / "new" / "_done").iterdir()) == ["00000.json", "00002.json"]
 
 
-def test_output_on_top_of_the_input_is_refused(scored: tuple[str, list[str], str]) -> None:
-    folder, _, out = scored
+def test_output_on_top_of_or_inside_the_input_is_refused(scored: tuple[str, list[str], str], tmp_path: Path) -> None:
+    """A filter's new shards inside the input folder would be taken for input by the next run over it."""
+    folder, urls, out = scored
+    for output in (folder, f"{folder}/filtered"):
+        with pytest.raises(ValueError, match="lies inside the input folder"):
+            run_filter(FilterConfig(scores=out, input=folder, output=output, min_score=0.0))
+        assert not Path(output, "_run.json").exists()
+    with pytest.raises(ValueError, match="the input folder .* lies inside --output"):
+        run_filter(FilterConfig(scores=out, input=folder, output=str(Path(folder).parent), min_score=0.0))
+    # shards named one by one (no input folder): writing over one of them is still refused
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(urls))
     with pytest.raises(ValueError, match="would overwrite input shard"):
-        run_filter(FilterConfig(scores=out, input=folder, output=folder, min_score=0.0))
+        run_filter(FilterConfig(scores=out, input=str(listing), output=folder, min_score=0.0))
 
 
 def test_s3_in_and_out(s3: tuple[str, dict], tmp_path: Path) -> None:

@@ -111,7 +111,7 @@ def test_foreign_output_is_refused_unless_overwrite(good_corpus, tmp_path):
 
 
 def bad_corpus(d) -> tuple[list[str], dict[str, str]]:
-    """One shard with every bad sample a corpus has, one truncated shard, one missing shard."""
+    """One shard with every bad sample a corpus has, one truncated shard, one file that is no tar."""
     samples = [
         ("ok0", {"jpg": corpus.jpeg(1)}),
         ("corrupt", {"jpg": corpus.corrupt_jpeg()}),
@@ -136,6 +136,7 @@ def bad_corpus(d) -> tuple[list[str], dict[str, str]]:
         "noimg": schema.NO_IMAGE, "alpha": "ok", "gray16": "ok", "palette": "ok", "gray": "ok", "cmyk": "ok",
         "bomb": schema.TOO_LARGE,
     }
+    (d / "00002.tar").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)  # a zip named .tar
     urls = [str(d / "00000.tar"), str(d / "00001.tar"), str(d / "00002.tar")]
     (d / "list.txt").write_text("\n".join(urls) + "\n")
     return urls, expected
@@ -162,7 +163,22 @@ def test_bad_input_gives_rows_and_a_failed_shard_gives_exit_1(tmp_path):
     assert truncated[-1]["key"] == "t0003" and "t0003.txt" in truncated[-1]["error"]
     manifest = json.load(open(f"{out}/manifest.json"))
     assert manifest["failed_shards"] == {urls[2]: result.failed[urls[2]]}
+    assert "not a tar archive: it is a zip archive" in result.failed[urls[2]]
     assert manifest["statuses"][schema.TRUNCATED] == 1
+    assert not (tmp_path / "out" / "_done" / "00002.json").exists()  # no marker: the next run tries it again
+
+
+def test_a_list_naming_missing_shards_is_refused_unless_asked(good_corpus, tmp_path):
+    d, paths = good_corpus
+    listing = tmp_path / "list.txt"
+    listing.write_text("# shards of tonight\n" + "\n".join([*paths, str(d / "09999.tar")]) + "\n\n")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"1 of 4 shards do not exist \(first: .*09999.tar\); pass --skip-missing"):
+        run_score(ScoreConfig(input=str(listing), output=str(out), model=MODEL), LocalExecutor())
+    assert not out.exists()  # refused before anything was written
+    result = run_score(ScoreConfig(input=str(listing), output=str(out), model=MODEL, skip_missing=True),
+                       LocalExecutor())
+    assert result.exit_code == 0 and result.manifest["shards"]["written"] == 3
 
 
 class NodeLossExecutor(LocalExecutor):

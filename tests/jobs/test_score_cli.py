@@ -36,12 +36,13 @@ def test_progress_lines_and_summary(tmp_path):
 
 def test_failed_shard_exit_code_lists_it(tmp_path):
     corpus.write_corpus(tmp_path, shards=2, per_shard=3)
-    urls = [str(tmp_path / "00000.tar"), str(tmp_path / "00001.tar"), str(tmp_path / "gone.tar")]
+    (tmp_path / "junk.tar").write_bytes(b"\x00\x01junk" * 1000)  # a .tar that is no tar
+    urls = [str(tmp_path / "00000.tar"), str(tmp_path / "00001.tar"), str(tmp_path / "junk.tar")]
     (tmp_path / "urls.txt").write_text("\n".join(urls))
     out = dpiqa("score", "--input", str(tmp_path / "urls.txt"), "--output", str(tmp_path / "o"), "--model",
                 "dpiqa-student-tiny", "--executor", "local")
     assert out.returncode == 1
-    assert f"FAILED {tmp_path / 'gone.tar'}: FileNotFoundError" in out.stdout
+    assert f"FAILED {tmp_path / 'junk.tar'}: not a tar archive" in out.stdout
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["shards"]["written"] == 2 and list(manifest["failed_shards"]) == [urls[2]]
 

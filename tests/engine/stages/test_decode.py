@@ -114,3 +114,20 @@ def test_stage_keeps_failures_and_control_rows_in_place():
     assert out["error"][1] == "jpg: zero-byte image member" and out["error"][3] == '{"samples": 3}'
     assert out["image"].shape == (4, 8, 8, 3) and out["image"][0].any() and not out["image"][1:].any()
     assert out["width"].tolist() == [48, -1, -1, -1]
+
+
+def test_avif_decodes_and_heif_without_its_plugin_says_what_to_install():
+    from PIL import features
+
+    assert features.check("avif")  # Pillow's wheels carry libavif; the README says AVIF is scored
+    buf = io.BytesIO()
+    Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(buf, "AVIF")
+    pixels, width, height = decode_image(buf.getvalue(), Preprocessing(size=(8, 8)))
+    assert (width, height) == (40, 30) and abs(int(pixels.mean()) - 90) <= 3
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)  # an ISO-media HEIF header
+    try:
+        import pillow_heif  # noqa: F401
+    except ImportError:
+        with pytest.raises(DecodeError, match="pip install pillow-heif") as exc:
+            decode_image(heic, Preprocessing(size=(8, 8)))
+        assert exc.value.status == schema.DECODE_ERROR
