@@ -49,6 +49,23 @@ class RunResult:
     def exit_code(self) -> int:
         return 1 if self.failed else 0
 
+    def summary_line(self, verb: str = "scored", audit_above: float = 0.05) -> str:
+        """What the run did, in one line: rows ok and in error by status, shards written, already done and
+        failed; a pointer to `dpiqa audit` when errors exceed `audit_above` of the rows."""
+        m = self.manifest
+        rows, statuses, shards = m.get("rows", 0), dict(m.get("statuses", {})), m.get("shards", {})
+        ok = statuses.pop("ok", 0)
+        errors = sum(statuses.values())
+        by_status = ", ".join(f"{n:,} {s}" for s, n in sorted(statuses.items(), key=lambda kv: (-kv[1], kv[0])))
+        line = (f"{verb} {rows:,} rows from {shards.get('written', 0)} shards: {ok:,} ok, {errors:,} errors"
+                + (f" ({by_status})" if by_status else "")
+                + f"; shards: {shards.get('skipped_done', 0)} already done, {shards.get('failed', 0)} failed"
+                + f" -> {m.get('output')}")
+        if rows and errors / rows > audit_above:
+            line += (f"\n{errors / rows:.0%} of these rows are errors: `dpiqa audit --scores {m.get('output')}` "
+                     "shows which shards and sources they come from")
+        return line
+
 
 class ForeignOutputError(ValueError):
     """The output location holds results of another model or configuration."""

@@ -19,24 +19,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--kind", choices=["teacher", "student"], default="teacher")
     p.add_argument("--variants", default=None, help="comma-separated variant names (default: all of --kind)")
-    p.add_argument("--sd", default=None, help="teacher: Stable Diffusion weights (Hub id or diffusers folder/URL)")
-    p.add_argument("--clip", default="openai/clip-vit-large-patch14", help="teacher: CLIP text model")
     p.add_argument("--teacher", default=None, help="student: the teacher checkpoint to distill from")
-    p.add_argument("--no-pretrained", action="store_true", help="student: no ImageNet weights for the backbone")
-    training.add_common(p)
+    training.add_common(p, teacher=True, student=True)
     p.set_defaults(run=main)
 
 
 def main(args: argparse.Namespace) -> int:
     from engine.ablate import run_ablation, variants_for, write_table
-    from engine.training.loop import ModelSpec
 
     if args.kind == "student" and not args.teacher:
         raise ValueError("student ablations distill from a teacher: pass --teacher")
-    spec = ModelSpec(kind=args.kind, config=args.config, init=args.init, sd=args.sd, clip=args.clip,
-                     image_size=args.image_size, pretrained_backbone=not args.no_pretrained,
-                     overrides=training.overrides(args))
-    config = training.config_from_args(args, "ablate-" + args.kind, spec)
+    config = training.config_from_args(args, "ablate-" + args.kind, training.model_spec(args, args.kind))
     config.teacher = args.teacher
     names = args.variants.split(",") if args.variants else list(variants_for(args.kind))
     rows = run_ablation(config, names, address=args.address)

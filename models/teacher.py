@@ -22,15 +22,14 @@ from models import checkpoint
 from models.checkpoint import CheckpointMixin
 from models.layers import ScoreMLP
 from models.preprocessing import ImageModelConfig
+from models.pretrained import CLIP_TEXT, STABLE_DIFFUSION
 from models.prompts import DEFAULT_SET, PROMPT_SETS, prompt_set_name, prompt_set_size, prompt_texts
 
 log = logging.getLogger(__name__)
 
-STABLE_DIFFUSION = "runwayml/stable-diffusion-v1-5"
 # SD v1.5 was trained on 1000 DDPM timesteps; the U-Net's time embedding has seen t in [0, 999] only.
 NUM_TRAIN_TIMESTEPS = 1000
 POOLINGS = ("eos", "mean")
-CLIP_TEXT = "openai/clip-vit-large-patch14"
 
 # Parameters DP-IQA's released code carries but never uses (see `DPIQATeacher`); we do not build them.
 DROPPED_REFERENCE_PARAMETERS = 13_336
@@ -625,7 +624,9 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
 
         Args:
             sd: a diffusers Stable Diffusion folder (`vae/`, `unet/`): Hub id, local folder or fsspec URL
-                (its `vae/` and `unet/` safetensors are copied to the local cache first).
+                (its `vae/` and `unet/` weights are copied to the local cache first). Weights are read from
+                safetensors where a folder has them, else from `.bin` files (older snapshots; loaded with
+                `weights_only`, tensors only).
             clip: a transformers CLIP model with a text projection (Hub id, local folder or fsspec URL);
                 the prompt embeddings are its projected text features (pooled as `config.prompt_pooling`
                 says), computed once here.
@@ -644,9 +645,10 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
             raise ValueError(f"config.prompt_set {config.prompt_set!r} is not a named set: pass the texts as prompts")
         name = config.prompt_set if prompts is None else prompts
         texts = prompt_texts(name) if isinstance(name, str) else list(name)
-        sd_location = _fetch(sd, storage_options, lambda rel: _is_sd_file(rel, variant))
-        # safetensors only (no pickle); skipping random init needs accelerate, so use it where installed.
-        load = {"variant": variant, "use_safetensors": True, "low_cpu_mem_usage": is_accelerate_available()}
+        sd_location = _fetch(sd, storage_options, lambda files: _sd_files(files, variant, sd))
+        # safetensors where present, else .bin through torch.load(weights_only=True), as diffusers decides;
+        # skipping random init needs accelerate, so use it where installed.
+        load = {"variant": variant, "low_cpu_mem_usage": is_accelerate_available()}
         vae = AutoencoderKL.from_pretrained(sd_location, subfolder="vae", **load)
         unet = UNet2DConditionModel.from_pretrained(sd_location, subfolder="unet", **load)
         embeddings = embed_prompts(texts, clip, pooling=config.prompt_pooling, storage_options=storage_options,
@@ -687,9 +689,9 @@ def embed_prompts(
         raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
-    location = _fetch(clip, storage_options, _is_clip_file)
+    location = _fetch(clip, storage_options, lambda files: _clip_files(files, clip))
     tokenizer = CLIPTokenizer.from_pretrained(location)
-    encoder = CLIPTextModelWithProjection.from_pretrained(location, use_safetensors=True).eval()
+    encoder = CLIPTextModelWithProjection.from_pretrained(location).eval()  # safetensors, else .bin (weights_only)
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(prompts), batch_size):
@@ -711,32 +713,97 @@ def _plain_config(config: Any) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dict(config).items() if not k.startswith("_")}
 
 
-def _fetch(location: str, storage_options: dict | None, include: Any) -> str:
+def _fetch(location: str, storage_options: dict | None, select: Any) -> str:
     """A location from_pretrained can read: local folders and Hub ids as they are, fsspec URLs mirrored
-    into the local cache (only the files `include(relative_path)` accepts)."""
+    into the local cache (only the files `select(relative paths)` picks)."""
     if location.startswith("file://"):
         return location[len("file://") :]
     if checkpoint.is_url(location):
-        return str(checkpoint.mirror(location, include, storage_options))
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(location, **(storage_options or {}))
+        root = root.rstrip("/")
+        chosen = select([p[len(root) + 1 :] for p in fs.find(root)])
+        return str(checkpoint.mirror(location, chosen.__contains__, storage_options))
     return location
 
 
-_SHARD = re.compile(r"-\d{5}-of-\d{5}$")
+def _weights(files: list[str], folder: str, stem: str, variant: str | None) -> list[str]:
+    """The weight files of one component in `folder`: its safetensors (one file, or shards with their index),
+    else its `.bin` files; [] when it has neither."""
+    want = f"{stem}.{variant}" if variant else stem
+    pattern = re.compile(rf"^{re.escape(want)}(-\d{{5}}-of-\d{{5}})?\.(safetensors|bin)(\.index\.json)?$")
+    for kind in ("safetensors", "bin"):
+        found = []
+        for f in files:
+            name = f[len(folder):]
+            match = pattern.match(name) if f.startswith(folder) and "/" not in name else None
+            if match and match.group(2) == kind:
+                found.append(f)
+        if found:
+            return found
+    return []
 
 
-def _is_sd_file(relative: str, variant: str | None) -> bool:
-    """`vae/` and `unet/` config and safetensors weights of one variant (SD repos hold several)."""
-    folder, _, name = relative.partition("/")
-    if folder not in ("vae", "unet") or "/" in name:
-        return False
-    if name == "config.json":
-        return True
-    tokens = [_SHARD.sub("", t) for t in name.split(".")]
-    if tokens[0] != "diffusion_pytorch_model" or "safetensors" not in tokens:
-        return False
-    return set(tokens[1:]) - {"safetensors", "index", "json"} == ({variant} if variant else set())
+def _sd_files(files: list[str], variant: str | None, sd: str) -> set[str]:
+    """What the teacher reads of a Stable Diffusion folder: `vae/` and `unet/` configs and weights.
+
+    Raises:
+        ValueError: a config or the weights of one of them are missing (one line naming which).
+    """
+    chosen = set()
+    for part in ("vae", "unet"):
+        weights = _weights(files, f"{part}/", "diffusion_pytorch_model", variant)
+        if f"{part}/config.json" not in files:
+            raise ValueError(f"{sd}: not a Stable Diffusion folder: {part}/config.json is missing")
+        if not weights:
+            name = "diffusion_pytorch_model" + (f".{variant}" if variant else "")
+            raise ValueError(f"{sd}: {part}/ has no weights ({name}.safetensors or {name}.bin)")
+        chosen |= {f"{part}/config.json", *weights}
+    return chosen
 
 
-def _is_clip_file(relative: str) -> bool:
-    """A transformers folder's configs, tokenizer files and safetensors weights (not other formats)."""
-    return "/" not in relative and (relative.endswith((".json", ".txt")) or relative.endswith(".safetensors"))
+def _clip_files(files: list[str], clip: str) -> set[str]:
+    """What the teacher reads of a CLIP folder: configs, tokenizer files, and the weights.
+
+    Raises:
+        ValueError: its config or weights are missing.
+    """
+    top = [f for f in files if "/" not in f]
+    if "config.json" not in top:
+        raise ValueError(f"{clip}: not a CLIP model folder: config.json is missing")
+    weights = _weights(files, "", "model", None) or _weights(files, "", "pytorch_model", None)
+    if not weights:
+        raise ValueError(f"{clip}: has no weights (model.safetensors or pytorch_model.bin)")
+    return {f for f in top if f.endswith((".json", ".txt"))} | set(weights)
+
+
+def check_pretrained_sources(sd: str, clip: str, storage_options: dict | None = None) -> None:
+    """Check, without loading any weights, that the Stable Diffusion and CLIP folders hold what the teacher
+    reads; a Hub id is checked by fetching its small config file (which fails at once where the Hub cannot
+    be reached and nothing is cached, e.g. with HF_HUB_OFFLINE=1).
+
+    Raises:
+        ValueError: one line naming the location and what is missing.
+    """
+    checks = ((sd, lambda f: _sd_files(f, None, sd), "unet/config.json"),
+              (clip, lambda f: _clip_files(f, clip), "config.json"))
+    for location, select, config_file in checks:
+        if checkpoint.is_hub_id(location):
+            from huggingface_hub import snapshot_download
+
+            try:
+                snapshot_download(repo_id=location, allow_patterns=[config_file])
+            except Exception as exc:  # noqa: BLE001 - any failure means the same to the user
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ValueError(f"{location}: cannot be fetched from the Hugging Face Hub ({first}); download "
+                                 "it where the Hub is reachable and pass its folder or URL instead") from None
+            continue
+        import fsspec
+
+        path = location[len("file://") :] if location.startswith("file://") else location
+        fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
+        if not fs.isdir(root):
+            raise ValueError(f"{location}: no such folder, URL or Hub repo")
+        root = root.rstrip("/")
+        select([p[len(root) + 1 :] for p in fs.find(root)])

@@ -11,7 +11,7 @@ OUT=${OUT:-../runs/ablation}
 DPIQA=${DPIQA:-dpiqa}
 COMMON="--dataset agiqa3k --root $ROOT --grouped --splits 3 --threads ${THREADS:-2} --epochs 8 --milestones 6"
 $DPIQA ablate --kind teacher --variants paper,no-text-adapter,no-image-adapter $COMMON \
-  --config dpiqa-teacher-tiny --batch-size 16 --lr 5e-4 --output "$OUT/teacher"
+  --config dpiqa-teacher-tiny --random-prior --batch-size 16 --lr 5e-4 --output "$OUT/teacher"
 $DPIQA ablate --kind student --variants feature-distillation,score-distillation,labels-only --teacher "$REPORT/teacher/split-{seed}" $COMMON --config dpiqa-student-small \
   --no-pretrained --batch-size 24 --lr 1e-3 --output "$OUT/student"
 mkdir -p docs/reports

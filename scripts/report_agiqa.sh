@@ -11,7 +11,7 @@ PYTHON=${PYTHON:-python}
 mkdir -p "$OUT"
 COMMON="--dataset agiqa3k --root $ROOT --grouped --splits 3 --threads ${THREADS:-2}"
 commands=(
-  "$DPIQA train-teacher $COMMON --config dpiqa-teacher-small --epochs 15 --batch-size 16 --lr 5e-4 --milestones 10 --output $OUT/teacher"
+  "$DPIQA train-teacher $COMMON --config dpiqa-teacher-small --random-prior --epochs 15 --batch-size 16 --lr 5e-4 --milestones 10 --output $OUT/teacher"
   "$DPIQA distill $COMMON --teacher $OUT/teacher/split-{seed} --config dpiqa-student-small --no-pretrained --epochs 15 --batch-size 24 --lr 1e-3 --milestones 10 --output $OUT/student"
 )
 for seed in 0 1 2; do

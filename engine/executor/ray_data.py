@@ -49,15 +49,42 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         log.info("started a local Ray with %s CPUs", ray.cluster_resources().get("CPU"))
 
 
-class _StageActor:
-    """Ray Data needs a class to run an actor pool; this one holds a stage and sets it up once."""
+class StageActor:
+    """Ray Data needs a class to run an actor pool; this one holds a stage and sets it up once.
 
-    def __init__(self, stage: Stage) -> None:
+    Args:
+        stage: the stage.
+        progress: `(label, total rows)` to log progress lines as rows go through (meaningful for a pool of
+            one actor, which sees every row), or None.
+    """
+
+    def __init__(self, stage: Stage, progress: tuple[str, int | None] | None = None) -> None:
         self.stage = stage
         stage.setup()
+        self.rows = 0
+        self.progress = None
+        if progress is not None:
+            from engine.progress import Progress, show_in_this_process
+
+            show_in_this_process()
+            self.progress = Progress(progress[0], progress[1], done_unit="images")
 
     def __call__(self, batch: Batch) -> Batch:
-        return self.stage(batch)
+        out = self.stage(batch)
+        if self.progress is not None:
+            self.rows += len(next(iter(batch.values()))) if batch else 0
+            self.progress.update(0, self.rows)
+        return out
+
+
+def actor_pool(ds, stage: Stage, size: int = 1, progress: tuple[str, int | None] | None = None):  # noqa: ANN001, ANN201
+    """`ds.map_batches` through a pool of `size` actors each holding `stage` (set up once per actor), with
+    the stage's batch size and resources: how the engine and the training jobs run a stateful stage."""
+    ray = _ray()
+    kwargs = {"num_gpus": stage.num_gpus} if stage.num_gpus else {}
+    return ds.map_batches(StageActor, fn_constructor_args=(stage, progress), batch_size=stage.batch_size,
+                          batch_format="numpy", num_cpus=stage.num_cpus,
+                          compute=ray.data.ActorPoolStrategy(size=size), **kwargs)
 
 
 class RayDataExecutor(Executor):
@@ -100,7 +127,7 @@ class RayDataExecutor(Executor):
                 size = stage.concurrency or 1
                 pool = ray.data.ActorPoolStrategy(size=size) if isinstance(size, int) else ray.data.ActorPoolStrategy(
                     min_size=size[0], max_size=size[1])
-                ds = ds.map_batches(_StageActor, fn_constructor_args=(stage,), compute=pool, **kwargs)
+                ds = ds.map_batches(StageActor, fn_constructor_args=(stage,), compute=pool, **kwargs)
             else:
                 ds = ds.map_batches(stage, **kwargs)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=self.prefetch_batches):

@@ -20,7 +20,7 @@ from engine import schema
 from engine.datasets import LabeledSet, LabeledShards
 from engine.io import get_fs, retry
 from engine.output import MAPS_DIR, SCORES_DIR, OutputLocation
-from engine.stages.base import Batch
+from engine.stages.base import Batch, Stage
 from engine.stages.decode import DecodeError, decode_image, resize, to_rgb
 from models.preprocessing import Preprocessing
 
@@ -127,16 +127,15 @@ def labeled_dataset(labeled: LabeledSet, indices: np.ndarray, preprocessing: Pre
 
 
 def with_teacher(ds, teacher: str, preprocessing: Preprocessing, device: str = "auto", batch_size: int = 16,
-                 num_gpus: float = 0.0, threads: int | None = None):
+                 num_gpus: float = 0.0, threads: int | None = None, total: int | None = None):
     """Adds the teacher's `teacher_score` (MOS units) and `teacher_map` to every row, computed once by an
-    actor that loads the teacher (the engine's own scoring stage) on the images the student trains on.
+    actor that loads the teacher (the engine's own scoring stage) on the images the student trains on;
+    it logs progress lines (`total`: the images expected).
 
     Raises:
         ValueError: the teacher takes another input (size, resize filter, value range) than the student:
             its maps would be of other images.
     """
-    import ray
-
     import models
 
     theirs = models.describe(teacher).preprocessing
@@ -144,7 +143,7 @@ def with_teacher(ds, teacher: str, preprocessing: Preprocessing, device: str = "
         raise ValueError(f"teacher {teacher} takes {theirs} but the student {preprocessing}: give the student the "
                          "teacher's input (--image-size, --set interpolation=...) so both see the same images")
 
-    from engine.executor.ray_data import _StageActor
+    from engine.executor.ray_data import actor_pool
     from engine.stages.score import ScoreStage
 
     def mark_ok(batch: Batch) -> Batch:
@@ -160,8 +159,7 @@ def with_teacher(ds, teacher: str, preprocessing: Preprocessing, device: str = "
     stage = ScoreStage(teacher, device=device, batch_size=batch_size, num_gpus=num_gpus, threads=threads,
                        write_maps=True, keep_images=True)
     ds = ds.map_batches(mark_ok, batch_format="numpy")
-    ds = ds.map_batches(_StageActor, fn_constructor_args=(stage,), compute=ray.data.ActorPoolStrategy(size=1),
-                        batch_size=batch_size, batch_format="numpy", num_gpus=num_gpus or None)
+    ds = actor_pool(ds, stage, progress=("distill: teacher outputs", total))
     return ds.map_batches(rename, batch_format="numpy")
 
 
@@ -246,11 +244,16 @@ class DecodeSamples:
         return out
 
 
-def shard_dataset(shards: LabeledShards, teacher: TeacherOutputs | None, preprocessing: Preprocessing):
-    """A streaming Ray dataset over labelled/unlabelled shards joined with teacher outputs."""
+def shard_dataset(shards: LabeledShards, teacher: TeacherOutputs | None, preprocessing: Preprocessing,
+                  seed: int | None = None):
+    """A streaming Ray dataset over labelled/unlabelled shards joined with teacher outputs; with `seed`, the
+    shards come in another seeded order every epoch."""
     import ray
+    from ray.data import RandomSeedConfig
 
     ds = ray.data.from_items([{"shard": u} for u in shards.urls], override_num_blocks=len(shards.urls))
+    if seed is not None:
+        ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
     ds = ds.map_batches(ShardsWithTeacher(shards, teacher), batch_size=1, batch_format="numpy")
     return ds.map_batches(DecodeSamples(preprocessing), batch_format="numpy")
 
@@ -274,35 +277,118 @@ def to_torch(batch: Batch, map_shape: tuple[int, ...] | None = None) -> dict:
     return out
 
 
-class BackboneFeatures:
-    """A Ray Data actor that replaces each row's `image` by the frozen backbone's features of it, computed
-    once (`features`, float32 `(C, h, w)`): a student whose backbone does not train then trains its head
-    for every epoch without running the backbone again. The model is built exactly as the training
-    workers build it, so the features are the ones the backbone would give them."""
+class BackboneFeatures(Stage):
+    """Replaces each row's `image` by the frozen backbone's features of it, computed once (`features`,
+    float32 `(C, h, w)`): a student whose backbone does not train then trains its head for every epoch
+    without running the backbone again. An actor stage: the model is built once per actor, exactly as the
+    training workers build it, so the features are the ones the backbone would give them.
 
-    def __init__(self, spec, mos_scale: float, threads: int | None = None) -> None:  # noqa: ANN001 - ModelSpec
+    Args:
+        spec: the student being trained (`engine.training.model.ModelSpec`).
+        mos_scale: its labels' MOS scale.
+        threads: torch threads.
+        storage_options: fsspec options for the weights it is built from.
+        batch_size: images per call.
+    """
+
+    name = "backbone-features"
+
+    def __init__(self, spec, mos_scale: float, threads: int | None = None,  # noqa: ANN001 - ModelSpec
+                 storage_options: dict | None = None, batch_size: int = 32) -> None:
+        self.spec, self.mos_scale, self.threads, self.storage_options = spec, mos_scale, threads, storage_options
+        self.batch_size = batch_size
+        self.model = None
+
+    def setup(self) -> None:
         import torch
 
-        from engine.training.loop import build_model
+        from engine.training.model import build_model
 
-        if threads:
-            torch.set_num_threads(threads)
-        self.model = build_model(spec, mos_scale).eval()
-        self.preprocessing = self.model.config.preprocessing
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        self.model = build_model(self.spec, self.mos_scale, self.storage_options).eval()
 
     def __call__(self, batch: Batch) -> Batch:
         import torch
 
+        preprocessing = self.model.config.preprocessing
         with torch.inference_mode():
-            x = self.preprocessing.to_tensor(torch.as_tensor(np.ascontiguousarray(batch["image"])))
+            x = preprocessing.to_tensor(torch.as_tensor(np.ascontiguousarray(batch["image"])))
             features = self.model.backbone_features(x).float().numpy()
         out = {k: v for k, v in batch.items() if k != "image"}
         out["features"] = features
         return out
 
 
-def with_backbone_features(ds, spec, mos_scale: float, batch_size: int = 32, threads: int | None = None):  # noqa: ANN001, ANN201
-    import ray
+def with_backbone_features(ds, spec, mos_scale: float, threads: int | None = None,  # noqa: ANN001, ANN201
+                           storage_options: dict | None = None, total: int | None = None):
+    """`BackboneFeatures` on one actor, with progress lines (`total`: the images expected)."""
+    from engine.executor.ray_data import actor_pool
 
-    return ds.map_batches(BackboneFeatures, fn_constructor_args=(spec, mos_scale, threads), batch_size=batch_size,
-                          batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=1))
+    stage = BackboneFeatures(spec, mos_scale, threads, storage_options)
+    return actor_pool(ds, stage, progress=("distill: backbone features", total))
+
+
+class EpochBatches:
+    """A materialised training set, served as global batches of a seeded permutation that depends on the
+    epoch only: every worker draws the same permutation and takes its slice of each global batch.
+
+    Why not Ray Train's own split of a shuffled dataset: Ray reshuffles per execution of the dataset, so a
+    run resumed at epoch k would see epoch 0's order again, and a worker's share of a batch would depend
+    on scheduling. Here epoch k of a resumed run is epoch k of an uninterrupted one, and one worker or
+    eight train on the same global batches in the same order (the paper's recipe at any scale).
+
+    The rows stay in the object store as one numpy block per Ray block; a worker reads the blocks its
+    rows lie in (zero-copy on the node that holds them, fetched and then kept on other nodes). The last
+    partial global batch of an epoch is left out: its rows come up in other epochs' permutations.
+
+    Args:
+        ds: the materialised dataset (built on the driver; this object travels to the workers).
+        columns: the columns a batch carries.
+    """
+
+    def __init__(self, ds, columns: list[str]) -> None:  # noqa: ANN001 - ray.data.Dataset
+        import ray
+
+        self.refs = ds.select_columns(columns).to_numpy_refs()
+        rows = ray.remote(num_cpus=0)(_rows_of)  # counted where the blocks are: no data comes to the driver
+        self.sizes = np.asarray(ray.get([rows.remote(r) for r in self.refs]), dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.sizes)])
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def steps(self, global_batch: int) -> int:
+        return len(self) // global_batch
+
+    def batches(self, epoch: int, seed: int, global_batch: int, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        """This worker's part of each global batch of `epoch`, in order."""
+        import ray
+
+        if global_batch % world:
+            raise ValueError(f"global batch {global_batch} does not divide among {world} workers")
+        per_worker = global_batch // world
+        order = np.random.default_rng([seed, epoch]).permutation(len(self))
+        cache: dict[int, Batch] = {}
+        for step in range(self.steps(global_batch)):
+            start = step * global_batch + rank * per_worker
+            rows = order[start : start + per_worker]
+            blocks = np.searchsorted(self.starts, rows, side="right") - 1
+            for b in np.unique(blocks):
+                if int(b) not in cache:
+                    cache[int(b)] = ray.get(self.refs[int(b)])
+            yield {c: _take([cache[int(b)][c] for b in blocks], rows - self.starts[blocks]) for c in self.columns}
+
+
+def _take(arrays: list[np.ndarray], offsets: np.ndarray) -> np.ndarray:
+    """Row `offsets[i]` of `arrays[i]`, stacked."""
+    picked = [a[int(i)] for a, i in zip(arrays, offsets, strict=True)]
+    if arrays and arrays[0].dtype == object:
+        return _object_array(picked)
+    return np.stack(picked)
+
+
+def _rows_of(block: dict) -> int:
+    return len(next(iter(block.values()))) if block else 0
+

@@ -7,49 +7,21 @@ metrics with a checkpoint (our model format plus the optimizer state, no pickle)
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from engine.training.model import ModelSpec
+
 log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"
-
-
-@dataclass
-class ModelSpec:
-    """Which model to train and how to initialise it.
-
-    Args:
-        kind: `teacher` or `student`.
-        config: a named configuration (`dpiqa-teacher`, `dpiqa-student-tiny`, ...) to start from.
-        init: a checkpoint (folder, URL, Hub id) to start from instead (fine-tuning).
-        sd: teacher only: Stable Diffusion weights (Hub id or diffusers folder/URL) for the VAE and U-Net.
-        clip: teacher only: the CLIP text model that embeds the prompts (with `sd`).
-        prompt_set: teacher only: the prompt set's name (with `sd`).
-        backbone: student only: a timm backbone replacing the config's (a speed tier).
-        image_size: override the input size.
-        pretrained_backbone: student only: start from ImageNet weights where they can be downloaded.
-        overrides: other config fields to set (e.g. ablation switches).
-    """
-
-    kind: str
-    config: str | None = None
-    init: str | None = None
-    sd: str | None = None
-    clip: str | None = None
-    prompt_set: str | None = None
-    backbone: str | None = None
-    image_size: int | None = None
-    pretrained_backbone: bool = True
-    overrides: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -59,14 +31,19 @@ class LoopConfig:
     Args:
         model: what to build.
         mos_scale: the labels' MOS scale, written into the model config (scores come out in those units).
-        epochs, batch_size, lr, milestones, gamma: the protocol (Adam, step decay x gamma at milestones).
-        precision: `auto` (bf16 autocast on GPU, fp32 on CPU), `fp32`, `bf16`, `fp16` (with a grad scaler).
+        epochs, lr, milestones, gamma: the protocol (Adam, step decay x gamma at milestones).
+        batch_size: images per worker per step: the global batch divided by the number of workers, so that
+            one worker and eight take the same steps of the same global batch.
+        precision: `auto` (bf16 autocast on GPUs that have it, else fp16 with a gradient scaler; fp32 on
+            CPU), `fp32`, `bf16`, `fp16` (always with a gradient scaler, as the authors trained).
         distill_mode: student only: `feature`, `score`, `both` or `none` (see `models.distill`).
         seed: seeds initialisation and the per-epoch data order.
         threads: torch threads per worker on CPU.
-        shuffle_buffer: rows shuffled locally per epoch.
+        shuffle_buffer: rows mixed locally per epoch when shards stream (a labelled set is shuffled whole).
         has_val: a `val` dataset was given.
         cached_features: the rows hold a frozen backbone's `features` instead of `image`.
+        storage_options: fsspec options for the weights the model is built from.
+        images_per_epoch: the global number of training images per epoch, when known (for progress lines).
     """
 
     model: ModelSpec
@@ -83,75 +60,51 @@ class LoopConfig:
     shuffle_buffer: int = 4096
     has_val: bool = True
     cached_features: bool = False
+    storage_options: dict | None = None
+    images_per_epoch: int | None = None
 
 
-def model_config(spec: ModelSpec, mos_scale: float) -> object:
-    """The config of the model to train: the named config with the spec's sizes, switches and MOS scale."""
-    import models
-
-    name = spec.config or ("dpiqa-teacher" if spec.kind == "teacher" else "dpiqa-student")
-    overrides = {**spec.overrides, "mos_scale": mos_scale}
-    if spec.image_size:
-        overrides["image_size"] = spec.image_size
-    if spec.backbone:
-        overrides["backbone"] = spec.backbone
-    if spec.prompt_set:
-        overrides["prompt_set"] = spec.prompt_set
-    return models.named_config(name, overrides)
-
-
-def build_model(spec: ModelSpec, mos_scale: float) -> torch.nn.Module:
-    """The model to train, from a named config, SD weights or a checkpoint, with the labels' MOS scale."""
-    import models
-
-    if spec.init:
-        model = models.load_model(spec.init)
-        if not math.isclose(model.config.mos_scale, mos_scale):
-            model.config = dataclasses.replace(model.config, mos_scale=mos_scale)
-        return model
-    config = model_config(spec, mos_scale)
-    if spec.kind == "teacher" and spec.sd:
-        from models.teacher import DPIQATeacher
-
-        return DPIQATeacher.from_stable_diffusion(sd=spec.sd, clip=spec.clip or "openai/clip-vit-large-patch14",
-                                                  config=config)
-    cls = models.model_class(config_architecture(spec))
-    if spec.kind == "student":
-        return cls(config, pretrained_backbone=spec.pretrained_backbone)
-    return cls(config)
-
-
-def config_architecture(spec: ModelSpec) -> str:
-    import models
-
-    return models.MODELS[spec.config or ("dpiqa-teacher" if spec.kind == "teacher" else "dpiqa-student")][0]
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` -> bf16 on a GPU that has it, fp16 on an older GPU, fp32 on the CPU."""
+    if precision != "auto":
+        return precision
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 def _autocast(precision: str, device: torch.device):
     import contextlib
 
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+    precision = resolve_precision(precision, device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return (torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()), precision
 
 
-def train_loop_per_worker(cfg: LoopConfig) -> None:
-    """The Ray Train worker function."""
+def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa: ANN001 - data.EpochBatches
+    """The Ray Train worker function.
+
+    Args:
+        cfg: what to train and how.
+        epoch_batches: a materialised training set served as seeded global batches per epoch (each worker
+            its slice); None to read Ray Train's `train` dataset shard (streaming shards).
+    """
     import ray.train
     import ray.train.torch
 
     from engine.metrics import compute_metrics
+    from engine.progress import Progress
     from engine.training.data import to_torch
+    from engine.training.model import build_model
     from engine.training.state import load_state, save_state
     from models.distill import distillation_loss, teacher_loss
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     context = ray.train.get_context()
-    rank = context.get_world_rank()
+    rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.mos_scale)
+    model = build_model(cfg.model, cfg.mos_scale, cfg.storage_options)
     start_epoch, best = 0, None
     checkpoint = ray.train.get_checkpoint()
     state = None
@@ -163,6 +116,11 @@ def train_loop_per_worker(cfg: LoopConfig) -> None:
         log.info("rank %d: resuming after epoch %d", rank, start_epoch - 1)
     config, preprocessing, map_shape = model.config, model.config.preprocessing, tuple(model.config.map_shape)
     device = ray.train.torch.get_device()
+    if world > 1 and device.type == "cuda":
+        # BatchNorm statistics over the global batch, as on one GPU (the paper's): with 8 workers and the
+        # teacher's batch of 16, per-worker statistics would be of 2 images. (SyncBatchNorm needs a GPU; on
+        # CPU workers each normalises over its own part of the batch.)
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ddp = ray.train.torch.prepare_model(model)
     module = ddp.module if hasattr(ddp, "module") else ddp
     optimizer = torch.optim.Adam([p for p in ddp.parameters() if p.requires_grad], lr=cfg.lr)
@@ -171,18 +129,25 @@ def train_loop_per_worker(cfg: LoopConfig) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     autocast, precision = _autocast(cfg.precision, device)
-    scaler = torch.amp.GradScaler(enabled=precision == "fp16" and device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    steps = int(state.get("steps", 0)) if state is not None else 0
 
-    train = ray.train.get_dataset_shard("train")
+    train = ray.train.get_dataset_shard("train") if epoch_batches is None else None
     val = ray.train.get_dataset_shard("val") if rank == 0 and cfg.has_val else None
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.monotonic()
         torch.manual_seed(cfg.seed * 1000 + epoch)
         ddp.train()
         losses, seen = [], 0
-        for batch in train.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
-                                        local_shuffle_buffer_size=cfg.shuffle_buffer,
-                                        local_shuffle_seed=cfg.seed * 1000 + epoch):
+        progress = Progress(f"epoch {epoch + 1}/{cfg.epochs}", cfg.images_per_epoch, done_unit="images") \
+            if rank == 0 else None
+        if epoch_batches is not None:
+            batches = epoch_batches.batches(epoch, cfg.seed, cfg.batch_size * world, rank, world)
+        else:
+            batches = train.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
+                                         local_shuffle_buffer_size=cfg.shuffle_buffer,
+                                         local_shuffle_seed=cfg.seed * 1000 + epoch)
+        for batch in batches:
             b = to_torch(batch, map_shape if cfg.model.kind == "student" else None)
             target = b["target"].to(device)
             with autocast:
@@ -204,10 +169,13 @@ def train_loop_per_worker(cfg: LoopConfig) -> None:
             scaler.update()
             losses.append(float(loss.detach()))
             seen += len(target)
+            steps += 1
+            if progress is not None:  # this worker's images times the workers: the epoch's share done
+                progress.update(0, seen * world)
         scheduler.step()
         metrics = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else math.nan,
-                   "lr": optimizer.param_groups[0]["lr"], "images": seen,
-                   "seconds": round(time.monotonic() - t0, 2)}
+                   "lr": optimizer.param_groups[0]["lr"], "images": seen * world, "steps": steps,
+                   "precision": precision, "seconds": round(time.monotonic() - t0, 2)}
         if rank == 0:
             metrics.update(_validate(module, val, preprocessing, device, autocast, config.mos_scale, compute_metrics,
                                      cfg.cached_features))
@@ -217,15 +185,15 @@ def train_loop_per_worker(cfg: LoopConfig) -> None:
             if best is None or score_key > best["score"]:
                 best = {"epoch": epoch, "score": score_key}
             metrics["best_epoch"] = best["epoch"]
-            log.info("epoch %d/%d: train loss %.5f, val SRCC %s PLCC %s, %d images in %.1fs", epoch + 1, cfg.epochs,
-                     metrics["train_loss"], _fmt(metrics.get("val_srcc")), _fmt(metrics.get("val_plcc")), seen,
-                     metrics["seconds"])
+            log.info("epoch %d/%d: train loss %.5f, val SRCC %s PLCC %s, %d images in %d steps, %.1fs", epoch + 1,
+                     cfg.epochs, metrics["train_loss"], _fmt(metrics.get("val_srcc")), _fmt(metrics.get("val_plcc")),
+                     metrics["images"], len(losses), metrics["seconds"])
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if rank == 0:
                 module.save_pretrained(str(Path(d) / MODEL_DIR))
                 save_state(d, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch,
-                           best=best)
+                           best=best, steps=steps)
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=ckpt)
 

@@ -15,7 +15,8 @@ import numpy as np
 
 from engine.io import get_fs, join
 from engine.splits import SplitConfig, make_split
-from engine.training.loop import MODEL_DIR, LoopConfig, ModelSpec, model_config, train_loop_per_worker
+from engine.training.loop import MODEL_DIR, LoopConfig, train_loop_per_worker
+from engine.training.model import ModelSpec, check_sources, model_config
 from engine.version import code_version
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class TrainConfig:
         root: its root (folder, URL, table or shard specification).
         dataset_options: the layout's options.
         split: seeded train/val/test splits; one training run per split.
+        protocol_name: `ours` (the epoch picked on the validation part) or `paper` (80/20, the last epoch).
         teacher: distill only: a teacher checkpoint whose outputs on the labelled images are computed
             once, before training. `{seed}` in it is replaced by the split's seed, so that each split
             distills from the teacher trained on that split (`OUT/split-{seed}`), never one that saw its
@@ -53,7 +55,8 @@ class TrainConfig:
         cache_features: a student with a frozen backbone trains on the backbone's features computed once.
         synthetic: distorted copies of each training image added with pseudo-labels (graded blur, noise,
             JPEG, JPEG 2000, contrast, exposure; `engine.training.data.SyntheticDistortions`).
-        epochs, batch_size, lr, milestones: the protocol (defaults: the paper's for `job` and `dataset`).
+        epochs, lr, milestones: the protocol (defaults: the paper's for `job` and `dataset`).
+        batch_size: the global batch (default the paper's); each of the `workers` takes `batch_size / workers`.
         precision, distill_mode, workers, use_gpu, cpus_per_worker, threads, max_failures: execution.
         storage: Ray Train's run storage (checkpoints); default `OUTPUT/_train`. A rerun of the same
             command with the same storage resumes from the last checkpoint.
@@ -68,6 +71,7 @@ class TrainConfig:
     root: str | None = None
     dataset_options: dict = field(default_factory=dict)
     split: SplitConfig = field(default_factory=lambda: SplitConfig(n_splits=1))
+    protocol_name: str = "ours"
     teacher: str | None = None
     shards: str | None = None
     teacher_outputs: str | None = None
@@ -93,10 +97,14 @@ class TrainConfig:
     def protocol(self) -> dict:
         kind = self.model.kind
         d = DEFAULTS[kind]
+        batch = self.batch_size or d["batch_size"]
         return {
+            "name": self.protocol_name,
+            "selection": "last epoch" if self.split.fractions[1] == 0 else "best validation SRCC",
             "optimizer": "Adam",
             "lr": self.lr if self.lr is not None else d["lr"],
-            "batch_size": self.batch_size or d["batch_size"],
+            "batch_size": batch,
+            "batch_per_worker": batch // self.workers,
             "epochs": self.epochs or d["epochs"],
             "milestones": list(self.milestones if self.milestones is not None
                                else MILESTONES[kind].get(self.dataset or "", (5,))),
@@ -123,12 +131,21 @@ class TrainResult:
 
 
 def run_training(config: TrainConfig, address: str | None = None) -> TrainResult:
-    """Train (or distill) one model per split and report the median test metrics."""
+    """Train (or distill) one model per split and report the median test metrics.
+
+    Everything the job is given is checked before Ray starts: the dataset's layout, the global batch
+    against the workers, the teacher checkpoint, and the weights the model is built from.
+
+    Raises:
+        ValueError: one line naming what is wrong or missing and how to proceed.
+    """
     import ray
 
     from engine.executor.ray_data import init_ray
     from engine.metrics import summarize
 
+    labeled = _load_labeled(config)
+    sources = _check_before_start(config, labeled)
     init_ray(address)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # epoch lines come from the loop
@@ -136,13 +153,13 @@ def run_training(config: TrainConfig, address: str | None = None) -> TrainResult
     # which otherwise return blocks in completion order: keep the split's order, so that a run's batches do
     # not depend on scheduling (and a frozen backbone trains on its cached features as on its images).
     ctx.execution_options.preserve_order = True
-    labeled = _load_labeled(config)
     results = []
     for seed in config.split.seeds:
         out = config.output if config.split.n_splits == 1 else join(config.output, f"split-{seed}")
-        results.append(_train_split(config, labeled, seed, out))
+        results.append(_train_split(config, labeled, seed, out, sources))
     tests = [r["metrics"]["test"] for r in results if r["metrics"].get("test")]
-    summary = {"job": config.job, "identity": config.identity(), "splits": [
+    summary = {"job": config.job, "identity": config.identity(), "protocol": config.protocol_name,
+               "selection": config.protocol()["selection"], "splits": [
         {"seed": r["seed"], "output": r["output"], "test": r["metrics"].get("test"), "best_epoch": r["best_epoch"]}
         for r in results], "median": summarize(tests) if tests else None}
     if config.split.n_splits > 1:
@@ -150,6 +167,23 @@ def run_training(config: TrainConfig, address: str | None = None) -> TrainResult
         with fs.open(f"{path.rstrip('/')}/summary.json", "wt") as f:
             json.dump(summary, f, indent=2, sort_keys=True)
     return TrainResult(results, summary)
+
+
+def _check_before_start(config: TrainConfig, labeled) -> str | None:  # noqa: ANN001
+    """The checks of `run_training` that need no Ray; returns what the card records about the model's
+    pretrained source."""
+    import models
+
+    if config.protocol()["batch_size"] % config.workers:
+        raise ValueError(f"--batch-size {config.protocol()['batch_size']} is the global batch and must divide "
+                         f"evenly among --workers {config.workers} (each worker takes batch / workers)")
+    if config.dataset is None and not config.shards:
+        raise ValueError("nothing to train on: give --dataset and --root, and/or --shards")
+    if config.teacher and config.distill_mode != "none":
+        for seed in config.split.seeds:
+            models.describe(_teacher_for(config, seed))  # a missing or damaged teacher is named now
+    _, mos_scale = _preprocessing_and_scale(config, labeled)
+    return check_sources(config.model, mos_scale, config.storage_options)
 
 
 def _load_labeled(config: TrainConfig):
@@ -191,19 +225,26 @@ def _teacher_scale(config: TrainConfig) -> float:
 
 
 def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: float):  # noqa: ANN001
-    """Ray datasets `train` and `val` for one split (and whether they carry cached backbone features)."""
+    """The training data of one split: `engine.training.data.EpochBatches` of the materialised labelled set
+    (shuffled whole every epoch, the same global batches at any number of workers), or, when shards stream,
+    a Ray dataset (the labelled set, if any, joined to the stream); the validation dataset; whether rows carry
+    cached backbone features; and the training images per epoch (None when shards stream)."""
     from engine.datasets import load_dataset
     from engine.training import data
 
     cache = _caches_features(config, mos_scale)
     pixels = "features" if cache else "image"
+    images = len(split.train) * (1 + config.synthetic)
 
-    def cached(ds):  # noqa: ANN001, ANN202
-        return data.with_backbone_features(ds, config.model, mos_scale, threads=config.threads) if cache else ds
+    def cached(ds, total: int | None = None):  # noqa: ANN001, ANN202
+        if not cache:
+            return ds
+        return data.with_backbone_features(ds, config.model, mos_scale, threads=config.threads, total=total,
+                                           storage_options=config.storage_options)
 
     columns = [pixels, "target"] + (["teacher_score", "teacher_map"] if config.model.kind == "student" else [])
     parts = []
-    val = None
+    val, count = None, 0
     if labeled is not None:
         train = data.labeled_dataset(labeled, split.train, preprocessing, config.storage_options,
                                      synthetic=config.synthetic)
@@ -213,8 +254,13 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: flo
             else:
                 gpus = 1.0 if _use_gpu(config) else 0.0
                 train = data.with_teacher(train, _teacher_for(config, split.seed), preprocessing,
-                                          device="cuda" if gpus else "cpu", num_gpus=gpus, threads=config.threads)
-        parts.append(cached(train).select_columns(columns).materialize())
+                                          device="cuda" if gpus else "cpu", num_gpus=gpus, threads=config.threads,
+                                          total=images)
+        # Materialised once (decoding, teacher outputs, cached features), then served in another seeded
+        # permutation every epoch.
+        train = cached(train, images).select_columns(columns).materialize()
+        count = train.count()
+        parts.append(train)
         if len(split.val):
             val = data.labeled_dataset(labeled, split.val, preprocessing, config.storage_options)
             val = cached(val).select_columns([pixels, "target"]).materialize()
@@ -223,14 +269,18 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: flo
                               mos_scale=config.shard_mos_scale or 100.0, require_score=config.teacher_outputs is None,
                               storage_options=config.storage_options)
         teacher = data.TeacherOutputs(config.teacher_outputs, config.storage_options) if config.teacher_outputs else None
-        stream = data.shard_dataset(shards, teacher, preprocessing)
+        # Shards stream (too many to shuffle whole): their order is reshuffled every epoch, and the loop's
+        # local buffer mixes samples of several shards.
+        stream = data.shard_dataset(shards, teacher, preprocessing, seed=split.seed)
         if config.model.kind == "teacher":
             stream = stream.filter(lambda row: np.isfinite(row["target"]))
         parts.append(cached(stream).select_columns(columns))
     if not parts:
         raise ValueError("nothing to train on: give --dataset/--root and/or --shards")
+    if not config.shards:
+        return data.EpochBatches(parts[0], columns), val, cache, count
     train = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
-    return train, val, cache
+    return train, val, cache, None
 
 
 def _caches_features(config: TrainConfig, mos_scale: float) -> bool:
@@ -268,12 +318,13 @@ def _storage(config: TrainConfig) -> tuple[str, object | None]:
     return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
-def _train_split(config: TrainConfig, labeled, seed: int, out: str) -> dict:  # noqa: ANN001
+def _train_split(config: TrainConfig, labeled, seed: int, out: str, sources: str | None) -> dict:  # noqa: ANN001
     import ray.train
     from ray.train.torch import TorchTrainer
 
     import models
     from engine.evaluate import evaluate
+    from engine.training import data
     from models import checkpoint
 
     identity = config.identity()
@@ -291,20 +342,23 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str) -> dict:  # 
         split = Split(seed, np.zeros(0, int), np.zeros(0, int), np.zeros(0, int))
     preprocessing, mos_scale = _preprocessing_and_scale(config, labeled)
     protocol = config.protocol()
-    train, val, cached_features = _datasets(config, labeled, split, preprocessing, mos_scale)
+    train, val, cached_features, images_per_epoch = _datasets(config, labeled, split, preprocessing, mos_scale)
     use_gpu = _use_gpu(config)
     loop = LoopConfig(model=config.model, mos_scale=mos_scale, epochs=protocol["epochs"],
-                      batch_size=protocol["batch_size"], lr=protocol["lr"], milestones=tuple(protocol["milestones"]),
-                      precision=config.precision, distill_mode=config.distill_mode, seed=seed, threads=config.threads,
-                      has_val=val is not None, cached_features=cached_features)
+                      batch_size=protocol["batch_per_worker"], lr=protocol["lr"],
+                      milestones=tuple(protocol["milestones"]), precision=config.precision,
+                      distill_mode=config.distill_mode, seed=seed, threads=config.threads, has_val=val is not None,
+                      cached_features=cached_features, storage_options=config.storage_options,
+                      images_per_epoch=images_per_epoch)
     storage_path, storage_fs = _storage(config)
-    datasets = {"train": train}
+    epoch_batches = train if isinstance(train, data.EpochBatches) else None
+    datasets = {} if epoch_batches is not None else {"train": train}
     if val is not None:
         datasets["val"] = val
     from ray.data import ExecutionOptions
 
     trainer = TorchTrainer(
-        _worker, train_loop_config={"loop": loop},
+        _worker, train_loop_config={"loop": loop, "epoch_batches": epoch_batches},
         scaling_config=ray.train.ScalingConfig(num_workers=config.workers, use_gpu=use_gpu,
                                                resources_per_worker={"CPU": config.cpus_per_worker}),
         run_config=ray.train.RunConfig(
@@ -314,7 +368,7 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str) -> dict:  # 
                 num_to_keep=2, checkpoint_score_attribute="val_srcc" if val is not None else None,
                 checkpoint_score_order="max")),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if "train" in datasets else [],
                                             execution_options=ExecutionOptions(preserve_order=True)),
     )
     t0 = time.monotonic()
@@ -337,8 +391,11 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str) -> dict:  # 
         "shards": config.shards, "teacher_outputs": config.teacher_outputs,
         "synthetic": {"copies_per_image": config.synthetic, "label": "reference MOS x (1 - 0.15 x level)"}
         if config.synthetic else None,
-        "teacher": _teacher_identity(_teacher_for(config, seed)), "protocol": protocol, "best_epoch": best_metrics.get("epoch"),
+        "teacher": _teacher_identity(_teacher_for(config, seed)),
+        "protocol": {**protocol, "precision": best_metrics.get("precision", protocol["precision"])},
+        "steps": (result.metrics or {}).get("steps"), "best_epoch": best_metrics.get("epoch"),
         "images_per_epoch": best_metrics.get("images"),
+        ("prior" if config.model.kind == "teacher" else "pretrained_backbone"): sources,
         "seconds": round(seconds, 1), "machine": _machine(), "code_version": code_version(),
     }
     model.save_pretrained(out, card={"training": training, "metrics": metrics})
@@ -346,7 +403,7 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str) -> dict:  # 
 
 
 def _worker(config: dict) -> None:
-    train_loop_per_worker(config["loop"])
+    train_loop_per_worker(config["loop"], config.get("epoch_batches"))
 
 
 def _best(result, has_val: bool):  # noqa: ANN001

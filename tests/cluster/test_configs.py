@@ -278,8 +278,7 @@ def test_entrypoints_are_valid_dpiqa_commands(label: str, tokens: list[str]) -> 
             # A local path on the head is not visible to the workers.
             assert re.match(r"[a-z][a-z0-9+.-]*://", value), f"{label}: {name} {value} must be a URL"
     assert "--address" not in tokens, f"{label}: Ray Jobs sets RAY_ADDRESS for the entrypoint"
-    if tokens[1].replace("-", "_") not in SUBCOMMANDS:
-        pytest.skip(f"`dpiqa {tokens[1]}` is not in jobs.cli.JOBS yet (training jobs: issue 4)")
+    assert tokens[1].replace("-", "_") in SUBCOMMANDS, f"{label}: no subcommand `dpiqa {tokens[1]}`"
     try:
         build_parser().parse_args(tokens[1:])
     except SystemExit as exc:
@@ -299,6 +298,13 @@ def test_actors_and_workers_match_the_gpus_of_the_cluster(label: str, job: dict)
                 assert int(value) == start_gpus(spec) <= max_gpus(spec), (
                     f"{label}: {name} {value} != GPUs at start ({start_gpus(spec)})")
                 checked += 1
+            if name == "--workers" and value is not None:
+                from engine.training.run import DEFAULTS
+
+                kind = "teacher" if tokens[1] == "train-teacher" else "student"
+                batch = int(flag(tokens, "--batch-size") or DEFAULTS[kind]["batch_size"])
+                assert batch % int(value) == 0, (
+                    f"{label}: the global batch {batch} does not divide among --workers {value}")
         if tokens[1] == "score":
             assert flag(tokens, "--device") == "cuda" and flag(tokens, "--actors"), (
                 f"{label}: on an autoscaling cluster `--device auto` may see no GPUs yet; say cuda and --actors")

@@ -86,7 +86,7 @@ def test_training_worker_killed_mid_distill_resumes_from_its_checkpoint(ray_loca
     import ray
 
     from engine.splits import SplitConfig
-    from engine.training.loop import ModelSpec
+    from engine.training.model import ModelSpec
     from engine.training.run import TrainConfig, run_training
 
     if not ray.is_initialized():

@@ -23,10 +23,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_ray_run_equals_local_run(ray_local, tmp_path):
-    corpus.write_corpus(tmp_path, shards=4, per_shard=9)
-    local = run_score(ScoreConfig(input=str(tmp_path), output=str(tmp_path / "a"), model=MODEL), LocalExecutor())
+    shards = tmp_path / "in"
+    shards.mkdir()
+    corpus.write_corpus(shards, shards=4, per_shard=9)
+    local = run_score(ScoreConfig(input=str(shards), output=str(tmp_path / "a"), model=MODEL), LocalExecutor())
     distributed = run_score(
-        ScoreConfig(input=f"{tmp_path}/{{00000..00003}}.tar", output=str(tmp_path / "b"), model=MODEL, batch_size=4,
+        ScoreConfig(input=f"{shards}/{{00000..00003}}.tar", output=str(tmp_path / "b"), model=MODEL, batch_size=4,
                     chunk_size=5),
         RayDataExecutor(),
     )

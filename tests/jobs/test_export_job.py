@@ -44,8 +44,9 @@ def exported(tmp_path_factory):
 def test_export_then_score_on_onnxruntime_gives_the_torch_scores(exported, tmp_path, capsys):
     card = json.loads((exported / "card.json").read_text())
     assert card["format"] == "onnx" and set(card["onnx"]["validation"]["batches"]) == {"1", "5"}
-    corpus.write_corpus(tmp_path, shards=2, per_shard=6)
-    common = ["--input", str(tmp_path), "--executor", "local", "--batch-size", "4", "--write-maps"]
+    (tmp_path / "in").mkdir()
+    corpus.write_corpus(tmp_path / "in", shards=2, per_shard=6)
+    common = ["--input", str(tmp_path / "in"), "--executor", "local", "--batch-size", "4", "--write-maps"]
     assert main(["score", *common, "--output", str(tmp_path / "torch"), "--model", MODEL]) == 0
     assert (
         main(
@@ -89,8 +90,9 @@ def test_bad_requests_get_one_line_errors(exported, tmp_path, capsys):
     assert main(["export", "--model", "dpiqa-teacher-tiny", "--output", str(tmp_path / "t")]) == 2
     assert "cannot be exported; only the student" in capsys.readouterr().err
     assert not (tmp_path / "t").exists()
-    corpus.write_corpus(tmp_path, shards=1, per_shard=2)
-    common = ["--input", str(tmp_path), "--executor", "local"]
+    (tmp_path / "in").mkdir()
+    corpus.write_corpus(tmp_path / "in", shards=1, per_shard=2)
+    common = ["--input", str(tmp_path / "in"), "--executor", "local"]
     assert (
         main(["score", *common, "--output", str(tmp_path / "a"), "--model", MODEL, "--runtime", "onnx"]) == 2
     )

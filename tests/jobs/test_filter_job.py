@@ -84,13 +84,6 @@ def test_min_score_and_top_fraction_are_exclusive(tmp_path: Path, capsys: pytest
     assert "not allowed with argument" in capsys.readouterr().err
 
 
-def test_bad_fraction_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    shards, scores = build(tmp_path)
-    assert main(["filter", "--scores", scores, "--input", str(shards), "--output", str(tmp_path / "n"),
-                 "--top-fraction", "1.5", "--executor", "local"]) == 2
-    assert "--top-fraction must be in (0, 1]" in capsys.readouterr().err
-
-
 def test_failed_shard_exits_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     shards, scores = build(tmp_path)
     write_shard(shards / "00007.tar", [("x", {"jpg": jpeg(1)})])  # not scored

@@ -25,8 +25,9 @@ def test_help_lists_the_options():
 
 
 def test_progress_lines_and_summary(tmp_path):
-    corpus.write_corpus(tmp_path, shards=3, per_shard=5)
-    out = dpiqa("score", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model",
+    (tmp_path / "in").mkdir()
+    corpus.write_corpus(tmp_path / "in", shards=3, per_shard=5)
+    out = dpiqa("score", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--model",
                 "dpiqa-student-tiny", "--executor", "local")
     assert out.returncode == 0, out.stderr
     progress = [line for line in out.stderr.splitlines() if "dpiqa.progress" in line]
@@ -53,7 +54,8 @@ def test_bad_arguments_get_one_line_errors(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("dpiqa score: error: ")
     assert "nothing-here" in out.stderr and "Traceback" not in out.stderr
-    corpus.write_corpus(tmp_path, shards=1, per_shard=2)
-    out = dpiqa("score", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model", str(tmp_path / "no-model"),
+    (tmp_path / "in").mkdir()
+    corpus.write_corpus(tmp_path / "in", shards=1, per_shard=2)
+    out = dpiqa("score", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--model", str(tmp_path / "no-model"),
                 "--executor", "local")
     assert out.returncode == 2 and "no-model" in out.stderr and "Traceback" not in out.stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 import models
+from models.backbones import PretrainedWeightsError
 from models.student import DPIQAStudent, StudentConfig
 
 
@@ -66,17 +66,60 @@ def test_training_step_reaches_every_part(tiny: DPIQAStudent) -> None:
     assert no_grad == []
 
 
-def test_pretrained_backbone_offline_logs_and_continues(monkeypatch: pytest.MonkeyPatch,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_default_backbone_is_torchvisions_efficientnet_b7() -> None:
+    """The network the DP-IQA authors used: torchvision's EfficientNet-B7 (its BatchNorm eps 1e-3, stochastic
+    depth 0.2), so that torchvision's IMAGENET1K_V1 weights load into it unchanged."""
+    import torchvision
+
+    student = DPIQAStudent.from_config(StudentConfig(), device="meta")
+    reference = torchvision.models.efficientnet_b7().features
+    assert [tuple(t.shape) for t in student.backbone.state_dict().values()] == [
+        tuple(t.shape) for t in reference.state_dict().values()]
+    assert list(student.backbone.state_dict()) == [f"features.{k}" for k in reference.state_dict()]
+    assert student.backbone.features[0][1].eps == 1e-3
+    depths = [m.p for m in student.backbone.modules() if type(m).__name__ == "StochasticDepth"]
+    assert depths and max(depths) == pytest.approx(0.2 * (len(depths) - 1) / len(depths))
+
+
+def test_pretrained_weights_that_cannot_be_had_stop_with_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    """Offline (no route to download.pytorch.org or the Hub): no silent random initialisation."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-cache"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
-    config = StudentConfig(backbone="test_efficientnet", map_size=16, head_hidden=64, image_size=64)
-    with caplog.at_level(logging.WARNING, logger="models.student"):
-        student = DPIQAStudent(config, pretrained_backbone=True).eval()
-    messages = [r.getMessage() for r in caplog.records if r.name == "models.student"]
-    assert len(messages) == 1
-    assert "ImageNet weights for test_efficientnet could not be fetched" in messages[0]
-    assert "continuing with pretrained=False" in messages[0]
-    with torch.inference_mode():
-        score, quality_map = student(images(2))
-    assert torch.isfinite(score).all() and tuple(quality_map.shape) == (2, 8, 16, 16)
+    with pytest.raises(PretrainedWeightsError) as exc:
+        DPIQAStudent(StudentConfig(backbone="torchvision/mobilenet_v3_small", map_size=4, head_hidden=8,
+                                   image_size=64), pretrained_backbone=True)
+    message = str(exc.value)
+    assert "\n" not in message
+    assert "MobileNet_V3_Small_Weights.IMAGENET1K_V1" in message and "download.pytorch.org" in message
+    assert "--backbone-weights" in message and "--no-pretrained" in message
+    with pytest.raises(PretrainedWeightsError, match="timm's pretrained mobilenetv3_small_100 .*--no-pretrained"):
+        DPIQAStudent(StudentConfig(backbone="mobilenetv3_small_100", map_size=4, head_hidden=8, image_size=64),
+                     pretrained_backbone=True)
+    with pytest.raises(PretrainedWeightsError, match="test_efficientnet"):  # timm has no weights for it at all
+        DPIQAStudent(StudentConfig(backbone="test_efficientnet", map_size=4, head_hidden=8, image_size=64),
+                     pretrained_backbone=True)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_backbone_weights_from_a_file(tmp_path: Path, suffix: str) -> None:
+    """`--backbone-weights`: a torchvision weight file (a whole classifier's state dict, head included) or a
+    safetensors file, read through fsspec."""
+    import safetensors.torch
+    import torchvision
+
+    torch.manual_seed(3)
+    classifier = torchvision.models.mobilenet_v3_small()
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".pth":
+        torch.save(classifier.state_dict(), path)
+    else:
+        safetensors.torch.save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(path))
+    config = StudentConfig(backbone="torchvision/mobilenet_v3_small", map_size=4, head_hidden=8, image_size=64)
+    student = DPIQAStudent(config, pretrained_backbone=True, weights_file=f"file://{path}")
+    for name, tensor in classifier.features.state_dict().items():
+        assert torch.equal(student.backbone.state_dict()[f"features.{name}"], tensor), name
+    other = torchvision.models.resnet18()
+    torch.save(other.state_dict(), tmp_path / "wrong.pth")
+    with pytest.raises(PretrainedWeightsError, match="does not fit backbone torchvision/mobilenet_v3_small"):
+        DPIQAStudent(config, pretrained_backbone=True, weights_file=str(tmp_path / "wrong.pth"))

@@ -18,7 +18,7 @@ import models
 from models import checkpoint
 from models.prompts import DEFAULT_SET, quality_prompts
 from models.scorer import Scorer
-from models.teacher import CachedContextAttnProcessor, DPIQATeacher, TeacherConfig, _is_sd_file
+from models.teacher import CachedContextAttnProcessor, DPIQATeacher, TeacherConfig, _sd_files
 
 # ---------------------------------------------------------------- full size, meta device (no memory)
 
@@ -339,18 +339,51 @@ def test_from_stable_diffusion_fsspec_urls_with_the_default_prompts(tiny_sd: dic
     assert torch.isfinite(score).all() and tuple(quality_map.shape) == (2, 8, 16, 16)
 
 
-@pytest.mark.parametrize(("name", "variant", "wanted"), [
-    ("unet/config.json", None, True),
-    ("unet/diffusion_pytorch_model.safetensors", None, True),
-    ("unet/diffusion_pytorch_model.fp16.safetensors", None, False),
-    ("unet/diffusion_pytorch_model.fp16.safetensors", "fp16", True),
-    ("unet/diffusion_pytorch_model.safetensors", "fp16", False),
-    ("unet/diffusion_pytorch_model.non_ema.safetensors", None, False),
-    ("unet/diffusion_pytorch_model.bin", None, False),
-    ("unet/diffusion_pytorch_model-00001-of-00002.safetensors", None, True),
-    ("unet/diffusion_pytorch_model.safetensors.index.json", None, True),
-    ("text_encoder/model.safetensors", None, False),
-    ("vae/config.json", None, True),
-])
-def test_only_the_needed_sd_files_are_fetched(name: str, variant: str | None, wanted: bool) -> None:
-    assert _is_sd_file(name, variant) is wanted
+SD_FILES = [
+    "model_index.json", "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.bin",
+    "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors",
+    "unet/diffusion_pytorch_model-00001-of-00002.safetensors", "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
+    "unet/diffusion_pytorch_model.safetensors.index.json", "unet/diffusion_pytorch_model.non_ema.safetensors",
+    "unet/diffusion_pytorch_model.bin", "text_encoder/model.safetensors",
+]
+
+
+def test_only_the_needed_sd_files_are_fetched() -> None:
+    assert _sd_files(SD_FILES, None, "sd") == {
+        "vae/config.json", "vae/diffusion_pytorch_model.safetensors",  # safetensors preferred over .bin
+        "unet/config.json", "unet/diffusion_pytorch_model-00001-of-00002.safetensors",
+        "unet/diffusion_pytorch_model-00002-of-00002.safetensors", "unet/diffusion_pytorch_model.safetensors.index.json"}
+    with pytest.raises(ValueError, match=r"sd: vae/ has no weights \(diffusion_pytorch_model.fp16.safetensors or "):
+        _sd_files(SD_FILES, "fp16", "sd")  # the vae has no fp16 variant: said, not guessed
+    old = ["vae/config.json", "vae/diffusion_pytorch_model.bin", "unet/config.json", "unet/diffusion_pytorch_model.bin"]
+    assert _sd_files(old, None, "sd") == set(old)  # an older snapshot with .bin weights only
+    with pytest.raises(ValueError, match="sd: not a Stable Diffusion folder: unet/config.json is missing"):
+        _sd_files(old[:2], None, "sd")
+
+
+def test_bin_only_folders_load_from_a_bucket_through_the_training_path(tiny_sd: dict, s3: tuple, tmp_path: Path) -> None:
+    """Older snapshots hold `.bin` weights only (read with weights_only), and storage options reach the SD and
+    CLIP loading of a training worker (`build_model`, what every Ray Train worker calls)."""
+    import s3fs
+
+    from engine.training.model import ModelSpec, build_model, check_sources
+
+    bucket, options = s3
+    fs = s3fs.S3FileSystem(**options)
+    tiny_sd["vae"].save_pretrained(tmp_path / "sd" / "vae", safe_serialization=False)
+    tiny_sd["unet"].save_pretrained(tmp_path / "sd" / "unet", safe_serialization=False)
+    tiny_sd["clip_model"].save_pretrained(tmp_path / "clip", safe_serialization=False)
+    tiny_sd["tokenizer"].save_pretrained(tmp_path / "clip")
+    assert not list((tmp_path / "sd").glob("*/*.safetensors")) and list((tmp_path / "sd").glob("unet/*.bin"))
+    fs.put(str(tmp_path / "sd"), f"{bucket}/old/sd", recursive=True)
+    fs.put(str(tmp_path / "clip"), f"{bucket}/old/clip", recursive=True)
+    spec = ModelSpec(kind="teacher", config="dpiqa-teacher-tiny", sd=f"s3://{bucket}/old/sd",
+                     clip=f"s3://{bucket}/old/clip", prompt_set="empty-1")
+    assert check_sources(spec, 5.0, options).startswith(f"Stable Diffusion s3://{bucket}/old/sd")
+    teacher = build_model(spec, 5.0, storage_options=options)
+    assert_loaded(teacher, tiny_sd)
+    with pytest.raises(ValueError, match="unet/config.json is missing"):
+        fs.rm(f"{bucket}/old/sd/unet/config.json")
+        check_sources(spec, 5.0, options)
+    with pytest.raises(ValueError, match="train-teacher needs the diffusion prior: --sd .*--random-prior"):
+        check_sources(ModelSpec(kind="teacher", config="dpiqa-teacher-tiny"), 5.0)

@@ -32,8 +32,8 @@ COMMON = ["--dataset", "csv", "--batch-size", "8", "--threads", "1"]
 def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("train")
     table = graded_table(d)
-    out = cli("train-teacher", *COMMON, "--root", str(table), "--config", "dpiqa-teacher-tiny", "--epochs", "2",
-              "--output", str(d / "teacher"), cwd=d)
+    out = cli("train-teacher", *COMMON, "--root", str(table), "--config", "dpiqa-teacher-tiny", "--random-prior",
+              "--epochs", "2", "--output", str(d / "teacher"), cwd=d)
     assert out.returncode == 0, out.stderr[-3000:]
     return d, table
 
@@ -44,6 +44,11 @@ def test_teacher_card_records_protocol_split_and_test_metrics(trained):
     t = card["training"]
     assert t["job"] == "train-teacher" and t["dataset"] == "csv" and t["seed"] == 0
     assert t["protocol"]["optimizer"] == "Adam" and t["protocol"]["lr"] == 1e-5 and t["protocol"]["epochs"] == 2
+    assert t["protocol"]["name"] == "ours" and t["protocol"]["selection"] == "best validation SRCC"
+    assert t["protocol"]["batch_size"] == 8 and t["protocol"]["batch_per_worker"] == 8
+    assert t["protocol"]["precision"] == "fp32"  # auto on a CPU, resolved
+    assert t["steps"] == 2 * (33 // 8)  # whole global batches of the 33 training images, 2 epochs
+    assert t["prior"].startswith("random prior")
     assert t["split"]["sizes"] == {"train": 33, "val": 5, "test": 10}  # 48 at 70/10/20: val 4.8, test 9.6 rounded
     assert card["metrics"]["test"]["n"] == 10 and -1 <= card["metrics"]["test"]["srcc"] <= 1
     assert card["mos_scale"] == 100.0 and card["sha256"] == models.describe(str(d / "teacher")).checkpoint_hash
@@ -73,7 +78,10 @@ def test_distill_from_the_teacher_on_the_labelled_set(trained):
     assert card["architecture"] == "dpiqa-student"
     assert card["training"]["teacher"]["checkpoint_hash"] == models.describe(str(d / "teacher")).checkpoint_hash
     assert card["training"]["protocol"]["distill_mode"] == "feature" and card["training"]["protocol"]["lr"] == 1e-4
+    assert card["training"]["pretrained_backbone"] == "none: random initialisation (--no-pretrained)"
     assert card["metrics"]["test"]["n"] == 10
+    # the teacher's pass over the training images shows progress, not minutes of silence
+    assert "distill: teacher outputs: " in out.stderr and "images/s" in out.stderr
 
 
 def test_distill_needs_a_teacher_or_mode_none(trained):
@@ -123,7 +131,8 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_does(tmp_path):
     table = graded_table(tmp_path, n=40, seed=1)
-    args = ["train-teacher", *COMMON, "--root", str(table), "--config", "dpiqa-teacher-tiny", "--epochs", "4"]
+    args = ["train-teacher", *COMMON, "--root", str(table), "--config", "dpiqa-teacher-tiny", "--random-prior",
+            "--epochs", "4"]
     clean = cli(*args, "--output", str(tmp_path / "clean"), cwd=tmp_path)
     assert clean.returncode == 0, clean.stderr[-3000:]
 
@@ -162,7 +171,7 @@ def test_frozen_backbone_trains_on_cached_features_exactly_as_on_images(ray_loca
     import ray
 
     from engine.splits import SplitConfig
-    from engine.training.loop import ModelSpec
+    from engine.training.model import ModelSpec
     from engine.training.run import TrainConfig, run_training
 
     if not ray.is_initialized():
@@ -179,7 +188,7 @@ def test_frozen_backbone_trains_on_cached_features_exactly_as_on_images(ray_loca
         outs[cache] = models.load_model(out).state_dict()
     for k in outs[True]:
         torch.testing.assert_close(outs[True][k], outs[False][k], rtol=0, atol=1e-3, msg=k)
-    from engine.training.loop import build_model
+    from engine.training.model import build_model
 
     torch.manual_seed(0)  # as the workers build it: the frozen backbone stays, the head moved
     initial = build_model(ModelSpec(kind="student", config="dpiqa-student-tiny", pretrained_backbone=False,
@@ -187,3 +196,104 @@ def test_frozen_backbone_trains_on_cached_features_exactly_as_on_images(ray_loca
     assert all(torch.equal(outs[True][k], initial[k]) for k in initial if k.startswith("backbone.")
                and not k.endswith("num_batches_tracked"))
     assert not torch.equal(outs[True]["mlp.net.1.weight"], initial["mlp.net.1.weight"])
+
+
+def test_one_and_eight_workers_follow_one_recipe(ray_local, tmp_path):
+    """`--batch-size` is the global batch: 1 and 2 workers take the same optimizer steps over the same global
+    batches and end at the same weights. The tiny teacher has no BatchNorm, so what differs is only the
+    order of float sums in DDP's all-reduce; Adam can turn such noise in a near-zero gradient into a step of
+    up to its learning rate, so the tolerance is lr x steps (1e-5 x 6)."""
+    from engine.splits import SplitConfig
+    from engine.training.model import ModelSpec
+    from engine.training.run import TrainConfig, run_training
+
+    table = graded_table(tmp_path, n=40, seed=2)
+    cards = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        run_training(TrainConfig(job="train-teacher", output=str(out), dataset="csv", root=str(table),
+                                 model=ModelSpec(kind="teacher", config="dpiqa-teacher-tiny", random_prior=True),
+                                 split=SplitConfig(n_splits=1), epochs=2, batch_size=8, threads=1, workers=workers))
+        cards[workers] = json.loads((out / "card.json").read_text())["training"]
+    assert cards[1]["steps"] == cards[2]["steps"] == 2 * (28 // 8)  # 40 images at 70/10/20: 28 train
+    assert cards[2]["protocol"]["batch_size"] == 8 and cards[2]["protocol"]["batch_per_worker"] == 4
+    a, b = _weights(tmp_path / "w1"), _weights(tmp_path / "w2")
+    moved = [k for k in a if not torch.equal(a[k], _initial_teacher()[k])]
+    assert moved  # training changed the weights
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=6e-5, msg=k)
+
+
+def _initial_teacher() -> dict[str, torch.Tensor]:
+    from engine.training.model import ModelSpec, build_model
+
+    torch.manual_seed(0)  # as the workers build it
+    return build_model(ModelSpec(kind="teacher", config="dpiqa-teacher-tiny", random_prior=True), 100.0).state_dict()
+
+
+def test_epoch_batches_shuffle_whole_per_epoch_and_split_global_batches(ray_local):
+    """Every epoch a different seeded permutation of all rows (not a local buffer over file order), the same
+    for the same (seed, epoch) on every run, and each worker's slice of a global batch is disjoint."""
+    import numpy as np
+    import ray
+
+    from engine.training.data import EpochBatches
+
+    ds = ray.data.from_items([{"i": i, "target": float(i)} for i in range(100)], override_num_blocks=7).materialize()
+    batches = EpochBatches(ds, ["i", "target"])
+    assert len(batches) == 100 and batches.steps(16) == 6
+
+    def epoch(e: int, world: int = 1, seed: int = 3) -> list[list[int]]:
+        parts = [list(batches.batches(e, seed, 16, r, world)) for r in range(world)]
+        return [sorted(int(x) for p in step for x in p["i"]) for step in zip(*parts, strict=True)]
+
+    first, second = epoch(0), epoch(1)
+    assert first != second and epoch(0) == first  # reshuffled per epoch, reproducible
+    assert max(first[0]) > 50  # drawn from the whole set, not from the first rows
+    assert len({x for step in first for x in step}) == 96  # 6 whole batches, no row twice
+    assert epoch(0, world=2) == first and epoch(1, world=4) == second  # the same global batches at any scale
+    rows = list(batches.batches(0, 3, 16, 1, 2))
+    assert all(len(b["i"]) == 8 and np.array_equal(b["target"], b["i"].astype(float)) for b in rows)
+
+
+def test_bad_recipes_stop_before_ray_starts(tmp_path, capsys):
+    """A global batch that does not divide among the workers, a missing dataset file, a teacher without its
+    prior: one line, exit 2, before any Ray start-up (seconds, not a minute)."""
+    from jobs.cli import main
+
+    table = graded_table(tmp_path, n=12)
+    t0 = time.monotonic()
+    cases = [
+        (["train-teacher", "--dataset", "csv", "--root", str(table), "--config", "dpiqa-teacher-tiny", "--random-prior",
+          "--batch-size", "10", "--workers", "4"], "--batch-size 10 is the global batch and must divide evenly"),
+        (["train-teacher", "--dataset", "csv", "--root", str(tmp_path / "missing.csv"), "--config",
+          "dpiqa-teacher-tiny", "--random-prior"], "missing.csv"),
+        (["train-teacher", "--dataset", "csv", "--root", str(table), "--config", "dpiqa-teacher-tiny"],
+         "train-teacher needs the diffusion prior: --sd"),
+        (["distill", "--dataset", "csv", "--root", str(table), "--config", "dpiqa-student-tiny", "--mode", "none"],
+         "timm's pretrained test_efficientnet"),
+        (["train-teacher", "--dataset", "csv", "--root", str(table), "--protocol", "paper", "--fractions",
+          "0.7,0.1,0.2", "--random-prior"], "--protocol paper has no validation part"),
+    ]
+    import ray
+
+    was_running = ray.is_initialized()
+    for argv, says in cases:
+        code = main([*argv, "--output", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert code == 2 and says in err.strip().splitlines()[-1], err
+        assert "--no-pretrained" in err or "distill" not in argv[0]
+    assert ray.is_initialized() == was_running and time.monotonic() - t0 < 60
+
+
+def test_paper_protocol_trains_to_the_last_epoch_on_80_20(ray_local, tmp_path, capsys):
+    from jobs.cli import main
+
+    table = graded_table(tmp_path, n=30, seed=4)
+    code = main(["train-teacher", *COMMON, "--root", str(table), "--config", "dpiqa-teacher-tiny", "--random-prior",
+                 "--protocol", "paper", "--splits", "1", "--epochs", "3", "--output", str(tmp_path / "t")])
+    out = capsys.readouterr().out
+    assert code == 0 and "protocol paper: epoch chosen by last epoch" in out
+    t = json.loads((tmp_path / "t" / "card.json").read_text())["training"]
+    assert t["split"]["sizes"] == {"train": 24, "val": 0, "test": 6} and t["split"]["fractions"] == [0.8, 0.0, 0.2]
+    assert t["protocol"]["name"] == "paper" and t["protocol"]["selection"] == "last epoch" and t["best_epoch"] == 2
