@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from models.pretrained import CLIP_TEXT, STABLE_DIFFUSION
 from jobs.args import (
     add_address,
     add_storage_options,
@@ -15,7 +14,7 @@ from jobs.args import (
     positive_float,
     positive_int,
 )
-
+from models.pretrained import CLIP_TEXT, STABLE_DIFFUSION
 
 PROTOCOLS = {
     # ours: a validation part picks the epoch, the test part is touched once; the median over splits is reported
