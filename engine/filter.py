@@ -39,11 +39,11 @@ import pyarrow.parquet as pq
 
 from engine import io as eio
 from engine import schema
-from engine.output import DONE_DIR, MANIFEST, OutputLocation, RunResult
-from engine.progress import Progress
+from engine.output import DONE_DIR, OutputLocation, RunResult
+from engine.runner import ShardJob, Tally, pending_shards, run_shard_job
 from engine.scores import ScoredRun, ScoredShard
 from engine.stages.source import Sample, shard_samples
-from engine.version import code_version
+from engine.stages.write import ShardFact
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +245,7 @@ class ShardResult:
     refused: int = 0
     error: str | None = None
     refusals: list[str] = field(default_factory=list)
+    rows_scored: int = 0
 
 
 @dataclass
@@ -296,6 +297,7 @@ class ShardFilter:
         else:
             kept_rows = self._copy(task, wanted, out, result)
         result.kept = len(kept_rows)
+        result.rows_scored = table.num_rows
         cols = list(zip(*kept_rows, strict=True)) if kept_rows else [[], [], [], []]
         out.write_table(KEYS_DIR, task.name, pa.Table.from_arrays(
             [pa.array(c, f.type) for c, f in zip(cols, KEPT_SCHEMA, strict=True)], schema=KEPT_SCHEMA))
@@ -397,10 +399,8 @@ def run_filter(config: FilterConfig, executor: str = "local", address: str | Non
         engine.output.ForeignOutputError: the output holds another filter's results.
         ValueError: bad input (no shard, no scores, output on top of the input).
     """
-    started = datetime.now(timezone.utc)
     t0 = time.monotonic()
     shards = eio.list_shards(config.input, config.storage_options)
-    urls = shards.urls
     out = OutputLocation(config.output, config.storage_options)
     eio.refuse_overlap(shards, out.url, config.storage_options)
     out.check_writable()
@@ -428,54 +428,59 @@ def run_filter(config: FilterConfig, executor: str = "local", address: str | Non
         _remove_previous(out)
     digest = out.claim(identity, overwrite=config.overwrite)
 
-    done = out.done()
-    todo = [ShardTask(url, s.name, s.path) for url, s in pairs if s.name not in done]
-    skipped = len(pairs) - len(todo)
-    log.info("filter: %d shards, %d already done, %d to do, %d without scores", len(urls), skipped, len(todo),
+    todo, skipped = pending_shards(out, shards)
+    log.info("filter: %d shards, %d already done, %d to do, %d without scores", len(shards.urls), skipped, len(todo),
              len(missing))
     worker = ShardFilter(config.scores, config.output, cutoff, config.keys_only, digest, config.storage_options)
-    results = _run_local(worker, todo, config.workers) if executor == "local" else _run_ray(worker, todo, address)
+    tasks = {url: ShardTask(url, s.name, s.path) for url, s in pairs}
+    job = FilterJob(worker, tasks, missing, executor, config.workers, address, out, cutoff, config.scores)
+    settings = {k: v for k, v in asdict(config).items() if k != "storage_options"}
+    return run_shard_job(job, shards, out, todo, skipped, settings, digest, retries=2, started=t0)
 
-    failed = dict(missing)
-    kept = refused = written = 0
-    progress = Progress("filter", len(todo), unit="kept samples")
-    for r in results:
-        if r.error:
-            failed[r.url] = r.error
-        else:
-            written += 1
-            kept += r.kept
-            refused += r.refused
-        progress.update(written + len(failed) - len(missing), kept, failed=len(failed) - len(missing))
-    progress.update(written + len(failed) - len(missing), kept, failed=len(failed) - len(missing), force=True)
-    totals = {"kept": 0, "refused": 0}
-    for marker in out.done().values():
-        totals["kept"] += int(marker.get("kept", 0))
-        totals["refused"] += int(marker.get("refused", 0))
-    elapsed = time.monotonic() - t0
-    manifest = {
-        "scores": config.scores,
-        "input": config.input,
-        "output": config.output,
-        "config": {k: v for k, v in asdict(config).items() if k != "storage_options"},
-        "config_hash": digest,
-        "cutoff": {"score": cutoff.score, "kept": cutoff.kept, "ok_rows": cutoff.total,
-                   "kept_at_cut": sum(cutoff.ties.values()) if cutoff.ties is not None else None},
-        "code_version": code_version(),
-        "shards": {"total": len(urls), "skipped_done": skipped, "written": written, "failed": len(failed)},
-        "failed_shards": failed,
-        "kept_this_run": kept,
-        "refused_this_run": refused,
-        "kept": totals["kept"],
-        "refused": totals["refused"],
-        "started": started.isoformat(timespec="seconds"),
-        "seconds": round(elapsed, 3),
-    }
-    out.write_json(MANIFEST, manifest)
-    if failed:
-        log.error("filter: %d shard(s) failed:\n  %s", len(failed),
-                  "\n  ".join(f"{u}: {e}" for u, e in sorted(failed.items())))
-    return FilterResult(manifest)
+
+class FilterJob(ShardJob):
+    """`filter` as a shard job: one `ShardFilter` call per shard, on a thread pool or as Ray Data tasks."""
+
+    label = "filter"
+    unit = "kept samples"
+
+    def __init__(self, worker: ShardFilter, tasks: dict[str, ShardTask], missing: dict[str, str], executor: str,
+                 workers: int, address: str | None, out: OutputLocation, cutoff: Cutoff, scores: str) -> None:
+        self.worker, self.tasks, self.missing, self.executor = worker, tasks, missing, executor
+        self.workers, self.address, self.out, self.cutoff, self.scores = workers, address, out, cutoff, scores
+        self.kept = self.refused = 0
+
+    def process(self, shards: list[str], fact: Callable[[ShardFact], None], units: Callable[[int], None]) -> None:
+        for url in shards:
+            if url in self.missing:
+                fact(ShardFact(url, "", error=self.missing[url]))
+        todo = [self.tasks[u] for u in shards if u in self.tasks]
+        run = _run_local(self.worker, todo, self.workers) if self.executor == "local" else _run_ray(
+            self.worker, todo, self.address)
+        for r in run:
+            if r.error is None:
+                self.kept += r.kept
+                self.refused += r.refused
+            fact(ShardFact(r.url, r.name, r.rows_scored, {"kept": r.kept, "refused": r.refused}, error=r.error))
+            units(r.kept)
+
+    def retryable(self, exc: BaseException) -> bool:
+        from engine.executor.ray_data import is_ray_system_error
+
+        return self.executor != "local" and is_ray_system_error(exc)
+
+    def manifest(self, tally: Tally) -> dict:
+        totals = {"kept": 0, "refused": 0}
+        for marker in self.out.done().values():
+            totals["kept"] += int(marker.get("kept", 0))
+            totals["refused"] += int(marker.get("refused", 0))
+        cutoff = self.cutoff
+        return {
+            "scores": self.scores,
+            "cutoff": {"score": cutoff.score, "kept": cutoff.kept, "ok_rows": cutoff.total,
+                       "kept_at_cut": sum(cutoff.ties.values()) if cutoff.ties is not None else None},
+            "kept_this_run": self.kept, "refused_this_run": self.refused, **totals,
+        }
 
 
 def _remove_previous(out: OutputLocation) -> None:

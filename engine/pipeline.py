@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 
 import models
 from engine import io
 from engine.executor.base import Executor
-from engine.output import MANIFEST, OutputLocation, RunResult
-from engine.progress import Progress
+from engine.output import OutputLocation, RunResult
+from engine.runner import ShardJob, Tally, pending_shards, run_shard_job
 from engine.schema import SCORES_SCHEMA
-from engine.stages.base import Batch, Stage
+from engine.stages.base import Stage
 from engine.stages.decode import DEFAULT_MAX_PIXELS, DecodeStage
 from engine.stages.score import ScoreStage
 from engine.stages.source import SourceStage
-from engine.stages.write import ParquetWriteStage
+from engine.stages.write import ShardFact, ShardWriter, WriteStage, owner
 from engine.version import code_version
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class ScoreConfig:
         runtime: `auto` (onnxruntime on CPU actors for an ONNX export from `dpiqa export`, else torch),
             `torch` or `onnx` (refuses a model that does not run on it).
         skip_missing: score the shards that exist when a brace pattern or list names some that do not.
+        writers: shard writers (default: one per node of the cluster; one on the local executor).
         storage_options: fsspec options for input and output.
     """
 
@@ -72,6 +74,7 @@ class ScoreConfig:
     compile: bool = False
     runtime: str = "auto"
     skip_missing: bool = False
+    writers: int | None = None
     storage_options: dict | None = None
 
     def identity(self, info: models.ModelInfo, stages: list[Stage]) -> dict:
@@ -122,20 +125,21 @@ def _cpu_threads(actors: int) -> int:
 def run_score(config: ScoreConfig, executor: Executor) -> ScoreResult:
     """Score every shard of `config.input` that has no completion marker at `config.output`.
 
+    Everything the user named (model, shards, output) is checked before Ray starts or anything is written.
+    The rows are written by shard writers where they are scored (`engine.stages.write`); the driver hears
+    one fact per shard.
+
     Raises:
         engine.output.ForeignOutputError: the output holds another configuration's results.
-        ValueError: the input names no shard.
+        ValueError: bad input (no shard, a missing shard, an output inside the input, a damaged model).
     """
-    started = datetime.now(timezone.utc)
     t0 = time.monotonic()
     retries_before = io.RetryCounter.count
-    # Everything the user named is checked before Ray starts or anything is written.
     info = models.describe(config.model)
     models.check_runtime(config.model, info.runtime, config.runtime, device=config.device,
                          precision=config.precision, channels_last=config.channels_last,
                          compile=config.compile)
     shards = io.list_shards(config.input, config.storage_options, skip_missing=config.skip_missing)
-    urls, names = shards.urls, shards.names
     output = OutputLocation(config.output, config.storage_options)
     io.refuse_overlap(shards, output.url, config.storage_options)
     output.check_writable()
@@ -143,103 +147,77 @@ def run_score(config: ScoreConfig, executor: Executor) -> ScoreResult:
     stages = build_stages(config, info, gpus)
     identity = config.identity(info, stages)
     digest = output.claim(identity, overwrite=config.overwrite, model=config.model)
-
     todo, skipped = pending_shards(output, shards)
     log.info("score: %d shards, %d already done, %d to do; model %s (%s)",
-             len(urls), skipped, len(todo), config.model, info.checkpoint_hash)
+             len(shards.urls), skipped, len(todo), config.model, info.checkpoint_hash)
+    job = ScoreJob(config, executor, stages, output, shards.names, info, digest, retries_before)
+    settings = {k: v for k, v in asdict(config).items() if k != "storage_options"}
+    return run_shard_job(job, shards, output, todo, skipped, settings, digest, config.retries, started=t0)
 
-    map_shape = info.map_shape if config.write_maps else None
-    metadata = {**info.identity(), "config_hash": digest, "code_version": code_version()}
-    writer = ParquetWriteStage(output, names, metadata, config.model, digest, map_shape=map_shape)
-    progress = Progress("score", len(todo))
-    first_output: list[float] = []
 
-    def sink(batch: Batch) -> None:
-        if not first_output:
-            first_output.append(time.monotonic() - t0)
-        writer(batch)
-        written, images = writer.progress()
-        progress.update(written, images, failed=len(writer.summary.failed))
+class WriterLost(RuntimeError):
+    """A shard writer died during an attempt (what it had not written is written by the next attempt)."""
 
-    remaining, attempt = todo, 0
-    while remaining:
+
+class ScoreJob(ShardJob):
+    """`score` as a shard job: the read -> decode -> score pipeline on the executor, rows handed to shard
+    writers (Ray actors spread over the nodes, or one in-process writer on the local executor)."""
+
+    label = "score"
+    unit = "images"
+
+    def __init__(self, config: ScoreConfig, executor: Executor, stages: list[Stage], output: OutputLocation,
+                 names: dict[str, str], info: models.ModelInfo, digest: str, retries_before: int) -> None:
+        self.config, self.executor, self.stages, self.output = config, executor, stages, output
+        self.names, self.info, self.digest, self.retries_before = names, info, digest, retries_before
+        self.reader_retries = 0
+
+    def process(self, shards: list[str], fact: Callable[[ShardFact], None], units: Callable[[int], None]) -> None:
+        n = max(1, min(len(shards), self.config.writers or self.executor.default_writers()))
+        metadata = {**self.info.identity(), "config_hash": self.digest, "code_version": code_version()}
+        map_shape = self.info.map_shape if self.config.write_maps else None
+        where = (self.output.url, self.config.storage_options)
+        # Each writer is told only the names of the shards it owns: its constructor stays small at 10^5 shards.
+        owned = [{u: self.names[u] for u in shards if owner(u, n) == k} for k in range(n)]
+        writers = self.executor.start(ShardWriter, [(where, names, metadata, self.config.model, self.digest,
+                                                     map_shape) for names in owned])
+        stop = threading.Event()
+        lost = []
+
+        def drain(wait: bool) -> None:
+            for slot, report in enumerate(self.executor.call(writers, "drain", wait)):
+                if report is None:
+                    lost.append(slot)
+                for f in (report or {}).get("facts", []):
+                    self.reader_retries += f["retries"]
+                    fact(ShardFact(**f))
+
+        def poll() -> None:  # shard facts while the pipeline runs, whenever blocks reach the driver
+            while not stop.wait(2.0):
+                drain(False)
+
+        poller = threading.Thread(target=poll, name="score-writer-poll", daemon=True)
+        poller.start()
         try:
-            executor.run([{"shard": url} for url in remaining], stages, sink)
-            break
-        except Exception as exc:
-            writer.flush()
-            remaining = [u for u in remaining if u not in writer.completed and u not in writer.summary.failed]
-            attempt += 1
-            if not executor.retryable(exc) or attempt > config.retries:
-                if executor.retryable(exc):
-                    for url in remaining:
-                        writer.fail(url, f"incomplete after {attempt} attempts: {type(exc).__name__}: {exc}")
-                    break
-                raise
-            # A node or worker died and Ray Data gave up: start a fresh pipeline over the shards that are
-            # not written; their partial rows are dropped (rows are keyed by shard and index, so nothing
-            # is counted twice).
-            log.warning("score: pipeline failed (%s: %s); attempt %d of %d on %d unfinished shards",
-                        type(exc).__name__, str(exc).splitlines()[0][:300], attempt + 1, config.retries + 1,
-                        len(remaining))
-            for url in remaining:
-                writer.reset(url)
-    summary = writer.close()
-    elapsed = time.monotonic() - t0
-    # Retries of this process (listing, writes; and reads when the stages ran here) plus those the
-    # shard readers reported from other processes.
-    io_retries = io.RetryCounter.count - retries_before + (0 if executor.in_process else summary.io_retries)
-    progress.update(summary.shards_written, writer.images_seen, failed=len(summary.failed), force=True)
+            self.executor.run([{"shard": url} for url in shards], [*self.stages, WriteStage(writers)],
+                              lambda batch: units(int(batch["images"].sum())))
+        finally:
+            stop.set()
+            poller.join()
+            drain(True)  # what was finished, also when the attempt failed
+            self.executor.stop(writers)
+        if lost:  # their shards in flight are gone with them: another attempt writes them again
+            raise WriterLost(f"{len(set(lost))} of {n} shard writers died (their process or node ended)")
 
-    manifest = {
-        "input": config.input,
-        "output": config.output,
-        "config": {k: v for k, v in asdict(config).items() if k != "storage_options"},
-        "config_hash": digest,
-        "model": info.identity(),
-        "code_version": code_version(),
-        "shards": {"total": len(urls), "skipped_done": skipped, "written": summary.shards_written,
-                   "failed": len(summary.failed)},
-        "failed_shards": summary.failed,
-        "rows": summary.rows,
-        "statuses": dict(summary.statuses),
-        "io_retries": io_retries,
-        "pipeline_attempts": attempt + 1,
-        "columns": SCORES_SCHEMA.names,
-        "started": started.isoformat(timespec="seconds"),
-        "seconds": round(elapsed, 3),
-        # until the first scored batch came back: listing, (Ray start,) model load, first batch
-        "startup_seconds": round(first_output[0], 3) if first_output else None,
-        "images_per_second": round(writer.images_seen / elapsed, 2) if elapsed > 0 else None,
-    }
-    output.write_json(MANIFEST, manifest)
-    if summary.failed:
-        log.error("score: %d shard(s) failed:\n  %s", len(summary.failed),
-                  "\n  ".join(f"{u}: {e}" for u, e in sorted(summary.failed.items())))
-    return ScoreResult(manifest)
+    def retryable(self, exc: BaseException) -> bool:
+        return isinstance(exc, WriterLost) or self.executor.retryable(exc)
 
-
-def pending_shards(output: OutputLocation, shards: io.ShardList) -> tuple[list[str], int]:
-    """The shards without a completion marker, and how many have one. A shard counts as done when a
-    marker names its URL under any output name (an earlier run may have named it differently), so no
-    run writes one input shard twice into one output.
-
-    Raises:
-        ValueError: the output name of a shard holds another shard's results.
-    """
-    done = output.done()
-    by_url = {m.get("shard"): name for name, m in done.items()}
-    todo, skipped = [], 0
-    for url in shards.urls:
-        if url in by_url:
-            skipped += 1
-            continue
-        marker = done.get(shards.names[url])
-        if marker is not None:
-            raise ValueError(f"{output.url}: output name {shards.names[url]!r} holds the results of "
-                             f"{marker.get('shard')}, not of {url}; use a separate --output for this shard set")
-        todo.append(url)
-    return todo, skipped
+    def manifest(self, tally: Tally) -> dict:
+        # Retries of this process (listing, writes; and reads when the stages ran here) plus those the
+        # shard readers reported from other processes.
+        io_retries = io.RetryCounter.count - self.retries_before + (
+            0 if self.executor.in_process else self.reader_retries)
+        return {"model": self.info.identity(), "io_retries": io_retries, "columns": SCORES_SCHEMA.names}
 
 
 def _cluster_gpus(executor: Executor) -> float:

@@ -60,9 +60,7 @@ def main(args: argparse.Namespace) -> int:
     )
     executor = LocalExecutor() if args.executor == "local" else RayDataExecutor(address=args.address)
     result = run_score(config, executor)
-    shards = result.manifest["shards"]
-    print(f"scored {result.manifest['rows']:,} rows from {shards['written']} shards "
-          f"({shards['skipped_done']} already done, {shards['failed']} failed) -> {args.output}")
+    print(result.summary_line("scored"))
     for url, error in sorted(result.failed.items()):
         print(f"FAILED {url}: {error}")
     return result.exit_code

@@ -11,7 +11,7 @@ from engine import io as eio
 from engine import schema
 from engine.output import OutputLocation
 from engine.stages.source import SourceStage
-from engine.stages.write import ParquetWriteStage
+from engine.stages.write import ShardWriter
 
 ScoreFn = Callable[[str, int, str], float | None]
 
@@ -35,7 +35,7 @@ def score_shards(urls: list[str], output: str, score_fn: ScoreFn, storage_option
     out = OutputLocation(output, storage_options)
     identity = {"model": model, "checkpoint_hash": f"test:{model}"}
     digest = out.claim(identity)
-    writer = ParquetWriteStage(out, names, {**identity, "code_version": "test"}, model, digest)
+    writer = ShardWriter(out, names, {**identity, "code_version": "test"}, model, digest)
     reader = SourceStage(chunk_size=5, storage_options=storage_options)
     for url in urls:
         if url in skip:
@@ -52,10 +52,12 @@ def score_shards(urls: list[str], output: str, score_fn: ScoreFn, storage_option
                         status[i], error[i] = schema.SCORE_ERROR, "no finite score"
                     else:
                         score[i] = s
-            writer({
+            writer.add({
                 "shard": batch["shard"], "index": batch["index"], "key": batch["key"], "status": status,
                 "error": error, "score": score, "width": np.full(n, 40, np.int32), "height": np.full(n, 30, np.int32),
             })
-    summary = writer.close()
-    assert not summary.failed, summary.failed
+    report = writer.drain(wait=True)
+    writer.close()
+    failed = [f for f in report["facts"] if f["error"]]
+    assert not failed and not report["in_flight"], (failed, report["in_flight"])
     return names

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -14,6 +15,17 @@ class LocalExecutor(Executor):
     """Runs every stage in-process: one item at a time, each stage's output straight into the next."""
 
     in_process = True
+
+    def start(self, cls: type, args: list[tuple]) -> list:
+        return [cls(*a) for a in args]
+
+    def call(self, handles: list, method: str, *args: Any) -> list:
+        return [getattr(h, method)(*args) for h in handles]
+
+    def stop(self, handles: list) -> None:
+        for h in handles:
+            if hasattr(h, "close"):
+                h.close()
 
     def run(self, items: list[dict], stages: Sequence[Stage], sink: Sink) -> None:
         for stage in stages:

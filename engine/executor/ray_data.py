@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from engine.executor.base import Executor, Sink
 from engine.stages.base import Batch, Stage
@@ -47,6 +48,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
                  runtime_env={"worker_process_setup_hook": "engine.executor.ray_data.quiet_worker_logs"})
         log.info("started a local Ray with %s CPUs", ray.cluster_resources().get("CPU"))
+
+
+def is_ray_system_error(exc: BaseException) -> bool:
+    """Whether a failure is Ray's (a dead node, actor or worker, a lost object), worth a fresh attempt over
+    the unfinished work; errors in our own code, which Ray wraps as a task error with the user's exception
+    as its cause, are not."""
+    ray = _ray()
+    if not isinstance(exc, ray.exceptions.RayError):
+        return False
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = exc.cause if hasattr(exc, "cause") else None
+        return isinstance(cause, ray.exceptions.RayError) and not isinstance(cause, ray.exceptions.RayTaskError)
+    return True
 
 
 class StageActor:
@@ -99,16 +113,43 @@ class RayDataExecutor(Executor):
     def __init__(self, address: str | None = None, num_cpus: int | None = None, prefetch_batches: int = 2) -> None:
         self.address, self.num_cpus, self.prefetch_batches = address, num_cpus, prefetch_batches
 
-    def retryable(self, exc: BaseException) -> bool:
-        """Ray system failures (a dead node, actor or worker, a lost object) are; errors in our own code,
-        which Ray wraps as a task error with the user's exception as its cause, are not."""
+    def default_writers(self) -> int:
         ray = _ray()
-        if not isinstance(exc, ray.exceptions.RayError):
-            return False
-        if isinstance(exc, ray.exceptions.RayTaskError):
-            cause = exc.cause if hasattr(exc, "cause") else None
-            return isinstance(cause, ray.exceptions.RayError) and not isinstance(cause, ray.exceptions.RayTaskError)
-        return True
+        init_ray(self.address, self.num_cpus)
+        return max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
+
+    def start(self, cls: type, args: list[tuple]) -> list:
+        """Ray actors of `cls`, spread over the nodes; no CPU reserved (they wait on I/O and other stages'
+        rows, and must never keep a scoring or decoding task from being scheduled); threaded, so that
+        rows are taken while files are written."""
+        ray = _ray()
+        init_ray(self.address, self.num_cpus)
+        actor = ray.remote(cls).options(num_cpus=0, max_concurrency=8, scheduling_strategy="SPREAD")
+        return [actor.remote(*a) for a in args]
+
+    def call(self, handles: list, method: str, *args: Any) -> list:
+        ray = _ray()
+        refs = [getattr(h, method).remote(*args) for h in handles]
+        out = []
+        for ref in refs:
+            try:
+                out.append(ray.get(ref))
+            except ray.exceptions.RayActorError as exc:
+                log.warning("a %s worker is gone (%s)", method, type(exc).__name__)
+                out.append(None)
+        return out
+
+    def stop(self, handles: list) -> None:
+        ray = _ray()
+        for h in handles:
+            try:
+                ray.get(h.close.remote(), timeout=60)
+            except Exception:  # noqa: BLE001 - a worker that died or hangs is killed all the same
+                pass
+            ray.kill(h, no_restart=True)
+
+    def retryable(self, exc: BaseException) -> bool:
+        return is_ray_system_error(exc)
 
     def run(self, items: list[dict], stages: Sequence[Stage], sink: Sink) -> None:
         if not items:

@@ -74,7 +74,7 @@ def test_worker_node_killed_mid_score_loses_and_duplicates_nothing(cluster, tmp_
     assert done_at_kill < 10, "the node was killed after the run finished"
     r = result["r"]
     assert r.exit_code == 0, r.failed
-    print(f"node killed after {done_at_kill} of 10 shards; pipeline attempts: {r.manifest['pipeline_attempts']}")
+    print(f"node killed after {done_at_kill} of 10 shards; pipeline attempts: {r.manifest['attempts']}")
     a, b = read_rows(str(tmp_path / "clean")), read_rows(str(out))
     assert len(b) == 240 and len({(x["shard"], x["index"]) for x in b}) == 240
     assert [(x["shard"], x["index"], x["key"], x["status"]) for x in a] == [

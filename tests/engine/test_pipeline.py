@@ -214,5 +214,5 @@ def test_a_pipeline_lost_half_way_is_rerun_on_the_unfinished_shards(good_corpus,
     executor = NodeLossExecutor(after_batches=3)  # dies inside the second shard, its rows half-sent
     result = run_score(ScoreConfig(input=str(d), output=str(tmp_path / "lossy"), model=MODEL, chunk_size=4), executor)
     assert executor.calls == 2 and result.exit_code == 0
-    assert result.manifest["pipeline_attempts"] == 2 and result.manifest["rows"] == 21
+    assert result.manifest["attempts"] == 2 and result.manifest["rows"] == 21
     assert read_rows(str(tmp_path / "lossy")) == read_rows(str(tmp_path / "clean")) and clean.exit_code == 0

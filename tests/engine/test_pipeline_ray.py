@@ -98,9 +98,43 @@ def test_sigkill_half_way_then_rerun_equals_uninterrupted(tmp_path):
 
     rerun = subprocess.run(cli(*common, "--output", str(out)), env=env, cwd=REPO, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert f"({done_at_kill} already done" in rerun.stdout
+    assert f"shards: {done_at_kill} already done, 0 failed" in rerun.stdout
     clean, resumed = read_rows(str(tmp_path / "clean")), read_rows(str(out))
     assert len(resumed) == 12 * 24 == len({(r["shard"], r["key"]) for r in resumed})
     assert [(r["shard"], r["index"], r["key"]) for r in resumed] == [(r["shard"], r["index"], r["key"]) for r in clean]
     for a, b in zip(clean, resumed, strict=True):
         assert a["score"] == pytest.approx(b["score"], rel=1e-5)
+
+
+def test_a_writer_dying_between_a_shards_parquet_and_its_marker_loses_and_duplicates_nothing(
+        ray_local, tmp_path, monkeypatch):
+    """The shard writers are Ray actors: one that dies after writing a shard's Parquet and before its marker
+    (here: on purpose, once) fails the attempt; the next attempt writes that shard again from the start, and
+    the output equals an uninterrupted run's."""
+    import engine.pipeline
+    from engine.stages.write import ShardWriter
+
+    shards = tmp_path / "in"
+    shards.mkdir()
+    corpus.write_corpus(shards, shards=4, per_shard=6)
+    flag = tmp_path / "died"
+
+    class DyingWriter(ShardWriter):  # defined here, so Ray ships the class itself to the actor
+        def _write_shard(self, url, state):  # noqa: ANN001
+            if url.endswith("00002.tar") and not flag.exists():
+                self.output.write_table("scores", self.names[url], self._scores_table(url, {}, 0))
+                flag.write_text("dead")
+                os._exit(1)  # the process ends between the shard's Parquet and its marker
+            return super()._write_shard(url, state)
+
+    clean = run_score(ScoreConfig(input=str(shards), output=str(tmp_path / "clean"), model=MODEL), LocalExecutor())
+    monkeypatch.setattr(engine.pipeline, "ShardWriter", DyingWriter)
+    result = run_score(ScoreConfig(input=str(shards), output=str(tmp_path / "out"), model=MODEL, writers=2),
+                       RayDataExecutor())
+    assert flag.exists(), "the writer did not die: the test tested nothing"
+    assert result.exit_code == 0 and result.manifest["attempts"] == 2, result.manifest
+    a, b = read_rows(str(tmp_path / "clean")), read_rows(str(tmp_path / "out"))
+    assert len(b) == 24 == len({(r["shard"], r["index"]) for r in b})
+    assert [(r["shard"], r["index"], r["key"], r["status"]) for r in a] == [
+        (r["shard"], r["index"], r["key"], r["status"]) for r in b]
+    assert clean.exit_code == 0

@@ -100,7 +100,7 @@ def test_brace_pattern_naming_missing_shards(capsys, shards, tmp_path):
     assert code == 2
     assert "8 of 10 shards do not exist" in last_line(err) and "00002.tar" in last_line(err)
     code, out, _ = run(capsys, "score", "--input", pattern, "--output", str(tmp_path / "o"), "--skip-missing", *TINY)
-    assert code == 0 and "from 2 shards" in out
+    assert code == 0 and "scored 6 rows from 2 shards: 6 ok, 0 errors" in out
 
 
 def test_truncated_checkpoint_is_refused_before_the_output_is_claimed(capsys, shards, tmp_path):
@@ -141,7 +141,7 @@ def test_damaged_run_files_do_not_block_reruns(capsys, caplog, shards, tmp_path)
     (out / "_run.json").write_text("")
     (out / "manifest.json").write_text('{"rows": ')
     code, stdout, err = run(capsys, "score", "--input", str(shards), "--output", str(out), *TINY)
-    assert code == 0 and "from 1 shards (1 already done" in stdout
+    assert code == 0 and "from 1 shards: 3 ok, 0 errors; shards: 1 already done" in stdout
     assert "_done/00001.json: unreadable completion marker" in caplog.text
     assert json.loads((out / "_done" / "00001.json").read_text())["rows"] == 3
     assert json.loads((out / "_run.json").read_text())["config_hash"]

@@ -32,7 +32,22 @@ def test_progress_lines_and_summary(tmp_path):
     assert out.returncode == 0, out.stderr
     progress = [line for line in out.stderr.splitlines() if "dpiqa.progress" in line]
     assert progress and "score: 3/3 shards done, 15 images" in progress[-1] and "images/s" in progress[-1]
-    assert "scored 15 rows from 3 shards (0 already done, 0 failed)" in out.stdout
+    assert "scored 15 rows from 3 shards: 15 ok, 0 errors; shards: 0 already done, 0 failed" in out.stdout
+    assert "dpiqa audit" not in out.stdout  # no errors worth a look
+
+
+def test_final_line_says_how_many_rows_are_errors_and_points_at_audit(tmp_path):
+    (tmp_path / "in").mkdir()
+    samples = corpus.good_samples("k", 4) + [(f"t{i}", {"txt": b"caption only"}) for i in range(5)]
+    samples += [("k0000", {"jpg": corpus.jpeg(9)})]  # a duplicate key
+    corpus.write_shard(tmp_path / "in" / "00000.tar", samples)
+    out = dpiqa("score", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--model",
+                "dpiqa-student-tiny", "--executor", "local")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == (f"scored 10 rows from 1 shards: 4 ok, 6 errors (5 no_image, 1 duplicate_key); "
+                        f"shards: 0 already done, 0 failed -> {tmp_path / 'o'}")
+    assert lines[1].startswith("60% of these rows are errors: `dpiqa audit --scores ")
 
 
 def test_failed_shard_exit_code_lists_it(tmp_path):
