@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import logging
 import os
 import posixpath
 import random
+import socket
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -50,8 +53,28 @@ def get_fs(location: Location, storage_options: dict | None = None) -> tuple[Abs
     options = {**DEFAULT_STORAGE_OPTIONS.get(protocol, {}), **(storage_options or {})}
     if protocol in ("s3", "s3a") and "session" not in options:
         options["session"] = _s3_session()
+        endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
+        if endpoint:
+            check_endpoint(endpoint)
     fs, path = fsspec.core.url_to_fs(url, **options)
     return fs, path
+
+
+@functools.lru_cache(maxsize=64)
+def check_endpoint(endpoint: str, timeout: float = 5.0) -> None:
+    """Fail at once, in one line, when nothing answers at an object store's endpoint: botocore would retry
+    for over a minute and then print a long traceback. Checked once per endpoint and process.
+
+    Raises:
+        ValueError: the endpoint's host does not resolve or refuses the connection.
+    """
+    parsed = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        raise ValueError(f"cannot reach the object store at {endpoint} ({exc.strerror or exc}); is it running, "
+                         "and is the endpoint in --storage-options right?") from None
 
 
 _S3_SESSION = None

@@ -59,7 +59,7 @@ class ScoredRun:
     """
 
     def __init__(self, url: str, storage_options: dict | None = None) -> None:
-        self.url = url
+        self.url, self.storage_options = url, storage_options
         self.location = OutputLocation(url, storage_options)
         self.fs = self.location.fs
         markers = self.location.done()
@@ -76,6 +76,19 @@ class ScoredRun:
         self.run_info = self._optional_json(RUN_FILE)
         self.schema = pq.read_schema(self.shards[0].path, filesystem=self.fs)
         self.has_source = "source" in self.schema.names
+
+    @classmethod
+    def part(cls, url: str, storage_options: dict | None, shards: list[ScoredShard], schema: pa.Schema) -> ScoredRun:
+        """Some shards of a run, known already (no markers read): what one worker of a distributed scan reads."""
+        run = cls.__new__(cls)
+        run.url, run.storage_options = url, storage_options
+        run.location = OutputLocation(url, storage_options)
+        run.fs = run.location.fs
+        run.shards = list(shards)
+        run.by_path = {s.path: s for s in run.shards}
+        run.manifest = run.run_info = None
+        run.schema, run.has_source = schema, "source" in schema.names
+        return run
 
     def _optional_json(self, rel: str) -> dict | None:
         """A run file that only adds information: one cut short is named in a warning and left out."""

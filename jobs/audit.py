@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.args import add_storage_options, nonnegative_float, nonnegative_int, rate
+from jobs.args import add_address, add_storage_options, nonnegative_float, nonnegative_int, rate
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +26,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="alert when the PSI against --baseline exceeds D (default: 0.25, a major shift)")
     p.add_argument("--thumbnails", type=nonnegative_int, default=8, metavar="N",
                    help="show the N lowest and N highest scored images, read back from the shards (default: 8)")
+    p.add_argument("--executor", choices=["auto", "local", "ray"], default="auto",
+                   help="auto (default): Ray when a cluster is named or the run holds over 50 M rows, else one "
+                        "process; ray: the files split among Ray tasks whose statistics merge")
+    add_address(p)
     add_storage_options(p)
     p.set_defaults(run=main)
 
@@ -36,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
     config = AuditConfig(
         scores=args.scores, baseline=args.baseline, report=args.report, json=args.json,
         max_error_rate=args.max_error_rate, max_drift=args.max_drift, thumbnails=args.thumbnails,
-        storage_options=args.storage_options,
+        executor=args.executor, address=args.address, storage_options=args.storage_options,
     )
     result = run_audit(config)
     doc = result.doc

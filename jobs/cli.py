@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 from jobs.args import Parser
@@ -34,16 +35,29 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
     )
+    # SIGTERM (a scheduler stopping the job, `kill`) ends the run as Ctrl-C does: the `finally` blocks stop the
+    # shard writers, and a local Ray this process started is shut down with every worker it started.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.run(args) or 0)
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"dpiqa {args.command}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; "
+              "rerun the same command to resume", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except (ValueError, FileNotFoundError, PermissionError) as exc:
         # Bad input gets one line naming what is wrong; --verbose shows the traceback.
         if args.verbose:
             raise
         print(f"dpiqa {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is (exit status 143)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 if __name__ == "__main__":

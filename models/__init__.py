@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_REGISTRY = {'model_class', 'resolve', 'named_config', 'build', 'load_model', 'runtime_of', 'check_runtime', 'load_scorer', 'ModelInfo', 'describe', 'ARCHITECTURES', 'MODELS', 'SHIPPED', 'RANDOM_SEED', 'BASELINES', 'RUNTIMES'}
+_REGISTRY = {'model_class', 'resolve', 'named_config', 'build', 'load_model', 'runtime_of', 'check_runtime', 'load_scorer', 'ModelInfo', 'describe', 'ARCHITECTURES', 'MODELS', 'SHIPPED', 'RANDOM_SEED', 'BASELINES', 'RUNTIMES', 'Baseline'}
 _ELSEWHERE = {"Scorer": "models.scorer", "ImageScorer": "models.scorer", "StudentConfig": "models.student"}
 
 

@@ -67,7 +67,23 @@ SHIPPED: dict[str, Path] = {"demo": Path(__file__).resolve().parent / "checkpoin
 RANDOM_SEED = 0
 
 # Classical baselines that score through the same interface (no checkpoint): name -> identity.
-BASELINES: dict[str, str] = {"brisque": "brisque-0.2.0:live-svr"}
+@dataclass(frozen=True)
+class Baseline:
+    """A scorer without a checkpoint: its identity, where its class lives, its input size, map and note."""
+
+    identity: str
+    scorer: str  # "module:Class"
+    size: tuple[int, int]
+    map_shape: tuple[int, ...]
+    note: str
+
+
+BASELINES: dict[str, Baseline] = {
+    "brisque": Baseline("brisque-0.2.0:live-svr", "models.brisque:BrisqueScorer", (512, 512), (),
+                        "classical baseline: 100 - BRISQUE (LIVE SVR)"),
+    "null": Baseline("null:constant", "models.null:NullScorer", (32, 32), (8, 64, 64),
+                     "constant scores and zero maps at no cost: measures the engine alone (bench/scale.py)"),
+}
 
 
 def model_class(architecture: str) -> type:
@@ -214,9 +230,8 @@ def load_scorer(
         runtime: `auto` (the model's: onnx for an export, else torch), `torch` or `onnx`.
     """
     if name_or_path in BASELINES:
-        from models.brisque import BrisqueScorer
-
-        return BrisqueScorer()
+        module, cls = BASELINES[name_or_path].scorer.split(":")
+        return getattr(importlib.import_module(module), cls)()
     model_runtime = runtime_of(name_or_path)
     check_runtime(name_or_path, model_runtime, runtime, device=device, precision=precision,
                   channels_last=channels_last, compile=compile)
@@ -266,9 +281,9 @@ def describe(name_or_path: str, overrides: dict[str, Any] | None = None) -> Mode
     if name_or_path in BASELINES:
         from models.preprocessing import Preprocessing
 
-        return ModelInfo(name_or_path, "brisque", BASELINES[name_or_path], Preprocessing(size=(512, 512)), 100.0,
-                         (), {"architecture": "brisque", "note": "classical baseline: 100 - BRISQUE (LIVE SVR)"},
-                         "baseline")
+        b = BASELINES[name_or_path]
+        return ModelInfo(name_or_path, name_or_path, b.identity, Preprocessing(size=b.size), 100.0, b.map_shape,
+                         {"architecture": name_or_path, "note": b.note}, "baseline")
     if overrides and name_or_path not in MODELS:
         raise ValueError(f"{name_or_path}: config overrides apply to named configurations "
                          f"({', '.join(MODELS)}), not to checkpoints")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -39,6 +40,10 @@ class AuditConfig:
         thumbnails: how many lowest and how many highest scored images to show (0: none).
         bins: bins of the fine histogram grid (a multiple of 64).
         batch_size: rows per streamed record batch.
+        executor: `local` (one process streams every file), `ray` (the files are split among Ray tasks
+            whose statistics merge), or `auto`: Ray when a cluster is named (`address` or RAY_ADDRESS) or the
+            run has more than `RAY_ROWS` rows, else local.
+        address: Ray cluster address.
         storage_options: fsspec options for every location (scores, baseline, shards, outputs).
     """
 
@@ -51,11 +56,15 @@ class AuditConfig:
     thumbnails: int = 8
     bins: int = 2048
     batch_size: int = 65536
+    executor: str = "auto"
+    address: str | None = None
     storage_options: dict | None = None
 
     def __post_init__(self) -> None:
         if self.bins <= 0 or self.bins % PLOT_BINS:
             raise ValueError(f"bins must be a positive multiple of {PLOT_BINS}, not {self.bins}")
+        if self.executor not in ("auto", "local", "ray"):
+            raise ValueError(f"executor must be auto, local or ray, not {self.executor!r}")
         if self.thumbnails < 0:
             raise ValueError(f"thumbnails must be >= 0, not {self.thumbnails}")
         for name in ("max_error_rate", "max_drift"):
@@ -79,17 +88,69 @@ class AuditResult:
         return ALERT_EXIT if self.alerts else 0
 
 
-def scan(run: ScoredRun, grid: Grid, extremes: int, groups: bool, batch_size: int, label: str) -> RunStats:
-    """Stream every completed shard of `run` once into a `RunStats`, logging progress."""
+RAY_ROWS = 50_000_000  # `auto` scans on Ray above this many rows (about 100 s in one process)
+ROWS_PER_TASK = 4_000_000  # rows one Ray task of a distributed scan reads
+
+
+def scan(run: ScoredRun, grid: Grid, extremes: int, groups: bool, batch_size: int, label: str,
+         executor: str = "local", address: str | None = None) -> RunStats:
+    """Every completed shard of `run` read once into a `RunStats`: streamed in this process, or split
+    among Ray tasks (`executor="ray"`) whose statistics merge into the same result."""
+    if executor == "ray":
+        return _scan_on_ray(run, grid, extremes, groups, batch_size, label, address)
+    return _scan(run, grid, extremes, groups, batch_size, label)
+
+
+def _scan(run: ScoredRun, grid: Grid, extremes: int, groups: bool, batch_size: int, label: str | None) -> RunStats:
     stats = RunStats(grid, extremes=extremes, groups=groups)
     columns = ["score", "status", "index"] + (["source"] if run.has_source and groups else [])
-    progress = Progress(label, len(run.shards), unit="rows")
+    progress = Progress(label, len(run.shards), unit="rows") if label else None
     seen: set[str] = set()
     for shard, batch in run.batches(columns, batch_size):
         seen.add(shard.name)
         stats.add(shard.name, shard.url, batch, source=None if run.has_source else source_of(shard.url))
-        progress.update(len(seen) - 1, stats.total.rows)
-    progress.update(len(seen), stats.total.rows, force=True)
+        if progress is not None:
+            progress.update(len(seen) - 1, stats.total.rows)
+    if progress is not None:
+        progress.update(len(seen), stats.total.rows, force=True)
+    return stats
+
+
+def _scan_part(url: str, storage_options: dict | None, shards: list, schema, grid: Grid, extremes: int,  # noqa: ANN001
+               groups: bool, batch_size: int) -> RunStats:
+    """One Ray task of a distributed scan: its shards' files, read where the task runs."""
+    return _scan(ScoredRun.part(url, storage_options, shards, schema), grid, extremes, groups, batch_size, None)
+
+
+def _scan_on_ray(run: ScoredRun, grid: Grid, extremes: int, groups: bool, batch_size: int, label: str,
+                 address: str | None) -> RunStats:
+    """The files split among Ray tasks by their markers' row counts (about `ROWS_PER_TASK` each); each task
+    returns its statistics (bounded by the grid, the extremes and one aggregate per shard), merged here."""
+    import ray
+
+    from engine.executor.ray_data import init_ray
+
+    init_ray(address)
+    parts, current, rows = [], [], 0
+    for shard in run.shards:
+        current.append(shard)
+        rows += shard.rows
+        if rows >= ROWS_PER_TASK:
+            parts.append(current)
+            current, rows = [], 0
+    if current:
+        parts.append(current)
+    task = ray.remote(num_cpus=1)(_scan_part)
+    pending = {task.remote(run.url, run.storage_options, part, run.schema, grid, extremes, groups, batch_size):
+               len(part) for part in parts}
+    stats = RunStats(grid, extremes=extremes, groups=groups)
+    progress, done = Progress(label, len(run.shards), unit="rows"), 0
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        stats.merge(ray.get(ready[0]))
+        done += pending.pop(ready[0])
+        progress.update(done, stats.total.rows)
+    progress.update(done, stats.total.rows, force=True)
     return stats
 
 
@@ -109,8 +170,15 @@ def run_audit(config: AuditConfig) -> AuditResult:
     grid = Grid.around(lo, hi, config.bins)
     log.info("audit: %d completed shards (%s rows by their markers) at %s", len(run.shards), f"{run.rows():,}",
              config.scores)
-    stats = scan(run, grid, config.thumbnails, True, config.batch_size, "audit")
-    base_stats = scan(base, grid, 0, False, config.batch_size, "audit baseline") if base is not None else None
+    executor = config.executor
+    if executor == "auto":
+        big = run.rows() + (base.rows() if base is not None else 0) > RAY_ROWS
+        executor = "ray" if config.address or os.environ.get("RAY_ADDRESS") or big else "local"
+        log.info("audit: scanning on %s (%s rows%s)", executor, f"{run.rows():,}",
+                 "; a cluster is named" if config.address or os.environ.get("RAY_ADDRESS") else "")
+    stats = scan(run, grid, config.thumbnails, True, config.batch_size, "audit", executor, config.address)
+    base_stats = scan(base, grid, 0, False, config.batch_size, "audit baseline", executor,
+                      config.address) if base is not None else None
 
     doc = document(config, run, stats, base, base_stats)
     images = thumbnails(run, stats, doc, config.storage_options)

@@ -210,6 +210,10 @@ class Extremes:
         self.items.sort()
         del self.items[self.k:]
 
+    def merge(self, other: Extremes) -> None:
+        """Keep the best `k` of both (the same rows as if every batch had been offered here)."""
+        self.items = sorted(self.items + other.items)[: self.k]
+
     def rows(self) -> list[Extreme]:
         """The kept rows, best first (lowest first, or highest first), with their true scores."""
         sign = -1.0 if self.highest else 1.0
@@ -271,6 +275,20 @@ class RunStats:
         else:
             self.per_source.setdefault(source or "", Aggregate()).merge(agg)
             self.shard_source[shard] = source or ""
+
+    def merge(self, other: RunStats) -> None:
+        """Add the statistics of other rows on the same grid (a scan split over workers, merged): counts
+        and moments add, extremes keep the best of both, groups merge by name."""
+        if other.grid != self.grid:
+            raise ValueError("statistics on different grids cannot be merged")
+        self.total.merge(other.total)
+        self.counts += other.counts
+        self.lowest.merge(other.lowest)
+        self.highest.merge(other.highest)
+        for mine, theirs in ((self.per_shard, other.per_shard), (self.per_source, other.per_source)):
+            for name, agg in theirs.items():
+                mine.setdefault(name, Aggregate()).merge(agg)
+        self.shard_source.update(other.shard_source)
 
     def quantiles(self) -> dict[str, float]:
         return quantiles(self.grid, self.counts, QUANTILES, self.total.min, self.total.max)

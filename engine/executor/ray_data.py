@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
+import signal
+import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from engine.executor.base import Executor, Sink
@@ -31,23 +36,48 @@ def quiet_worker_logs() -> None:
     os.environ.setdefault("RAY_ADDRESS", _ray().get_runtime_context().gcs_address)
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to a cluster (`address`, else `RAY_ADDRESS`) or start a local Ray.
+# Ray's own lines that a normal run need not show: Ray Data's per-dataset INFO lines and its note that the
+# progress bars are off (the jobs print their own progress lines). Warnings and errors still show.
+# Actor pools are not restarted by Ray: a restartable actor whose constructor arguments sit in the object
+# store (Ray Data always puts them there) makes Ray log an ERROR on every run (ray-project/ray#57733). A
+# lost actor fails the attempt instead, and the job's next attempt redoes the shards without a marker.
+NO_RESTARTS = {"max_restarts": 0}
 
-    A local Ray is the embedded default; it does not report usage statistics.
+QUIET_LOGGERS = {"ray.data": logging.WARNING, "ray.data._internal.progress": logging.ERROR}
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> float:
+    """Connect to a cluster (`address`, else `RAY_ADDRESS`) or start a local Ray; returns the seconds it took
+    (0 when Ray was already running).
+
+    A local Ray is the embedded default: it reports no usage statistics, and it keeps Ray's token
+    authentication with a token made for this process (in its environment, which Ray's workers inherit)
+    instead of one written to the user's home, unless the user set RAY_AUTH_MODE or a token themselves.
     """
     ray = _ray()
     if ray.is_initialized():
-        return
+        return 0.0
+    t0 = time.monotonic()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         log.info("connecting to the Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
     else:
+        if not {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(os.environ) and not (
+                Path.home() / ".ray" / "auth_token").exists():
+            os.environ["RAY_AUTH_MODE"] = "token"
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+        handler = signal.getsignal(signal.SIGTERM)
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
                  runtime_env={"worker_process_setup_hook": "engine.executor.ray_data.quiet_worker_logs"})
-        log.info("started a local Ray with %s CPUs", ray.cluster_resources().get("CPU"))
+        if threading.current_thread() is threading.main_thread() and callable(handler):
+            signal.signal(signal.SIGTERM, handler)  # ray.init sets its own (sys.exit); keep the caller's
+        log.info("started a local Ray with %s CPUs in %.1fs", ray.cluster_resources().get("CPU"),
+                 time.monotonic() - t0)
+    return time.monotonic() - t0
 
 
 def is_ray_system_error(exc: BaseException) -> bool:
@@ -70,10 +100,13 @@ class StageActor:
         stage: the stage.
         progress: `(label, total rows)` to log progress lines as rows go through (meaningful for a pool of
             one actor, which sees every row), or None.
+        then: stages run on the actor's output in the same call (`Stage.beside_actor`: the writer's hand-off,
+            which would otherwise be one more Ray task per block).
     """
 
-    def __init__(self, stage: Stage, progress: tuple[str, int | None] | None = None) -> None:
-        self.stage = stage
+    def __init__(self, stage: Stage, progress: tuple[str, int | None] | None = None,
+                 then: Sequence[Stage] = ()) -> None:
+        self.stage, self.then = stage, list(then)
         stage.setup()
         self.rows = 0
         self.progress = None
@@ -85,6 +118,8 @@ class StageActor:
 
     def __call__(self, batch: Batch) -> Batch:
         out = self.stage(batch)
+        for stage in self.then:
+            out = stage(out)
         if self.progress is not None:
             self.rows += len(next(iter(batch.values()))) if batch else 0
             self.progress.update(0, self.rows)
@@ -95,7 +130,7 @@ def actor_pool(ds, stage: Stage, size: int = 1, progress: tuple[str, int | None]
     """`ds.map_batches` through a pool of `size` actors each holding `stage` (set up once per actor), with
     the stage's batch size and resources: how the engine and the training jobs run a stateful stage."""
     ray = _ray()
-    kwargs = {"num_gpus": stage.num_gpus} if stage.num_gpus else {}
+    kwargs = {"num_gpus": stage.num_gpus, **NO_RESTARTS} if stage.num_gpus else dict(NO_RESTARTS)
     return ds.map_batches(StageActor, fn_constructor_args=(stage, progress), batch_size=stage.batch_size,
                           batch_format="numpy", num_cpus=stage.num_cpus,
                           compute=ray.data.ActorPoolStrategy(size=size), **kwargs)
@@ -160,7 +195,9 @@ class RayDataExecutor(Executor):
         ctx.enable_progress_bars = False  # the job reports shards and images/s itself
         ctx.print_on_execution_start = False
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        for stage in stages:
+        stages = list(stages)
+        while stages:
+            stage = stages.pop(0)
             kwargs = dict(batch_size=stage.batch_size, batch_format="numpy", num_cpus=stage.num_cpus)
             if stage.num_gpus:
                 kwargs["num_gpus"] = stage.num_gpus
@@ -168,7 +205,11 @@ class RayDataExecutor(Executor):
                 size = stage.concurrency or 1
                 pool = ray.data.ActorPoolStrategy(size=size) if isinstance(size, int) else ray.data.ActorPoolStrategy(
                     min_size=size[0], max_size=size[1])
-                ds = ds.map_batches(StageActor, fn_constructor_args=(stage,), compute=pool, **kwargs)
+                then = []
+                while stages and stages[0].beside_actor:
+                    then.append(stages.pop(0))
+                ds = ds.map_batches(StageActor, fn_constructor_args=(stage, None, then), compute=pool, **kwargs,
+                                    **NO_RESTARTS)
             else:
                 ds = ds.map_batches(stage, **kwargs)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=self.prefetch_batches):

@@ -232,15 +232,17 @@ def owner(url: str, writers: int) -> int:
 
 class WriteStage(Stage):
     """Hands each row to the writer that owns its shard; returns one row per call: how many image rows went
-    out (what the driver reads to show progress).
+    out (what the driver reads to show progress). On Ray Data it runs inside the scoring actor's call
+    (`beside_actor`), on the rows just scored, so rows leave the scoring process only towards their writer.
 
     Args:
         writers: `ShardWriter`s in this process (local executor) or Ray actor handles of them.
-        batch_size: rows per call; None (the default) takes each scored block as it comes, so that a shard
-            is written as soon as its last rows are scored (a larger batch would hold rows back until it fills).
+        batch_size: rows per call when it runs on its own; None (the default) takes each block as it comes, so
+            that a shard is written as soon as its last rows are scored.
     """
 
     name: ClassVar[str] = "write"
+    beside_actor = True  # runs in the scoring actor's call, on the rows it has just scored
 
     def __init__(self, writers: list, batch_size: int | None = None, num_cpus: float = 0.25) -> None:
         self.writers, self.batch_size, self.num_cpus = writers, batch_size, num_cpus

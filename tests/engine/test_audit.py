@@ -144,6 +144,21 @@ def test_streaming_in_small_batches_gives_the_same_document(scored: tuple[list[s
     assert_same(small, large)
 
 
+def test_a_scan_split_among_ray_tasks_gives_the_same_document(scored: tuple[list[str], str], ray_local,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The distributed audit (statistics per group of files on Ray tasks, merged) equals the one-process
+    audit: counts, histogram, quantiles, extremes, per-shard and per-source figures."""
+    import engine.audit.run
+
+    _, out = scored
+    monkeypatch.setattr(engine.audit.run, "ROWS_PER_TASK", 5)  # one task per shard or two: several parts
+    split = run_audit(AuditConfig(scores=out, thumbnails=4, executor="ray")).doc
+    whole = run_audit(AuditConfig(scores=out, thumbnails=4, executor="local")).doc
+    for doc in (split, whole):
+        doc.pop("generated")
+    assert_same(split, whole)
+
+
 def assert_same(a, b, where: str = "") -> None:  # noqa: ANN001 - JSON values
     """Equal JSON documents, floats up to summation order (sums of batches in another grouping)."""
     assert type(a) is type(b), where

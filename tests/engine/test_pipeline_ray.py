@@ -91,8 +91,17 @@ def test_sigkill_half_way_then_rerun_equals_uninterrupted(tmp_path):
         if proc.poll() is not None:
             break
         time.sleep(0.02)
+    import psutil
+
+    family = psutil.Process(proc.pid).children(recursive=True)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
+    for p in family:  # Ray's workers may sit in other process groups: they must not outlive the kill
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
     proc.wait()
+    psutil.wait_procs(family, timeout=30)
     done_at_kill = len(list((out / "_done").glob("*.json")))
     assert 1 <= done_at_kill < 12, f"kill landed after {done_at_kill} of 12 shards; the test needs half-way"
 

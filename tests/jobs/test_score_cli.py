@@ -74,3 +74,54 @@ def test_bad_arguments_get_one_line_errors(tmp_path):
     out = dpiqa("score", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--model", str(tmp_path / "no-model"),
                 "--executor", "local")
     assert out.returncode == 2 and "no-model" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_an_s3_endpoint_with_nothing_listening_fails_at_once_in_one_line(tmp_path):
+    from conftest import free_port
+
+    port = free_port()  # nothing listens there
+    t0 = __import__("time").monotonic()
+    out = dpiqa("score", "--input", "s3://bucket/corpus/", "--output", str(tmp_path / "o"), "--storage-options",
+                json.dumps({"client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"}}), "--executor", "local")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        f"dpiqa score: error: cannot reach the object store at http://127.0.0.1:{port}")
+    assert __import__("time").monotonic() - t0 < 60  # not botocore's minute of retries
+
+
+def test_sigterm_ends_the_run_cleanly_and_leaves_no_ray_process(tmp_path):
+    """A scheduler's SIGTERM to the driver: exit 143 with one line saying how to resume, and every process
+    the driver started (Ray's head processes, workers, actors) gone."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    (tmp_path / "in").mkdir()
+    corpus.write_corpus(tmp_path / "in", shards=6, per_shard=40)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "score", "--input", str(tmp_path / "in"), "--output",
+                             str(tmp_path / "o"), "--model", "dpiqa-student-small", "--executor", "ray",
+                             "--threads", "1"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    driver = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 240
+    started: list[psutil.Process] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        started = driver.children(recursive=True)
+        if any("raylet" in " ".join(p.cmdline()) for p in started if p.is_running()) and \
+                (tmp_path / "o" / "_run.json").exists():
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    time.sleep(2)
+    started = driver.children(recursive=True)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err and "terminated; rerun the same command to resume" in err
+    time.sleep(3)
+    alive = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, [" ".join(p.cmdline())[:120] for p in alive]
