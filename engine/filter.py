@@ -387,12 +387,13 @@ def match_shards(run: ScoredRun, shards: eio.ShardList) -> tuple[list[tuple[str,
     return pairs, missing
 
 
-def run_filter(config: FilterConfig, executor: str = "local", address: str | None = None) -> FilterResult:
+def run_filter(config: FilterConfig, executor: str = "auto", address: str | None = None) -> FilterResult:
     """Filter every input shard that has no completion marker at `config.output`.
 
     Args:
         config: the run.
-        executor: `local` (a thread pool of `config.workers`) or `ray` (one Ray Data task per shard).
+        executor: `local` (a thread pool of `config.workers`), `ray` (one Ray Data task per shard) or `auto`
+            (`engine.executor.choose_executor`).
         address: Ray cluster address for the `ray` executor.
 
     Raises:
@@ -429,6 +430,11 @@ def run_filter(config: FilterConfig, executor: str = "local", address: str | Non
     digest = out.claim(identity, overwrite=config.overwrite)
 
     todo, skipped = pending_shards(out, shards)
+    if executor == "auto":
+        from engine.executor import choose_executor
+
+        executor = "local" if choose_executor("auto", address, shards, config.storage_options,
+                                              "filter").in_process else "ray"
     log.info("filter: %d shards, %d already done, %d to do, %d without scores", len(shards.urls), skipped, len(todo),
              len(missing))
     worker = ShardFilter(config.scores, config.output, cutoff, config.keys_only, digest, config.storage_options)

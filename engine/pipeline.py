@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import models
 from engine import io
+from engine.executor import choose_executor
 from engine.executor.base import Executor
 from engine.output import OutputLocation, RunResult
 from engine.runner import ShardJob, Tally, pending_shards, run_shard_job
@@ -122,12 +123,18 @@ def _cpu_threads(actors: int) -> int:
     return max(1, (os.cpu_count() or 1) // actors)
 
 
-def run_score(config: ScoreConfig, executor: Executor) -> ScoreResult:
+def run_score(config: ScoreConfig, executor: Executor | str = "auto", address: str | None = None) -> ScoreResult:
     """Score every shard of `config.input` that has no completion marker at `config.output`.
 
     Everything the user named (model, shards, output) is checked before Ray starts or anything is written.
     The rows are written by shard writers where they are scored (`engine.stages.write`); the driver hears
-    one fact per shard.
+    one fact per shard. The manifest records the parts of start-up (`startup`).
+
+    Args:
+        config: the run.
+        executor: an executor, or its kind (`auto`, `local`, `ray`: `engine.executor.choose_executor`, which
+            needs the shard list and so decides after the checks).
+        address: Ray cluster address for a `ray` or `auto` executor.
 
     Raises:
         engine.output.ForeignOutputError: the output holds another configuration's results.
@@ -143,14 +150,17 @@ def run_score(config: ScoreConfig, executor: Executor) -> ScoreResult:
     output = OutputLocation(config.output, config.storage_options)
     io.refuse_overlap(shards, output.url, config.storage_options)
     output.check_writable()
-    gpus = _cluster_gpus(executor)
+    if isinstance(executor, str):
+        executor = choose_executor(executor, address, shards, config.storage_options, "score")
+    startup = {"checks_seconds": round(time.monotonic() - t0, 3)}
+    gpus, startup["ray_start_seconds"] = _cluster_gpus(executor)
     stages = build_stages(config, info, gpus)
     identity = config.identity(info, stages)
     digest = output.claim(identity, overwrite=config.overwrite, model=config.model)
     todo, skipped = pending_shards(output, shards)
     log.info("score: %d shards, %d already done, %d to do; model %s (%s)",
              len(shards.urls), skipped, len(todo), config.model, info.checkpoint_hash)
-    job = ScoreJob(config, executor, stages, output, shards.names, info, digest, retries_before)
+    job = ScoreJob(config, executor, stages, output, shards.names, info, digest, retries_before, startup)
     settings = {k: v for k, v in asdict(config).items() if k != "storage_options"}
     return run_shard_job(job, shards, output, todo, skipped, settings, digest, config.retries, started=t0)
 
@@ -167,9 +177,11 @@ class ScoreJob(ShardJob):
     unit = "images"
 
     def __init__(self, config: ScoreConfig, executor: Executor, stages: list[Stage], output: OutputLocation,
-                 names: dict[str, str], info: models.ModelInfo, digest: str, retries_before: int) -> None:
+                 names: dict[str, str], info: models.ModelInfo, digest: str, retries_before: int,
+                 startup: dict) -> None:
         self.config, self.executor, self.stages, self.output = config, executor, stages, output
         self.names, self.info, self.digest, self.retries_before = names, info, digest, retries_before
+        self.startup = startup
         self.reader_retries = 0
 
     def process(self, shards: list[str], fact: Callable[[ShardFact], None], units: Callable[[int], None]) -> None:
@@ -217,20 +229,24 @@ class ScoreJob(ShardJob):
         # shard readers reported from other processes.
         io_retries = io.RetryCounter.count - self.retries_before + (
             0 if self.executor.in_process else self.reader_retries)
-        return {"model": self.info.identity(), "io_retries": io_retries, "columns": SCORES_SCHEMA.names}
+        startup = {**self.startup, "first_row_seconds": tally.first_output,
+                   "executor": "local" if self.executor.in_process else "ray"}
+        return {"model": self.info.identity(), "io_retries": io_retries, "columns": SCORES_SCHEMA.names,
+                "startup": startup}
 
 
-def _cluster_gpus(executor: Executor) -> float:
-    """GPUs of the Ray cluster (0 for the local executor): decided from cluster resources, never from
-    the driver's own hardware."""
+def _cluster_gpus(executor: Executor) -> tuple[float, float]:
+    """GPUs the scoring actors can use, and the seconds it took to start or reach Ray (0 in this process).
+    On Ray they are the cluster's (its resources, never the driver's own hardware); in this process, this
+    machine's."""
     from engine.executor.ray_data import RayDataExecutor, init_ray
 
     if not isinstance(executor, RayDataExecutor):
         import torch
 
-        return float(torch.cuda.device_count())
+        return float(torch.cuda.device_count()), 0.0
     import ray
 
-    init_ray(executor.address, executor.num_cpus)
-    return float(ray.cluster_resources().get("GPU", 0))
+    seconds = init_ray(executor.address, executor.num_cpus)
+    return float(ray.cluster_resources().get("GPU", 0)), round(seconds, 3)
 

@@ -19,7 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--output", default="demo-out", help="folder for the corpus, scores and report (default demo-out)")
     p.add_argument("--model", default="demo", help="model to score with (default: the shipped demo checkpoint)")
-    p.add_argument("--executor", choices=["ray", "local"], default="ray")
+    p.add_argument("--executor", choices=["ray", "local", "auto"], default="ray",
+                   help="ray (default: the embedded default is the engine on a local Ray), local (this process), "
+                        "auto (as `dpiqa score` chooses)")
     add_address(p)
     p.add_argument("--overwrite", action="store_true", help="replace earlier scores of another model")
     p.set_defaults(run=main)
@@ -30,17 +32,14 @@ def main(args: argparse.Namespace) -> int:
 
     from engine.audit import AuditConfig, run_audit
     from engine.demo import build_corpus, distortion_ranking
-    from engine.executor.local import LocalExecutor
-    from engine.executor.ray_data import RayDataExecutor
     from engine.output import OutputLocation
     from engine.pipeline import ScoreConfig, run_score
 
     out = Path(args.output).resolve()
     shards = build_corpus(out / "corpus")
     scores = out / "scores"
-    executor = LocalExecutor() if args.executor == "local" else RayDataExecutor(address=args.address)
     result = run_score(ScoreConfig(input=str(out / "corpus"), output=str(scores), model=args.model,
-                                   overwrite=args.overwrite), executor)
+                                   overwrite=args.overwrite), args.executor, args.address)
     audit = run_audit(AuditConfig(scores=str(scores), report=str(out / "report.html"), json=str(out / "audit.json")))
     rows = []
     for url in OutputLocation(str(scores)).score_files():

@@ -26,8 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       help="keep the ceil(F*N) highest scored of the N ok samples (ties by shard name, index)")
     p.add_argument("--keys-only", action="store_true", help="write only the kept keys (OUT/keys/), no shards")
     p.add_argument("--overwrite", action="store_true", help="replace another filter's results at OUT")
-    p.add_argument("--executor", choices=["ray", "local"], default="ray",
-                   help="ray (default: one Ray Data task per shard) or local (a thread pool in this process)")
+    p.add_argument("--executor", choices=["auto", "ray", "local"], default="auto",
+                   help="auto (default): Ray when a cluster is named, a thread pool in this process for up to 64 "
+                        "shards and 512 MB, else a local Ray; ray (one Ray Data task per shard); local")
     p.add_argument("--workers", type=positive_int, default=4, help="shards at once with --executor local (default: 4)")
     add_address(p)
     add_storage_options(p)

@@ -38,8 +38,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
                    help="auto (default): onnxruntime on CPU for an ONNX export (dpiqa export), else torch")
     add_address(p)
-    p.add_argument("--executor", choices=["ray", "local"], default="ray",
-                   help="ray (default) or local (one process, no Ray; for debugging)")
+    p.add_argument("--executor", choices=["auto", "ray", "local"], default="auto",
+                   help="auto (default): Ray when a cluster is named (--address, RAY_ADDRESS), this process for a "
+                        "small input (up to 64 shards and 512 MB: a local Ray's start-up costs more than it saves), "
+                        "else a local Ray; ray; local (one process, no Ray)")
     p.add_argument("--skip-missing", action="store_true",
                    help="when a brace pattern or list names shards that do not exist, score the ones that do "
                         "(default: refuse the run, naming the missing ones)")
@@ -48,8 +50,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from engine.executor.local import LocalExecutor
-    from engine.executor.ray_data import RayDataExecutor
     from engine.pipeline import ScoreConfig, run_score
 
     config = ScoreConfig(
@@ -58,8 +58,7 @@ def main(args: argparse.Namespace) -> int:
         actors=args.actors, threads=args.threads, decode_on=args.decode_on, channels_last=args.channels_last, compile=args.compile,
         runtime=args.runtime, skip_missing=args.skip_missing, storage_options=args.storage_options,
     )
-    executor = LocalExecutor() if args.executor == "local" else RayDataExecutor(address=args.address)
-    result = run_score(config, executor)
+    result = run_score(config, args.executor, args.address)
     print(result.summary_line("scored"))
     for url, error in sorted(result.failed.items()):
         print(f"FAILED {url}: {error}")

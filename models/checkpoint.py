@@ -23,14 +23,15 @@ import tempfile
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import fsspec
-import safetensors.torch
-import torch
-from torch import nn
 
 from engine.version import code_version
+
+if TYPE_CHECKING:  # torch and safetensors.torch are imported where weights are read or written
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,8 @@ class CheckpointMixin:
             staging.mkdir(parents=True, exist_ok=True)
             (staging / CONFIG_NAME).write_text(config_json(self.architecture, self.config))
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
+            import safetensors.torch
+
             safetensors.torch.save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
             full_card = {**self.card(), **(card or {}), "sha256": content_hash(staging)}
             (staging / CARD_NAME).write_text(json.dumps(full_card, indent=2, sort_keys=True) + "\n")
@@ -266,6 +269,8 @@ class CheckpointMixin:
     @classmethod
     def from_config(cls: type[M], config: Any, device: str | torch.device = "cpu") -> M:
         """A randomly initialised model (pass `device="meta"` to count parameters without memory)."""
+        import torch
+
         with torch.device(device):
             return cls(config)  # type: ignore[call-arg]
 
@@ -293,6 +298,8 @@ class CheckpointMixin:
         config = config_from_dict(cls.config_class, config_data)
         # Build on the meta device and assign the loaded tensors: no time spent on random init.
         model = cls.from_config(config, device="meta")
+        import safetensors.torch
+
         state = safetensors.torch.load_file(str(directory / WEIGHTS_NAME), device=str(device))
         # Tensors read from the file are not 64-byte aligned, which makes CPU kernels take other code
         # paths (last-bit differences); fresh allocations keep a round trip bit-identical.

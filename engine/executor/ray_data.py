@@ -43,12 +43,25 @@ def quiet_worker_logs() -> None:
 # lost actor fails the attempt instead, and the job's next attempt redoes the shards without a marker.
 NO_RESTARTS = {"max_restarts": 0}
 
-QUIET_LOGGERS = {"ray.data": logging.WARNING, "ray.data._internal.progress": logging.ERROR}
+QUIET_LOGGERS = {"ray.data": logging.WARNING, "ray.data._internal.progress": logging.ERROR,
+                 "ray._private.worker": logging.WARNING,  # "Started a local Ray instance": init_ray says so
+                 # "token authentication is enabled": it is, with the token made in `init_ray`
+                 "ray._private.authentication.authentication_token_setup": logging.ERROR}
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> float:
+def quiet_ray_logs() -> None:
+    """Apply `QUIET_LOGGERS` (again after Ray Data has configured its loggers, which it does on first use)."""
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, for_training: bool = False) -> float:
     """Connect to a cluster (`address`, else `RAY_ADDRESS`) or start a local Ray; returns the seconds it took
     (0 when Ray was already running).
+
+    With `for_training`, a local Ray's workers run `quiet_worker_logs` first (what Ray Train's controller
+    needs on a local Ray); scoring does without that hook, which costs seconds of start-up (a runtime
+    environment for every worker).
 
     A local Ray is the embedded default: it reports no usage statistics, and it keeps Ray's token
     authentication with a token made for this process (in its environment, which Ray's workers inherit)
@@ -59,8 +72,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> float:
         return 0.0
     t0 = time.monotonic()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    for name, level in QUIET_LOGGERS.items():
-        logging.getLogger(name).setLevel(level)
+    quiet_ray_logs()
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         log.info("connecting to the Ray cluster at %s", address)
@@ -68,11 +80,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> float:
     else:
         if not {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(os.environ) and not (
                 Path.home() / ".ray" / "auth_token").exists():
-            os.environ["RAY_AUTH_MODE"] = "token"
             os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
         handler = signal.getsignal(signal.SIGTERM)
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
-                 runtime_env={"worker_process_setup_hook": "engine.executor.ray_data.quiet_worker_logs"})
+        hook = {"worker_process_setup_hook": "engine.executor.ray_data.quiet_worker_logs"} if for_training else {}
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=hook or None)
         if threading.current_thread() is threading.main_thread() and callable(handler):
             signal.signal(signal.SIGTERM, handler)  # ray.init sets its own (sys.exit); keep the caller's
         log.info("started a local Ray with %s CPUs in %.1fs", ray.cluster_resources().get("CPU"),
@@ -195,6 +206,7 @@ class RayDataExecutor(Executor):
         ctx.enable_progress_bars = False  # the job reports shards and images/s itself
         ctx.print_on_execution_start = False
         ds = ray.data.from_items(items, override_num_blocks=len(items))
+        quiet_ray_logs()
         stages = list(stages)
         while stages:
             stage = stages.pop(0)

@@ -146,7 +146,7 @@ def run_training(config: TrainConfig, address: str | None = None) -> TrainResult
 
     labeled = _load_labeled(config)
     sources = _check_before_start(config, labeled)
-    init_ray(address)
+    init_ray(address, for_training=True)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # epoch lines come from the loop
     # The training sets are materialised through actor pools (teacher outputs, cached backbone features),

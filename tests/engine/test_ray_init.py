@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = """
 import os, ray
 from engine.executor.ray_data import init_ray
-init_ray(num_cpus=1)
+init_ray(num_cpus=1, for_training=True)
 
 @ray.remote
 def address():
