@@ -6,7 +6,9 @@ Layout (local or any fsspec URL):
     OUT/scores/NAME.parquet    one file per input shard, NAME derived from the shard URL
     OUT/maps/NAME.parquet      quality maps (float16), when asked for
     OUT/_done/NAME.json        completion marker, written LAST (counts and the config hash)
-    OUT/manifest.json          written when a run ends
+    OUT/manifest.json          written when a run ends (the latest run's)
+    OUT/runs/RUN.json          every run's manifest, RUN = its start time (UTC) and a random suffix
+    OUT/audits/history.parquet one row per `dpiqa audit` of this output (trends over nights)
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 
 RUN_FILE = "_run.json"
 MANIFEST = "manifest.json"
+RUNS_DIR = "runs"  # runs/<run id>.json: one manifest per run (the shards it wrote), ids sort by start time
+AUDITS_DIR = "audits"  # audits/history.parquet: one row per audit of this output
 SCORES_DIR = "scores"
 MAPS_DIR = "maps"
 DONE_DIR = "_done"
@@ -107,7 +111,7 @@ class OutputLocation:
     def _forget_listings(self) -> None:
         """fsspec caches listings per filesystem instance (s3fs per folder); another process or
         filesystem instance may have changed ours, and markers must be read fresh."""
-        for sub in ("", SCORES_DIR, MAPS_DIR, DONE_DIR):
+        for sub in ("", SCORES_DIR, MAPS_DIR, DONE_DIR, RUNS_DIR, AUDITS_DIR):
             self.fs.invalidate_cache(self._p(sub) if sub else self.path)
 
     def check_writable(self) -> None:
@@ -142,7 +146,7 @@ class OutputLocation:
             log.warning("%s; rewriting it (the completed shards are this configuration's)", exc)
             self.write_json(RUN_FILE, {"config_hash": digest, "identity": identity, "model": model})
             return digest
-        ours = [d for d in (SCORES_DIR, MAPS_DIR, DONE_DIR, MANIFEST) if self.fs.exists(self._p(d))]
+        ours = [d for d in (SCORES_DIR, MAPS_DIR, DONE_DIR, MANIFEST, RUNS_DIR) if self.fs.exists(self._p(d))]
         if existing is not None and existing.get("config_hash") == digest and not overwrite:
             return digest
         if (existing is not None or ours) and not overwrite:
@@ -156,7 +160,7 @@ class OutputLocation:
                 "choose another --output or pass --overwrite to replace them"
             )
         if overwrite:
-            for d in (SCORES_DIR, MAPS_DIR, DONE_DIR, MANIFEST, RUN_FILE):
+            for d in (SCORES_DIR, MAPS_DIR, DONE_DIR, MANIFEST, RUNS_DIR, AUDITS_DIR, RUN_FILE):
                 self.remove(d)
         self.fs.makedirs(self.path, exist_ok=True)
         self.write_json(RUN_FILE, {"config_hash": digest, "identity": identity, "model": model})
@@ -265,6 +269,25 @@ class OutputLocation:
     def write_json(self, rel: str, data: Any) -> None:
         text = json.dumps(data, indent=2, sort_keys=True).encode()
         self._put(rel, lambda f: f.write(text))
+
+    def runs(self) -> list[dict]:
+        """Every run's manifest (`runs/*.json`), oldest first; one that does not parse is left out with a
+        warning."""
+        try:
+            paths = sorted(p for p in self.fs.ls(self._p(RUNS_DIR), detail=False) if p.endswith(".json"))
+        except FileNotFoundError:
+            return []
+        out = []
+        for path in paths:
+            rel = f"{RUNS_DIR}/{path.rsplit('/', 1)[-1]}"
+            try:
+                record = self.read_json(rel)
+            except CorruptFileError as exc:
+                log.warning("%s; that run is left out", exc)
+                continue
+            if record is not None:
+                out.append(record)
+        return out
 
     def score_files(self) -> list[str]:
         """URLs of the per-shard score files that have a completion marker."""

@@ -5,6 +5,7 @@ the manifest. A job only says how to process shards and reports one `ShardFact` 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from engine import io
-from engine.output import MANIFEST, OutputLocation, RunResult
+from engine.output import MANIFEST, RUNS_DIR, OutputLocation, RunResult
 from engine.progress import Progress
 from engine.stages.write import ShardFact
 from engine.version import code_version
@@ -164,6 +165,11 @@ def run_shard_job(job: ShardJob, shards: io.ShardList, output: OutputLocation, t
         "per_second": round(tally.images / elapsed, 2) if elapsed > 0 else None,
         **job.manifest(tally),
     }
+    run_id = f"{wall.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+    manifest["run_id"] = run_id
+    manifest["written"] = sorted(({"name": f.name, "url": f.url} for f in done), key=lambda w: w["name"])
+    # One record per run (what a nightly audit selects with `--run`), then the latest as manifest.json.
+    output.write_json(f"{RUNS_DIR}/{run_id}.json", manifest)
     output.write_json(MANIFEST, manifest)
     if failed:
         log.error("%s: %d shard(s) failed:\n  %s", job.label, len(failed),

@@ -90,6 +90,19 @@ class ScoredRun:
         run.schema, run.has_source = schema, "source" in schema.names
         return run
 
+    def subset(self, names: set[str]) -> ScoredRun:
+        """The completed shards among `names` (output names), as a run of their own (the same location).
+
+        Raises:
+            ValueError: none of them is completed.
+        """
+        shards = [s for s in self.shards if s.name in names]
+        if not shards:
+            raise ValueError(f"{self.url}: none of the {len(names)} shards selected has a completion marker")
+        part = ScoredRun.part(self.url, self.storage_options, shards, self.schema)
+        part.manifest, part.run_info = self.manifest, self.run_info
+        return part
+
     def _optional_json(self, rel: str) -> dict | None:
         """A run file that only adds information: one cut short is named in a warning and left out."""
         try:

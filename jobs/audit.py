@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.args import add_address, add_storage_options, nonnegative_float, nonnegative_int, rate
+from jobs.args import add_address, add_storage_options, nonnegative_float, nonnegative_int, positive_int, rate
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +17,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "threshold is crossed, printing which, so that a cron job can alert.",
     )
     p.add_argument("--scores", required=True, help="output location of the score run (local, s3://, any fsspec URL)")
-    p.add_argument("--baseline", default=None, help="output location of a previous score run to compare against")
+    sel = p.add_argument_group("what to audit (default: every completed shard)")
+    sel.add_argument("--run", dest="audit_run", default=None, metavar="latest|RUN_ID",
+                     help="only the shards one `dpiqa score` run wrote (OUT/runs/RUN_ID.json): tonight's increment")
+    sel.add_argument("--under", default=None, metavar="FOLDER",
+                     help="only the shards below this folder of the input (a date folder: 2026-11-27)")
+    base = p.add_argument_group("baseline (one of)")
+    base.add_argument("--baseline", default=None, help="output location of another score run to compare against")
+    base.add_argument("--baseline-runs", type=positive_int, default=None, metavar="N",
+                      help="the shards the N runs before the audited one wrote, in the same output")
+    base.add_argument("--baseline-json", default=None, metavar="AUDIT_JSON",
+                      help="an earlier audit's JSON document (its histogram, summary and per-source figures)")
+    p.add_argument("--no-history", dest="history", action="store_false",
+                   help="do not append this audit to OUT/audits/history.parquet (kept by default: trends)")
+    p.add_argument("--trend", type=positive_int, default=30, metavar="N",
+                   help="audits of the history the page plots, this one included (default: 30)")
     p.add_argument("--report", default=None, help="HTML page to write (local path or URL)")
     p.add_argument("--json", default=None, help="JSON document to write (local path or URL)")
     p.add_argument("--max-error-rate", type=rate, default=None, metavar="R",
@@ -38,7 +52,8 @@ def main(args: argparse.Namespace) -> int:
     from engine.audit import AuditConfig, run_audit
 
     config = AuditConfig(
-        scores=args.scores, baseline=args.baseline, report=args.report, json=args.json,
+        scores=args.scores, baseline=args.baseline, run=args.audit_run, under=args.under, baseline_runs=args.baseline_runs,
+        baseline_json=args.baseline_json, history=args.history, trend=args.trend, report=args.report, json=args.json,
         max_error_rate=args.max_error_rate, max_drift=args.max_drift, thumbnails=args.thumbnails,
         executor=args.executor, address=args.address, storage_options=args.storage_options,
     )

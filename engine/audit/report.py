@@ -174,6 +174,7 @@ body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}
 td.n{text-align:right;font-variant-numeric:tabular-nums}.alert{background:#fdd;border:1px solid #c00;padding:.6em}
+tr.alert-night td{background:#fdd}
 .okbox{background:#dfd;border:1px solid #0a0;padding:.6em}.thumbs{display:flex;flex-wrap:wrap;gap:8px}
 figure{margin:0;width:170px;font-size:11px;word-break:break-all}figure img{max-width:160px;max-height:160px}
 .plot{max-width:100%}.err{color:#a00}
@@ -246,6 +247,61 @@ def _drift(doc: dict) -> str:
     return f"<table id='drift'>{body}</table><p>{esc(d['method'])}.</p>"
 
 
+def figure_trend(doc: dict) -> str:
+    """The nights of the history: median score, error rate and PSI against the baseline; nights that alerted
+    are marked with a red ring, tonight with a black square."""
+    nights = doc["history"]
+
+    def draw(fig: Any) -> None:
+        axes = fig.subplots(3, 1, sharex=True)
+        x = np.arange(len(nights))
+        series = (("median score", "p50"), ("error rate", "error_rate"), ("PSI vs baseline", "psi"))
+        alerted = np.array([n["alert"] for n in nights], dtype=bool)
+        for ax, (label, key) in zip(axes, series, strict=True):
+            y = np.array([np.nan if n[key] is None else n[key] for n in nights], dtype=float)
+            ax.plot(x, y, "-o", ms=4, color="tab:blue")
+            ax.plot(x[alerted], y[alerted], "o", ms=11, mfc="none", mec="tab:red", mew=2, label="alert")
+            ax.plot(x[-1:], y[-1:], "s", ms=6, color="k", label="this audit")
+            ax.set_ylabel(label)
+        axes[0].legend(loc="best", fontsize=8)
+        axes[-1].set_xticks(x, [n["audited_at"][:16].replace("T", " ") for n in nights], rotation=30,
+                            ha="right", fontsize=7)
+        fig.suptitle(f"The last {len(nights)} audits of this output")
+
+    return _png(draw, (7.0, 6.0))
+
+
+def _trend_table(doc: dict) -> str:
+    head = "<tr><th>audited</th><th>selection</th><th>rows</th><th>error rate</th><th>median</th><th>PSI</th><th>alerts</th></tr>"
+    body = "".join(
+        f"<tr class='{'alert-night' if n['alert'] else 'night'}'><td>{esc(n['audited_at'])}</td>"
+        f"<td>{esc(n['selection'])}</td>{num(f'history.{i}.rows', n['rows'], 'int')}"
+        f"{num(f'history.{i}.error_rate', n['error_rate'], 'rate')}{num(f'history.{i}.p50', n['p50'])}"
+        f"{num(f'history.{i}.psi', n['psi'])}<td>{esc('; '.join(n['alerts'])) or '-'}</td></tr>"
+        for i, n in enumerate(doc["history"])
+    )
+    return f"<table id='history'>{head}{body}</table>"
+
+
+def _per_source_vs_baseline(doc: dict) -> str:
+    items = doc.get("per_source_vs_baseline") or []
+    if not items:
+        return ""
+    head = ("<tr><th>source</th><th>rows</th><th>baseline rows</th><th>error rate</th><th>baseline</th>"
+            "<th>mean</th><th>baseline</th><th>change</th></tr>")
+    body = "".join(
+        f"<tr><td>{esc(s['source'] or '(none)')}</td>{num(f'per_source_vs_baseline.{i}.rows', s['rows'], 'int')}"
+        f"{num(f'per_source_vs_baseline.{i}.baseline_rows', s['baseline_rows'], 'int')}"
+        f"{num(f'per_source_vs_baseline.{i}.error_rate', s['error_rate'], 'rate')}"
+        f"{num(f'per_source_vs_baseline.{i}.baseline_error_rate', s['baseline_error_rate'], 'rate')}"
+        f"{num(f'per_source_vs_baseline.{i}.mean', s['mean'])}"
+        f"{num(f'per_source_vs_baseline.{i}.baseline_mean', s['baseline_mean'])}"
+        f"{num(f'per_source_vs_baseline.{i}.mean_change', s['mean_change'])}</tr>"
+        for i, s in enumerate(items[:MAX_TABLE_ROWS])
+    )
+    return f"<h3>Per source against the baseline</h3><table id='per_source_vs_baseline'>{head}{body}</table>"
+
+
 def _thumbs(doc: dict, images: dict[str, list[str | None]]) -> str:
     parts = []
     for which, title in (("lowest", "Lowest scored"), ("highest", "Highest scored")):
@@ -258,6 +314,15 @@ def _thumbs(doc: dict, images: dict[str, list[str | None]]) -> str:
                         f"{esc(t['key'])}<br>{esc(t['shard'])} #{t['index']}</figcaption></figure>")
         parts.append(f"<h3>{title}</h3><div class='thumbs' id='thumbs-{which}'>{''.join(figs)}</div>")
     return "".join(parts)
+
+
+def _selection(doc: dict) -> str:
+    s = doc.get("selection") or {"kind": "all"}
+    if s["kind"] == "run":
+        return f"the {s['shards']} shards run {s['run_id']} wrote (started {s.get('started')})"
+    if s["kind"] == "under":
+        return f"the {s['shards']} shards under {s['folder']}"
+    return "every completed shard"
 
 
 def render(doc: dict, images: dict[str, list[str | None]]) -> str:
@@ -275,6 +340,7 @@ def render(doc: dict, images: dict[str, list[str | None]]) -> str:
              ("Statuses", figure_statuses(doc))]
     sections = [
         f"<h1>dpiqa audit: {esc(doc['scores'])}</h1>",
+        f"<p id='selection'>Audited: {esc(_selection(doc))}.</p>",
         f"<p>Generated {esc(doc['generated'])}; model {esc(model.get('model'))} "
         f"(checkpoint {esc(model.get('checkpoint_hash'))}, code {esc(model.get('code_version'))}).</p>",
         banner,
@@ -287,6 +353,11 @@ def render(doc: dict, images: dict[str, list[str | None]]) -> str:
     if doc.get("drift"):
         sections += ["<h2>Drift against the baseline</h2>", _drift(doc),
                      f"<img class='plot' id='plot-psi' alt='PSI bins' src='{figure_psi(doc)}'>"]
+    if doc.get("baseline"):
+        sections.append(_per_source_vs_baseline(doc))
+    if len(doc.get("history") or []) > 1:
+        sections += ["<h2>Night by night</h2>", _trend_table(doc),
+                     f"<img class='plot' id='plot-trend' alt='trend over audits' src='{figure_trend(doc)}'>"]
     sections += [
         "<h2>Per source</h2>", _group_table(doc, "per_source", "source"),
         f"<img class='plot' id='plot-per-source' alt='per source' src='{figure_per_source(doc)}'>",

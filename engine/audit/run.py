@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from engine.audit import drift, report
+from engine.audit import drift, history, report
 from engine.audit.stats import Extreme, Grid, RunStats
 from engine.audit.thumbnails import read_thumbnails
 from engine.io import get_fs, retry
@@ -35,6 +35,15 @@ class AuditConfig:
         report: where to write the HTML page (local path or fsspec URL), or None.
         json: where to write the JSON document, or None.
         baseline: output location of a previous run to compare against, or None.
+        run: audit only the shards one run of `score` wrote: `latest` or its id (`runs/<id>.json`); the
+            alert thresholds then apply to that increment.
+        under: audit only the shards below this folder of the input (`2026-11-27`: a night's folder).
+        baseline_runs: compare with the shards the N runs before the audited one wrote (a trailing baseline
+            from the same output).
+        baseline_json: compare with an earlier audit's JSON document (its histogram and summary).
+        history: append this audit's summary to `audits/history.parquet` beside the scores (the command line
+            does by default).
+        trend: nights of history the page plots (this one included).
         max_error_rate: alert when the share of rows whose status is not `ok` exceeds this.
         max_drift: alert when the PSI against the baseline exceeds this (only with a baseline).
         thumbnails: how many lowest and how many highest scored images to show (0: none).
@@ -51,6 +60,12 @@ class AuditConfig:
     report: str | None = None
     json: str | None = None
     baseline: str | None = None
+    run: str | None = None
+    under: str | None = None
+    baseline_runs: int | None = None
+    baseline_json: str | None = None
+    history: bool = False
+    trend: int = 30
     max_error_rate: float | None = None
     max_drift: float | None = 0.25
     thumbnails: int = 8
@@ -63,6 +78,12 @@ class AuditConfig:
     def __post_init__(self) -> None:
         if self.bins <= 0 or self.bins % PLOT_BINS:
             raise ValueError(f"bins must be a positive multiple of {PLOT_BINS}, not {self.bins}")
+        if sum(x is not None for x in (self.baseline, self.baseline_runs, self.baseline_json)) > 1:
+            raise ValueError("give one baseline: --baseline, --baseline-runs or --baseline-json")
+        if self.run is not None and self.under is not None:
+            raise ValueError("select the shards by --run or by --under, not both")
+        if self.baseline_runs is not None and self.baseline_runs < 1:
+            raise ValueError(f"--baseline-runs must be at least 1, not {self.baseline_runs}")
         if self.executor not in ("auto", "local", "ray"):
             raise ValueError(f"executor must be auto, local or ray, not {self.executor!r}")
         if self.thumbnails < 0:
@@ -160,13 +181,18 @@ def run_audit(config: AuditConfig) -> AuditResult:
     Raises:
         ValueError: a location holds no completed shard.
     """
-    run = ScoredRun(config.scores, config.storage_options)
-    base = ScoredRun(config.baseline, config.storage_options) if config.baseline else None
+    whole = ScoredRun(config.scores, config.storage_options)
+    run, selection, base, base_label = select(config, whole)
+    base_doc = _read_json_url(config.baseline_json, config.storage_options) if config.baseline_json else None
     lo, hi = run.score_range()
     if base is not None:
         blo, bhi = base.score_range()
         lo = min(v for v in (lo, blo) if v is not None) if lo is not None or blo is not None else None
         hi = max(v for v in (hi, bhi) if v is not None) if hi is not None or bhi is not None else None
+    if base_doc is not None and base_doc.get("histogram", {}).get("counts") is not None:
+        h = base_doc["histogram"]
+        lo = h["lo"] if lo is None else min(lo, h["lo"])
+        hi = h["hi"] if hi is None else max(hi, h["hi"])
     grid = Grid.around(lo, hi, config.bins)
     log.info("audit: %d completed shards (%s rows by their markers) at %s", len(run.shards), f"{run.rows():,}",
              config.scores)
@@ -177,12 +203,17 @@ def run_audit(config: AuditConfig) -> AuditResult:
         log.info("audit: scanning on %s (%s rows%s)", executor, f"{run.rows():,}",
                  "; a cluster is named" if config.address or os.environ.get("RAY_ADDRESS") else "")
     stats = scan(run, grid, config.thumbnails, True, config.batch_size, "audit", executor, config.address)
-    base_stats = scan(base, grid, 0, False, config.batch_size, "audit baseline", executor,
+    base_stats = scan(base, grid, 0, True, config.batch_size, "audit baseline", executor,
                       config.address) if base is not None else None
 
-    doc = document(config, run, stats, base, base_stats)
+    doc = document(config, run, stats, base, base_stats, base_label)
+    doc["selection"] = selection
+    if base_doc is not None:
+        baseline_from_document(doc, stats, base_doc, config.baseline_json)
     images = thumbnails(run, stats, doc, config.storage_options)
     doc["alerts"] = alerts(config, doc)
+    if config.history:
+        doc["history"] = history.append(whole.location, doc, config.trend)
     if config.json:
         write_text(config.json, json.dumps(doc, indent=1, allow_nan=False), config.storage_options)
     if config.report:
@@ -190,8 +221,104 @@ def run_audit(config: AuditConfig) -> AuditResult:
     return AuditResult(doc)
 
 
+def select(config: AuditConfig, whole: ScoredRun) -> tuple[ScoredRun, dict, ScoredRun | None, str | None]:
+    """The shards audited (all, one run's, or those under a folder), what the selection was, and the
+    baseline run with its label (another output, or the runs before the audited one)."""
+    selection: dict = {"kind": "all"}
+    run = whole
+    records = whole.location.runs() if (config.run or config.baseline_runs) else []
+    current = None
+    if config.run:
+        wanted = records[-1:] if config.run == "latest" else [r for r in records if r.get("run_id") == config.run]
+        if not wanted:
+            known = ", ".join(r.get("run_id", "?") for r in records[-5:]) or "none"
+            raise ValueError(f"{config.scores}: no run {config.run!r} in {config.scores.rstrip('/')}/runs/ "
+                             f"(latest: {known})")
+        current = wanted[0]
+        names = {w["name"] for w in current.get("written", [])}
+        if not names:
+            raise ValueError(f"{config.scores}: run {current.get('run_id')} wrote no shard (nothing new in its input)")
+        run = whole.subset(names)
+        selection = {"kind": "run", "run_id": current.get("run_id"), "started": current.get("started"),
+                     "input": current.get("input")}
+    elif config.under:
+        folder = config.under.strip("/")
+        names = {s.name for s in whole.shards if f"/{folder}/" in s.url or s.name.startswith(folder.replace("/", "__") + "__")}
+        if not names:
+            raise ValueError(f"{config.scores}: no completed shard lies under {folder!r}")
+        run = whole.subset(names)
+        selection = {"kind": "under", "folder": folder}
+    selection["shards"] = len(run.shards)
+    if config.baseline:
+        return run, selection, ScoredRun(config.baseline, config.storage_options), config.baseline
+    if config.baseline_runs:
+        before = records[: records.index(current)] if current is not None else records
+        chosen = before[-config.baseline_runs:]
+        names = {w["name"] for r in chosen for w in r.get("written", [])} - {s.name for s in run.shards}
+        if not names:  # the first night has nothing before it: an audit without drift, not an error
+            log.info("audit: no earlier run wrote shards; no baseline for --baseline-runs %d", config.baseline_runs)
+            return run, selection, None, None
+        label = f"the {len(chosen)} runs before ({chosen[0].get('run_id')} .. {chosen[-1].get('run_id')})"
+        return run, selection, whole.subset(names), label
+    return run, selection, None, None
+
+
+def baseline_from_document(doc: dict, stats: RunStats, base: dict, where: str) -> None:
+    """Compare with an earlier audit's JSON: its summary and quantiles as they were, its histogram re-binned
+    onto this audit's grid (its counts spread evenly within each of its bins) for PSI and KS."""
+    h = base.get("histogram") or {}
+    if not h.get("counts"):
+        raise ValueError(f"{where}: not an audit document with a histogram (made by `dpiqa audit --json`)")
+    counts = _rebin(np.asarray(h["counts"], dtype=np.float64), h["lo"], h["hi"], stats.grid)
+    doc["baseline"] = {"scores": base.get("scores"), "document": where, "model": base.get("model"),
+                       "same_model": (doc.get("model") or {}).get("checkpoint_hash") ==
+                       (base.get("model") or {}).get("checkpoint_hash"),
+                       "shards": base.get("shards"), "summary": base.get("summary"), "quantiles": base.get("quantiles"),
+                       "histogram": {"lo": stats.grid.lo, "hi": stats.grid.hi, "bins": stats.grid.bins,
+                                     "counts": [float(c) for c in counts]}, "per_source": base.get("per_source")}
+    doc["per_source_vs_baseline"] = per_source_comparison(doc["per_source"], base.get("per_source") or [])
+    if stats.total.ok and counts.sum() > 0:
+        doc["drift"] = drift.drift(stats.grid, stats.counts, counts)
+        doc["figures"]["histogram"]["baseline"] = _coarse(counts).tolist()
+
+
+def _rebin(counts: np.ndarray, lo: float, hi: float, grid: Grid) -> np.ndarray:
+    """Counts on `[lo, hi]` in `len(counts)` equal bins -> the same mass on `grid`'s bins (uniform within bins)."""
+    edges = np.linspace(lo, hi, len(counts) + 1)
+    cumulative = np.concatenate([[0.0], np.cumsum(counts)])
+    at = np.interp(grid.edges(), edges, cumulative)
+    return np.diff(at)
+
+
+def per_source_comparison(ours: list[dict], theirs: list[dict]) -> list[dict]:
+    """Per source present in both: rows, error rate and mean score now and in the baseline, and the change."""
+    base = {s["source"]: s for s in theirs}
+    out = []
+    for s in ours:
+        b = base.get(s["source"])
+        if b is None:
+            continue
+        out.append({"source": s["source"], "rows": s["rows"], "baseline_rows": b["rows"],
+                    "error_rate": s["error_rate"], "baseline_error_rate": b["error_rate"],
+                    "error_rate_change": s["error_rate"] - b["error_rate"], "mean": s["mean"],
+                    "baseline_mean": b["mean"],
+                    "mean_change": None if s["mean"] is None or b["mean"] is None else s["mean"] - b["mean"]})
+    return out
+
+
+def _read_json_url(url: str, storage_options: dict | None) -> dict:
+    fs, path = get_fs(url, storage_options)
+    try:
+        with fs.open(path, "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        raise ValueError(f"--baseline-json {url}: no such file") from None
+    except ValueError as exc:
+        raise ValueError(f"--baseline-json {url}: not JSON ({exc})") from None
+
+
 def document(config: AuditConfig, run: ScoredRun, stats: RunStats, base: ScoredRun | None,
-             base_stats: RunStats | None) -> dict:
+             base_stats: RunStats | None, base_label: str | None = None) -> dict:
     """The audit's JSON document (everything the page shows, and the data behind every plot)."""
     total = stats.total
     manifest = run.manifest or {}
@@ -218,9 +345,10 @@ def document(config: AuditConfig, run: ScoredRun, stats: RunStats, base: ScoredR
         ],
         "per_source": [{"source": k, **v.to_dict()} for k, v in sorted(stats.per_source.items())],
         "baseline": None,
+        "per_source_vs_baseline": [],
         "drift": None,
         "thresholds": {"max_error_rate": config.max_error_rate,
-                       "max_drift": config.max_drift if base is not None else None},
+                       "max_drift": config.max_drift if base is not None or config.baseline_json else None},
         "thumbnails": {"lowest": [], "highest": []},
     }
     plot = {"edges": np.linspace(stats.grid.lo, stats.grid.hi, PLOT_BINS + 1).tolist(),
@@ -228,7 +356,7 @@ def document(config: AuditConfig, run: ScoredRun, stats: RunStats, base: ScoredR
     if base is not None and base_stats is not None:
         ours, theirs = run.identity(), base.identity()
         doc["baseline"] = {
-            "scores": config.baseline,
+            "scores": base_label,
             "model": theirs,
             "same_model": ours.get("checkpoint_hash") == theirs.get("checkpoint_hash"),
             "shards": {"completed": len(base.shards)},
@@ -236,7 +364,9 @@ def document(config: AuditConfig, run: ScoredRun, stats: RunStats, base: ScoredR
             "quantiles": base_stats.quantiles(),
             "histogram": {"lo": base_stats.grid.lo, "hi": base_stats.grid.hi, "bins": base_stats.grid.bins,
                           "counts": base_stats.counts.tolist()},
+            "per_source": [{"source": k, **v.to_dict()} for k, v in sorted(base_stats.per_source.items())],
         }
+        doc["per_source_vs_baseline"] = per_source_comparison(doc["per_source"], doc["baseline"]["per_source"])
         if total.ok and base_stats.total.ok:
             doc["drift"] = drift.drift(stats.grid, stats.counts, base_stats.counts)
         plot["baseline"] = _coarse(base_stats.counts).tolist()
@@ -294,8 +424,12 @@ def alerts(config: AuditConfig, doc: dict) -> list[str]:
         out.append(f"error rate {rate:.4%} exceeds --max-error-rate {config.max_error_rate:g} "
                    f"({doc['summary']['errors']:,} of {doc['summary']['rows']:,} rows)")
     if doc["drift"] is not None and config.max_drift is not None and doc["drift"]["psi"] > config.max_drift:
+        base = doc["baseline"]
+        mean, base_mean = doc["summary"]["mean"], (base.get("summary") or {}).get("mean")
+        moved = f"; mean score {base_mean:.4g} -> {mean:.4g}" if mean is not None and base_mean is not None else ""
         out.append(f"score drift PSI {doc['drift']['psi']:.4f} exceeds --max-drift {config.max_drift:g} "
-                   f"against {config.baseline} (KS D={doc['drift']['ks_statistic']:.4f})")
+                   f"against {base.get('scores') or base.get('document')} (KS D={doc['drift']['ks_statistic']:.4f}"
+                   f"{moved})")
     return out
 
 

@@ -44,8 +44,18 @@ def load_docs(path: Path) -> list:
 
 
 def kuberay_docs() -> list[tuple[str, dict]]:
-    return [(f"{path.name}:{doc['metadata']['name']}", doc)
-            for path in sorted(KUBERAY.glob("*.yaml")) for doc in load_docs(path)]
+    """Every document of cluster/kuberay/, and the RayJob templates that ConfigMaps carry (the nightly
+    CronJob's), which must pass the same checks as the RayJobs applied directly."""
+    out = []
+    for path in sorted(KUBERAY.glob("*.yaml")):
+        for doc in load_docs(path):
+            out.append((f"{path.name}:{doc['metadata']['name']}", doc))
+            if doc["kind"] == "ConfigMap":
+                for key, text in doc.get("data", {}).items():
+                    for inner in yaml.safe_load_all(text):
+                        if isinstance(inner, dict) and inner.get("kind") == "RayJob":
+                            out.append((f"{path.name}:{doc['metadata']['name']}/{key}", inner))
+    return out
 
 
 def cluster_specs() -> list[tuple[str, dict]]:
@@ -164,7 +174,9 @@ def test_every_yaml_parses_into_mappings(path: Path) -> None:
 
 def test_kuberay_documents_are_known_kinds_with_names() -> None:
     kinds = [(doc["apiVersion"], doc["kind"]) for _, doc in kuberay_docs()]
-    assert set(kinds) <= {("ray.io/v1", "RayCluster"), ("ray.io/v1", "RayJob"), ("v1", "ServiceAccount")}, kinds
+    assert set(kinds) <= {("ray.io/v1", "RayCluster"), ("ray.io/v1", "RayJob"), ("v1", "ServiceAccount"),
+                          ("v1", "ConfigMap"), ("batch/v1", "CronJob"), ("rbac.authorization.k8s.io/v1", "Role"),
+                          ("rbac.authorization.k8s.io/v1", "RoleBinding")}, kinds
     assert ("ray.io/v1", "RayCluster") in kinds and ("ray.io/v1", "RayJob") in kinds
     names = [(doc["kind"], doc["metadata"]["name"]) for _, doc in kuberay_docs()]
     assert len(names) == len(set(names)), f"duplicate names: {names}"
@@ -312,14 +324,18 @@ def test_actors_and_workers_match_the_gpus_of_the_cluster(label: str, job: dict)
 
 
 def test_pods_run_as_the_irsa_service_account() -> None:
+    """Ray's pods reach the object store as an IAM role (IRSA); the nightly submitter's account only talks to
+    the Kubernetes API."""
     accounts = {doc["metadata"]["name"]: doc for _, doc in kuberay_docs() if doc["kind"] == "ServiceAccount"}
-    assert accounts
-    for name, account in accounts.items():
-        role = account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
-        assert re.fullmatch(r"arn:aws:iam::\d{12}:role/[\w+=,.@-]+", role), f"{name}: {role}"
+    ray_accounts = set()
     for label, spec in SPECS:
         for group, _, pod in groups(spec):
             assert pod.get("serviceAccountName") in accounts, f"{label}/{group}: run as a ServiceAccount of ours"
+            ray_accounts.add(pod["serviceAccountName"])
+    assert ray_accounts
+    for name in ray_accounts:
+        role = accounts[name]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+        assert re.fullmatch(r"arn:aws:iam::\d{12}:role/[\w+=,.@-]+", role), f"{name}: {role}"
 
 
 @pytest.mark.parametrize("label,spec", SPECS, ids=ids(SPECS))
@@ -484,3 +500,24 @@ def test_guide_names_only_files_that_exist() -> None:
     missing = [n for n in named if not (REPO / n).exists()]
     assert not missing, f"docs/cluster.md names missing files: {missing}"
     assert "## Faults tried and what survived" in text
+
+
+def test_the_nightly_cronjob_submits_its_rayjob_template_and_fails_with_it() -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d for _, d in kuberay_docs()}
+    cron = docs[("CronJob", "dpiqa-nightly")]
+    spec = cron["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid" and spec["jobTemplate"]["spec"]["backoffLimit"] == 0
+    pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+    account = pod["serviceAccountName"]
+    binding = docs[("RoleBinding", account)]
+    role = docs[("Role", binding["roleRef"]["name"])]
+    assert {"create", "get"} <= set(role["rules"][0]["verbs"]) and role["rules"][0]["resources"] == ["rayjobs"]
+    assert any(s["name"] == account for s in binding["subjects"])
+    template = next(d for label, d in kuberay_docs() if label.endswith("dpiqa-nightly-rayjob/rayjob.yaml"))
+    assert pod["volumes"][0]["configMap"]["name"] == "dpiqa-nightly-rayjob"
+    script = pod["containers"][0]["args"][0]
+    assert "kubectl create -f -" in script and "exit 1" in script and f"s/{template['metadata']['name']}/" in script
+    steps = commands(template["spec"]["entrypoint"])
+    assert [t[1] for t in steps] == ["score", "audit"]
+    assert flag(steps[1], "--run") == "latest" and flag(steps[1], "--baseline-runs")
+    assert flag(steps[0], "--output") == flag(steps[1], "--scores")

@@ -1,0 +1,143 @@
+"""Nightly catalog audits as a team runs them: shards land in dated folders, `score` scores only what is new and
+records each run, `audit --run latest --baseline-runs N` compares tonight with the nights before, the history
+grows a row a night, and the third night, with blurred and noisy images and more broken files, alerts.
+
+BRISQUE scores (a classical model that reacts to blur and noise the same way every time). The PSI threshold
+is 2, not the usual 0.25: PSI over decile bins of 48 images a night is noisy (two clean nights of the same
+scenes measure about 0.7 here, with a KS D under 0.1); the degraded night measures about 7."""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from test_audit import CHROMIUM_FLAGS, chromium
+
+from engine.distortions import distort
+from jobs.cli import main
+
+NIGHTS = ("2026-11-25", "2026-11-26", "2026-11-27")
+
+
+def photographs() -> list[np.ndarray]:
+    from skimage import data
+
+    return [np.asarray(getattr(data, n)())[..., :3] for n in ("astronaut", "coffee", "chelsea", "rocket")]
+
+
+def night_shards(folder: Path, night: int, rng: np.random.Generator) -> None:
+    """Two shards of 24 photographs' crops; the third night's are blurred and noisy, and 12 of 48 are broken."""
+    folder.mkdir(parents=True)
+    sources = photographs()
+    import tarfile
+
+    for s in range(2):
+        with tarfile.open(folder / f"{s:05d}.tar", "w") as tar:
+            for i in range(24):
+                src = sources[i % len(sources)]  # every night the same mix of scenes
+                y, x = rng.integers(0, src.shape[0] - 256), rng.integers(0, src.shape[1] - 256)
+                crop = src[y : y + 256, x : x + 256]
+                if night == 2:
+                    crop = distort(distort(crop, "gaussian_blur", 4, seed=i), "gaussian_noise", 4, seed=i)
+                buf = io.BytesIO()
+                Image.fromarray(crop).save(buf, "JPEG", quality=92)
+                data = buf.getvalue()
+                if night == 2 and (s * 24 + i) % 4 == 0:
+                    data = data[: len(data) // 3]  # a broken file: its entropy-coded data cut
+                info = tarfile.TarInfo(f"n{night}_{s}_{i:02d}.jpg")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_three_nights(tmp_path, capsys):
+    catalog, scores = tmp_path / "catalog", tmp_path / "scores"
+    rng = np.random.default_rng(7)
+    codes, lines = [], []
+    for night, date in enumerate(NIGHTS):
+        night_shards(catalog / date, night, rng)
+        assert main(["score", "--input", str(catalog), "--output", str(scores), "--model", "brisque",
+                     "--executor", "local"]) == 0
+        codes.append(main(["audit", "--scores", str(scores), "--run", "latest", "--baseline-runs", "7",
+                           "--max-error-rate", "0.1", "--max-drift", "2", "--report", str(tmp_path / f"{date}.html"),
+                           "--json", str(tmp_path / f"{date}.json"), "--thumbnails", "2"]))
+        lines.append(capsys.readouterr().out)
+
+    # each night scored only its own shards, and left a record of them
+    runs = sorted((scores / "runs").glob("*.json"))
+    assert len(runs) == 3
+    written = [sorted(w["name"] for w in json.loads(r.read_text())["written"]) for r in runs]
+    assert written == [[f"{d}__00000", f"{d}__00001"] for d in NIGHTS]
+
+    assert codes == [0, 0, 3], lines
+    third = json.loads((tmp_path / f"{NIGHTS[2]}.json").read_text())
+    assert third["selection"]["kind"] == "run" and third["selection"]["shards"] == 2
+    assert third["summary"]["rows"] == 48 and third["summary"]["errors"] == 12  # the broken files of tonight only
+    assert any("error rate 25.0000% exceeds --max-error-rate 0.1" in a for a in third["alerts"])
+    drift_alert = next(a for a in third["alerts"] if "score drift" in a)
+    assert "the 2 runs before" in drift_alert and "mean score" in drift_alert
+    baseline_mean, tonight_mean = third["baseline"]["summary"]["mean"], third["summary"]["mean"]
+    assert tonight_mean < baseline_mean  # blur and noise score worse (BRISQUE)
+    assert "ALERT score drift" in lines[2] and "ALERT error rate" in lines[2]
+
+    history = pq.read_table(scores / "audits" / "history.parquet").to_pylist()
+    assert [h["alert"] for h in history] == [False, False, True]
+    assert history[2]["psi"] > 2 > history[1]["psi"] and history[0]["psi"] is None  # the first night had nothing before it
+    assert [round(h["error_rate"], 4) for h in history] == [0.0, 0.0, 0.25]
+
+    # the page shows the drop against the first two nights, in a real browser
+    binary, driver_path = chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}"]:
+        options.add_argument(flag)
+    browser = webdriver.Chrome(options=options, service=Service(driver_path))
+    try:
+        browser.get((tmp_path / f"{NIGHTS[2]}.html").as_uri())
+        nights = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#history tr.night, #history tr.alert-night'))"
+            ".map(r => [r.className, r.cells[1].textContent, r.cells[3].textContent])")
+        trend = browser.execute_script("const i = document.getElementById('plot-trend');"
+                                       "return i && i.complete && i.naturalWidth > 0")
+        banner = browser.execute_script("return document.getElementById('alerts').textContent")
+        selection = browser.execute_script("return document.getElementById('selection').textContent")
+    finally:
+        browser.quit()
+    assert [n[0] for n in nights] == ["night", "night", "alert-night"] and nights[2][2].strip() == "25.00%"
+    assert trend is True and "score drift" in banner and "run " in selection
+
+
+def test_a_night_without_new_shards_and_an_unknown_run_are_one_line_errors(tmp_path, capsys):
+    catalog, scores = tmp_path / "catalog", tmp_path / "scores"
+    night_shards(catalog / NIGHTS[0], 0, np.random.default_rng(1))
+    args = ["score", "--input", str(catalog), "--output", str(scores), "--model", "brisque", "--executor", "local"]
+    assert main(args) == 0 and main(args) == 0  # the second run finds nothing new
+    capsys.readouterr()
+    assert main(["audit", "--scores", str(scores), "--run", "latest"]) == 2
+    assert "wrote no shard (nothing new in its input)" in capsys.readouterr().err
+    assert main(["audit", "--scores", str(scores), "--run", "20990101T000000Z-abcdef"]) == 2
+    assert "no run '20990101T000000Z-abcdef'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("night", [0])
+def test_a_baseline_from_an_earlier_audit_document(tmp_path, capsys, night):
+    """`--baseline-json`: the earlier audit's histogram re-binned onto tonight's grid; the same scores give
+    no drift."""
+    catalog, scores = tmp_path / "catalog", tmp_path / "scores"
+    night_shards(catalog / NIGHTS[night], night, np.random.default_rng(3))
+    assert main(["score", "--input", str(catalog), "--output", str(scores), "--model", "brisque",
+                 "--executor", "local"]) == 0
+    assert main(["audit", "--scores", str(scores), "--json", str(tmp_path / "a.json")]) == 0
+    assert main(["audit", "--scores", str(scores), "--baseline-json", str(tmp_path / "a.json"), "--json",
+                 str(tmp_path / "b.json")]) == 0
+    doc = json.loads((tmp_path / "b.json").read_text())
+    assert doc["drift"]["psi"] < 1e-6 and doc["baseline"]["document"] == str(tmp_path / "a.json")
+    assert [s["mean_change"] for s in doc["per_source_vs_baseline"]] == [0.0]
