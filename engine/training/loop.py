@@ -175,6 +175,7 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa:
         scheduler.step()
         metrics = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else math.nan,
                    "lr": optimizer.param_groups[0]["lr"], "images": seen * world, "steps": steps,
+                   "resumed_at_epoch": start_epoch,  # 0 for a fresh start; else the checkpoint's next epoch
                    "precision": precision, "seconds": round(time.monotonic() - t0, 2)}
         if rank == 0:
             metrics.update(_validate(module, val, preprocessing, device, autocast, config.mos_scale, compute_metrics,

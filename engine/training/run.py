@@ -394,6 +394,8 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str, sources: str
         "teacher": _teacher_identity(_teacher_for(config, seed)),
         "protocol": {**protocol, "precision": best_metrics.get("precision", protocol["precision"])},
         "steps": (result.metrics or {}).get("steps"), "best_epoch": best_metrics.get("epoch"),
+        # > 0 when the workers that finished had resumed from a checkpoint (a killed worker or a rerun)
+        "resumed_at_epoch": (result.metrics or {}).get("resumed_at_epoch"),
         "images_per_epoch": best_metrics.get("images"),
         ("prior" if config.model.kind == "teacher" else "pretrained_backbone"): sources,
         "seconds": round(seconds, 1), "machine": _machine(), "code_version": code_version(),

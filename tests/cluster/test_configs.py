@@ -375,22 +375,28 @@ def _drop(path: str):
     return edit
 
 
-BROKEN = {
-    "no cluster_name": _drop("cluster_name"),
-    "node type without node_config": _drop("available_node_types.gpu.node_config"),
-    "GPU count as a string": lambda c: c["available_node_types"]["gpu"]["resources"].update(GPU="8"),
-    "KubeRay field in a node type": lambda c: c["available_node_types"]["gpu"].update(maxReplicas=4),
-    "unknown docker option": lambda c: c["docker"].update(shm_size="64g"),
-    "head_node_type not a node type": lambda c: c.update(head_node_type="ray.head.default"),
-    "min_workers above max_workers": lambda c: c["available_node_types"]["gpu"].update(min_workers=20),
+BROKEN = {  # breakage -> (the edit, what Ray's validation says about it)
+    "no cluster_name": (_drop("cluster_name"), "'cluster_name' is a required property"),
+    "node type without node_config": (_drop("available_node_types.gpu.node_config"),
+                                      "'node_config' is a required property"),
+    "GPU count as a string": (lambda c: c["available_node_types"]["gpu"]["resources"].update(GPU="8"),
+                              "'8' is not of type 'integer'"),
+    "KubeRay field in a node type": (lambda c: c["available_node_types"]["gpu"].update(maxReplicas=4),
+                                     "'maxReplicas' was unexpected"),
+    "unknown docker option": (lambda c: c["docker"].update(shm_size="64g"), "'shm_size' was unexpected"),
+    "head_node_type not a node type": (lambda c: c.update(head_node_type="ray.head.default"),
+                                       "`head_node_type` must be one of `available_node_types`"),
+    "min_workers above max_workers": (lambda c: c["available_node_types"]["gpu"].update(min_workers=20),
+                                      "global `max_workers` is smaller than the sum of `min_workers`"),
 }
 
 
 @pytest.mark.parametrize("breakage", list(BROKEN))
 def test_broken_launcher_copies_fail_validation(breakage: str) -> None:
     config = yaml.safe_load(LAUNCHER.read_text())
-    BROKEN[breakage](config)
-    with pytest.raises((jsonschema.ValidationError, ValueError)):
+    edit, says = BROKEN[breakage]
+    edit(config)
+    with pytest.raises((jsonschema.ValidationError, ValueError), match=re.escape(says)):
         validate_launcher(config)
 
 

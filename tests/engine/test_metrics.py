@@ -102,3 +102,18 @@ def test_summarize_median_and_spread():
     assert math.isnan(summarize([*results, {"srcc": float("nan"), "plcc": 0.5, "n": 10}])["srcc"]["median"])
     with pytest.raises(ValueError, match="no results"):
         summarize([])
+
+
+def test_parity_with_scipy_on_random_data():
+    """SRCC, KRCC (tau-b) and PLCC equal scipy.stats' on random data with ties (rounded values)."""
+    from scipy import stats
+
+    rng = np.random.default_rng(11)
+    for _ in range(5):
+        pred = np.round(rng.normal(size=200), 1)
+        mos = np.round(pred * 0.7 + rng.normal(scale=0.8, size=200), 1)
+        m = compute_metrics(pred, mos)
+        assert m["srcc"] == pytest.approx(stats.spearmanr(pred, mos).statistic, abs=1e-12)
+        assert m["krcc"] == pytest.approx(stats.kendalltau(pred, mos).statistic, abs=1e-12)
+        assert m["plcc"] == pytest.approx(stats.pearsonr(pred, mos).statistic, abs=1e-12)
+        assert m["rmse"] == pytest.approx(float(np.sqrt(np.mean((pred - mos) ** 2))), abs=1e-12)

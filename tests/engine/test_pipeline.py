@@ -9,6 +9,7 @@ import tarfile
 import corpus
 import pyarrow.parquet as pq
 import pytest
+from expected import SCORES_FIELDS, SCORES_METADATA_KEYS, fields
 
 import models
 from engine import schema
@@ -64,8 +65,9 @@ def test_local_run_writes_one_explained_row_per_sample(good_corpus, tmp_path):
         assert r["model"] == MODEL and r["width"] >= 40 and r["height"] >= 36
     # schema and key-value metadata
     table = pq.read_table(f"{out}/scores/00000.parquet")
-    assert table.schema.names == schema.SCORES_SCHEMA.names
-    meta = schema.read_metadata(table.schema)
+    assert fields(table.schema) == SCORES_FIELDS
+    meta = json.loads(table.schema.metadata[b"dpiqa"])
+    assert set(meta) == SCORES_METADATA_KEYS
     info = models.describe(MODEL)
     assert meta["checkpoint_hash"] == info.checkpoint_hash and meta["preprocessing"]["size"] == [64, 64]
     assert meta["config_hash"] == json.load(open(f"{out}/_run.json"))["config_hash"]

@@ -8,6 +8,7 @@ import corpus
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from expected import MAPS_FIELDS, fields
 
 from engine import schema
 from jobs.cli import main
@@ -26,7 +27,11 @@ def scores_and_maps(out) -> tuple[dict[str, float], dict[str, np.ndarray], dict]
             assert row["status"] == "ok"
             scores[row["key"]] = row["score"]
     for path in sorted((out / "maps").glob("*.parquet")):
-        for row in pq.read_table(path).to_pylist():
+        table = pq.read_table(path)
+        assert fields(table.schema) == MAPS_FIELDS
+        maps_meta = json.loads(table.schema.metadata[b"dpiqa"])
+        assert maps_meta["map_shape"] == [8, 16, 16] and maps_meta["map_dtype"] == "float16"
+        for row in table.to_pylist():
             maps[row["key"]] = np.frombuffer(row["map"], np.float16).reshape(8, 16, 16)
     return scores, maps, meta
 

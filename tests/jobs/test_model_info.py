@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from expected import content_sha256
 
 import models
 from jobs.cli import main
-from models import checkpoint
 
 
 def run_json(capsys: pytest.CaptureFixture, name: str) -> dict:
@@ -66,7 +66,7 @@ def test_checkpoint_info_reads_config_and_card(tmp_path: Path, capsys: pytest.Ca
     card = models.build("dpiqa-student-tiny").save_pretrained(str(tmp_path / "ckpt"))
     info = run_json(capsys, str(tmp_path / "ckpt"))
     assert info["is_checkpoint"] is True
-    assert info["checkpoint_hash"] == card["sha256"] == checkpoint.content_hash(tmp_path / "ckpt")
+    assert info["checkpoint_hash"] == card["sha256"] == content_sha256(tmp_path / "ckpt")
     named = run_json(capsys, "dpiqa-student-tiny")
     assert info["parameters"] == named["parameters"] and info["flops"] == named["flops"]
     assert named["checkpoint_hash"].startswith("random:seed0:")
@@ -77,7 +77,7 @@ def test_table_output(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["model-info", str(tmp_path / "ckpt")]) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
-    assert lines["checkpoint"].split()[-1] == checkpoint.content_hash(tmp_path / "ckpt")
+    assert lines["checkpoint"].split()[-1] == content_sha256(tmp_path / "ckpt")
     info = run_json(capsys, str(tmp_path / "ckpt"))
     assert f"{info['parameters']['unet']:,}" in lines["unet"]
     assert lines["quality"].split()[-1] == "8x16x16"

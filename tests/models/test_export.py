@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from expected import content_sha256
 
 import models
 from models import checkpoint
@@ -144,7 +145,7 @@ def test_describe_gives_the_exports_identity_from_config_and_card_only(b0_export
     assert files == {"config.json", "model.onnx", "card.json"}
     assert (export_dir / "config.json").read_text() == (ckpt / "config.json").read_text()
     assert card["format"] == "onnx"
-    assert card["sha256"] == checkpoint.content_hash(export_dir, ("config.json", "model.onnx"))
+    assert card["sha256"] == content_sha256(export_dir, ("config.json", "model.onnx"))
     assert card["onnx"]["sha256"] == file_sha256(export_dir / "model.onnx")
     assert card["source"]["checkpoint_hash"] == ckpt_card["sha256"] != card["sha256"]
     assert card["training"] == "none (random init)"  # the checkpoint's card travels with the export

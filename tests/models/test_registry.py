@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from expected import SHAPES
 
 import models
 
@@ -28,13 +29,16 @@ def test_tiny_forward_gives_finite_scores_and_maps(name: str) -> None:
 @pytest.mark.parametrize("name", list(models.MODELS))
 def test_every_configuration_builds_on_meta_with_its_shapes(name: str) -> None:
     model = models.build(name, device="meta").eval()
-    info = models.describe(name)
-    x = torch.empty(1, 3, *info.preprocessing.size, device="meta")
+    size, map_shape = SHAPES[name]
+    x = torch.empty(1, 3, *size, device="meta")
     with torch.no_grad():
         score, quality_map = model(x)
     assert tuple(score.shape) == (1,)
-    assert tuple(quality_map.shape) == (1, *info.map_shape)
+    assert tuple(quality_map.shape) == (1, *map_shape)
+    info = models.describe(name)  # and the driver's description of it says the same, without building it
+    assert (info.preprocessing.size, info.map_shape) == (size, map_shape)
     assert info.architecture == model.architecture
+    assert set(SHAPES) == set(models.MODELS)
 
 
 def test_full_size_configurations_have_the_spec_input_and_map() -> None:

@@ -131,3 +131,22 @@ def test_avif_decodes_and_heif_without_its_plugin_says_what_to_install():
         with pytest.raises(DecodeError, match="pip install pillow-heif") as exc:
             decode_image(heic, Preprocessing(size=(8, 8)))
         assert exc.value.status == schema.DECODE_ERROR
+
+
+def test_exif_orientations_6_and_8_are_told_apart():
+    """An asymmetric image (white left half): orientation 6 shows it turned clockwise (white on top), 8
+    counter-clockwise (white at the bottom); both report the displayed width and height."""
+    arr = np.zeros((40, 60, 3), np.uint8)
+    arr[:, :30] = 255
+    img = Image.fromarray(arr)
+    seen = {}
+    for orientation in (1, 6, 8):
+        exif = img.getexif()
+        exif[0x0112] = orientation
+        pixels, w, h = decode_image(encode(img, "JPEG", exif=exif, quality=95), Preprocessing(size=(60, 60)))
+        top, bottom = pixels[:20].mean(), pixels[40:].mean()
+        left, right = pixels[:, :20].mean(), pixels[:, 40:].mean()
+        seen[orientation] = (w, h, top > 200 > bottom, bottom > 200 > top, left > 200 > right)
+    assert seen[1] == (60, 40, False, False, True)
+    assert seen[6] == (40, 60, True, False, False)
+    assert seen[8] == (40, 60, False, True, False)

@@ -159,6 +159,7 @@ def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_does(tmp_pa
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
     card_a = json.loads((tmp_path / "clean" / "card.json").read_text())
     card_b = json.loads((out / "card.json").read_text())
+    assert card_a["training"]["resumed_at_epoch"] == 0 and card_b["training"]["resumed_at_epoch"] >= 1
     assert card_a["training"]["best_epoch"] == card_b["training"]["best_epoch"]
     assert card_a["metrics"]["test"]["srcc"] == pytest.approx(card_b["metrics"]["test"]["srcc"], abs=1e-6)
 
