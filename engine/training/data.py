@@ -2,7 +2,9 @@
 
 Rows carry `image` (uint8 `(H, W, 3)` at the model's size), `target` (MOS / mos_scale, NaN where the
 sample has no label), and for distillation `teacher_score` (MOS units, NaN where missing) and
-`teacher_map` (float16 bytes, None where missing).
+`teacher_map` (float16 bytes, None where missing). With a ranking loss they also carry `rank_group` (the
+source image, int64, -1 = none), `rank_family` (the distortion family) and `level` (0 = the reference):
+see `models.distill.ranking_loss`.
 """
 
 from __future__ import annotations
@@ -98,25 +100,78 @@ class SyntheticDistortions:
         out = {k: v[keep] for k, v in batch.items()}
         out["target"] = np.asarray(targets, dtype=np.float64)
         out["name"] = _object_array(names)
+        if "level" in batch:  # a ranked set: the copy ranks below its reference (same group)
+            out["rank_family"] = np.asarray([rank_id(n.rsplit("#", 1)[1].rsplit("-", 1)[0]) for n in names], np.int64)
+            out["level"] = np.asarray([int(n.rsplit("-", 1)[1]) for n in names], np.int64)
         out["image"] = np.stack(images) if images else np.zeros((0, h, w, 3), np.uint8)
         return out
 
 
-def labeled_rows(labeled: LabeledSet, indices: np.ndarray) -> list[dict]:
-    """Rows for `ray.data.from_items`: path, name, target (MOS / mos_scale)."""
-    return [
+def rank_id(value: str) -> int:
+    """A stable non-negative int64 id of a ranking group or family name (the same in every process)."""
+    return int.from_bytes(hashlib.sha256(value.encode()).digest()[:8], "little") & (2**62 - 1)
+
+
+RANK_COLUMNS = ("rank_group", "rank_family", "level")
+
+
+def labeled_rows(labeled: LabeledSet, indices: np.ndarray, ranked: bool | None = None) -> list[dict]:
+    """Rows for `ray.data.from_items`: path, name, target (MOS / mos_scale); `ranked=True` adds the ranking
+    columns (each image the level-0 reference of its own group, its name), `ranked=False` adds them with
+    no group (-1: validation rows of the labelled set), None leaves them out."""
+    rows = [
         {"path": labeled[int(i)].path, "name": labeled[int(i)].name, "target": float(labeled[int(i)].mos / labeled.mos_scale)}
         for i in indices
     ]
+    if ranked is not None:
+        for row in rows:
+            row.update(rank_group=rank_id(row["name"]) if ranked else -1, rank_family=0, level=0)
+    return rows
+
+
+def rank_table_rows(table: str, mos_scale: float, storage_options: dict | None = None) -> list[dict]:
+    """The rows of a ranking table (`--extra-train`, `--extra-val`): a CSV with `path` (relative to the
+    table's folder, or absolute/URL), `mos` (the labelled set's units; empty = unlabelled, ranked only),
+    `name` (unique), `group` (the source image: rows of one group are ordered by `level` within a
+    `family`; a group equal to a labelled image's name ranks against that image) and `family`, `level`
+    (0 = the reference, 1..5 the distortion's strength)."""
+    import pandas as pd
+
+    from engine.datasets.table import _resolve
+    from engine.io import get_fs
+
+    fs, path = get_fs(table, storage_options)
+    with fs.open(path, "rb") as f:
+        df = pd.read_csv(f, keep_default_na=False, dtype={"mos": str, "group": str, "family": str, "name": str})
+    missing = [c for c in ("path", "mos", "name", "group", "family", "level") if c not in df.columns]
+    if missing:
+        raise ValueError(f"{table}: ranking table lacks column(s) {', '.join(missing)}")
+    base = table.replace("\\", "/").rsplit("/", 1)[0] if "/" in table else "."
+    return [{"path": _resolve(str(r["path"]), base), "name": str(r["name"]),
+             "target": float(r["mos"]) / mos_scale if str(r["mos"]).strip() else math.nan,
+             "rank_group": rank_id(str(r["group"])), "rank_family": rank_id(str(r["family"])) if int(r["level"]) else 0,
+             "level": int(r["level"])} for r in df.to_dict("records")]
+
+
+def rows_dataset(rows: list[dict], preprocessing: Preprocessing, storage_options: dict | None = None,
+                 batch_size: int = 32):
+    """A decoded Ray dataset of `path` rows (any other columns kept)."""
+    import ray
+
+    blocks = max(1, min(len(rows) // batch_size, 64))
+    return ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
+        ReadLabeledImages(preprocessing, storage_options), batch_size=batch_size, batch_format="numpy")
 
 
 def labeled_dataset(labeled: LabeledSet, indices: np.ndarray, preprocessing: Preprocessing,
-                    storage_options: dict | None = None, batch_size: int = 32, synthetic: int = 0):
+                    storage_options: dict | None = None, batch_size: int = 32, synthetic: int = 0,
+                    ranked: bool | None = None):
     """A decoded Ray dataset of part of a labelled set (small: materialized by the caller if wanted), plus
-    `synthetic` distorted copies of each image with pseudo-labels (see `SyntheticDistortions`)."""
+    `synthetic` distorted copies of each image with pseudo-labels (see `SyntheticDistortions`); `ranked`:
+    see `labeled_rows`."""
     import ray
 
-    rows = labeled_rows(labeled, indices)
+    rows = labeled_rows(labeled, indices, ranked)
     blocks = max(1, min(len(rows) // batch_size, 64))
     items = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = items.map_batches(ReadLabeledImages(preprocessing, storage_options), batch_size=batch_size,
@@ -267,6 +322,9 @@ def to_torch(batch: Batch, map_shape: tuple[int, ...] | None = None) -> dict:
     for column in ("image", "features"):
         if column in batch:
             out[column] = torch.as_tensor(np.ascontiguousarray(batch[column]))
+    for column in RANK_COLUMNS:
+        if column in batch:
+            out[column] = torch.as_tensor(np.asarray(batch[column], dtype=np.int64))
     if "teacher_map" in batch and map_shape is not None:
         maps = np.full((len(batch["teacher_map"]), *map_shape), np.nan, dtype=np.float32)
         for i, raw in enumerate(batch["teacher_map"]):
@@ -342,12 +400,18 @@ class EpochBatches:
     rows lie in (zero-copy on the node that holds them, fetched and then kept on other nodes). The last
     partial global batch of an epoch is left out: its rows come up in other epochs' permutations.
 
+    With `group_column`, the permutation is of groups, not rows: every epoch the groups come in another
+    seeded order and a group's rows (in another seeded order) follow each other, so that a batch holds
+    several distortion levels of one source for a ranking loss (a group cut by a batch boundary loses the
+    pairs across it). Rows whose group is -1 are groups of one.
+
     Args:
         ds: the materialised dataset (built on the driver; this object travels to the workers).
         columns: the columns a batch carries.
+        group_column: an int64 column of group ids, or None to shuffle rows.
     """
 
-    def __init__(self, ds, columns: list[str]) -> None:  # noqa: ANN001 - ray.data.Dataset
+    def __init__(self, ds, columns: list[str], group_column: str | None = None) -> None:  # noqa: ANN001
         import ray
 
         self.refs = ds.select_columns(columns).to_numpy_refs()
@@ -355,6 +419,11 @@ class EpochBatches:
         self.sizes = np.asarray(ray.get([rows.remote(r) for r in self.refs]), dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.sizes)])
         self.columns = columns
+        self.groups = None
+        if group_column is not None:
+            column = ray.remote(num_cpus=0)(_column_of)
+            parts = ray.get([column.remote(r, group_column) for r in self.refs])
+            self.groups = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -369,7 +438,7 @@ class EpochBatches:
         if global_batch % world:
             raise ValueError(f"global batch {global_batch} does not divide among {world} workers")
         per_worker = global_batch // world
-        order = np.random.default_rng([seed, epoch]).permutation(len(self))
+        order = self.order(epoch, seed)
         cache: dict[int, Batch] = {}
         for step in range(self.steps(global_batch)):
             start = step * global_batch + rank * per_worker
@@ -379,6 +448,21 @@ class EpochBatches:
                 if int(b) not in cache:
                     cache[int(b)] = ray.get(self.refs[int(b)])
             yield {c: _take([cache[int(b)][c] for b in blocks], rows - self.starts[blocks]) for c in self.columns}
+
+
+    def order(self, epoch: int, seed: int) -> np.ndarray:
+        """The epoch's row order: a seeded permutation of rows, or of groups with their rows together."""
+        rng = np.random.default_rng([seed, epoch])
+        if self.groups is None:
+            return rng.permutation(len(self))
+        groups = np.where(self.groups < 0, -1 - np.arange(len(self)), self.groups)  # -1: a group of its own
+        unique, inverse = np.unique(groups, return_inverse=True)
+        rank = rng.permutation(len(unique))[inverse]
+        return np.lexsort((rng.random(len(self)), rank))
+
+
+def _column_of(block: dict, column: str) -> np.ndarray:
+    return np.asarray(block[column]) if block else np.zeros(0, np.int64)
 
 
 def _take(arrays: list[np.ndarray], offsets: np.ndarray) -> np.ndarray:
