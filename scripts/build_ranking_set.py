@@ -15,8 +15,8 @@ them in greyscale (the demo corpus has greyscale photographs; AGIQA-3K none).
 Rows: a group is one view and one family: its reference (level 0) and the family at levels 1-5, each
 distortion applied at the view's own resolution (`engine.distortions.distort`). Photographs are
 unlabelled (empty `mos`: ranked, not regressed). AGIQA-3K training images (the grouped split's training part
-for the given seed, never its validation or test part) get one family at two of the five levels, labelled
-MOS x (1 - 0.15 x level), their group the image's name so that they rank against the labelled original.
+for the given seed, never its validation or test part) get one family at one of the five levels, labelled
+MOS x (1 - 0.15 x level) (`--agiqa-levels`, default 1), their group the image's name so that they rank against the labelled original.
 Families are drawn with weight 2 for the demo's 7 and 1 for the 12 others.
 
     apt-get install -y --no-install-recommends lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 \\
@@ -120,9 +120,12 @@ def pick_families(rng: np.random.Generator, k: int) -> list[str]:
     return list(rng.choice(kinds, size=k, replace=False, p=weights / weights.sum()))
 
 
-def save(pixels: np.ndarray | Image.Image, path: Path) -> None:
+def save(make, path: Path) -> None:  # noqa: ANN001 - () -> array or image, called only if `path` is missing
     if not path.exists():
-        (pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)).save(path, compress_level=1)
+        pixels = make()
+        tmp = path.with_suffix(".partial.png")
+        (pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)).save(tmp, compress_level=1)
+        tmp.rename(path)
 
 
 def photo_rows(job: tuple) -> list[list]:
@@ -132,29 +135,31 @@ def photo_rows(job: tuple) -> list[list]:
     rows = []
     for view, img in views(Image.open(path).convert("RGB"), name, crops):
         ref = out / "images" / f"{view}.png"
-        save(img, ref)
+        save(lambda img=img: img, ref)
         kinds = families or pick_families(rng_for("families", view), k)
         for kind in kinds:
             group = f"{view}/{kind}"
             rows.append([f"images/{ref.name}", "", f"{group}/0", view, kind, 0])
             for level in LEVELS:
                 file = out / "images" / f"{view}__{kind}-{level}.png"
-                save(distort(img, kind, level, seed=int(rng_for(view, kind, level).integers(2**31))), file)
+                save(lambda img=img, kind=kind, level=level: distort(
+                    img, kind, level, seed=int(rng_for(view, kind, level).integers(2**31))), file)
                 rows.append([f"images/{file.name}", "", f"{group}/{level}", view, kind, level])
     return rows
 
 
 def agiqa_rows(job: tuple) -> list[list]:
-    """One AGIQA-3K training image: one family at two levels, labelled MOS x (1 - 0.15 x level)."""
-    path, name, mos, out = job
+    """One AGIQA-3K training image: one family at `levels` of the five levels, labelled MOS x (1 - 0.15 x level)."""
+    path, name, mos, out, n = job
     rng = rng_for("agiqa", name)
     kind = pick_families(rng, 1)[0]
-    levels = sorted(int(x) for x in rng.choice(LEVELS, size=2, replace=False))
+    levels = sorted(int(x) for x in rng.choice(LEVELS, size=n, replace=False))
     img = Image.open(path).convert("RGB")
     rows = []
     for level in levels:
         file = out / "images" / f"agiqa__{Path(name).stem}__{kind}-{level}.png"
-        save(distort(img, kind, level, seed=int(rng_for(name, kind, level).integers(2**31))), file)
+        save(lambda level=level: distort(img, kind, level, seed=int(rng_for(name, kind, level).integers(2**31))),
+             file)
         rows.append([f"images/{file.name}", f"{mos * (1 - DROP_PER_LEVEL * level):.6f}", f"{name}#{kind}-{level}",
                      name, kind, level])
     return rows
@@ -175,6 +180,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the grouped split whose training part is used (default 0)")
     ap.add_argument("--crops", type=int, default=7, help="crops per training photograph (default 7)")
     ap.add_argument("--families", type=int, default=2, help="families per training view (default 2)")
+    ap.add_argument("--agiqa-levels", type=int, default=1, help="levels per AGIQA-3K training image (default 1)")
     ap.add_argument("--val-crops", type=int, default=2, help="crops per validation photograph (default 2)")
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
@@ -204,7 +210,8 @@ def main() -> None:
         photos = [r for rows in pool.map(
             photo_rows, [(p, args.output, args.crops, None, args.families) for p in train]) for r in rows]
         agiqa = [r for rows in pool.map(
-            agiqa_rows, [(labeled[int(i)].path, labeled[int(i)].name, labeled[int(i)].mos, args.output)
+            agiqa_rows, [(labeled[int(i)].path, labeled[int(i)].name, labeled[int(i)].mos, args.output,
+                                    args.agiqa_levels)
                          for i in split.train], chunksize=16) for r in rows]
     write(args.output / "train.csv", photos + agiqa)
     manifest = {"photographs": [{"package": pk, "path": p, "sha256": s, "validation": photo_name(p) in VALIDATION}
