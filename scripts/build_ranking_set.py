@@ -142,7 +142,7 @@ def photo_rows(job: tuple) -> list[list]:
             rows.append([f"images/{ref.name}", "", f"{group}/0", view, kind, 0])
             for level in LEVELS:
                 file = out / "images" / f"{view}__{kind}-{level}.png"
-                save(lambda img=img, kind=kind, level=level: distort(
+                save(lambda img=img, kind=kind, level=level, view=view: distort(
                     img, kind, level, seed=int(rng_for(view, kind, level).integers(2**31))), file)
                 rows.append([f"images/{file.name}", "", f"{group}/{level}", view, kind, level])
     return rows
