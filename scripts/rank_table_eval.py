@@ -44,7 +44,7 @@ def main() -> None:
     for start in range(0, len(df), 32):
         part = df.iloc[start:start + 32]
         images = np.stack([decode_image((base / p).read_bytes(), scorer.preprocessing)[0] for p in part["path"]])
-        scores += [float(s) for s in np.asarray(scorer(images).score)]
+        scores += [float(s) for s in np.asarray(scorer(images).scores)]
     df["score"] = scores
     rhos = defaultdict(list)
     for (_group, family), rows in df[df["level"] > 0].groupby(["group", "family"]):

@@ -44,7 +44,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         log.info("connecting to the Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+        # address="local": a new local Ray, never one that `ray start` left on this machine (ray.init without
+        # an address joins that one, e.g. another user's test cluster, through /tmp/ray/ray_current_cluster)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
                  runtime_env={"worker_process_setup_hook": "engine.executor.ray_data.quiet_worker_logs"})
         log.info("started a local Ray with %s CPUs", ray.cluster_resources().get("CPU"))
 
