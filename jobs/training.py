@@ -103,6 +103,9 @@ def add_common(p: argparse.ArgumentParser, teacher: bool = False, student: bool 
     run.add_argument("--cpus-per-worker", type=positive_float, default=1.0)
     run.add_argument("--threads", type=positive_int, default=None, help="torch threads per worker on CPU")
     run.add_argument("--max-failures", type=nonnegative_int, default=3, help="worker failures retried from the last checkpoint")
+    run.add_argument("--cache-dir", default=None,
+                     help="a local folder keeping the teacher's outputs and a frozen backbone's features per image, "
+                          "so that a rerun after a kill resumes them (not part of the run's identity)")
     run.add_argument("--storage", default=None, help="Ray Train run storage (default OUTPUT/_train); rerun resumes")
     add_address(run)
     add_storage_options(run)
@@ -144,7 +147,7 @@ def config_from_args(args: argparse.Namespace, job: str, spec):  # noqa: ANN001
         synthetic=args.synthetic, extra_train=args.extra_train, extra_val=args.extra_val,
         rank_weight=args.rank_weight, rank_margin=args.rank_margin, precision=args.precision, workers=args.workers, use_gpu=args.gpu,
         cpus_per_worker=args.cpus_per_worker, threads=args.threads, max_failures=args.max_failures,
-        storage=args.storage, storage_options=args.storage_options, command=["dpiqa", *sys.argv[1:]],
+        storage=args.storage, cache_dir=args.cache_dir, storage_options=args.storage_options, command=["dpiqa", *sys.argv[1:]],
     )
 
 

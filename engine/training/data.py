@@ -181,8 +181,85 @@ def labeled_dataset(labeled: LabeledSet, indices: np.ndarray, preprocessing: Pre
     return ds.union(*copies) if copies else ds
 
 
+class OutputCache:
+    """What a fixed model computed for each input image, on a local disk, so that a training job killed while
+    it materialises its data (teacher outputs, a frozen backbone's features: the slow part on a CPU) resumes
+    where it was instead of starting over. An entry is keyed by the SHA-256 of the decoded input pixels (the
+    model's input exactly) under a folder named by the model's identity; written atomically.
+
+    Args:
+        directory: the cache's root (local).
+        identity: what determines the outputs (a checkpoint hash, a config): entries of another model are
+            never read.
+    """
+
+    def __init__(self, directory: str, identity: str) -> None:
+        from pathlib import Path
+
+        self.root = Path(directory) / hashlib.sha256(identity.encode()).hexdigest()[:16]
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def key(image: np.ndarray) -> str:
+        image = np.ascontiguousarray(image)
+        return hashlib.sha256(f"{image.dtype}{image.shape}".encode() + image.tobytes()).hexdigest()
+
+    def get(self, key: str) -> dict[str, np.ndarray] | None:
+        path = self.root / key[:2] / f"{key}.npz"
+        if not path.exists():
+            return None
+        try:
+            with np.load(path) as f:
+                return {k: f[k] for k in f.files}
+        except (OSError, ValueError):  # a damaged entry is recomputed
+            return None
+
+    def put(self, key: str, **arrays: np.ndarray) -> None:
+        import os
+
+        folder = self.root / key[:2]
+        folder.mkdir(exist_ok=True)
+        tmp = folder / f"{key}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, **arrays)
+        tmp.rename(folder / f"{key}.npz")
+
+
+class CachedScores(Stage):
+    """A `ScoreStage` with maps (the teacher) whose per-image score and map are kept in an `OutputCache`: a
+    batch whose every image is cached is answered from the disk without the model."""
+
+    name = "cached-score"
+
+    def __init__(self, stage, cache_dir: str, identity: str) -> None:  # noqa: ANN001 - ScoreStage
+        self.stage, self.cache_dir, self.identity = stage, cache_dir, identity
+        self.num_cpus, self.num_gpus, self.batch_size = stage.num_cpus, stage.num_gpus, stage.batch_size
+        self.cache = None
+
+    def setup(self) -> None:
+        self.cache = OutputCache(self.cache_dir, self.identity)
+
+    def __call__(self, batch: Batch) -> Batch:
+        if self.cache is None:
+            self.setup()
+        keys = [OutputCache.key(img) for img in batch["image"]]
+        hits = [self.cache.get(k) for k in keys]
+        if all(h is not None for h in hits) and all(s == schema.OK for s in batch["status"]):
+            out = {k: v for k, v in batch.items() if k not in ("jpeg", "on_device")}
+            out["score"] = np.asarray([float(h["score"]) for h in hits], np.float32)
+            out["map"] = _object_array([h["map"].tobytes() for h in hits])
+            return out
+        if self.stage.scorer is None:
+            self.stage.setup()
+        out = self.stage(batch)
+        for key, status, score, qmap in zip(keys, out["status"], out["score"], out["map"], strict=True):
+            if status == schema.OK:
+                self.cache.put(key, score=np.float32(score), map=np.frombuffer(qmap, np.float16))
+        return out
+
+
 def with_teacher(ds, teacher: str, preprocessing: Preprocessing, device: str = "auto", batch_size: int = 16,
-                 num_gpus: float = 0.0, threads: int | None = None, total: int | None = None):
+                 num_gpus: float = 0.0, threads: int | None = None, total: int | None = None,
+                 cache_dir: str | None = None):
     """Adds the teacher's `teacher_score` (MOS units) and `teacher_map` to every row, computed once by an
     actor that loads the teacher (the engine's own scoring stage) on the images the student trains on;
     it logs progress lines (`total`: the images expected).
@@ -213,6 +290,8 @@ def with_teacher(ds, teacher: str, preprocessing: Preprocessing, device: str = "
 
     stage = ScoreStage(teacher, device=device, batch_size=batch_size, num_gpus=num_gpus, threads=threads,
                        write_maps=True, keep_images=True)
+    if cache_dir:
+        stage = CachedScores(stage, cache_dir, f"teacher {models.describe(teacher).checkpoint_hash} {preprocessing}")
     ds = ds.map_batches(mark_ok, batch_format="numpy")
     ds = actor_pool(ds, stage, progress=("distill: teacher outputs", total))
     return ds.map_batches(rename, batch_format="numpy")
@@ -347,15 +426,17 @@ class BackboneFeatures(Stage):
         threads: torch threads.
         storage_options: fsspec options for the weights it is built from.
         batch_size: images per call.
+        cache_dir: keep each image's features in an `OutputCache` there (a rerun after a kill resumes).
     """
 
     name = "backbone-features"
 
     def __init__(self, spec, mos_scale: float, threads: int | None = None,  # noqa: ANN001 - ModelSpec
-                 storage_options: dict | None = None, batch_size: int = 32) -> None:
+                 storage_options: dict | None = None, batch_size: int = 32, cache_dir: str | None = None) -> None:
         self.spec, self.mos_scale, self.threads, self.storage_options = spec, mos_scale, threads, storage_options
-        self.batch_size = batch_size
+        self.batch_size, self.cache_dir = batch_size, cache_dir
         self.model = None
+        self.cache = None
 
     def setup(self) -> None:
         import torch
@@ -365,25 +446,39 @@ class BackboneFeatures(Stage):
         if self.threads:
             torch.set_num_threads(self.threads)
         self.model = build_model(self.spec, self.mos_scale, self.storage_options).eval()
+        if self.cache_dir:
+            import dataclasses
+            import json
+
+            self.cache = OutputCache(self.cache_dir, "backbone features " + json.dumps(
+                dataclasses.asdict(self.spec), sort_keys=True, default=str) + f" {self.mos_scale}")
 
     def __call__(self, batch: Batch) -> Batch:
         import torch
 
         preprocessing = self.model.config.preprocessing
-        with torch.inference_mode():
-            x = preprocessing.to_tensor(torch.as_tensor(np.ascontiguousarray(batch["image"])))
-            features = self.model.backbone_features(x).float().numpy()
+        keys = [OutputCache.key(img) for img in batch["image"]] if self.cache is not None else []
+        hits = [self.cache.get(k) for k in keys] if self.cache is not None else []
+        if hits and all(h is not None for h in hits):
+            features = np.stack([h["features"] for h in hits])
+        else:
+            with torch.inference_mode():
+                x = preprocessing.to_tensor(torch.as_tensor(np.ascontiguousarray(batch["image"])))
+                features = self.model.backbone_features(x).float().numpy()
+            for key, f in zip(keys, features, strict=False):
+                self.cache.put(key, features=f)
         out = {k: v for k, v in batch.items() if k != "image"}
         out["features"] = features
         return out
 
 
 def with_backbone_features(ds, spec, mos_scale: float, threads: int | None = None,  # noqa: ANN001, ANN201
-                           storage_options: dict | None = None, total: int | None = None):
+                           storage_options: dict | None = None, total: int | None = None,
+                           cache_dir: str | None = None):
     """`BackboneFeatures` on one actor, with progress lines (`total`: the images expected)."""
     from engine.executor.ray_data import actor_pool
 
-    stage = BackboneFeatures(spec, mos_scale, threads, storage_options)
+    stage = BackboneFeatures(spec, mos_scale, threads, storage_options, cache_dir=cache_dir)
     return actor_pool(ds, stage, progress=("distill: backbone features", total))
 
 

@@ -53,6 +53,8 @@ class TrainConfig:
         teacher_outputs: distill at scale: a `dpiqa score --write-maps` run of the teacher over `shards`.
         shard_mos_scale: the MOS scale of the shards' labels.
         cache_features: a student with a frozen backbone trains on the backbone's features computed once.
+        cache_dir: a local folder keeping the teacher's outputs and a frozen backbone's features per image
+            (`engine.training.data.OutputCache`), so that a rerun after a kill does not compute them again.
         synthetic: distorted copies of each training image added with pseudo-labels (graded blur, noise,
             JPEG, JPEG 2000, contrast, exposure; `engine.training.data.SyntheticDistortions`).
         epochs, lr, milestones: the protocol (defaults: the paper's for `job` and `dataset`).
@@ -97,6 +99,7 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     threads: int | None = None
     max_failures: int = 3
+    cache_dir: str | None = None
     extra_train: str | None = None
     extra_val: str | None = None
     rank_weight: float = 0.0
@@ -135,7 +138,7 @@ class TrainConfig:
         """A hash of what determines the trained model (not where it runs)."""
         keep = {k: v for k, v in asdict(self).items() if k not in ("output", "storage", "storage_options", "command",
                                                                   "workers", "use_gpu", "cpus_per_worker",
-                                                                  "threads", "max_failures", "cache_features")}
+                                                                  "threads", "max_failures", "cache_features", "cache_dir")}
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -261,7 +264,7 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: flo
         if not cache:
             return ds
         return data.with_backbone_features(ds, config.model, mos_scale, threads=config.threads, total=total,
-                                           storage_options=config.storage_options)
+                                           storage_options=config.storage_options, cache_dir=config.cache_dir)
 
     rank_columns = list(data.RANK_COLUMNS) if ranked else []
     columns = [pixels, "target"] + (["teacher_score", "teacher_map"] if config.model.kind == "student" else []) \
@@ -280,7 +283,7 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: flo
                 gpus = 1.0 if _use_gpu(config) else 0.0
                 train = data.with_teacher(train, _teacher_for(config, split.seed), preprocessing,
                                           device="cuda" if gpus else "cpu", num_gpus=gpus, threads=config.threads,
-                                          total=images)
+                                          total=images, cache_dir=config.cache_dir)
         # Materialised once (decoding, teacher outputs, cached features), then served in another seeded
         # permutation every epoch.
         train = cached(train, images).select_columns(columns).materialize()

@@ -97,3 +97,25 @@ def test_ranked_distillation_end_to_end(ray_local, tmp_path):
     assert card["protocol"]["selection"].startswith("best mean of validation SRCC")
     val = result.splits[0]["metrics"]["val"]
     assert -1 <= val["rank_srcc"] <= 1 and "select" in val
+
+
+def test_output_cache_serves_a_rerun_without_the_model(tmp_path):
+    """Backbone features computed once are read back from the disk cache by a new stage (a rerun after a
+    kill): equal to the computed ones, without running the backbone; another model's entries are not read."""
+    from engine.training.data import BackboneFeatures, OutputCache
+    from engine.training.model import ModelSpec
+
+    spec = ModelSpec(kind="student", config="dpiqa-student-tiny", pretrained_backbone=False,
+                     overrides={"freeze_backbone": True})
+    images = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    batch = {"image": images, "target": np.zeros(3)}
+    first = BackboneFeatures(spec, 100.0, cache_dir=str(tmp_path))
+    first.setup()
+    computed = first(batch)["features"]
+    again = BackboneFeatures(spec, 100.0, cache_dir=str(tmp_path))
+    again.setup()
+    again.model.backbone_features = None  # the backbone is not run: calling it would fail
+    np.testing.assert_array_equal(again(batch)["features"], computed)
+    other = OutputCache(str(tmp_path), "another model")
+    assert other.get(OutputCache.key(images[0])) is None
+    assert OutputCache.key(images[0]) != OutputCache.key(images[1])
