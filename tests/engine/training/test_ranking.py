@@ -119,3 +119,38 @@ def test_output_cache_serves_a_rerun_without_the_model(tmp_path):
     other = OutputCache(str(tmp_path), "another model")
     assert other.get(OutputCache.key(images[0])) is None
     assert OutputCache.key(images[0]) != OutputCache.key(images[1])
+
+
+def test_cached_teacher_scores_and_maps_come_back_from_disk(tmp_path):
+    """The teacher's score and map per image, cached by a first run, are what a rerun gets without loading
+    the teacher."""
+    import torch
+
+    from engine import schema
+    from engine.stages.score import ScoreStage
+    from engine.training.data import CachedScores
+    from models.student import DPIQAStudent, StudentConfig
+
+    torch.manual_seed(0)
+    DPIQAStudent(StudentConfig(backbone="test_efficientnet", map_size=4, head_hidden=8, image_size=32)
+                 ).save_pretrained(str(tmp_path / "teacher"))
+    images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+
+    def batch():
+        status = np.empty(4, dtype=object)
+        status[:] = [schema.OK] * 4
+        return {"image": images, "status": status, "error": np.full(4, None, dtype=object), "target": np.zeros(4)}
+
+    def stage():
+        s = CachedScores(ScoreStage(str(tmp_path / "teacher"), device="cpu", write_maps=True, keep_images=True),
+                         str(tmp_path / "cache"), "tiny teacher")
+        s.setup()
+        return s
+
+    first = stage()(batch())
+    rerun = stage()
+    rerun.stage.setup = None  # a fully cached batch never loads the teacher
+    second = rerun(batch())
+    np.testing.assert_array_equal(first["score"], second["score"])
+    assert list(first["map"]) == list(second["map"]) and len(first["map"][0]) == 8 * 4 * 4 * 2  # float16 bytes
+    assert set(second) >= {"image", "target", "status", "error", "score", "map"}
