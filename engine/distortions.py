@@ -1,4 +1,7 @@
-"""Graded synthetic distortions (blur, noise, JPEG, JPEG 2000, contrast, exposure) at 5 levels each."""
+"""Graded synthetic distortions at 5 levels each: the demo corpus's 7 (blur, noise, JPEG, JPEG 2000, contrast,
+exposure; `DISTORTIONS`, unchanged so that the corpus and its figures stay comparable) and more families
+used only to train (`EXTRA_DISTORTIONS`: sensor and impulse noise, motion and defocus blur, WebP,
+resampling, pixelation, colour saturation and cast, quantisation, median smearing)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageFilter, features
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps, features
 
 from engine.stages.decode import to_rgb
 
@@ -93,6 +96,145 @@ _APPLY: dict[str, Callable[[Image.Image, float, np.random.Generator], np.ndarray
 }
 
 
+# --- Families used only for training (KADID-10k's list, implemented from their usual definitions) ---
+
+
+def _sensor_noise(img: Image.Image, gain: float, rng: np.random.Generator) -> np.ndarray:
+    # Poisson-Gaussian noise as a camera sensor makes it, in linear light: photon (shot) noise whose
+    # variance grows with the signal (`gain` electrons per unit at full scale: fewer = darker scene, more
+    # amplification), plus read noise; per pixel and channel (chroma noise included), then back to sRGB-ish
+    # gamma 2.2. Dark regions get relatively more noise, unlike `gaussian_noise`.
+    linear = (np.asarray(img, dtype=np.float64) / 255.0) ** 2.2
+    photons = rng.poisson(linear * gain) / gain
+    read = rng.normal(0.0, 2.0 / gain ** 0.5, linear.shape) * 0.05
+    out = np.clip(photons + read, 0.0, 1.0) ** (1 / 2.2)
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def _impulse_noise(img: Image.Image, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    # Salt and pepper: that fraction of pixels set to black or white (all channels).
+    arr = np.asarray(img).copy()
+    hit = rng.random(arr.shape[:2]) < fraction
+    arr[hit] = np.where(rng.random(int(hit.sum())) < 0.5, 0, 255)[:, None].astype(np.uint8)
+    return arr
+
+
+def _convolve(img: Image.Image, kernel: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import convolve
+
+    arr = np.asarray(img, dtype=np.float64)
+    out = np.stack([convolve(arr[..., c], kernel, mode="reflect") for c in range(3)], axis=-1)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def motion_kernel(length: float, angle: float) -> np.ndarray:
+    """A normalised line kernel of `length` pixels at `angle` degrees (camera shake along a line)."""
+    size = int(np.ceil(length)) | 1
+    kernel = np.zeros((size, size))
+    c = size // 2
+    t = np.linspace(-(length - 1) / 2, (length - 1) / 2, max(2, int(np.ceil(length)) * 4))
+    rad = np.deg2rad(angle)
+    for x, y in zip(np.rint(c + t * np.cos(rad)).astype(int), np.rint(c - t * np.sin(rad)).astype(int), strict=True):
+        kernel[y, x] = 1.0
+    return kernel / kernel.sum()
+
+
+def disc_kernel(radius: float) -> np.ndarray:
+    """A normalised disc (an out-of-focus lens's point spread), anti-aliased at its edge."""
+    r = int(np.ceil(radius))
+    y, x = np.mgrid[-r:r + 1, -r:r + 1]
+    kernel = np.clip(radius + 0.5 - np.hypot(x, y), 0.0, 1.0)
+    return kernel / kernel.sum()
+
+
+def _motion_blur(img: Image.Image, length: float, rng: np.random.Generator) -> np.ndarray:
+    return _convolve(img, motion_kernel(length, float(rng.uniform(0.0, 180.0))))
+
+
+def _defocus_blur(img: Image.Image, radius: float, rng: np.random.Generator) -> np.ndarray:
+    return _convolve(img, disc_kernel(radius))
+
+
+def _webp(img: Image.Image, quality: float, rng: np.random.Generator) -> np.ndarray:
+    if not features.check("webp"):
+        raise RuntimeError("this Pillow was built without WebP: install Pillow's wheel for webp")
+    return _encode(img, "WEBP", quality=int(quality), method=4)
+
+
+def _resample(img: Image.Image, factor: float, rng: np.random.Generator) -> np.ndarray:
+    # Downscaled (as an upload pipeline or a cheap zoom does) and scaled back up: soft, aliased detail.
+    small = img.resize((max(1, round(img.width / factor)), max(1, round(img.height / factor))),
+                       Image.Resampling.BILINEAR)
+    return np.asarray(small.resize(img.size, Image.Resampling.BICUBIC))
+
+
+def _pixelate(img: Image.Image, factor: float, rng: np.random.Generator) -> np.ndarray:
+    small = img.resize((max(1, round(img.width / factor)), max(1, round(img.height / factor))),
+                       Image.Resampling.BOX)
+    return np.asarray(small.resize(img.size, Image.Resampling.NEAREST))
+
+
+def _saturation(img: Image.Image, factor: float, rng: np.random.Generator) -> np.ndarray:
+    return np.asarray(ImageEnhance.Color(img).enhance(factor))  # 0 = grey, 1 = unchanged, > 1 = garish
+
+
+def _color_cast(img: Image.Image, strength: float, rng: np.random.Generator) -> np.ndarray:
+    # A wrong white balance: per-channel gains along a random hue direction, mean brightness kept.
+    direction = rng.normal(size=3)
+    direction -= direction.mean()
+    direction /= np.linalg.norm(direction) + 1e-12
+    gains = 2.0 ** (strength * direction)
+    gains /= gains.mean()
+    arr = np.asarray(img, dtype=np.float64) * gains
+    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+
+
+def _quantize(img: Image.Image, levels: float, rng: np.random.Generator) -> np.ndarray:
+    # Colour quantisation: `levels` values per channel (banding in gradients).
+    return np.asarray(ImageOps.posterize(img, int(levels)))
+
+
+def _median(img: Image.Image, size: float, rng: np.random.Generator) -> np.ndarray:
+    # The smeared, waxy texture of strong denoising.
+    return np.asarray(img.filter(ImageFilter.MedianFilter(int(size))))
+
+
+EXTRA_DISTORTIONS: dict[str, Distortion] = {
+    d.name: d
+    for d in (
+        Distortion("sensor_noise", (2000.0, 700.0, 250.0, 90.0, 30.0), "full-scale photon count (fewer = noisier)"),
+        Distortion("impulse_noise", (0.002, 0.006, 0.015, 0.035, 0.08), "fraction of pixels hit"),
+        Distortion("motion_blur", (3.0, 5.0, 9.0, 15.0, 25.0), "line length, pixels"),
+        Distortion("defocus_blur", (1.0, 1.8, 3.0, 5.0, 8.0), "disc radius, pixels"),
+        Distortion("webp", (40, 20, 10, 5, 1), "WebP quality"),
+        Distortion("resample", (1.5, 2.0, 3.0, 4.5, 7.0), "down- then up-scaling factor"),
+        Distortion("pixelate", (2.0, 3.0, 5.0, 8.0, 12.0), "block side, pixels"),
+        Distortion("desaturation", (0.6, 0.4, 0.25, 0.1, 0.0), "colour factor (1 = unchanged)"),
+        Distortion("oversaturation", (1.6, 2.2, 3.0, 4.0, 5.5), "colour factor (1 = unchanged)"),
+        Distortion("color_cast", (0.25, 0.45, 0.7, 1.0, 1.4), "white-balance error, stops between channels"),
+        Distortion("quantization", (5, 4, 3, 2, 1), "bits per channel"),
+        Distortion("median_smear", (3, 5, 7, 9, 13), "median filter side, pixels"),
+    )
+}
+
+ALL_DISTORTIONS: dict[str, Distortion] = {**DISTORTIONS, **EXTRA_DISTORTIONS}
+
+_APPLY.update({
+    "sensor_noise": _sensor_noise,
+    "impulse_noise": _impulse_noise,
+    "motion_blur": _motion_blur,
+    "defocus_blur": _defocus_blur,
+    "webp": _webp,
+    "resample": _resample,
+    "pixelate": _pixelate,
+    "desaturation": _saturation,
+    "oversaturation": _saturation,
+    "color_cast": _color_cast,
+    "quantization": _quantize,
+    "median_smear": _median,
+})
+
+
 def as_rgb_image(image: Image.Image | np.ndarray) -> Image.Image:
     """A PIL image or a uint8 array (H x W, H x W x 3 or H x W x 4) as an RGB PIL image."""
     if isinstance(image, Image.Image):
@@ -110,19 +252,19 @@ def distort(image: Image.Image | np.ndarray, kind: str, level: int, seed: int = 
 
     Args:
         image: a PIL image (any mode) or a uint8 array.
-        kind: a key of `DISTORTIONS`.
+        kind: a key of `ALL_DISTORTIONS` (the demo's `DISTORTIONS` or the training-only `EXTRA_DISTORTIONS`).
         level: 1 (mild) to 5 (severe).
         seed: seeds the random parts (the noise); the result is a function of (image, kind, level, seed).
 
     Returns:
         The distorted image, RGB uint8, the input's height and width.
     """
-    if kind not in DISTORTIONS:
-        raise ValueError(f"unknown distortion {kind!r}; known: {', '.join(DISTORTIONS)}")
+    if kind not in ALL_DISTORTIONS:
+        raise ValueError(f"unknown distortion {kind!r}; known: {', '.join(ALL_DISTORTIONS)}")
     if level not in LEVELS:
         raise ValueError(f"distortion level {level!r}: expected 1 (mild) to 5 (severe)")
     img = as_rgb_image(image)
-    param = DISTORTIONS[kind].params[level - 1]
+    param = ALL_DISTORTIONS[kind].params[level - 1]
     out = _APPLY[kind](img, param, np.random.default_rng(seed))
     assert out.shape == (img.height, img.width, 3) and out.dtype == np.uint8
     return out

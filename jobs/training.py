@@ -47,7 +47,18 @@ def add_common(p: argparse.ArgumentParser, teacher: bool = False, student: bool 
     data.add_argument("--synthetic", type=nonnegative_int, default=0, metavar="N",
                       help="add N distorted copies of each training image (graded blur, noise, JPEG, JPEG 2000, "
                            "contrast, exposure) labelled reference MOS x (1 - 0.15 x level)")
+    data.add_argument("--extra-train", default=None, metavar="TABLE",
+                      help="a ranking table (CSV: path, mos (empty = unlabelled), name, group, family, level) of "
+                           "graded distortions added to the training part only (scripts/build_ranking_set.py)")
+    data.add_argument("--extra-val", default=None, metavar="TABLE",
+                      help="a ranking table added to the validation part: the epoch is picked by the mean of the "
+                           "validation SRCC and minus the mean per-source ranking SRCC")
     proto = p.add_argument_group("optimisation (defaults: the paper's)")
+    proto.add_argument("--rank-weight", type=float, default=0.0,
+                       help="weight of a pairwise hinge ranking loss across distortion levels of one source "
+                            "(batches then hold whole groups); default 0: off")
+    proto.add_argument("--rank-margin", type=positive_float, default=0.05,
+                       help="the ranking loss's margin in score units (MOS / scale; default 0.05)")
     proto.add_argument("--epochs", type=positive_int, default=None)
     proto.add_argument("--batch-size", type=positive_int, default=None,
                        help="the global batch, all workers together (each worker takes batch / workers); "
@@ -92,6 +103,9 @@ def add_common(p: argparse.ArgumentParser, teacher: bool = False, student: bool 
     run.add_argument("--cpus-per-worker", type=positive_float, default=1.0)
     run.add_argument("--threads", type=positive_int, default=None, help="torch threads per worker on CPU")
     run.add_argument("--max-failures", type=nonnegative_int, default=3, help="worker failures retried from the last checkpoint")
+    run.add_argument("--cache-dir", default=None,
+                     help="a local folder keeping the teacher's outputs and a frozen backbone's features per image, "
+                          "so that a rerun after a kill resumes them (not part of the run's identity)")
     run.add_argument("--storage", default=None, help="Ray Train run storage (default OUTPUT/_train); rerun resumes")
     add_address(run)
     add_storage_options(run)
@@ -130,9 +144,10 @@ def config_from_args(args: argparse.Namespace, job: str, spec):  # noqa: ANN001
         protocol_name=args.protocol,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         milestones=tuple(int(m) for m in args.milestones.split(",")) if args.milestones else None,
-        synthetic=args.synthetic, precision=args.precision, workers=args.workers, use_gpu=args.gpu,
+        synthetic=args.synthetic, extra_train=args.extra_train, extra_val=args.extra_val,
+        rank_weight=args.rank_weight, rank_margin=args.rank_margin, precision=args.precision, workers=args.workers, use_gpu=args.gpu,
         cpus_per_worker=args.cpus_per_worker, threads=args.threads, max_failures=args.max_failures,
-        storage=args.storage, storage_options=args.storage_options, command=["dpiqa", *sys.argv[1:]],
+        storage=args.storage, cache_dir=args.cache_dir, storage_options=args.storage_options, command=["dpiqa", *sys.argv[1:]],
     )
 
 

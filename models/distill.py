@@ -99,3 +99,40 @@ def distillation_loss(
             terms[name] = term.detach()
             total = total + weight * term
     return LossTerms(total, terms)
+
+
+def ranking_pairs(group: torch.Tensor, family: torch.Tensor, level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ordered pairs `(better, worse)` of a batch that a ranking loss compares: two samples of one source
+    (`group`, -1 = none) where the first has the lower distortion `level` and both share the distortion
+    `family` or the first is the undistorted reference (level 0). Distortions of different families at
+    different levels are not ordered (is JPEG 3 worse than blur 2? no label says).
+
+    Returns:
+        Index tensors `(i, j)`: sample `i` should score above sample `j`.
+    """
+    same = (group[:, None] == group[None, :]) & (group[:, None] >= 0)
+    comparable = (family[:, None] == family[None, :]) | (level[:, None] == 0)
+    better = level[:, None] < level[None, :]
+    return torch.nonzero(same & comparable & better, as_tuple=True)
+
+
+def ranking_loss(score: torch.Tensor, group: torch.Tensor, family: torch.Tensor, level: torch.Tensor,
+                 margin: float = 0.05) -> torch.Tensor | None:
+    """Pairwise hinge loss over the ordered pairs of a batch (`ranking_pairs`): the mean over pairs of
+    `max(0, margin - (score_better - score_worse))`. It teaches the order of a source's distortion levels,
+    not the MOS of any one dataset, and needs no label (unlabelled photographs rank too).
+
+    Args:
+        score: the model's scores `(B,)` (MOS / mos_scale).
+        group: the source of each sample `(B,)`, -1 where it has none.
+        family: the distortion family of each sample `(B,)` (any id; the reference's is ignored).
+        level: the distortion level `(B,)`, 0 for the reference.
+        margin: the gap wanted between a better and a worse sample, in score units.
+
+    Returns:
+        The scalar loss, or None when the batch holds no ordered pair.
+    """
+    i, j = ranking_pairs(group, family, level)
+    if len(i) == 0:
+        return None
+    return F.relu(margin - (score[i] - score[j])).mean()

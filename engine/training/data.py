@@ -2,7 +2,9 @@
 
 Rows carry `image` (uint8 `(H, W, 3)` at the model's size), `target` (MOS / mos_scale, NaN where the
 sample has no label), and for distillation `teacher_score` (MOS units, NaN where missing) and
-`teacher_map` (float16 bytes, None where missing).
+`teacher_map` (float16 bytes, None where missing). With a ranking loss they also carry `rank_group` (the
+source image, int64, -1 = none), `rank_family` (the distortion family) and `level` (0 = the reference):
+see `models.distill.ranking_loss`.
 """
 
 from __future__ import annotations
@@ -98,25 +100,78 @@ class SyntheticDistortions:
         out = {k: v[keep] for k, v in batch.items()}
         out["target"] = np.asarray(targets, dtype=np.float64)
         out["name"] = _object_array(names)
+        if "level" in batch:  # a ranked set: the copy ranks below its reference (same group)
+            out["rank_family"] = np.asarray([rank_id(n.rsplit("#", 1)[1].rsplit("-", 1)[0]) for n in names], np.int64)
+            out["level"] = np.asarray([int(n.rsplit("-", 1)[1]) for n in names], np.int64)
         out["image"] = np.stack(images) if images else np.zeros((0, h, w, 3), np.uint8)
         return out
 
 
-def labeled_rows(labeled: LabeledSet, indices: np.ndarray) -> list[dict]:
-    """Rows for `ray.data.from_items`: path, name, target (MOS / mos_scale)."""
-    return [
+def rank_id(value: str) -> int:
+    """A stable non-negative int64 id of a ranking group or family name (the same in every process)."""
+    return int.from_bytes(hashlib.sha256(value.encode()).digest()[:8], "little") & (2**62 - 1)
+
+
+RANK_COLUMNS = ("rank_group", "rank_family", "level")
+
+
+def labeled_rows(labeled: LabeledSet, indices: np.ndarray, ranked: bool | None = None) -> list[dict]:
+    """Rows for `ray.data.from_items`: path, name, target (MOS / mos_scale); `ranked=True` adds the ranking
+    columns (each image the level-0 reference of its own group, its name), `ranked=False` adds them with
+    no group (-1: validation rows of the labelled set), None leaves them out."""
+    rows = [
         {"path": labeled[int(i)].path, "name": labeled[int(i)].name, "target": float(labeled[int(i)].mos / labeled.mos_scale)}
         for i in indices
     ]
+    if ranked is not None:
+        for row in rows:
+            row.update(rank_group=rank_id(row["name"]) if ranked else -1, rank_family=0, level=0)
+    return rows
+
+
+def rank_table_rows(table: str, mos_scale: float, storage_options: dict | None = None) -> list[dict]:
+    """The rows of a ranking table (`--extra-train`, `--extra-val`): a CSV with `path` (relative to the
+    table's folder, or absolute/URL), `mos` (the labelled set's units; empty = unlabelled, ranked only),
+    `name` (unique), `group` (the source image: rows of one group are ordered by `level` within a
+    `family`; a group equal to a labelled image's name ranks against that image) and `family`, `level`
+    (0 = the reference, 1..5 the distortion's strength)."""
+    import pandas as pd
+
+    from engine.datasets.table import _resolve
+    from engine.io import get_fs
+
+    fs, path = get_fs(table, storage_options)
+    with fs.open(path, "rb") as f:
+        df = pd.read_csv(f, keep_default_na=False, dtype={"mos": str, "group": str, "family": str, "name": str})
+    missing = [c for c in ("path", "mos", "name", "group", "family", "level") if c not in df.columns]
+    if missing:
+        raise ValueError(f"{table}: ranking table lacks column(s) {', '.join(missing)}")
+    base = table.replace("\\", "/").rsplit("/", 1)[0] if "/" in table else "."
+    return [{"path": _resolve(str(r["path"]), base), "name": str(r["name"]),
+             "target": float(r["mos"]) / mos_scale if str(r["mos"]).strip() else math.nan,
+             "rank_group": rank_id(str(r["group"])), "rank_family": rank_id(str(r["family"])) if int(r["level"]) else 0,
+             "level": int(r["level"])} for r in df.to_dict("records")]
+
+
+def rows_dataset(rows: list[dict], preprocessing: Preprocessing, storage_options: dict | None = None,
+                 batch_size: int = 32):
+    """A decoded Ray dataset of `path` rows (any other columns kept)."""
+    import ray
+
+    blocks = max(1, min(len(rows) // batch_size, 64))
+    return ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
+        ReadLabeledImages(preprocessing, storage_options), batch_size=batch_size, batch_format="numpy")
 
 
 def labeled_dataset(labeled: LabeledSet, indices: np.ndarray, preprocessing: Preprocessing,
-                    storage_options: dict | None = None, batch_size: int = 32, synthetic: int = 0):
+                    storage_options: dict | None = None, batch_size: int = 32, synthetic: int = 0,
+                    ranked: bool | None = None):
     """A decoded Ray dataset of part of a labelled set (small: materialized by the caller if wanted), plus
-    `synthetic` distorted copies of each image with pseudo-labels (see `SyntheticDistortions`)."""
+    `synthetic` distorted copies of each image with pseudo-labels (see `SyntheticDistortions`); `ranked`:
+    see `labeled_rows`."""
     import ray
 
-    rows = labeled_rows(labeled, indices)
+    rows = labeled_rows(labeled, indices, ranked)
     blocks = max(1, min(len(rows) // batch_size, 64))
     items = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = items.map_batches(ReadLabeledImages(preprocessing, storage_options), batch_size=batch_size,
@@ -126,8 +181,85 @@ def labeled_dataset(labeled: LabeledSet, indices: np.ndarray, preprocessing: Pre
     return ds.union(*copies) if copies else ds
 
 
+class OutputCache:
+    """What a fixed model computed for each input image, on a local disk, so that a training job killed while
+    it materialises its data (teacher outputs, a frozen backbone's features: the slow part on a CPU) resumes
+    where it was instead of starting over. An entry is keyed by the SHA-256 of the decoded input pixels (the
+    model's input exactly) under a folder named by the model's identity; written atomically.
+
+    Args:
+        directory: the cache's root (local).
+        identity: what determines the outputs (a checkpoint hash, a config): entries of another model are
+            never read.
+    """
+
+    def __init__(self, directory: str, identity: str) -> None:
+        from pathlib import Path
+
+        self.root = Path(directory) / hashlib.sha256(identity.encode()).hexdigest()[:16]
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def key(image: np.ndarray) -> str:
+        image = np.ascontiguousarray(image)
+        return hashlib.sha256(f"{image.dtype}{image.shape}".encode() + image.tobytes()).hexdigest()
+
+    def get(self, key: str) -> dict[str, np.ndarray] | None:
+        path = self.root / key[:2] / f"{key}.npz"
+        if not path.exists():
+            return None
+        try:
+            with np.load(path) as f:
+                return {k: f[k] for k in f.files}
+        except (OSError, ValueError):  # a damaged entry is recomputed
+            return None
+
+    def put(self, key: str, **arrays: np.ndarray) -> None:
+        import os
+
+        folder = self.root / key[:2]
+        folder.mkdir(exist_ok=True)
+        tmp = folder / f"{key}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, **arrays)
+        tmp.rename(folder / f"{key}.npz")
+
+
+class CachedScores(Stage):
+    """A `ScoreStage` with maps (the teacher) whose per-image score and map are kept in an `OutputCache`: a
+    batch whose every image is cached is answered from the disk without the model."""
+
+    name = "cached-score"
+
+    def __init__(self, stage, cache_dir: str, identity: str) -> None:  # noqa: ANN001 - ScoreStage
+        self.stage, self.cache_dir, self.identity = stage, cache_dir, identity
+        self.num_cpus, self.num_gpus, self.batch_size = stage.num_cpus, stage.num_gpus, stage.batch_size
+        self.cache = None
+
+    def setup(self) -> None:
+        self.cache = OutputCache(self.cache_dir, self.identity)
+
+    def __call__(self, batch: Batch) -> Batch:
+        if self.cache is None:
+            self.setup()
+        keys = [OutputCache.key(img) for img in batch["image"]]
+        hits = [self.cache.get(k) for k in keys]
+        if all(h is not None for h in hits) and all(s == schema.OK for s in batch["status"]):
+            out = {k: v for k, v in batch.items() if k not in ("jpeg", "on_device")}
+            out["score"] = np.asarray([float(h["score"]) for h in hits], np.float32)
+            out["map"] = _object_array([h["map"].tobytes() for h in hits])
+            return out
+        if self.stage.scorer is None:
+            self.stage.setup()
+        out = self.stage(batch)
+        for key, status, score, qmap in zip(keys, out["status"], out["score"], out["map"], strict=True):
+            if status == schema.OK:
+                self.cache.put(key, score=np.float32(score), map=np.frombuffer(qmap, np.float16))
+        return out
+
+
 def with_teacher(ds, teacher: str, preprocessing: Preprocessing, device: str = "auto", batch_size: int = 16,
-                 num_gpus: float = 0.0, threads: int | None = None, total: int | None = None):
+                 num_gpus: float = 0.0, threads: int | None = None, total: int | None = None,
+                 cache_dir: str | None = None):
     """Adds the teacher's `teacher_score` (MOS units) and `teacher_map` to every row, computed once by an
     actor that loads the teacher (the engine's own scoring stage) on the images the student trains on;
     it logs progress lines (`total`: the images expected).
@@ -158,6 +290,8 @@ def with_teacher(ds, teacher: str, preprocessing: Preprocessing, device: str = "
 
     stage = ScoreStage(teacher, device=device, batch_size=batch_size, num_gpus=num_gpus, threads=threads,
                        write_maps=True, keep_images=True)
+    if cache_dir:
+        stage = CachedScores(stage, cache_dir, f"teacher {models.describe(teacher).checkpoint_hash} {preprocessing}")
     ds = ds.map_batches(mark_ok, batch_format="numpy")
     ds = actor_pool(ds, stage, progress=("distill: teacher outputs", total))
     return ds.map_batches(rename, batch_format="numpy")
@@ -267,6 +401,9 @@ def to_torch(batch: Batch, map_shape: tuple[int, ...] | None = None) -> dict:
     for column in ("image", "features"):
         if column in batch:
             out[column] = torch.as_tensor(np.ascontiguousarray(batch[column]))
+    for column in RANK_COLUMNS:
+        if column in batch:
+            out[column] = torch.as_tensor(np.asarray(batch[column], dtype=np.int64))
     if "teacher_map" in batch and map_shape is not None:
         maps = np.full((len(batch["teacher_map"]), *map_shape), np.nan, dtype=np.float32)
         for i, raw in enumerate(batch["teacher_map"]):
@@ -289,15 +426,17 @@ class BackboneFeatures(Stage):
         threads: torch threads.
         storage_options: fsspec options for the weights it is built from.
         batch_size: images per call.
+        cache_dir: keep each image's features in an `OutputCache` there (a rerun after a kill resumes).
     """
 
     name = "backbone-features"
 
     def __init__(self, spec, mos_scale: float, threads: int | None = None,  # noqa: ANN001 - ModelSpec
-                 storage_options: dict | None = None, batch_size: int = 32) -> None:
+                 storage_options: dict | None = None, batch_size: int = 32, cache_dir: str | None = None) -> None:
         self.spec, self.mos_scale, self.threads, self.storage_options = spec, mos_scale, threads, storage_options
-        self.batch_size = batch_size
+        self.batch_size, self.cache_dir = batch_size, cache_dir
         self.model = None
+        self.cache = None
 
     def setup(self) -> None:
         import torch
@@ -307,25 +446,39 @@ class BackboneFeatures(Stage):
         if self.threads:
             torch.set_num_threads(self.threads)
         self.model = build_model(self.spec, self.mos_scale, self.storage_options).eval()
+        if self.cache_dir:
+            import dataclasses
+            import json
+
+            self.cache = OutputCache(self.cache_dir, "backbone features " + json.dumps(
+                dataclasses.asdict(self.spec), sort_keys=True, default=str) + f" {self.mos_scale}")
 
     def __call__(self, batch: Batch) -> Batch:
         import torch
 
         preprocessing = self.model.config.preprocessing
-        with torch.inference_mode():
-            x = preprocessing.to_tensor(torch.as_tensor(np.ascontiguousarray(batch["image"])))
-            features = self.model.backbone_features(x).float().numpy()
+        keys = [OutputCache.key(img) for img in batch["image"]] if self.cache is not None else []
+        hits = [self.cache.get(k) for k in keys] if self.cache is not None else []
+        if hits and all(h is not None for h in hits):
+            features = np.stack([h["features"] for h in hits])
+        else:
+            with torch.inference_mode():
+                x = preprocessing.to_tensor(torch.as_tensor(np.ascontiguousarray(batch["image"])))
+                features = self.model.backbone_features(x).float().numpy()
+            for key, f in zip(keys, features, strict=False):
+                self.cache.put(key, features=f)
         out = {k: v for k, v in batch.items() if k != "image"}
         out["features"] = features
         return out
 
 
 def with_backbone_features(ds, spec, mos_scale: float, threads: int | None = None,  # noqa: ANN001, ANN201
-                           storage_options: dict | None = None, total: int | None = None):
+                           storage_options: dict | None = None, total: int | None = None,
+                           cache_dir: str | None = None):
     """`BackboneFeatures` on one actor, with progress lines (`total`: the images expected)."""
     from engine.executor.ray_data import actor_pool
 
-    stage = BackboneFeatures(spec, mos_scale, threads, storage_options)
+    stage = BackboneFeatures(spec, mos_scale, threads, storage_options, cache_dir=cache_dir)
     return actor_pool(ds, stage, progress=("distill: backbone features", total))
 
 
@@ -342,12 +495,18 @@ class EpochBatches:
     rows lie in (zero-copy on the node that holds them, fetched and then kept on other nodes). The last
     partial global batch of an epoch is left out: its rows come up in other epochs' permutations.
 
+    With `group_column`, the permutation is of groups, not rows: every epoch the groups come in another
+    seeded order and a group's rows (in another seeded order) follow each other, so that a batch holds
+    several distortion levels of one source for a ranking loss (a group cut by a batch boundary loses the
+    pairs across it). Rows whose group is -1 are groups of one.
+
     Args:
         ds: the materialised dataset (built on the driver; this object travels to the workers).
         columns: the columns a batch carries.
+        group_column: an int64 column of group ids, or None to shuffle rows.
     """
 
-    def __init__(self, ds, columns: list[str]) -> None:  # noqa: ANN001 - ray.data.Dataset
+    def __init__(self, ds, columns: list[str], group_column: str | None = None) -> None:  # noqa: ANN001
         import ray
 
         self.refs = ds.select_columns(columns).to_numpy_refs()
@@ -355,6 +514,11 @@ class EpochBatches:
         self.sizes = np.asarray(ray.get([rows.remote(r) for r in self.refs]), dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.sizes)])
         self.columns = columns
+        self.groups = None
+        if group_column is not None:
+            column = ray.remote(num_cpus=0)(_column_of)
+            parts = ray.get([column.remote(r, group_column) for r in self.refs])
+            self.groups = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -369,7 +533,7 @@ class EpochBatches:
         if global_batch % world:
             raise ValueError(f"global batch {global_batch} does not divide among {world} workers")
         per_worker = global_batch // world
-        order = np.random.default_rng([seed, epoch]).permutation(len(self))
+        order = self.order(epoch, seed)
         cache: dict[int, Batch] = {}
         for step in range(self.steps(global_batch)):
             start = step * global_batch + rank * per_worker
@@ -379,6 +543,21 @@ class EpochBatches:
                 if int(b) not in cache:
                     cache[int(b)] = ray.get(self.refs[int(b)])
             yield {c: _take([cache[int(b)][c] for b in blocks], rows - self.starts[blocks]) for c in self.columns}
+
+
+    def order(self, epoch: int, seed: int) -> np.ndarray:
+        """The epoch's row order: a seeded permutation of rows, or of groups with their rows together."""
+        rng = np.random.default_rng([seed, epoch])
+        if self.groups is None:
+            return rng.permutation(len(self))
+        groups = np.where(self.groups < 0, -1 - np.arange(len(self)), self.groups)  # -1: a group of its own
+        unique, inverse = np.unique(groups, return_inverse=True)
+        rank = rng.permutation(len(unique))[inverse]
+        return np.lexsort((rng.random(len(self)), rank))
+
+
+def _column_of(block: dict, column: str) -> np.ndarray:
+    return np.asarray(block[column]) if block else np.zeros(0, np.int64)
 
 
 def _take(arrays: list[np.ndarray], offsets: np.ndarray) -> np.ndarray:

@@ -44,6 +44,9 @@ class LoopConfig:
         cached_features: the rows hold a frozen backbone's `features` instead of `image`.
         storage_options: fsspec options for the weights the model is built from.
         images_per_epoch: the global number of training images per epoch, when known (for progress lines).
+        rank_weight: weight of the pairwise ranking loss across distortion levels of one source
+            (`models.distill.ranking_loss`) added to the label/distillation loss; 0 leaves it out.
+        rank_margin: its margin, in score units (MOS / mos_scale).
     """
 
     model: ModelSpec
@@ -62,6 +65,8 @@ class LoopConfig:
     cached_features: bool = False
     storage_options: dict | None = None
     images_per_epoch: int | None = None
+    rank_weight: float = 0.0
+    rank_margin: float = 0.05
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -97,7 +102,7 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa:
     from engine.training.data import to_torch
     from engine.training.model import build_model
     from engine.training.state import load_state, save_state
-    from models.distill import distillation_loss, teacher_loss
+    from models.distill import distillation_loss, ranking_loss, teacher_loss
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -163,6 +168,11 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa:
                 loss = distillation_loss(score, quality_map, target, teacher_score,
                                          b["teacher_map"].to(device) if "teacher_map" in b else None,
                                          mode=cfg.distill_mode).total
+            if cfg.rank_weight and "rank_group" in b:
+                ranked = ranking_loss(score, b["rank_group"].to(device), b["rank_family"].to(device),
+                                      b["level"].to(device), margin=cfg.rank_margin)
+                if ranked is not None:
+                    loss = loss + cfg.rank_weight * ranked
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -180,15 +190,16 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa:
         if rank == 0:
             metrics.update(_validate(module, val, preprocessing, device, autocast, config.mos_scale, compute_metrics,
                                      cfg.cached_features))
-            score_key = metrics.get("val_srcc", -metrics["train_loss"])
+            score_key = metrics.get("val_select", -metrics["train_loss"])
             if not math.isfinite(score_key):  # constant predictions (an untrained model) have no SRCC
                 score_key = -math.inf
             if best is None or score_key > best["score"]:
                 best = {"epoch": epoch, "score": score_key}
             metrics["best_epoch"] = best["epoch"]
-            log.info("epoch %d/%d: train loss %.5f, val SRCC %s PLCC %s, %d images in %d steps, %.1fs", epoch + 1,
-                     cfg.epochs, metrics["train_loss"], _fmt(metrics.get("val_srcc")), _fmt(metrics.get("val_plcc")),
-                     metrics["images"], len(losses), metrics["seconds"])
+            log.info("epoch %d/%d: train loss %.5f, val SRCC %s PLCC %s rank SRCC %s, %d images in %d steps, %.1fs",
+                     epoch + 1, cfg.epochs, metrics["train_loss"], _fmt(metrics.get("val_srcc")),
+                     _fmt(metrics.get("val_plcc")), _fmt(metrics.get("val_rank_srcc")), metrics["images"], len(losses),
+                     metrics["seconds"])
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if rank == 0:
@@ -209,7 +220,7 @@ def _validate(model, val, preprocessing, device, autocast, mos_scale, compute_me
     if val is None:
         return {}
     model.eval()
-    preds, mos = [], []
+    preds, mos, ranks = [], [], []
     for batch in val.iter_batches(batch_size=64, batch_format="numpy"):
         with autocast:
             if cached_features:
@@ -218,12 +229,49 @@ def _validate(model, val, preprocessing, device, autocast, mos_scale, compute_me
                 score, _ = model(preprocessing.to_tensor(torch.as_tensor(np.ascontiguousarray(batch["image"])).to(device)))
         preds.append(score.float().cpu().numpy() * mos_scale)
         mos.append(batch["target"].astype(np.float64) * mos_scale)
+        if "rank_group" in batch:
+            ranks.append(np.stack([np.asarray(batch[c], np.int64) for c in ("rank_group", "rank_family", "level")], 1))
     model.train()
     if not preds:
         return {}
     pred, truth = np.concatenate(preds), np.concatenate(mos)
-    keep = np.isfinite(truth)
-    if keep.sum() < 3:
-        return {}
-    m = compute_metrics(pred[keep], truth[keep])
-    return {"val_srcc": m["srcc"], "val_plcc": m["plcc"], "val_krcc": m["krcc"], "val_rmse": m["rmse"]}
+    out = {}
+    ranked = np.concatenate(ranks) if ranks else np.full((len(pred), 3), -1, np.int64)
+    keep = np.isfinite(truth) & (ranked[:, 0] < 0)  # the labelled set's own validation images
+    if keep.sum() >= 3:
+        m = compute_metrics(pred[keep], truth[keep])
+        out = {"val_srcc": m["srcc"], "val_plcc": m["plcc"], "val_krcc": m["krcc"], "val_rmse": m["rmse"]}
+    rank = rank_srcc(pred, ranked)
+    if rank is not None:
+        out["val_rank_srcc"] = rank
+    return {**out, **selection(out)}
+
+
+def rank_srcc(pred: np.ndarray, ranked: np.ndarray) -> float | None:
+    """Mean over (source, family) of Spearman's rho between distortion level (the reference at 0) and score,
+    for rows with a group (`ranked`: rank_group, rank_family, level per row); -1 ranks every level right."""
+    from scipy.stats import spearmanr
+
+    rows = ranked[:, 0] >= 0
+    if not rows.any():
+        return None
+    rhos = []
+    for group in np.unique(ranked[rows, 0]):
+        mine = rows & (ranked[:, 0] == group)
+        ref = mine & (ranked[:, 2] == 0)
+        for family in np.unique(ranked[mine & ~ref, 1]):
+            take = ref | (mine & (ranked[:, 1] == family))
+            if len(np.unique(ranked[take, 2])) >= 3:
+                rho = spearmanr(ranked[take, 2], pred[take]).statistic
+                if np.isfinite(rho):
+                    rhos.append(rho)
+    return float(np.mean(rhos)) if rhos else None
+
+
+def selection(metrics: dict) -> dict:
+    """`val_select`, what picks the epoch: the labelled set's validation SRCC, or with a ranking validation
+    set the mean of that SRCC and minus the ranking SRCC (both 1 at best)."""
+    parts = [metrics[k] for k in ("val_srcc",) if metrics.get(k) is not None and math.isfinite(metrics[k])]
+    if metrics.get("val_rank_srcc") is not None and math.isfinite(metrics["val_rank_srcc"]):
+        parts.append(-metrics["val_rank_srcc"])
+    return {"val_select": float(np.mean(parts))} if parts else {}

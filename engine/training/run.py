@@ -53,11 +53,20 @@ class TrainConfig:
         teacher_outputs: distill at scale: a `dpiqa score --write-maps` run of the teacher over `shards`.
         shard_mos_scale: the MOS scale of the shards' labels.
         cache_features: a student with a frozen backbone trains on the backbone's features computed once.
+        cache_dir: a local folder keeping the teacher's outputs and a frozen backbone's features per image
+            (`engine.training.data.OutputCache`), so that a rerun after a kill does not compute them again.
         synthetic: distorted copies of each training image added with pseudo-labels (graded blur, noise,
             JPEG, JPEG 2000, contrast, exposure; `engine.training.data.SyntheticDistortions`).
         epochs, lr, milestones: the protocol (defaults: the paper's for `job` and `dataset`).
         batch_size: the global batch (default the paper's); each of the `workers` takes `batch_size / workers`.
         precision, distill_mode, workers, use_gpu, cpus_per_worker, threads, max_failures: execution.
+        extra_train: a ranking table (`engine.training.data.rank_table_rows`: graded distortions of source
+            images, labelled or not) added to the training part of every split, never to its validation or
+            test part.
+        extra_val: a ranking table added to the validation part: its mean per-source ranking SRCC joins the
+            labelled validation SRCC in picking the epoch (`engine.training.loop.selection`).
+        rank_weight, rank_margin: the pairwise ranking loss across levels of one source
+            (`models.distill.ranking_loss`); with a weight, batches hold whole groups (`EpochBatches`).
         storage: Ray Train's run storage (checkpoints); default `OUTPUT/_train`. A rerun of the same
             command with the same storage resumes from the last checkpoint.
         storage_options: fsspec options for the dataset, outputs and storage.
@@ -90,9 +99,19 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     threads: int | None = None
     max_failures: int = 3
+    cache_dir: str | None = None
+    extra_train: str | None = None
+    extra_val: str | None = None
+    rank_weight: float = 0.0
+    rank_margin: float = 0.05
     storage: str | None = None
     storage_options: dict | None = None
     command: list[str] = field(default_factory=list)
+
+    @property
+    def ranked(self) -> bool:
+        """Rows carry the ranking columns (a ranking loss, or ranking tables to train or select on)."""
+        return bool(self.rank_weight or self.extra_train or self.extra_val)
 
     def protocol(self) -> dict:
         kind = self.model.kind
@@ -100,7 +119,8 @@ class TrainConfig:
         batch = self.batch_size or d["batch_size"]
         return {
             "name": self.protocol_name,
-            "selection": "last epoch" if self.split.fractions[1] == 0 else "best validation SRCC",
+            "selection": "last epoch" if self.split.fractions[1] == 0 and not self.extra_val else
+            "best mean of validation SRCC and minus ranking SRCC" if self.extra_val else "best validation SRCC",
             "optimizer": "Adam",
             "lr": self.lr if self.lr is not None else d["lr"],
             "batch_size": batch,
@@ -118,7 +138,7 @@ class TrainConfig:
         """A hash of what determines the trained model (not where it runs)."""
         keep = {k: v for k, v in asdict(self).items() if k not in ("output", "storage", "storage_options", "command",
                                                                   "workers", "use_gpu", "cpus_per_worker",
-                                                                  "threads", "max_failures", "cache_features")}
+                                                                  "threads", "max_failures", "cache_features", "cache_dir")}
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -179,6 +199,8 @@ def _check_before_start(config: TrainConfig, labeled) -> str | None:  # noqa: AN
                          f"evenly among --workers {config.workers} (each worker takes batch / workers)")
     if config.dataset is None and not config.shards:
         raise ValueError("nothing to train on: give --dataset and --root, and/or --shards")
+    if config.ranked and (config.shards or config.dataset is None):
+        raise ValueError("--rank-weight, --extra-train and --extra-val work with a labelled --dataset, not --shards")
     if config.teacher and config.distill_mode != "none":
         for seed in config.split.seeds:
             models.describe(_teacher_for(config, seed))  # a missing or damaged teacher is named now
@@ -234,20 +256,26 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: flo
 
     cache = _caches_features(config, mos_scale)
     pixels = "features" if cache else "image"
-    images = len(split.train) * (1 + config.synthetic)
+    ranked = config.ranked
+    extra = data.rank_table_rows(config.extra_train, mos_scale, config.storage_options) if config.extra_train else []
+    images = len(split.train) * (1 + config.synthetic) + len(extra)
 
     def cached(ds, total: int | None = None):  # noqa: ANN001, ANN202
         if not cache:
             return ds
         return data.with_backbone_features(ds, config.model, mos_scale, threads=config.threads, total=total,
-                                           storage_options=config.storage_options)
+                                           storage_options=config.storage_options, cache_dir=config.cache_dir)
 
-    columns = [pixels, "target"] + (["teacher_score", "teacher_map"] if config.model.kind == "student" else [])
+    rank_columns = list(data.RANK_COLUMNS) if ranked else []
+    columns = [pixels, "target"] + (["teacher_score", "teacher_map"] if config.model.kind == "student" else []) \
+        + rank_columns
     parts = []
     val, count = None, 0
     if labeled is not None:
         train = data.labeled_dataset(labeled, split.train, preprocessing, config.storage_options,
-                                     synthetic=config.synthetic)
+                                     synthetic=config.synthetic, ranked=True if ranked else None)
+        if extra:
+            train = train.union(data.rows_dataset(extra, preprocessing, config.storage_options))
         if config.model.kind == "student":
             if config.teacher is None or config.distill_mode == "none":
                 train = train.map_batches(_no_teacher, batch_format="numpy")
@@ -255,15 +283,22 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: flo
                 gpus = 1.0 if _use_gpu(config) else 0.0
                 train = data.with_teacher(train, _teacher_for(config, split.seed), preprocessing,
                                           device="cuda" if gpus else "cpu", num_gpus=gpus, threads=config.threads,
-                                          total=images)
+                                          total=images, cache_dir=config.cache_dir)
         # Materialised once (decoding, teacher outputs, cached features), then served in another seeded
         # permutation every epoch.
         train = cached(train, images).select_columns(columns).materialize()
         count = train.count()
         parts.append(train)
+        vals = []
         if len(split.val):
-            val = data.labeled_dataset(labeled, split.val, preprocessing, config.storage_options)
-            val = cached(val).select_columns([pixels, "target"]).materialize()
+            vals.append(data.labeled_dataset(labeled, split.val, preprocessing, config.storage_options,
+                                             ranked=False if ranked else None))
+        if config.extra_val:
+            vals.append(data.rows_dataset(data.rank_table_rows(config.extra_val, mos_scale, config.storage_options),
+                                          preprocessing, config.storage_options))
+        if vals:
+            val = vals[0].union(*vals[1:]) if len(vals) > 1 else vals[0]
+            val = cached(val).select_columns([pixels, "target", *rank_columns]).materialize()
     if config.shards:
         shards = load_dataset("webdataset", config.shards, score_field=config.score_field,
                               mos_scale=config.shard_mos_scale or 100.0, require_score=config.teacher_outputs is None,
@@ -278,7 +313,8 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: flo
     if not parts:
         raise ValueError("nothing to train on: give --dataset/--root and/or --shards")
     if not config.shards:
-        return data.EpochBatches(parts[0], columns), val, cache, count
+        return data.EpochBatches(parts[0], columns, group_column="rank_group" if config.rank_weight else None), \
+            val, cache, count
     train = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     return train, val, cache, None
 
@@ -349,7 +385,8 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str, sources: str
                       milestones=tuple(protocol["milestones"]), precision=config.precision,
                       distill_mode=config.distill_mode, seed=seed, threads=config.threads, has_val=val is not None,
                       cached_features=cached_features, storage_options=config.storage_options,
-                      images_per_epoch=images_per_epoch)
+                      images_per_epoch=images_per_epoch, rank_weight=config.rank_weight,
+                      rank_margin=config.rank_margin)
     storage_path, storage_fs = _storage(config)
     epoch_batches = train if isinstance(train, data.EpochBatches) else None
     datasets = {} if epoch_batches is not None else {"train": train}
@@ -365,7 +402,7 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str, sources: str
             name=f"{config.job}-{identity}-split{seed}", storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute="val_srcc" if val is not None else None,
+                num_to_keep=2, checkpoint_score_attribute="val_select" if val is not None else None,
                 checkpoint_score_order="max")),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if "train" in datasets else [],
@@ -392,6 +429,11 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str, sources: str
         "synthetic": {"copies_per_image": config.synthetic, "label": "reference MOS x (1 - 0.15 x level)"}
         if config.synthetic else None,
         "teacher": _teacher_identity(_teacher_for(config, seed)),
+        "ranking": {"weight": config.rank_weight, "margin": config.rank_margin,
+                    "loss": "mean hinge max(0, margin - (s_better - s_worse)) over pairs of one source's levels",
+                    "batches": "whole groups"} if config.rank_weight else None,
+        "extra_train": _table_identity(config.extra_train, config.storage_options),
+        "extra_val": _table_identity(config.extra_val, config.storage_options),
         "protocol": {**protocol, "precision": best_metrics.get("precision", protocol["precision"])},
         "steps": (result.metrics or {}).get("steps"), "best_epoch": best_metrics.get("epoch"),
         # > 0 when the workers that finished had resumed from a checkpoint (a killed worker or a rerun)
@@ -412,12 +454,20 @@ def _best(result, has_val: bool):  # noqa: ANN001
     """The checkpoint with the best validation SRCC (the latest one when there is no validation)."""
     candidates = [(c, m) for c, m in (result.best_checkpoints or []) if c is not None]
     if has_val:
-        scored = [(c, m) for c, m in candidates if m.get("val_srcc") is not None and np.isfinite(m["val_srcc"])]
+        scored = [(c, m) for c, m in candidates if m.get("val_select") is not None and np.isfinite(m["val_select"])]
         if scored:
-            return max(scored, key=lambda cm: (cm[1]["val_srcc"], -cm[1]["epoch"]))
+            return max(scored, key=lambda cm: (cm[1]["val_select"], -cm[1]["epoch"]))
     if result.checkpoint is None:
         raise RuntimeError(f"training produced no checkpoint: {result.error}")
     return result.checkpoint, result.metrics or {}
+
+
+def _table_identity(table: str | None, storage_options: dict | None) -> dict | None:
+    if table is None:
+        return None
+    fs, path = get_fs(table, storage_options)
+    raw = fs.cat_file(path)
+    return {"table": table, "rows": raw.count(b"\n") - 1, "sha256": hashlib.sha256(raw).hexdigest()}
 
 
 def _teacher_for(config: TrainConfig, seed: int) -> str | None:

@@ -8,7 +8,15 @@ import skimage.data
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
-from engine.distortions import DISTORTIONS, LEVELS, distort
+from engine.distortions import (
+    ALL_DISTORTIONS,
+    DISTORTIONS,
+    EXTRA_DISTORTIONS,
+    LEVELS,
+    disc_kernel,
+    distort,
+    motion_kernel,
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +33,11 @@ def luminance(arr: np.ndarray) -> np.ndarray:
 def test_registry_has_the_kinds_with_five_levels():
     assert list(DISTORTIONS) == ["gaussian_blur", "gaussian_noise", "jpeg", "jpeg2000", "contrast",
                                  "overexposure", "underexposure"]
-    assert all(len(d.params) == len(LEVELS) == 5 for d in DISTORTIONS.values())
+    assert all(len(d.params) == len(LEVELS) == 5 for d in ALL_DISTORTIONS.values())
+    assert not set(DISTORTIONS) & set(EXTRA_DISTORTIONS)  # the demo corpus's 7 stay as they were
 
 
-@pytest.mark.parametrize("kind", list(DISTORTIONS))
+@pytest.mark.parametrize("kind", list(ALL_DISTORTIONS))
 def test_psnr_strictly_decreases_with_level(photo, kind):
     psnr = [peak_signal_noise_ratio(photo, distort(photo, kind, level, seed=0)) for level in LEVELS]
     assert all(a > b for a, b in zip(psnr, psnr[1:], strict=False)), psnr
@@ -51,7 +60,43 @@ def test_the_intended_statistic_moves_monotonically(photo):
     assert noise_residual == pytest.approx([4, 8, 14, 24, 40], rel=0.15)  # clipping trims a little
 
 
-@pytest.mark.parametrize("kind", list(DISTORTIONS))
+def test_training_families_move_their_statistic_with_strength(photo):
+    def stats(kind, fn, seed=0):
+        return [fn(distort(photo, kind, level, seed=seed)) for level in LEVELS]
+
+    def detail(arr):
+        return np.abs(np.diff(luminance(arr), axis=1)).mean() + np.abs(np.diff(luminance(arr), axis=0)).mean()
+
+    def chroma(arr):
+        return np.std(arr.astype(float) - luminance(arr)[..., None])
+
+    def residual(kind):
+        return [np.std(distort(photo, kind, lv, seed=1).astype(float) - photo) for lv in LEVELS]
+
+    assert all(np.diff(residual("sensor_noise")) > 0)
+    assert all(np.diff(residual("impulse_noise")) > 0)
+    for kind in ("motion_blur", "defocus_blur", "resample", "median_smear"):
+        assert all(np.diff(stats(kind, detail)) < 0), kind
+    assert chroma(photo) > stats("desaturation", chroma)[0] and all(np.diff(stats("desaturation", chroma)) < 0)
+    assert stats("desaturation", chroma)[-1] < 1  # level 5 is grey
+    assert chroma(photo) < stats("oversaturation", chroma)[0] and all(np.diff(stats("oversaturation", chroma)) > 0)
+    distinct = stats("quantization", lambda a: len(np.unique(a)))
+    assert all(np.diff(distinct) < 0)
+    cast = stats("color_cast", lambda a: np.abs(a.astype(float).mean((0, 1)) - photo.mean((0, 1))).max())
+    assert all(np.diff(cast) > 0)
+
+
+def test_kernels_are_normalised_and_shaped():
+    for length in (3.0, 9.0, 25.0):
+        k = motion_kernel(length, 30.0)
+        assert k.sum() == pytest.approx(1.0) and k.shape[0] % 2 == 1 and (k > 0).sum() >= length - 1
+    flat = motion_kernel(5.0, 0.0)
+    assert (flat > 0).sum() == 5 and (flat[flat.shape[0] // 2] > 0).sum() == 5  # a horizontal line
+    disc = disc_kernel(3.0)
+    assert disc.sum() == pytest.approx(1.0) and disc.shape == (7, 7) and disc[3, 3] == disc.max() and disc[0, 0] == 0
+
+
+@pytest.mark.parametrize("kind", list(ALL_DISTORTIONS))
 def test_shape_dtype_and_input_types(photo, kind):
     odd = photo[:50, :70]
     for image in (odd, Image.fromarray(odd), Image.fromarray(odd).convert("L"), Image.fromarray(odd).convert("RGBA"),
@@ -61,15 +106,17 @@ def test_shape_dtype_and_input_types(photo, kind):
 
 
 def test_deterministic_given_the_seed(photo):
-    for kind in DISTORTIONS:
+    for kind in ALL_DISTORTIONS:
         assert np.array_equal(distort(photo, kind, 4, seed=3), distort(photo, kind, 4, seed=3))
+    for kind in ("sensor_noise", "impulse_noise", "motion_blur", "color_cast"):  # their random part is seeded
+        assert not np.array_equal(distort(photo, kind, 4, seed=3), distort(photo, kind, 4, seed=4))
     assert not np.array_equal(distort(photo, "gaussian_noise", 4, seed=3), distort(photo, "gaussian_noise", 4, seed=4))
     assert np.array_equal(distort(photo, "jpeg", 4, seed=3), distort(photo, "jpeg", 4, seed=4))
 
 
 def test_bad_arguments(photo):
-    with pytest.raises(ValueError, match="unknown distortion 'motion_blur'; known: gaussian_blur"):
-        distort(photo, "motion_blur", 1)
+    with pytest.raises(ValueError, match="unknown distortion 'lens_flare'; known: gaussian_blur"):
+        distort(photo, "lens_flare", 1)
     with pytest.raises(ValueError, match="expected 1 .* to 5"):
         distort(photo, "jpeg", 6)
     with pytest.raises(ValueError, match="uint8"):

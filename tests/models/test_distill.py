@@ -84,3 +84,40 @@ def test_bad_arguments_are_named() -> None:
         distillation_loss(**b, mode="map")
     with pytest.raises(ValueError, match=r"teacher map \(3, 1, 2, 1\) and student map \(3, 1, 1, 2\) differ"):
         distillation_loss(b["student_score"], b["student_map"], teacher_map=b["teacher_map"].transpose(2, 3))
+
+
+def ranked_batch(scores: list[float]) -> dict[str, torch.Tensor]:
+    """One source (group 7) with its reference and blur at levels 1, 3; noise at level 2; a sample of
+    another source (group 9) and one with no group."""
+    return {"score": torch.tensor(scores, requires_grad=True), "group": torch.tensor([7, 7, 7, 7, 9, -1]),
+            "family": torch.tensor([0, 1, 1, 2, 1, 0]), "level": torch.tensor([0, 1, 3, 2, 1, 0])}
+
+
+def test_ranking_pairs_are_within_one_source_and_family():
+    from models.distill import ranking_pairs
+
+    b = ranked_batch([0.0] * 6)
+    i, j = ranking_pairs(b["group"], b["family"], b["level"])
+    # the reference above all three distortions of its source; blur 1 above blur 3; noise 2 vs blur 1/3: no
+    assert sorted(zip(i.tolist(), j.tolist(), strict=True)) == [(0, 1), (0, 2), (0, 3), (1, 2)]
+
+
+def test_ranking_loss_by_hand_and_it_prefers_the_right_order():
+    from models.distill import ranking_loss
+
+    def loss(scores):
+        b = ranked_batch(scores)
+        return ranking_loss(b["score"], b["group"], b["family"], b["level"], margin=0.1)
+
+    # Right order with gaps >= 0.1 except blur 1 -> 3 (gap 0.05): pairs (0,1) 0.8-0.7=0.1 -> 0, (0,2) 0.15 -> 0,
+    # (0,3) 0.3 -> 0, (1,2) 0.05 -> 0.05; mean 0.0125.
+    right = loss([0.8, 0.7, 0.65, 0.5, 0.1, 0.9])
+    assert right.item() == pytest.approx(0.05 / 4, rel=1e-5)
+    # Backwards (the reference lowest, blur 3 above blur 1): (0,1) 0.1+0.2, (0,2) 0.1+0.3, (0,3) 0.1+0.1,
+    # (1,2) 0.1+0.1; mean (0.3 + 0.4 + 0.2 + 0.2) / 4 = 0.275.
+    backwards = loss([0.5, 0.7, 0.8, 0.6, 0.1, 0.9])
+    assert backwards.item() == pytest.approx(0.275, rel=1e-5)
+    assert backwards > right
+    backwards.backward()  # gradients push the reference up and the stronger distortions down
+    b = ranked_batch([0.0] * 6)
+    assert ranking_loss(b["score"], torch.tensor([-1] * 6), b["family"], b["level"]) is None  # no pair at all

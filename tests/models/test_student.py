@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -123,3 +124,33 @@ def test_backbone_weights_from_a_file(tmp_path: Path, suffix: str) -> None:
     torch.save(other.state_dict(), tmp_path / "wrong.pth")
     with pytest.raises(PretrainedWeightsError, match="does not fit backbone torchvision/mobilenet_v3_small"):
         DPIQAStudent(config, pretrained_backbone=True, weights_file=str(tmp_path / "wrong.pth"))
+
+
+def test_nss_features_see_noise_and_blur():
+    """The statistics a frozen backbone is complemented with: noise spreads and decorrelates the MSCN
+    coefficients, blur correlates neighbours and lowers local contrast; shape is the grid's."""
+    import skimage.data
+
+    from models.student import NSS_CHANNELS, nss_features
+
+    photo = torch.as_tensor(skimage.data.astronaut()[:224, :224].copy()).permute(2, 0, 1)[None].float() / 255
+    noisy = (photo + 0.1 * torch.randn(photo.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    blurred = torch.nn.functional.avg_pool2d(photo, 5, stride=1, padding=2, count_include_pad=False)
+    clean, noise, blur = (nss_features(x, (4, 4)).mean((0, 2, 3)) for x in (photo, noisy, blurred))
+    assert nss_features(photo, (4, 4)).shape == (1, NSS_CHANNELS, 4, 4)
+    assert noise[2] < clean[2] and noise[3] < clean[3]  # neighbour products: decorrelated by noise
+    assert blur[2] > clean[2] and blur[3] > clean[3]  # ... and correlated by blur
+    assert noise[6] > clean[6] > blur[6]  # log local contrast
+
+
+def test_aux_features_widen_the_head_input():
+    from models.student import NSS_CHANNELS, DPIQAStudent, StudentConfig
+
+    config = StudentConfig(backbone="test_efficientnet", map_size=4, head_hidden=8, image_size=32)
+    plain = DPIQAStudent(config)
+    nss = DPIQAStudent(dataclasses.replace(config, aux_features="nss"))
+    assert nss.map_head.in_channels == plain.map_head.in_channels + NSS_CHANNELS
+    score, qmap = nss(torch.rand(2, 3, 32, 32))
+    assert score.shape == (2,) and qmap.shape == (2, 8, 4, 4)
+    with pytest.raises(ValueError, match="aux_features"):
+        DPIQAStudent(dataclasses.replace(config, aux_features="sift"))
