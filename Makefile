@@ -8,7 +8,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-quick lint format bench clean
 
 $(BIN)/dpiqa: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,11 +20,21 @@ $(BIN)/dpiqa: pyproject.toml
 demo: $(BIN)/dpiqa
 	$(BIN)/dpiqa demo --output demo-out
 
+# The whole suite, the SIGKILL-and-resume fault tests included (what CI runs).
 test: $(BIN)/dpiqa
+	RUN_SLOW=1 $(BIN)/python -m pytest -q --durations=15
+
+# Without the tests marked `slow` (a SIGKILL and a rerun each): the quick loop while editing.
+test-quick: $(BIN)/dpiqa
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/dpiqa
-	$(BIN)/ruff check engine jobs models tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(BIN)/dpiqa
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 clean:
 	rm -rf $(VENV) demo-out

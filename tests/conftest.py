@@ -38,8 +38,9 @@ def ray_local():
     """A real local Ray with 2 CPUs, shared by the tests of a session."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False)
+    from engine.executor.ray_data import init_ray
+
+    init_ray(num_cpus=2, for_training=True)  # as the jobs start it (a no-op when Ray already runs)
     yield ray
     ray.shutdown()
 

@@ -119,6 +119,8 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa:
             state = load_state(d)
         start_epoch, best = int(state["epoch"]) + 1, state.get("best")
         log.info("rank %d: resuming after epoch %d", rank, start_epoch - 1)
+    # per epoch: train loss and validation SRCC, kept in the checkpoint so a resumed run reports them all
+    history: list[dict] = list(state.get("history") or []) if state is not None else []
     config, preprocessing, map_shape = model.config, model.config.preprocessing, tuple(model.config.map_shape)
     device = ray.train.torch.get_device()
     if world > 1 and device.type == "cuda":
@@ -196,6 +198,8 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa:
             if best is None or score_key > best["score"]:
                 best = {"epoch": epoch, "score": score_key}
             metrics["best_epoch"] = best["epoch"]
+            history.append({"epoch": epoch, "train_loss": metrics["train_loss"], "val_srcc": metrics.get("val_srcc")})
+            metrics["history"] = list(history)
             log.info("epoch %d/%d: train loss %.5f, val SRCC %s PLCC %s rank SRCC %s, %d images in %d steps, %.1fs",
                      epoch + 1, cfg.epochs, metrics["train_loss"], _fmt(metrics.get("val_srcc")),
                      _fmt(metrics.get("val_plcc")), _fmt(metrics.get("val_rank_srcc")), metrics["images"], len(losses),
@@ -205,7 +209,7 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa:
             if rank == 0:
                 module.save_pretrained(str(Path(d) / MODEL_DIR))
                 save_state(d, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch,
-                           best=best, steps=steps)
+                           best=best, steps=steps, history=history)
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=ckpt)
 

@@ -439,6 +439,7 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str, sources: str
         # > 0 when the workers that finished had resumed from a checkpoint (a killed worker or a rerun)
         "resumed_at_epoch": (result.metrics or {}).get("resumed_at_epoch"),
         "images_per_epoch": best_metrics.get("images"),
+        "history": (result.metrics or {}).get("history"),  # per epoch: train_loss, val_srcc
         ("prior" if config.model.kind == "teacher" else "pretrained_backbone"): sources,
         "seconds": round(seconds, 1), "machine": _machine(), "code_version": code_version(),
     }

@@ -56,6 +56,7 @@ def student_checkpoint(path: Path) -> str:
     return str(path)
 
 
+@pytest.mark.slow  # a SIGKILL and a rerun: `make test` and CI run it (RUN_SLOW=1)
 def test_worker_node_killed_mid_score_loses_and_duplicates_nothing(cluster, tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()
@@ -98,6 +99,7 @@ def test_worker_node_killed_mid_score_loses_and_duplicates_nothing(cluster, tmp_
     assert [x["score"] for x in a] == pytest.approx([x["score"] for x in b], rel=1e-5)
 
 
+@pytest.mark.slow  # a SIGKILL and a rerun: `make test` and CI run it (RUN_SLOW=1)
 def test_training_worker_killed_mid_distill_resumes_from_its_checkpoint(ray_local, tmp_path):
     import ray
 

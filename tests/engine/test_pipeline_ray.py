@@ -71,6 +71,7 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "jobs.cli", "score", *args]
 
 
+@pytest.mark.slow  # a SIGKILL and a rerun: `make test` and CI run it (RUN_SLOW=1)
 def test_sigkill_half_way_then_rerun_equals_uninterrupted(tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from clirun import dpiqa
 from corpus import graded_table
 
 import models
@@ -19,17 +20,16 @@ import models
 REPO = Path(__file__).resolve().parents[3]
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+def cli(*args: str, cwd: Path | None = None):  # noqa: ANN201 - clirun.Result
+    """The job in this process on the session's Ray (`ray_local`), not a subprocess with a Ray of its own."""
+    return dpiqa(*args)
 
 
 COMMON = ["--dataset", "csv", "--batch-size", "8", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, ray_local):
     d = tmp_path_factory.mktemp("train")
     table = graded_table(d)
     out = cli("train-teacher", *COMMON, "--root", str(table), "--config", "dpiqa-teacher-tiny", "--random-prior",
@@ -129,7 +129,8 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return models.load_model(str(path)).state_dict()
 
 
-def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_does(tmp_path):
+@pytest.mark.slow  # a SIGKILL and a rerun: `make test` and CI run it (RUN_SLOW=1)
+def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_does(ray_local, tmp_path):
     table = graded_table(tmp_path, n=40, seed=1)
     args = ["train-teacher", *COMMON, "--root", str(table), "--config", "dpiqa-teacher-tiny", "--random-prior",
             "--epochs", "4"]
@@ -160,6 +161,10 @@ def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_does(tmp_pa
     card_a = json.loads((tmp_path / "clean" / "card.json").read_text())
     card_b = json.loads((out / "card.json").read_text())
     assert card_a["training"]["resumed_at_epoch"] == 0 and card_b["training"]["resumed_at_epoch"] >= 1
+    # the resumed run's history holds the epochs before the kill too, with the losses the clean run had
+    loss_a = [h["train_loss"] for h in card_a["training"]["history"]]
+    loss_b = [h["train_loss"] for h in card_b["training"]["history"]]
+    assert len(loss_a) == len(loss_b) == 4 and loss_b == pytest.approx(loss_a, rel=1e-5)
     assert card_a["training"]["best_epoch"] == card_b["training"]["best_epoch"]
     assert card_a["metrics"]["test"]["srcc"] == pytest.approx(card_b["metrics"]["test"]["srcc"], abs=1e-6)
 
@@ -169,14 +174,10 @@ def test_frozen_backbone_trains_on_cached_features_exactly_as_on_images(ray_loca
     up to float noise: the features are computed at another batch size than the loop's (last-bit
     differences), and Adam turns noise in near-zero gradients into steps of up to its learning rate (1e-3
     here), so the bound is one such step: it checks that both paths train the same head, not bit-equality."""
-    import ray
-
     from engine.splits import SplitConfig
     from engine.training.model import ModelSpec
     from engine.training.run import TrainConfig, run_training
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False)
     table = graded_table(tmp_path, n=30, seed=5)
     outs = {}
     for cache in (True, False):
@@ -298,3 +299,23 @@ def test_paper_protocol_trains_to_the_last_epoch_on_80_20(ray_local, tmp_path, c
     t = json.loads((tmp_path / "t" / "card.json").read_text())["training"]
     assert t["split"]["sizes"] == {"train": 24, "val": 0, "test": 6} and t["split"]["fractions"] == [0.8, 0.0, 0.2]
     assert t["protocol"]["name"] == "paper" and t["protocol"]["selection"] == "last epoch" and t["best_epoch"] == 2
+
+
+def test_a_student_learns_the_graded_fixture(ray_local, tmp_path):
+    """Quality is the inverse of the noise level in `graded_table`: a tiny student from scratch must learn it.
+    An untrained model's SRCC on 16 test images is ~0 (|SRCC| > 0.6 by chance: p < 0.02); this one's loss
+    must fall to under half its first epoch's and its test SRCC pass 0.6 (0.88 when measured)."""
+    from engine.splits import SplitConfig
+    from engine.training.model import ModelSpec
+    from engine.training.run import TrainConfig, run_training
+
+    table = graded_table(tmp_path, n=80, seed=3)
+    out = tmp_path / "student"
+    run_training(TrainConfig(job="distill", output=str(out), dataset="csv", root=str(table), distill_mode="none",
+                             model=ModelSpec(kind="student", config="dpiqa-student-tiny", pretrained_backbone=False),
+                             split=SplitConfig(n_splits=1), epochs=6, batch_size=8, lr=1e-3, threads=1))
+    card = json.loads((out / "card.json").read_text())
+    history = card["training"]["history"]
+    assert [h["epoch"] for h in history] == list(range(6))
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+    assert card["metrics"]["test"]["n"] == 16 and card["metrics"]["test"]["srcc"] > 0.6
