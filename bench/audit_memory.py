@@ -4,7 +4,7 @@ Generates two synthetic `dpiqa score` outputs (Parquet in the real schema and me
 markers) of `--rows` and 10 x `--rows` rows in shards of `--rows-per-shard`, then runs
 `dpiqa audit --scores RUN --baseline RUN --report ... --json ...` on each in a child process and reads
 that child's peak resident set size from `os.wait4`. Each run is measured twice: through the `dpiqa`
-command (what a cron job pays, including every import the CLI makes) and as `engine.audit.run_audit`
+command (what a cron job pays, including every import the CLI makes) and as `dpiqa.engine.audit.run_audit`
 alone (the audit's own footprint). The shards the rows point at do not exist, so the
 thumbnails are error entries: the scan, the statistics, drift, plots and page are all exercised; only
 the thumbnail decoding (at most 2 x 8 images, whatever the run's size) is not.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -29,26 +28,10 @@ import pyarrow as pa
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from engine import schema  # noqa: E402
-from engine.output import SCORES_DIR, OutputLocation  # noqa: E402
+from dpiqa.engine import schema  # noqa: E402
+from dpiqa.engine.output import SCORES_DIR, OutputLocation  # noqa: E402
 
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                       if line.startswith("MemTotal"))
-        ram = f"{mem_kib / 2**20:.1f} GiB RAM"
-    except (OSError, StopIteration):
-        ram = "unknown RAM"
-    import pyarrow
-
-    return (f"{cpu}, {os.cpu_count()} cores, {ram}; {platform.platform()}; Python {platform.python_version()}, "
-            f"pyarrow {pyarrow.__version__}")
+from dpiqa.version import machine  # noqa: E402
 
 
 def generate(out: Path, rows: int, per_shard: int, seed: int = 0) -> None:
@@ -76,7 +59,7 @@ def generate(out: Path, rows: int, per_shard: int, seed: int = 0) -> None:
 
 ENGINE_ONLY = """
 import sys
-from engine.audit import AuditConfig, run_audit
+from dpiqa.engine.audit import AuditConfig, run_audit
 run, report, doc = sys.argv[1:]
 d = run_audit(AuditConfig(scores=run, baseline=run, report=report, json=doc)).doc
 print(f"audited {d['summary']['rows']:,} rows of {d['shards']['completed']} shards (engine only)")
@@ -87,7 +70,7 @@ def audit_peak(run: Path, workdir: Path, cli: bool) -> tuple[float, float]:
     """Run the audit in a child process; returns (peak RSS in MiB, seconds)."""
     report, doc = str(workdir / f"{run.name}.html"), str(workdir / f"{run.name}.json")
     if cli:
-        cmd = [sys.executable, "-m", "jobs.cli", "audit", "--scores", str(run), "--baseline", str(run),
+        cmd = [sys.executable, "-m", "dpiqa.jobs.cli", "audit", "--scores", str(run), "--baseline", str(run),
                "--report", report, "--json", doc]
     else:
         cmd = [sys.executable, "-c", ENGINE_ONLY, str(run), report, doc]

@@ -23,12 +23,12 @@ import pyarrow as pa
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import machine  # noqa: E402
+from dpiqa.version import machine  # noqa: E402
 
 
 def synthetic_run(out: Path, shards: int, rows: int, seed: int = 0) -> int:
-    from engine import schema
-    from engine.output import OutputLocation, config_hash
+    from dpiqa.engine import schema
+    from dpiqa.engine.output import OutputLocation, config_hash
 
     loc = OutputLocation(str(out))
     identity = {"model": "synthetic", "checkpoint_hash": "bench"}
@@ -74,8 +74,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import ray
-
-    from engine.audit import AuditConfig, run_audit
+    from dpiqa.engine.audit import AuditConfig, run_audit
 
     work = Path(tempfile.mkdtemp(prefix="dpiqa-audit-scale-"))
     try:

@@ -1,13 +1,11 @@
-"""Shared by the benchmarks: a description of the machine, and peak memory of a process tree."""
+"""Shared by the benchmarks: commands as typed, and peak memory of a process tree (the machine's description
+is `dpiqa.version.machine`)."""
 
 from __future__ import annotations
 
-import os
-import platform
 import re
 import threading
 import time
-from pathlib import Path
 
 import psutil
 
@@ -16,36 +14,6 @@ def as_typed(command: str) -> str:
     """A command as a script ran it, with a virtual environment's path to `dpiqa` shortened to the command a
     user types (for the commands written into reports and model cards)."""
     return re.sub(r"\S*/bin/dpiqa ", "dpiqa ", command)
-
-
-def machine() -> str:
-    """CPU model, cores, RAM, OS, Python and the versions that matter, plus the GPU if one is visible."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = psutil.virtual_memory().total / 2**30
-    parts = [f"{cpu}, {os.cpu_count()} cores, {ram:.1f} GiB RAM", platform.platform(),
-             f"Python {platform.python_version()}"]
-    versions = []
-    for name in ("torch", "ray", "pyarrow", "onnxruntime"):
-        try:
-            versions.append(f"{name} {__import__(name).__version__}")
-        except ImportError:
-            pass
-    parts.append(", ".join(versions))
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            parts.append(f"GPU {torch.cuda.get_device_name(0)}")
-    except ImportError:
-        pass
-    return "; ".join(parts)
 
 
 class TreePeakRSS:

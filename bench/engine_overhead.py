@@ -32,7 +32,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import TreePeakRSS, machine  # noqa: E402
+from bench.common import TreePeakRSS  # noqa: E402
+from dpiqa.version import machine  # noqa: E402
 
 
 def photographs() -> list[np.ndarray]:
@@ -74,8 +75,8 @@ BARE_LOOP = r"""
 import sys, tarfile, time, json
 import numpy as np, torch
 sys.path.insert(0, sys.argv[1])
-import models
-from engine.stages.decode import decode_image
+from dpiqa import models
+from dpiqa.engine.stages.decode import decode_image
 model, threads, batch, shards = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
 torch.set_num_threads(threads)
 scorer = models.load_scorer(model, device="cpu", precision="fp32")
@@ -106,7 +107,7 @@ def bare_loop(model: str, shards: list[Path], threads: int, batch: int) -> dict:
 
 def engine_run(model: str, shards: Path, output: Path, threads: int, batch: int) -> tuple[dict, float, float]:
     """`dpiqa score` on a local Ray; returns (manifest, wall seconds, the process tree's memory peaks)."""
-    cmd = [sys.executable, "-m", "jobs.cli", "score", "--input", str(shards), "--output", str(output),
+    cmd = [sys.executable, "-m", "dpiqa.jobs.cli", "score", "--input", str(shards), "--output", str(output),
            "--model", model, "--device", "cpu", "--batch-size", str(batch), "--threads", str(threads)]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(threads), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -143,8 +144,7 @@ def main() -> None:
     model = args.model
     if model is None:
         import torch
-
-        from models.student import DPIQAStudent, StudentConfig
+        from dpiqa.models.student import DPIQAStudent, StudentConfig
 
         torch.manual_seed(0)
         model = str(work / "student")

@@ -36,7 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import machine  # noqa: E402
+from dpiqa.version import machine  # noqa: E402
 
 
 def corpus(directory: Path, images: int, per_shard: int = 256, size: tuple[int, int] = (683, 512)) -> Path:
@@ -65,9 +65,9 @@ def corpus(directory: Path, images: int, per_shard: int = 256, size: tuple[int, 
 def model_only(name: str, batch: int, fast: bool, seconds: float, device: str, compile_student: bool) -> float:
     """Images/s of the model alone on `device` (bf16 on CUDA), batches resident on the device."""
     import torch
+    from dpiqa.models.scorer import Scorer
 
-    import models
-    from models.scorer import Scorer
+    from dpiqa import models
 
     model = models.build(name, device="cpu")
     is_teacher = model.architecture == "dpiqa-teacher"
@@ -87,8 +87,8 @@ def model_only(name: str, batch: int, fast: bool, seconds: float, device: str, c
 
 
 def _pil_decode(blobs: list[bytes]) -> int:
-    from engine.stages.decode import decode_image
-    from models.preprocessing import Preprocessing
+    from dpiqa.engine.stages.decode import decode_image
+    from dpiqa.models.preprocessing import Preprocessing
 
     pre = Preprocessing(size=(512, 512))
     for b in blobs:
@@ -99,9 +99,8 @@ def _pil_decode(blobs: list[bytes]) -> int:
 def decode_rates(shard: Path, device: str) -> dict[str, float]:
     """PIL on every core, and the device decoder in batches (nvJPEG on CUDA)."""
     import torch
-
-    from engine.stages.device_decode import decode_on_device
-    from models.preprocessing import Preprocessing
+    from dpiqa.engine.stages.device_decode import decode_on_device
+    from dpiqa.models.preprocessing import Preprocessing
 
     with tarfile.open(shard) as tar:
         blobs = [tar.extractfile(m).read() for m in tar.getmembers()]
@@ -130,7 +129,7 @@ def decode_rates(shard: Path, device: str) -> dict[str, float]:
 
 
 def end_to_end(model: str, shards: Path, out: Path, batch: int, decode_on: str, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "jobs.cli", "score", "--input", str(shards), "--output", str(out), "--model",
+    cmd = [sys.executable, "-m", "dpiqa.jobs.cli", "score", "--input", str(shards), "--output", str(out), "--model",
            model, "--batch-size", str(batch), "--decode-on", decode_on, "--overwrite", *extra]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "RAY_USAGE_STATS_ENABLED": "0"}

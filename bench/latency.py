@@ -1,7 +1,7 @@
 """Latency benchmark of the student and its speed tiers: torch eager, channels_last, onnxruntime, CUDA bf16.
 
 Every tier is the paper's student (map head, 8x64x64 map, 32768->512->512->1 MLP) on another timm backbone,
-with seeded random weights, measured through the code `dpiqa score` runs: `models.load_scorer` on a saved
+with seeded random weights, measured through the code `dpiqa score` runs: `dpiqa.models.load_scorer` on a saved
 checkpoint (torch) or on its `dpiqa export` folder (onnxruntime), fed uint8 `(B, H, W, 3)` images. Each
 (tier, runtime, batch) runs in a fresh process, so that its peak memory is its own: the peak RSS increase
 over the process's RSS before the model was loaded (weights + activations + runtime arenas), or torch's
@@ -22,7 +22,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -83,7 +82,7 @@ def measure(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    import models
+    from dpiqa import models
 
     runtime, batch = spec["runtime"], spec["batch"]
     images = np.random.default_rng(0).integers(
@@ -94,7 +93,7 @@ def measure(spec: dict) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     if runtime == "onnx":
-        from models.onnx_scorer import OnnxScorer
+        from dpiqa.models.onnx_scorer import OnnxScorer
 
         scorer = OnnxScorer(spec["model"], threads=spec["threads"])
     else:
@@ -156,40 +155,22 @@ def run_child(spec: dict, timeout: float) -> Measurement:
     return Measurement(**json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
-def machine() -> dict:
-    """The machine and software the numbers come from."""
+def host() -> dict:
+    """The machine and software the numbers come from, and the load average now."""
     import onnxruntime
     import timm
-    import torch
 
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {
-        "cpu": cpu,
-        "cores": f"{os.cpu_count()} logical, {len(os.sched_getaffinity(0))} usable by this process",
-        "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "timm": timm.__version__,
-        "load_average": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
-    return info
+    from dpiqa.version import machine
+
+    return {"machine": machine(), "onnxruntime": onnxruntime.__version__, "timm": timm.__version__,
+            "load_average": " / ".join(f"{x:.2f}" for x in os.getloadavg())}
 
 
 def prepare(tier: str, image_size: int, root: Path, onnx: bool) -> tuple[str, str | None, int]:
     """Save a seeded random-weights student of `tier` and its ONNX export; returns (ckpt, export, params)."""
     import torch
-
-    from models.export import export_onnx
-    from models.student import DPIQAStudent, StudentConfig
+    from dpiqa.models.export import export_onnx
+    from dpiqa.models.student import DPIQAStudent, StudentConfig
 
     torch.manual_seed(0)
     student = DPIQAStudent.from_config(StudentConfig(backbone=TIERS[tier], image_size=image_size))
@@ -317,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("no CUDA GPU here: skipping the cuda runtime")
         args.runtimes.remove("cuda")
     torch.set_num_threads(args.threads)
-    host = machine()
-    log.info("machine: %s", host)
+    host_before = host()
+    log.info("machine: %s", host_before)
     t_start = time.monotonic()
     results: list[Measurement] = []
     params: dict[str, int] = {}
@@ -352,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"peak {m.peak_mb:.0f} MB",
                     )
     baseline = args.baseline if args.baseline in args.tiers else args.tiers[0]
-    text = markdown(results, params, baseline, args, host, machine(), time.monotonic() - t_start)
+    text = markdown(results, params, baseline, args, host_before, host(), time.monotonic() - t_start)
     print(text)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,9 @@ def baseline_checkout(ref: str, into: Path) -> Path:
     """A worktree of `ref` with the null scorer added to its registry (the only change)."""
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-f", str(into), ref], check=True,
                    capture_output=True)
-    shutil.copy(REPO / "models" / "null.py", into / "models" / "null.py")
+    # the null scorer, in the baseline's import names (engine/models at the top before the dpiqa namespace)
+    null = (REPO / "models" / "null.py").read_text()
+    (into / "models" / "null.py").write_text(null if (into / "dpiqa").is_dir() else null.replace("dpiqa.models.", "models."))
     init = into / "models" / "registry.py"
     text = init.read_text()
     patches = [
@@ -74,8 +76,13 @@ def baseline_checkout(ref: str, into: Path) -> Path:
 
 def child(args: argparse.Namespace) -> None:
     """One measured run in this (fresh) process; prints a JSON line."""
-    from engine.executor.ray_data import RayDataExecutor
-    from engine.pipeline import ScoreConfig, run_score
+    import importlib
+
+    # the code under PYTHONPATH in its own names: the baseline commit predates the dpiqa namespace
+    prefix = "dpiqa." if (Path.cwd() / "dpiqa").is_dir() else ""
+    RayDataExecutor = importlib.import_module(f"{prefix}engine.executor.ray_data").RayDataExecutor
+    pipeline = importlib.import_module(f"{prefix}engine.pipeline")
+    ScoreConfig, run_score = pipeline.ScoreConfig, pipeline.run_score
 
     received = [0]
     first: list = []  # the driver's CPU time and the clock at the first batch it received
@@ -153,7 +160,7 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(REPO))
-    from bench.common import machine
+    from dpiqa.version import machine
 
     work = Path(tempfile.mkdtemp(prefix="dpiqa-scale-"))
     shards = work / "shards"

@@ -27,14 +27,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import machine  # noqa: E402
+from dpiqa.version import machine  # noqa: E402
 
 BEFORE_REF = "8fcc414"  # main when the start-up work began
 
 
 def run(code: Path, corpus: Path, out: Path, executor: str = "ray") -> dict:
     env = {**os.environ, "PYTHONPATH": str(code), "RAY_USAGE_STATS_ENABLED": "0"}
-    args = [sys.executable, "-m", "jobs.cli", "score", "--input", str(corpus), "--output", str(out), "--model", "demo",
+    # the command line module in the code's own names: the `before` commit predates the dpiqa namespace
+    cli = "dpiqa.jobs.cli" if (code / "dpiqa").is_dir() else "jobs.cli"
+    args = [sys.executable, "-m", cli, "score", "--input", str(corpus), "--output", str(out), "--model", "demo",
             "--executor", executor]
     t0 = time.monotonic()
     proc = subprocess.run(args, env=env, capture_output=True, text=True, cwd=code)
@@ -55,7 +57,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
-    from engine.demo import build_corpus
+    from dpiqa.engine.demo import build_corpus
 
     work = Path(tempfile.mkdtemp(prefix="dpiqa-startup-"))
     before = work / "before"

@@ -9,10 +9,10 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from engine.io import get_fs, join
+from dpiqa.storage import get_fs, join
 
 if TYPE_CHECKING:  # the training code imports torch; `dpiqa --help` lists the variants without it
-    from engine.training.run import TrainConfig
+    from dpiqa.engine.training.run import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ TEACHER_VARIANTS: dict[str, dict] = {
     "levels-2-3": {"decoder_levels": [2, 3]},
     "level-3-only": {"decoder_levels": [3]},
 }
-# Student variants: the distillation loss (`models.distill`); the paper's is feature-level distillation.
+# Student variants: the distillation loss (`dpiqa.models.distill`); the paper's is feature-level distillation.
 STUDENT_VARIANTS: dict[str, dict] = {
     "feature-distillation": {"distill_mode": "feature"},
     "score-distillation": {"distill_mode": "score"},
@@ -55,8 +55,8 @@ def variants_for(kind: str) -> dict[str, dict]:
 
 def run_ablation(base: TrainConfig, variants: list[str], address: str | None = None) -> list[AblationRow]:
     """Train each variant of `base` (same data, splits and protocol) into `base.output/VARIANT/`."""
-    from engine.training.run import run_training
-    from models.info import model_info
+    from dpiqa.engine.training.run import run_training
+    from dpiqa.models.info import model_info
 
     table = variants_for(base.model.kind)
     unknown = [v for v in variants if v not in table]

@@ -12,9 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+from dpiqa.engine.distortions import DISTORTIONS, distort
 from PIL import Image
-
-from engine.distortions import DISTORTIONS, distort
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps, features
 
-from engine.stages.decode import to_rgb
+from dpiqa.images import as_rgb_image
 
 LEVELS = (1, 2, 3, 4, 5)  # 1 = mild .. 5 = severe
 
@@ -233,18 +233,6 @@ _APPLY.update({
     "quantization": _quantize,
     "median_smear": _median,
 })
-
-
-def as_rgb_image(image: Image.Image | np.ndarray) -> Image.Image:
-    """A PIL image or a uint8 array (H x W, H x W x 3 or H x W x 4) as an RGB PIL image."""
-    if isinstance(image, Image.Image):
-        return to_rgb(image)
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image array, got {arr.dtype}")
-    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4)):
-        return to_rgb(Image.fromarray(arr))
-    raise ValueError(f"expected an H x W, H x W x 3 or H x W x 4 array, got shape {arr.shape}")
 
 
 def distort(image: Image.Image | np.ndarray, kind: str, level: int, seed: int = 0) -> np.ndarray:

@@ -6,13 +6,13 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from dpiqa.engine.datasets import LabeledSet
+from dpiqa.engine.metrics import compute_metrics
+from dpiqa.engine.progress import Progress
+from dpiqa.engine.stages.decode import DecodeError, decode_image
+from dpiqa.models.scorer import Scorer
 
-from engine.datasets import LabeledSet
-from engine.io import get_fs, retry
-from engine.metrics import compute_metrics
-from engine.progress import Progress
-from engine.stages.decode import DecodeError, decode_image
-from models.scorer import Scorer
+from dpiqa.storage import get_fs, retry
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def split_indices(labeled: LabeledSet, card: dict, dataset: str, part: str, seed
     Raises:
         ValueError: a split part was asked for, the card records none and no seed is given.
     """
-    from engine.splits import make_split
+    from dpiqa.engine.splits import make_split
 
     training = card.get("training") or {}
     recorded = training.get("split") if training.get("dataset") == dataset else None

@@ -36,14 +36,14 @@ from fractions import Fraction
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from dpiqa.engine import schema
+from dpiqa.engine.output import DONE_DIR, OutputLocation, RunResult
+from dpiqa.engine.runner import ShardJob, Tally, pending_shards, run_shard_job
+from dpiqa.engine.scores import ScoredRun, ScoredShard
+from dpiqa.engine.stages.source import Sample, shard_samples
+from dpiqa.engine.stages.write import ShardFact
 
-from engine import io as eio
-from engine import schema
-from engine.output import DONE_DIR, OutputLocation, RunResult
-from engine.runner import ShardJob, Tally, pending_shards, run_shard_job
-from engine.scores import ScoredRun, ScoredShard
-from engine.stages.source import Sample, shard_samples
-from engine.stages.write import ShardFact
+from dpiqa import storage
 
 log = logging.getLogger(__name__)
 
@@ -278,8 +278,8 @@ class ShardFilter:
             return ShardResult(task.name, task.url, error=f"{type(exc).__name__}: {exc}")
 
     def run(self, task: ShardTask) -> ShardResult:
-        scores_fs, _ = eio.get_fs(self.scores_url, self.storage_options)
-        table = eio.retry(lambda: pq.read_table(task.scores_path, columns=["index", "key", "score", "status"],
+        scores_fs, _ = storage.get_fs(self.scores_url, self.storage_options)
+        table = storage.retry(lambda: pq.read_table(task.scores_path, columns=["index", "key", "score", "status"],
                                                 filesystem=scores_fs), f"read {task.scores_path}")
         index = table.column("index").to_numpy()
         score_col = table.column("score")
@@ -370,7 +370,7 @@ class ShardFilter:
 FilterResult = RunResult
 
 
-def match_shards(run: ScoredRun, shards: eio.ShardList) -> tuple[list[tuple[str, ScoredShard]], dict[str, str]]:
+def match_shards(run: ScoredRun, shards: storage.ShardList) -> tuple[list[tuple[str, ScoredShard]], dict[str, str]]:
     """Pair input shard URLs with their completed scores: by the URL the score marker names, else (for
     shards that were moved or copied) by the deterministic output name. Returns the pairs and, for the
     unmatched URLs, why."""
@@ -393,7 +393,7 @@ def run_filter(config: FilterConfig, executor: str = "auto", address: str | None
     Args:
         config: the run.
         executor: `local` (a thread pool of `config.workers`), `ray` (one Ray Data task per shard) or `auto`
-            (`engine.executor.choose_executor`).
+            (`dpiqa.engine.executor.choose_executor`).
         address: Ray cluster address for the `ray` executor.
 
     Raises:
@@ -401,14 +401,14 @@ def run_filter(config: FilterConfig, executor: str = "auto", address: str | None
         ValueError: bad input (no shard, no scores, output on top of the input).
     """
     t0 = time.monotonic()
-    shards = eio.list_shards(config.input, config.storage_options)
+    shards = storage.list_shards(config.input, config.storage_options)
     out = OutputLocation(config.output, config.storage_options)
-    eio.refuse_overlap(shards, out.url, config.storage_options)
+    storage.refuse_overlap(shards, out.url, config.storage_options)
     out.check_writable()
     run = ScoredRun(config.scores, config.storage_options)
     pairs, missing = match_shards(run, shards)
     for url, shard in pairs:
-        if eio.canonical(out.child(f"{shard.name}.tar"), config.storage_options) == url:
+        if storage.canonical(out.child(f"{shard.name}.tar"), config.storage_options) == url:
             raise ValueError(f"--output {config.output} would overwrite input shard {url}; choose another folder")
 
     if config.top_fraction is not None:
@@ -431,7 +431,7 @@ def run_filter(config: FilterConfig, executor: str = "auto", address: str | None
 
     todo, skipped = pending_shards(out, shards)
     if executor == "auto":
-        from engine.executor import choose_executor
+        from dpiqa.engine.executor import choose_executor
 
         executor = "local" if choose_executor("auto", address, shards, config.storage_options,
                                               "filter").in_process else "ray"
@@ -471,7 +471,7 @@ class FilterJob(ShardJob):
             units(r.kept)
 
     def retryable(self, exc: BaseException) -> bool:
-        from engine.executor.ray_data import is_ray_system_error
+        from dpiqa.engine.executor.ray_data import is_ray_system_error
 
         return self.executor != "local" and is_ray_system_error(exc)
 
@@ -514,8 +514,7 @@ def _run_ray(worker: ShardFilter, tasks: list[ShardTask], address: str | None) -
     if not tasks:
         return
     import ray
-
-    from engine.executor.ray_data import init_ray
+    from dpiqa.engine.executor.ray_data import init_ray
 
     init_ray(address)
     ctx = ray.data.DataContext.get_current()

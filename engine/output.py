@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.io import get_fs, is_local, join, retry
+from dpiqa.storage import get_fs, is_local, join, retry
 
 log = logging.getLogger(__name__)
 

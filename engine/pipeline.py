@@ -9,19 +9,19 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-import models
-from engine import io
-from engine.executor import choose_executor
-from engine.executor.base import Executor
-from engine.output import OutputLocation, RunResult
-from engine.runner import ShardJob, Tally, pending_shards, run_shard_job
-from engine.schema import SCORES_SCHEMA
-from engine.stages.base import Stage
-from engine.stages.decode import DEFAULT_MAX_PIXELS, DecodeStage
-from engine.stages.score import ScoreStage
-from engine.stages.source import SourceStage
-from engine.stages.write import ShardFact, ShardWriter, WriteStage, owner
-from engine.version import code_version
+from dpiqa.engine.executor import choose_executor
+from dpiqa.engine.executor.base import Executor
+from dpiqa.engine.output import OutputLocation, RunResult
+from dpiqa.engine.runner import ShardJob, Tally, pending_shards, run_shard_job
+from dpiqa.engine.schema import SCORES_SCHEMA
+from dpiqa.engine.stages.base import Stage
+from dpiqa.engine.stages.decode import DEFAULT_MAX_PIXELS, DecodeStage
+from dpiqa.engine.stages.score import ScoreStage
+from dpiqa.engine.stages.source import SourceStage
+from dpiqa.engine.stages.write import ShardFact, ShardWriter, WriteStage, owner
+
+from dpiqa import models, storage
+from dpiqa.version import code_version
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +127,12 @@ def run_score(config: ScoreConfig, executor: Executor | str = "auto", address: s
     """Score every shard of `config.input` that has no completion marker at `config.output`.
 
     Everything the user named (model, shards, output) is checked before Ray starts or anything is written.
-    The rows are written by shard writers where they are scored (`engine.stages.write`); the driver hears
+    The rows are written by shard writers where they are scored (`dpiqa.engine.stages.write`); the driver hears
     one fact per shard. The manifest records the parts of start-up (`startup`).
 
     Args:
         config: the run.
-        executor: an executor, or its kind (`auto`, `local`, `ray`: `engine.executor.choose_executor`, which
+        executor: an executor, or its kind (`auto`, `local`, `ray`: `dpiqa.engine.executor.choose_executor`, which
             needs the shard list and so decides after the checks).
         address: Ray cluster address for a `ray` or `auto` executor.
 
@@ -141,14 +141,14 @@ def run_score(config: ScoreConfig, executor: Executor | str = "auto", address: s
         ValueError: bad input (no shard, a missing shard, an output inside the input, a damaged model).
     """
     t0 = time.monotonic()
-    retries_before = io.RetryCounter.count
+    retries_before = storage.RetryCounter.count
     info = models.describe(config.model)
     models.check_runtime(config.model, info.runtime, config.runtime, device=config.device,
                          precision=config.precision, channels_last=config.channels_last,
                          compile=config.compile)
-    shards = io.list_shards(config.input, config.storage_options, skip_missing=config.skip_missing)
+    shards = storage.list_shards(config.input, config.storage_options, skip_missing=config.skip_missing)
     output = OutputLocation(config.output, config.storage_options)
-    io.refuse_overlap(shards, output.url, config.storage_options)
+    storage.refuse_overlap(shards, output.url, config.storage_options)
     output.check_writable()
     if isinstance(executor, str):
         executor = choose_executor(executor, address, shards, config.storage_options, "score")
@@ -227,7 +227,7 @@ class ScoreJob(ShardJob):
     def manifest(self, tally: Tally) -> dict:
         # Retries of this process (listing, writes; and reads when the stages ran here) plus those the
         # shard readers reported from other processes.
-        io_retries = io.RetryCounter.count - self.retries_before + (
+        io_retries = storage.RetryCounter.count - self.retries_before + (
             0 if self.executor.in_process else self.reader_retries)
         startup = {**self.startup, "first_row_seconds": tally.first_output,
                    "executor": "local" if self.executor.in_process else "ray"}
@@ -239,7 +239,7 @@ def _cluster_gpus(executor: Executor) -> tuple[float, float]:
     """GPUs the scoring actors can use, and the seconds it took to start or reach Ray (0 in this process).
     On Ray they are the cluster's (its resources, never the driver's own hardware); in this process, this
     machine's."""
-    from engine.executor.ray_data import RayDataExecutor, init_ray
+    from dpiqa.engine.executor.ray_data import RayDataExecutor, init_ray
 
     if not isinstance(executor, RayDataExecutor):
         import torch

@@ -13,11 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from engine import io
-from engine.output import MANIFEST, RUNS_DIR, OutputLocation, RunResult
-from engine.progress import Progress
-from engine.stages.write import ShardFact
-from engine.version import code_version
+from dpiqa.engine.output import MANIFEST, RUNS_DIR, OutputLocation, RunResult
+from dpiqa.engine.progress import Progress
+from dpiqa.engine.stages.write import ShardFact
+
+from dpiqa import storage
+from dpiqa.version import code_version
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class ShardJob(ABC):
         return {}
 
 
-def pending_shards(output: OutputLocation, shards: io.ShardList) -> tuple[list[str], int]:
+def pending_shards(output: OutputLocation, shards: storage.ShardList) -> tuple[list[str], int]:
     """The shards without a completion marker, and how many have one. A shard counts as done when a marker
     names its URL under any output name (an earlier run may have named it differently), so no run writes
     one input shard twice into one output.
@@ -79,7 +80,7 @@ def pending_shards(output: OutputLocation, shards: io.ShardList) -> tuple[list[s
     return todo, skipped
 
 
-def run_shard_job(job: ShardJob, shards: io.ShardList, output: OutputLocation, todo: list[str], skipped: int,
+def run_shard_job(job: ShardJob, shards: storage.ShardList, output: OutputLocation, todo: list[str], skipped: int,
                   config: dict, config_hash: str, retries: int = 3, started: float | None = None) -> RunResult:
     """Run `job` over the shards in `todo` (the output already claimed) and write the manifest.
 
@@ -177,7 +178,7 @@ def run_shard_job(job: ShardJob, shards: io.ShardList, output: OutputLocation, t
     return RunResult(manifest)
 
 
-def _facts_from_markers(output: OutputLocation, shards: io.ShardList, remaining: list[str], tally: Tally) -> None:
+def _facts_from_markers(output: OutputLocation, shards: storage.ShardList, remaining: list[str], tally: Tally) -> None:
     """Shards of `remaining` that have a marker, though their fact never came (a writer that died after
     writing it): their facts are read from the markers."""
     missing = [u for u in remaining if u not in tally.facts]

@@ -13,9 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-
-from engine import schema
-from engine.output import MANIFEST, RUN_FILE, SCORES_DIR, CorruptFileError, OutputLocation
+from dpiqa.engine import schema
+from dpiqa.engine.output import MANIFEST, RUN_FILE, SCORES_DIR, CorruptFileError, OutputLocation
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import BinaryIO
 BLOCK = tarfile.BLOCKSIZE
 ZERO_BLOCK = bytes(BLOCK)
 
-# The damage statuses this module reports; `engine.schema` gives them to rows.
+# The damage statuses this module reports; `dpiqa.engine.schema` gives them to rows.
 TRUNCATED = "truncated_tar"
 CORRUPT = "corrupt_archive"
 

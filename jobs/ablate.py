@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from jobs import training
+from dpiqa.jobs import training
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from engine.ablate import STUDENT_VARIANTS, TEACHER_VARIANTS
+    from dpiqa.engine.ablate import STUDENT_VARIANTS, TEACHER_VARIANTS
 
     p = sub.add_parser(
         "ablate", help="train ablation variants over seeded splits and tabulate SRCC/PLCC",
@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from engine.ablate import run_ablation, variants_for, write_table
+    from dpiqa.engine.ablate import run_ablation, variants_for, write_table
 
     if args.kind == "student" and not args.teacher:
         raise ValueError("student ablations distill from a teacher: pass --teacher")

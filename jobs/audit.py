@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.args import add_address, add_storage_options, nonnegative_float, nonnegative_int, positive_int, rate
+from dpiqa.jobs.args import (
+    add_address,
+    add_storage_options,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+    rate,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from engine.audit import AuditConfig, run_audit
+    from dpiqa.engine.audit import AuditConfig, run_audit
 
     config = AuditConfig(
         scores=args.scores, baseline=args.baseline, run=args.audit_run, under=args.under, baseline_runs=args.baseline_runs,

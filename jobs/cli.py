@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from jobs.args import Parser
+from dpiqa.jobs.args import Parser
 
 # Subcommand modules, in `--help` order; each has `add_parser(subparsers)` and keeps heavy imports
 # inside its `main`, so `dpiqa --help` stays fast.
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for job in JOBS:
-        importlib.import_module(f"jobs.{job}").add_parser(sub)
+        importlib.import_module(f"dpiqa.jobs.{job}").add_parser(sub)
     return parser
 
 

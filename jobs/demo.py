@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from jobs.args import add_address
+from dpiqa.jobs.args import add_address
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,11 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
-
-    from engine.audit import AuditConfig, run_audit
-    from engine.demo import build_corpus, distortion_ranking
-    from engine.output import OutputLocation
-    from engine.pipeline import ScoreConfig, run_score
+    from dpiqa.engine.audit import AuditConfig, run_audit
+    from dpiqa.engine.demo import build_corpus, distortion_ranking
+    from dpiqa.engine.output import OutputLocation
+    from dpiqa.engine.pipeline import ScoreConfig, run_score
 
     out = Path(args.output).resolve()
     shards = build_corpus(out / "corpus")

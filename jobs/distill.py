@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from jobs import training
-from jobs.args import positive_float
+from dpiqa.jobs import training
+from dpiqa.jobs.args import positive_float
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from engine.training.run import run_training
+    from dpiqa.engine.training.run import run_training
 
     config = training.config_from_args(args, "distill", training.model_spec(args, "student"))
     config.teacher, config.shards, config.teacher_outputs = args.teacher, args.shards, args.teacher_outputs

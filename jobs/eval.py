@@ -6,11 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from jobs.args import add_storage_options, key_values, nonnegative_int, positive_int
+from dpiqa.jobs.args import add_storage_options, key_values, nonnegative_int, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from engine.datasets import DATASETS
+    from dpiqa.engine.datasets import DATASETS
 
     p = sub.add_parser(
         "eval", help="evaluate models on labelled datasets (SRCC/KRCC/PLCC/RMSE; cross-dataset matrices)",
@@ -42,9 +42,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
 
-    import models
-    from engine.datasets import load_dataset
-    from engine.evaluate import evaluate, matrix_markdown, split_indices
+    from dpiqa.engine.datasets import load_dataset
+    from dpiqa.engine.evaluate import evaluate, matrix_markdown, split_indices
+
+    from dpiqa import models
 
     if len(args.dataset) != len(args.root):
         raise ValueError(f"{len(args.dataset)} --dataset but {len(args.root)} --root: give one root per dataset")

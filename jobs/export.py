@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.args import positive_int
+from dpiqa.jobs.args import positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,8 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     import torch
-
-    from models.export import DEFAULT_OPSET, export_onnx
+    from dpiqa.models.export import DEFAULT_OPSET, export_onnx
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.args import add_address, add_storage_options, finite_float, fraction, positive_int
+from dpiqa.jobs.args import add_address, add_storage_options, finite_float, fraction, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from engine.filter import FilterConfig, run_filter
+    from dpiqa.engine.filter import FilterConfig, run_filter
 
     config = FilterConfig(
         scores=args.scores, input=args.input, output=args.output, min_score=args.min_score,

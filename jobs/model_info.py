@@ -36,7 +36,7 @@ def parse_override(text: str) -> tuple[str, object]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from models.info import model_info
+    from dpiqa.models.info import model_info
 
     info = model_info(args.model, dict(args.overrides) or None)
     if args.json:
@@ -47,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def format_table(info: dict) -> str:
-    """The human-readable form of `models.info.model_info`."""
+    """The human-readable form of `dpiqa.models.info.model_info`."""
     size = "x".join(map(str, info["input_size"]))
     lines = [
         f"model            {info['name']}",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from engine.schema import DEFAULT_MAX_PIXELS
-from jobs.args import add_address, add_storage_options, positive_int
+from dpiqa.engine.schema import DEFAULT_MAX_PIXELS
+from dpiqa.jobs.args import add_address, add_storage_options, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from engine.pipeline import ScoreConfig, run_score
+    from dpiqa.engine.pipeline import ScoreConfig, run_score
 
     config = ScoreConfig(
         input=args.input, output=args.output, model=args.model, batch_size=args.batch_size, device=args.device,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from jobs import training
+from dpiqa.jobs import training
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from engine.training.run import run_training
+    from dpiqa.engine.training.run import run_training
 
     config = training.config_from_args(args, "train-teacher", training.model_spec(args, "teacher"))
     return training.report(run_training(config, address=args.address))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.args import (
+from dpiqa.jobs.args import (
     add_address,
     add_storage_options,
     key_values,
@@ -14,7 +14,7 @@ from jobs.args import (
     positive_float,
     positive_int,
 )
-from models.pretrained import CLIP_TEXT, STABLE_DIFFUSION
+from dpiqa.models.pretrained import CLIP_TEXT, STABLE_DIFFUSION
 
 PROTOCOLS = {
     # ours: a validation part picks the epoch, the test part is touched once; the median over splits is reported
@@ -26,7 +26,7 @@ PROTOCOLS = {
 
 def add_common(p: argparse.ArgumentParser, teacher: bool = False, student: bool = False) -> None:
     """The options of a training job; `teacher` and `student` add the options of building that model."""
-    from engine.datasets import DATASETS
+    from dpiqa.engine.datasets import DATASETS
 
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default=None, choices=sorted(k for k in DATASETS if k != "webdataset"),
@@ -113,7 +113,7 @@ def add_common(p: argparse.ArgumentParser, teacher: bool = False, student: bool 
 
 def model_spec(args: argparse.Namespace, kind: str):  # noqa: ANN201 - engine.training.model.ModelSpec
     """The `ModelSpec` the model options describe."""
-    from engine.training.model import ModelSpec
+    from dpiqa.engine.training.model import ModelSpec
 
     return ModelSpec(
         kind=kind, config=args.config, init=args.init, image_size=args.image_size, overrides=overrides(args),
@@ -125,8 +125,8 @@ def model_spec(args: argparse.Namespace, kind: str):  # noqa: ANN201 - engine.tr
 
 
 def config_from_args(args: argparse.Namespace, job: str, spec):  # noqa: ANN001
-    from engine.splits import SplitConfig
-    from engine.training.run import TrainConfig
+    from dpiqa.engine.splits import SplitConfig
+    from dpiqa.engine.training.run import TrainConfig
 
     protocol = PROTOCOLS[args.protocol]
     try:

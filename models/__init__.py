@@ -2,7 +2,7 @@
 the registry that builds, loads and describes them.
 
 Importing `models` is cheap: the registry (and with it torch, timm and torchvision) is imported on first
-use of one of its names (`models.describe`, `models.load_scorer`, ...), so the command line's `--help` and
+use of one of its names (`dpiqa.models.describe`, `dpiqa.models.load_scorer`, ...), so the command line's `--help` and
 the driver's light work do not pay for it.
 """
 
@@ -12,12 +12,12 @@ import importlib
 from typing import Any
 
 _REGISTRY = {'model_class', 'resolve', 'named_config', 'build', 'load_model', 'runtime_of', 'check_runtime', 'load_scorer', 'ModelInfo', 'describe', 'ARCHITECTURES', 'MODELS', 'SHIPPED', 'RANDOM_SEED', 'BASELINES', 'RUNTIMES', 'Baseline'}
-_ELSEWHERE = {"Scorer": "models.scorer", "ImageScorer": "models.scorer", "StudentConfig": "models.student"}
+_ELSEWHERE = {"Scorer": "dpiqa.models.scorer", "ImageScorer": "dpiqa.models.scorer", "StudentConfig": "dpiqa.models.student"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _REGISTRY:
-        return getattr(importlib.import_module("models.registry"), name)
+        return getattr(importlib.import_module("dpiqa.models.registry"), name)
     if name in _ELSEWHERE:
         return getattr(importlib.import_module(_ELSEWHERE[name]), name)
     raise AttributeError(f"module 'models' has no attribute {name!r}")

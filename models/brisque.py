@@ -11,8 +11,8 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image
 
-from engine.distortions import as_rgb_image
-from engine.io import get_fs
+from dpiqa.images import as_rgb_image
+from dpiqa.storage import get_fs
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def brisque_scores(images: Iterable[ImageInput], storage_options: dict | None = 
 def brisque_quality(images: Iterable[ImageInput], storage_options: dict | None = None) -> np.ndarray:
     """A quality-oriented BRISQUE: `100 - brisque_scores(images)`, so that higher = better, like MOS.
 
-    Correlations with MOS then have the usual sign; the logistic fit of `engine.metrics` maps it to
+    Correlations with MOS then have the usual sign; the logistic fit of `dpiqa.engine.metrics` maps it to
     MOS units before PLCC and RMSE.
 
     Args:
@@ -110,7 +110,7 @@ def brisque_quality(images: Iterable[ImageInput], storage_options: dict | None =
 
 
 class BrisqueScorer:
-    """BRISQUE behind the scoring interface (`models.load_scorer("brisque")`), so the engine, `dpiqa eval`
+    """BRISQUE behind the scoring interface (`dpiqa.models.load_scorer("brisque")`), so the engine, `dpiqa eval`
     and the reports run the baseline on exactly the images and splits the models see.
 
     Images are resized to 512 x 512 like the models' input (AGIQA-3K's images already are); the score is
@@ -123,12 +123,12 @@ class BrisqueScorer:
     mos_scale = 100.0
 
     def __init__(self) -> None:
-        from models.preprocessing import Preprocessing
+        from dpiqa.models.preprocessing import Preprocessing
 
         self.preprocessing = Preprocessing(size=(512, 512), interpolation="bilinear")
 
     def __call__(self, images: np.ndarray, return_map: bool = False):  # noqa: ANN204 - models.scorer.ScoreOutput
-        from models.scorer import ScoreOutput
+        from dpiqa.models.scorer import ScoreOutput
 
         if return_map:
             raise ValueError("BRISQUE has no quality map: score without --write-maps")

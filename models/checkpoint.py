@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import fsspec
 
-from engine.version import code_version
+from dpiqa.version import code_version
 
 if TYPE_CHECKING:  # torch and safetensors.torch are imported where weights are read or written
     import torch

@@ -29,10 +29,9 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import torch
+from dpiqa.models import checkpoint
+from dpiqa.models.preprocessing import Preprocessing
 from torch import nn
-
-from models import checkpoint
-from models.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ class ExportGraph(nn.Module):
 
 def architecture_of(name_or_path: str) -> str:
     """The architecture name of a named configuration or checkpoint, without building or loading it."""
-    import models
+    from dpiqa import models
 
     if name_or_path in models.MODELS:
         return models.MODELS[name_or_path][0]
@@ -124,7 +123,7 @@ def validate(
     Raises:
         ExportMismatchError: a difference is beyond `SCORE_TOLERANCE * mos_scale` or `MAP_TOLERANCE`.
     """
-    from models.onnx_scorer import INPUT_NAME, OUTPUT_NAMES, make_session
+    from dpiqa.models.onnx_scorer import INPUT_NAME, OUTPUT_NAMES, make_session
 
     session = make_session(onnx_path, threads)
     score_tol = SCORE_TOLERANCE * graph.mos_scale
@@ -210,7 +209,7 @@ def export_onnx(
     import onnx
     import onnxruntime
 
-    import models
+    from dpiqa import models
 
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")

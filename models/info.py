@@ -6,11 +6,11 @@ import logging
 from typing import Any
 
 import torch
+from dpiqa.models import checkpoint
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-import models
-from models import checkpoint
+from dpiqa import models
 
 log = logging.getLogger(__name__)
 

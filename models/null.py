@@ -17,12 +17,12 @@ class NullScorer:
     map_shape = NULL_MAP_SHAPE
 
     def __init__(self) -> None:
-        from models.preprocessing import Preprocessing
+        from dpiqa.models.preprocessing import Preprocessing
 
         self.preprocessing = Preprocessing(size=(32, 32), interpolation="bilinear")
 
     def __call__(self, images: np.ndarray, return_map: bool = False):  # noqa: ANN204 - models.scorer.ScoreOutput
-        from models.scorer import ScoreOutput
+        from dpiqa.models.scorer import ScoreOutput
 
         n = len(images)
         maps = np.zeros((n, *NULL_MAP_SHAPE), dtype=np.float16) if return_map else None

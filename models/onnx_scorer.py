@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-
-from models import checkpoint
-from models.preprocessing import Preprocessing
-from models.scorer import ScoreOutput
-from models.student import StudentConfig
+from dpiqa.models import checkpoint
+from dpiqa.models.preprocessing import Preprocessing
+from dpiqa.models.scorer import ScoreOutput
+from dpiqa.models.student import StudentConfig
 
 log = logging.getLogger(__name__)
 

@@ -11,15 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from models import checkpoint
-from models.preprocessing import Preprocessing
-from models.student_config import StudentConfig
+from dpiqa.models import checkpoint
+from dpiqa.models.preprocessing import Preprocessing
+from dpiqa.models.student_config import StudentConfig
 
 if TYPE_CHECKING:  # torch is imported where models are built or loaded; describing one needs none of it
     import torch
+    from dpiqa.models.scorer import ImageScorer
     from torch import nn
-
-    from models.scorer import ImageScorer
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +26,18 @@ log = logging.getLogger(__name__)
 # with a student never imports diffusers.
 # Architecture name -> its config class (light: no torch), for describing a checkpoint from its config.json.
 CONFIGS: dict[str, str] = {
-    "dpiqa-student": "models.student_config:StudentConfig",
-    "dpiqa-teacher": "models.teacher_config:TeacherConfig",
+    "dpiqa-student": "dpiqa.models.student_config:StudentConfig",
+    "dpiqa-teacher": "dpiqa.models.teacher_config:TeacherConfig",
 }
 
 ARCHITECTURES: dict[str, str] = {
-    "dpiqa-student": "models.student:DPIQAStudent",
-    "dpiqa-teacher": "models.teacher:DPIQATeacher",
+    "dpiqa-student": "dpiqa.models.student:DPIQAStudent",
+    "dpiqa-teacher": "dpiqa.models.teacher:DPIQATeacher",
 }
 
 
 def _teacher_config(name: str) -> Any:
-    from models.teacher_config import TeacherConfig
+    from dpiqa.models.teacher_config import TeacherConfig
 
     return {"dpiqa-teacher": TeacherConfig, "dpiqa-teacher-small": TeacherConfig.small,
             "dpiqa-teacher-tiny": TeacherConfig.tiny}[name]()
@@ -87,9 +86,9 @@ class Baseline:
 
 
 BASELINES: dict[str, Baseline] = {
-    "brisque": Baseline("brisque-0.2.0:live-svr", "models.brisque:BrisqueScorer", (512, 512), (),
+    "brisque": Baseline("brisque-0.2.0:live-svr", "dpiqa.models.brisque:BrisqueScorer", (512, 512), (),
                         "classical baseline: 100 - BRISQUE (LIVE SVR)"),
-    "null": Baseline("null:constant", "models.null:NullScorer", (32, 32), (8, 64, 64),
+    "null": Baseline("null:constant", "dpiqa.models.null:NullScorer", (32, 32), (8, 64, 64),
                      "constant scores and zero maps at no cost: measures the engine alone (bench/scale.py)"),
 }
 
@@ -126,7 +125,7 @@ def named_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
                          f"fields: {', '.join(data)}")
     changed = checkpoint.config_from_dict(type(config), {**data, **overrides})
     if "prompt_set" in overrides and "num_prompts" not in overrides and hasattr(changed, "with_prompt_set"):
-        from models.prompts import PROMPT_SETS
+        from dpiqa.models.prompts import PROMPT_SETS
 
         if changed.prompt_set in PROMPT_SETS:
             changed = changed.with_prompt_set(changed.prompt_set)
@@ -232,7 +231,7 @@ def load_scorer(
     runtime: str = "auto",
 ) -> ImageScorer:
     """Load a model for inference on this worker: a `Scorer` (torch; see it for the options) or, for an
-    ONNX export, a `models.onnx_scorer.OnnxScorer` (onnxruntime on the CPU, torch's thread count).
+    ONNX export, a `dpiqa.models.onnx_scorer.OnnxScorer` (onnxruntime on the CPU, torch's thread count).
 
     Args:
         name_or_path: a named configuration, shipped name, checkpoint or ONNX export (folder, URL, Hub id).
@@ -246,10 +245,10 @@ def load_scorer(
     check_runtime(name_or_path, model_runtime, runtime, device=device, precision=precision,
                   channels_last=channels_last, compile=compile)
     if model_runtime == "onnx":
-        from models.onnx_scorer import OnnxScorer  # onnxruntime is imported only where it is used
+        from dpiqa.models.onnx_scorer import OnnxScorer  # onnxruntime is imported only where it is used
 
         return OnnxScorer(resolve(name_or_path))
-    from models.scorer import Scorer
+    from dpiqa.models.scorer import Scorer
 
     return Scorer(load_model(name_or_path), device=device, precision=precision,
                   channels_last=channels_last, compile=compile)
@@ -291,7 +290,7 @@ def describe(name_or_path: str, overrides: dict[str, Any] | None = None) -> Mode
         overrides: config fields to replace; named configurations only (a checkpoint's config is its own).
     """
     if name_or_path in BASELINES:
-        from models.preprocessing import Preprocessing
+        from dpiqa.models.preprocessing import Preprocessing
 
         b = BASELINES[name_or_path]
         return ModelInfo(name_or_path, name_or_path, b.identity, Preprocessing(size=b.size), 100.0, b.map_shape,

@@ -8,9 +8,8 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from dpiqa.models.preprocessing import Preprocessing
 from torch import nn
-
-from models.preprocessing import Preprocessing
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -24,7 +23,7 @@ class ScoreOutput:
 
 
 class ImageScorer(Protocol):
-    """What the engine calls: `Scorer` (torch) and `models.onnx_scorer.OnnxScorer` (onnxruntime) are one."""
+    """What the engine calls: `Scorer` (torch) and `dpiqa.models.onnx_scorer.OnnxScorer` (onnxruntime) are one."""
 
     preprocessing: Preprocessing
     mos_scale: float

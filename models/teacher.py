@@ -14,21 +14,20 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.models.adapter import FullAdapter
 from diffusers.models.attention_processor import Attention
 from diffusers.utils import is_accelerate_available
-from timm.layers import SEModule
-from torch import nn
-
-from models import checkpoint
-from models.checkpoint import CheckpointMixin
-from models.layers import ScoreMLP
-from models.pretrained import CLIP_TEXT, STABLE_DIFFUSION
-from models.prompts import PROMPT_SETS, prompt_set_name, prompt_texts
-from models.teacher_config import (  # noqa: F401 - re-exported: the teacher's config lives beside it
+from dpiqa.models import checkpoint
+from dpiqa.models.checkpoint import CheckpointMixin
+from dpiqa.models.layers import ScoreMLP
+from dpiqa.models.pretrained import CLIP_TEXT, STABLE_DIFFUSION
+from dpiqa.models.prompts import PROMPT_SETS, prompt_set_name, prompt_texts
+from dpiqa.models.teacher_config import (  # noqa: F401 - re-exported: the teacher's config lives beside it
     NUM_TRAIN_TIMESTEPS,
     POOLINGS,
     TeacherConfig,
     sd15_unet_config,
     sd15_vae_config,
 )
+from timm.layers import SEModule
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -390,7 +389,7 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
             clip: a transformers CLIP model with a text projection (Hub id, local folder or fsspec URL);
                 the prompt embeddings are its projected text features (pooled as `config.prompt_pooling`
                 says), computed once here.
-            prompts: a named prompt set (`models.prompts.PROMPT_SETS`: `dpiqa-quality-1485`,
+            prompts: a named prompt set (`dpiqa.models.prompts.PROMPT_SETS`: `dpiqa-quality-1485`,
                 `dpiqa-coarse-495`, `empty-1`) or the prompt texts; default the set `config.prompt_set`
                 names (the spec's 1485 for the default config).
             config: other settings (value range, decoder sizes, ablation switches, ...); its VAE, U-Net and

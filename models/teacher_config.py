@@ -1,6 +1,6 @@
 """The DP-IQA teacher's configuration (`TeacherConfig`) and the Stable Diffusion v1.5 component configs it
 defaults to. No torch or diffusers here: the driver reads a teacher's identity and input contract from this
-(`models.describe`) without importing them."""
+(`dpiqa.models.describe`) without importing them."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from models.preprocessing import ImageModelConfig
-from models.prompts import DEFAULT_SET, PROMPT_SETS, prompt_set_size, prompt_texts
+from dpiqa.models.preprocessing import ImageModelConfig
+from dpiqa.models.prompts import DEFAULT_SET, PROMPT_SETS, prompt_set_size, prompt_texts
 
 # SD v1.5 was trained on 1000 DDPM timesteps; the U-Net's time embedding has seen t in [0, 999] only.
 NUM_TRAIN_TIMESTEPS = 1000
@@ -69,7 +69,7 @@ class TeacherConfig(ImageModelConfig):
             named `prompt_set` with embeddings computed from text it must be that set's size
             (`with_prompt_set` sets both).
         prompt_dim: the prompt embedding size (CLIP ViT-L/14's projected text feature: 768).
-        prompt_set: which texts the embeddings encode: a `models.prompts.PROMPT_SETS` name
+        prompt_set: which texts the embeddings encode: a `dpiqa.models.prompts.PROMPT_SETS` name
             (`dpiqa-quality-1485`, the ablations' `dpiqa-coarse-495` and `empty-1`) or `custom-...`.
         prompt_pooling: how each prompt's CLIP text feature was pooled: `eos` (the paper's: CLIP's
             projected pooled output, the final hidden state at the end-of-text token) or `mean` (ablation:
@@ -212,7 +212,7 @@ class TeacherConfig(ImageModelConfig):
         """This config with a named prompt set and K = its size (the embeddings still to be computed).
 
         Args:
-            name: a `models.prompts.PROMPT_SETS` name.
+            name: a `dpiqa.models.prompts.PROMPT_SETS` name.
         """
         return dataclasses.replace(self, prompt_set=name, num_prompts=len(prompt_texts(name)))
 

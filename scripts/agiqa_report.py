@@ -13,7 +13,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import as_typed, machine  # noqa: E402
+from bench.common import as_typed  # noqa: E402
+from dpiqa.version import machine  # noqa: E402
 
 PAIRS = [
     ("teacher", "student", "commands.txt",

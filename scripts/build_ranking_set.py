@@ -13,7 +13,7 @@ Views: each photograph whole (longer side 512, as the demo corpus shows its phot
 them in greyscale (the demo corpus has greyscale photographs; AGIQA-3K none).
 
 Rows: a group is one view and one family: its reference (level 0) and the family at levels 1-5, each
-distortion applied at the view's own resolution (`engine.distortions.distort`). Photographs are
+distortion applied at the view's own resolution (`dpiqa.engine.distortions.distort`). Photographs are
 unlabelled (empty `mos`: ranked, not regressed). AGIQA-3K training images (the grouped split's training part
 for the given seed, never its validation or test part) get one family at one of the five levels, labelled
 MOS x (1 - 0.15 x level) (`--agiqa-levels`, default 1), their group the image's name so that they rank against the labelled original.
@@ -40,7 +40,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from engine.distortions import DISTORTIONS, EXTRA_DISTORTIONS, LEVELS, distort  # noqa: E402
+from dpiqa.engine.distortions import DISTORTIONS, EXTRA_DISTORTIONS, LEVELS, distort  # noqa: E402
 
 PACKAGES = ("lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04", "mate-backgrounds", "plasma-workspace-wallpapers")
 # (Debian package, file, SHA-256): the real photographs among the packages' images.
@@ -185,8 +185,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
 
-    from engine.datasets import load_dataset
-    from engine.splits import make_split
+    from dpiqa.engine.datasets import load_dataset
+    from dpiqa.engine.splits import make_split
 
     bad = []
     for package, path, sha in PHOTOGRAPHS:

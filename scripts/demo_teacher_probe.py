@@ -43,20 +43,20 @@ def main() -> None:  # noqa: PLR0915 - one experiment, read top to bottom
     args = ap.parse_args()
 
     import torch
+    from dpiqa.engine.datasets import load_dataset
+    from dpiqa.engine.demo import LEVELS as DEMO_LEVELS
+    from dpiqa.engine.demo import PHOTOGRAPHS, distortion_ranking, reference
+    from dpiqa.engine.distortions import DISTORTIONS, distort
+    from dpiqa.engine.metrics import compute_metrics
+    from dpiqa.engine.splits import make_split
+    from dpiqa.engine.stages.decode import decode_image, resize
+    from dpiqa.engine.training.data import rank_id, rank_table_rows
+    from dpiqa.engine.training.loop import rank_srcc, selection
+    from dpiqa.models.distill import ranking_loss
+    from dpiqa.models.student import DPIQAStudent
     from PIL import Image
 
-    import models
-    from engine.datasets import load_dataset
-    from engine.demo import LEVELS as DEMO_LEVELS
-    from engine.demo import PHOTOGRAPHS, distortion_ranking, reference
-    from engine.distortions import DISTORTIONS, distort
-    from engine.metrics import compute_metrics
-    from engine.splits import make_split
-    from engine.stages.decode import decode_image, resize
-    from engine.training.data import rank_id, rank_table_rows
-    from engine.training.loop import rank_srcc, selection
-    from models.distill import ranking_loss
-    from models.student import DPIQAStudent
+    from dpiqa import models
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -1,9 +1,9 @@
 """A labelled dataset of graded synthetic distortions of photographs, for cross-dataset evaluation.
 
 Each photograph in the given folders (longer side resized to 512) is saved with every distortion of
-`engine.distortions` at every level, as PNG, with a pseudo-MOS on AGIQA-3K's 0-5 scale: 5 for the
+`dpiqa.engine.distortions` at every level, as PNG, with a pseudo-MOS on AGIQA-3K's 0-5 scale: 5 for the
 reference and 5 x (1 - 0.15 x level) for a distorted copy (the training pseudo-label of
-`engine.training.data.SyntheticDistortions`). `labels.csv` has `path, mos, name, group` (group = the
+`dpiqa.engine.training.data.SyntheticDistortions`). `labels.csv` has `path, mos, name, group` (group = the
 photograph, so a grouped split keeps a photograph's copies together); read it with `--dataset csv
 --dataset-option group_column=group --dataset-option mos_scale=5`.
 
@@ -25,7 +25,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from engine.distortions import DISTORTIONS, LEVELS, distort  # noqa: E402
+from dpiqa.engine.distortions import DISTORTIONS, LEVELS, distort  # noqa: E402
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 

@@ -21,7 +21,7 @@ class Result:
 
 def dpiqa(*args: str) -> Result:
     """`dpiqa ARGS...` in this process: exit status, stdout, and stderr with the log lines in it."""
-    from jobs.cli import main
+    from dpiqa.jobs.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     handler = logging.StreamHandler(err)

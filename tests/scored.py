@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from dpiqa.engine import schema
+from dpiqa.engine.output import OutputLocation
+from dpiqa.engine.stages.source import SourceStage
+from dpiqa.engine.stages.write import ShardWriter
 
-from engine import io as eio
-from engine import schema
-from engine.output import OutputLocation
-from engine.stages.source import SourceStage
-from engine.stages.write import ShardWriter
+from dpiqa import storage
 
 ScoreFn = Callable[[str, int, str], float | None]
 
@@ -31,7 +31,7 @@ def score_shards(urls: list[str], output: str, score_fn: ScoreFn, storage_option
     Returns:
         shard URL -> output name.
     """
-    names = eio.shard_names(urls)
+    names = storage.shard_names(urls)
     out = OutputLocation(output, storage_options)
     identity = {"model": model, "checkpoint_hash": f"test:{model}"}
     digest = out.claim(identity)

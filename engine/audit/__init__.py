@@ -1,5 +1,5 @@
 """`dpiqa audit`: streaming statistics, drift and an HTML report over a scored run (see `run.py`)."""
 
-from engine.audit.run import ALERT_EXIT, AuditConfig, AuditResult, run_audit
+from dpiqa.engine.audit.run import ALERT_EXIT, AuditConfig, AuditResult, run_audit
 
 __all__ = ["ALERT_EXIT", "AuditConfig", "AuditResult", "run_audit"]

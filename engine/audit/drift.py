@@ -21,9 +21,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from dpiqa.engine.audit.stats import Grid
 from scipy.special import kolmogorov
-
-from engine.audit.stats import Grid
 
 PSI_FLOOR = 1e-4
 DECILES = tuple(q / 10 for q in range(1, 10))

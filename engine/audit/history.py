@@ -9,8 +9,7 @@ import logging
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from engine.output import AUDITS_DIR, OutputLocation
+from dpiqa.engine.output import AUDITS_DIR, OutputLocation
 
 log = logging.getLogger(__name__)
 

@@ -329,7 +329,7 @@ def render(doc: dict, images: dict[str, list[str | None]]) -> str:
     """The HTML page for an audit document.
 
     Args:
-        doc: the audit's JSON document (`engine.audit.run.run_audit`).
+        doc: the audit's JSON document (`dpiqa.engine.audit.run.run_audit`).
         images: thumbnail data URIs by `lowest`/`highest`, in the order of `doc["thumbnails"]`.
     """
     alerts = doc["alerts"]

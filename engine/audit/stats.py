@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from engine import schema
+from dpiqa.engine import schema
 
 # Quantiles reported by the audit (fractions of the ok rows).
 QUANTILES = (0.01, 0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.95, 0.99)

@@ -29,7 +29,7 @@ class Thumbnail:
 
 def make_thumbnail(data: bytes, size: int = THUMB_SIZE) -> str:
     """Image bytes -> `data:image/jpeg;base64,...` of at most `size` x `size` pixels (aspect kept)."""
-    from engine.stages.decode import to_rgb  # imported here: it pulls in the model package
+    from dpiqa.images import to_rgb
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -59,7 +59,7 @@ def read_thumbnails(
         storage_options: fsspec options for opening the shards.
         size: the thumbnail's longest side in pixels.
     """
-    from engine.stages.source import shard_samples
+    from dpiqa.engine.stages.source import shard_samples
 
     by_shard: dict[str, dict[int, str | None]] = defaultdict(dict)
     for url, index, key in wanted:

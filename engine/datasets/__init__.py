@@ -7,9 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from engine.datasets import agiqa3k, clive, koniq, livefb, spaq, table, webdataset
-from engine.datasets.base import LabeledImage, LabeledSet, LayoutError
-from engine.datasets.webdataset import LabeledSample, LabeledShards
+from dpiqa.engine.datasets import agiqa3k, clive, koniq, livefb, spaq, table, webdataset
+from dpiqa.engine.datasets.base import LabeledImage, LabeledSet, LayoutError
+from dpiqa.engine.datasets.webdataset import LabeledSample, LabeledShards
 
 
 @dataclass(frozen=True)

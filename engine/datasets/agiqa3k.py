@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
-
-from engine.datasets.base import (
+from dpiqa.engine.datasets.base import (
     LabeledImage,
     LabeledSet,
     check_images_exist,
@@ -13,7 +12,8 @@ from engine.datasets.base import (
     to_mos,
     to_name,
 )
-from engine.io import join
+
+from dpiqa.storage import join
 
 LABELS = "data.csv"
 IMAGE_DIR = "images"
@@ -31,7 +31,7 @@ def load(
     """Read AGIQA-3K (2,982 AI-generated images) in its published layout.
 
     Each image's group is its prompt: the same prompt was rendered by several generators, so a split
-    that must not leak content between train and test groups by it (`engine.splits`, `group=True`).
+    that must not leak content between train and test groups by it (`dpiqa.engine.splits`, `group=True`).
 
     Args:
         root: the folder (local or fsspec URL) holding `data.csv` and `images/`.

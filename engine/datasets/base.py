@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.io import get_fs, join
+from dpiqa.storage import get_fs, join
 
 log = logging.getLogger(__name__)
 

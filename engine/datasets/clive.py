@@ -6,9 +6,16 @@ from typing import Any
 
 import numpy as np
 import scipy.io
+from dpiqa.engine.datasets.base import (
+    LabeledImage,
+    LabeledSet,
+    LayoutError,
+    check_images_exist,
+    open_file,
+    to_mos,
+)
 
-from engine.datasets.base import LabeledImage, LabeledSet, LayoutError, check_images_exist, open_file, to_mos
-from engine.io import join
+from dpiqa.storage import join
 
 NAMES_FILE = "Data/AllImages_release.mat"
 MOS_FILE = "Data/AllMOS_release.mat"

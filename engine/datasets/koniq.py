@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
-
-from engine.datasets.base import (
+from dpiqa.engine.datasets.base import (
     LabeledImage,
     LabeledSet,
     check_images_exist,
@@ -14,7 +13,8 @@ from engine.datasets.base import (
     to_mos,
     to_name,
 )
-from engine.io import join
+
+from dpiqa.storage import join
 
 LABELS = "koniq10k_distributions_sets.csv"
 RESOLUTIONS = ("1024x768", "512x384")

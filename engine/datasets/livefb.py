@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
-
-from engine.datasets.base import (
+from dpiqa.engine.datasets.base import (
     LabeledImage,
     LabeledSet,
     check_images_exist,
@@ -13,7 +12,8 @@ from engine.datasets.base import (
     to_mos,
     to_name,
 )
-from engine.io import get_fs, join
+
+from dpiqa.storage import get_fs, join
 
 LABELS = "labels_image.csv"
 IMAGE_DIRS = ("database", "")  # names are relative paths (`voc_emotic_ava/xxx.jpg`) below one of these

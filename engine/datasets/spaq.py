@@ -5,8 +5,7 @@ from __future__ import annotations
 import zipfile
 
 import pandas as pd
-
-from engine.datasets.base import (
+from dpiqa.engine.datasets.base import (
     LabeledImage,
     LabeledSet,
     LayoutError,
@@ -15,7 +14,8 @@ from engine.datasets.base import (
     to_mos,
     to_name,
 )
-from engine.io import join
+
+from dpiqa.storage import join
 
 LABELS = "MOS and Image attribute scores.xlsx"
 IMAGE_DIR = "TestImage"

@@ -6,8 +6,7 @@ import posixpath
 
 import pandas as pd
 import pyarrow as pa
-
-from engine.datasets.base import (
+from dpiqa.engine.datasets.base import (
     LabeledImage,
     LabeledSet,
     LayoutError,
@@ -17,7 +16,8 @@ from engine.datasets.base import (
     to_mos,
     to_name,
 )
-from engine.io import join
+
+from dpiqa.storage import join
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 

@@ -7,8 +7,9 @@ import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from engine.executor.base import Executor
-    from engine.io import ShardList
+    from dpiqa.engine.executor.base import Executor
+
+    from dpiqa.storage import ShardList
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,8 @@ def choose_executor(kind: str, address: str | None = None, shards: ShardList | N
     """The executor a job runs on: `local` (this process), `ray` (`address`, RAY_ADDRESS, or a local Ray), or
     `auto`: Ray when a cluster is named, this process for a small input (`SMALL_SHARDS`, `SMALL_BYTES`), a
     local Ray otherwise. The choice is logged with what decided it."""
-    from engine.executor.local import LocalExecutor
-    from engine.executor.ray_data import RayDataExecutor
+    from dpiqa.engine.executor.local import LocalExecutor
+    from dpiqa.engine.executor.ray_data import RayDataExecutor
 
     if kind not in EXECUTORS:
         raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, not {kind!r}")
@@ -38,7 +39,7 @@ def choose_executor(kind: str, address: str | None = None, shards: ShardList | N
         log.info("%s: on the Ray cluster at %s", label, named)
         return RayDataExecutor(address=address)
     if shards is not None and len(shards.urls) <= SMALL_SHARDS:
-        from engine.io import sizes
+        from dpiqa.storage import sizes
 
         total = sum(s or 0 for s in sizes(shards.urls, storage_options).values())
         if total <= SMALL_BYTES:

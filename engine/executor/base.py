@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine.stages.base import Batch, Stage
+from dpiqa.engine.stages.base import Batch, Stage
 
 Sink = Callable[[Batch], None]
 

@@ -6,9 +6,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-
-from engine.executor.base import Executor, Sink
-from engine.stages.base import Batch, Stage
+from dpiqa.engine.executor.base import Executor, Sink
+from dpiqa.engine.stages.base import Batch, Stage
 
 
 class LocalExecutor(Executor):

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.executor.base import Executor, Sink
-from engine.stages.base import Batch, Stage
+from dpiqa.engine.executor.base import Executor, Sink
+from dpiqa.engine.stages.base import Batch, Stage
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, for_traini
                 Path.home() / ".ray" / "auth_token").exists():
             os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
         handler = signal.getsignal(signal.SIGTERM)
-        hook = {"worker_process_setup_hook": "engine.executor.ray_data.quiet_worker_logs"} if for_training else {}
+        hook = {"worker_process_setup_hook": "dpiqa.engine.executor.ray_data.quiet_worker_logs"} if for_training else {}
         # address="local": a new local Ray, never one that `ray start` left on this machine (ray.init without
         # an address joins that one, e.g. another user's test cluster, through /tmp/ray/ray_current_cluster)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
@@ -125,7 +125,7 @@ class StageActor:
         self.rows = 0
         self.progress = None
         if progress is not None:
-            from engine.progress import Progress, show_in_this_process
+            from dpiqa.engine.progress import Progress, show_in_this_process
 
             show_in_this_process()
             self.progress = Progress(progress[0], progress[1], done_unit="images")

@@ -7,11 +7,12 @@ import warnings
 from typing import ClassVar
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from dpiqa.engine import schema
+from dpiqa.engine.stages.base import Batch, Stage, text_column
+from dpiqa.models.preprocessing import Preprocessing
+from PIL import Image, UnidentifiedImageError
 
-from engine import schema
-from engine.stages.base import Batch, Stage, text_column
-from models.preprocessing import Preprocessing
+from dpiqa.images import to_rgb
 
 # PIL's own bomb guard warns above MAX_IMAGE_PIXELS and raises inside `Image.open` above twice that,
 # before the size is known to us. We switch it off and check the header's size against our own limit
@@ -33,36 +34,13 @@ _TRANSPOSING = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 class DecodeError(Exception):
-    """A sample that cannot become a model input; `status` is one of `engine.schema`'s classes, and
+    """A sample that cannot become a model input; `status` is one of `dpiqa.engine.schema`'s classes, and
     `size` the `(width, height)` its header claims when it was read."""
 
     def __init__(self, status: str, message: str, size: tuple[int, int] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.size = size
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB: alpha composited over white, 16-bit gray scaled (PIL would clip it),
-    palette and CMYK converted by PIL, EXIF orientation applied."""
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - a broken EXIF block only loses the orientation
-        pass
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        arr = np.asarray(img, dtype=np.uint16) >> 8
-        img = Image.fromarray(arr.astype(np.uint8), "L")
-    elif img.mode in ("I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        img = Image.fromarray((np.clip(arr, 0, top) * (255.0 / top)).astype(np.uint8), "L")
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    return img.convert("RGB") if img.mode != "RGB" else img
 
 
 def resize(rgb: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
@@ -163,7 +141,7 @@ class DecodeStage(Stage):
 
     With `defer_jpeg`, JPEGs are only checked here (header, size, bomb limit) and handed on as bytes in a
     `jpeg` column, flagged in `on_device`, for the scoring actor to decode on its GPU
-    (`engine.stages.device_decode`); other formats are decoded here as always.
+    (`dpiqa.engine.stages.device_decode`); other formats are decoded here as always.
 
     Args:
         preprocessing: the model's input contract (read from its config on the driver).

@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-
-from engine.stages.decode import DecodeError, decode_image
-from models.preprocessing import Preprocessing
+from dpiqa.engine.stages.decode import DecodeError, decode_image
+from dpiqa.models.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 

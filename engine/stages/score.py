@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-
-from engine import schema
-from engine.stages.base import Batch, Stage, text_column
-from engine.stages.device_decode import pixels_for
+from dpiqa.engine import schema
+from dpiqa.engine.stages.base import Batch, Stage, text_column
+from dpiqa.engine.stages.device_decode import pixels_for
 
 
 class ScoreStage(Stage):
@@ -62,7 +61,7 @@ class ScoreStage(Stage):
     def setup(self) -> None:
         import torch
 
-        import models
+        from dpiqa import models
 
         if self.threads:
             torch.set_num_threads(self.threads)

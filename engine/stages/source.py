@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, ClassVar
 
 import numpy as np
+from dpiqa.engine import schema
+from dpiqa.engine.stages.base import Batch, Stage
+from dpiqa.engine.tarstream import Damage, NotATarError, iter_members, shown
 
-from engine import schema
-from engine.io import RetryCounter, RetryingReader, get_fs, is_transient
-from engine.stages.base import Batch, Stage
-from engine.tarstream import Damage, NotATarError, iter_members, shown
+from dpiqa.storage import RetryCounter, RetryingReader, get_fs, is_transient
 
 ROW_COLUMNS = ("shard", "index", "key", "ext", "data", "status", "error")
 
@@ -98,7 +98,7 @@ def iter_samples(fileobj: BinaryIO, reopen: Callable[[], BinaryIO] | None = None
     twice in a row for the same key, starts a `duplicate_key` sample. A stream that ends inside a
     member, inside a header or without an end-of-archive block yields a `truncated_tar` sample (after
     the complete ones), and a damaged compressed stream or trailing bytes a `corrupt_archive` one;
-    nothing follows them. Hard links are read as their target's bytes (`engine.tarstream`).
+    nothing follows them. Hard links are read as their target's bytes (`dpiqa.engine.tarstream`).
 
     We read the tar with `tarfile` ourselves instead of webdataset's `tar_file_iterator` because a
     corpus needs per-sample failures and the position of a truncation; webdataset's handlers can only

@@ -27,10 +27,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
-
-from engine import schema
-from engine.output import MAPS_DIR, SCORES_DIR, OutputLocation
-from engine.stages.base import Batch, Stage, text_column
+from dpiqa.engine import schema
+from dpiqa.engine.output import MAPS_DIR, SCORES_DIR, OutputLocation
+from dpiqa.engine.stages.base import Batch, Stage, text_column
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Rows carry `image` (uint8 `(H, W, 3)` at the model's size), `target` (MOS / mos_
 sample has no label), and for distillation `teacher_score` (MOS units, NaN where missing) and
 `teacher_map` (float16 bytes, None where missing). With a ranking loss they also carry `rank_group` (the
 source image, int64, -1 = none), `rank_family` (the distortion family) and `level` (0 = the reference):
-see `models.distill.ranking_loss`.
+see `dpiqa.models.distill.ranking_loss`.
 """
 
 from __future__ import annotations
@@ -16,15 +16,16 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
+from dpiqa.engine import schema
+from dpiqa.engine.datasets import LabeledSet, LabeledShards
+from dpiqa.engine.output import MAPS_DIR, SCORES_DIR, OutputLocation
+from dpiqa.engine.stages.base import Batch, Stage
+from dpiqa.engine.stages.decode import DecodeError, decode_image, resize
+from dpiqa.models.preprocessing import Preprocessing
 from PIL import Image
 
-from engine import schema
-from engine.datasets import LabeledSet, LabeledShards
-from engine.io import get_fs, retry
-from engine.output import MAPS_DIR, SCORES_DIR, OutputLocation
-from engine.stages.base import Batch, Stage
-from engine.stages.decode import DecodeError, decode_image, resize, to_rgb
-from models.preprocessing import Preprocessing
+from dpiqa.images import to_rgb
+from dpiqa.storage import get_fs, retry
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class SyntheticDistortions:
         self.preprocessing, self.copy, self.storage_options = preprocessing, copy, storage_options
 
     def __call__(self, batch: Batch) -> Batch:
-        from engine.distortions import DISTORTIONS, LEVELS, distort
+        from dpiqa.engine.distortions import DISTORTIONS, LEVELS, distort
 
         kinds = sorted(DISTORTIONS)
         images, keep, targets, names = [], [], [], []
@@ -136,9 +137,9 @@ def rank_table_rows(table: str, mos_scale: float, storage_options: dict | None =
     `family`; a group equal to a labelled image's name ranks against that image) and `family`, `level`
     (0 = the reference, 1..5 the distortion's strength)."""
     import pandas as pd
+    from dpiqa.engine.datasets.table import _resolve
 
-    from engine.datasets.table import _resolve
-    from engine.io import get_fs
+    from dpiqa.storage import get_fs
 
     fs, path = get_fs(table, storage_options)
     with fs.open(path, "rb") as f:
@@ -268,15 +269,15 @@ def with_teacher(ds, teacher: str, preprocessing: Preprocessing, device: str = "
         ValueError: the teacher takes another input (size, resize filter, value range) than the student:
             its maps would be of other images.
     """
-    import models
+    from dpiqa import models
 
     theirs = models.describe(teacher).preprocessing
     if theirs != preprocessing:
         raise ValueError(f"teacher {teacher} takes {theirs} but the student {preprocessing}: give the student the "
                          "teacher's input (--image-size, --set interpolation=...) so both see the same images")
 
-    from engine.executor.ray_data import actor_pool
-    from engine.stages.score import ScoreStage
+    from dpiqa.engine.executor.ray_data import actor_pool
+    from dpiqa.engine.stages.score import ScoreStage
 
     def mark_ok(batch: Batch) -> Batch:
         n = len(batch["image"])
@@ -421,7 +422,7 @@ class BackboneFeatures(Stage):
     training workers build it, so the features are the ones the backbone would give them.
 
     Args:
-        spec: the student being trained (`engine.training.model.ModelSpec`).
+        spec: the student being trained (`dpiqa.engine.training.model.ModelSpec`).
         mos_scale: its labels' MOS scale.
         threads: torch threads.
         storage_options: fsspec options for the weights it is built from.
@@ -440,8 +441,7 @@ class BackboneFeatures(Stage):
 
     def setup(self) -> None:
         import torch
-
-        from engine.training.model import build_model
+        from dpiqa.engine.training.model import build_model
 
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -476,7 +476,7 @@ def with_backbone_features(ds, spec, mos_scale: float, threads: int | None = Non
                            storage_options: dict | None = None, total: int | None = None,
                            cache_dir: str | None = None):
     """`BackboneFeatures` on one actor, with progress lines (`total`: the images expected)."""
-    from engine.executor.ray_data import actor_pool
+    from dpiqa.engine.executor.ray_data import actor_pool
 
     stage = BackboneFeatures(spec, mos_scale, threads, storage_options, cache_dir=cache_dir)
     return actor_pool(ds, stage, progress=("distill: backbone features", total))

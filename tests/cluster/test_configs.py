@@ -280,8 +280,8 @@ def test_rayjobs_clean_up_and_retry(label: str, job: dict) -> None:
 
 @pytest.mark.parametrize("label,tokens", COMMANDS, ids=ids(COMMANDS))
 def test_entrypoints_are_valid_dpiqa_commands(label: str, tokens: list[str]) -> None:
-    from jobs.cli import JOBS as SUBCOMMANDS
-    from jobs.cli import build_parser
+    from dpiqa.jobs.cli import JOBS as SUBCOMMANDS
+    from dpiqa.jobs.cli import build_parser
 
     assert tokens[0] == "dpiqa", f"{label}: entrypoints run the dpiqa CLI, got {tokens[0]!r}"
     for name in ("--input", "--output", "--model", "--root", "--teacher", "--teacher-outputs"):
@@ -311,7 +311,7 @@ def test_actors_and_workers_match_the_gpus_of_the_cluster(label: str, job: dict)
                     f"{label}: {name} {value} != GPUs at start ({start_gpus(spec)})")
                 checked += 1
             if name == "--workers" and value is not None:
-                from engine.training.run import DEFAULTS
+                from dpiqa.engine.training.run import DEFAULTS
 
                 kind = "teacher" if tokens[1] == "train-teacher" else "student"
                 batch = int(flag(tokens, "--batch-size") or DEFAULTS[kind]["batch_size"])

@@ -19,14 +19,13 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.stats
 from corpus import good_samples, jpeg, write_shard
+from dpiqa.engine import schema
+from dpiqa.engine.audit import AuditConfig, run_audit
+from dpiqa.engine.audit.drift import ks, psi
+from dpiqa.engine.audit.stats import Grid
+from dpiqa.engine.output import OutputLocation
 from PIL import Image
 from scored import score_shards
-
-from engine import schema
-from engine.audit import AuditConfig, run_audit
-from engine.audit.drift import ks, psi
-from engine.audit.stats import Grid
-from engine.output import OutputLocation
 
 PER_SHARD = 10
 
@@ -123,7 +122,7 @@ def test_thumbnails_are_the_scored_images(scored: tuple[list[str], str]) -> None
 def test_thumbnail_images_match_the_originals(scored: tuple[list[str], str], tmp_path: Path) -> None:
     """The page's thumbnails are the images at those keys (sizes of the originals, pixels close)."""
     urls, out = scored
-    from engine.audit.thumbnails import read_thumbnails
+    from dpiqa.engine.audit.thumbnails import read_thumbnails
 
     key = "a0_0003"
     thumbs = read_thumbnails([(urls[0], 3, key), (urls[0], 5, "a0_0004")])
@@ -149,10 +148,10 @@ def test_a_scan_split_among_ray_tasks_gives_the_same_document(scored: tuple[list
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """The distributed audit (statistics per group of files on Ray tasks, merged) equals the one-process
     audit: counts, histogram, quantiles, extremes, per-shard and per-source figures."""
-    import engine.audit.run
+    from dpiqa.engine.audit import run as audit_run
 
     _, out = scored
-    monkeypatch.setattr(engine.audit.run, "ROWS_PER_TASK", 5)  # one task per shard or two: several parts
+    monkeypatch.setattr(audit_run, "ROWS_PER_TASK", 5)  # one task per shard or two: several parts
     split = run_audit(AuditConfig(scores=out, thumbnails=4, executor="ray")).doc
     whole = run_audit(AuditConfig(scores=out, thumbnails=4, executor="local")).doc
     for doc in (split, whole):

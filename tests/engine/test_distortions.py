@@ -5,10 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import skimage.data
-from PIL import Image
-from skimage.metrics import peak_signal_noise_ratio
-
-from engine.distortions import (
+from dpiqa.engine.distortions import (
     ALL_DISTORTIONS,
     DISTORTIONS,
     EXTRA_DISTORTIONS,
@@ -17,6 +14,8 @@ from engine.distortions import (
     distort,
     motion_kernel,
 )
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio
 
 
 @pytest.fixture(scope="module")

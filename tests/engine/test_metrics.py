@@ -6,8 +6,7 @@ import math
 
 import numpy as np
 import pytest
-
-from engine.metrics import compute_metrics, fit_logistic, logistic4, summarize
+from dpiqa.engine.metrics import compute_metrics, fit_logistic, logistic4, summarize
 
 
 def test_monotone_nonlinear_relation():

@@ -14,13 +14,12 @@ import corpus
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-
-from engine import schema
-from engine.audit import AuditConfig, run_audit
-from engine.executor.local import LocalExecutor
-from engine.filter import FilterConfig, run_filter
-from engine.output import OutputLocation
-from engine.pipeline import ScoreConfig, run_score
+from dpiqa.engine import schema
+from dpiqa.engine.audit import AuditConfig, run_audit
+from dpiqa.engine.executor.local import LocalExecutor
+from dpiqa.engine.filter import FilterConfig, run_filter
+from dpiqa.engine.output import OutputLocation
+from dpiqa.engine.pipeline import ScoreConfig, run_score
 
 MODEL = "dpiqa-student-tiny"
 

@@ -9,14 +9,14 @@ import tarfile
 import corpus
 import pyarrow.parquet as pq
 import pytest
+from dpiqa.engine import schema
+from dpiqa.engine.executor.local import LocalExecutor
+from dpiqa.engine.output import ForeignOutputError, OutputLocation
+from dpiqa.engine.pipeline import ScoreConfig, run_score
+from dpiqa.engine.stages.decode import decode_image
 from expected import SCORES_FIELDS, SCORES_METADATA_KEYS, fields
 
-import models
-from engine import schema
-from engine.executor.local import LocalExecutor
-from engine.output import ForeignOutputError, OutputLocation
-from engine.pipeline import ScoreConfig, run_score
-from engine.stages.decode import decode_image
+from dpiqa import models
 
 MODEL = "dpiqa-student-tiny"
 

@@ -12,12 +12,11 @@ from pathlib import Path
 import corpus
 import fsspec
 import pytest
+from dpiqa.engine.executor.local import LocalExecutor
+from dpiqa.engine.executor.ray_data import RayDataExecutor
+from dpiqa.engine.pipeline import ScoreConfig, run_score
+from dpiqa.models.student import DPIQAStudent, StudentConfig
 from test_pipeline import MODEL, read_rows
-
-from engine.executor.local import LocalExecutor
-from engine.executor.ray_data import RayDataExecutor
-from engine.pipeline import ScoreConfig, run_score
-from models.student import DPIQAStudent, StudentConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,7 +67,7 @@ def medium_checkpoint(path: Path) -> str:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "jobs.cli", "score", *args]
+    return [sys.executable, "-m", "dpiqa.jobs.cli", "score", *args]
 
 
 @pytest.mark.slow  # a SIGKILL and a rerun: `make test` and CI run it (RUN_SLOW=1)
@@ -121,8 +120,8 @@ def test_a_writer_dying_between_a_shards_parquet_and_its_marker_loses_and_duplic
     """The shard writers are Ray actors: one that dies after writing a shard's Parquet and before its marker
     (here: on purpose, once) fails the attempt; the next attempt writes that shard again from the start, and
     the output equals an uninterrupted run's."""
-    import engine.pipeline
-    from engine.stages.write import ShardWriter
+    from dpiqa.engine import pipeline
+    from dpiqa.engine.stages.write import ShardWriter
 
     shards = tmp_path / "in"
     shards.mkdir()
@@ -138,7 +137,7 @@ def test_a_writer_dying_between_a_shards_parquet_and_its_marker_loses_and_duplic
             return super()._write_shard(url, state)
 
     clean = run_score(ScoreConfig(input=str(shards), output=str(tmp_path / "clean"), model=MODEL), LocalExecutor())
-    monkeypatch.setattr(engine.pipeline, "ShardWriter", DyingWriter)
+    monkeypatch.setattr(pipeline, "ShardWriter", DyingWriter)
     result = run_score(ScoreConfig(input=str(shards), output=str(tmp_path / "out"), model=MODEL, writers=2),
                        RayDataExecutor())
     assert flag.exists(), "the writer did not die: the test tested nothing"

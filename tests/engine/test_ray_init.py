@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
 import os, ray
-from engine.executor.ray_data import init_ray
+from dpiqa.engine.executor.ray_data import init_ray
 init_ray(num_cpus=1, for_training=True)
 
 @ray.remote

@@ -16,10 +16,9 @@ from pathlib import Path
 import corpus
 import pytest
 import zstandard
-
-from engine import schema
-from engine.stages.source import iter_samples
-from engine.tarstream import NotATarError, iter_members
+from dpiqa.engine import schema
+from dpiqa.engine.stages.source import iter_samples
+from dpiqa.engine.tarstream import NotATarError, iter_members
 
 
 def tool(name: str) -> str:

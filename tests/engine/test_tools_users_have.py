@@ -12,12 +12,11 @@ import corpus
 import numpy as np
 import pyarrow.parquet as pq
 import webdataset as wds
-
-from engine import schema
-from engine.executor.local import LocalExecutor
-from engine.filter import FilterConfig, run_filter
-from engine.output import OutputLocation
-from engine.pipeline import ScoreConfig, run_score
+from dpiqa.engine import schema
+from dpiqa.engine.executor.local import LocalExecutor
+from dpiqa.engine.filter import FilterConfig, run_filter
+from dpiqa.engine.output import OutputLocation
+from dpiqa.engine.pipeline import ScoreConfig, run_score
 
 MODEL = "dpiqa-student-tiny"
 IMG2DATASET = Path(__file__).resolve().parents[1] / "fixtures" / "img2dataset"

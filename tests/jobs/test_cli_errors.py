@@ -1,5 +1,5 @@
 """Every bad option and bad input on the command line: exit status 2, one line naming what is wrong, no
-traceback, and nothing written. Run in-process (`jobs.cli.main`), as the entry point runs it."""
+traceback, and nothing written. Run in-process (`dpiqa.jobs.cli.main`), as the entry point runs it."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from pathlib import Path
 
 import corpus
 import pytest
-
-from jobs.cli import main
+from dpiqa.jobs.cli import main
 
 TINY = ["--model", "dpiqa-student-tiny", "--executor", "local"]
 
@@ -104,7 +103,7 @@ def test_brace_pattern_naming_missing_shards(capsys, shards, tmp_path):
 
 
 def test_truncated_checkpoint_is_refused_before_the_output_is_claimed(capsys, shards, tmp_path):
-    from models import build
+    from dpiqa.models import build
 
     ckpt = tmp_path / "ckpt"
     build("dpiqa-student-tiny").save_pretrained(str(ckpt))

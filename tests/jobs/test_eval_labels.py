@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobs.eval import model_labels
+from dpiqa.jobs.eval import model_labels
 
 
 def test_models_with_the_same_folder_name_get_distinct_labels():

@@ -8,12 +8,11 @@ import corpus
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from dpiqa.engine import schema
+from dpiqa.jobs.cli import main
+from dpiqa.models import checkpoint
+from dpiqa.models.export import SCORE_TOLERANCE
 from expected import MAPS_FIELDS, fields
-
-from engine import schema
-from jobs.cli import main
-from models import checkpoint
-from models.export import SCORE_TOLERANCE
 
 MODEL = "dpiqa-student-tiny"
 

@@ -14,10 +14,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from corpus import jpeg, write_shard
+from dpiqa.engine.filter import SLOW_ENV
+from dpiqa.jobs.cli import main
 from scored import score_shards
-
-from engine.filter import SLOW_ENV
-from jobs.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 SHARDS, PER_SHARD = 3, 6
@@ -42,7 +41,7 @@ def test_rerun_after_kill_completes_without_duplicates(tmp_path: Path) -> None:
     argv = ["filter", "--scores", scores, "--input", str(shards), "--output", str(new), "--min-score", "1",
             "--executor", "local", "--workers", "1"]
     env = {**os.environ, SLOW_ENV: "0.4", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", *argv], env=env, cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "dpiqa.jobs.cli", *argv], env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     half = None
     try:

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from dpiqa.jobs.cli import main
 from expected import content_sha256
 
-import models
-from jobs.cli import main
+from dpiqa import models
 
 
 def run_json(capsys: pytest.CaptureFixture, name: str) -> dict:
@@ -19,7 +19,7 @@ def run_json(capsys: pytest.CaptureFixture, name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def teacher_info() -> dict:
-    from models.info import model_info
+    from dpiqa.models.info import model_info
 
     return model_info("dpiqa-teacher")
 

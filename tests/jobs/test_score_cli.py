@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def dpiqa(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "dpiqa.jobs.cli", *args], capture_output=True, text=True, cwd=cwd,
                           env={**__import__("os").environ, "PYTHONPATH": str(REPO)}, timeout=300)
 
 
@@ -102,7 +102,7 @@ def test_sigterm_ends_the_run_cleanly_and_leaves_no_ray_process(tmp_path):
     (tmp_path / "in").mkdir()
     corpus.write_corpus(tmp_path / "in", shards=6, per_shard=40)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "score", "--input", str(tmp_path / "in"), "--output",
+    proc = subprocess.Popen([sys.executable, "-m", "dpiqa.jobs.cli", "score", "--input", str(tmp_path / "in"), "--output",
                              str(tmp_path / "o"), "--model", "dpiqa-student-small", "--executor", "ray",
                              "--threads", "1"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)

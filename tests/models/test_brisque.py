@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import skimage.color
 import skimage.data
+from dpiqa.engine.distortions import distort
+from dpiqa.models.brisque import QUALITY_OFFSET, brisque_model, brisque_quality, brisque_score, brisque_scores
 from PIL import Image
-
-from engine.distortions import distort
-from models.brisque import QUALITY_OFFSET, brisque_model, brisque_quality, brisque_score, brisque_scores
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,7 @@ import math
 
 import pytest
 import torch
-
-from models.distill import distillation_loss, teacher_loss
+from dpiqa.models.distill import distillation_loss, teacher_loss
 
 NAN = math.nan
 
@@ -94,7 +93,7 @@ def ranked_batch(scores: list[float]) -> dict[str, torch.Tensor]:
 
 
 def test_ranking_pairs_are_within_one_source_and_family():
-    from models.distill import ranking_pairs
+    from dpiqa.models.distill import ranking_pairs
 
     b = ranked_batch([0.0] * 6)
     i, j = ranking_pairs(b["group"], b["family"], b["level"])
@@ -103,7 +102,7 @@ def test_ranking_pairs_are_within_one_source_and_family():
 
 
 def test_ranking_loss_by_hand_and_it_prefers_the_right_order():
-    from models.distill import ranking_loss
+    from dpiqa.models.distill import ranking_loss
 
     def loss(scores):
         b = ranked_batch(scores)

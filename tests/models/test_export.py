@@ -9,11 +9,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from expected import content_sha256
-
-import models
-from models import checkpoint
-from models.export import (
+from dpiqa.models import checkpoint
+from dpiqa.models.export import (
     MAP_TOLERANCE,
     SCORE_TOLERANCE,
     ExportGraph,
@@ -23,9 +20,12 @@ from models.export import (
     random_images,
     validate,
 )
-from models.onnx_scorer import INPUT_NAME, OnnxScorer
-from models.preprocessing import Preprocessing
-from models.student import DPIQAStudent, StudentConfig
+from dpiqa.models.onnx_scorer import INPUT_NAME, OnnxScorer
+from dpiqa.models.preprocessing import Preprocessing
+from dpiqa.models.student import DPIQAStudent, StudentConfig
+from expected import content_sha256
+
+from dpiqa import models
 
 TINY = "dpiqa-student-tiny"
 # A real timm backbone at a reduced size, with a non-default value range and MOS scale, so that the graph's

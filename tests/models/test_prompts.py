@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from models.prompts import (
+from dpiqa.models.prompts import (
     COARSE_DISTORTIONS,
     COARSE_SET,
     DEFAULT_SET,

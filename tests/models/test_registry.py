@@ -6,7 +6,7 @@ import pytest
 import torch
 from expected import SHAPES
 
-import models
+from dpiqa import models
 
 TINY = [name for name in models.MODELS if name.endswith("-tiny")]
 

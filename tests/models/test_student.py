@@ -8,10 +8,10 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 import torch
+from dpiqa.models.backbones import PretrainedWeightsError
+from dpiqa.models.student import DPIQAStudent, StudentConfig
 
-import models
-from models.backbones import PretrainedWeightsError
-from models.student import DPIQAStudent, StudentConfig
+from dpiqa import models
 
 
 def numel(module: torch.nn.Module) -> int:
@@ -130,8 +130,7 @@ def test_nss_features_see_noise_and_blur():
     """The statistics a frozen backbone is complemented with: noise spreads and decorrelates the MSCN
     coefficients, blur correlates neighbours and lowers local contrast; shape is the grid's."""
     import skimage.data
-
-    from models.student import NSS_CHANNELS, nss_features
+    from dpiqa.models.student import NSS_CHANNELS, nss_features
 
     photo = torch.as_tensor(skimage.data.astronaut()[:224, :224].copy()).permute(2, 0, 1)[None].float() / 255
     noisy = (photo + 0.1 * torch.randn(photo.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
@@ -144,7 +143,7 @@ def test_nss_features_see_noise_and_blur():
 
 
 def test_aux_features_widen_the_head_input():
-    from models.student import NSS_CHANNELS, DPIQAStudent, StudentConfig
+    from dpiqa.models.student import NSS_CHANNELS, DPIQAStudent, StudentConfig
 
     config = StudentConfig(backbone="test_efficientnet", map_size=4, head_hidden=8, image_size=32)
     plain = DPIQAStudent(config)

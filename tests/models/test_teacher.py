@@ -12,14 +12,14 @@ import safetensors.torch
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
+from dpiqa.models import checkpoint
+from dpiqa.models.prompts import DEFAULT_SET, quality_prompts
+from dpiqa.models.scorer import Scorer
+from dpiqa.models.teacher import CachedContextAttnProcessor, DPIQATeacher, TeacherConfig, _sd_files
 from expected import content_sha256
 from tiny_clip import tiny_clip, tiny_clip_tokenizer
 
-import models
-from models import checkpoint
-from models.prompts import DEFAULT_SET, quality_prompts
-from models.scorer import Scorer
-from models.teacher import CachedContextAttnProcessor, DPIQATeacher, TeacherConfig, _sd_files
+from dpiqa import models
 
 # ---------------------------------------------------------------- full size, meta device (no memory)
 
@@ -366,8 +366,7 @@ def test_bin_only_folders_load_from_a_bucket_through_the_training_path(tiny_sd: 
     """Older snapshots hold `.bin` weights only (read with weights_only), and storage options reach the SD and
     CLIP loading of a training worker (`build_model`, what every Ray Train worker calls)."""
     import s3fs
-
-    from engine.training.model import ModelSpec, build_model, check_sources
+    from dpiqa.engine.training.model import ModelSpec, build_model, check_sources
 
     bucket, options = s3
     fs = s3fs.S3FileSystem(**options)

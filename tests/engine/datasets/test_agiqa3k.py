@@ -6,8 +6,7 @@ import pandas as pd
 import pytest
 from conftest import AGIQA
 from corpus import jpeg
-
-from engine.datasets import LayoutError, load_dataset
+from dpiqa.engine.datasets import LayoutError, load_dataset
 
 ROWS = [
     ("AttnGAN_normal_000.jpg", "statue of a man", "", "", "", 0.9656, 0.22, 0.4089, 0.61),

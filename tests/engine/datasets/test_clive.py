@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import scipy.io
 from corpus import jpeg
-
-from engine.datasets import LayoutError, load_dataset
+from dpiqa.engine.datasets import LayoutError, load_dataset
 
 TRAINING = [f"t{i}.bmp" for i in range(1, 8)]
 TEST = ["3.bmp", "100.bmp", "1001.JPG", "22.bmp", "999.bmp"]

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from engine.datasets import DATASETS, load_dataset
+from dpiqa.engine.datasets import DATASETS, load_dataset
 
 
 def test_registry_names_and_scales():

@@ -7,8 +7,7 @@ import math
 import pandas as pd
 import pytest
 from corpus import jpeg
-
-from engine.datasets import LayoutError, load_dataset
+from dpiqa.engine.datasets import LayoutError, load_dataset
 
 
 def test_csv_resolves_relative_paths_and_keeps_urls(tmp_path):

@@ -7,8 +7,7 @@ import math
 
 import pytest
 from corpus import jpeg, png, shard_bytes, write_shard
-
-from engine.datasets import LabeledShards, load_dataset
+from dpiqa.engine.datasets import LabeledShards, load_dataset
 
 
 def meta(**fields) -> bytes:

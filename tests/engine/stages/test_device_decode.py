@@ -9,14 +9,13 @@ import corpus
 import numpy as np
 import pytest
 import torch
+from dpiqa.engine import schema
+from dpiqa.engine.executor.local import LocalExecutor
+from dpiqa.engine.pipeline import ScoreConfig, run_score
+from dpiqa.engine.stages.decode import DecodeError, decode_image, jpeg_header
+from dpiqa.engine.stages.device_decode import decode_on_device
+from dpiqa.models.preprocessing import Preprocessing
 from PIL import Image
-
-from engine import schema
-from engine.executor.local import LocalExecutor
-from engine.pipeline import ScoreConfig, run_score
-from engine.stages.decode import DecodeError, decode_image, jpeg_header
-from engine.stages.device_decode import decode_on_device
-from models.preprocessing import Preprocessing
 
 PRE = Preprocessing(size=(64, 64))
 # Tolerance: the two decoders (libjpeg-turbo via torchvision, libjpeg via PIL) may differ by one level in

@@ -10,10 +10,9 @@ import tarfile
 import corpus
 import numpy as np
 import pytest
-
-from engine import schema
-from engine.stages.source import SourceStage, iter_samples
-from engine.tarstream import NotATarError
+from dpiqa.engine import schema
+from dpiqa.engine.stages.source import SourceStage, iter_samples
+from dpiqa.engine.tarstream import NotATarError
 
 
 def samples_of(data: bytes):

@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from corpus import graded_table
+from dpiqa.engine.training.data import EpochBatches, rank_id, rank_table_rows
+from dpiqa.engine.training.loop import rank_srcc, selection
 from PIL import Image
-
-from engine.training.data import EpochBatches, rank_id, rank_table_rows
-from engine.training.loop import rank_srcc, selection
 
 
 def ranking_table(d: Path, sources: int = 6, name: str = "rank.csv") -> Path:
@@ -79,9 +78,9 @@ def test_ranked_distillation_end_to_end(ray_local, tmp_path):
     """A student trained with the ranking loss on a labelled table plus a ranking table (train) and selected
     on a held-out ranking table (val): the card records both tables and the loss, and the validation
     metrics carry the ranking SRCC."""
-    from engine.splits import SplitConfig
-    from engine.training.model import ModelSpec
-    from engine.training.run import TrainConfig, run_training
+    from dpiqa.engine.splits import SplitConfig
+    from dpiqa.engine.training.model import ModelSpec
+    from dpiqa.engine.training.run import TrainConfig, run_training
 
     table = graded_table(tmp_path, n=30, seed=5)
     train, val = ranking_table(tmp_path, 6, "train.csv"), ranking_table(tmp_path / "v", 3, "val.csv")
@@ -102,8 +101,8 @@ def test_ranked_distillation_end_to_end(ray_local, tmp_path):
 def test_output_cache_serves_a_rerun_without_the_model(tmp_path):
     """Backbone features computed once are read back from the disk cache by a new stage (a rerun after a
     kill): equal to the computed ones, without running the backbone; another model's entries are not read."""
-    from engine.training.data import BackboneFeatures, OutputCache
-    from engine.training.model import ModelSpec
+    from dpiqa.engine.training.data import BackboneFeatures, OutputCache
+    from dpiqa.engine.training.model import ModelSpec
 
     spec = ModelSpec(kind="student", config="dpiqa-student-tiny", pretrained_backbone=False,
                      overrides={"freeze_backbone": True})
@@ -125,11 +124,10 @@ def test_cached_teacher_scores_and_maps_come_back_from_disk(tmp_path):
     """The teacher's score and map per image, cached by a first run, are what a rerun gets without loading
     the teacher."""
     import torch
-
-    from engine import schema
-    from engine.stages.score import ScoreStage
-    from engine.training.data import CachedScores
-    from models.student import DPIQAStudent, StudentConfig
+    from dpiqa.engine import schema
+    from dpiqa.engine.stages.score import ScoreStage
+    from dpiqa.engine.training.data import CachedScores
+    from dpiqa.models.student import DPIQAStudent, StudentConfig
 
     torch.manual_seed(0)
     DPIQAStudent(StudentConfig(backbone="test_efficientnet", map_size=4, head_hidden=8, image_size=32)

@@ -15,7 +15,7 @@ import torch
 from clirun import dpiqa
 from corpus import graded_table
 
-import models
+from dpiqa import models
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -139,7 +139,7 @@ def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_does(ray_lo
 
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", *args, "--output", str(out)], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "dpiqa.jobs.cli", *args, "--output", str(out)], cwd=tmp_path, env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
@@ -174,9 +174,9 @@ def test_frozen_backbone_trains_on_cached_features_exactly_as_on_images(ray_loca
     up to float noise: the features are computed at another batch size than the loop's (last-bit
     differences), and Adam turns noise in near-zero gradients into steps of up to its learning rate (1e-3
     here), so the bound is one such step: it checks that both paths train the same head, not bit-equality."""
-    from engine.splits import SplitConfig
-    from engine.training.model import ModelSpec
-    from engine.training.run import TrainConfig, run_training
+    from dpiqa.engine.splits import SplitConfig
+    from dpiqa.engine.training.model import ModelSpec
+    from dpiqa.engine.training.run import TrainConfig, run_training
 
     table = graded_table(tmp_path, n=30, seed=5)
     outs = {}
@@ -190,7 +190,7 @@ def test_frozen_backbone_trains_on_cached_features_exactly_as_on_images(ray_loca
         outs[cache] = models.load_model(out).state_dict()
     for k in outs[True]:
         torch.testing.assert_close(outs[True][k], outs[False][k], rtol=0, atol=1e-3, msg=k)
-    from engine.training.model import build_model
+    from dpiqa.engine.training.model import build_model
 
     torch.manual_seed(0)  # as the workers build it: the frozen backbone stays, the head moved
     initial = build_model(ModelSpec(kind="student", config="dpiqa-student-tiny", pretrained_backbone=False,
@@ -205,9 +205,9 @@ def test_one_and_eight_workers_follow_one_recipe(ray_local, tmp_path):
     batches and end at the same weights. The tiny teacher has no BatchNorm, so what differs is only the
     order of float sums in DDP's all-reduce; Adam can turn such noise in a near-zero gradient into a step of
     up to its learning rate, so the tolerance is lr x steps (1e-5 x 6)."""
-    from engine.splits import SplitConfig
-    from engine.training.model import ModelSpec
-    from engine.training.run import TrainConfig, run_training
+    from dpiqa.engine.splits import SplitConfig
+    from dpiqa.engine.training.model import ModelSpec
+    from dpiqa.engine.training.run import TrainConfig, run_training
 
     table = graded_table(tmp_path, n=40, seed=2)
     cards = {}
@@ -227,7 +227,7 @@ def test_one_and_eight_workers_follow_one_recipe(ray_local, tmp_path):
 
 
 def _initial_teacher() -> dict[str, torch.Tensor]:
-    from engine.training.model import ModelSpec, build_model
+    from dpiqa.engine.training.model import ModelSpec, build_model
 
     torch.manual_seed(0)  # as the workers build it
     return build_model(ModelSpec(kind="teacher", config="dpiqa-teacher-tiny", random_prior=True), 100.0).state_dict()
@@ -238,8 +238,7 @@ def test_epoch_batches_shuffle_whole_per_epoch_and_split_global_batches(ray_loca
     for the same (seed, epoch) on every run, and each worker's slice of a global batch is disjoint."""
     import numpy as np
     import ray
-
-    from engine.training.data import EpochBatches
+    from dpiqa.engine.training.data import EpochBatches
 
     ds = ray.data.from_items([{"i": i, "target": float(i)} for i in range(100)], override_num_blocks=7).materialize()
     batches = EpochBatches(ds, ["i", "target"])
@@ -261,7 +260,7 @@ def test_epoch_batches_shuffle_whole_per_epoch_and_split_global_batches(ray_loca
 def test_bad_recipes_stop_before_ray_starts(tmp_path, capsys):
     """A global batch that does not divide among the workers, a missing dataset file, a teacher without its
     prior: one line, exit 2, before any Ray start-up (seconds, not a minute)."""
-    from jobs.cli import main
+    from dpiqa.jobs.cli import main
 
     table = graded_table(tmp_path, n=12)
     t0 = time.monotonic()
@@ -289,7 +288,7 @@ def test_bad_recipes_stop_before_ray_starts(tmp_path, capsys):
 
 
 def test_paper_protocol_trains_to_the_last_epoch_on_80_20(ray_local, tmp_path, capsys):
-    from jobs.cli import main
+    from dpiqa.jobs.cli import main
 
     table = graded_table(tmp_path, n=30, seed=4)
     code = main(["train-teacher", *COMMON, "--root", str(table), "--config", "dpiqa-teacher-tiny", "--random-prior",
@@ -305,9 +304,9 @@ def test_a_student_learns_the_graded_fixture(ray_local, tmp_path):
     """Quality is the inverse of the noise level in `graded_table`: a tiny student from scratch must learn it.
     An untrained model's SRCC on 16 test images is ~0 (|SRCC| > 0.6 by chance: p < 0.02); this one's loss
     must fall to under half its first epoch's and its test SRCC pass 0.6 (0.88 when measured)."""
-    from engine.splits import SplitConfig
-    from engine.training.model import ModelSpec
-    from engine.training.run import TrainConfig, run_training
+    from dpiqa.engine.splits import SplitConfig
+    from dpiqa.engine.training.model import ModelSpec
+    from dpiqa.engine.training.run import TrainConfig, run_training
 
     table = graded_table(tmp_path, n=80, seed=3)
     out = tmp_path / "student"
