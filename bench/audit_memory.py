@@ -30,7 +30,6 @@ sys.path.insert(0, str(REPO))
 
 from dpiqa.engine import schema  # noqa: E402
 from dpiqa.engine.output import SCORES_DIR, OutputLocation  # noqa: E402
-
 from dpiqa.version import machine  # noqa: E402
 
 

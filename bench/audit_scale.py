@@ -74,6 +74,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import ray
+
     from dpiqa.engine.audit import AuditConfig, run_audit
 
     work = Path(tempfile.mkdtemp(prefix="dpiqa-audit-scale-"))

@@ -144,6 +144,7 @@ def main() -> None:
     model = args.model
     if model is None:
         import torch
+
         from dpiqa.models.student import DPIQAStudent, StudentConfig
 
         torch.manual_seed(0)

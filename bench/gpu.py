@@ -65,9 +65,9 @@ def corpus(directory: Path, images: int, per_shard: int = 256, size: tuple[int, 
 def model_only(name: str, batch: int, fast: bool, seconds: float, device: str, compile_student: bool) -> float:
     """Images/s of the model alone on `device` (bf16 on CUDA), batches resident on the device."""
     import torch
-    from dpiqa.models.scorer import Scorer
 
     from dpiqa import models
+    from dpiqa.models.scorer import Scorer
 
     model = models.build(name, device="cpu")
     is_teacher = model.architecture == "dpiqa-teacher"
@@ -99,6 +99,7 @@ def _pil_decode(blobs: list[bytes]) -> int:
 def decode_rates(shard: Path, device: str) -> dict[str, float]:
     """PIL on every core, and the device decoder in batches (nvJPEG on CUDA)."""
     import torch
+
     from dpiqa.engine.stages.device_decode import decode_on_device
     from dpiqa.models.preprocessing import Preprocessing
 

@@ -169,6 +169,7 @@ def host() -> dict:
 def prepare(tier: str, image_size: int, root: Path, onnx: bool) -> tuple[str, str | None, int]:
     """Save a seeded random-weights student of `tier` and its ONNX export; returns (ckpt, export, params)."""
     import torch
+
     from dpiqa.models.export import export_onnx
     from dpiqa.models.student import DPIQAStudent, StudentConfig
 

@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-from dpiqa.engine.distortions import DISTORTIONS, distort
 from PIL import Image
+
+from dpiqa.engine.distortions import DISTORTIONS, distort
 
 log = logging.getLogger(__name__)
 

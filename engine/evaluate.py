@@ -6,12 +6,12 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
 from dpiqa.engine.datasets import LabeledSet
 from dpiqa.engine.metrics import compute_metrics
 from dpiqa.engine.progress import Progress
 from dpiqa.engine.stages.decode import DecodeError, decode_image
 from dpiqa.models.scorer import Scorer
-
 from dpiqa.storage import get_fs, retry
 
 log = logging.getLogger(__name__)

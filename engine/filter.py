@@ -36,14 +36,14 @@ from fractions import Fraction
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from dpiqa import storage
 from dpiqa.engine import schema
 from dpiqa.engine.output import DONE_DIR, OutputLocation, RunResult
 from dpiqa.engine.runner import ShardJob, Tally, pending_shards, run_shard_job
 from dpiqa.engine.scores import ScoredRun, ScoredShard
 from dpiqa.engine.stages.source import Sample, shard_samples
 from dpiqa.engine.stages.write import ShardFact
-
-from dpiqa import storage
 
 log = logging.getLogger(__name__)
 
@@ -514,6 +514,7 @@ def _run_ray(worker: ShardFilter, tasks: list[ShardTask], address: str | None) -
     if not tasks:
         return
     import ray
+
     from dpiqa.engine.executor.ray_data import init_ray
 
     init_ray(address)

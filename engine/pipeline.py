@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from dpiqa import models, storage
 from dpiqa.engine.executor import choose_executor
 from dpiqa.engine.executor.base import Executor
 from dpiqa.engine.output import OutputLocation, RunResult
@@ -19,8 +20,6 @@ from dpiqa.engine.stages.decode import DEFAULT_MAX_PIXELS, DecodeStage
 from dpiqa.engine.stages.score import ScoreStage
 from dpiqa.engine.stages.source import SourceStage
 from dpiqa.engine.stages.write import ShardFact, ShardWriter, WriteStage, owner
-
-from dpiqa import models, storage
 from dpiqa.version import code_version
 
 log = logging.getLogger(__name__)

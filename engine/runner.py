@@ -13,11 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from dpiqa import storage
 from dpiqa.engine.output import MANIFEST, RUNS_DIR, OutputLocation, RunResult
 from dpiqa.engine.progress import Progress
 from dpiqa.engine.stages.write import ShardFact
-
-from dpiqa import storage
 from dpiqa.version import code_version
 
 log = logging.getLogger(__name__)

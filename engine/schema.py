@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
+
 from dpiqa.engine import tarstream
 
 # Every sample of every shard yields exactly one row; `status` says what happened to it.

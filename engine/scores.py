@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
 from dpiqa.engine import schema
 from dpiqa.engine.output import MANIFEST, RUN_FILE, SCORES_DIR, CorruptFileError, OutputLocation
 

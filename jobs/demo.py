@@ -29,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
+
     from dpiqa.engine.audit import AuditConfig, run_audit
     from dpiqa.engine.demo import build_corpus, distortion_ranking
     from dpiqa.engine.output import OutputLocation

@@ -42,10 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
 
+    from dpiqa import models
     from dpiqa.engine.datasets import load_dataset
     from dpiqa.engine.evaluate import evaluate, matrix_markdown, split_indices
-
-    from dpiqa import models
 
     if len(args.dataset) != len(args.root):
         raise ValueError(f"{len(args.dataset)} --dataset but {len(args.root)} --root: give one root per dataset")

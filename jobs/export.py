@@ -39,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     import torch
+
     from dpiqa.models.export import DEFAULT_OPSET, export_onnx
 
     if args.threads:

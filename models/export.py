@@ -29,9 +29,10 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import torch
+from torch import nn
+
 from dpiqa.models import checkpoint
 from dpiqa.models.preprocessing import Preprocessing
-from torch import nn
 
 log = logging.getLogger(__name__)
 

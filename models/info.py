@@ -6,11 +6,11 @@ import logging
 from typing import Any
 
 import torch
-from dpiqa.models import checkpoint
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dpiqa import models
+from dpiqa.models import checkpoint
 
 log = logging.getLogger(__name__)
 

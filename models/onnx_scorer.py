@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+
 from dpiqa.models import checkpoint
 from dpiqa.models.preprocessing import Preprocessing
 from dpiqa.models.scorer import ScoreOutput

@@ -17,8 +17,9 @@ from dpiqa.models.student_config import StudentConfig
 
 if TYPE_CHECKING:  # torch is imported where models are built or loaded; describing one needs none of it
     import torch
-    from dpiqa.models.scorer import ImageScorer
     from torch import nn
+
+    from dpiqa.models.scorer import ImageScorer
 
 log = logging.getLogger(__name__)
 

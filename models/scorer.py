@@ -8,8 +8,9 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from dpiqa.models.preprocessing import Preprocessing
 from torch import nn
+
+from dpiqa.models.preprocessing import Preprocessing
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

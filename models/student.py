@@ -7,13 +7,14 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import nn
+from torchvision.transforms.v2.functional import normalize
+
 from dpiqa.models.backbones import create_backbone, load_pretrained
 from dpiqa.models.checkpoint import CheckpointMixin
 from dpiqa.models.layers import ScoreMLP
 from dpiqa.models.student_config import AUX_FEATURES, BACKBONE_WEIGHTS, NSS_CHANNELS, StudentConfig  # noqa: F401 - re-exported
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torch import nn
-from torchvision.transforms.v2.functional import normalize
 
 log = logging.getLogger(__name__)
 

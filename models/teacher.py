@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -14,10 +13,15 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.models.adapter import FullAdapter
 from diffusers.models.attention_processor import Attention
 from diffusers.utils import is_accelerate_available
+from timm.layers import SEModule
+from torch import nn
+
 from dpiqa.models import checkpoint
+from dpiqa.models.attention import CachedContextAttnProcessor, kv_cache_usable
 from dpiqa.models.checkpoint import CheckpointMixin
+from dpiqa.models.clip_text import embed_prompts
 from dpiqa.models.layers import ScoreMLP
-from dpiqa.models.pretrained import CLIP_TEXT, STABLE_DIFFUSION
+from dpiqa.models.pretrained import CLIP_TEXT, STABLE_DIFFUSION, fetch, sd_files
 from dpiqa.models.prompts import PROMPT_SETS, prompt_set_name, prompt_texts
 from dpiqa.models.teacher_config import (  # noqa: F401 - re-exported: the teacher's config lives beside it
     NUM_TRAIN_TIMESTEPS,
@@ -26,8 +30,6 @@ from dpiqa.models.teacher_config import (  # noqa: F401 - re-exported: the teach
     sd15_unet_config,
     sd15_vae_config,
 )
-from timm.layers import SEModule
-from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -103,76 +105,6 @@ class QualityDecoder(nn.Module):
         ]
         fused = self.fuse(torch.cat([level(f) for level, f in zip(self.levels, resized, strict=True)], dim=1))
         return self.to_map(fused)
-
-
-def _kv_cache_usable() -> bool:
-    """The precomputed prompt keys/values stand in for the live computation only when no gradient is
-    wanted (they are constants); the teacher and the processor both ask this one question."""
-    return not torch.is_grad_enabled()
-
-
-class CachedContextAttnProcessor(nn.Module):
-    """A cross-attention processor with the keys and values of a constant context computed once.
-
-    Same math as diffusers' `AttnProcessor2_0` for the attention layers of the SD U-Net (no spatial or
-    group norm, no mask, no residual inside the attention); only `to_k(E')` and `to_v(E')`, which do
-    not depend on the image, come from the cache, broadcast over the batch. We hand-write it because
-    diffusers has no processor for a constant context. While gradients are enabled it defers to the
-    original processor, so training and fine-tuning always see the live computation.
-
-    Args:
-        attn: the cross-attention layer.
-        context: the text-adapted prompt context `(K, D)`.
-        fallback: the layer's original processor.
-    """
-
-    def __init__(self, attn: Attention, context: torch.Tensor, fallback: Any) -> None:
-        super().__init__()
-        unsupported = [name for name, value in (
-            ("spatial_norm", attn.spatial_norm), ("group_norm", attn.group_norm), ("norm_q", attn.norm_q),
-            ("residual_connection", attn.residual_connection or None),
-        ) if value is not None]
-        if unsupported or attn.rescale_output_factor != 1.0:
-            raise ValueError(f"CachedContextAttnProcessor does not support attention layers with {unsupported}")
-        self.fallback = fallback
-        self.heads = attn.heads
-        context = context.unsqueeze(0)
-        if attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
-        key, value = attn.to_k(context), attn.to_v(context)
-        head_dim = key.shape[-1] // attn.heads
-        key = key.view(1, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(1, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        # Stored 3-D (heads, K, head_dim) so `.to(memory_format=channels_last)` leaves them alone;
-        # non-persistent buffers follow the model's device and dtype and never enter a checkpoint.
-        self.register_buffer("key", key[0].contiguous(), persistent=False)
-        self.register_buffer("value", value[0].contiguous(), persistent=False)
-
-    def forward(
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if not _kv_cache_usable():
-            return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        if attention_mask is not None:
-            raise ValueError("CachedContextAttnProcessor: attention masks are not supported")
-        batch_size = hidden_states.shape[0]
-        query = attn.to_q(hidden_states)
-        head_dim = query.shape[-1] // self.heads
-        query = query.view(batch_size, -1, self.heads, head_dim).transpose(1, 2)
-        shape = (batch_size, *self.key.shape)
-        key = self.key.to(query.dtype).unsqueeze(0).expand(shape)
-        value = self.value.to(query.dtype).unsqueeze(0).expand(shape)
-        out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
-        out = out.transpose(1, 2).reshape(batch_size, -1, self.heads * head_dim).to(query.dtype)
-        out = attn.to_out[0](out)
-        return attn.to_out[1](out)
 
 
 class DPIQATeacher(CheckpointMixin, nn.Module):
@@ -301,7 +233,7 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
             lo, hi = self.config.value_range
             unit = x if (lo, hi) == (0.0, 1.0) else (x - lo) / (hi - lo)
             residuals = list(self.image_adapter(unit))
-        cached = self._cached_context is not None and _kv_cache_usable()
+        cached = self._cached_context is not None and kv_cache_usable()
         context = self._cached_context if cached else self.context()
         self._features = []
         try:
@@ -404,7 +336,7 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
             raise ValueError(f"config.prompt_set {config.prompt_set!r} is not a named set: pass the texts as prompts")
         name = config.prompt_set if prompts is None else prompts
         texts = prompt_texts(name) if isinstance(name, str) else list(name)
-        sd_location = _fetch(sd, storage_options, lambda files: _sd_files(files, variant, sd))
+        sd_location = fetch(sd, storage_options, lambda files: sd_files(files, variant, sd))
         # safetensors where present, else .bin through torch.load(weights_only=True), as diffusers decides;
         # skipping random init needs accelerate, so use it where installed.
         load = {"variant": variant, "low_cpu_mem_usage": is_accelerate_available()}
@@ -424,145 +356,6 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
         return model
 
 
-def embed_prompts(
-    prompts: Sequence[str],
-    clip: str = CLIP_TEXT,
-    pooling: str = "eos",
-    storage_options: dict | None = None,
-    batch_size: int = 64,
-) -> torch.Tensor:
-    """Each prompt's projected CLIP text feature `(K, projection_dim)`, float32.
-
-    Args:
-        prompts: the texts.
-        clip: a CLIP checkpoint with a text projection (Hub id, local folder or fsspec URL).
-        pooling: `eos`: CLIP's own projected pooled output (the final hidden state at the end-of-text
-            token); `mean`: the final hidden states averaged over the prompt's tokens (start and end
-            tokens included, padding excluded by the attention mask), then CLIP's text projection.
-            CLIP's text encoder is causal, so padding never changes the hidden states of the real tokens:
-            both are independent of how prompts are batched.
-        storage_options: fsspec options for a URL.
-        batch_size: prompts per forward pass.
-    """
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
-    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
-
-    location = _fetch(clip, storage_options, lambda files: _clip_files(files, clip))
-    tokenizer = CLIPTokenizer.from_pretrained(location)
-    encoder = CLIPTextModelWithProjection.from_pretrained(location).eval()  # safetensors, else .bin (weights_only)
-    chunks = []
-    with torch.inference_mode():
-        for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(list(prompts[start : start + batch_size]), padding=True, truncation=True,
-                              return_tensors="pt")
-            out = encoder(**batch)
-            if pooling == "eos":
-                chunks.append(out.text_embeds.float())
-            else:
-                mask = batch["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
-                mean = (out.last_hidden_state * mask).sum(1) / mask.sum(1)
-                chunks.append(encoder.text_projection(mean).float())
-            log.info("embedded %d/%d prompts", min(start + batch_size, len(prompts)), len(prompts))
-    return torch.cat(chunks).clone()
-
-
 def _plain_config(config: Any) -> dict:
     """A diffusers config as a JSON-ready dict, without its bookkeeping (`_class_name`, ...)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dict(config).items() if not k.startswith("_")}
-
-
-def _fetch(location: str, storage_options: dict | None, select: Any) -> str:
-    """A location from_pretrained can read: local folders and Hub ids as they are, fsspec URLs mirrored
-    into the local cache (only the files `select(relative paths)` picks)."""
-    if location.startswith("file://"):
-        return location[len("file://") :]
-    if checkpoint.is_url(location):
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(location, **(storage_options or {}))
-        root = root.rstrip("/")
-        chosen = select([p[len(root) + 1 :] for p in fs.find(root)])
-        return str(checkpoint.mirror(location, chosen.__contains__, storage_options))
-    return location
-
-
-def _weights(files: list[str], folder: str, stem: str, variant: str | None) -> list[str]:
-    """The weight files of one component in `folder`: its safetensors (one file, or shards with their index),
-    else its `.bin` files; [] when it has neither."""
-    want = f"{stem}.{variant}" if variant else stem
-    pattern = re.compile(rf"^{re.escape(want)}(-\d{{5}}-of-\d{{5}})?\.(safetensors|bin)(\.index\.json)?$")
-    for kind in ("safetensors", "bin"):
-        found = []
-        for f in files:
-            name = f[len(folder):]
-            match = pattern.match(name) if f.startswith(folder) and "/" not in name else None
-            if match and match.group(2) == kind:
-                found.append(f)
-        if found:
-            return found
-    return []
-
-
-def _sd_files(files: list[str], variant: str | None, sd: str) -> set[str]:
-    """What the teacher reads of a Stable Diffusion folder: `vae/` and `unet/` configs and weights.
-
-    Raises:
-        ValueError: a config or the weights of one of them are missing (one line naming which).
-    """
-    chosen = set()
-    for part in ("vae", "unet"):
-        weights = _weights(files, f"{part}/", "diffusion_pytorch_model", variant)
-        if f"{part}/config.json" not in files:
-            raise ValueError(f"{sd}: not a Stable Diffusion folder: {part}/config.json is missing")
-        if not weights:
-            name = "diffusion_pytorch_model" + (f".{variant}" if variant else "")
-            raise ValueError(f"{sd}: {part}/ has no weights ({name}.safetensors or {name}.bin)")
-        chosen |= {f"{part}/config.json", *weights}
-    return chosen
-
-
-def _clip_files(files: list[str], clip: str) -> set[str]:
-    """What the teacher reads of a CLIP folder: configs, tokenizer files, and the weights.
-
-    Raises:
-        ValueError: its config or weights are missing.
-    """
-    top = [f for f in files if "/" not in f]
-    if "config.json" not in top:
-        raise ValueError(f"{clip}: not a CLIP model folder: config.json is missing")
-    weights = _weights(files, "", "model", None) or _weights(files, "", "pytorch_model", None)
-    if not weights:
-        raise ValueError(f"{clip}: has no weights (model.safetensors or pytorch_model.bin)")
-    return {f for f in top if f.endswith((".json", ".txt"))} | set(weights)
-
-
-def check_pretrained_sources(sd: str, clip: str, storage_options: dict | None = None) -> None:
-    """Check, without loading any weights, that the Stable Diffusion and CLIP folders hold what the teacher
-    reads; a Hub id is checked by fetching its small config file (which fails at once where the Hub cannot
-    be reached and nothing is cached, e.g. with HF_HUB_OFFLINE=1).
-
-    Raises:
-        ValueError: one line naming the location and what is missing.
-    """
-    checks = ((sd, lambda f: _sd_files(f, None, sd), "unet/config.json"),
-              (clip, lambda f: _clip_files(f, clip), "config.json"))
-    for location, select, config_file in checks:
-        if checkpoint.is_hub_id(location):
-            from huggingface_hub import snapshot_download
-
-            try:
-                snapshot_download(repo_id=location, allow_patterns=[config_file])
-            except Exception as exc:  # noqa: BLE001 - any failure means the same to the user
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ValueError(f"{location}: cannot be fetched from the Hugging Face Hub ({first}); download "
-                                 "it where the Hub is reachable and pass its folder or URL instead") from None
-            continue
-        import fsspec
-
-        path = location[len("file://") :] if location.startswith("file://") else location
-        fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
-        if not fs.isdir(root):
-            raise ValueError(f"{location}: no such folder, URL or Hub repo")
-        root = root.rstrip("/")
-        select([p[len(root) + 1 :] for p in fs.find(root)])

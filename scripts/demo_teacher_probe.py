@@ -43,6 +43,9 @@ def main() -> None:  # noqa: PLR0915 - one experiment, read top to bottom
     args = ap.parse_args()
 
     import torch
+    from PIL import Image
+
+    from dpiqa import models
     from dpiqa.engine.datasets import load_dataset
     from dpiqa.engine.demo import LEVELS as DEMO_LEVELS
     from dpiqa.engine.demo import PHOTOGRAPHS, distortion_ranking, reference
@@ -54,9 +57,6 @@ def main() -> None:  # noqa: PLR0915 - one experiment, read top to bottom
     from dpiqa.engine.training.loop import rank_srcc, selection
     from dpiqa.models.distill import ranking_loss
     from dpiqa.models.student import DPIQAStudent
-    from PIL import Image
-
-    from dpiqa import models
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -31,10 +31,10 @@ def main() -> None:
 
     import pandas as pd
     import torch
-    from dpiqa.engine.stages.decode import decode_image
     from scipy.stats import spearmanr
 
     from dpiqa import models
+    from dpiqa.engine.stages.decode import decode_image
 
     torch.set_num_threads(args.threads)
     df = pd.read_csv(args.table, keep_default_na=False)

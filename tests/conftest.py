@@ -37,6 +37,7 @@ def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
 def ray_local():
     """A real local Ray with 2 CPUs, shared by the tests of a session."""
     import ray
+
     from dpiqa.engine.executor.ray_data import init_ray
 
     init_ray(num_cpus=2, for_training=True)  # as the jobs start it (a no-op when Ray already runs)

@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
+from dpiqa import storage
 from dpiqa.engine import schema
 from dpiqa.engine.output import OutputLocation
 from dpiqa.engine.stages.source import SourceStage
 from dpiqa.engine.stages.write import ShardWriter
-
-from dpiqa import storage
 
 ScoreFn = Callable[[str, int, str], float | None]
 

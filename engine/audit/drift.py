@@ -21,8 +21,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from dpiqa.engine.audit.stats import Grid
 from scipy.special import kolmogorov
+
+from dpiqa.engine.audit.stats import Grid
 
 PSI_FLOOR = 1e-4
 DECILES = tuple(q / 10 for q in range(1, 10))

@@ -9,6 +9,7 @@ import logging
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from dpiqa.engine.output import AUDITS_DIR, OutputLocation
 
 log = logging.getLogger(__name__)

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
+
 from dpiqa.engine.audit import drift, history, report
 from dpiqa.engine.audit.stats import Extreme, Grid, RunStats
 from dpiqa.engine.audit.thumbnails import read_thumbnails
 from dpiqa.engine.progress import Progress
 from dpiqa.engine.scores import ScoredRun, source_of
-
 from dpiqa.storage import get_fs, retry
 from dpiqa.version import code_version
 
@@ -148,6 +148,7 @@ def _scan_on_ray(run: ScoredRun, grid: Grid, extremes: int, groups: bool, batch_
     """The files split among Ray tasks by their markers' row counts (about `ROWS_PER_TASK` each); each task
     returns its statistics (bounded by the grid, the extremes and one aggregate per shard), merged here."""
     import ray
+
     from dpiqa.engine.executor.ray_data import init_ray
 
     init_ray(address)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from dpiqa.engine import schema
 
 # Quantiles reported by the audit (fractions of the ok rows).

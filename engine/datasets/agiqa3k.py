@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+
 from dpiqa.engine.datasets.base import (
     LabeledImage,
     LabeledSet,
@@ -12,7 +13,6 @@ from dpiqa.engine.datasets.base import (
     to_mos,
     to_name,
 )
-
 from dpiqa.storage import join
 
 LABELS = "data.csv"

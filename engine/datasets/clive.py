@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import scipy.io
+
 from dpiqa.engine.datasets.base import (
     LabeledImage,
     LabeledSet,
@@ -14,7 +15,6 @@ from dpiqa.engine.datasets.base import (
     open_file,
     to_mos,
 )
-
 from dpiqa.storage import join
 
 NAMES_FILE = "Data/AllImages_release.mat"

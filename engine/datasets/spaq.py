@@ -5,6 +5,7 @@ from __future__ import annotations
 import zipfile
 
 import pandas as pd
+
 from dpiqa.engine.datasets.base import (
     LabeledImage,
     LabeledSet,
@@ -14,7 +15,6 @@ from dpiqa.engine.datasets.base import (
     to_mos,
     to_name,
 )
-
 from dpiqa.storage import join
 
 LABELS = "MOS and Image attribute scores.xlsx"

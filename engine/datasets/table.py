@@ -6,6 +6,7 @@ import posixpath
 
 import pandas as pd
 import pyarrow as pa
+
 from dpiqa.engine.datasets.base import (
     LabeledImage,
     LabeledSet,
@@ -16,7 +17,6 @@ from dpiqa.engine.datasets.base import (
     to_mos,
     to_name,
 )
-
 from dpiqa.storage import join
 
 PARQUET_SUFFIXES = (".parquet", ".pq")

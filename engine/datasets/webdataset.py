@@ -12,7 +12,6 @@ from typing import Any
 
 from dpiqa.engine import schema
 from dpiqa.engine.stages.source import shard_samples
-
 from dpiqa.storage import list_shards
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from dpiqa.engine.executor.base import Executor
-
     from dpiqa.storage import ShardList
 
 log = logging.getLogger(__name__)

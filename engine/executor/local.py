@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+
 from dpiqa.engine.executor.base import Executor, Sink
 from dpiqa.engine.stages.base import Batch, Stage
 

@@ -7,12 +7,12 @@ import warnings
 from typing import ClassVar
 
 import numpy as np
-from dpiqa.engine import schema
-from dpiqa.engine.stages.base import Batch, Stage, text_column
-from dpiqa.models.preprocessing import Preprocessing
 from PIL import Image, UnidentifiedImageError
 
+from dpiqa.engine import schema
+from dpiqa.engine.stages.base import Batch, Stage, text_column
 from dpiqa.images import to_rgb
+from dpiqa.models.preprocessing import Preprocessing
 
 # PIL's own bomb guard warns above MAX_IMAGE_PIXELS and raises inside `Image.open` above twice that,
 # before the size is known to us. We switch it off and check the header's size against our own limit

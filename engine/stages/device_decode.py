@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+
 from dpiqa.engine.stages.decode import DecodeError, decode_image
 from dpiqa.models.preprocessing import Preprocessing
 

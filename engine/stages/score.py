@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
+
 from dpiqa.engine import schema
 from dpiqa.engine.stages.base import Batch, Stage, text_column
 from dpiqa.engine.stages.device_decode import pixels_for

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, ClassVar
 
 import numpy as np
+
 from dpiqa.engine import schema
 from dpiqa.engine.stages.base import Batch, Stage
 from dpiqa.engine.tarstream import Damage, NotATarError, iter_members, shown
-
 from dpiqa.storage import RetryCounter, RetryingReader, get_fs, is_transient
 
 ROW_COLUMNS = ("shard", "index", "key", "ext", "data", "status", "error")

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+
 from dpiqa.engine import schema
 from dpiqa.engine.output import MAPS_DIR, SCORES_DIR, OutputLocation
 from dpiqa.engine.stages.base import Batch, Stage, text_column

@@ -16,15 +16,15 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
+from PIL import Image
+
 from dpiqa.engine import schema
 from dpiqa.engine.datasets import LabeledSet, LabeledShards
 from dpiqa.engine.output import MAPS_DIR, SCORES_DIR, OutputLocation
 from dpiqa.engine.stages.base import Batch, Stage
 from dpiqa.engine.stages.decode import DecodeError, decode_image, resize
-from dpiqa.models.preprocessing import Preprocessing
-from PIL import Image
-
 from dpiqa.images import to_rgb
+from dpiqa.models.preprocessing import Preprocessing
 from dpiqa.storage import get_fs, retry
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,8 @@ def rank_table_rows(table: str, mos_scale: float, storage_options: dict | None =
     `family`; a group equal to a labelled image's name ranks against that image) and `family`, `level`
     (0 = the reference, 1..5 the distortion's strength)."""
     import pandas as pd
-    from dpiqa.engine.datasets.table import _resolve
 
+    from dpiqa.engine.datasets.table import _resolve
     from dpiqa.storage import get_fs
 
     fs, path = get_fs(table, storage_options)
@@ -441,6 +441,7 @@ class BackboneFeatures(Stage):
 
     def setup(self) -> None:
         import torch
+
         from dpiqa.engine.training.model import build_model
 
         if self.threads:

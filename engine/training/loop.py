@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from dpiqa.engine.training.model import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa:
     """
     import ray.train
     import ray.train.torch
+
     from dpiqa.engine.metrics import compute_metrics
     from dpiqa.engine.progress import Progress
     from dpiqa.engine.training.data import to_torch

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+
 from dpiqa.models.pretrained import CLIP_TEXT, STABLE_DIFFUSION
 
 
@@ -121,7 +122,7 @@ def check_sources(spec: ModelSpec, mos_scale: float, storage_options: dict | Non
         return f"from checkpoint {spec.init}"
     if spec.kind == "teacher":
         if spec.sd:
-            from dpiqa.models.teacher import check_pretrained_sources
+            from dpiqa.models.pretrained import check_pretrained_sources
 
             check_pretrained_sources(spec.sd, spec.clip or CLIP_TEXT, storage_options)
         elif not spec.random_prior:

@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from dpiqa.engine.splits import SplitConfig, make_split
 from dpiqa.engine.training.loop import MODEL_DIR, LoopConfig, train_loop_per_worker
 from dpiqa.engine.training.model import ModelSpec, check_sources, model_config
-
 from dpiqa.storage import get_fs, join
 from dpiqa.version import code_version, machine
 
@@ -159,6 +159,7 @@ def run_training(config: TrainConfig, address: str | None = None) -> TrainResult
         ValueError: one line naming what is wrong or missing and how to proceed.
     """
     import ray
+
     from dpiqa.engine.executor.ray_data import init_ray
     from dpiqa.engine.metrics import summarize
 
@@ -354,12 +355,12 @@ def _storage(config: TrainConfig) -> tuple[str, object | None]:
 
 def _train_split(config: TrainConfig, labeled, seed: int, out: str, sources: str | None) -> dict:  # noqa: ANN001
     import ray.train
-    from dpiqa.engine.evaluate import evaluate
-    from dpiqa.engine.training import data
-    from dpiqa.models import checkpoint
     from ray.train.torch import TorchTrainer
 
     from dpiqa import models
+    from dpiqa.engine.evaluate import evaluate
+    from dpiqa.engine.training import data
+    from dpiqa.models import checkpoint
 
     identity = config.identity()
     card = checkpoint.read_json(out, checkpoint.CARD_NAME) if _exists(out, config) else None

@@ -19,13 +19,14 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.stats
 from corpus import good_samples, jpeg, write_shard
+from PIL import Image
+from scored import score_shards
+
 from dpiqa.engine import schema
 from dpiqa.engine.audit import AuditConfig, run_audit
 from dpiqa.engine.audit.drift import ks, psi
 from dpiqa.engine.audit.stats import Grid
 from dpiqa.engine.output import OutputLocation
-from PIL import Image
-from scored import score_shards
 
 PER_SHARD = 10
 

@@ -14,13 +14,13 @@ import corpus
 import pytest
 import torch
 from corpus import graded_table
+from test_pipeline import read_rows
+
+from dpiqa import models
 from dpiqa.engine.executor.local import LocalExecutor
 from dpiqa.engine.executor.ray_data import RayDataExecutor
 from dpiqa.engine.pipeline import ScoreConfig, run_score
 from dpiqa.models.student import DPIQAStudent, StudentConfig
-from test_pipeline import read_rows
-
-from dpiqa import models
 
 
 @pytest.fixture
@@ -102,6 +102,7 @@ def test_worker_node_killed_mid_score_loses_and_duplicates_nothing(cluster, tmp_
 @pytest.mark.slow  # a SIGKILL and a rerun: `make test` and CI run it (RUN_SLOW=1)
 def test_training_worker_killed_mid_distill_resumes_from_its_checkpoint(ray_local, tmp_path):
     import ray
+
     from dpiqa.engine.splits import SplitConfig
     from dpiqa.engine.training.model import ModelSpec
     from dpiqa.engine.training.run import TrainConfig, run_training

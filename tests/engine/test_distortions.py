@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import skimage.data
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio
+
 from dpiqa.engine.distortions import (
     ALL_DISTORTIONS,
     DISTORTIONS,
@@ -14,8 +17,6 @@ from dpiqa.engine.distortions import (
     distort,
     motion_kernel,
 )
-from PIL import Image
-from skimage.metrics import peak_signal_noise_ratio
 
 
 @pytest.fixture(scope="module")

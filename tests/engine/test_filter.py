@@ -14,9 +14,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from corpus import jpeg, shard_bytes, write_shard
+from scored import score_shards
+
 from dpiqa.engine.filter import FilterConfig, min_score_cutoff, run_filter, sortable, unsafe_name
 from dpiqa.engine.output import ForeignOutputError
-from scored import score_shards
 
 SHARDS, PER_SHARD = 3, 12
 

@@ -74,6 +74,7 @@ def test_a_dropped_stream_is_reopened_at_its_offset_and_counted():
 
 def test_ray_system_errors_are_retryable_and_our_own_errors_are_not():
     import ray.exceptions
+
     from dpiqa.engine.executor.ray_data import is_ray_system_error
 
     ours = ray.exceptions.RayTaskError("map_batches", "Traceback ...", ValueError("a bug in a stage"))

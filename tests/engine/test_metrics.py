@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from dpiqa.engine.metrics import compute_metrics, fit_logistic, logistic4, summarize
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from dpiqa.engine.distortions import distort
-from dpiqa.jobs.cli import main
 from PIL import Image
 from test_audit import CHROMIUM_FLAGS, chromium
+
+from dpiqa.engine.distortions import distort
+from dpiqa.jobs.cli import main
 
 NIGHTS = ("2026-11-25", "2026-11-26", "2026-11-27")
 

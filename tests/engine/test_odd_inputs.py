@@ -14,6 +14,7 @@ import corpus
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+
 from dpiqa.engine import schema
 from dpiqa.engine.audit import AuditConfig, run_audit
 from dpiqa.engine.executor.local import LocalExecutor

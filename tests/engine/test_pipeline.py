@@ -9,14 +9,14 @@ import tarfile
 import corpus
 import pyarrow.parquet as pq
 import pytest
+from expected import SCORES_FIELDS, SCORES_METADATA_KEYS, fields
+
+from dpiqa import models
 from dpiqa.engine import schema
 from dpiqa.engine.executor.local import LocalExecutor
 from dpiqa.engine.output import ForeignOutputError, OutputLocation
 from dpiqa.engine.pipeline import ScoreConfig, run_score
 from dpiqa.engine.stages.decode import decode_image
-from expected import SCORES_FIELDS, SCORES_METADATA_KEYS, fields
-
-from dpiqa import models
 
 MODEL = "dpiqa-student-tiny"
 

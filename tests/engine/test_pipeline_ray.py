@@ -12,11 +12,12 @@ from pathlib import Path
 import corpus
 import fsspec
 import pytest
+from test_pipeline import MODEL, read_rows
+
 from dpiqa.engine.executor.local import LocalExecutor
 from dpiqa.engine.executor.ray_data import RayDataExecutor
 from dpiqa.engine.pipeline import ScoreConfig, run_score
 from dpiqa.models.student import DPIQAStudent, StudentConfig
-from test_pipeline import MODEL, read_rows
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,13 +10,14 @@ import tarfile
 import corpus
 import numpy as np
 import webdataset.tariterators as wds
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
 from dpiqa.engine import schema
 from dpiqa.engine.stages.decode import DecodeError, decode_image
 from dpiqa.engine.stages.source import iter_samples
 from dpiqa.engine.tarstream import NotATarError
 from dpiqa.models.preprocessing import Preprocessing
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
 
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -7,10 +7,11 @@ from pathlib import Path
 import corpus
 import fsspec
 import pytest
-from dpiqa.engine.executor.ray_data import RayDataExecutor
-from dpiqa.engine.pipeline import ScoreConfig, run_score
 from s3faults import FaultProxy
 from test_pipeline import MODEL, read_rows
+
+from dpiqa.engine.executor.ray_data import RayDataExecutor
+from dpiqa.engine.pipeline import ScoreConfig, run_score
 
 
 def test_faulty_s3_completes_with_full_output_and_counts_retries(ray_local, s3, s3_server, tmp_path):

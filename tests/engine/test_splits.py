@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from dpiqa.engine.splits import SplitConfig, make_split, make_splits, part_sizes
 
 IDS = [f"img_{i:04d}.jpg" for i in range(1000)]

@@ -16,6 +16,7 @@ from pathlib import Path
 import corpus
 import pytest
 import zstandard
+
 from dpiqa.engine import schema
 from dpiqa.engine.stages.source import iter_samples
 from dpiqa.engine.tarstream import NotATarError, iter_members

@@ -12,6 +12,7 @@ import corpus
 import numpy as np
 import pyarrow.parquet as pq
 import webdataset as wds
+
 from dpiqa.engine import schema
 from dpiqa.engine.executor.local import LocalExecutor
 from dpiqa.engine.filter import FilterConfig, run_filter

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 from corpus import write_corpus
-from dpiqa.jobs.cli import main
 from scored import score_shards
+
+from dpiqa.jobs.cli import main
 
 
 def fixed(shift: float, fail_every: int = 0):  # noqa: ANN201 - a score function

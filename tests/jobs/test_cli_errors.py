@@ -8,6 +8,7 @@ from pathlib import Path
 
 import corpus
 import pytest
+
 from dpiqa.jobs.cli import main
 
 TINY = ["--model", "dpiqa-student-tiny", "--executor", "local"]

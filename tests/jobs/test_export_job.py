@@ -8,11 +8,12 @@ import corpus
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from expected import MAPS_FIELDS, fields
+
 from dpiqa.engine import schema
 from dpiqa.jobs.cli import main
 from dpiqa.models import checkpoint
 from dpiqa.models.export import SCORE_TOLERANCE
-from expected import MAPS_FIELDS, fields
 
 MODEL = "dpiqa-student-tiny"
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from corpus import jpeg, write_shard
+from scored import score_shards
+
 from dpiqa.engine.filter import SLOW_ENV
 from dpiqa.jobs.cli import main
-from scored import score_shards
 
 REPO = Path(__file__).resolve().parents[2]
 SHARDS, PER_SHARD = 3, 6

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from dpiqa.jobs.cli import main
 from expected import content_sha256
 
 from dpiqa import models
+from dpiqa.jobs.cli import main
 
 
 def run_json(capsys: pytest.CaptureFixture, name: str) -> dict:

@@ -11,12 +11,13 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.models.attention import BasicTransformerBlock
-from dpiqa.models.distill import teacher_loss
-from dpiqa.models.prompts import COARSE_SET, DEFAULT_SET, EMPTY_SET, prompt_texts
-from dpiqa.models.teacher import DPIQATeacher, TeacherConfig, embed_prompts
 from tiny_clip import tiny_clip, tiny_clip_tokenizer
 
 from dpiqa import models
+from dpiqa.models.clip_text import embed_prompts
+from dpiqa.models.distill import teacher_loss
+from dpiqa.models.prompts import COARSE_SET, DEFAULT_SET, EMPTY_SET, prompt_texts
+from dpiqa.models.teacher import DPIQATeacher, TeacherConfig
 
 # ---------------------------------------------------------------- full size, meta device: exact deltas
 

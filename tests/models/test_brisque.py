@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import skimage.color
 import skimage.data
+from PIL import Image
+
 from dpiqa.engine.distortions import distort
 from dpiqa.models.brisque import QUALITY_OFFSET, brisque_model, brisque_quality, brisque_score, brisque_scores
-from PIL import Image
 
 
 @pytest.fixture(scope="module")

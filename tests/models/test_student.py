@@ -8,10 +8,10 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 import torch
-from dpiqa.models.backbones import PretrainedWeightsError
-from dpiqa.models.student import DPIQAStudent, StudentConfig
 
 from dpiqa import models
+from dpiqa.models.backbones import PretrainedWeightsError
+from dpiqa.models.student import DPIQAStudent, StudentConfig
 
 
 def numel(module: torch.nn.Module) -> int:
@@ -130,6 +130,7 @@ def test_nss_features_see_noise_and_blur():
     """The statistics a frozen backbone is complemented with: noise spreads and decorrelates the MSCN
     coefficients, blur correlates neighbours and lowers local contrast; shape is the grid's."""
     import skimage.data
+
     from dpiqa.models.student import NSS_CHANNELS, nss_features
 
     photo = torch.as_tensor(skimage.data.astronaut()[:224, :224].copy()).permute(2, 0, 1)[None].float() / 255

@@ -12,14 +12,16 @@ import safetensors.torch
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
-from dpiqa.models import checkpoint
-from dpiqa.models.prompts import DEFAULT_SET, quality_prompts
-from dpiqa.models.scorer import Scorer
-from dpiqa.models.teacher import CachedContextAttnProcessor, DPIQATeacher, TeacherConfig, _sd_files
 from expected import content_sha256
 from tiny_clip import tiny_clip, tiny_clip_tokenizer
 
 from dpiqa import models
+from dpiqa.models import checkpoint
+from dpiqa.models.attention import CachedContextAttnProcessor
+from dpiqa.models.pretrained import sd_files
+from dpiqa.models.prompts import DEFAULT_SET, quality_prompts
+from dpiqa.models.scorer import Scorer
+from dpiqa.models.teacher import DPIQATeacher, TeacherConfig
 
 # ---------------------------------------------------------------- full size, meta device (no memory)
 
@@ -350,22 +352,23 @@ SD_FILES = [
 
 
 def test_only_the_needed_sd_files_are_fetched() -> None:
-    assert _sd_files(SD_FILES, None, "sd") == {
+    assert sd_files(SD_FILES, None, "sd") == {
         "vae/config.json", "vae/diffusion_pytorch_model.safetensors",  # safetensors preferred over .bin
         "unet/config.json", "unet/diffusion_pytorch_model-00001-of-00002.safetensors",
         "unet/diffusion_pytorch_model-00002-of-00002.safetensors", "unet/diffusion_pytorch_model.safetensors.index.json"}
     with pytest.raises(ValueError, match=r"sd: vae/ has no weights \(diffusion_pytorch_model.fp16.safetensors or "):
-        _sd_files(SD_FILES, "fp16", "sd")  # the vae has no fp16 variant: said, not guessed
+        sd_files(SD_FILES, "fp16", "sd")  # the vae has no fp16 variant: said, not guessed
     old = ["vae/config.json", "vae/diffusion_pytorch_model.bin", "unet/config.json", "unet/diffusion_pytorch_model.bin"]
-    assert _sd_files(old, None, "sd") == set(old)  # an older snapshot with .bin weights only
+    assert sd_files(old, None, "sd") == set(old)  # an older snapshot with .bin weights only
     with pytest.raises(ValueError, match="sd: not a Stable Diffusion folder: unet/config.json is missing"):
-        _sd_files(old[:2], None, "sd")
+        sd_files(old[:2], None, "sd")
 
 
 def test_bin_only_folders_load_from_a_bucket_through_the_training_path(tiny_sd: dict, s3: tuple, tmp_path: Path) -> None:
     """Older snapshots hold `.bin` weights only (read with weights_only), and storage options reach the SD and
     CLIP loading of a training worker (`build_model`, what every Ray Train worker calls)."""
     import s3fs
+
     from dpiqa.engine.training.model import ModelSpec, build_model, check_sources
 
     bucket, options = s3

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from conftest import AGIQA
 from corpus import jpeg
+
 from dpiqa.engine.datasets import LayoutError, load_dataset
 
 ROWS = [

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.io
 from corpus import jpeg
+
 from dpiqa.engine.datasets import LayoutError, load_dataset
 
 TRAINING = [f"t{i}.bmp" for i in range(1, 8)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from dpiqa.engine.datasets import DATASETS, load_dataset
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from corpus import jpeg
+
 from dpiqa.engine.datasets import LayoutError, koniq, load_dataset
 
 ROWS = [("10004473376.jpg", 77.38, "training"), ("10007357496.jpg", 31.52, "validation"),

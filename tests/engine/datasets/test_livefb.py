@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from corpus import jpeg
+
 from dpiqa.engine.datasets import LayoutError, load_dataset
 
 NAMES = ["voc_emotic_ava/VOC2008_000123.jpg", "AVA__149.jpg", "blur_dataset/motion0042.jpg"]

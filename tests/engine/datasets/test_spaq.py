@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from corpus import jpeg
+
 from dpiqa.engine.datasets import LayoutError, load_dataset, spaq
 
 NAMES = ["00001.jpg", "00002.jpg", "10125.jpg"]

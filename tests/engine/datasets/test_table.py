@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import pytest
 from corpus import jpeg
+
 from dpiqa.engine.datasets import LayoutError, load_dataset
 
 

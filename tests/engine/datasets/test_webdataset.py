@@ -7,6 +7,7 @@ import math
 
 import pytest
 from corpus import jpeg, png, shard_bytes, write_shard
+
 from dpiqa.engine.datasets import LabeledShards, load_dataset
 
 

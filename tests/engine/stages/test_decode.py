@@ -7,10 +7,11 @@ import io
 import corpus
 import numpy as np
 import pytest
+from PIL import Image
+
 from dpiqa.engine import schema
 from dpiqa.engine.stages.decode import DecodeError, DecodeStage, decode_image
 from dpiqa.models.preprocessing import Preprocessing
-from PIL import Image
 
 SAME = Preprocessing(size=(32, 40), interpolation="nearest")  # (h, w) equal to the fixtures: no resize
 

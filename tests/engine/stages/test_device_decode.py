@@ -9,13 +9,14 @@ import corpus
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from dpiqa.engine import schema
 from dpiqa.engine.executor.local import LocalExecutor
 from dpiqa.engine.pipeline import ScoreConfig, run_score
 from dpiqa.engine.stages.decode import DecodeError, decode_image, jpeg_header
 from dpiqa.engine.stages.device_decode import decode_on_device
 from dpiqa.models.preprocessing import Preprocessing
-from PIL import Image
 
 PRE = Preprocessing(size=(64, 64))
 # Tolerance: the two decoders (libjpeg-turbo via torchvision, libjpeg via PIL) may differ by one level in

@@ -10,6 +10,7 @@ import tarfile
 import corpus
 import numpy as np
 import pytest
+
 from dpiqa.engine import schema
 from dpiqa.engine.stages.source import SourceStage, iter_samples
 from dpiqa.engine.tarstream import NotATarError

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from corpus import graded_table
+from PIL import Image
+
 from dpiqa.engine.training.data import EpochBatches, rank_id, rank_table_rows
 from dpiqa.engine.training.loop import rank_srcc, selection
-from PIL import Image
 
 
 def ranking_table(d: Path, sources: int = 6, name: str = "rank.csv") -> Path:
@@ -124,6 +125,7 @@ def test_cached_teacher_scores_and_maps_come_back_from_disk(tmp_path):
     """The teacher's score and map per image, cached by a first run, are what a rerun gets without loading
     the teacher."""
     import torch
+
     from dpiqa.engine import schema
     from dpiqa.engine.stages.score import ScoreStage
     from dpiqa.engine.training.data import CachedScores

@@ -238,6 +238,7 @@ def test_epoch_batches_shuffle_whole_per_epoch_and_split_global_batches(ray_loca
     for the same (seed, epoch) on every run, and each worker's slice of a global batch is disjoint."""
     import numpy as np
     import ray
+
     from dpiqa.engine.training.data import EpochBatches
 
     ds = ray.data.from_items([{"i": i, "target": float(i)} for i in range(100)], override_num_blocks=7).materialize()
