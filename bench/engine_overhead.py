@@ -79,7 +79,7 @@ from dpiqa import models
 from dpiqa.engine.stages.decode import decode_image
 model, threads, batch, shards = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
 torch.set_num_threads(threads)
-scorer = models.load_scorer(model, device="cpu", precision="fp32")
+scorer = models.load_scorer(model)  # defaults: CPU, fp32
 t0 = time.monotonic()
 n = 0
 pending = []

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dpiqa.models.run_options import RunOptions
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -71,8 +73,8 @@ def model_only(name: str, batch: int, fast: bool, seconds: float, device: str, c
 
     model = models.build(name, device="cpu")
     is_teacher = model.architecture == "dpiqa-teacher"
-    scorer = Scorer(model, device=device, precision="auto", channels_last=fast,
-                    compile=fast and compile_student and not is_teacher, prepare=fast)
+    scorer = Scorer(model, RunOptions(device=device, precision="auto", channels_last=fast, compile=fast and compile_student and not is_teacher),
+                    prepare=fast)
     h, w = scorer.preprocessing.size
     images = torch.randint(0, 256, (batch, h, w, 3), dtype=torch.uint8, device=device)
     for _ in range(3):

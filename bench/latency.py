@@ -30,6 +30,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from dpiqa.models.run_options import RunOptions
+
 log = logging.getLogger("bench.latency")
 
 # Speed tiers: the paper's student first (the baseline), then smaller timm backbones.
@@ -97,12 +99,8 @@ def measure(spec: dict) -> dict:
 
         scorer = OnnxScorer(spec["model"], threads=spec["threads"])
     else:
-        scorer = models.load_scorer(
-            spec["model"],
-            device="cuda" if cuda else "cpu",
-            precision="bf16" if cuda else "fp32",
-            channels_last=runtime != "eager",
-        )
+        scorer = models.load_scorer(spec["model"], RunOptions(
+            device="cuda" if cuda else "cpu", precision="bf16" if cuda else "fp32", channels_last=runtime != "eager"))
     for _ in range(spec["warmup"]):
         scorer(images)
     times: list[float] = []

@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from dpiqa import models, storage
 from dpiqa.engine.executor import choose_executor
@@ -20,6 +20,7 @@ from dpiqa.engine.stages.decode import DEFAULT_MAX_PIXELS, DecodeStage
 from dpiqa.engine.stages.score import ScoreStage
 from dpiqa.engine.stages.source import SourceStage
 from dpiqa.engine.stages.write import ShardFact, ShardWriter, WriteStage, owner
+from dpiqa.models.run_options import RunOptions
 from dpiqa.version import code_version
 
 log = logging.getLogger(__name__)
@@ -36,21 +37,17 @@ class ScoreConfig:
         output: output folder or URL.
         model: named configuration, shipped name (`demo`), checkpoint folder, URL or Hub id.
         batch_size: images per model call.
-        device: `auto`, `cpu` or `cuda`.
-        precision: `auto`, `fp32`, `bf16`, `fp16`.
+        run: how the model runs (`RunOptions`: device, precision, channels_last, compile, runtime, and the
+            torch threads per CPU actor, by default the worker's cores shared among its actors).
         overwrite: replace another configuration's results at `output`.
         write_maps: also write quality maps (float16) to `maps/`, for distillation.
         max_pixels: larger images are `too_large` rows.
         actors: scoring actors (default: one per GPU of the cluster, else 1).
-        threads: torch threads per CPU actor (default: the worker's cores / actors).
         chunk_size: samples per block from the shard reader.
         retries: fresh pipelines over the unfinished shards after Ray gives up on a lost node or worker.
         decode_on: where JPEGs are decoded: `cpu` (PIL in the decoder tasks), `device` (the scoring actor's
             device: nvJPEG on a GPU, libjpeg on a CPU), or `auto`: the device for a student on GPUs (PIL
             on one core cannot keep up with it), the CPU otherwise.
-        channels_last, compile: inference fast paths.
-        runtime: `auto` (onnxruntime on CPU actors for an ONNX export from `dpiqa export`, else torch),
-            `torch` or `onnx` (refuses a model that does not run on it).
         skip_missing: score the shards that exist when a brace pattern or list names some that do not.
         writers: shard writers (default: one per node of the cluster; one on the local executor).
         storage_options: fsspec options for input and output.
@@ -60,19 +57,14 @@ class ScoreConfig:
     output: str
     model: str = "demo"
     batch_size: int = 32
-    device: str = "auto"
-    precision: str = "auto"
+    run: RunOptions = field(default_factory=RunOptions)
     overwrite: bool = False
     write_maps: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     actors: int | None = None
-    threads: int | None = None
     chunk_size: int = 64
     retries: int = 3
     decode_on: str = "auto"
-    channels_last: bool = False
-    compile: bool = False
-    runtime: str = "auto"
     skip_missing: bool = False
     writers: int | None = None
     storage_options: dict | None = None
@@ -82,7 +74,7 @@ class ScoreConfig:
         ident = info.identity()
         ident.pop("model")  # the same checkpoint under another path or URL is the same model
         decode = next(s for s in stages if isinstance(s, DecodeStage))
-        return {**ident, "precision": self.precision, "write_maps": self.write_maps,
+        return {**ident, "precision": self.run.precision, "write_maps": self.write_maps,
                 "max_pixels": self.max_pixels, "jpeg_decoder": "device" if decode.defer_jpeg else "pil",
                 "schema_version": SCHEMA_VERSION}
 
@@ -92,15 +84,13 @@ ScoreResult = RunResult
 
 def build_stages(config: ScoreConfig, info: models.ModelInfo, gpus: float) -> list[Stage]:
     """read -> decode -> score, with resources from the config and the cluster's GPU count."""
-    use_gpu = info.runtime == "torch" and (config.device == "cuda" or (config.device == "auto" and gpus > 0))
+    run = config.run
+    use_gpu = info.runtime == "torch" and (run.device.startswith("cuda") or (run.device == "auto" and gpus > 0))
     actors = config.actors or (max(1, int(gpus)) if use_gpu else 1)
-    score = ScoreStage(
-        config.model, device="cuda" if use_gpu else "cpu", precision=config.precision,
-        batch_size=config.batch_size, num_gpus=1.0 if use_gpu else 0.0, concurrency=actors,
-        threads=config.threads or (None if use_gpu else _cpu_threads(actors)),
-        write_maps=config.write_maps, channels_last=config.channels_last, compile=config.compile,
-        runtime=config.runtime,
-    )
+    run = run.replace(device=run.device if run.device.startswith("cuda") else "cuda" if use_gpu else "cpu",
+                      threads=run.threads or (None if use_gpu else _cpu_threads(actors)))
+    score = ScoreStage(config.model, run, batch_size=config.batch_size, num_gpus=1.0 if use_gpu else 0.0,
+                       concurrency=actors, write_maps=config.write_maps)
     source = SourceStage(chunk_size=config.chunk_size, storage_options=config.storage_options)
     source.batch_size = 1
     if config.decode_on not in ("auto", "cpu", "device"):
@@ -142,9 +132,7 @@ def run_score(config: ScoreConfig, executor: Executor | str = "auto", address: s
     t0 = time.monotonic()
     retries_before = storage.RetryCounter.count
     info = models.describe(config.model)
-    models.check_runtime(config.model, info.runtime, config.runtime, device=config.device,
-                         precision=config.precision, channels_last=config.channels_last,
-                         compile=config.compile)
+    models.check_runtime(config.model, info.runtime, config.run)
     shards = storage.list_shards(config.input, config.storage_options, skip_missing=config.skip_missing)
     output = OutputLocation(config.output, config.storage_options)
     storage.refuse_overlap(shards, output.url, config.storage_options)

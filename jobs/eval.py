@@ -6,7 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from dpiqa.jobs.args import add_storage_options, key_values, nonnegative_int, positive_int
+from dpiqa.jobs.args import (
+    add_run_options,
+    add_storage_options,
+    key_values,
+    nonnegative_int,
+    positive_int,
+    run_options,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=nonnegative_int, default=None, help="split seed (default: the model card's)")
     p.add_argument("--fractions", default=None, help="train,val,test fractions (default: the model card's)")
     p.add_argument("--grouped", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    add_run_options(p)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--table", default=None, help="write the results as a markdown table here")
@@ -63,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
             info = models.describe(name)
             indices, split = split_indices(labeled, info.card, dataset, args.split, args.seed, fractions,
                                            args.grouped, fallback_all=matrix)
-            scorer = models.load_scorer(name, device=args.device)
+            scorer = models.load_scorer(name, run_options(args))
             metrics = evaluate(scorer, labeled, indices, batch_size=args.batch_size,
                                storage_options=args.storage_options)
             trained_on = (info.card.get("training") or {}).get("dataset") or "not trained here"

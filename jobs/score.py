@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dpiqa.engine.schema import DEFAULT_MAX_PIXELS
-from dpiqa.jobs.args import add_address, add_storage_options, positive_int
+from dpiqa.jobs.args import add_address, add_run_options, add_storage_options, positive_int, run_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,22 +21,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="demo",
                    help="checkpoint folder/URL/Hub id, shipped name (demo) or named config (default: demo)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default: 32)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="auto: one actor per GPU of the cluster if it has GPUs, else CPU actors")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="auto: bf16 on GPU, fp32 on CPU")
+    add_run_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace results of another model/config at OUT")
     p.add_argument("--write-maps", action="store_true", help="also write float16 quality maps to OUT/maps/ (for distill)")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                    help=f"larger images become 'too_large' rows (default: {DEFAULT_MAX_PIXELS})")
     p.add_argument("--actors", type=positive_int, default=None, help="scoring actors (default: one per GPU, else 1)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch (or onnxruntime) threads per CPU actor")
     p.add_argument("--decode-on", choices=["auto", "cpu", "device"], default="auto",
                    help="where JPEGs are decoded: auto (the GPU for a student on GPUs, else CPU), cpu, device")
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster on GPUs)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
-                   help="auto (default): onnxruntime on CPU for an ONNX export (dpiqa export), else torch")
     add_address(p)
     p.add_argument("--executor", choices=["auto", "ray", "local"], default="auto",
                    help="auto (default): Ray when a cluster is named (--address, RAY_ADDRESS), this process for a "
@@ -53,10 +45,9 @@ def main(args: argparse.Namespace) -> int:
     from dpiqa.engine.pipeline import ScoreConfig, run_score
 
     config = ScoreConfig(
-        input=args.input, output=args.output, model=args.model, batch_size=args.batch_size, device=args.device,
-        precision=args.precision, overwrite=args.overwrite, write_maps=args.write_maps, max_pixels=args.max_pixels,
-        actors=args.actors, threads=args.threads, decode_on=args.decode_on, channels_last=args.channels_last, compile=args.compile,
-        runtime=args.runtime, skip_missing=args.skip_missing, storage_options=args.storage_options,
+        input=args.input, output=args.output, model=args.model, batch_size=args.batch_size, run=run_options(args),
+        overwrite=args.overwrite, write_maps=args.write_maps, max_pixels=args.max_pixels, actors=args.actors,
+        decode_on=args.decode_on, skip_missing=args.skip_missing, storage_options=args.storage_options,
     )
     result = run_score(config, args.executor, args.address)
     print(result.summary_line("scored"))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from dpiqa.models import checkpoint
 from dpiqa.models.preprocessing import Preprocessing
+from dpiqa.models.run_options import RunOptions
 from dpiqa.models.student_config import StudentConfig
 
 if TYPE_CHECKING:  # torch is imported where models are built or loaded; describing one needs none of it
@@ -174,9 +175,6 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu") -> nn.Modu
     return model_class(config["architecture"]).from_pretrained(location, device=device)
 
 
-RUNTIMES = ("auto", "torch", "onnx")
-
-
 def runtime_of(name_or_path: str) -> str:
     """`onnx` for an ONNX export (`dpiqa export`), `torch` for anything else; reads the card only."""
     if name_or_path in MODELS:
@@ -187,25 +185,16 @@ def runtime_of(name_or_path: str) -> str:
     return "onnx" if card.get("format") == "onnx" else "torch"
 
 
-def check_runtime(
-    name_or_path: str,
-    model_runtime: str,
-    runtime: str = "auto",
-    device: str = "auto",
-    precision: str = "auto",
-    channels_last: bool = False,
-    compile: bool = False,
-) -> None:
+def check_runtime(name_or_path: str, model_runtime: str, options: RunOptions) -> None:
     """Refuse scoring options that do not fit the model's runtime, with a message saying what to do.
 
     Args:
         name_or_path: the model, for the message.
         model_runtime: what the model runs on (`runtime_of`, or `ModelInfo.runtime`).
-        runtime: what the user asked for: `auto` (the model's), `torch` or `onnx`.
-        device, precision, channels_last, compile: the scoring options (see `Scorer`).
+        options: what the user asked for (`RunOptions`): its runtime `auto` (the model's), `torch` or `onnx`,
+            and the torch-only fast paths.
     """
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+    runtime, device, precision = options.runtime, options.device, options.precision
     if runtime == "onnx" and model_runtime != "onnx":
         raise ValueError(f"{name_or_path}: --runtime onnx needs an ONNX export; "
                          f"create one with `dpiqa export --model {name_or_path} --output DIR` and score DIR")
@@ -216,43 +205,38 @@ def check_runtime(
         unsupported = [name for name, bad in (
             (f"device {device}", device not in ("auto", "cpu")),
             (f"precision {precision}", precision not in ("auto", "fp32")),
-            ("channels_last", channels_last), ("compile", compile),
+            ("channels_last", options.channels_last), ("compile", options.compile),
         ) if bad]
         if unsupported:
             raise ValueError(f"{name_or_path}: the onnx runtime scores on the CPU in fp32; "
                              f"{', '.join(unsupported)} apply to the torch runtime only")
 
 
-def load_scorer(
-    name_or_path: str,
-    device: str = "auto",
-    precision: str = "auto",
-    channels_last: bool = False,
-    compile: bool = False,
-    runtime: str = "auto",
-) -> ImageScorer:
+def load_scorer(name_or_path: str, options: RunOptions = RunOptions()) -> ImageScorer:  # noqa: B008 - frozen
     """Load a model for inference on this worker: a `Scorer` (torch; see it for the options) or, for an
     ONNX export, a `dpiqa.models.onnx_scorer.OnnxScorer` (onnxruntime on the CPU, torch's thread count).
 
     Args:
         name_or_path: a named configuration, shipped name, checkpoint or ONNX export (folder, URL, Hub id).
-        device, precision, channels_last, compile: see `Scorer`; checked by `check_runtime`.
-        runtime: `auto` (the model's: onnx for an export, else torch), `torch` or `onnx`.
+        options: how it runs (`RunOptions`), checked against the model's runtime by `check_runtime`; its
+            `threads` are set for this process (torch's, which onnxruntime also takes).
     """
+    if options.threads:
+        import torch
+
+        torch.set_num_threads(options.threads)
     if name_or_path in BASELINES:
         module, cls = BASELINES[name_or_path].scorer.split(":")
         return getattr(importlib.import_module(module), cls)()
     model_runtime = runtime_of(name_or_path)
-    check_runtime(name_or_path, model_runtime, runtime, device=device, precision=precision,
-                  channels_last=channels_last, compile=compile)
+    check_runtime(name_or_path, model_runtime, options)
     if model_runtime == "onnx":
         from dpiqa.models.onnx_scorer import OnnxScorer  # onnxruntime is imported only where it is used
 
         return OnnxScorer(resolve(name_or_path))
     from dpiqa.models.scorer import Scorer
 
-    return Scorer(load_model(name_or_path), device=device, precision=precision,
-                  channels_last=channels_last, compile=compile)
+    return Scorer(load_model(name_or_path), options)
 
 
 @dataclass(frozen=True)
@@ -291,7 +275,6 @@ def describe(name_or_path: str, overrides: dict[str, Any] | None = None) -> Mode
         overrides: config fields to replace; named configurations only (a checkpoint's config is its own).
     """
     if name_or_path in BASELINES:
-        from dpiqa.models.preprocessing import Preprocessing
 
         b = BASELINES[name_or_path]
         return ModelInfo(name_or_path, name_or_path, b.identity, Preprocessing(size=b.size), 100.0, b.map_shape,

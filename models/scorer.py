@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from dpiqa.models.preprocessing import Preprocessing
+from dpiqa.models.run_options import RunOptions
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -53,10 +54,8 @@ class Scorer:
 
     Args:
         model: a teacher or student (`forward(x) -> (score, map)`, `config.preprocessing`, `config.mos_scale`).
-        device: `auto`, `cpu`, `cuda`, `cuda:1`, ...
-        precision: `auto`, `fp32`, `bf16` (autocast) or `fp16`.
-        channels_last: run convolutions in NHWC memory format (faster on GPUs with tensor cores).
-        compile: wrap the model in `torch.compile`.
+        options: device, precision, channels_last and compile (`RunOptions`; its runtime is torch's here and
+            its threads are the worker's business).
         prepare: call the model's `prepare_for_inference()` (the teacher's once-per-model prompt-context
             keys and values); off only to measure the plain path.
     """
@@ -64,23 +63,20 @@ class Scorer:
     def __init__(
         self,
         model: nn.Module,
-        device: str = "auto",
-        precision: str = "auto",
-        channels_last: bool = False,
-        compile: bool = False,
+        options: RunOptions = RunOptions(),  # noqa: B008 - frozen, so one shared default is safe
         prepare: bool = True,
     ) -> None:
-        self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
-        self.channels_last = channels_last
+        self.device = resolve_device(options.device)
+        self.precision = resolve_precision(options.precision, self.device)
+        self.channels_last = options.channels_last
         model = model.to(self.device).eval()
-        if channels_last:
+        if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         prepare_fn = getattr(model, "prepare_for_inference", None)
         if prepare and prepare_fn is not None:
             prepare_fn()
         self.model = model
-        self._forward = torch.compile(model) if compile else model
+        self._forward = torch.compile(model) if options.compile else model
         self.preprocessing: Preprocessing = model.config.preprocessing
         self.mos_scale = float(model.config.mos_scale)
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dpiqa.models.run_options import RunOptions
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -39,7 +41,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     df = pd.read_csv(args.table, keep_default_na=False)
     base = Path(args.table).parent
-    scorer = models.load_scorer(args.model, device="cpu")
+    scorer = models.load_scorer(args.model, RunOptions(device="cpu"))
     scores = []
     for start in range(0, len(df), 32):
         part = df.iloc[start:start + 32]

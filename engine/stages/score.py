@@ -9,6 +9,7 @@ import numpy as np
 from dpiqa.engine import schema
 from dpiqa.engine.stages.base import Batch, Stage, text_column
 from dpiqa.engine.stages.device_decode import pixels_for
+from dpiqa.models.run_options import RunOptions
 
 
 class ScoreStage(Stage):
@@ -19,16 +20,14 @@ class ScoreStage(Stage):
 
     Args:
         model: a named configuration, shipped name, checkpoint folder, URL or Hub id.
-        device: `auto` (the worker's GPU if it has one), `cpu` or `cuda`.
-        precision: `auto` (bf16 on GPU, fp32 on CPU), `fp32`, `bf16`, `fp16`.
+        options: how the model runs (`RunOptions`: device, precision, fast paths, runtime, and the torch
+            threads of a CPU actor, which Ray would leave at one).
         batch_size: images per model call.
         num_gpus: GPUs per actor (1 on GPU clusters, 0 on CPUs).
+        num_cpus: CPUs per actor.
         concurrency: number of actors.
-        threads: torch threads per actor on CPU (Ray gives an actor one thread by default).
         write_maps: also return the quality map of each image (float16 bytes).
-        channels_last, compile: inference fast paths.
         keep_images: pass the `image` column through (distillation trains on the images it scored).
-        runtime: `auto` (onnxruntime for an ONNX export, else torch), `torch` or `onnx`.
     """
 
     name: ClassVar[str] = "score"
@@ -36,40 +35,24 @@ class ScoreStage(Stage):
     def __init__(
         self,
         model: str,
-        device: str = "auto",
-        precision: str = "auto",
+        options: RunOptions = RunOptions(),  # noqa: B008 - frozen, so one shared default is safe
         batch_size: int = 32,
         num_gpus: float = 0.0,
         num_cpus: float = 1.0,
         concurrency: int = 1,
-        threads: int | None = None,
         write_maps: bool = False,
-        channels_last: bool = False,
-        compile: bool = False,
         keep_images: bool = False,
-        runtime: str = "auto",
     ) -> None:
-        self.model = model
-        self.device, self.precision = device, precision
+        self.model, self.options = model, options
         self.batch_size, self.num_gpus, self.num_cpus, self.concurrency = batch_size, num_gpus, num_cpus, concurrency
-        self.threads = threads
         self.write_maps = write_maps
-        self.channels_last, self.compile = channels_last, compile
         self.keep_images = keep_images
-        self.runtime = runtime
         self.scorer = None
 
     def setup(self) -> None:
-        import torch
-
         from dpiqa import models
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        self.scorer = models.load_scorer(
-            self.model, device=self.device, precision=self.precision,
-            channels_last=self.channels_last, compile=self.compile, runtime=self.runtime,
-        )
+        self.scorer = models.load_scorer(self.model, self.options)
 
     def __call__(self, batch: Batch) -> Batch:
         if self.scorer is None:

@@ -25,6 +25,7 @@ from dpiqa.engine.stages.base import Batch, Stage
 from dpiqa.engine.stages.decode import DecodeError, decode_image, resize
 from dpiqa.images import to_rgb
 from dpiqa.models.preprocessing import Preprocessing
+from dpiqa.models.run_options import RunOptions
 from dpiqa.storage import get_fs, retry
 
 log = logging.getLogger(__name__)
@@ -289,7 +290,7 @@ def with_teacher(ds, teacher: str, preprocessing: Preprocessing, device: str = "
         out["teacher_map"] = batch["map"]
         return out
 
-    stage = ScoreStage(teacher, device=device, batch_size=batch_size, num_gpus=num_gpus, threads=threads,
+    stage = ScoreStage(teacher, RunOptions(device=device, threads=threads), batch_size=batch_size, num_gpus=num_gpus,
                        write_maps=True, keep_images=True)
     if cache_dir:
         stage = CachedScores(stage, cache_dir, f"teacher {models.describe(teacher).checkpoint_hash} {preprocessing}")

@@ -15,6 +15,7 @@ import numpy as np
 from dpiqa.engine.splits import SplitConfig, make_split
 from dpiqa.engine.training.loop import MODEL_DIR, LoopConfig, train_loop_per_worker
 from dpiqa.engine.training.model import ModelSpec, check_sources, model_config
+from dpiqa.models.run_options import RunOptions
 from dpiqa.storage import get_fs, join
 from dpiqa.version import code_version, machine
 
@@ -415,7 +416,7 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str, sources: str
         model = models.load_model(str(Path(d) / MODEL_DIR))
     metrics = {"val": {k[4:]: v for k, v in best_metrics.items() if k.startswith("val_")}}
     if labeled is not None and len(split.test):
-        scorer = models.Scorer(model, device="cuda" if use_gpu else "cpu", precision=config.precision)
+        scorer = models.Scorer(model, RunOptions(device="cuda" if use_gpu else "cpu", precision=config.precision))
         metrics["test"] = evaluate(scorer, labeled, split.test, storage_options=config.storage_options)
         log.info("%s split %d: test SRCC %.4f PLCC %.4f (best epoch %s)", config.job, seed, metrics["test"]["srcc"],
                  metrics["test"]["plcc"], best_metrics.get("epoch"))

@@ -20,6 +20,7 @@ from dpiqa import models
 from dpiqa.engine.executor.local import LocalExecutor
 from dpiqa.engine.executor.ray_data import RayDataExecutor
 from dpiqa.engine.pipeline import ScoreConfig, run_score
+from dpiqa.models.run_options import RunOptions
 from dpiqa.models.student import DPIQAStudent, StudentConfig
 
 
@@ -62,7 +63,7 @@ def test_worker_node_killed_mid_score_loses_and_duplicates_nothing(cluster, tmp_
     shards.mkdir()
     corpus.write_corpus(shards, shards=10, per_shard=24)
     model = student_checkpoint(tmp_path / "model")
-    clean = run_score(ScoreConfig(input=str(shards), output=str(tmp_path / "clean"), model=model, threads=1),
+    clean = run_score(ScoreConfig(input=str(shards), output=str(tmp_path / "clean"), model=model, run=RunOptions(threads=1)),
                       LocalExecutor())
     assert clean.exit_code == 0
 
@@ -72,7 +73,7 @@ def test_worker_node_killed_mid_score_loses_and_duplicates_nothing(cluster, tmp_
     result: dict = {}
 
     def score() -> None:
-        result["r"] = run_score(ScoreConfig(input=str(shards), output=str(out), model=model, threads=1,
+        result["r"] = run_score(ScoreConfig(input=str(shards), output=str(out), model=model, run=RunOptions(threads=1),
                                             batch_size=8, chunk_size=8), RayDataExecutor(address=cluster.address))
 
     runner = threading.Thread(target=capture(score, result))

@@ -17,6 +17,7 @@ from dpiqa.engine.executor.local import LocalExecutor
 from dpiqa.engine.output import ForeignOutputError, OutputLocation
 from dpiqa.engine.pipeline import ScoreConfig, run_score
 from dpiqa.engine.stages.decode import decode_image
+from dpiqa.models.run_options import RunOptions
 
 MODEL = "dpiqa-student-tiny"
 
@@ -32,7 +33,7 @@ def read_rows(out: str, storage_options: dict | None = None) -> list[dict]:
 
 def reference_scores(shard_paths: list[str]) -> dict[str, float]:
     """Scores computed directly: decode each image and score it alone with the same model."""
-    scorer = models.load_scorer(MODEL, device="cpu")
+    scorer = models.load_scorer(MODEL, RunOptions(device="cpu"))
     out = {}
     for path in shard_paths:
         with tarfile.open(path) as t:
@@ -98,7 +99,7 @@ def test_foreign_output_is_refused_unless_overwrite(good_corpus, tmp_path):
     d, _ = good_corpus
     out = str(tmp_path / "out")
     run_score(ScoreConfig(input=str(d), output=out, model=MODEL), LocalExecutor())
-    other = ScoreConfig(input=str(d), output=out, model=MODEL, precision="bf16")
+    other = ScoreConfig(input=str(d), output=out, model=MODEL, run=RunOptions(precision="bf16"))
     with pytest.raises(ForeignOutputError, match="--overwrite"):
         run_score(other, LocalExecutor())
     other.overwrite = True

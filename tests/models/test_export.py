@@ -25,6 +25,7 @@ from dpiqa.models.export import (
 )
 from dpiqa.models.onnx_scorer import INPUT_NAME, OnnxScorer
 from dpiqa.models.preprocessing import Preprocessing
+from dpiqa.models.run_options import RunOptions
 from dpiqa.models.student import DPIQAStudent, StudentConfig
 
 TINY = "dpiqa-student-tiny"
@@ -76,7 +77,7 @@ def test_onnx_scorer_matches_pytorch_at_batch_1_and_5(which, tiny_export, b0_exp
         source = str(ckpt)
     assert batch_axis(export_dir) == "batch"
     onnx_scorer = models.load_scorer(str(export_dir))
-    torch_scorer = models.load_scorer(source, device="cpu", precision="fp32")
+    torch_scorer = models.load_scorer(source, RunOptions(device="cpu", precision="fp32"))
     assert isinstance(onnx_scorer, OnnxScorer)
     assert (
         onnx_scorer.preprocessing == torch_scorer.preprocessing
@@ -213,11 +214,11 @@ def test_bad_export_requests_are_refused(tiny_export, tmp_path):
 def test_runtime_options_that_do_not_fit_the_model_are_refused(tiny_export):
     export = str(tiny_export[0])
     with pytest.raises(ValueError, match="needs an ONNX export; create one with `dpiqa export"):
-        models.load_scorer(TINY, runtime="onnx")
+        models.load_scorer(TINY, RunOptions(runtime="onnx"))
     with pytest.raises(ValueError, match="runs on onnxruntime only"):
-        models.load_scorer(export, runtime="torch")
+        models.load_scorer(export, RunOptions(runtime="torch"))
     with pytest.raises(ValueError, match="device cuda, precision bf16, compile apply to the torch runtime"):
-        models.load_scorer(export, device="cuda", precision="bf16", compile=True)
+        models.load_scorer(export, RunOptions(device="cuda", precision="bf16", compile=True))
     with pytest.raises(ValueError, match="has no PyTorch weights"):
         models.load_model(export)
-    assert isinstance(models.load_scorer(export, runtime="onnx"), OnnxScorer)
+    assert isinstance(models.load_scorer(export, RunOptions(runtime="onnx")), OnnxScorer)

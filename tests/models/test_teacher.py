@@ -20,6 +20,7 @@ from dpiqa.models import checkpoint
 from dpiqa.models.attention import CachedContextAttnProcessor
 from dpiqa.models.pretrained import sd_files
 from dpiqa.models.prompts import DEFAULT_SET, quality_prompts
+from dpiqa.models.run_options import RunOptions
 from dpiqa.models.scorer import Scorer
 from dpiqa.models.teacher import DPIQATeacher, TeacherConfig
 
@@ -205,7 +206,7 @@ def cross_attention_layers(model: DPIQATeacher) -> list[Attention]:
 def test_cached_prompt_keys_values_give_the_plain_scores(tiny: DPIQATeacher) -> None:
     pixels = uint8_images()
     plain, plain_map = plain_scores(tiny, pixels)
-    scorer = Scorer(copy.deepcopy(tiny), device="cpu", precision="fp32")
+    scorer = Scorer(copy.deepcopy(tiny), RunOptions(device="cpu", precision="fp32"))
     layers = cross_attention_layers(scorer.model)
     assert len(layers) == 10  # tiny U-Net: 3 down + 1 mid + 6 up cross-attention layers
     assert all(isinstance(a.processor, CachedContextAttnProcessor) for a in layers)
@@ -240,7 +241,7 @@ def test_cache_is_not_used_with_gradients_and_is_dropped_by_train(tiny: DPIQATea
 def test_channels_last_gives_the_plain_scores(tiny: DPIQATeacher) -> None:
     pixels = uint8_images()
     plain, _ = plain_scores(tiny, pixels)
-    scorer = Scorer(copy.deepcopy(tiny), device="cpu", precision="fp32", channels_last=True)
+    scorer = Scorer(copy.deepcopy(tiny), RunOptions(device="cpu", precision="fp32", channels_last=True))
     assert scorer.model.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     # Tolerance: fp32; NHWC convolution kernels sum in another order.
     np.testing.assert_allclose(scorer(pixels).scores, plain, rtol=1e-5, atol=1e-5 * np.abs(plain).max())
@@ -249,7 +250,7 @@ def test_channels_last_gives_the_plain_scores(tiny: DPIQATeacher) -> None:
 def test_bf16_autocast_gives_the_plain_scores_within_bf16_precision(tiny: DPIQATeacher) -> None:
     pixels = uint8_images()
     plain, _ = plain_scores(tiny, pixels)
-    out = Scorer(copy.deepcopy(tiny), device="cpu", precision="bf16")(pixels)
+    out = Scorer(copy.deepcopy(tiny), RunOptions(device="cpu", precision="bf16"))(pixels)
     # Tolerance: bf16 keeps 8 significant bits (relative step 2^-8 = 0.4%); errors of ~40 layers add up,
     # so we allow 3% of the score's magnitude.
     np.testing.assert_allclose(out.scores, plain, rtol=0, atol=0.03 * np.abs(plain).max())

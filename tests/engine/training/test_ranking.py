@@ -15,6 +15,7 @@ from PIL import Image
 
 from dpiqa.engine.training.data import EpochBatches, rank_id, rank_table_rows
 from dpiqa.engine.training.loop import rank_srcc, selection
+from dpiqa.models.run_options import RunOptions
 
 
 def ranking_table(d: Path, sources: int = 6, name: str = "rank.csv") -> Path:
@@ -142,7 +143,7 @@ def test_cached_teacher_scores_and_maps_come_back_from_disk(tmp_path):
         return {"image": images, "status": status, "error": np.full(4, None, dtype=object), "target": np.zeros(4)}
 
     def stage():
-        s = CachedScores(ScoreStage(str(tmp_path / "teacher"), device="cpu", write_maps=True, keep_images=True),
+        s = CachedScores(ScoreStage(str(tmp_path / "teacher"), RunOptions(device="cpu"), write_maps=True, keep_images=True),
                          str(tmp_path / "cache"), "tiny teacher")
         s.setup()
         return s
