@@ -46,12 +46,20 @@ def generate(out: Path, rows: int, per_shard: int, seed: int = 0) -> None:
         status = np.where(rng.random(n) < 0.98, "ok", rng.choice(["decode_error", "no_image", "too_large"], n))
         score = rng.normal(50, 10, n).astype(np.float32)
         ok = status == "ok"
-        table = pa.Table.from_arrays([
-            pa.array([f"{name}_{i:06d}" for i in range(n)]), pa.array([url] * n), pa.array(np.arange(n)),
-            pa.array(score, mask=~ok), pa.array(["synthetic"] * n), pa.array(np.full(n, 512, np.int32)),
-            pa.array(np.full(n, 384, np.int32)), pa.array(status),
-            pa.array(np.where(ok, None, "synthetic failure").tolist(), pa.string()),
-        ], schema=meta)
+        table = pa.Table.from_arrays(
+            [
+                pa.array([f"{name}_{i:06d}" for i in range(n)]),
+                pa.array([url] * n),
+                pa.array(np.arange(n)),
+                pa.array(score, mask=~ok),
+                pa.array(["synthetic"] * n),
+                pa.array(np.full(n, 512, np.int32)),
+                pa.array(np.full(n, 384, np.int32)),
+                pa.array(status),
+                pa.array(np.where(ok, None, "synthetic failure").tolist(), pa.string()),
+            ],
+            schema=meta,
+        )
         location.write_table(SCORES_DIR, name, table)
         location.write_marker(name, {"shard": url, "rows": n, "statuses": {}, "config_hash": "bench"})
 
@@ -69,8 +77,20 @@ def audit_peak(run: Path, workdir: Path, cli: bool) -> tuple[float, float]:
     """Run the audit in a child process; returns (peak RSS in MiB, seconds)."""
     report, doc = str(workdir / f"{run.name}.html"), str(workdir / f"{run.name}.json")
     if cli:
-        cmd = [sys.executable, "-m", "dpiqa.jobs.cli", "audit", "--scores", str(run), "--baseline", str(run),
-               "--report", report, "--json", doc]
+        cmd = [
+            sys.executable,
+            "-m",
+            "dpiqa.jobs.cli",
+            "audit",
+            "--scores",
+            str(run),
+            "--baseline",
+            str(run),
+            "--report",
+            report,
+            "--json",
+            doc,
+        ]
     else:
         cmd = [sys.executable, "-c", ENGINE_ONLY, str(run), report, doc]
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -100,15 +120,19 @@ def main() -> None:
         rows = args.rows * scale
         t0 = time.monotonic()
         generate(run, rows, args.rows_per_shard)
-        print(f"{scale:>2}x: {rows:,} rows in {rows // args.rows_per_shard} shards (generated in "
-              f"{time.monotonic() - t0:.1f} s)")
+        print(
+            f"{scale:>2}x: {rows:,} rows in {rows // args.rows_per_shard} shards (generated in "
+            f"{time.monotonic() - t0:.1f} s)"
+        )
         for cli in (True, False):
             rss, seconds = results[scale, cli] = audit_peak(run, workdir, cli)
             print(f"     peak RSS {rss:.1f} MiB, {seconds:.1f} s ({'dpiqa audit' if cli else 'run_audit only'})")
     for cli in (True, False):
         big, small = results[10, cli][0], results[1, cli][0]
-        print(f"peak RSS 10x / 1x = {big / small:.3f} ({big:.1f} / {small:.1f} MiB) for 10x the rows "
-              f"({'dpiqa audit' if cli else 'run_audit only'})")
+        print(
+            f"peak RSS 10x / 1x = {big / small:.3f} ({big:.1f} / {small:.1f} MiB) for 10x the rows "
+            f"({'dpiqa audit' if cli else 'run_audit only'})"
+        )
 
 
 if __name__ == "__main__":

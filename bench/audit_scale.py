@@ -40,17 +40,31 @@ def synthetic_run(out: Path, shards: int, rows: int, seed: int = 0) -> int:
         scores = rng.normal(55.0, 12.0, rows).astype(np.float32)
         bad = rng.random(rows) < 0.02
         status = np.where(bad, "decode_error", "ok")
-        table = pa.Table.from_arrays([
-            pa.array([f"k{s}_{i}" for i in range(rows)], pa.string()), pa.array([url] * rows, pa.string()),
-            pa.array(np.arange(rows), pa.int64()), pa.array(scores, pa.float32(), mask=bad),
-            pa.array(["synthetic"] * rows, pa.string()), pa.array(np.full(rows, 640, np.int32)),
-            pa.array(np.full(rows, 480, np.int32)), pa.array(status, pa.string()),
-            pa.array(np.where(bad, "jpg: broken", None), pa.string()),
-        ], schema=table_schema)
+        table = pa.Table.from_arrays(
+            [
+                pa.array([f"k{s}_{i}" for i in range(rows)], pa.string()),
+                pa.array([url] * rows, pa.string()),
+                pa.array(np.arange(rows), pa.int64()),
+                pa.array(scores, pa.float32(), mask=bad),
+                pa.array(["synthetic"] * rows, pa.string()),
+                pa.array(np.full(rows, 640, np.int32)),
+                pa.array(np.full(rows, 480, np.int32)),
+                pa.array(status, pa.string()),
+                pa.array(np.where(bad, "jpg: broken", None), pa.string()),
+            ],
+            schema=table_schema,
+        )
         name = f"{s:05d}"
         loc.write_table("scores", name, table)
-        loc.write_marker(name, {"shard": url, "rows": rows, "config_hash": digest,
-                                "statuses": {"ok": int((~bad).sum()), "decode_error": int(bad.sum())}})
+        loc.write_marker(
+            name,
+            {
+                "shard": url,
+                "rows": rows,
+                "config_hash": digest,
+                "statuses": {"ok": int((~bad).sum()), "decode_error": int(bad.sum())},
+            },
+        )
     return shards * rows
 
 
@@ -93,19 +107,21 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rate = {k: total / v for k, v in results.items()}
-    text = "\n".join([
-        f"`python bench/audit_scale.py --shards {args.shards} --rows {args.rows} --cpus {args.cpus}`: "
-        f"{total:,} rows in {args.shards} Parquet files, each audit read every row (second of two passes).",
-        "",
-        "| audit | seconds | rows/s |",
-        "| --- | ---: | ---: |",
-        f"| one process | {results['local']:.1f} | {rate['local']:,.0f} |",
-        f"| Ray tasks ({args.cpus} CPUs), merged | {results['ray']:.1f} | {rate['ray']:,.0f} |",
-        "",
-        f"Ray / one process: {rate['ray'] / rate['local']:.2f}x; the two JSON documents are equal: {same}.",
-        "",
-        f"Machine: {machine()}",
-    ])
+    text = "\n".join(
+        [
+            f"`python bench/audit_scale.py --shards {args.shards} --rows {args.rows} --cpus {args.cpus}`: "
+            f"{total:,} rows in {args.shards} Parquet files, each audit read every row (second of two passes).",
+            "",
+            "| audit | seconds | rows/s |",
+            "| --- | ---: | ---: |",
+            f"| one process | {results['local']:.1f} | {rate['local']:,.0f} |",
+            f"| Ray tasks ({args.cpus} CPUs), merged | {results['ray']:.1f} | {rate['ray']:,.0f} |",
+            "",
+            f"Ray / one process: {rate['ray'] / rate['local']:.2f}x; the two JSON documents are equal: {same}.",
+            "",
+            f"Machine: {machine()}",
+        ]
+    )
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

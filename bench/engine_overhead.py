@@ -100,18 +100,40 @@ print(json.dumps({"images": n, "seconds": time.monotonic() - t0}))
 
 
 def bare_loop(model: str, shards: list[Path], threads: int, batch: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", BARE_LOOP, str(REPO), model, str(threads), str(batch),
-                          *map(str, shards)], capture_output=True, text=True, check=True, env=_env(threads))
+    out = subprocess.run(
+        [sys.executable, "-c", BARE_LOOP, str(REPO), model, str(threads), str(batch), *map(str, shards)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=_env(threads),
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def engine_run(model: str, shards: Path, output: Path, threads: int, batch: int) -> tuple[dict, float, float]:
     """`dpiqa score` on a local Ray; returns (manifest, wall seconds, the process tree's memory peaks)."""
-    cmd = [sys.executable, "-m", "dpiqa.jobs.cli", "score", "--input", str(shards), "--output", str(output),
-           "--model", model, "--device", "cpu", "--batch-size", str(batch), "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dpiqa.jobs.cli",
+        "score",
+        "--input",
+        str(shards),
+        "--output",
+        str(output),
+        "--model",
+        model,
+        "--device",
+        "cpu",
+        "--batch-size",
+        str(batch),
+        "--threads",
+        str(threads),
+    ]
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(threads), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=_env(threads), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     with TreePeakRSS(proc.pid) as mem:
         log, _ = proc.communicate()
     wall = time.monotonic() - t0
@@ -152,8 +174,10 @@ def main() -> None:
         DPIQAStudent(StudentConfig(backbone=args.backbone, image_size=args.image_size)).save_pretrained(model)
     n = args.images // args.shards * args.shards
     print(f"machine: {machine()}")
-    print(f"model: {args.backbone if args.model is None else model} @ {args.image_size}; {n} JPEGs 640x480 in "
-          f"{args.shards} shards; batch {args.batch_size}; {args.threads} torch threads")
+    print(
+        f"model: {args.backbone if args.model is None else model} @ {args.image_size}; {n} JPEGs 640x480 in "
+        f"{args.shards} shards; batch {args.batch_size}; {args.threads} torch threads"
+    )
 
     bare = bare_loop(model, shards, args.threads, args.batch_size)
     bare_rate = bare["images"] / bare["seconds"]
@@ -175,22 +199,32 @@ def main() -> None:
     print("| run | images | seconds | img/s |")
     print("| --- | ---: | ---: | ---: |")
     print(f"| (a) bare loop, one process | {bare['images']} | {bare['seconds']:.1f} | {bare_rate:.2f} |")
-    print(f"| (b) dpiqa score on local Ray, steady state (after {startup:.1f} s start-up) | {manifest['rows']} | "
-          f"{manifest['seconds'] - startup:.1f} | {steady:.2f} |")
-    print(f"| (b) dpiqa score, whole command incl. Ray start and model load | {manifest['rows']} | {wall:.1f} | "
-          f"{total:.2f} |")
+    print(
+        f"| (b) dpiqa score on local Ray, steady state (after {startup:.1f} s start-up) | {manifest['rows']} | "
+        f"{manifest['seconds'] - startup:.1f} | {steady:.2f} |"
+    )
+    print(
+        f"| (b) dpiqa score, whole command incl. Ray start and model load | {manifest['rows']} | {wall:.1f} | "
+        f"{total:.2f} |"
+    )
     print()
     print(f"ratio (b)/(a), steady state: {steady / bare_rate:.3f}   (goal >= 0.9)")
     print(f"ratio (b)/(a), whole command: {total / bare_rate:.3f}")
     print()
-    print("| corpus | images | peak PSS of driver + Ray processes (MiB) | processes then | peak summed RSS (MiB) "
-          "| img/s (whole command) |")
+    print(
+        "| corpus | images | peak PSS of driver + Ray processes (MiB) | processes then | peak summed RSS (MiB) "
+        "| img/s (whole command) |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name, m, mem, rate in (("1x", manifest, peak_1x, total),
-                               (f"{args.scale}x", manifest_x, peak_x, manifest_x["rows"] / wall_x)):
+    for name, m, mem, rate in (
+        ("1x", manifest, peak_1x, total),
+        (f"{args.scale}x", manifest_x, peak_x, manifest_x["rows"] / wall_x),
+    ):
         print(f"| {name} | {m['rows']} | {mem.peak_pss:.0f} | {mem.processes} | {mem.peak:.0f} | {rate:.2f} |")
-    print(f"peak memory ratio {args.scale}x / 1x: PSS {peak_x.peak_pss / peak_1x.peak_pss:.3f}   (goal: within 1.10); "
-          f"summed RSS {peak_x.peak / peak_1x.peak:.3f} (counts shared pages once per process)")
+    print(
+        f"peak memory ratio {args.scale}x / 1x: PSS {peak_x.peak_pss / peak_1x.peak_pss:.3f}   (goal: within 1.10); "
+        f"summed RSS {peak_x.peak / peak_1x.peak:.3f} (counts shared pages once per process)"
+    )
 
 
 if __name__ == "__main__":

@@ -73,8 +73,13 @@ def model_only(name: str, batch: int, fast: bool, seconds: float, device: str, c
 
     model = models.build(name, device="cpu")
     is_teacher = model.architecture == "dpiqa-teacher"
-    scorer = Scorer(model, RunOptions(device=device, precision="auto", channels_last=fast, compile=fast and compile_student and not is_teacher),
-                    prepare=fast)
+    scorer = Scorer(
+        model,
+        RunOptions(
+            device=device, precision="auto", channels_last=fast, compile=fast and compile_student and not is_teacher
+        ),
+        prepare=fast,
+    )
     h, w = scorer.preprocessing.size
     images = torch.randint(0, 256, (batch, h, w, 3), dtype=torch.uint8, device=device)
     for _ in range(3):
@@ -132,17 +137,40 @@ def decode_rates(shard: Path, device: str) -> dict[str, float]:
 
 
 def end_to_end(model: str, shards: Path, out: Path, batch: int, decode_on: str, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "dpiqa.jobs.cli", "score", "--input", str(shards), "--output", str(out), "--model",
-           model, "--batch-size", str(batch), "--decode-on", decode_on, "--overwrite", *extra]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "dpiqa.jobs.cli",
+        "score",
+        "--input",
+        str(shards),
+        "--output",
+        str(out),
+        "--model",
+        model,
+        "--batch-size",
+        str(batch),
+        "--decode-on",
+        decode_on,
+        "--overwrite",
+        *extra,
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
     run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(f"dpiqa score failed:\n{run.stderr[-3000:]}")
     manifest = json.loads((out / "manifest.json").read_text())
     steady = (manifest["rows"] - batch) / max(manifest["seconds"] - manifest["startup_seconds"], 1e-9)
-    return {"rows": manifest["rows"], "seconds": manifest["seconds"], "startup": manifest["startup_seconds"],
-            "steady": steady}
+    return {
+        "rows": manifest["rows"],
+        "seconds": manifest["seconds"],
+        "startup": manifest["startup_seconds"],
+        "steady": steady,
+    }
 
 
 def main() -> None:
@@ -162,8 +190,9 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
     if device == "cpu" and not args.smoke:
         raise SystemExit("no CUDA GPU visible: run on a GPU machine, or --smoke to check the script")
-    teacher, student = ("dpiqa-teacher-tiny", "dpiqa-student-tiny") if args.smoke else ("dpiqa-teacher",
-                                                                                        "dpiqa-student")
+    teacher, student = (
+        ("dpiqa-teacher-tiny", "dpiqa-student-tiny") if args.smoke else ("dpiqa-teacher", "dpiqa-student")
+    )
     images = 256 if args.smoke else args.images
     seconds = 2.0 if args.smoke else args.seconds
     work = args.workdir or Path(tempfile.mkdtemp(prefix="dpiqa-gpu-"))
@@ -178,20 +207,29 @@ def main() -> None:
     gpu_flags = [] if device == "cpu" else ["--device", "cuda", "--precision", "bf16", "--channels-last"]
     e2e_teacher = end_to_end(teacher, shards, work / "out-teacher", args.teacher_batch, "cpu", gpu_flags)
     student_flags = gpu_flags + ([] if args.no_compile or device == "cpu" else ["--compile"])
-    e2e_student = end_to_end(student, shards, work / "out-student", args.student_batch,
-                             "device", student_flags)
+    e2e_student = end_to_end(student, shards, work / "out-student", args.student_batch, "device", student_flags)
 
-    lines = [f"# GPU benchmark ({'smoke run, tiny models on the CPU' if args.smoke else 'one GPU'})", "",
-             f"machine: {machine()}", "", "| model | batch | model-only plain img/s | model-only fast img/s | "
-             "fast / plain | dpiqa score end to end img/s (steady) | end to end / model-only fast |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"# GPU benchmark ({'smoke run, tiny models on the CPU' if args.smoke else 'one GPU'})",
+        "",
+        f"machine: {machine()}",
+        "",
+        "| model | batch | model-only plain img/s | model-only fast img/s | "
+        "fast / plain | dpiqa score end to end img/s (steady) | end to end / model-only fast |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for (name, batch, plain, fast), e2e in zip(rows, (e2e_teacher, e2e_student), strict=True):
-        lines.append(f"| {name} | {batch} | {plain:.1f} | {fast:.1f} | {fast / plain:.2f} | {e2e['steady']:.1f} | "
-                     f"{e2e['steady'] / fast:.2f} |")
+        lines.append(
+            f"| {name} | {batch} | {plain:.1f} | {fast:.1f} | {fast / plain:.2f} | {e2e['steady']:.1f} | "
+            f"{e2e['steady'] / fast:.2f} |"
+        )
     lines += ["", "Where the time goes (rates of each part alone, images/s):", ""]
     lines += [f"- {k}: {v:.0f}" for k, v in rates.items()]
-    lines += ["", f"End to end includes Ray start and model load: teacher {e2e_teacher['startup']:.1f} s, "
-              f"student {e2e_student['startup']:.1f} s before the first scored batch; {images} images."]
+    lines += [
+        "",
+        f"End to end includes Ray start and model load: teacher {e2e_teacher['startup']:.1f} s, "
+        f"student {e2e_student['startup']:.1f} s before the first scored batch; {images} images.",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.output:

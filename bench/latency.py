@@ -87,9 +87,7 @@ def measure(spec: dict) -> dict:
     from dpiqa import models
 
     runtime, batch = spec["runtime"], spec["batch"]
-    images = np.random.default_rng(0).integers(
-        0, 256, (batch, spec["image_size"], spec["image_size"], 3), np.uint8
-    )
+    images = np.random.default_rng(0).integers(0, 256, (batch, spec["image_size"], spec["image_size"], 3), np.uint8)
     rss_before = proc_status_mb("VmRSS")
     cuda = runtime == "cuda"
     if cuda:
@@ -99,8 +97,12 @@ def measure(spec: dict) -> dict:
 
         scorer = OnnxScorer(spec["model"], threads=spec["threads"])
     else:
-        scorer = models.load_scorer(spec["model"], RunOptions(
-            device="cuda" if cuda else "cpu", precision="bf16" if cuda else "fp32", channels_last=runtime != "eager"))
+        scorer = models.load_scorer(
+            spec["model"],
+            RunOptions(
+                device="cuda" if cuda else "cpu", precision="bf16" if cuda else "fp32", channels_last=runtime != "eager"
+            ),
+        )
     for _ in range(spec["warmup"]):
         scorer(images)
     times: list[float] = []
@@ -142,14 +144,10 @@ def run_child(spec: dict, timeout: float) -> Measurement:
             timeout=timeout,
         )
     except subprocess.TimeoutExpired:
-        return Measurement(
-            spec["tier"], spec["runtime"], spec["batch"], error=f"timed out after {timeout:.0f} s"
-        )
+        return Measurement(spec["tier"], spec["runtime"], spec["batch"], error=f"timed out after {timeout:.0f} s")
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return Measurement(
-            spec["tier"], spec["runtime"], spec["batch"], error=f"exit {proc.returncode}: {last}"
-        )
+        return Measurement(spec["tier"], spec["runtime"], spec["batch"], error=f"exit {proc.returncode}: {last}")
     return Measurement(**json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
@@ -160,8 +158,12 @@ def host() -> dict:
 
     from dpiqa.version import machine
 
-    return {"machine": machine(), "onnxruntime": onnxruntime.__version__, "timm": timm.__version__,
-            "load_average": " / ".join(f"{x:.2f}" for x in os.getloadavg())}
+    return {
+        "machine": machine(),
+        "onnxruntime": onnxruntime.__version__,
+        "timm": timm.__version__,
+        "load_average": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
 
 
 def prepare(tier: str, image_size: int, root: Path, onnx: bool) -> tuple[str, str | None, int]:
@@ -237,12 +239,8 @@ def markdown(
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--tiers", default=",".join(TIERS), help=f"comma-separated, of {', '.join(TIERS)} (default: all)"
-    )
-    p.add_argument(
-        "--baseline", default="b7", help="the tier others are compared with (default: b7, the paper's)"
-    )
+    p.add_argument("--tiers", default=",".join(TIERS), help=f"comma-separated, of {', '.join(TIERS)} (default: all)")
+    p.add_argument("--baseline", default="b7", help="the tier others are compared with (default: b7, the paper's)")
     p.add_argument(
         "--runtimes",
         default=None,

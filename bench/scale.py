@@ -46,29 +46,39 @@ def build_shards(folder: Path, shards: int, per_shard: int) -> None:
 
 def baseline_checkout(ref: str, into: Path) -> Path:
     """A worktree of `ref` with the null scorer added to its registry (the only change)."""
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-f", str(into), ref], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", "-f", str(into), ref], check=True, capture_output=True
+    )
     # the null scorer, in the baseline's import names (engine/models at the top before the dpiqa namespace)
     null = (REPO / "models" / "null.py").read_text()
-    (into / "models" / "null.py").write_text(null if (into / "dpiqa").is_dir() else null.replace("dpiqa.models.", "models."))
+    (into / "models" / "null.py").write_text(
+        null if (into / "dpiqa").is_dir() else null.replace("dpiqa.models.", "models.")
+    )
     init = into / "models" / "registry.py"
     text = init.read_text()
     patches = [
-        ('BASELINES: dict[str, str] = {"brisque": "brisque-0.2.0:live-svr"}',
-         'BASELINES: dict[str, str] = {"brisque": "brisque-0.2.0:live-svr", "null": "null:constant"}'),
-        ('    if name_or_path in BASELINES:\n        from models.brisque import BrisqueScorer\n',
-         '    if name_or_path == "null":\n        from models.null import NullScorer\n\n        return NullScorer()\n'
-         '    if name_or_path in BASELINES:\n        from models.brisque import BrisqueScorer\n'),
-        ('    if name_or_path in BASELINES:\n        from models.preprocessing import Preprocessing\n',
-         '    if name_or_path == "null":\n        from models.preprocessing import Preprocessing\n\n'
-         '        return ModelInfo("null", "null", "null:constant", Preprocessing(size=(32, 32)), 100.0, (8, 64, 64),'
-         ' {}, "baseline")\n'
-         '    if name_or_path in BASELINES:\n        from models.preprocessing import Preprocessing\n'),
+        (
+            'BASELINES: dict[str, str] = {"brisque": "brisque-0.2.0:live-svr"}',
+            'BASELINES: dict[str, str] = {"brisque": "brisque-0.2.0:live-svr", "null": "null:constant"}',
+        ),
+        (
+            "    if name_or_path in BASELINES:\n        from models.brisque import BrisqueScorer\n",
+            '    if name_or_path == "null":\n        from models.null import NullScorer\n\n        return NullScorer()\n'
+            "    if name_or_path in BASELINES:\n        from models.brisque import BrisqueScorer\n",
+        ),
+        (
+            "    if name_or_path in BASELINES:\n        from models.preprocessing import Preprocessing\n",
+            '    if name_or_path == "null":\n        from models.preprocessing import Preprocessing\n\n'
+            '        return ModelInfo("null", "null", "null:constant", Preprocessing(size=(32, 32)), 100.0, (8, 64, 64),'
+            ' {}, "baseline")\n'
+            "    if name_or_path in BASELINES:\n        from models.preprocessing import Preprocessing\n",
+        ),
     ]
     for old, new in patches:
         if old not in text:
-            raise SystemExit(f"bench/scale.py: {ref}'s models/registry.py is not the one expected; cannot add the "
-                             "null scorer to it")
+            raise SystemExit(
+                f"bench/scale.py: {ref}'s models/registry.py is not the one expected; cannot add the null scorer to it"
+            )
         text = text.replace(old, new, 1)
     init.write_text(text)
     return into
@@ -106,18 +116,35 @@ def child(args: argparse.Namespace) -> None:
 
     ray.init(address=args.address, log_to_driver=False)
     cpu0, t0 = cpu(), time.monotonic()
-    result = run_score(ScoreConfig(input=args.input, output=args.output, model="null", write_maps=args.maps,
-                                   batch_size=args.batch_size, chunk_size=args.chunk_size),
-                       RayDataExecutor(address=args.address))
+    result = run_score(
+        ScoreConfig(
+            input=args.input,
+            output=args.output,
+            model="null",
+            write_maps=args.maps,
+            batch_size=args.batch_size,
+            chunk_size=args.chunk_size,
+        ),
+        RayDataExecutor(address=args.address),
+    )
     seconds, cpu1, end = time.monotonic() - t0, cpu(), time.monotonic()
     rows = result.manifest["rows"]
-    print(json.dumps({
-        "rows": rows, "seconds": seconds, "images_per_second": rows / seconds,
-        "steady_seconds": end - first[1], "steady_images_per_second": rows / max(end - first[1], 1e-9),
-        "driver_cpu_seconds": cpu1 - cpu0, "driver_steady_cpu_seconds": cpu1 - first[0],
-        "driver_bytes": received[0], "driver_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "failed": len(result.failed),
-    }))
+    print(
+        json.dumps(
+            {
+                "rows": rows,
+                "seconds": seconds,
+                "images_per_second": rows / seconds,
+                "steady_seconds": end - first[1],
+                "steady_images_per_second": rows / max(end - first[1], 1e-9),
+                "driver_cpu_seconds": cpu1 - cpu0,
+                "driver_steady_cpu_seconds": cpu1 - first[0],
+                "driver_bytes": received[0],
+                "driver_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "failed": len(result.failed),
+            }
+        )
+    )
 
 
 def _nbytes(column) -> int:  # noqa: ANN001 - a numpy column
@@ -126,12 +153,25 @@ def _nbytes(column) -> int:  # noqa: ANN001 - a numpy column
     return int(column.nbytes)
 
 
-def measure(code: Path, address: str, shards: Path, out: Path, maps: bool, batch_size: int = 64,
-            chunk_size: int = 128) -> dict:
+def measure(
+    code: Path, address: str, shards: Path, out: Path, maps: bool, batch_size: int = 64, chunk_size: int = 128
+) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code), "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(REPO / "bench" / "scale.py"), "--child", "--address", address, "--input",
-           str(shards), "--output", str(out), "--batch-size", str(batch_size), "--chunk-size", str(chunk_size)] + (
-        ["--maps"] if maps else [])
+    cmd = [
+        sys.executable,
+        str(REPO / "bench" / "scale.py"),
+        "--child",
+        "--address",
+        address,
+        "--input",
+        str(shards),
+        "--output",
+        str(out),
+        "--batch-size",
+        str(batch_size),
+        "--chunk-size",
+        str(chunk_size),
+    ] + (["--maps"] if maps else [])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=code)
     if proc.returncode != 0:
         raise SystemExit(f"measurement failed ({code.name}, maps={maps}):\n{proc.stderr[-3000:]}")
@@ -141,8 +181,12 @@ def measure(code: Path, address: str, shards: Path, out: Path, maps: bool, batch
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", default="1,2", help="worker-node counts of the local cluster to measure")
-    ap.add_argument("--cpus-per-node", type=int, default=2,
-                    help="CPUs of each node (at least 2: the scoring actor holds one, decoding needs another)")
+    ap.add_argument(
+        "--cpus-per-node",
+        type=int,
+        default=2,
+        help="CPUs of each node (at least 2: the scoring actor holds one, decoding needs another)",
+    )
     ap.add_argument("--shards", type=int, default=16)
     ap.add_argument("--per-shard", type=int, default=256)
     ap.add_argument("--baseline-ref", default=BASELINE_REF)
@@ -169,7 +213,7 @@ def main() -> None:
     codes = {"baseline": baseline_checkout(args.baseline_ref, work / "baseline"), "current": REPO}
     rows = []
     try:
-        for nodes in ([None] if args.address else [int(n) for n in args.nodes.split(",")]):
+        for nodes in [None] if args.address else [int(n) for n in args.nodes.split(",")]:
             cluster = None
             address = args.address
             if address is None:
@@ -193,8 +237,9 @@ def main() -> None:
                 if cluster is not None:
                     cluster.shutdown()
     finally:
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / "baseline")],
-                       capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / "baseline")], capture_output=True
+        )
         shutil.rmtree(work, ignore_errors=True)
 
     table = render(rows, args)
@@ -219,21 +264,29 @@ def render(rows: list[dict], args: argparse.Namespace) -> str:
         "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        lines.append(f"| {r['nodes'] or 'cluster'} | {'64 KiB' if r['maps'] else 'no'} | {r['version']} | "
-                     f"{r['images_per_second']:.0f} | {r['steady_images_per_second']:.0f} | "
-                     f"{r['driver_steady_cpu_seconds'] / r['steady_seconds']:.2f} | "
-                     f"{r['driver_steady_cpu_seconds'] / r['rows'] * per:.1f} | "
-                     f"{r['driver_bytes'] / r['rows']:.1f} | {r['driver_peak_rss_mib']:.0f} |")
-    lines += ["", "| nodes | maps | images/s current / baseline | driver CPU per image baseline / current | "
-                  "driver bytes per image baseline / current |", "| ---: | --- | ---: | ---: | ---: |"]
+        lines.append(
+            f"| {r['nodes'] or 'cluster'} | {'64 KiB' if r['maps'] else 'no'} | {r['version']} | "
+            f"{r['images_per_second']:.0f} | {r['steady_images_per_second']:.0f} | "
+            f"{r['driver_steady_cpu_seconds'] / r['steady_seconds']:.2f} | "
+            f"{r['driver_steady_cpu_seconds'] / r['rows'] * per:.1f} | "
+            f"{r['driver_bytes'] / r['rows']:.1f} | {r['driver_peak_rss_mib']:.0f} |"
+        )
+    lines += [
+        "",
+        "| nodes | maps | images/s current / baseline | driver CPU per image baseline / current | "
+        "driver bytes per image baseline / current |",
+        "| ---: | --- | ---: | ---: | ---: |",
+    ]
     for r in rows:
         if r["version"] != "current":
             continue
         b = next(x for x in rows if x["version"] == "baseline" and x["nodes"] == r["nodes"] and x["maps"] == r["maps"])
-        lines.append(f"| {r['nodes'] or 'cluster'} | {'64 KiB' if r['maps'] else 'no'} | "
-                     f"{r['images_per_second'] / b['images_per_second']:.2f} | "
-                     f"{b['driver_steady_cpu_seconds'] / max(r['driver_steady_cpu_seconds'], 1e-9):.1f}x | "
-                     f"{(b['driver_bytes'] / b['rows']) / max(r['driver_bytes'] / r['rows'], 1e-9):.0f}x |")
+        lines.append(
+            f"| {r['nodes'] or 'cluster'} | {'64 KiB' if r['maps'] else 'no'} | "
+            f"{r['images_per_second'] / b['images_per_second']:.2f} | "
+            f"{b['driver_steady_cpu_seconds'] / max(r['driver_steady_cpu_seconds'], 1e-9):.1f}x | "
+            f"{(b['driver_bytes'] / b['rows']) / max(r['driver_bytes'] / r['rows'], 1e-9):.0f}x |"
+        )
     return "\n".join(lines)
 
 

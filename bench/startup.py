@@ -36,8 +36,20 @@ def run(code: Path, corpus: Path, out: Path, executor: str = "ray") -> dict:
     env = {**os.environ, "PYTHONPATH": str(code), "RAY_USAGE_STATS_ENABLED": "0"}
     # the command line module in the code's own names: the `before` commit predates the dpiqa namespace
     cli = "dpiqa.jobs.cli" if (code / "dpiqa").is_dir() else "jobs.cli"
-    args = [sys.executable, "-m", cli, "score", "--input", str(corpus), "--output", str(out), "--model", "demo",
-            "--executor", executor]
+    args = [
+        sys.executable,
+        "-m",
+        cli,
+        "score",
+        "--input",
+        str(corpus),
+        "--output",
+        str(out),
+        "--model",
+        "demo",
+        "--executor",
+        executor,
+    ]
     t0 = time.monotonic()
     proc = subprocess.run(args, env=env, capture_output=True, text=True, cwd=code)
     wall = time.monotonic() - t0
@@ -45,9 +57,14 @@ def run(code: Path, corpus: Path, out: Path, executor: str = "ray") -> dict:
         raise SystemExit(f"dpiqa score failed in {code}:\n{proc.stderr[-3000:]}")
     manifest = json.loads((out / "manifest.json").read_text())
     startup = manifest.get("startup") or {}
-    return {"wall": wall, "first_row": startup.get("first_row_seconds", manifest.get("startup_seconds")),
-            "checks": startup.get("checks_seconds"), "ray_start": startup.get("ray_start_seconds"),
-            "rows": manifest["rows"], "stderr_lines": len(proc.stderr.strip().splitlines())}
+    return {
+        "wall": wall,
+        "first_row": startup.get("first_row_seconds", manifest.get("startup_seconds")),
+        "checks": startup.get("checks_seconds"),
+        "ray_start": startup.get("ray_start_seconds"),
+        "rows": manifest["rows"],
+        "stderr_lines": len(proc.stderr.strip().splitlines()),
+    }
 
 
 def main() -> None:
@@ -61,14 +78,20 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="dpiqa-startup-"))
     before = work / "before"
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-f", str(before), args.before_ref],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", "-f", str(before), args.before_ref],
+        check=True,
+        capture_output=True,
+    )
     try:
         build_corpus(work / "corpus")
         results: dict[str, list[dict]] = {"before": [], "after": [], "after, --executor auto": []}
         for i in range(args.repeats):
-            for name, code, executor in (("before", before, "ray"), ("after", REPO, "ray"),
-                                         ("after, --executor auto", REPO, "auto")):
+            for name, code, executor in (
+                ("before", before, "ray"),
+                ("after", REPO, "ray"),
+                ("after, --executor auto", REPO, "auto"),
+            ):
                 r = run(code, work / "corpus", work / f"out-{name[:5]}-{executor}-{i}", executor)
                 results[name].append(r)
                 print(name, json.dumps(r), flush=True)
@@ -84,23 +107,28 @@ def main() -> None:
         return "-" if value is None else f"{value:.{digits}f}"
 
     rows = results["after"][0]["rows"]
-    text = "\n".join([
-        f"`python bench/startup.py --repeats {args.repeats}`: `dpiqa score --model demo --executor ray` over the "
-        f"demo corpus ({rows} images in 15 shards) on a fresh local Ray each time; medians of {args.repeats} runs, "
-        f"before = `{args.before_ref}`, after = this checkout, alternated in one run.",
-        "",
-        "| | whole command, s | until the first rows, s | checks before Ray, s | Ray start, s | stderr lines |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-        *(f"| {name} | {fmt(med(name, 'wall'))} | {fmt(med(name, 'first_row'))} | {fmt(med(name, 'checks'))} | "
-          f"{fmt(med(name, 'ray_start'))} | {fmt(med(name, 'stderr_lines'), 0)} |" for name in results),
-        "",
-        f"after / before: whole command {med('after', 'wall') / med('before', 'wall'):.2f}, until the first rows "
-        f"{med('after', 'first_row') / med('before', 'first_row'):.2f} (both on a local Ray); `--executor auto`, "
-        f"which runs a job this small in the `dpiqa` process itself (no Ray), whole command "
-        f"{med('after, --executor auto', 'wall') / med('before', 'wall'):.2f}.",
-        "",
-        f"Machine: {machine()}",
-    ])
+    text = "\n".join(
+        [
+            f"`python bench/startup.py --repeats {args.repeats}`: `dpiqa score --model demo --executor ray` over the "
+            f"demo corpus ({rows} images in 15 shards) on a fresh local Ray each time; medians of {args.repeats} runs, "
+            f"before = `{args.before_ref}`, after = this checkout, alternated in one run.",
+            "",
+            "| | whole command, s | until the first rows, s | checks before Ray, s | Ray start, s | stderr lines |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            *(
+                f"| {name} | {fmt(med(name, 'wall'))} | {fmt(med(name, 'first_row'))} | {fmt(med(name, 'checks'))} | "
+                f"{fmt(med(name, 'ray_start'))} | {fmt(med(name, 'stderr_lines'), 0)} |"
+                for name in results
+            ),
+            "",
+            f"after / before: whole command {med('after', 'wall') / med('before', 'wall'):.2f}, until the first rows "
+            f"{med('after', 'first_row') / med('before', 'first_row'):.2f} (both on a local Ray); `--executor auto`, "
+            f"which runs a job this small in the `dpiqa` process itself (no Ray), whole command "
+            f"{med('after, --executor auto', 'wall') / med('before', 'wall'):.2f}.",
+            "",
+            f"Machine: {machine()}",
+        ]
+    )
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

@@ -73,8 +73,10 @@ def check_endpoint(endpoint: str, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((parsed.hostname, port), timeout=timeout).close()
     except OSError as exc:
-        raise ValueError(f"cannot reach the object store at {endpoint} ({exc.strerror or exc}); is it running, "
-                         "and is the endpoint in --storage-options right?") from None
+        raise ValueError(
+            f"cannot reach the object store at {endpoint} ({exc.strerror or exc}); is it running, "
+            "and is the endpoint in --storage-options right?"
+        ) from None
 
 
 _S3_SESSION = None
@@ -214,16 +216,21 @@ def list_shards(spec: str, storage_options: dict | None = None, skip_missing: bo
         raise ValueError(f"{spec}: names no shard")
     not_shards = [u for u in urls if not is_shard_name(u)]
     if not_shards:
-        raise ValueError(f"{spec}: names {len(not_shards)} file(s) that are no tar shards (first: {not_shards[0]}); "
-                         "a shard's name ends in .tar, .tar.gz, .tgz, .tar.bz2, .tar.xz or .tar.zst")
+        raise ValueError(
+            f"{spec}: names {len(not_shards)} file(s) that are no tar shards (first: {not_shards[0]}); "
+            "a shard's name ends in .tar, .tar.gz, .tgz, .tar.bz2, .tar.xz or .tar.zst"
+        )
     missing = _missing(urls, storage_options) if explicit else []
     if missing and not skip_missing:
         first = ", ".join(missing[:3])
-        raise ValueError(f"{spec}: {len(missing):,} of {len(urls):,} shards do not exist (first: {first}); "
-                         "pass --skip-missing to score the ones that do")
+        raise ValueError(
+            f"{spec}: {len(missing):,} of {len(urls):,} shards do not exist (first: {first}); "
+            "pass --skip-missing to score the ones that do"
+        )
     if missing:
-        log.warning("%s: %d of %d shards do not exist and are skipped (first: %s)", spec, len(missing), len(urls),
-                    missing[0])
+        log.warning(
+            "%s: %d of %d shards do not exist and are skipped (first: %s)", spec, len(missing), len(urls), missing[0]
+        )
         gone = set(missing)
         urls = [u for u in urls if u not in gone]
         if not urls:
@@ -240,11 +247,13 @@ def refuse_overlap(shards: ShardList, output: str, storage_options: dict | None 
     """
     out = canonical(output, storage_options)
     if shards.root is not None and inside(out, shards.root):
-        raise ValueError(f"--output {output} lies inside the input folder {shards.root}; "
-                         "choose an output outside the input tree")
+        raise ValueError(
+            f"--output {output} lies inside the input folder {shards.root}; choose an output outside the input tree"
+        )
     if shards.root is not None and inside(shards.root, out):
-        raise ValueError(f"the input folder {shards.root} lies inside --output {output}; "
-                         "choose an output outside the input tree")
+        raise ValueError(
+            f"the input folder {shards.root} lies inside --output {output}; choose an output outside the input tree"
+        )
     if out in set(shards.urls):
         raise ValueError(f"--output {output} is one of the input shards")
 
@@ -284,7 +293,9 @@ def _read_list(fs: AbstractFileSystem, path: str, spec: str, storage_options: di
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ValueError(f"{spec}: neither a tar shard (.tar, .tar.gz, ...) nor a UTF-8 text list of shard URLs") from None
+        raise ValueError(
+            f"{spec}: neither a tar shard (.tar, .tar.gz, ...) nor a UTF-8 text list of shard URLs"
+        ) from None
     here = parent(to_url(fs, path))
     urls = []
     for line in text.splitlines():
@@ -354,8 +365,10 @@ def shard_names(urls: Iterable[str], root: str | None = None) -> dict[str, str]:
         seen: dict[str, str] = {}
         for url, name in names.items():
             if name in seen:
-                raise ValueError(f"shards {seen[name]} and {url} would both be written as {name!r}; "
-                                 "keep one of them out of the input")
+                raise ValueError(
+                    f"shards {seen[name]} and {url} would both be written as {name!r}; "
+                    "keep one of them out of the input"
+                )
             seen[name] = url
     return names
 
@@ -414,8 +427,10 @@ class RetryingReader(io.RawIOBase):
         self._f: Any = retry(self._open, f"open {path}", attempts)
 
     def _open(self) -> Any:
-        f = self.fs.open(self.path, "rb", block_size=self.block_size) if not is_local(self.fs) else self.fs.open(
-            self.path, "rb"
+        f = (
+            self.fs.open(self.path, "rb", block_size=self.block_size)
+            if not is_local(self.fs)
+            else self.fs.open(self.path, "rb")
         )
         if self.pos:
             f.seek(self.pos)

@@ -27,7 +27,9 @@ def code_version() -> str:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return version
@@ -47,8 +49,11 @@ def machine() -> str:
     except OSError:
         pass
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    parts = [f"{cpu}, {os.cpu_count()} cores, {ram:.1f} GiB RAM", platform.platform(),
-             f"Python {platform.python_version()}"]
+    parts = [
+        f"{cpu}, {os.cpu_count()} cores, {ram:.1f} GiB RAM",
+        platform.platform(),
+        f"Python {platform.python_version()}",
+    ]
     versions = []
     for name in ("torch", "ray", "pyarrow", "onnxruntime"):
         try:

@@ -74,16 +74,28 @@ def run_ablation(base: TrainConfig, variants: list[str], address: str | None = N
         result = run_training(config, address=address)
         name_for_info = config.model.config or ("dpiqa-teacher" if config.model.kind == "teacher" else "dpiqa-student")
         info = model_info(name_for_info, overrides={**config.model.overrides} or None) if not config.model.init else {}
-        rows.append(AblationRow(name, changes, info.get("parameters", {}) if info else {},
-                                result.summary.get("median") or {}, [s["output"] for s in result.splits]))
+        rows.append(
+            AblationRow(
+                name,
+                changes,
+                info.get("parameters", {}) if info else {},
+                result.summary.get("median") or {},
+                [s["output"] for s in result.splits],
+            )
+        )
     return rows
 
 
 def markdown(rows: list[AblationRow], title: str) -> str:
     """The table: median test SRCC/PLCC over splits with their range, parameters, and the change."""
     paper = rows[0].parameters.get("total") if rows and rows[0].parameters else None
-    lines = [f"# {title}", "", "| variant | change | SRCC median [min, max] | PLCC median [min, max] | splits | "
-             "parameters (delta) |", "| --- | --- | --- | --- | ---: | ---: |"]
+    lines = [
+        f"# {title}",
+        "",
+        "| variant | change | SRCC median [min, max] | PLCC median [min, max] | splits | parameters (delta) |",
+        "| --- | --- | --- | --- | ---: | ---: |",
+    ]
+
     def cell(summary: dict, metric: str) -> str:
         m = summary.get(metric)
         return f"{m['median']:.4f} [{m['min']:.4f}, {m['max']:.4f}]" if m else "-"
@@ -95,7 +107,9 @@ def markdown(rows: list[AblationRow], title: str) -> str:
             params += f" ({total - paper:+,})"
         n = r.summary.get("srcc", {}).get("n", 0)
         change = ", ".join(f"{k}={json.dumps(v)}" for k, v in r.changes.items()) or "(the paper's model)"
-        lines.append(f"| {r.variant} | {change} | {cell(r.summary, 'srcc')} | {cell(r.summary, 'plcc')} | {n} | {params} |")
+        lines.append(
+            f"| {r.variant} | {change} | {cell(r.summary, 'srcc')} | {cell(r.summary, 'plcc')} | {n} | {params} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -53,9 +53,23 @@ def _matplotlib(name: str) -> Callable[[], np.ndarray]:
 
 # Real photographs bundled with installed packages (no download): (source, name, loader).
 PHOTOGRAPHS: list[tuple[str, str, Callable[[], np.ndarray]]] = [
-    *[("scikit-image", n, _skimage(n)) for n in (
-        "astronaut", "camera", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "moon",
-        "stereo_motorcycle", "retina", "coins", "clock")],
+    *[
+        ("scikit-image", n, _skimage(n))
+        for n in (
+            "astronaut",
+            "camera",
+            "chelsea",
+            "coffee",
+            "rocket",
+            "hubble_deep_field",
+            "immunohistochemistry",
+            "moon",
+            "stereo_motorcycle",
+            "retina",
+            "coins",
+            "clock",
+        )
+    ],
     ("scikit-learn", "china", _sklearn(0)),
     ("scikit-learn", "flower", _sklearn(1)),
     ("matplotlib", "grace_hopper", _matplotlib("grace_hopper.jpg")),
@@ -77,6 +91,7 @@ def reference(loader: Callable[[], np.ndarray]) -> Image.Image:
 def samples(source: str, name: str, img: Image.Image) -> Iterator[tuple[str, dict[str, bytes]]]:
     """The reference and each distortion at each level; lossless PNG so that only the distortion changes
     the pixels."""
+
     def png(image: Image.Image | np.ndarray) -> bytes:
         buf = io.BytesIO()
         (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buf, "PNG")
@@ -154,7 +169,10 @@ def distortion_ranking(rows: list[dict]) -> dict:
             for x, y in zip(xs, ys, strict=True):
                 means[x].append(y)
         if rhos:
-            per_kind[kind] = {"srcc_level_vs_score": float(np.mean(rhos)), "photographs": len(rhos),
-                              "mean_score_by_level": {str(lv): float(np.mean(v)) for lv, v in sorted(means.items())}}
+            per_kind[kind] = {
+                "srcc_level_vs_score": float(np.mean(rhos)),
+                "photographs": len(rhos),
+                "mean_score_by_level": {str(lv): float(np.mean(v)) for lv, v in sorted(means.items())},
+            }
             rhos_all += rhos
     return {"per_distortion": per_kind, "overall_srcc": float(np.mean(rhos_all)) if rhos_all else None}

@@ -106,7 +106,7 @@ def _sensor_noise(img: Image.Image, gain: float, rng: np.random.Generator) -> np
     # gamma 2.2. Dark regions get relatively more noise, unlike `gaussian_noise`.
     linear = (np.asarray(img, dtype=np.float64) / 255.0) ** 2.2
     photons = rng.poisson(linear * gain) / gain
-    read = rng.normal(0.0, 2.0 / gain ** 0.5, linear.shape) * 0.05
+    read = rng.normal(0.0, 2.0 / gain**0.5, linear.shape) * 0.05
     out = np.clip(photons + read, 0.0, 1.0) ** (1 / 2.2)
     return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
 
@@ -142,7 +142,7 @@ def motion_kernel(length: float, angle: float) -> np.ndarray:
 def disc_kernel(radius: float) -> np.ndarray:
     """A normalised disc (an out-of-focus lens's point spread), anti-aliased at its edge."""
     r = int(np.ceil(radius))
-    y, x = np.mgrid[-r:r + 1, -r:r + 1]
+    y, x = np.mgrid[-r : r + 1, -r : r + 1]
     kernel = np.clip(radius + 0.5 - np.hypot(x, y), 0.0, 1.0)
     return kernel / kernel.sum()
 
@@ -163,14 +163,14 @@ def _webp(img: Image.Image, quality: float, rng: np.random.Generator) -> np.ndar
 
 def _resample(img: Image.Image, factor: float, rng: np.random.Generator) -> np.ndarray:
     # Downscaled (as an upload pipeline or a cheap zoom does) and scaled back up: soft, aliased detail.
-    small = img.resize((max(1, round(img.width / factor)), max(1, round(img.height / factor))),
-                       Image.Resampling.BILINEAR)
+    small = img.resize(
+        (max(1, round(img.width / factor)), max(1, round(img.height / factor))), Image.Resampling.BILINEAR
+    )
     return np.asarray(small.resize(img.size, Image.Resampling.BICUBIC))
 
 
 def _pixelate(img: Image.Image, factor: float, rng: np.random.Generator) -> np.ndarray:
-    small = img.resize((max(1, round(img.width / factor)), max(1, round(img.height / factor))),
-                       Image.Resampling.BOX)
+    small = img.resize((max(1, round(img.width / factor)), max(1, round(img.height / factor))), Image.Resampling.BOX)
     return np.asarray(small.resize(img.size, Image.Resampling.NEAREST))
 
 
@@ -219,20 +219,22 @@ EXTRA_DISTORTIONS: dict[str, Distortion] = {
 
 ALL_DISTORTIONS: dict[str, Distortion] = {**DISTORTIONS, **EXTRA_DISTORTIONS}
 
-_APPLY.update({
-    "sensor_noise": _sensor_noise,
-    "impulse_noise": _impulse_noise,
-    "motion_blur": _motion_blur,
-    "defocus_blur": _defocus_blur,
-    "webp": _webp,
-    "resample": _resample,
-    "pixelate": _pixelate,
-    "desaturation": _saturation,
-    "oversaturation": _saturation,
-    "color_cast": _color_cast,
-    "quantization": _quantize,
-    "median_smear": _median,
-})
+_APPLY.update(
+    {
+        "sensor_noise": _sensor_noise,
+        "impulse_noise": _impulse_noise,
+        "motion_blur": _motion_blur,
+        "defocus_blur": _defocus_blur,
+        "webp": _webp,
+        "resample": _resample,
+        "pixelate": _pixelate,
+        "desaturation": _saturation,
+        "oversaturation": _saturation,
+        "color_cast": _color_cast,
+        "quantization": _quantize,
+        "median_smear": _median,
+    }
+)
 
 
 def distort(image: Image.Image | np.ndarray, kind: str, level: int, seed: int = 0) -> np.ndarray:

@@ -17,8 +17,14 @@ from dpiqa.storage import get_fs, retry
 log = logging.getLogger(__name__)
 
 
-def predict(scorer: Scorer, labeled: LabeledSet, indices: np.ndarray, batch_size: int = 32,
-            storage_options: dict | None = None, decoders: int = 4) -> np.ndarray:
+def predict(
+    scorer: Scorer,
+    labeled: LabeledSet,
+    indices: np.ndarray,
+    batch_size: int = 32,
+    storage_options: dict | None = None,
+    decoders: int = 4,
+) -> np.ndarray:
     """Scores (MOS units) of `labeled[indices]`; NaN for an image that cannot be read or decoded.
 
     Images are read and decoded by a thread pool (PIL and fsspec release the GIL) one batch ahead of
@@ -53,8 +59,9 @@ def predict(scorer: Scorer, labeled: LabeledSet, indices: np.ndarray, batch_size
     return out
 
 
-def evaluate(scorer: Scorer, labeled: LabeledSet, indices: np.ndarray, batch_size: int = 32,
-             storage_options: dict | None = None) -> dict:
+def evaluate(
+    scorer: Scorer, labeled: LabeledSet, indices: np.ndarray, batch_size: int = 32, storage_options: dict | None = None
+) -> dict:
     """Metrics of `scorer` on `labeled[indices]` (images that fail to decode are left out and counted)."""
     pred = predict(scorer, labeled, indices, batch_size, storage_options)
     mos = labeled.mos[indices]
@@ -64,9 +71,16 @@ def evaluate(scorer: Scorer, labeled: LabeledSet, indices: np.ndarray, batch_siz
     return metrics
 
 
-def split_indices(labeled: LabeledSet, card: dict, dataset: str, part: str, seed: int | None = None,
-                  fractions: tuple[float, ...] | None = None, grouped: bool | None = None,
-                  fallback_all: bool = False) -> tuple[np.ndarray, dict]:
+def split_indices(
+    labeled: LabeledSet,
+    card: dict,
+    dataset: str,
+    part: str,
+    seed: int | None = None,
+    fractions: tuple[float, ...] | None = None,
+    grouped: bool | None = None,
+    fallback_all: bool = False,
+) -> tuple[np.ndarray, dict]:
     """The images of `part` of a dataset for a model: the split its card recorded when it was trained on
     this dataset (so `test` is what training never saw), else the given seed, else (with
     `fallback_all`, for cross-dataset evaluation) every image.
@@ -81,8 +95,9 @@ def split_indices(labeled: LabeledSet, card: dict, dataset: str, part: str, seed
     if part == "all" or (recorded is None and seed is None and fallback_all):
         return np.arange(len(labeled)), {"part": "all"}
     if seed is None and recorded is None:
-        raise ValueError(f"the model's card records no split of {dataset}; pass --seed (and --fractions) "
-                         "or use --split all")
+        raise ValueError(
+            f"the model's card records no split of {dataset}; pass --seed (and --fractions) or use --split all"
+        )
     seed = seed if seed is not None else recorded["seed"]
     fractions = tuple(fractions or (recorded["fractions"] if recorded else (0.7, 0.1, 0.2)))
     grouped = grouped if grouped is not None else bool(recorded and recorded.get("grouped"))
@@ -96,8 +111,12 @@ def matrix_markdown(results: list[dict], title: str) -> str:
     datasets = list(dict.fromkeys(r["dataset_label"] for r in results))
     models = list(dict.fromkeys(r["model_label"] for r in results))
     cells = {(r["model_label"], r["dataset_label"]): r for r in results}
-    lines = [f"# {title}", "", "| model (trained on) | " + " | ".join(datasets) + " |",
-             "| --- |" + " --- |" * len(datasets)]
+    lines = [
+        f"# {title}",
+        "",
+        "| model (trained on) | " + " | ".join(datasets) + " |",
+        "| --- |" + " --- |" * len(datasets),
+    ]
     for m in models:
         row = []
         for d in datasets:
@@ -108,6 +127,9 @@ def matrix_markdown(results: list[dict], title: str) -> str:
             met = r["metrics"]
             row.append(f"{met['srcc']:.4f} / {met['plcc']:.4f} ({r['split']['part']}, n={met['n']})")
         lines.append(f"| {m} | " + " | ".join(row) + " |")
-    lines += ["", "Cells: SRCC / PLCC on the part of the dataset named in the cell (without `--seed`, the test "
-              "split the model's card records when it was trained on that dataset, every image otherwise)."]
+    lines += [
+        "",
+        "Cells: SRCC / PLCC on the part of the dataset named in the cell (without `--seed`, the test "
+        "split the model's card records when it was trained on that dataset, every image otherwise).",
+    ]
     return "\n".join(lines) + "\n"

@@ -51,12 +51,14 @@ KEYS_DIR = "keys"
 SLOW_ENV = "DPIQA_FILTER_SLOW_SECONDS"
 MAX_ERRORS_PER_SHARD = 50  # refused samples listed in a marker (all are counted)
 
-KEPT_SCHEMA = pa.schema([
-    pa.field("shard", pa.string(), nullable=False),
-    pa.field("key", pa.string()),
-    pa.field("index", pa.int64(), nullable=False),
-    pa.field("score", pa.float32(), nullable=False),
-])
+KEPT_SCHEMA = pa.schema(
+    [
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("key", pa.string()),
+        pa.field("index", pa.int64(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
+    ]
+)
 
 
 @dataclass
@@ -97,6 +99,7 @@ class FilterConfig:
 
 # -- which rows are kept ---------------------------------------------------------------------------
 
+
 def sortable(scores: np.ndarray) -> np.ndarray:
     """float32 scores -> uint32 keys in the same order (IEEE bits with the sign folded), so that an exact
     rank can be found with two 16-bit radix histograms."""
@@ -128,8 +131,9 @@ class Cutoff:
     def identity(self) -> dict:
         return {"score": self.score, "kept": self.kept, "total": self.total}
 
-    def keep(self, name: str, status: np.ndarray, scores: np.ndarray, valid: np.ndarray,
-             index: np.ndarray) -> np.ndarray:
+    def keep(
+        self, name: str, status: np.ndarray, scores: np.ndarray, valid: np.ndarray, index: np.ndarray
+    ) -> np.ndarray:
         """Mask of the kept rows of shard `name`."""
         ok = (status == schema.OK) & valid
         keys = sortable(np.where(ok, scores, np.float32(0)))
@@ -226,6 +230,7 @@ def unsafe_name(name: str) -> str | None:
 
 # -- one shard -------------------------------------------------------------------------------------
 
+
 @dataclass
 class ShardTask:
     """One input shard to filter: its URL, its output name and its scores file."""
@@ -279,13 +284,20 @@ class ShardFilter:
 
     def run(self, task: ShardTask) -> ShardResult:
         scores_fs, _ = storage.get_fs(self.scores_url, self.storage_options)
-        table = storage.retry(lambda: pq.read_table(task.scores_path, columns=["index", "key", "score", "status"],
-                                                filesystem=scores_fs), f"read {task.scores_path}")
+        table = storage.retry(
+            lambda: pq.read_table(task.scores_path, columns=["index", "key", "score", "status"], filesystem=scores_fs),
+            f"read {task.scores_path}",
+        )
         index = table.column("index").to_numpy()
         score_col = table.column("score")
         scores = score_col.to_numpy().astype(np.float32) if table.num_rows else np.zeros(0, np.float32)
-        mask = self.cutoff.keep(task.name, table.column("status").to_numpy(zero_copy_only=False),
-                                np.nan_to_num(scores), score_col.is_valid().to_numpy(zero_copy_only=False), index)
+        mask = self.cutoff.keep(
+            task.name,
+            table.column("status").to_numpy(zero_copy_only=False),
+            np.nan_to_num(scores),
+            score_col.is_valid().to_numpy(zero_copy_only=False),
+            index,
+        )
         keys = table.column("key").to_pylist()
         wanted = {int(index[i]): (keys[i], float(scores[i])) for i in np.flatnonzero(mask)}
 
@@ -299,22 +311,31 @@ class ShardFilter:
         result.kept = len(kept_rows)
         result.rows_scored = table.num_rows
         cols = list(zip(*kept_rows, strict=True)) if kept_rows else [[], [], [], []]
-        out.write_table(KEYS_DIR, task.name, pa.Table.from_arrays(
-            [pa.array(c, f.type) for c, f in zip(cols, KEPT_SCHEMA, strict=True)], schema=KEPT_SCHEMA))
-        out.write_marker(task.name, {
-            "shard": task.url,
-            "kept": result.kept,
-            "refused": result.refused,
-            "refusals": result.refusals[:MAX_ERRORS_PER_SHARD],
-            "rows_scored": table.num_rows,
-            "config_hash": self.config_hash,
-            "keys_only": self.keys_only,
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        })
+        out.write_table(
+            KEYS_DIR,
+            task.name,
+            pa.Table.from_arrays(
+                [pa.array(c, f.type) for c, f in zip(cols, KEPT_SCHEMA, strict=True)], schema=KEPT_SCHEMA
+            ),
+        )
+        out.write_marker(
+            task.name,
+            {
+                "shard": task.url,
+                "kept": result.kept,
+                "refused": result.refused,
+                "refusals": result.refusals[:MAX_ERRORS_PER_SHARD],
+                "rows_scored": table.num_rows,
+                "config_hash": self.config_hash,
+                "keys_only": self.keys_only,
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            },
+        )
         return result
 
-    def _copy(self, task: ShardTask, wanted: dict[int, tuple[str | None, float]], out: OutputLocation,
-              result: ShardResult) -> list[tuple[str, str | None, int, float]]:
+    def _copy(
+        self, task: ShardTask, wanted: dict[int, tuple[str | None, float]], out: OutputLocation, result: ShardResult
+    ) -> list[tuple[str, str | None, int, float]]:
         """Stream the input shard and write the wanted samples' members, unchanged, to NEW/NAME.tar."""
 
         slow = float(os.environ.get(SLOW_ENV, "0") or 0)
@@ -323,8 +344,7 @@ class ShardFilter:
         tar_path = f"{out.path.rstrip('/')}/{task.name}.tar"
         out.fs.makedirs(out.path, exist_ok=True)
         # "wb" replaces whatever a killed run left under this name. Stream mode ("w|") needs no seeking.
-        with out.fs.open(tar_path, "wb") as raw, tarfile.open(fileobj=raw, mode="w|",
-                                                              format=tarfile.PAX_FORMAT) as tar:
+        with out.fs.open(tar_path, "wb") as raw, tarfile.open(fileobj=raw, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             if last < 0:
                 return kept
             with shard_samples(task.url, self.storage_options) as samples:
@@ -332,8 +352,10 @@ class ShardFilter:
                     if position in wanted:
                         key, score = wanted[position]
                         if sample.key != key:
-                            raise ValueError(f"sample {position} of {task.url} has key {sample.key!r} but the scores "
-                                             f"name {key!r}: the shard changed since it was scored")
+                            raise ValueError(
+                                f"sample {position} of {task.url} has key {sample.key!r} but the scores "
+                                f"name {key!r}: the shard changed since it was scored"
+                            )
                         if self._write_sample(tar, sample, result):
                             kept.append((task.url, key, position, score))
                             if slow:
@@ -341,8 +363,10 @@ class ShardFilter:
                     if position >= last:
                         break
                 else:
-                    raise ValueError(f"{task.url} ended before sample {last}, which the scores name: "
-                                     "the shard changed since it was scored")
+                    raise ValueError(
+                        f"{task.url} ended before sample {last}, which the scores name: "
+                        "the shard changed since it was scored"
+                    )
         return kept
 
     @staticmethod
@@ -413,8 +437,13 @@ def run_filter(config: FilterConfig, executor: str = "auto", address: str | None
 
     if config.top_fraction is not None:
         cutoff = top_fraction_cutoff(run, [s for _, s in pairs], config.top_fraction)
-        log.info("filter: top %.4g of %s ok rows = %s rows, cut at score %s", config.top_fraction,
-                 f"{cutoff.total:,}", f"{cutoff.kept:,}", cutoff.score)
+        log.info(
+            "filter: top %.4g of %s ok rows = %s rows, cut at score %s",
+            config.top_fraction,
+            f"{cutoff.total:,}",
+            f"{cutoff.kept:,}",
+            cutoff.score,
+        )
     else:
         cutoff = min_score_cutoff(config.min_score)
     identity = {
@@ -433,10 +462,16 @@ def run_filter(config: FilterConfig, executor: str = "auto", address: str | None
     if executor == "auto":
         from dpiqa.engine.executor import choose_executor
 
-        executor = "local" if choose_executor("auto", address, shards, config.storage_options,
-                                              "filter").in_process else "ray"
-    log.info("filter: %d shards, %d already done, %d to do, %d without scores", len(shards.urls), skipped, len(todo),
-             len(missing))
+        executor = (
+            "local" if choose_executor("auto", address, shards, config.storage_options, "filter").in_process else "ray"
+        )
+    log.info(
+        "filter: %d shards, %d already done, %d to do, %d without scores",
+        len(shards.urls),
+        skipped,
+        len(todo),
+        len(missing),
+    )
     worker = ShardFilter(config.scores, config.output, cutoff, config.keys_only, digest, config.storage_options)
     tasks = {url: ShardTask(url, s.name, s.path) for url, s in pairs}
     job = FilterJob(worker, tasks, missing, executor, config.workers, address, out, cutoff, config.scores)
@@ -450,8 +485,18 @@ class FilterJob(ShardJob):
     label = "filter"
     unit = "kept samples"
 
-    def __init__(self, worker: ShardFilter, tasks: dict[str, ShardTask], missing: dict[str, str], executor: str,
-                 workers: int, address: str | None, out: OutputLocation, cutoff: Cutoff, scores: str) -> None:
+    def __init__(
+        self,
+        worker: ShardFilter,
+        tasks: dict[str, ShardTask],
+        missing: dict[str, str],
+        executor: str,
+        workers: int,
+        address: str | None,
+        out: OutputLocation,
+        cutoff: Cutoff,
+        scores: str,
+    ) -> None:
         self.worker, self.tasks, self.missing, self.executor = worker, tasks, missing, executor
         self.workers, self.address, self.out, self.cutoff, self.scores = workers, address, out, cutoff, scores
         self.kept = self.refused = 0
@@ -461,8 +506,11 @@ class FilterJob(ShardJob):
             if url in self.missing:
                 fact(ShardFact(url, "", error=self.missing[url]))
         todo = [self.tasks[u] for u in shards if u in self.tasks]
-        run = _run_local(self.worker, todo, self.workers) if self.executor == "local" else _run_ray(
-            self.worker, todo, self.address)
+        run = (
+            _run_local(self.worker, todo, self.workers)
+            if self.executor == "local"
+            else _run_ray(self.worker, todo, self.address)
+        )
         for r in run:
             if r.error is None:
                 self.kept += r.kept
@@ -483,9 +531,15 @@ class FilterJob(ShardJob):
         cutoff = self.cutoff
         return {
             "scores": self.scores,
-            "cutoff": {"score": cutoff.score, "kept": cutoff.kept, "ok_rows": cutoff.total,
-                       "kept_at_cut": sum(cutoff.ties.values()) if cutoff.ties is not None else None},
-            "kept_this_run": self.kept, "refused_this_run": self.refused, **totals,
+            "cutoff": {
+                "score": cutoff.score,
+                "kept": cutoff.kept,
+                "ok_rows": cutoff.total,
+                "kept_at_cut": sum(cutoff.ties.values()) if cutoff.ties is not None else None,
+            },
+            "kept_this_run": self.kept,
+            "refused_this_run": self.refused,
+            **totals,
         }
 
 
@@ -496,7 +550,9 @@ def _remove_previous(out: OutputLocation) -> None:
             out.remove(rel)
 
 
-def _run_local(worker: Callable[[ShardTask], ShardResult], tasks: list[ShardTask], workers: int) -> Iterable[ShardResult]:
+def _run_local(
+    worker: Callable[[ShardTask], ShardResult], tasks: list[ShardTask], workers: int
+) -> Iterable[ShardResult]:
     """Shards on a thread pool: the work is copying bytes between object-store streams (no decoding), so
     threads overlap the I/O latency and the GIL is released while they wait; processes would add nothing
     but pickling of the member bytes."""

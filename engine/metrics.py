@@ -71,8 +71,7 @@ def fit_logistic(pred: np.ndarray, mos: np.ndarray, maxfev: int = 10_000) -> Mos
     if len(pred) < 4:  # fewer points than the curve has parameters: curve_fit refuses them
         return line
     rising = scipy.stats.spearmanr(pred, mos).statistic >= 0
-    p0 = [mos.max(), mos.min(), pred.mean(), pred.std()] if rising else [mos.min(), mos.max(), pred.mean(),
-                                                                         pred.std()]
+    p0 = [mos.max(), mos.min(), pred.mean(), pred.std()] if rising else [mos.min(), mos.max(), pred.mean(), pred.std()]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", scipy.optimize.OptimizeWarning)  # covariance not estimable

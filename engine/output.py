@@ -61,13 +61,17 @@ class RunResult:
         ok = statuses.pop("ok", 0)
         errors = sum(statuses.values())
         by_status = ", ".join(f"{n:,} {s}" for s, n in sorted(statuses.items(), key=lambda kv: (-kv[1], kv[0])))
-        line = (f"{verb} {rows:,} rows from {shards.get('written', 0)} shards: {ok:,} ok, {errors:,} errors"
-                + (f" ({by_status})" if by_status else "")
-                + f"; shards: {shards.get('skipped_done', 0)} already done, {shards.get('failed', 0)} failed"
-                + f" -> {m.get('output')}")
+        line = (
+            f"{verb} {rows:,} rows from {shards.get('written', 0)} shards: {ok:,} ok, {errors:,} errors"
+            + (f" ({by_status})" if by_status else "")
+            + f"; shards: {shards.get('skipped_done', 0)} already done, {shards.get('failed', 0)} failed"
+            + f" -> {m.get('output')}"
+        )
         if rows and errors / rows > audit_above:
-            line += (f"\n{errors / rows:.0%} of these rows are errors: `dpiqa audit --scores {m.get('output')}` "
-                     "shows which shards and sources they come from")
+            line += (
+                f"\n{errors / rows:.0%} of these rows are errors: `dpiqa audit --scores {m.get('output')}` "
+                "shows which shards and sources they come from"
+            )
         return line
 
 
@@ -141,8 +145,10 @@ class OutputLocation:
             # Cut short while being written: the markers say whose results are here.
             hashes = {m.get("config_hash") for m in self.done().values()}
             if not overwrite and hashes - {digest}:
-                raise ForeignOutputError(f"{exc}; its results are of config {', '.join(sorted(map(str, hashes)))}, "
-                                         f"not this run's ({digest}): pass --overwrite to replace them") from None
+                raise ForeignOutputError(
+                    f"{exc}; its results are of config {', '.join(sorted(map(str, hashes)))}, "
+                    f"not this run's ({digest}): pass --overwrite to replace them"
+                ) from None
             log.warning("%s; rewriting it (the completed shards are this configuration's)", exc)
             self.write_json(RUN_FILE, {"config_hash": digest, "identity": identity, "model": model})
             return digest
@@ -181,8 +187,10 @@ class OutputLocation:
             return {}
         if not paths:
             return {}
-        contents = retry(lambda: self.fs.cat_ranges(paths, None, None, on_error="return"),
-                         f"read {len(paths)} markers under {self.url}")
+        contents = retry(
+            lambda: self.fs.cat_ranges(paths, None, None, on_error="return"),
+            f"read {len(paths)} markers under {self.url}",
+        )
         markers = {}
         for path, data in zip(paths, contents, strict=True):
             name = path.rsplit("/", 1)[-1][: -len(".json")]
@@ -195,8 +203,11 @@ class OutputLocation:
                 if not isinstance(marker, dict):
                     raise ValueError("not a JSON object")
             except ValueError as exc:
-                log.warning("%s: unreadable completion marker (%s); the shard counts as not done and is done "
-                            "again", self.child(DONE_DIR, f"{name}.json"), exc)
+                log.warning(
+                    "%s: unreadable completion marker (%s); the shard counts as not done and is done again",
+                    self.child(DONE_DIR, f"{name}.json"),
+                    exc,
+                )
                 continue
             markers[name] = marker
         return markers

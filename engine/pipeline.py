@@ -74,9 +74,14 @@ class ScoreConfig:
         ident = info.identity()
         ident.pop("model")  # the same checkpoint under another path or URL is the same model
         decode = next(s for s in stages if isinstance(s, DecodeStage))
-        return {**ident, "precision": self.run.precision, "write_maps": self.write_maps,
-                "max_pixels": self.max_pixels, "jpeg_decoder": "device" if decode.defer_jpeg else "pil",
-                "schema_version": SCHEMA_VERSION}
+        return {
+            **ident,
+            "precision": self.run.precision,
+            "write_maps": self.write_maps,
+            "max_pixels": self.max_pixels,
+            "jpeg_decoder": "device" if decode.defer_jpeg else "pil",
+            "schema_version": SCHEMA_VERSION,
+        }
 
 
 ScoreResult = RunResult
@@ -87,16 +92,25 @@ def build_stages(config: ScoreConfig, info: models.ModelInfo, gpus: float) -> li
     run = config.run
     use_gpu = info.runtime == "torch" and (run.device.startswith("cuda") or (run.device == "auto" and gpus > 0))
     actors = config.actors or (max(1, int(gpus)) if use_gpu else 1)
-    run = run.replace(device=run.device if run.device.startswith("cuda") else "cuda" if use_gpu else "cpu",
-                      threads=run.threads or (None if use_gpu else _cpu_threads(actors)))
-    score = ScoreStage(config.model, run, batch_size=config.batch_size, num_gpus=1.0 if use_gpu else 0.0,
-                       concurrency=actors, write_maps=config.write_maps)
+    run = run.replace(
+        device=run.device if run.device.startswith("cuda") else "cuda" if use_gpu else "cpu",
+        threads=run.threads or (None if use_gpu else _cpu_threads(actors)),
+    )
+    score = ScoreStage(
+        config.model,
+        run,
+        batch_size=config.batch_size,
+        num_gpus=1.0 if use_gpu else 0.0,
+        concurrency=actors,
+        write_maps=config.write_maps,
+    )
     source = SourceStage(chunk_size=config.chunk_size, storage_options=config.storage_options)
     source.batch_size = 1
     if config.decode_on not in ("auto", "cpu", "device"):
         raise ValueError(f"decode_on must be auto, cpu or device, not {config.decode_on!r}")
     on_device = config.decode_on == "device" or (
-        config.decode_on == "auto" and use_gpu and info.architecture == "dpiqa-student")
+        config.decode_on == "auto" and use_gpu and info.architecture == "dpiqa-student"
+    )
     if on_device and info.runtime != "torch":
         raise ValueError(f"--decode-on device needs a torch model; {config.model} runs on {info.runtime}")
     decode = DecodeStage(info.preprocessing, max_pixels=config.max_pixels, defer_jpeg=on_device)
@@ -145,8 +159,14 @@ def run_score(config: ScoreConfig, executor: Executor | str = "auto", address: s
     identity = config.identity(info, stages)
     digest = output.claim(identity, overwrite=config.overwrite, model=config.model)
     todo, skipped = pending_shards(output, shards)
-    log.info("score: %d shards, %d already done, %d to do; model %s (%s)",
-             len(shards.urls), skipped, len(todo), config.model, info.checkpoint_hash)
+    log.info(
+        "score: %d shards, %d already done, %d to do; model %s (%s)",
+        len(shards.urls),
+        skipped,
+        len(todo),
+        config.model,
+        info.checkpoint_hash,
+    )
     job = ScoreJob(config, executor, stages, output, shards.names, info, digest, retries_before, startup)
     settings = {k: v for k, v in asdict(config).items() if k != "storage_options"}
     return run_shard_job(job, shards, output, todo, skipped, settings, digest, config.retries, started=t0)
@@ -163,9 +183,18 @@ class ScoreJob(ShardJob):
     label = "score"
     unit = "images"
 
-    def __init__(self, config: ScoreConfig, executor: Executor, stages: list[Stage], output: OutputLocation,
-                 names: dict[str, str], info: models.ModelInfo, digest: str, retries_before: int,
-                 startup: dict) -> None:
+    def __init__(
+        self,
+        config: ScoreConfig,
+        executor: Executor,
+        stages: list[Stage],
+        output: OutputLocation,
+        names: dict[str, str],
+        info: models.ModelInfo,
+        digest: str,
+        retries_before: int,
+        startup: dict,
+    ) -> None:
         self.config, self.executor, self.stages, self.output = config, executor, stages, output
         self.names, self.info, self.digest, self.retries_before = names, info, digest, retries_before
         self.startup = startup
@@ -178,8 +207,9 @@ class ScoreJob(ShardJob):
         where = (self.output.url, self.config.storage_options)
         # Each writer is told only the names of the shards it owns: its constructor stays small at 10^5 shards.
         owned = [{u: self.names[u] for u in shards if owner(u, n) == k} for k in range(n)]
-        writers = self.executor.start(ShardWriter, [(where, names, metadata, self.config.model, self.digest,
-                                                     map_shape) for names in owned])
+        writers = self.executor.start(
+            ShardWriter, [(where, names, metadata, self.config.model, self.digest, map_shape) for names in owned]
+        )
         stop = threading.Event()
         lost = []
 
@@ -198,8 +228,11 @@ class ScoreJob(ShardJob):
         poller = threading.Thread(target=poll, name="score-writer-poll", daemon=True)
         poller.start()
         try:
-            self.executor.run([{"shard": url} for url in shards], [*self.stages, WriteStage(writers)],
-                              lambda batch: units(int(batch["images"].sum())))
+            self.executor.run(
+                [{"shard": url} for url in shards],
+                [*self.stages, WriteStage(writers)],
+                lambda batch: units(int(batch["images"].sum())),
+            )
         finally:
             stop.set()
             poller.join()
@@ -214,12 +247,20 @@ class ScoreJob(ShardJob):
     def manifest(self, tally: Tally) -> dict:
         # Retries of this process (listing, writes; and reads when the stages ran here) plus those the
         # shard readers reported from other processes.
-        io_retries = storage.RetryCounter.count - self.retries_before + (
-            0 if self.executor.in_process else self.reader_retries)
-        startup = {**self.startup, "first_row_seconds": tally.first_output,
-                   "executor": "local" if self.executor.in_process else "ray"}
-        return {"model": self.info.identity(), "io_retries": io_retries, "columns": SCORES_SCHEMA.names,
-                "startup": startup}
+        io_retries = (
+            storage.RetryCounter.count - self.retries_before + (0 if self.executor.in_process else self.reader_retries)
+        )
+        startup = {
+            **self.startup,
+            "first_row_seconds": tally.first_output,
+            "executor": "local" if self.executor.in_process else "ray",
+        }
+        return {
+            "model": self.info.identity(),
+            "io_retries": io_retries,
+            "columns": SCORES_SCHEMA.names,
+            "startup": startup,
+        }
 
 
 def _cluster_gpus(executor: Executor) -> tuple[float, float]:
@@ -236,4 +277,3 @@ def _cluster_gpus(executor: Executor) -> tuple[float, float]:
 
     seconds = init_ray(executor.address, executor.num_cpus)
     return float(ray.cluster_resources().get("GPU", 0)), round(seconds, 3)
-

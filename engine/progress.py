@@ -43,14 +43,16 @@ class Progress:
         done_unit: what `total` counts; when it equals `unit`, the line is `count/total images, R images/s`.
     """
 
-    def __init__(self, label: str, total: int | None, interval: float = 10.0, unit: str = "images",
-                 done_unit: str = "shards") -> None:
+    def __init__(
+        self, label: str, total: int | None, interval: float = 10.0, unit: str = "images", done_unit: str = "shards"
+    ) -> None:
         self.label, self.total, self.interval, self.unit, self.done_unit = label, total, interval, unit, done_unit
         self.start = time.monotonic()
         self.last: float | None = None
 
-    def update(self, done: int, count: int, failed: int = 0, force: bool = False,
-               expected_count: int | None = None) -> None:
+    def update(
+        self, done: int, count: int, failed: int = 0, force: bool = False, expected_count: int | None = None
+    ) -> None:
         """Log a line if it is time.
 
         Args:
@@ -74,8 +76,10 @@ class Progress:
             expected_count = self.total
         else:
             of = f"/{self.total}" if self.total is not None else ""
-            line = (f"{self.label}: {done}{of} {self.done_unit} done{failed_part}, {count:,} {self.unit}, "
-                    f"{rate:.1f} {self.unit}/s")
+            line = (
+                f"{self.label}: {done}{of} {self.done_unit} done{failed_part}, {count:,} {self.unit}, "
+                f"{rate:.1f} {self.unit}/s"
+            )
         if expected_count and rate > 0 and count < expected_count and not force:
             line += f", ETA {duration((expected_count - count) / rate)}"
         log.info(line)

@@ -73,14 +73,25 @@ def pending_shards(output: OutputLocation, shards: storage.ShardList) -> tuple[l
             continue
         marker = done.get(shards.names[url])
         if marker is not None:
-            raise ValueError(f"{output.url}: output name {shards.names[url]!r} holds the results of "
-                             f"{marker.get('shard')}, not of {url}; use a separate --output for this shard set")
+            raise ValueError(
+                f"{output.url}: output name {shards.names[url]!r} holds the results of "
+                f"{marker.get('shard')}, not of {url}; use a separate --output for this shard set"
+            )
         todo.append(url)
     return todo, skipped
 
 
-def run_shard_job(job: ShardJob, shards: storage.ShardList, output: OutputLocation, todo: list[str], skipped: int,
-                  config: dict, config_hash: str, retries: int = 3, started: float | None = None) -> RunResult:
+def run_shard_job(
+    job: ShardJob,
+    shards: storage.ShardList,
+    output: OutputLocation,
+    todo: list[str],
+    skipped: int,
+    config: dict,
+    config_hash: str,
+    retries: int = 3,
+    started: float | None = None,
+) -> RunResult:
     """Run `job` over the shards in `todo` (the output already claimed) and write the manifest.
 
     Args:
@@ -103,8 +114,9 @@ def run_shard_job(job: ShardJob, shards: storage.ShardList, output: OutputLocati
         done = sum(f.error is None for f in tally.facts.values())
         failed = len(tally.facts) - done
         per_shard = tally.images / done if done else None
-        progress.update(done, tally.images, failed=failed,
-                        expected_count=int(per_shard * len(todo)) if per_shard else None)
+        progress.update(
+            done, tally.images, failed=failed, expected_count=int(per_shard * len(todo)) if per_shard else None
+        )
 
     def fact(f: ShardFact) -> None:
         tally.facts[f.url] = f
@@ -133,12 +145,21 @@ def run_shard_job(job: ShardJob, shards: storage.ShardList, output: OutputLocati
         if error is None or attempt > retries:
             why = f"{type(error).__name__}: {error}" if error else "its rows never all arrived"
             for url in remaining:
-                tally.facts[url] = ShardFact(url, shards.names[url], error=f"incomplete after {attempt} attempts: {why}")
+                tally.facts[url] = ShardFact(
+                    url, shards.names[url], error=f"incomplete after {attempt} attempts: {why}"
+                )
             break
         # A node or worker died and Ray gave up: a fresh attempt over the shards that are not written; their
         # partial rows are dropped (rows are keyed by shard and index, so nothing is counted twice).
-        log.warning("%s: attempt failed (%s: %s); attempt %d of %d on %d unfinished shards", job.label,
-                    type(error).__name__, str(error).splitlines()[0][:300], attempt + 1, retries + 1, len(remaining))
+        log.warning(
+            "%s: attempt failed (%s: %s); attempt %d of %d on %d unfinished shards",
+            job.label,
+            type(error).__name__,
+            str(error).splitlines()[0][:300],
+            attempt + 1,
+            retries + 1,
+            len(remaining),
+        )
 
     done = [f for f in tally.facts.values() if f.error is None]
     failed = {f.url: f.error for f in tally.facts.values() if f.error is not None}
@@ -172,8 +193,12 @@ def run_shard_job(job: ShardJob, shards: storage.ShardList, output: OutputLocati
     output.write_json(f"{RUNS_DIR}/{run_id}.json", manifest)
     output.write_json(MANIFEST, manifest)
     if failed:
-        log.error("%s: %d shard(s) failed:\n  %s", job.label, len(failed),
-                  "\n  ".join(f"{u}: {e}" for u, e in sorted(failed.items())))
+        log.error(
+            "%s: %d shard(s) failed:\n  %s",
+            job.label,
+            len(failed),
+            "\n  ".join(f"{u}: {e}" for u, e in sorted(failed.items())),
+        )
     return RunResult(manifest)
 
 
@@ -187,5 +212,6 @@ def _facts_from_markers(output: OutputLocation, shards: storage.ShardList, remai
     for url in missing:
         if url in by_url:
             name, m = by_url[url]
-            tally.facts[url] = ShardFact(url, name, int(m.get("rows", 0)), dict(m.get("statuses", {})),
-                                         int(m.get("io_retries", 0)))
+            tally.facts[url] = ShardFact(
+                url, name, int(m.get("rows", 0)), dict(m.get("statuses", {})), int(m.get("io_retries", 0))
+            )

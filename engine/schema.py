@@ -21,8 +21,20 @@ SCORE_ERROR = "score_error"  # the model produced no finite score for this image
 CORRUPT = tarstream.CORRUPT  # a compressed stream fails its checksum, or bytes that are no tar follow the archive
 SPECIAL_MEMBER = "special_member"  # the image member is a symbolic link, FIFO, device, or a dangling hard link
 SEVERAL_IMAGES = "several_images"  # the sample holds more than one image member (which one to score?)
-STATUSES = (OK, TRUNCATED, CORRUPT, EMPTY, NOT_AN_IMAGE, DECODE_ERROR, NO_IMAGE, SEVERAL_IMAGES, SPECIAL_MEMBER,
-            TOO_LARGE, DUPLICATE_KEY, SCORE_ERROR)
+STATUSES = (
+    OK,
+    TRUNCATED,
+    CORRUPT,
+    EMPTY,
+    NOT_AN_IMAGE,
+    DECODE_ERROR,
+    NO_IMAGE,
+    SEVERAL_IMAGES,
+    SPECIAL_MEMBER,
+    TOO_LARGE,
+    DUPLICATE_KEY,
+    SCORE_ERROR,
+)
 
 # Internal row kinds that never reach the output: the reader's end-of-shard row carries the shard's
 # sample count (`index`) and, for a shard that could not be read, the error.
@@ -33,8 +45,23 @@ CONTROL = (END_OF_SHARD, SHARD_FAILED)
 # Images with more pixels become `too_large` rows (PIL's own default bomb limit).
 DEFAULT_MAX_PIXELS = 89_478_485
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm", "pgm", "jp2", "j2k", "avif", "heic",
-                    "heif")
+IMAGE_EXTENSIONS = (
+    "jpg",
+    "jpeg",
+    "png",
+    "webp",
+    "bmp",
+    "tif",
+    "tiff",
+    "gif",
+    "ppm",
+    "pgm",
+    "jp2",
+    "j2k",
+    "avif",
+    "heic",
+    "heif",
+)
 
 SCORES_SCHEMA = pa.schema(
     [

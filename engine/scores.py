@@ -64,8 +64,10 @@ class ScoredRun:
         self.fs = self.location.fs
         markers = self.location.done()
         if not markers:
-            raise ValueError(f"{url}: no completed shard (no {url.rstrip('/')}/_done/*.json); "
-                             "is it the --output of a `dpiqa score` run?")
+            raise ValueError(
+                f"{url}: no completed shard (no {url.rstrip('/')}/_done/*.json); "
+                "is it the --output of a `dpiqa score` run?"
+            )
         base = self.location.path.rstrip("/")
         self.shards = [
             ScoredShard(name, str(m.get("shard", name)), f"{base}/{SCORES_DIR}/{name}.parquet", int(m.get("rows", 0)))
@@ -158,8 +160,9 @@ class ScoredRun:
         pyarrow's scanner reads a few files and batches ahead on its own threads (bounded read-ahead),
         so memory stays flat however many rows the run has.
         """
-        fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(
-            dictionary_columns=[c for c in DICTIONARY_COLUMNS if c in columns]))
+        fmt = ds.ParquetFileFormat(
+            read_options=ds.ParquetReadOptions(dictionary_columns=[c for c in DICTIONARY_COLUMNS if c in columns])
+        )
         paths = [s.path for s in (self.shards if shards is None else shards)]
         if not paths:
             return
@@ -170,6 +173,7 @@ class ScoredRun:
 
     def keys(self, shard: ScoredShard, indices: list[int]) -> dict[int, str | None]:
         """The `key` of the rows at `indices` of one shard (a filtered read of two columns)."""
-        table = pq.read_table(shard.path, columns=["index", "key"], filesystem=self.fs,
-                              filters=pc.field("index").isin(indices))
+        table = pq.read_table(
+            shard.path, columns=["index", "key"], filesystem=self.fs, filters=pc.field("index").isin(indices)
+        )
         return dict(zip(table.column("index").to_pylist(), table.column("key").to_pylist(), strict=True))

@@ -137,8 +137,9 @@ def make_split(
     for name, fraction, members in zip(PARTS, fractions, parts, strict=True):
         if fraction > 0 and not members:
             what = f"{len(unit_members)} groups" if groups is not None else f"{n} images"
-            raise ValueError(f"the {name} part ({fraction:g}) gets no image from {what}; use more data or "
-                             f"larger fractions")
+            raise ValueError(
+                f"the {name} part ({fraction:g}) gets no image from {what}; use more data or larger fractions"
+            )
     train, val, test = (np.asarray(sorted(p), dtype=np.int64) for p in parts)
     return Split(seed, train, val, test)
 

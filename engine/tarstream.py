@@ -68,9 +68,15 @@ def shown(name: str) -> str:
 
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"))
 _NOT_TAR_MAGIC = (
-    (b"PK\x03\x04", "a zip archive"), (b"PK\x05\x06", "an empty zip archive"), (b"7z\xbc\xaf\x27\x1c", "a 7z archive"),
-    (b"Rar!", "a RAR archive"), (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
-    (b"%PDF", "a PDF document"), (b"PAR1", "a Parquet file"), (b"\x04\x22\x4d\x18", "an LZ4 stream"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"PK\x05\x06", "an empty zip archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7z archive"),
+    (b"Rar!", "a RAR archive"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"%PDF", "a PDF document"),
+    (b"PAR1", "a Parquet file"),
+    (b"\x04\x22\x4d\x18", "an LZ4 stream"),
 )
 
 
@@ -174,14 +180,16 @@ class _Decompressed(io.RawIOBase):
             if self.source.error is not None and (exc is self.source.error or exc.__context__ is self.source.error):
                 raise  # the source failed, not the compressed data
             if isinstance(exc, EOFError):
-                raise _StreamError(TRUNCATED, f"the {self.codec} stream ends before its end-of-stream marker "
-                                   "(the file is cut short)") from exc
+                raise _StreamError(
+                    TRUNCATED, f"the {self.codec} stream ends before its end-of-stream marker (the file is cut short)"
+                ) from exc
             raise _StreamError(CORRUPT, f"the {self.codec} stream is corrupt: {exc}") from exc
         b[: len(data)] = data
         return len(data)
 
 
 # -- positions ----------------------------------------------------------------------------------------
+
 
 class _Tape(io.RawIOBase):
     """A forward reader that knows absolute positions and keeps recent bytes, so that after tarfile's
@@ -255,6 +263,7 @@ def _what_it_is(head: bytes, codec: str | None) -> str:
 
 # -- members ---------------------------------------------------------------------------------------
 
+
 def iter_members(fileobj: BinaryIO, reopen: Callable[[], BinaryIO] | None = None) -> Iterator[Member | Damage]:
     """Yield every file-like member of a tar stream in order, then a `Damage` if the stream is not whole.
 
@@ -283,8 +292,9 @@ def iter_members(fileobj: BinaryIO, reopen: Callable[[], BinaryIO] | None = None
     if not first:
         raise NotATarError(f"empty {codec} stream" if codec else "empty file (0 bytes), not a tar archive")
     if len(first) < BLOCK:
-        raise NotATarError(f"{len(first)} bytes{' after ' + codec + ' decompression' if codec else ''}: "
-                           "too short for a tar archive")
+        raise NotATarError(
+            f"{len(first)} bytes{' after ' + codec + ' decompression' if codec else ''}: too short for a tar archive"
+        )
     if first != ZERO_BLOCK and not is_header(first):
         raise NotATarError(_what_it_is(first, codec))
     yield from _Archives(tape, codec, reopen).members()
@@ -373,15 +383,19 @@ class _Archives:
     def _hard_link(self, info: tarfile.TarInfo) -> Member:
         target = self.regular.get(info.linkname)
         if target is None:
-            return Member(info.name, None, note=f"hard link to {shown(info.linkname)!r}, which is no file earlier "
-                                                "in this tar")
+            return Member(
+                info.name, None, note=f"hard link to {shown(info.linkname)!r}, which is no file earlier in this tar"
+            )
         self.regular[info.name] = target
         offset, size = target
         data = self.tape.held(offset, size)
         if data is None:
             if self.reopen is None:
-                return Member(info.name, None, note=f"hard link to {shown(info.linkname)!r}, whose bytes cannot "
-                                                    "be read again from this stream")
+                return Member(
+                    info.name,
+                    None,
+                    note=f"hard link to {shown(info.linkname)!r}, whose bytes cannot be read again from this stream",
+                )
             data = self._read_again(offset, size)
         return Member(info.name, data)
 

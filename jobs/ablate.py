@@ -11,10 +11,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from dpiqa.engine.ablate import STUDENT_VARIANTS, TEACHER_VARIANTS
 
     p = sub.add_parser(
-        "ablate", help="train ablation variants over seeded splits and tabulate SRCC/PLCC",
+        "ablate",
+        help="train ablation variants over seeded splits and tabulate SRCC/PLCC",
         description="Each variant is trained with the same Ray Train job, data, splits and protocol into "
-                    "OUTPUT/VARIANT/; OUTPUT/ablation.md and ablation.json hold the table (median over splits "
-                    "with min and max, parameter counts).",
+        "OUTPUT/VARIANT/; OUTPUT/ablation.md and ablation.json hold the table (median over splits "
+        "with min and max, parameter counts).",
         epilog=f"teacher variants: {', '.join(TEACHER_VARIANTS)}. student variants: {', '.join(STUDENT_VARIANTS)}.",
     )
     p.add_argument("--kind", choices=["teacher", "student"], default="teacher")

@@ -54,39 +54,65 @@ def json_object(text: str) -> dict:
 
 
 def add_storage_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    p.add_argument("--storage-options", type=json_object, default=None, metavar="JSON",
-                   help='fsspec options for every URL, e.g. \'{"endpoint_url": "http://localhost:9000"}\' '
-                        "(credentials come from the usual places: environment, ~/.aws, instance profiles)")
+    p.add_argument(
+        "--storage-options",
+        type=json_object,
+        default=None,
+        metavar="JSON",
+        help='fsspec options for every URL, e.g. \'{"endpoint_url": "http://localhost:9000"}\' '
+        "(credentials come from the usual places: environment, ~/.aws, instance profiles)",
+    )
 
 
 def add_address(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address (default: RAY_ADDRESS, else a local Ray started for this job)")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (default: RAY_ADDRESS, else a local Ray started for this job)",
+    )
 
 
 def add_run_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, fast_paths: bool = True) -> None:
     """How the model runs (`RunOptions`): device, precision, threads and, with `fast_paths`, channels_last,
     compile and the runtime."""
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="auto: one actor per GPU of the cluster if it has GPUs, else CPU actors")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="auto: bf16 on GPU, fp32 on CPU")
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch (or onnxruntime) threads per CPU worker (default: its cores shared among its actors)")
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="auto: one actor per GPU of the cluster if it has GPUs, else CPU actors",
+    )
+    p.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto", help="auto: bf16 on GPU, fp32 on CPU"
+    )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch (or onnxruntime) threads per CPU worker (default: its cores shared among its actors)",
+    )
     if fast_paths:
         p.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster on GPUs)")
         p.add_argument("--compile", action="store_true", help="torch.compile the model")
-        p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
-                       help="auto (default): onnxruntime on CPU for an ONNX export (dpiqa export), else torch")
+        p.add_argument(
+            "--runtime",
+            choices=["auto", "torch", "onnx"],
+            default="auto",
+            help="auto (default): onnxruntime on CPU for an ONNX export (dpiqa export), else torch",
+        )
 
 
 def run_options(args: argparse.Namespace):  # noqa: ANN201 - dpiqa.models.run_options.RunOptions
     """The `RunOptions` of parsed `add_run_options` arguments."""
     from dpiqa.models.run_options import RunOptions
 
-    return RunOptions(device=args.device, precision=args.precision, threads=args.threads,
-                      channels_last=getattr(args, "channels_last", False), compile=getattr(args, "compile", False),
-                      runtime=getattr(args, "runtime", "auto"))
+    return RunOptions(
+        device=args.device,
+        precision=args.precision,
+        threads=args.threads,
+        channels_last=getattr(args, "channels_last", False),
+        compile=getattr(args, "compile", False),
+        runtime=getattr(args, "runtime", "auto"),
+    )
 
 
 def key_values(items: list[str], parse_json: bool, option: str) -> dict:

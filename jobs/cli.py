@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="dpiqa",
         description="Distributed image-quality scoring with DP-IQA on Ray: score shards, audit and filter "
-                    "the results, train and distill models.",
+        "the results, train and distill models.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
     )
     # SIGTERM (a scheduler stopping the job, `kill`) ends the run as Ctrl-C does: the `finally` blocks stop the
     # shard writers, and a local Ray this process started is shut down with every worker it started.
@@ -41,8 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt as exc:
-        print(f"dpiqa {args.command}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; "
-              "rerun the same command to resume", file=sys.stderr)
+        print(
+            f"dpiqa {args.command}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; "
+            "rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 143 if isinstance(exc, Terminated) else 130
     except (ValueError, FileNotFoundError, PermissionError) as exc:
         # Bad input gets one line naming what is wrong; --verbose shows the traceback.

@@ -10,19 +10,26 @@ from dpiqa.jobs.args import positive_float
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "distill", help="distill the student from a teacher (Ray Train, DDP; resumable)",
+        "distill",
+        help="distill the student from a teacher (Ray Train, DDP; resumable)",
         description="Train the student with MSE(score, MOS/scale) + MSE(student map, teacher map). On a labelled "
-                    "dataset the teacher's outputs are computed once before training; at scale, stream WebDataset "
-                    "shards (--shards) with the teacher's maps from `dpiqa score --write-maps` (--teacher-outputs); "
-                    "labels are used where present.",
+        "dataset the teacher's outputs are computed once before training; at scale, stream WebDataset "
+        "shards (--shards) with the teacher's maps from `dpiqa score --write-maps` (--teacher-outputs); "
+        "labels are used where present.",
     )
     p.add_argument("--teacher", default=None, help="teacher checkpoint (its outputs on --dataset are computed first)")
     p.add_argument("--shards", default=None, help="WebDataset shards to distill on (labelled where .json has a score)")
-    p.add_argument("--teacher-outputs", default=None, help="a `dpiqa score --write-maps` run of the teacher on --shards")
+    p.add_argument(
+        "--teacher-outputs", default=None, help="a `dpiqa score --write-maps` run of the teacher on --shards"
+    )
     p.add_argument("--score-field", default="mos", help="score key in the shards' .json (default mos)")
     p.add_argument("--shard-mos-scale", type=positive_float, default=None, help="MOS scale of the shards' labels")
-    p.add_argument("--mode", choices=["feature", "score", "both", "none"], default="feature",
-                   help="teacher terms: feature (the paper's map MSE), score, both, none (labels only)")
+    p.add_argument(
+        "--mode",
+        choices=["feature", "score", "both", "none"],
+        default="feature",
+        help="teacher terms: feature (the paper's map MSE), score, both, none (labels only)",
+    )
     training.add_common(p, student=True)
     p.set_defaults(run=main)
 
@@ -34,6 +41,8 @@ def main(args: argparse.Namespace) -> int:
     config.teacher, config.shards, config.teacher_outputs = args.teacher, args.shards, args.teacher_outputs
     config.score_field, config.shard_mos_scale, config.distill_mode = args.score_field, args.shard_mos_scale, args.mode
     if config.teacher is None and config.teacher_outputs is None and args.mode != "none":
-        raise ValueError("distill needs --teacher (with --dataset) or --teacher-outputs (with --shards); "
-                         "or --mode none to train the student on labels alone")
+        raise ValueError(
+            "distill needs --teacher (with --dataset) or --teacher-outputs (with --shards); "
+            "or --mode none to train the student on labels alone"
+        )
     return training.report(run_training(config, address=args.address))

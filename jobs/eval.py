@@ -20,21 +20,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from dpiqa.engine.datasets import DATASETS
 
     p = sub.add_parser(
-        "eval", help="evaluate models on labelled datasets (SRCC/KRCC/PLCC/RMSE; cross-dataset matrices)",
+        "eval",
+        help="evaluate models on labelled datasets (SRCC/KRCC/PLCC/RMSE; cross-dataset matrices)",
         description="Score a dataset's images with a model and compare with the human MOS. With --split test "
-                    "(the default) the split is the one recorded in the model's card when it was trained on the "
-                    "same dataset, so the test images are the ones training never saw. Several --model and "
-                    "several --dataset/--root pairs give a train-on-A / test-on-B matrix (--table writes it as "
-                    "markdown); a model meets a dataset it was not trained on on every image.",
+        "(the default) the split is the one recorded in the model's card when it was trained on the "
+        "same dataset, so the test images are the ones training never saw. Several --model and "
+        "several --dataset/--root pairs give a train-on-A / test-on-B matrix (--table writes it as "
+        "markdown); a model meets a dataset it was not trained on on every image.",
         epilog="layouts: " + "; ".join(f"{k}: {v.description}" for k, v in DATASETS.items()),
     )
-    p.add_argument("--model", required=True, action="append",
-                   help="checkpoint folder/URL/Hub id, shipped name or named config (repeatable)")
-    p.add_argument("--dataset", required=True, action="append", choices=sorted(DATASETS),
-                   help="dataset layout (repeatable; the n-th --dataset goes with the n-th --root)")
+    p.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help="checkpoint folder/URL/Hub id, shipped name or named config (repeatable)",
+    )
+    p.add_argument(
+        "--dataset",
+        required=True,
+        action="append",
+        choices=sorted(DATASETS),
+        help="dataset layout (repeatable; the n-th --dataset goes with the n-th --root)",
+    )
     p.add_argument("--root", required=True, action="append", help="dataset root folder or URL (the table for csv)")
-    p.add_argument("--dataset-option", action="append", default=[], metavar="[DATASET.]KEY=VALUE",
-                   help="layout option, e.g. csv.group_column=group (for that dataset) or KEY=VALUE (for all)")
+    p.add_argument(
+        "--dataset-option",
+        action="append",
+        default=[],
+        metavar="[DATASET.]KEY=VALUE",
+        help="layout option, e.g. csv.group_column=group (for that dataset) or KEY=VALUE (for all)",
+    )
     p.add_argument("--split", choices=["test", "val", "train", "all"], default="test")
     p.add_argument("--seed", type=nonnegative_int, default=None, help="split seed (default: the model card's)")
     p.add_argument("--fractions", default=None, help="train,val,test fractions (default: the model card's)")
@@ -61,6 +76,7 @@ def main(args: argparse.Namespace) -> int:
     def options_for(dataset: str) -> dict:
         mine = {k.split(".", 1)[1]: v for k, v in options.items() if k.startswith(f"{dataset}.")}
         return {**{k: v for k, v in options.items() if "." not in k}, **mine}
+
     fractions = tuple(float(x) for x in args.fractions.split(",")) if args.fractions else None
     labels = model_labels(args.model)
     results = []
@@ -68,15 +84,26 @@ def main(args: argparse.Namespace) -> int:
         labeled = load_dataset(dataset, root, storage_options=args.storage_options, **options_for(dataset))
         for name in args.model:
             info = models.describe(name)
-            indices, split = split_indices(labeled, info.card, dataset, args.split, args.seed, fractions,
-                                           args.grouped, fallback_all=matrix)
+            indices, split = split_indices(
+                labeled, info.card, dataset, args.split, args.seed, fractions, args.grouped, fallback_all=matrix
+            )
             scorer = models.load_scorer(name, run_options(args))
-            metrics = evaluate(scorer, labeled, indices, batch_size=args.batch_size,
-                               storage_options=args.storage_options)
+            metrics = evaluate(
+                scorer, labeled, indices, batch_size=args.batch_size, storage_options=args.storage_options
+            )
             trained_on = (info.card.get("training") or {}).get("dataset") or "not trained here"
-            results.append({"model": name, "checkpoint_hash": info.checkpoint_hash, "dataset": dataset, "root": root,
-                            "split": split, "metrics": metrics, "model_label": f"{labels[name]} ({trained_on})",
-                            "dataset_label": dataset if args.dataset.count(dataset) == 1 else f"{dataset}:{root}"})
+            results.append(
+                {
+                    "model": name,
+                    "checkpoint_hash": info.checkpoint_hash,
+                    "dataset": dataset,
+                    "root": root,
+                    "split": split,
+                    "metrics": metrics,
+                    "model_label": f"{labels[name]} ({trained_on})",
+                    "dataset_label": dataset if args.dataset.count(dataset) == 1 else f"{dataset}:{root}",
+                }
+            )
     if args.table:
         Path(args.table).write_text(matrix_markdown(results, "Cross-dataset evaluation" if matrix else "Evaluation"))
     if args.json:
@@ -84,8 +111,10 @@ def main(args: argparse.Namespace) -> int:
     else:
         for r in results:
             m = r["metrics"]
-            print(f"{r['model']} on {r['dataset']} ({r['split']['part']}, {m['n']} images): SRCC {m['srcc']:.4f} "
-                  f"KRCC {m['krcc']:.4f} PLCC {m['plcc']:.4f} (logistic {m['plcc_logistic']:.4f}) RMSE {m['rmse']:.4f}")
+            print(
+                f"{r['model']} on {r['dataset']} ({r['split']['part']}, {m['n']} images): SRCC {m['srcc']:.4f} "
+                f"KRCC {m['krcc']:.4f} PLCC {m['plcc']:.4f} (logistic {m['plcc_logistic']:.4f}) RMSE {m['rmse']:.4f}"
+            )
     return 0
 
 

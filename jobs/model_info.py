@@ -8,18 +8,24 @@ import json
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "model-info", help="parameter counts and FLOPs of a named model or checkpoint (no weights needed)",
+        "model-info",
+        help="parameter counts and FLOPs of a named model or checkpoint (no weights needed)",
         description="Describe a named configuration (dpiqa-teacher, dpiqa-student, ...-tiny) or a checkpoint "
-                    "(folder, fsspec URL, Hub id) from its config alone: the model is built on the meta device, "
-                    "so full-size models need no memory and no weights.",
+        "(folder, fsspec URL, Hub id) from its config alone: the model is built on the meta device, "
+        "so full-size models need no memory and no weights.",
     )
     p.add_argument("model", metavar="NAME_OR_PATH", help="named configuration, shipped name or checkpoint location")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument(
-        "--set", dest="overrides", metavar="FIELD=VALUE", action="append", type=parse_override, default=[],
+        "--set",
+        dest="overrides",
+        metavar="FIELD=VALUE",
+        action="append",
+        type=parse_override,
+        default=[],
         help="replace a config field of a named configuration, VALUE as JSON (else a string), e.g. the "
-             "ablation switches text_adapter=false, image_adapter=false, prompt_set=empty-1, "
-             "prompt_pooling=mean, timestep=500, decoder_levels=[0,1]; repeatable",
+        "ablation switches text_adapter=false, image_adapter=false, prompt_set=empty-1, "
+        "prompt_pooling=mean, timestep=500, decoder_levels=[0,1]; repeatable",
     )
     p.set_defaults(run=main)
 
@@ -59,12 +65,14 @@ def format_table(info: dict) -> str:
     ]
     if "switches" in info:
         changed = info["ablation"]
-        lines.append("switches         " + (
-            ", ".join(f"{k}={json.dumps(v)}" for k, v in changed.items()) if changed else "none (the paper's model)"))
+        lines.append(
+            "switches         "
+            + (", ".join(f"{k}={json.dumps(v)}" for k, v in changed.items()) if changed else "none (the paper's model)")
+        )
     lines += [
         "",
-        f"{'part':<16} {'parameters':>15} {'GFLOP/image':>12}" + (
-            f" {'GFLOP (cached)':>15}" if "flops_inference" in info else ""),
+        f"{'part':<16} {'parameters':>15} {'GFLOP/image':>12}"
+        + (f" {'GFLOP (cached)':>15}" if "flops_inference" in info else ""),
     ]
     flops, cached = info["flops"], info.get("flops_inference")
     params = info["parameters"]
@@ -81,6 +89,8 @@ def format_table(info: dict) -> str:
         f"FLOPs: {info['flops_note']}.",
     ]
     if cached is not None:
-        lines.append("cached: after prepare_for_inference() (prompt context and cross-attention keys/values "
-                     "computed once per model, not per batch).")
+        lines.append(
+            "cached: after prepare_for_inference() (prompt context and cross-attention keys/values "
+            "computed once per model, not per batch)."
+        )
     return "\n".join(lines)

@@ -10,33 +10,57 @@ from dpiqa.jobs.args import add_address, add_run_options, add_storage_options, p
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "score", help="score WebDataset shards into Parquet (resumable)",
+        "score",
+        help="score WebDataset shards into Parquet (resumable)",
         description="Score every image of every shard with a DP-IQA model on Ray Data. Writes one Parquet file "
-                    "per shard under OUT/scores/, a completion marker per shard under OUT/_done/ and a run "
-                    "manifest OUT/manifest.json. Rerunning the same command skips finished shards.",
+        "per shard under OUT/scores/, a completion marker per shard under OUT/_done/ and a run "
+        "manifest OUT/manifest.json. Rerunning the same command skips finished shards.",
     )
-    p.add_argument("--input", required=True,
-                   help="shards: brace pattern (s3://b/p/{00000..00099}.tar), glob, prefix/folder, or a text file of URLs")
+    p.add_argument(
+        "--input",
+        required=True,
+        help="shards: brace pattern (s3://b/p/{00000..00099}.tar), glob, prefix/folder, or a text file of URLs",
+    )
     p.add_argument("--output", required=True, help="output folder or URL (local, s3://, any fsspec URL)")
-    p.add_argument("--model", default="demo",
-                   help="checkpoint folder/URL/Hub id, shipped name (demo) or named config (default: demo)")
+    p.add_argument(
+        "--model",
+        default="demo",
+        help="checkpoint folder/URL/Hub id, shipped name (demo) or named config (default: demo)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default: 32)")
     add_run_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace results of another model/config at OUT")
-    p.add_argument("--write-maps", action="store_true", help="also write float16 quality maps to OUT/maps/ (for distill)")
-    p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
-                   help=f"larger images become 'too_large' rows (default: {DEFAULT_MAX_PIXELS})")
+    p.add_argument(
+        "--write-maps", action="store_true", help="also write float16 quality maps to OUT/maps/ (for distill)"
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"larger images become 'too_large' rows (default: {DEFAULT_MAX_PIXELS})",
+    )
     p.add_argument("--actors", type=positive_int, default=None, help="scoring actors (default: one per GPU, else 1)")
-    p.add_argument("--decode-on", choices=["auto", "cpu", "device"], default="auto",
-                   help="where JPEGs are decoded: auto (the GPU for a student on GPUs, else CPU), cpu, device")
+    p.add_argument(
+        "--decode-on",
+        choices=["auto", "cpu", "device"],
+        default="auto",
+        help="where JPEGs are decoded: auto (the GPU for a student on GPUs, else CPU), cpu, device",
+    )
     add_address(p)
-    p.add_argument("--executor", choices=["auto", "ray", "local"], default="auto",
-                   help="auto (default): Ray when a cluster is named (--address, RAY_ADDRESS), this process for a "
-                        "small input (up to 64 shards and 512 MB: a local Ray's start-up costs more than it saves), "
-                        "else a local Ray; ray; local (one process, no Ray)")
-    p.add_argument("--skip-missing", action="store_true",
-                   help="when a brace pattern or list names shards that do not exist, score the ones that do "
-                        "(default: refuse the run, naming the missing ones)")
+    p.add_argument(
+        "--executor",
+        choices=["auto", "ray", "local"],
+        default="auto",
+        help="auto (default): Ray when a cluster is named (--address, RAY_ADDRESS), this process for a "
+        "small input (up to 64 shards and 512 MB: a local Ray's start-up costs more than it saves), "
+        "else a local Ray; ray; local (one process, no Ray)",
+    )
+    p.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="when a brace pattern or list names shards that do not exist, score the ones that do "
+        "(default: refuse the run, naming the missing ones)",
+    )
     add_storage_options(p)
     p.set_defaults(run=main)
 
@@ -45,9 +69,18 @@ def main(args: argparse.Namespace) -> int:
     from dpiqa.engine.pipeline import ScoreConfig, run_score
 
     config = ScoreConfig(
-        input=args.input, output=args.output, model=args.model, batch_size=args.batch_size, run=run_options(args),
-        overwrite=args.overwrite, write_maps=args.write_maps, max_pixels=args.max_pixels, actors=args.actors,
-        decode_on=args.decode_on, skip_missing=args.skip_missing, storage_options=args.storage_options,
+        input=args.input,
+        output=args.output,
+        model=args.model,
+        batch_size=args.batch_size,
+        run=run_options(args),
+        overwrite=args.overwrite,
+        write_maps=args.write_maps,
+        max_pixels=args.max_pixels,
+        actors=args.actors,
+        decode_on=args.decode_on,
+        skip_missing=args.skip_missing,
+        storage_options=args.storage_options,
     )
     result = run_score(config, args.executor, args.address)
     print(result.summary_line("scored"))

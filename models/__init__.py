@@ -11,10 +11,31 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_REGISTRY = {'model_class', 'resolve', 'named_config', 'build', 'load_model', 'runtime_of', 'check_runtime', 'load_scorer', 'ModelInfo', 'describe', 'ARCHITECTURES', 'MODELS', 'SHIPPED', 'RANDOM_SEED', 'BASELINES', 'Baseline'}
-_ELSEWHERE = {"Scorer": "dpiqa.models.scorer", "ImageScorer": "dpiqa.models.scorer",
-              "StudentConfig": "dpiqa.models.student_config", "RunOptions": "dpiqa.models.run_options",
-              "RUNTIMES": "dpiqa.models.run_options"}
+_REGISTRY = {
+    "model_class",
+    "resolve",
+    "named_config",
+    "build",
+    "load_model",
+    "runtime_of",
+    "check_runtime",
+    "load_scorer",
+    "ModelInfo",
+    "describe",
+    "ARCHITECTURES",
+    "MODELS",
+    "SHIPPED",
+    "RANDOM_SEED",
+    "BASELINES",
+    "Baseline",
+}
+_ELSEWHERE = {
+    "Scorer": "dpiqa.models.scorer",
+    "ImageScorer": "dpiqa.models.scorer",
+    "StudentConfig": "dpiqa.models.student_config",
+    "RunOptions": "dpiqa.models.run_options",
+    "RUNTIMES": "dpiqa.models.run_options",
+}
 
 
 def __getattr__(name: str) -> Any:

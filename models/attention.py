@@ -33,10 +33,16 @@ class CachedContextAttnProcessor(nn.Module):
 
     def __init__(self, attn: Attention, context: torch.Tensor, fallback: Any) -> None:
         super().__init__()
-        unsupported = [name for name, value in (
-            ("spatial_norm", attn.spatial_norm), ("group_norm", attn.group_norm), ("norm_q", attn.norm_q),
-            ("residual_connection", attn.residual_connection or None),
-        ) if value is not None]
+        unsupported = [
+            name
+            for name, value in (
+                ("spatial_norm", attn.spatial_norm),
+                ("group_norm", attn.group_norm),
+                ("norm_q", attn.norm_q),
+                ("residual_connection", attn.residual_connection or None),
+            )
+            if value is not None
+        ]
         if unsupported or attn.rescale_output_factor != 1.0:
             raise ValueError(f"CachedContextAttnProcessor does not support attention layers with {unsupported}")
         self.fallback = fallback

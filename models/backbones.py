@@ -57,7 +57,7 @@ class TorchvisionFeatures(nn.Module):
 def create_backbone(name: str, kwargs: dict | None = None) -> nn.Module:
     """A randomly initialised headless backbone (pretrained weights are loaded by `load_pretrained`)."""
     if name.startswith(TORCHVISION):
-        return TorchvisionFeatures(name[len(TORCHVISION):], kwargs)
+        return TorchvisionFeatures(name[len(TORCHVISION) :], kwargs)
     return timm.create_model(name, pretrained=False, num_classes=0, global_pool="", **(kwargs or {}))
 
 
@@ -67,15 +67,20 @@ def pretrained_source(name: str, weights_file: str | None = None) -> str:
     if weights_file:
         return f"the weights file {weights_file}"
     if name.startswith(TORCHVISION):
-        weights = _torchvision_weights(name[len(TORCHVISION):])
+        weights = _torchvision_weights(name[len(TORCHVISION) :])
         return f"torchvision's {type(weights).__name__}.{weights.name} ({weights.url})"
     cfg = timm.models.get_pretrained_cfg(name)
     where = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) if cfg is not None else None
     return f"timm's pretrained {name}" + (f" ({where})" if where else "")
 
 
-def load_pretrained(backbone: nn.Module, name: str, kwargs: dict | None = None, weights_file: str | None = None,
-                    storage_options: dict | None = None) -> str:
+def load_pretrained(
+    backbone: nn.Module,
+    name: str,
+    kwargs: dict | None = None,
+    weights_file: str | None = None,
+    storage_options: dict | None = None,
+) -> str:
     """Load pretrained weights into a backbone made by `create_backbone`; returns `pretrained_source`.
 
     Args:
@@ -94,11 +99,12 @@ def load_pretrained(backbone: nn.Module, name: str, kwargs: dict | None = None, 
         if weights_file:
             state = read_state_dict(weights_file, storage_options)
         elif name.startswith(TORCHVISION):
-            state = _torchvision_weights(name[len(TORCHVISION):]).get_state_dict(progress=False)
-            state = {f"features.{k[len('features.'):]}": v for k, v in state.items() if k.startswith("features.")}
+            state = _torchvision_weights(name[len(TORCHVISION) :]).get_state_dict(progress=False)
+            state = {f"features.{k[len('features.') :]}": v for k, v in state.items() if k.startswith("features.")}
         else:
-            state = timm.create_model(name, pretrained=True, num_classes=0, global_pool="",
-                                      **(kwargs or {})).state_dict()
+            state = timm.create_model(
+                name, pretrained=True, num_classes=0, global_pool="", **(kwargs or {})
+            ).state_dict()
     except PretrainedWeightsError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure to fetch is the same decision for the user
@@ -106,13 +112,15 @@ def load_pretrained(backbone: nn.Module, name: str, kwargs: dict | None = None, 
         raise PretrainedWeightsError(
             f"pretrained weights for backbone {name}: {source} could not be had ({type(exc).__name__}: {first}); "
             "pass --backbone-weights PATH_OR_URL to read them from a file, or --no-pretrained to train from "
-            "random initialisation on purpose") from None
+            "random initialisation on purpose"
+        ) from None
     state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
     missing, unexpected = backbone.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise PretrainedWeightsError(
             f"{source} does not fit backbone {name}: {len(missing)} missing (first: {missing[:3]}), "
-            f"{len(unexpected)} unexpected (first: {unexpected[:3]})")
+            f"{len(unexpected)} unexpected (first: {unexpected[:3]})"
+        )
     log.info("backbone %s: loaded %s (%d tensors)", name, source, len(state))
     return source
 

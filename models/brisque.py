@@ -38,8 +38,9 @@ def brisque_model():  # noqa: ANN201 - a brisque.BRISQUE subclass, imported lazi
         otherwise the package's own (its SVR and scaling from `svm.txt` and `normalize.pickle`).
         """
 
-        def calculate_brisque_features(self, image: np.ndarray, kernel_size: int = 7,
-                                       sigma: float = 7 / 6) -> np.ndarray:
+        def calculate_brisque_features(
+            self, image: np.ndarray, kernel_size: int = 7, sigma: float = 7 / 6
+        ) -> np.ndarray:
             features = super().calculate_brisque_features(image, kernel_size=kernel_size, sigma=sigma)
             flat = [np.asarray(f, dtype=np.float64).reshape(-1) for f in features]
             if any(f.size != 1 for f in flat):

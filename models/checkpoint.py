@@ -124,7 +124,8 @@ def mirror(url: str, include: Callable[[str], bool], storage_options: dict | Non
         raise FileNotFoundError(f"{url}: no such folder")
     target = cache_dir() / "mirrors" / hashlib.sha256(url.encode()).hexdigest()[:16]
     wanted = {
-        path: path[len(root) + 1 :] for path, info in fs.find(root, detail=True).items()
+        path: path[len(root) + 1 :]
+        for path, info in fs.find(root, detail=True).items()
         if info.get("type") == "file" and include(path[len(root) + 1 :])
     }
     if not wanted:
@@ -180,8 +181,10 @@ def check_weights(location: str, name: str = WEIGHTS_NAME) -> None:
     ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
     expected = 8 + length + max(ends, default=0)
     if size != expected:
-        raise ValueError(f"{where}: {size:,} bytes, but its header describes {expected:,}: the file is cut short "
-                         "or damaged; copy the checkpoint again")
+        raise ValueError(
+            f"{where}: {size:,} bytes, but its header describes {expected:,}: the file is cut short "
+            "or damaged; copy the checkpoint again"
+        )
 
 
 def put_files(staging: Path, location: str, names: tuple[str, ...]) -> None:
@@ -306,7 +309,9 @@ class CheckpointMixin:
         state = {k: v.clone() for k, v in state.items()}
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)  # type: ignore[attr-defined]
         if unexpected or [k for k in missing if not k.endswith("num_batches_tracked")]:
-            raise ValueError(f"{location}: weights do not fit the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+            raise ValueError(
+                f"{location}: weights do not fit the config (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
         if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):  # type: ignore[attr-defined]
             model = cls.from_config(config, device=device)  # a buffer that is not saved: build for real
             model.load_state_dict(state)  # type: ignore[attr-defined]

@@ -43,8 +43,9 @@ def embed_prompts(
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(list(prompts[start : start + batch_size]), padding=True, truncation=True,
-                              return_tensors="pt")
+            batch = tokenizer(
+                list(prompts[start : start + batch_size]), padding=True, truncation=True, return_tensors="pt"
+            )
             out = encoder(**batch)
             if pooling == "eos":
                 chunks.append(out.text_embeds.float())

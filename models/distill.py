@@ -116,8 +116,9 @@ def ranking_pairs(group: torch.Tensor, family: torch.Tensor, level: torch.Tensor
     return torch.nonzero(same & comparable & better, as_tuple=True)
 
 
-def ranking_loss(score: torch.Tensor, group: torch.Tensor, family: torch.Tensor, level: torch.Tensor,
-                 margin: float = 0.05) -> torch.Tensor | None:
+def ranking_loss(
+    score: torch.Tensor, group: torch.Tensor, family: torch.Tensor, level: torch.Tensor, margin: float = 0.05
+) -> torch.Tensor | None:
     """Pairwise hinge loss over the ordered pairs of a batch (`ranking_pairs`): the mean over pairs of
     `max(0, margin - (score_better - score_worse))`. It teaches the order of a source's distortion levels,
     not the MOS of any one dataset, and needs no label (unlabelled photographs rank too).

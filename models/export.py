@@ -82,9 +82,7 @@ def architecture_of(name_or_path: str) -> str:
         return models.MODELS[name_or_path][0]
     data = checkpoint.read_json(models.resolve(name_or_path), checkpoint.CONFIG_NAME)
     if data is None:
-        raise FileNotFoundError(
-            f"{name_or_path}: no config.json (not a DP-IQA checkpoint, named model or Hub id)"
-        )
+        raise FileNotFoundError(f"{name_or_path}: no config.json (not a DP-IQA checkpoint, named model or Hub id)")
     return str(data.get("architecture"))
 
 
@@ -172,9 +170,7 @@ def _refuse_existing(output: str, overwrite: bool) -> None:
         raise ValueError(f"{output}: holds a PyTorch checkpoint (model.safetensors); export to another folder")
     existing = [n for n in checkpoint.ONNX_FILES if fs.exists(f"{path.rstrip('/')}/{n}")]
     if existing and not overwrite:
-        raise ValueError(
-            f"{output}: already holds {', '.join(existing)}; choose another --output or pass --overwrite"
-        )
+        raise ValueError(f"{output}: already holds {', '.join(existing)}; choose another --output or pass --overwrite")
 
 
 def export_onnx(
@@ -277,9 +273,7 @@ def export_onnx(
         batches = (1, validate_batch) if dynamic_batch else (batch_size,)
         validation = validate(onnx_path, graph, tuple(dict.fromkeys(batches)), seed=seed)
 
-        (staging / checkpoint.CONFIG_NAME).write_text(
-            checkpoint.config_json(student.architecture, student.config)
-        )
+        (staging / checkpoint.CONFIG_NAME).write_text(checkpoint.config_json(student.architecture, student.config))
         batch_dim = "batch" if dynamic_batch else batch_size
         card = {
             **student.card(),

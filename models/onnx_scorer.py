@@ -66,9 +66,7 @@ class OnnxScorer:
         if verify:
             actual = checkpoint.content_hash(directory, (checkpoint.CONFIG_NAME, checkpoint.ONNX_NAME))
             if card.get("sha256") != actual:
-                raise ValueError(
-                    f"{location}: content hash {actual} does not match card.json ({card.get('sha256')})"
-                )
+                raise ValueError(f"{location}: content hash {actual} does not match card.json ({card.get('sha256')})")
         config_data = json.loads((directory / checkpoint.CONFIG_NAME).read_text())
         config = checkpoint.config_from_dict(StudentConfig, config_data)
         self.card = card

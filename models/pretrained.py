@@ -36,7 +36,7 @@ def weight_files(files: list[str], folder: str, stem: str, variant: str | None) 
     for kind in ("safetensors", "bin"):
         found = []
         for f in files:
-            name = f[len(folder):]
+            name = f[len(folder) :]
             match = pattern.match(name) if f.startswith(folder) and "/" not in name else None
             if match and match.group(2) == kind:
                 found.append(f)
@@ -86,8 +86,10 @@ def check_pretrained_sources(sd: str, clip: str, storage_options: dict | None = 
     Raises:
         ValueError: one line naming the location and what is missing.
     """
-    checks = ((sd, lambda f: sd_files(f, None, sd), "unet/config.json"),
-              (clip, lambda f: clip_files(f, clip), "config.json"))
+    checks = (
+        (sd, lambda f: sd_files(f, None, sd), "unet/config.json"),
+        (clip, lambda f: clip_files(f, clip), "config.json"),
+    )
     for location, select, config_file in checks:
         if _checkpoint().is_hub_id(location):
             from huggingface_hub import snapshot_download
@@ -96,8 +98,10 @@ def check_pretrained_sources(sd: str, clip: str, storage_options: dict | None = 
                 snapshot_download(repo_id=location, allow_patterns=[config_file])
             except Exception as exc:  # noqa: BLE001 - any failure means the same to the user
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ValueError(f"{location}: cannot be fetched from the Hugging Face Hub ({first}); download "
-                                 "it where the Hub is reachable and pass its folder or URL instead") from None
+                raise ValueError(
+                    f"{location}: cannot be fetched from the Hugging Face Hub ({first}); download "
+                    "it where the Hub is reachable and pass its folder or URL instead"
+                ) from None
             continue
         import fsspec
 

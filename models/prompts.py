@@ -10,17 +10,52 @@ TEMPLATE = "a photo of a {scene} with {distortion} artifacts, which is of {quali
 QUALITIES: tuple[str, ...] = ("bad", "poor", "fair", "good", "perfect")
 
 SCENES: tuple[str, ...] = (
-    "animal", "cityscape", "human", "indoor", "landscape", "night", "plant", "still_life", "others",
+    "animal",
+    "cityscape",
+    "human",
+    "indoor",
+    "landscape",
+    "night",
+    "plant",
+    "still_life",
+    "others",
 )
 
 # The KADID/LIQE distortion names, in the spec's order.
 DISTORTIONS: tuple[str, ...] = (
-    "jpeg2000 compression", "jpeg compression", "white noise", "gaussian blur", "fastfading", "fnoise",
-    "contrast", "lens", "motion", "diffusion", "shifting", "color quantization", "oversaturation",
-    "desaturation", "white with color", "impulse", "multiplicative", "white noise with denoise", "brighten",
-    "darken", "shifting the mean", "jitter", "noneccentricity patch", "pixelate", "quantization",
-    "color blocking", "sharpness", "realistic blur", "realistic noise", "underexposure", "overexposure",
-    "realistic contrast change", "other realistic",
+    "jpeg2000 compression",
+    "jpeg compression",
+    "white noise",
+    "gaussian blur",
+    "fastfading",
+    "fnoise",
+    "contrast",
+    "lens",
+    "motion",
+    "diffusion",
+    "shifting",
+    "color quantization",
+    "oversaturation",
+    "desaturation",
+    "white with color",
+    "impulse",
+    "multiplicative",
+    "white noise with denoise",
+    "brighten",
+    "darken",
+    "shifting the mean",
+    "jitter",
+    "noneccentricity patch",
+    "pixelate",
+    "quantization",
+    "color blocking",
+    "sharpness",
+    "realistic blur",
+    "realistic noise",
+    "underexposure",
+    "overexposure",
+    "realistic contrast change",
+    "other realistic",
 )
 
 # The 11 coarse distortion classes (the ablation's K = 5 x 9 x 11 = 495 prompts), each with the distortion
@@ -38,8 +73,15 @@ DISTORTIONS: tuple[str, ...] = (
 #   with other realistic.
 COARSE_DISTORTIONS: dict[str, tuple[str, ...]] = {
     "blur": ("gaussian blur", "lens", "motion", "realistic blur"),
-    "noise": ("white noise", "fnoise", "white with color", "impulse", "multiplicative", "white noise with denoise",
-              "realistic noise"),
+    "noise": (
+        "white noise",
+        "fnoise",
+        "white with color",
+        "impulse",
+        "multiplicative",
+        "white noise with denoise",
+        "realistic noise",
+    ),
     "jpeg compression": ("jpeg compression",),
     "jpeg2000 compression": ("jpeg2000 compression", "fastfading"),
     "color": ("diffusion", "shifting", "oversaturation", "desaturation"),
@@ -104,8 +146,9 @@ def prompt_texts(name: str) -> list[str]:
         name: a key of `PROMPT_SETS`.
     """
     if name not in PROMPT_SETS:
-        raise ValueError(f"unknown prompt set {name!r}; named sets: {', '.join(PROMPT_SETS)} "
-                         "(other texts are passed as a list)")
+        raise ValueError(
+            f"unknown prompt set {name!r}; named sets: {', '.join(PROMPT_SETS)} (other texts are passed as a list)"
+        )
     return PROMPT_SETS[name]()
 
 

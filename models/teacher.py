@@ -82,7 +82,9 @@ class QualityDecoder(nn.Module):
         self.size = size
         # timm's SE block; rd_channels given explicitly so tiny widths are not rounded up to 8.
         self.levels = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, channels, 3, padding=1), SEModule(channels, rd_channels=channels // se_reduction))
+            nn.Sequential(
+                nn.Conv2d(c, channels, 3, padding=1), SEModule(channels, rd_channels=channels // se_reduction)
+            )
             for c in in_channels
         )
         self.fuse = nn.Sequential(
@@ -99,7 +101,8 @@ class QualityDecoder(nn.Module):
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         resized = [
             # Bicubic resampling to the same size is the identity, so levels already at the map size skip it.
-            f if tuple(f.shape[-2:]) == (self.size, self.size)
+            f
+            if tuple(f.shape[-2:]) == (self.size, self.size)
             else F.interpolate(f, size=(self.size, self.size), mode="bicubic", align_corners=False)
             for f in features
         ]
@@ -165,21 +168,33 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
         self.unet = unet if unet is not None else UNet2DConditionModel.from_config(config.unet)
         self.unet.conv_norm_out.requires_grad_(False)
         self.unet.conv_out.requires_grad_(False)
-        self.image_adapter = FullAdapter(
-            in_channels=3, channels=list(config.adapter_channels), num_res_blocks=config.adapter_res_blocks,
-            downscale_factor=config.adapter_downscale,
-        ) if config.image_adapter else None
+        self.image_adapter = (
+            FullAdapter(
+                in_channels=3,
+                channels=list(config.adapter_channels),
+                num_res_blocks=config.adapter_res_blocks,
+                downscale_factor=config.adapter_downscale,
+            )
+            if config.image_adapter
+            else None
+        )
         self.text_adapter = TextAdapter(config.prompt_dim, config.text_adapter_gamma) if config.text_adapter else None
         if prompt_embeddings is None:
             prompt_embeddings = torch.randn(config.num_prompts, config.prompt_dim)
         if tuple(prompt_embeddings.shape) != (config.num_prompts, config.prompt_dim):
-            raise ValueError(f"prompt embeddings {tuple(prompt_embeddings.shape)} do not match the config "
-                             f"({config.num_prompts}, {config.prompt_dim})")
+            raise ValueError(
+                f"prompt embeddings {tuple(prompt_embeddings.shape)} do not match the config "
+                f"({config.num_prompts}, {config.prompt_dim})"
+            )
         self.register_buffer("prompt_embeddings", prompt_embeddings)
         self.register_buffer("_cached_context", None, persistent=False)
         self.decoder = QualityDecoder(
-            [config.feature_channels[i] for i in config.decoder_levels], config.decoder_channels, config.se_reduction, config.map_hidden,
-            config.map_channels, config.map_size,
+            [config.feature_channels[i] for i in config.decoder_levels],
+            config.decoder_channels,
+            config.se_reduction,
+            config.map_hidden,
+            config.map_channels,
+            config.map_size,
         )
         self.mlp = ScoreMLP(config.map_channels * config.map_size**2, config.head_hidden)
         self._features: list[torch.Tensor] = []
@@ -203,10 +218,12 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
         """The named parts, for per-part parameter and FLOP counts."""
         vae_encoder = [m for m in (self.vae.encoder, self.vae.quant_conv) if m is not None]
         return {
-            "vae_encoder": vae_encoder, "unet": [self.unet],
+            "vae_encoder": vae_encoder,
+            "unet": [self.unet],
             "image_adapter": [self.image_adapter] if self.image_adapter is not None else [],
             "text_adapter": [self.text_adapter] if self.text_adapter is not None else [],
-            "decoder": [self.decoder], "head": [self.mlp],
+            "decoder": [self.decoder],
+            "head": [self.mlp],
         }
 
     def context(self) -> torch.Tensor:
@@ -238,9 +255,11 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
         self._features = []
         try:
             self.unet(
-                self.encode(x), self.config.timestep,
+                self.encode(x),
+                self.config.timestep,
                 encoder_hidden_states=context.unsqueeze(0).expand(x.shape[0], -1, -1),
-                down_intrablock_additional_residuals=residuals, return_dict=False,
+                down_intrablock_additional_residuals=residuals,
+                return_dict=False,
             )
             return self._features
         finally:
@@ -285,13 +304,17 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
 
     def card(self) -> dict:
         card = super().card()
-        card["prompts"] = {"set": self.config.prompt_set, "count": self.config.num_prompts,
-                           "pooling": self.config.prompt_pooling,
-                           "text_encoder": self.config.text_encoder or "random (not computed from text)"}
+        card["prompts"] = {
+            "set": self.config.prompt_set,
+            "count": self.config.num_prompts,
+            "pooling": self.config.prompt_pooling,
+            "text_encoder": self.config.text_encoder or "random (not computed from text)",
+        }
         card["switches"] = self.config.switches()
         card["ablation"] = self.config.changed_switches()
         card["latent"] = "VAE posterior mean (deterministic)" + (
-            "; sampled in training" if self.config.train_latent == "sample" else "")
+            "; sampled in training" if self.config.train_latent == "sample" else ""
+        )
         card["dropped_reference_parameters"] = {
             "count": DROPPED_REFERENCE_PARAMETERS,
             "why": "unused by the released DP-IQA code's forward pass; not built here",
@@ -342,17 +365,27 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
         load = {"variant": variant, "low_cpu_mem_usage": is_accelerate_available()}
         vae = AutoencoderKL.from_pretrained(sd_location, subfolder="vae", **load)
         unet = UNet2DConditionModel.from_pretrained(sd_location, subfolder="unet", **load)
-        embeddings = embed_prompts(texts, clip, pooling=config.prompt_pooling, storage_options=storage_options,
-                                   batch_size=batch_size)
+        embeddings = embed_prompts(
+            texts, clip, pooling=config.prompt_pooling, storage_options=storage_options, batch_size=batch_size
+        )
         config = dataclasses.replace(
-            config, vae=_plain_config(vae.config), unet=_plain_config(unet.config),
-            num_prompts=len(texts), prompt_dim=int(embeddings.shape[1]), prompt_set=prompt_set_name(texts),
+            config,
+            vae=_plain_config(vae.config),
+            unet=_plain_config(unet.config),
+            num_prompts=len(texts),
+            prompt_dim=int(embeddings.shape[1]),
+            prompt_set=prompt_set_name(texts),
             text_encoder=clip,
         )
         with torch.device(device):
             model = cls(config, vae=vae.to(device), unet=unet.to(device), prompt_embeddings=embeddings.to(device))
-        log.info("teacher from %s + %d prompt embeddings from %s: %s parameters", sd, len(texts), clip,
-                 f"{checkpoint.parameter_counts(model)['total']:,}")
+        log.info(
+            "teacher from %s + %d prompt embeddings from %s: %s parameters",
+            sd,
+            len(texts),
+            clip,
+            f"{checkpoint.parameter_counts(model)['total']:,}",
+        )
         return model
 
 

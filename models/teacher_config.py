@@ -15,6 +15,7 @@ from dpiqa.models.prompts import DEFAULT_SET, PROMPT_SETS, prompt_set_size, prom
 NUM_TRAIN_TIMESTEPS = 1000
 POOLINGS = ("eos", "mean")
 
+
 def sd15_vae_config() -> dict:
     """The Stable Diffusion v1.5 VAE (`vae/config.json`), as diffusers' `AutoencoderKL` takes it."""
     return {
@@ -179,8 +180,13 @@ class TeacherConfig(ImageModelConfig):
         return dataclasses.replace(
             tiny,
             vae=tiny.vae,
-            unet={**tiny.unet, "attention_head_dim": 4, "block_out_channels": [32, 32, 64, 64],
-                  "cross_attention_dim": 32, "sample_size": 8},
+            unet={
+                **tiny.unet,
+                "attention_head_dim": 4,
+                "block_out_channels": [32, 32, 64, 64],
+                "cross_attention_dim": 32,
+                "sample_size": 8,
+            },
             adapter_channels=(32, 32, 64, 64),
             num_prompts=64,
             prompt_set="random-64",
@@ -195,9 +201,13 @@ class TeacherConfig(ImageModelConfig):
 
     # The ablation switches; the defaults are the paper's model.
     SWITCHES: ClassVar[tuple[str, ...]] = (
-        "text_adapter", "image_adapter", "prompt_set", "prompt_pooling", "timestep", "decoder_levels",
+        "text_adapter",
+        "image_adapter",
+        "prompt_set",
+        "prompt_pooling",
+        "timestep",
+        "decoder_levels",
     )
-
 
     def switches(self) -> dict[str, Any]:
         """The ablation switches' values (JSON types), the paper's model being the defaults."""
@@ -226,30 +236,54 @@ class TeacherConfig(ImageModelConfig):
         unet_channels = tuple(self.unet["block_out_channels"])
         vae_downscale = 2 ** (len(self.vae["block_out_channels"]) - 1)
         problems = [
-            (self.unet.get("cross_attention_dim") != self.prompt_dim,
-             f"unet cross_attention_dim {self.unet.get('cross_attention_dim')} != prompt_dim {self.prompt_dim}"),
-            (tuple(self.adapter_channels) != unet_channels,
-             f"adapter_channels {tuple(self.adapter_channels)} != unet block_out_channels {unet_channels}"),
-            (self.adapter_downscale != vae_downscale,
-             f"adapter_downscale {self.adapter_downscale} != the VAE's downscale factor {vae_downscale}"),
-            (tuple(self.value_range) not in ((0.0, 1.0), (-1.0, 1.0)),
-             f"value_range must be (0, 1) or (-1, 1), not {self.value_range}"),
-            (self.train_latent not in ("mean", "sample"), f"train_latent must be mean or sample, not {self.train_latent!r}"),
-            (self.image_size % (self.adapter_downscale * 2 ** (len(unet_channels) - 1)) != 0,
-             f"image_size {self.image_size} is not a multiple of the total downscale factor"),
-            (isinstance(self.timestep, bool) or not isinstance(self.timestep, int)
-             or not 0 <= self.timestep < NUM_TRAIN_TIMESTEPS,
-             f"timestep must be an integer in [0, {NUM_TRAIN_TIMESTEPS - 1}], not {self.timestep!r}"),
-            (self.prompt_pooling not in POOLINGS,
-             f"prompt_pooling must be one of {', '.join(POOLINGS)}, not {self.prompt_pooling!r}"),
-            (not self.decoder_levels or list(self.decoder_levels) != sorted(set(self.decoder_levels))
-             or not set(self.decoder_levels) <= set(range(len(unet_channels))),
-             f"decoder_levels must be strictly increasing indices of the {len(unet_channels)} up blocks, "
-             f"not {tuple(self.decoder_levels)}"),
-            (bool(self.text_encoder) and self.prompt_set in PROMPT_SETS
-             and self.num_prompts != prompt_set_size(self.prompt_set),
-             f"num_prompts {self.num_prompts} != the size of prompt set {self.prompt_set!r} "
-             f"({prompt_set_size(self.prompt_set) if self.prompt_set in PROMPT_SETS else '-'})"),
+            (
+                self.unet.get("cross_attention_dim") != self.prompt_dim,
+                f"unet cross_attention_dim {self.unet.get('cross_attention_dim')} != prompt_dim {self.prompt_dim}",
+            ),
+            (
+                tuple(self.adapter_channels) != unet_channels,
+                f"adapter_channels {tuple(self.adapter_channels)} != unet block_out_channels {unet_channels}",
+            ),
+            (
+                self.adapter_downscale != vae_downscale,
+                f"adapter_downscale {self.adapter_downscale} != the VAE's downscale factor {vae_downscale}",
+            ),
+            (
+                tuple(self.value_range) not in ((0.0, 1.0), (-1.0, 1.0)),
+                f"value_range must be (0, 1) or (-1, 1), not {self.value_range}",
+            ),
+            (
+                self.train_latent not in ("mean", "sample"),
+                f"train_latent must be mean or sample, not {self.train_latent!r}",
+            ),
+            (
+                self.image_size % (self.adapter_downscale * 2 ** (len(unet_channels) - 1)) != 0,
+                f"image_size {self.image_size} is not a multiple of the total downscale factor",
+            ),
+            (
+                isinstance(self.timestep, bool)
+                or not isinstance(self.timestep, int)
+                or not 0 <= self.timestep < NUM_TRAIN_TIMESTEPS,
+                f"timestep must be an integer in [0, {NUM_TRAIN_TIMESTEPS - 1}], not {self.timestep!r}",
+            ),
+            (
+                self.prompt_pooling not in POOLINGS,
+                f"prompt_pooling must be one of {', '.join(POOLINGS)}, not {self.prompt_pooling!r}",
+            ),
+            (
+                not self.decoder_levels
+                or list(self.decoder_levels) != sorted(set(self.decoder_levels))
+                or not set(self.decoder_levels) <= set(range(len(unet_channels))),
+                f"decoder_levels must be strictly increasing indices of the {len(unet_channels)} up blocks, "
+                f"not {tuple(self.decoder_levels)}",
+            ),
+            (
+                bool(self.text_encoder)
+                and self.prompt_set in PROMPT_SETS
+                and self.num_prompts != prompt_set_size(self.prompt_set),
+                f"num_prompts {self.num_prompts} != the size of prompt set {self.prompt_set!r} "
+                f"({prompt_set_size(self.prompt_set) if self.prompt_set in PROMPT_SETS else '-'})",
+            ),
         ]
         for bad, message in problems:
             if bad:

@@ -61,9 +61,17 @@ def main() -> None:  # noqa: PLR0915 - one experiment, read top to bottom
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     args.output.mkdir(parents=True, exist_ok=True)
-    cfg = models.named_config("dpiqa-student-vits14", {"map_channels": 64, "map_size": 8, "head_hidden": 256,
-                                                       "freeze_backbone": True, "aux_features": "nss",
-                                                       "mos_scale": 5.0})
+    cfg = models.named_config(
+        "dpiqa-student-vits14",
+        {
+            "map_channels": 64,
+            "map_size": 8,
+            "head_hidden": 256,
+            "freeze_backbone": True,
+            "aux_features": "nss",
+            "mos_scale": 5.0,
+        },
+    )
     model = DPIQAStudent(cfg, pretrained_backbone=True).eval()
     pre = cfg.preprocessing
 
@@ -72,9 +80,16 @@ def main() -> None:  # noqa: PLR0915 - one experiment, read top to bottom
     rng = np.random.default_rng(0)
 
     def agiqa(indices, ranked):
-        return [{"path": labeled[int(i)].path, "target": labeled[int(i)].mos / 5.0,
-                 "rank_group": rank_id(labeled[int(i)].name) if ranked else -1, "rank_family": 0, "level": 0}
-                for i in indices]
+        return [
+            {
+                "path": labeled[int(i)].path,
+                "target": labeled[int(i)].mos / 5.0,
+                "rank_group": rank_id(labeled[int(i)].name) if ranked else -1,
+                "rank_family": 0,
+                "level": 0,
+            }
+            for i in indices
+        ]
 
     train_idx = np.sort(rng.choice(split.train, round(len(split.train) * args.fraction), replace=False))
     table = rank_table_rows(str(args.ranking / "train.csv"), 5.0)
@@ -82,14 +97,19 @@ def main() -> None:  # noqa: PLR0915 - one experiment, read top to bottom
     views = sorted({r["rank_group"] for r in table if not math.isfinite(r["target"])})
     views = set(rng.choice(views, round(len(views) * args.fraction), replace=False).tolist())
     table = [r for r in table if r["rank_group"] in chosen or r["rank_group"] in views]
-    sets = {"train": agiqa(train_idx, True), "table": table, "val": agiqa(split.val, False),
-            "val_rank": rank_table_rows(str(args.ranking / "val.csv"), 5.0), "test": agiqa(split.test, False)}
+    sets = {
+        "train": agiqa(train_idx, True),
+        "table": table,
+        "val": agiqa(split.val, False),
+        "val_rank": rank_table_rows(str(args.ranking / "val.csv"), 5.0),
+        "test": agiqa(split.test, False),
+    }
 
     def features(images: list[np.ndarray]) -> np.ndarray:
         out = []
         with torch.inference_mode():
             for s in range(0, len(images), 32):
-                x = pre.to_tensor(torch.as_tensor(np.stack(images[s:s + 32])))
+                x = pre.to_tensor(torch.as_tensor(np.stack(images[s : s + 32])))
                 out.append(model.backbone_features(x).half().numpy())
         return np.concatenate(out)
 
@@ -116,8 +136,10 @@ def main() -> None:  # noqa: PLR0915 - one experiment, read top to bottom
         print("features: demo corpus", len(keys), flush=True)
 
     def columns(rows):
-        return (np.asarray([r["target"] for r in rows], np.float32),
-                np.asarray([[r["rank_group"], r["rank_family"], r["level"]] for r in rows], np.int64))
+        return (
+            np.asarray([r["target"] for r in rows], np.float32),
+            np.asarray([[r["rank_group"], r["rank_family"], r["level"]] for r in rows], np.int64),
+        )
 
     results = {}
     for variant, (nss, with_table, weight) in VARIANTS.items():
@@ -136,7 +158,9 @@ def main() -> None:  # noqa: PLR0915 - one experiment, read top to bottom
         def score(name, head=head, channels=channels):
             with torch.no_grad():
                 f = torch.as_tensor(feats[name][:, channels].astype(np.float32))
-                return np.concatenate([head(f[s:s + 256], from_backbone=True)[0].numpy() for s in range(0, len(f), 256)])
+                return np.concatenate(
+                    [head(f[s : s + 256], from_backbone=True)[0].numpy() for s in range(0, len(f), 256)]
+                )
 
         for epoch in range(args.epochs):
             erng = np.random.default_rng([0, epoch])
@@ -145,7 +169,7 @@ def main() -> None:  # noqa: PLR0915 - one experiment, read top to bottom
             order = np.lexsort((erng.random(len(y)), erng.permutation(inverse.max() + 1)[inverse]))
             head.train()
             for s in range(0, len(order) - 31, 32):
-                b = order[s:s + 32]
+                b = order[s : s + 32]
                 pred, _ = head(x[b], from_backbone=True)
                 t = torch.as_tensor(y[b])
                 keep = torch.isfinite(t)
@@ -165,19 +189,30 @@ def main() -> None:  # noqa: PLR0915 - one experiment, read top to bottom
             _, vr = columns(sets["val_rank"])
             sel = selection({"val_srcc": m["srcc"], "val_rank_srcc": rank_srcc(score("val_rank"), vr)})
             if best is None or sel["val_select"] > best[0]:
-                best = (sel["val_select"], epoch, {k: v.clone() for k, v in head.state_dict().items()},
-                        m["srcc"], rank_srcc(score("val_rank"), vr))
+                best = (
+                    sel["val_select"],
+                    epoch,
+                    {k: v.clone() for k, v in head.state_dict().items()},
+                    m["srcc"],
+                    rank_srcc(score("val_rank"), vr),
+                )
         head.load_state_dict(best[2])
         head.eval()
         tt, _ = columns(sets["test"])
         test = compute_metrics(score("test") * 5, tt * 5)
-        demo = distortion_ranking([{"key": str(k), "score": float(s)}
-                                   for k, s in zip(feats["demo_keys"], score("demo"), strict=True)])
+        demo = distortion_ranking(
+            [{"key": str(k), "score": float(s)} for k, s in zip(feats["demo_keys"], score("demo"), strict=True)]
+        )
         results[variant] = {
-            "epoch": best[1], "val_srcc": best[3], "val_rank_srcc": best[4], "test_srcc": test["srcc"],
-            "test_plcc": test["plcc"], "demo_overall": demo["overall_srcc"],
+            "epoch": best[1],
+            "val_srcc": best[3],
+            "val_rank_srcc": best[4],
+            "test_srcc": test["srcc"],
+            "test_plcc": test["plcc"],
+            "demo_overall": demo["overall_srcc"],
             "demo_per_distortion": {k: v["srcc_level_vs_score"] for k, v in demo["per_distortion"].items()},
-            "training_rows": len(y)}
+            "training_rows": len(y),
+        }
         print(variant, json.dumps(results[variant]), flush=True)
     (args.output / "probe.json").write_text(json.dumps(results, indent=2) + "\n")
 

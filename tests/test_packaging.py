@@ -36,8 +36,12 @@ def test_every_package_is_listed_in_pyproject():
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(d),
-                    str(REPO)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(d), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return next(d.glob("dpiqa-*.whl"))
 
 
@@ -56,11 +60,31 @@ def test_installed_beside_a_users_models_and_jobs(wheel, tmp_path):
     # install of the checkout is not seen there).
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()"
-                                "['purelib'])"], check=True, capture_output=True, text=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
-                    "--no-deps", str(wheel)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "-q",
+            "--no-deps",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     project = tmp_path / "project"  # a user's project with packages named as our folders are
     for name in ("models", "jobs", "engine"):
         (project / name).mkdir(parents=True)
@@ -74,12 +98,25 @@ def test_installed_beside_a_users_models_and_jobs(wheel, tmp_path):
 
     helped = run(str(venv / "bin" / "dpiqa"), "--help")
     assert helped.returncode == 0 and "score" in helped.stdout, helped.stderr[-2000:]
-    scored = run(str(venv / "bin" / "dpiqa"), "score", "--input", "in", "--output", "out", "--model",
-                 "dpiqa-student-tiny", "--executor", "local")
+    scored = run(
+        str(venv / "bin" / "dpiqa"),
+        "score",
+        "--input",
+        "in",
+        "--output",
+        "out",
+        "--model",
+        "dpiqa-student-tiny",
+        "--executor",
+        "local",
+    )
     assert scored.returncode == 0, scored.stderr[-2000:]
     assert "scored 6 rows from 2 shards: 6 ok, 0 errors" in scored.stdout
-    where = run(str(venv / "bin" / "python"), "-c", "import models, jobs, dpiqa.models, dpiqa.jobs.cli; "
-                "print(models.OWNER, jobs.OWNER, dpiqa.models.__file__)")
+    where = run(
+        str(venv / "bin" / "python"),
+        "-c",
+        "import models, jobs, dpiqa.models, dpiqa.jobs.cli; print(models.OWNER, jobs.OWNER, dpiqa.models.__file__)",
+    )
     assert where.returncode == 0, where.stderr[-2000:]
     assert where.stdout.startswith("the user: models the user: jobs ")
     assert str(venv) in where.stdout.split()[-1]  # ours from the installed wheel, not the checkout

@@ -37,8 +37,9 @@ def test_the_runnable_blocks_run_as_written(tmp_path):
     runnable = [code for mark, code in blocks() if mark == "run"]
     assert len(runnable) >= 2
     for code in runnable:
-        out = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=tmp_path, env=env, capture_output=True,
-                             text=True, timeout=600)
+        out = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
         assert out.returncode == 0, f"{code}\n--- stderr:\n{out.stderr[-3000:]}"
         assert "Traceback" not in out.stderr
     # what the blocks promise is there

@@ -22,8 +22,17 @@ def tiny_clip(projection_dim: int, tokenizer=None):
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     tokenizer = tokenizer or tiny_clip_tokenizer()
-    return CLIPTextModelWithProjection(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=24, intermediate_size=48, num_hidden_layers=2,
-        num_attention_heads=2, projection_dim=projection_dim, max_position_embeddings=77,
-        bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    )).eval()
+    return CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=24,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            projection_dim=projection_dim,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    ).eval()

@@ -56,8 +56,10 @@ def psi(current: np.ndarray, base: np.ndarray) -> tuple[float, list[dict]]:
     q = np.maximum(ref / max(ref.sum(), 1), PSI_FLOOR)
     terms = (p - q) * np.log(p / q)
     ends = np.append(starts[1:], len(base))
-    bins = [{"start_bin": int(s), "end_bin": int(e), "current": float(a), "baseline": float(b), "term": float(t)}
-            for s, e, a, b, t in zip(starts, ends, p, q, terms, strict=True)]
+    bins = [
+        {"start_bin": int(s), "end_bin": int(e), "current": float(a), "baseline": float(b), "term": float(t)}
+        for s, e, a, b, t in zip(starts, ends, p, q, terms, strict=True)
+    ]
     return float(terms.sum()), bins
 
 
@@ -89,5 +91,5 @@ def drift(grid: Grid, current: np.ndarray, base: np.ndarray) -> dict:
         "ks_pvalue": p_value,
         "ks_at_score": float(edges[at + 1]),
         "method": "PSI over the baseline's decile bins (+ one bin each side of its range, proportions floored "
-                  f"at {PSI_FLOOR}); two-sample KS on a {grid.bins}-bin grid (binned, asymptotic p-value)",
+        f"at {PSI_FLOOR}); two-sample KS on a {grid.bins}-bin grid (binned, asymptotic p-value)",
     }

@@ -16,25 +16,27 @@ log = logging.getLogger(__name__)
 
 NAME = "history"
 QUANTILE_KEYS = ("p01", "p05", "p10", "p25", "p50", "p75", "p90", "p95", "p99")
-SCHEMA = pa.schema([
-    pa.field("audited_at", pa.string(), nullable=False),  # UTC, ISO 8601
-    pa.field("selection", pa.string(), nullable=False),  # `all`, `run <id>`, `under <folder>`
-    pa.field("run_id", pa.string()),
-    pa.field("baseline", pa.string()),
-    pa.field("shards", pa.int64(), nullable=False),
-    pa.field("rows", pa.int64(), nullable=False),
-    pa.field("ok", pa.int64(), nullable=False),
-    pa.field("errors", pa.int64(), nullable=False),
-    pa.field("error_rate", pa.float64(), nullable=False),
-    pa.field("mean", pa.float64()),
-    *[pa.field(q, pa.float64()) for q in QUANTILE_KEYS],
-    pa.field("psi", pa.float64()),
-    pa.field("ks", pa.float64()),
-    pa.field("alert", pa.bool_(), nullable=False),
-    pa.field("alerts", pa.list_(pa.string()), nullable=False),
-    pa.field("statuses", pa.string(), nullable=False),  # JSON: status -> rows
-    pa.field("per_source", pa.string(), nullable=False),  # JSON: [{source, rows, error_rate, mean}]
-])
+SCHEMA = pa.schema(
+    [
+        pa.field("audited_at", pa.string(), nullable=False),  # UTC, ISO 8601
+        pa.field("selection", pa.string(), nullable=False),  # `all`, `run <id>`, `under <folder>`
+        pa.field("run_id", pa.string()),
+        pa.field("baseline", pa.string()),
+        pa.field("shards", pa.int64(), nullable=False),
+        pa.field("rows", pa.int64(), nullable=False),
+        pa.field("ok", pa.int64(), nullable=False),
+        pa.field("errors", pa.int64(), nullable=False),
+        pa.field("error_rate", pa.float64(), nullable=False),
+        pa.field("mean", pa.float64()),
+        *[pa.field(q, pa.float64()) for q in QUANTILE_KEYS],
+        pa.field("psi", pa.float64()),
+        pa.field("ks", pa.float64()),
+        pa.field("alert", pa.bool_(), nullable=False),
+        pa.field("alerts", pa.list_(pa.string()), nullable=False),
+        pa.field("statuses", pa.string(), nullable=False),  # JSON: status -> rows
+        pa.field("per_source", pa.string(), nullable=False),  # JSON: [{source, rows, error_rate, mean}]
+    ]
+)
 
 
 def row(doc: dict) -> dict:
@@ -44,15 +46,25 @@ def row(doc: dict) -> dict:
     summary, drift = doc["summary"], doc.get("drift") or {}
     baseline = doc.get("baseline") or {}
     return {
-        "audited_at": doc["generated"], "selection": label[selection["kind"]], "run_id": selection.get("run_id"),
+        "audited_at": doc["generated"],
+        "selection": label[selection["kind"]],
+        "run_id": selection.get("run_id"),
         "baseline": baseline.get("scores") or baseline.get("document"),
-        "shards": int(selection.get("shards") or doc["shards"]["completed"]), "rows": summary["rows"],
-        "ok": summary["ok"], "errors": summary["errors"], "error_rate": summary["error_rate"],
-        "mean": summary["mean"], **{q: doc["quantiles"].get(q) for q in QUANTILE_KEYS},
-        "psi": drift.get("psi"), "ks": drift.get("ks_statistic"), "alert": bool(doc["alerts"]),
-        "alerts": list(doc["alerts"]), "statuses": json.dumps({s["status"]: s["count"] for s in doc["statuses"]}),
-        "per_source": json.dumps([{k: s[k] for k in ("source", "rows", "error_rate", "mean")}
-                                  for s in doc["per_source"]]),
+        "shards": int(selection.get("shards") or doc["shards"]["completed"]),
+        "rows": summary["rows"],
+        "ok": summary["ok"],
+        "errors": summary["errors"],
+        "error_rate": summary["error_rate"],
+        "mean": summary["mean"],
+        **{q: doc["quantiles"].get(q) for q in QUANTILE_KEYS},
+        "psi": drift.get("psi"),
+        "ks": drift.get("ks_statistic"),
+        "alert": bool(doc["alerts"]),
+        "alerts": list(doc["alerts"]),
+        "statuses": json.dumps({s["status"]: s["count"] for s in doc["statuses"]}),
+        "per_source": json.dumps(
+            [{k: s[k] for k in ("source", "rows", "error_rate", "mean")} for s in doc["per_source"]]
+        ),
     }
 
 
@@ -65,8 +77,9 @@ def read(location: OutputLocation) -> list[dict]:
         with location.fs.open(path, "rb") as f:
             return pq.read_table(f).to_pylist()
     except Exception as exc:  # noqa: BLE001 - a damaged history must not stop tonight's audit
-        log.warning("%s: unreadable audit history (%s); starting a new one", location.child(AUDITS_DIR, f"{NAME}.parquet"),
-                    exc)
+        log.warning(
+            "%s: unreadable audit history (%s); starting a new one", location.child(AUDITS_DIR, f"{NAME}.parquet"), exc
+        )
         return []
 
 
@@ -76,5 +89,22 @@ def append(location: OutputLocation, doc: dict, keep: int = 30) -> list[dict]:
     rows = [*read(location), row(doc)]
     table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in SCHEMA} for r in rows], schema=SCHEMA)
     location.write_table(AUDITS_DIR, NAME, table)
-    return [{k: r[k] for k in ("audited_at", "selection", "run_id", "rows", "error_rate", "mean", "p50", "psi",
-                               "ks", "alert", "alerts")} for r in rows[-keep:]]
+    return [
+        {
+            k: r[k]
+            for k in (
+                "audited_at",
+                "selection",
+                "run_id",
+                "rows",
+                "error_rate",
+                "mean",
+                "p50",
+                "psi",
+                "ks",
+                "alert",
+                "alerts",
+            )
+        }
+        for r in rows[-keep:]
+    ]

@@ -57,6 +57,7 @@ def esc(value: Any) -> str:
 
 # -- figures --------------------------------------------------------------------------------------
 
+
 def figure_histogram(doc: dict) -> str:
     fig_data = doc["figures"]["histogram"]
     edges = np.asarray(fig_data["edges"])
@@ -86,8 +87,10 @@ def figure_cdf(doc: dict) -> str:
 
     def draw(fig: Any) -> None:
         ax = fig.subplots()
-        for label, counts, style in (("this run", hist["counts"], "-"),
-                                     ("baseline", (doc.get("baseline") or {}).get("histogram", {}).get("counts"), "--")):
+        for label, counts, style in (
+            ("this run", hist["counts"], "-"),
+            ("baseline", (doc.get("baseline") or {}).get("histogram", {}).get("counts"), "--"),
+        ):
             if counts is None:
                 continue
             c = np.asarray(counts, dtype=float)
@@ -197,8 +200,13 @@ def _summary(doc: dict) -> str:
     ]
     rows += [(f"quantile {k}", num(f"quantiles.{k}", v)) for k, v in q.items()]
     if doc["shards"].get("failed_in_run") is not None:
-        rows.insert(1, ("shards the score run reported failed", num("shards.failed_in_run",
-                                                                     doc["shards"]["failed_in_run"], "int")))
+        rows.insert(
+            1,
+            (
+                "shards the score run reported failed",
+                num("shards.failed_in_run", doc["shards"]["failed_in_run"], "int"),
+            ),
+        )
     body = "".join(f"<tr><th>{esc(k)}</th>{v}</tr>" for k, v in rows)
     return f"<table id='summary'>{body}</table>"
 
@@ -216,16 +224,14 @@ def _group_table(doc: dict, key: str, label: str) -> str:
     items = list(enumerate(doc[key]))
     # Worst first: highest error rate, then lowest mean score.
     items.sort(key=lambda t: (-t[1]["error_rate"], t[1]["mean"] if t[1]["mean"] is not None else -np.inf))
-    head = (f"<tr><th>{label}</th><th>rows</th><th>error rate</th><th>mean</th><th>std</th>"
-            "<th>min</th><th>max</th></tr>")
+    head = f"<tr><th>{label}</th><th>rows</th><th>error rate</th><th>mean</th><th>std</th><th>min</th><th>max</th></tr>"
     body = "".join(
         f"<tr><td>{esc(g.get('name', g.get('source')) or '(none)')}</td>{num(f'{key}.{i}.rows', g['rows'], 'int')}"
         f"{num(f'{key}.{i}.error_rate', g['error_rate'], 'rate')}{num(f'{key}.{i}.mean', g['mean'])}"
         f"{num(f'{key}.{i}.std', g['std'])}{num(f'{key}.{i}.min', g['min'])}{num(f'{key}.{i}.max', g['max'])}</tr>"
         for i, g in items[:MAX_TABLE_ROWS]
     )
-    more = (f"<p>{len(items) - MAX_TABLE_ROWS:,} more in the JSON document.</p>"
-            if len(items) > MAX_TABLE_ROWS else "")
+    more = f"<p>{len(items) - MAX_TABLE_ROWS:,} more in the JSON document.</p>" if len(items) > MAX_TABLE_ROWS else ""
     return f"<table id='{key}'>{head}{body}</table>{more}"
 
 
@@ -264,8 +270,9 @@ def figure_trend(doc: dict) -> str:
             ax.plot(x[-1:], y[-1:], "s", ms=6, color="k", label="this audit")
             ax.set_ylabel(label)
         axes[0].legend(loc="best", fontsize=8)
-        axes[-1].set_xticks(x, [n["audited_at"][:16].replace("T", " ") for n in nights], rotation=30,
-                            ha="right", fontsize=7)
+        axes[-1].set_xticks(
+            x, [n["audited_at"][:16].replace("T", " ") for n in nights], rotation=30, ha="right", fontsize=7
+        )
         fig.suptitle(f"The last {len(nights)} audits of this output")
 
     return _png(draw, (7.0, 6.0))
@@ -287,8 +294,10 @@ def _per_source_vs_baseline(doc: dict) -> str:
     items = doc.get("per_source_vs_baseline") or []
     if not items:
         return ""
-    head = ("<tr><th>source</th><th>rows</th><th>baseline rows</th><th>error rate</th><th>baseline</th>"
-            "<th>mean</th><th>baseline</th><th>change</th></tr>")
+    head = (
+        "<tr><th>source</th><th>rows</th><th>baseline rows</th><th>error rate</th><th>baseline</th>"
+        "<th>mean</th><th>baseline</th><th>change</th></tr>"
+    )
     body = "".join(
         f"<tr><td>{esc(s['source'] or '(none)')}</td>{num(f'per_source_vs_baseline.{i}.rows', s['rows'], 'int')}"
         f"{num(f'per_source_vs_baseline.{i}.baseline_rows', s['baseline_rows'], 'int')}"
@@ -307,11 +316,16 @@ def _thumbs(doc: dict, images: dict[str, list[str | None]]) -> str:
     for which, title in (("lowest", "Lowest scored"), ("highest", "Highest scored")):
         figs = []
         for i, (t, uri) in enumerate(zip(doc["thumbnails"][which], images.get(which, []), strict=False)):
-            img = (f"<img alt='{esc(t['key'])}' src='{uri}'>" if uri
-                   else f"<div class='err'>{esc(t.get('error') or 'no thumbnail')}</div>")
-            figs.append(f"<figure class='thumb' data-which='{which}'>{img}<figcaption>"
-                        f"{num(f'thumbnails.{which}.{i}.score', t['score'], tag='b')} "
-                        f"{esc(t['key'])}<br>{esc(t['shard'])} #{t['index']}</figcaption></figure>")
+            img = (
+                f"<img alt='{esc(t['key'])}' src='{uri}'>"
+                if uri
+                else f"<div class='err'>{esc(t.get('error') or 'no thumbnail')}</div>"
+            )
+            figs.append(
+                f"<figure class='thumb' data-which='{which}'>{img}<figcaption>"
+                f"{num(f'thumbnails.{which}.{i}.score', t['score'], tag='b')} "
+                f"{esc(t['key'])}<br>{esc(t['shard'])} #{t['index']}</figcaption></figure>"
+            )
         parts.append(f"<h3>{title}</h3><div class='thumbs' id='thumbs-{which}'>{''.join(figs)}</div>")
     return "".join(parts)
 
@@ -333,38 +347,60 @@ def render(doc: dict, images: dict[str, list[str | None]]) -> str:
         images: thumbnail data URIs by `lowest`/`highest`, in the order of `doc["thumbnails"]`.
     """
     alerts = doc["alerts"]
-    banner = ("<div class='alert' id='alerts'><b>ALERT</b><ul>" + "".join(f"<li>{esc(a)}</li>" for a in alerts)
-              + "</ul></div>") if alerts else "<div class='okbox' id='alerts'>No threshold crossed.</div>"
+    banner = (
+        (
+            "<div class='alert' id='alerts'><b>ALERT</b><ul>"
+            + "".join(f"<li>{esc(a)}</li>" for a in alerts)
+            + "</ul></div>"
+        )
+        if alerts
+        else "<div class='okbox' id='alerts'>No threshold crossed.</div>"
+    )
     model = doc.get("model") or {}
-    plots = [("Score distribution", figure_histogram(doc)), ("CDF", figure_cdf(doc)),
-             ("Statuses", figure_statuses(doc))]
+    plots = [
+        ("Score distribution", figure_histogram(doc)),
+        ("CDF", figure_cdf(doc)),
+        ("Statuses", figure_statuses(doc)),
+    ]
     sections = [
         f"<h1>dpiqa audit: {esc(doc['scores'])}</h1>",
         f"<p id='selection'>Audited: {esc(_selection(doc))}.</p>",
         f"<p>Generated {esc(doc['generated'])}; model {esc(model.get('model'))} "
         f"(checkpoint {esc(model.get('checkpoint_hash'))}, code {esc(model.get('code_version'))}).</p>",
         banner,
-        "<h2>Summary</h2>", _summary(doc),
+        "<h2>Summary</h2>",
+        _summary(doc),
         f"<img class='plot' id='plot-histogram' alt='score histogram' src='{plots[0][1]}'>",
         f"<img class='plot' id='plot-cdf' alt='score CDF' src='{plots[1][1]}'>",
-        "<h2>Statuses</h2>", _statuses(doc),
+        "<h2>Statuses</h2>",
+        _statuses(doc),
         f"<img class='plot' id='plot-statuses' alt='rows by status' src='{plots[2][1]}'>",
     ]
     if doc.get("drift"):
-        sections += ["<h2>Drift against the baseline</h2>", _drift(doc),
-                     f"<img class='plot' id='plot-psi' alt='PSI bins' src='{figure_psi(doc)}'>"]
+        sections += [
+            "<h2>Drift against the baseline</h2>",
+            _drift(doc),
+            f"<img class='plot' id='plot-psi' alt='PSI bins' src='{figure_psi(doc)}'>",
+        ]
     if doc.get("baseline"):
         sections.append(_per_source_vs_baseline(doc))
     if len(doc.get("history") or []) > 1:
-        sections += ["<h2>Night by night</h2>", _trend_table(doc),
-                     f"<img class='plot' id='plot-trend' alt='trend over audits' src='{figure_trend(doc)}'>"]
+        sections += [
+            "<h2>Night by night</h2>",
+            _trend_table(doc),
+            f"<img class='plot' id='plot-trend' alt='trend over audits' src='{figure_trend(doc)}'>",
+        ]
     sections += [
-        "<h2>Per source</h2>", _group_table(doc, "per_source", "source"),
+        "<h2>Per source</h2>",
+        _group_table(doc, "per_source", "source"),
         f"<img class='plot' id='plot-per-source' alt='per source' src='{figure_per_source(doc)}'>",
-        "<h2>Per shard</h2>", _group_table(doc, "per_shard", "shard"),
+        "<h2>Per shard</h2>",
+        _group_table(doc, "per_shard", "shard"),
         f"<img class='plot' id='plot-per-shard' alt='per shard' src='{figure_per_shard(doc)}'>",
     ]
     if doc["thumbnails"]["lowest"] or doc["thumbnails"]["highest"]:
         sections += ["<h2>Thumbnails</h2>", _thumbs(doc, images)]
-    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>dpiqa audit</title>"
-            f"<style>{CSS}</style></head><body>{''.join(sections)}</body></html>")
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>dpiqa audit</title>"
+        f"<style>{CSS}</style></head><body>{''.join(sections)}</body></html>"
+    )

@@ -113,8 +113,16 @@ RAY_ROWS = 50_000_000  # `auto` scans on Ray above this many rows (about 100 s i
 ROWS_PER_TASK = 4_000_000  # rows one Ray task of a distributed scan reads
 
 
-def scan(run: ScoredRun, grid: Grid, extremes: int, groups: bool, batch_size: int, label: str,
-         executor: str = "local", address: str | None = None) -> RunStats:
+def scan(
+    run: ScoredRun,
+    grid: Grid,
+    extremes: int,
+    groups: bool,
+    batch_size: int,
+    label: str,
+    executor: str = "local",
+    address: str | None = None,
+) -> RunStats:
     """Every completed shard of `run` read once into a `RunStats`: streamed in this process, or split
     among Ray tasks (`executor="ray"`) whose statistics merge into the same result."""
     if executor == "ray":
@@ -137,14 +145,23 @@ def _scan(run: ScoredRun, grid: Grid, extremes: int, groups: bool, batch_size: i
     return stats
 
 
-def _scan_part(url: str, storage_options: dict | None, shards: list, schema, grid: Grid, extremes: int,  # noqa: ANN001
-               groups: bool, batch_size: int) -> RunStats:
+def _scan_part(
+    url: str,
+    storage_options: dict | None,
+    shards: list,
+    schema,
+    grid: Grid,
+    extremes: int,  # noqa: ANN001
+    groups: bool,
+    batch_size: int,
+) -> RunStats:
     """One Ray task of a distributed scan: its shards' files, read where the task runs."""
     return _scan(ScoredRun.part(url, storage_options, shards, schema), grid, extremes, groups, batch_size, None)
 
 
-def _scan_on_ray(run: ScoredRun, grid: Grid, extremes: int, groups: bool, batch_size: int, label: str,
-                 address: str | None) -> RunStats:
+def _scan_on_ray(
+    run: ScoredRun, grid: Grid, extremes: int, groups: bool, batch_size: int, label: str, address: str | None
+) -> RunStats:
     """The files split among Ray tasks by their markers' row counts (about `ROWS_PER_TASK` each); each task
     returns its statistics (bounded by the grid, the extremes and one aggregate per shard), merged here."""
     import ray
@@ -162,8 +179,10 @@ def _scan_on_ray(run: ScoredRun, grid: Grid, extremes: int, groups: bool, batch_
     if current:
         parts.append(current)
     task = ray.remote(num_cpus=1)(_scan_part)
-    pending = {task.remote(run.url, run.storage_options, part, run.schema, grid, extremes, groups, batch_size):
-               len(part) for part in parts}
+    pending = {
+        task.remote(run.url, run.storage_options, part, run.schema, grid, extremes, groups, batch_size): len(part)
+        for part in parts
+    }
     stats = RunStats(grid, extremes=extremes, groups=groups)
     progress, done = Progress(label, len(run.shards), unit="rows"), 0
     while pending:
@@ -194,17 +213,25 @@ def run_audit(config: AuditConfig) -> AuditResult:
         lo = h["lo"] if lo is None else min(lo, h["lo"])
         hi = h["hi"] if hi is None else max(hi, h["hi"])
     grid = Grid.around(lo, hi, config.bins)
-    log.info("audit: %d completed shards (%s rows by their markers) at %s", len(run.shards), f"{run.rows():,}",
-             config.scores)
+    log.info(
+        "audit: %d completed shards (%s rows by their markers) at %s", len(run.shards), f"{run.rows():,}", config.scores
+    )
     executor = config.executor
     if executor == "auto":
         big = run.rows() + (base.rows() if base is not None else 0) > RAY_ROWS
         executor = "ray" if config.address or os.environ.get("RAY_ADDRESS") or big else "local"
-        log.info("audit: scanning on %s (%s rows%s)", executor, f"{run.rows():,}",
-                 "; a cluster is named" if config.address or os.environ.get("RAY_ADDRESS") else "")
+        log.info(
+            "audit: scanning on %s (%s rows%s)",
+            executor,
+            f"{run.rows():,}",
+            "; a cluster is named" if config.address or os.environ.get("RAY_ADDRESS") else "",
+        )
     stats = scan(run, grid, config.thumbnails, True, config.batch_size, "audit", executor, config.address)
-    base_stats = scan(base, grid, 0, True, config.batch_size, "audit baseline", executor,
-                      config.address) if base is not None else None
+    base_stats = (
+        scan(base, grid, 0, True, config.batch_size, "audit baseline", executor, config.address)
+        if base is not None
+        else None
+    )
 
     doc = document(config, run, stats, base, base_stats, base_label)
     doc["selection"] = selection
@@ -232,18 +259,27 @@ def select(config: AuditConfig, whole: ScoredRun) -> tuple[ScoredRun, dict, Scor
         wanted = records[-1:] if config.run == "latest" else [r for r in records if r.get("run_id") == config.run]
         if not wanted:
             known = ", ".join(r.get("run_id", "?") for r in records[-5:]) or "none"
-            raise ValueError(f"{config.scores}: no run {config.run!r} in {config.scores.rstrip('/')}/runs/ "
-                             f"(latest: {known})")
+            raise ValueError(
+                f"{config.scores}: no run {config.run!r} in {config.scores.rstrip('/')}/runs/ (latest: {known})"
+            )
         current = wanted[0]
         names = {w["name"] for w in current.get("written", [])}
         if not names:
             raise ValueError(f"{config.scores}: run {current.get('run_id')} wrote no shard (nothing new in its input)")
         run = whole.subset(names)
-        selection = {"kind": "run", "run_id": current.get("run_id"), "started": current.get("started"),
-                     "input": current.get("input")}
+        selection = {
+            "kind": "run",
+            "run_id": current.get("run_id"),
+            "started": current.get("started"),
+            "input": current.get("input"),
+        }
     elif config.under:
         folder = config.under.strip("/")
-        names = {s.name for s in whole.shards if f"/{folder}/" in s.url or s.name.startswith(folder.replace("/", "__") + "__")}
+        names = {
+            s.name
+            for s in whole.shards
+            if f"/{folder}/" in s.url or s.name.startswith(folder.replace("/", "__") + "__")
+        }
         if not names:
             raise ValueError(f"{config.scores}: no completed shard lies under {folder!r}")
         run = whole.subset(names)
@@ -253,7 +289,7 @@ def select(config: AuditConfig, whole: ScoredRun) -> tuple[ScoredRun, dict, Scor
         return run, selection, ScoredRun(config.baseline, config.storage_options), config.baseline
     if config.baseline_runs:
         before = records[: records.index(current)] if current is not None else records
-        chosen = before[-config.baseline_runs:]
+        chosen = before[-config.baseline_runs :]
         names = {w["name"] for r in chosen for w in r.get("written", [])} - {s.name for s in run.shards}
         if not names:  # the first night has nothing before it: an audit without drift, not an error
             log.info("audit: no earlier run wrote shards; no baseline for --baseline-runs %d", config.baseline_runs)
@@ -270,12 +306,23 @@ def baseline_from_document(doc: dict, stats: RunStats, base: dict, where: str) -
     if not h.get("counts"):
         raise ValueError(f"{where}: not an audit document with a histogram (made by `dpiqa audit --json`)")
     counts = _rebin(np.asarray(h["counts"], dtype=np.float64), h["lo"], h["hi"], stats.grid)
-    doc["baseline"] = {"scores": base.get("scores"), "document": where, "model": base.get("model"),
-                       "same_model": (doc.get("model") or {}).get("checkpoint_hash") ==
-                       (base.get("model") or {}).get("checkpoint_hash"),
-                       "shards": base.get("shards"), "summary": base.get("summary"), "quantiles": base.get("quantiles"),
-                       "histogram": {"lo": stats.grid.lo, "hi": stats.grid.hi, "bins": stats.grid.bins,
-                                     "counts": [float(c) for c in counts]}, "per_source": base.get("per_source")}
+    doc["baseline"] = {
+        "scores": base.get("scores"),
+        "document": where,
+        "model": base.get("model"),
+        "same_model": (doc.get("model") or {}).get("checkpoint_hash")
+        == (base.get("model") or {}).get("checkpoint_hash"),
+        "shards": base.get("shards"),
+        "summary": base.get("summary"),
+        "quantiles": base.get("quantiles"),
+        "histogram": {
+            "lo": stats.grid.lo,
+            "hi": stats.grid.hi,
+            "bins": stats.grid.bins,
+            "counts": [float(c) for c in counts],
+        },
+        "per_source": base.get("per_source"),
+    }
     doc["per_source_vs_baseline"] = per_source_comparison(doc["per_source"], base.get("per_source") or [])
     if stats.total.ok and counts.sum() > 0:
         doc["drift"] = drift.drift(stats.grid, stats.counts, counts)
@@ -298,11 +345,19 @@ def per_source_comparison(ours: list[dict], theirs: list[dict]) -> list[dict]:
         b = base.get(s["source"])
         if b is None:
             continue
-        out.append({"source": s["source"], "rows": s["rows"], "baseline_rows": b["rows"],
-                    "error_rate": s["error_rate"], "baseline_error_rate": b["error_rate"],
-                    "error_rate_change": s["error_rate"] - b["error_rate"], "mean": s["mean"],
-                    "baseline_mean": b["mean"],
-                    "mean_change": None if s["mean"] is None or b["mean"] is None else s["mean"] - b["mean"]})
+        out.append(
+            {
+                "source": s["source"],
+                "rows": s["rows"],
+                "baseline_rows": b["rows"],
+                "error_rate": s["error_rate"],
+                "baseline_error_rate": b["error_rate"],
+                "error_rate_change": s["error_rate"] - b["error_rate"],
+                "mean": s["mean"],
+                "baseline_mean": b["mean"],
+                "mean_change": None if s["mean"] is None or b["mean"] is None else s["mean"] - b["mean"],
+            }
+        )
     return out
 
 
@@ -317,8 +372,14 @@ def _read_json_url(url: str, storage_options: dict | None) -> dict:
         raise ValueError(f"--baseline-json {url}: not JSON ({exc})") from None
 
 
-def document(config: AuditConfig, run: ScoredRun, stats: RunStats, base: ScoredRun | None,
-             base_stats: RunStats | None, base_label: str | None = None) -> dict:
+def document(
+    config: AuditConfig,
+    run: ScoredRun,
+    stats: RunStats,
+    base: ScoredRun | None,
+    base_stats: RunStats | None,
+    base_label: str | None = None,
+) -> dict:
     """The audit's JSON document (everything the page shows, and the data behind every plot)."""
     total = stats.total
     manifest = run.manifest or {}
@@ -334,25 +395,42 @@ def document(config: AuditConfig, run: ScoredRun, stats: RunStats, base: ScoredR
             "failed": manifest.get("failed_shards", {}),
         },
         "summary": _summary(total),
-        "statuses": [{"status": s, "count": c, "rate": c / total.rows if total.rows else 0.0}
-                     for s, c in sorted(total.statuses.items(), key=lambda t: (-t[1], t[0]))],
+        "statuses": [
+            {"status": s, "count": c, "rate": c / total.rows if total.rows else 0.0}
+            for s, c in sorted(total.statuses.items(), key=lambda t: (-t[1], t[0]))
+        ],
         "quantiles": stats.quantiles(),
-        "histogram": {"lo": stats.grid.lo, "hi": stats.grid.hi, "bins": stats.grid.bins,
-                      "counts": stats.counts.tolist()},
+        "histogram": {
+            "lo": stats.grid.lo,
+            "hi": stats.grid.hi,
+            "bins": stats.grid.bins,
+            "counts": stats.counts.tolist(),
+        },
         "per_shard": [
-            {"name": s.name, "url": s.url, "source": stats.shard_source.get(s.name), **stats.per_shard[s.name].to_dict()}
-            for s in run.shards if s.name in stats.per_shard
+            {
+                "name": s.name,
+                "url": s.url,
+                "source": stats.shard_source.get(s.name),
+                **stats.per_shard[s.name].to_dict(),
+            }
+            for s in run.shards
+            if s.name in stats.per_shard
         ],
         "per_source": [{"source": k, **v.to_dict()} for k, v in sorted(stats.per_source.items())],
         "baseline": None,
         "per_source_vs_baseline": [],
         "drift": None,
-        "thresholds": {"max_error_rate": config.max_error_rate,
-                       "max_drift": config.max_drift if base is not None or config.baseline_json else None},
+        "thresholds": {
+            "max_error_rate": config.max_error_rate,
+            "max_drift": config.max_drift if base is not None or config.baseline_json else None,
+        },
         "thumbnails": {"lowest": [], "highest": []},
     }
-    plot = {"edges": np.linspace(stats.grid.lo, stats.grid.hi, PLOT_BINS + 1).tolist(),
-            "counts": _coarse(stats.counts).tolist(), "baseline": None}
+    plot = {
+        "edges": np.linspace(stats.grid.lo, stats.grid.hi, PLOT_BINS + 1).tolist(),
+        "counts": _coarse(stats.counts).tolist(),
+        "baseline": None,
+    }
     if base is not None and base_stats is not None:
         ours, theirs = run.identity(), base.identity()
         doc["baseline"] = {
@@ -362,8 +440,12 @@ def document(config: AuditConfig, run: ScoredRun, stats: RunStats, base: ScoredR
             "shards": {"completed": len(base.shards)},
             "summary": _summary(base_stats.total),
             "quantiles": base_stats.quantiles(),
-            "histogram": {"lo": base_stats.grid.lo, "hi": base_stats.grid.hi, "bins": base_stats.grid.bins,
-                          "counts": base_stats.counts.tolist()},
+            "histogram": {
+                "lo": base_stats.grid.lo,
+                "hi": base_stats.grid.hi,
+                "bins": base_stats.grid.bins,
+                "counts": base_stats.counts.tolist(),
+            },
             "per_source": [{"source": k, **v.to_dict()} for k, v in sorted(base_stats.per_source.items())],
         }
         doc["per_source_vs_baseline"] = per_source_comparison(doc["per_source"], doc["baseline"]["per_source"])
@@ -371,9 +453,14 @@ def document(config: AuditConfig, run: ScoredRun, stats: RunStats, base: ScoredR
             doc["drift"] = drift.drift(stats.grid, stats.counts, base_stats.counts)
         plot["baseline"] = _coarse(base_stats.counts).tolist()
     # Where each plot of the page takes its data from in this document.
-    sources = {"plot-histogram": "figures.histogram", "plot-cdf": "histogram, baseline.histogram",
-               "plot-statuses": "statuses", "plot-psi": "drift.psi_bins", "plot-per-source": "per_source",
-               "plot-per-shard": "per_shard"}
+    sources = {
+        "plot-histogram": "figures.histogram",
+        "plot-cdf": "histogram, baseline.histogram",
+        "plot-statuses": "statuses",
+        "plot-psi": "drift.psi_bins",
+        "plot-per-source": "per_source",
+        "plot-per-shard": "per_shard",
+    }
     doc["figures"] = {"histogram": plot, "sources": sources}
     return doc
 
@@ -410,8 +497,9 @@ def thumbnails(run: ScoredRun, stats: RunStats, doc: dict, storage_options: dict
         images[which] = []
         for e in items:
             t = thumbs[(e.url, e.index)]
-            doc["thumbnails"][which].append({"key": e.key, "shard": e.shard, "url": e.url, "index": e.index,
-                                             "score": e.score, "error": t.error})
+            doc["thumbnails"][which].append(
+                {"key": e.key, "shard": e.shard, "url": e.url, "index": e.index, "score": e.score, "error": t.error}
+            )
             images[which].append(t.data_uri)
     return images
 
@@ -421,15 +509,19 @@ def alerts(config: AuditConfig, doc: dict) -> list[str]:
     out = []
     rate = doc["summary"]["error_rate"]
     if config.max_error_rate is not None and rate > config.max_error_rate:
-        out.append(f"error rate {rate:.4%} exceeds --max-error-rate {config.max_error_rate:g} "
-                   f"({doc['summary']['errors']:,} of {doc['summary']['rows']:,} rows)")
+        out.append(
+            f"error rate {rate:.4%} exceeds --max-error-rate {config.max_error_rate:g} "
+            f"({doc['summary']['errors']:,} of {doc['summary']['rows']:,} rows)"
+        )
     if doc["drift"] is not None and config.max_drift is not None and doc["drift"]["psi"] > config.max_drift:
         base = doc["baseline"]
         mean, base_mean = doc["summary"]["mean"], (base.get("summary") or {}).get("mean")
         moved = f"; mean score {base_mean:.4g} -> {mean:.4g}" if mean is not None and base_mean is not None else ""
-        out.append(f"score drift PSI {doc['drift']['psi']:.4f} exceeds --max-drift {config.max_drift:g} "
-                   f"against {base.get('scores') or base.get('document')} (KS D={doc['drift']['ks_statistic']:.4f}"
-                   f"{moved})")
+        out.append(
+            f"score drift PSI {doc['drift']['psi']:.4f} exceeds --max-drift {config.max_drift:g} "
+            f"against {base.get('scores') or base.get('document')} (KS D={doc['drift']['ks_statistic']:.4f}"
+            f"{moved})"
+        )
     return out
 
 

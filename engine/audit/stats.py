@@ -137,29 +137,56 @@ def aggregate(status: pa.Array, scores: np.ndarray, ok: np.ndarray) -> Aggregate
     """The aggregate of one batch: `status` (arrow strings), `scores` float64 and the `ok` mask."""
     good = scores[ok]
     counts = pc.value_counts(status)
-    statuses = Counter({str(v): int(c) for v, c in zip(counts.field("values").to_pylist(),
-                                                       counts.field("counts").to_pylist(), strict=True)})
+    statuses = Counter(
+        {
+            str(v): int(c)
+            for v, c in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
+        }
+    )
     return Aggregate(
-        rows=len(status), ok=int(ok.sum()), statuses=statuses,
-        sum=float(good.sum()), sumsq=float(np.dot(good, good)),
-        min=float(good.min()) if len(good) else math.inf, max=float(good.max()) if len(good) else -math.inf,
+        rows=len(status),
+        ok=int(ok.sum()),
+        statuses=statuses,
+        sum=float(good.sum()),
+        sumsq=float(np.dot(good, good)),
+        min=float(good.min()) if len(good) else math.inf,
+        max=float(good.max()) if len(good) else -math.inf,
     )
 
 
 def group_aggregates(groups: pa.Array, status: pa.Array, scores: np.ndarray, ok: np.ndarray) -> dict[str, Aggregate]:
     """Aggregates of one batch per value of `groups` (a `source` column), with pyarrow's group-by."""
     score_ok = pa.array(scores, mask=~ok)
-    table = pa.table({
-        "g": pc.cast(groups, pa.string()).fill_null(""), "status": status, "score": score_ok,
-        "score2": pc.multiply(score_ok, score_ok), "ok": pa.array(ok.astype(np.int64)),
-    })
-    moments = table.group_by("g").aggregate([
-        ("score", "sum"), ("score2", "sum"), ("score", "min"), ("score", "max"), ("ok", "sum"), ("g", "count"),
-    ]).to_pylist()
+    table = pa.table(
+        {
+            "g": pc.cast(groups, pa.string()).fill_null(""),
+            "status": status,
+            "score": score_ok,
+            "score2": pc.multiply(score_ok, score_ok),
+            "ok": pa.array(ok.astype(np.int64)),
+        }
+    )
+    moments = (
+        table.group_by("g")
+        .aggregate(
+            [
+                ("score", "sum"),
+                ("score2", "sum"),
+                ("score", "min"),
+                ("score", "max"),
+                ("ok", "sum"),
+                ("g", "count"),
+            ]
+        )
+        .to_pylist()
+    )
     out = {}
     for m in moments:
         out[m["g"]] = Aggregate(
-            rows=m["g_count"], ok=m["ok_sum"], sum=m["score_sum"] or 0.0, sumsq=m["score2_sum"] or 0.0,
+            rows=m["g_count"],
+            ok=m["ok_sum"],
+            sum=m["score_sum"] or 0.0,
+            sumsq=m["score2_sum"] or 0.0,
             min=m["score_min"] if m["score_min"] is not None else math.inf,
             max=m["score_max"] if m["score_max"] is not None else -math.inf,
         )
@@ -208,7 +235,7 @@ class Extremes:
             take = np.arange(len(order_by))
         self.items.extend(Extreme(float(order_by[i]), shard, int(index[i]), url) for i in take)
         self.items.sort()
-        del self.items[self.k:]
+        del self.items[self.k :]
 
     def merge(self, other: Extremes) -> None:
         """Keep the best `k` of both (the same rows as if every batch had been offered here)."""

@@ -43,7 +43,9 @@ DATASETS: dict[str, Layout] = {
 }
 
 
-def load_dataset(name: str, root: str, storage_options: dict | None = None, **options: Any) -> LabeledSet | LabeledShards:
+def load_dataset(
+    name: str, root: str, storage_options: dict | None = None, **options: Any
+) -> LabeledSet | LabeledShards:
     """Load a dataset by its registry name.
 
     Args:

@@ -43,16 +43,26 @@ def load(
     if score not in SCORES:
         raise ValueError(f"AGIQA-3K score {score!r}: expected one of {', '.join(SCORES)}")
     source = join(root, LABELS)
-    df = pd.read_csv(open_file(root, LABELS, "AGIQA-3K", storage_options), keep_default_na=False,
-                     na_values={score: ["", "nan", "NaN"]})
+    df = pd.read_csv(
+        open_file(root, LABELS, "AGIQA-3K", storage_options),
+        keep_default_na=False,
+        na_values={score: ["", "nan", "NaN"]},
+    )
     require_columns(df, ["name", "prompt", score], source)
     image_dir = join(root, IMAGE_DIR)
     extra = [c for c in EXTRA if c in df.columns and c != score]
     items = []
     for line, row in enumerate(df.to_dict("records"), start=2):
         name = to_name(row["name"], source, f"line {line}")
-        items.append(LabeledImage(join(image_dir, name), to_mos(row[score], source, f"line {line}"), name,
-                                  group=str(row["prompt"]), extra={c: row[c] for c in extra}))
+        items.append(
+            LabeledImage(
+                join(image_dir, name),
+                to_mos(row[score], source, f"line {line}"),
+                name,
+                group=str(row["prompt"]),
+                extra={c: row[c] for c in extra},
+            )
+        )
     if check_images:
         check_images_exist(items, source, storage_options)
     return LabeledSet("agiqa3k", root, items, MOS_SCALE)

@@ -69,11 +69,23 @@ class LabeledSet:
         if self.items:
             mos = self.mos
             if mos.min() < 0 or mos.max() > self.mos_scale:
-                log.warning("%s at %s: MOS from %g to %g lies outside [0, %g]; targets (MOS / mos_scale) "
-                            "leave [0, 1]", self.dataset, self.root, mos.min(), mos.max(), self.mos_scale)
+                log.warning(
+                    "%s at %s: MOS from %g to %g lies outside [0, %g]; targets (MOS / mos_scale) leave [0, 1]",
+                    self.dataset,
+                    self.root,
+                    mos.min(),
+                    mos.max(),
+                    self.mos_scale,
+                )
             elif len(mos) >= 10 and mos.max() <= self.mos_scale / 10:
-                log.warning("%s at %s: every MOS is at most %g, a tenth of the declared scale %g: is the label "
-                            "file on another scale?", self.dataset, self.root, mos.max(), self.mos_scale)
+                log.warning(
+                    "%s at %s: every MOS is at most %g, a tenth of the declared scale %g: is the label "
+                    "file on another scale?",
+                    self.dataset,
+                    self.root,
+                    mos.max(),
+                    self.mos_scale,
+                )
 
     def __len__(self) -> int:
         return len(self.items)

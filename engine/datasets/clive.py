@@ -84,8 +84,14 @@ def load(
         if training and drop_training:
             continue
         folder = TRAINING_DIR if training else IMAGE_DIR
-        items.append(LabeledImage(join(root, folder, name), to_mos(value, mos_source, f"entry {i + 1} ({name})"), name,
-                                  extra={"training_image": training}))
+        items.append(
+            LabeledImage(
+                join(root, folder, name),
+                to_mos(value, mos_source, f"entry {i + 1} ({name})"),
+                name,
+                extra={"training_image": training},
+            )
+        )
     if check_images:
         check_images_exist(items, names_source, storage_options)
     return LabeledSet("clive", root, items, MOS_SCALE)

@@ -48,8 +48,14 @@ def load(
     items = []
     for line, row in enumerate(df.to_dict("records"), start=2):
         name = to_name(row["image_name"], source, f"line {line}")
-        items.append(LabeledImage(join(image_dir, name), to_mos(row["MOS"], source, f"line {line}"), name,
-                                  extra={c: row[c] for c in extra}))
+        items.append(
+            LabeledImage(
+                join(image_dir, name),
+                to_mos(row["MOS"], source, f"line {line}"),
+                name,
+                extra={c: row[c] for c in extra},
+            )
+        )
     if check_images:
         check_images_exist(items, source, storage_options)
     return LabeledSet("koniq", root, items, MOS_SCALE)

@@ -46,8 +46,11 @@ def load(
     items = []
     for line, row in enumerate(df.to_dict("records"), start=2):
         name = to_name(row["name"], source, f"line {line}")
-        items.append(LabeledImage(join(images, name), to_mos(row["mos"], source, f"line {line}"), name,
-                                  extra={c: row[c] for c in extra}))
+        items.append(
+            LabeledImage(
+                join(images, name), to_mos(row["mos"], source, f"line {line}"), name, extra={c: row[c] for c in extra}
+            )
+        )
     if check_images:
         check_images_exist(items, source, storage_options)
     return LabeledSet("livefb", root, items, MOS_SCALE)

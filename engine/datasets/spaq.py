@@ -48,8 +48,14 @@ def load(root: str, check_images: bool = True, storage_options: dict | None = No
     items = []
     for line, row in enumerate(df.to_dict("records"), start=2):
         name = to_name(row[name_column], source, f"row {line}")
-        items.append(LabeledImage(join(image_dir, name), to_mos(row[mos_column], source, f"row {line}"), name,
-                                  extra={str(c): row[c] for c in extra}))
+        items.append(
+            LabeledImage(
+                join(image_dir, name),
+                to_mos(row[mos_column], source, f"row {line}"),
+                name,
+                extra={str(c): row[c] for c in extra},
+            )
+        )
     if check_images:
         check_images_exist(items, source, storage_options)
     return LabeledSet("spaq", root, items, MOS_SCALE)

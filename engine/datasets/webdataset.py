@@ -152,5 +152,6 @@ def load(
     storage_options: dict | None = None,
 ) -> LabeledShards:
     """Labelled WebDataset shards (see `LabeledShards`); `root` is the shard specification."""
-    return LabeledShards(root, score_field=score_field, mos_scale=mos_scale, require_score=require_score,
-                         storage_options=storage_options)
+    return LabeledShards(
+        root, score_field=score_field, mos_scale=mos_scale, require_score=require_score, storage_options=storage_options
+    )

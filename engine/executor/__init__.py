@@ -19,8 +19,13 @@ SMALL_SHARDS = 64
 SMALL_BYTES = 512 << 20
 
 
-def choose_executor(kind: str, address: str | None = None, shards: ShardList | None = None,
-                    storage_options: dict | None = None, label: str = "job") -> Executor:
+def choose_executor(
+    kind: str,
+    address: str | None = None,
+    shards: ShardList | None = None,
+    storage_options: dict | None = None,
+    label: str = "job",
+) -> Executor:
     """The executor a job runs on: `local` (this process), `ray` (`address`, RAY_ADDRESS, or a local Ray), or
     `auto`: Ray when a cluster is named, this process for a small input (`SMALL_SHARDS`, `SMALL_BYTES`), a
     local Ray otherwise. The choice is logged with what decided it."""
@@ -42,8 +47,12 @@ def choose_executor(kind: str, address: str | None = None, shards: ShardList | N
 
         total = sum(s or 0 for s in sizes(shards.urls, storage_options).values())
         if total <= SMALL_BYTES:
-            log.info("%s: in this process (%d shards, %.0f MB, no cluster named; --executor ray to use a local "
-                     "Ray)", label, len(shards.urls), total / 2**20)
+            log.info(
+                "%s: in this process (%d shards, %.0f MB, no cluster named; --executor ray to use a local Ray)",
+                label,
+                len(shards.urls),
+                total / 2**20,
+            )
             return LocalExecutor()
     log.info("%s: on a local Ray (no cluster named; --address or RAY_ADDRESS to use one)", label)
     return RayDataExecutor()

@@ -43,10 +43,13 @@ def quiet_worker_logs() -> None:
 # lost actor fails the attempt instead, and the job's next attempt redoes the shards without a marker.
 NO_RESTARTS = {"max_restarts": 0}
 
-QUIET_LOGGERS = {"ray.data": logging.WARNING, "ray.data._internal.progress": logging.ERROR,
-                 "ray._private.worker": logging.WARNING,  # "Started a local Ray instance": init_ray says so
-                 # "token authentication is enabled": it is, with the token made in `init_ray`
-                 "ray._private.authentication.authentication_token_setup": logging.ERROR}
+QUIET_LOGGERS = {
+    "ray.data": logging.WARNING,
+    "ray.data._internal.progress": logging.ERROR,
+    "ray._private.worker": logging.WARNING,  # "Started a local Ray instance": init_ray says so
+    # "token authentication is enabled": it is, with the token made in `init_ray`
+    "ray._private.authentication.authentication_token_setup": logging.ERROR,
+}
 
 
 def quiet_ray_logs() -> None:
@@ -78,19 +81,21 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, for_traini
         log.info("connecting to the Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
     else:
-        if not {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(os.environ) and not (
-                Path.home() / ".ray" / "auth_token").exists():
+        if (
+            not {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(os.environ)
+            and not (Path.home() / ".ray" / "auth_token").exists()
+        ):
             os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
         handler = signal.getsignal(signal.SIGTERM)
         hook = {"worker_process_setup_hook": "dpiqa.engine.executor.ray_data.quiet_worker_logs"} if for_training else {}
         # address="local": a new local Ray, never one that `ray start` left on this machine (ray.init without
         # an address joins that one, e.g. another user's test cluster, through /tmp/ray/ray_current_cluster)
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
-                 runtime_env=hook or None)
+        ray.init(
+            address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=hook or None
+        )
         if threading.current_thread() is threading.main_thread() and callable(handler):
             signal.signal(signal.SIGTERM, handler)  # ray.init sets its own (sys.exit); keep the caller's
-        log.info("started a local Ray with %s CPUs in %.1fs", ray.cluster_resources().get("CPU"),
-                 time.monotonic() - t0)
+        log.info("started a local Ray with %s CPUs in %.1fs", ray.cluster_resources().get("CPU"), time.monotonic() - t0)
     return time.monotonic() - t0
 
 
@@ -118,8 +123,9 @@ class StageActor:
             which would otherwise be one more Ray task per block).
     """
 
-    def __init__(self, stage: Stage, progress: tuple[str, int | None] | None = None,
-                 then: Sequence[Stage] = ()) -> None:
+    def __init__(
+        self, stage: Stage, progress: tuple[str, int | None] | None = None, then: Sequence[Stage] = ()
+    ) -> None:
         self.stage, self.then = stage, list(then)
         stage.setup()
         self.rows = 0
@@ -145,9 +151,15 @@ def actor_pool(ds, stage: Stage, size: int = 1, progress: tuple[str, int | None]
     the stage's batch size and resources: how the engine and the training jobs run a stateful stage."""
     ray = _ray()
     kwargs = {"num_gpus": stage.num_gpus, **NO_RESTARTS} if stage.num_gpus else dict(NO_RESTARTS)
-    return ds.map_batches(StageActor, fn_constructor_args=(stage, progress), batch_size=stage.batch_size,
-                          batch_format="numpy", num_cpus=stage.num_cpus,
-                          compute=ray.data.ActorPoolStrategy(size=size), **kwargs)
+    return ds.map_batches(
+        StageActor,
+        fn_constructor_args=(stage, progress),
+        batch_size=stage.batch_size,
+        batch_format="numpy",
+        num_cpus=stage.num_cpus,
+        compute=ray.data.ActorPoolStrategy(size=size),
+        **kwargs,
+    )
 
 
 class RayDataExecutor(Executor):
@@ -218,13 +230,17 @@ class RayDataExecutor(Executor):
                 kwargs["num_gpus"] = stage.num_gpus
             if stage.runs_as_actor:
                 size = stage.concurrency or 1
-                pool = ray.data.ActorPoolStrategy(size=size) if isinstance(size, int) else ray.data.ActorPoolStrategy(
-                    min_size=size[0], max_size=size[1])
+                pool = (
+                    ray.data.ActorPoolStrategy(size=size)
+                    if isinstance(size, int)
+                    else ray.data.ActorPoolStrategy(min_size=size[0], max_size=size[1])
+                )
                 then = []
                 while stages and stages[0].beside_actor:
                     then.append(stages.pop(0))
-                ds = ds.map_batches(StageActor, fn_constructor_args=(stage, None, then), compute=pool, **kwargs,
-                                    **NO_RESTARTS)
+                ds = ds.map_batches(
+                    StageActor, fn_constructor_args=(stage, None, then), compute=pool, **kwargs, **NO_RESTARTS
+                )
             else:
                 ds = ds.map_batches(stage, **kwargs)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=self.prefetch_batches):

@@ -69,8 +69,11 @@ def decode_image(
             img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         if _is_heif(data):
-            raise DecodeError(schema.DECODE_ERROR, "a HEIF/HEIC image, which this worker's Pillow cannot decode: "
-                                                   "pip install pillow-heif (dpiqa[heif]) on the workers") from exc
+            raise DecodeError(
+                schema.DECODE_ERROR,
+                "a HEIF/HEIC image, which this worker's Pillow cannot decode: "
+                "pip install pillow-heif (dpiqa[heif]) on the workers",
+            ) from exc
         raise DecodeError(schema.NOT_AN_IMAGE, f"not an image PIL can identify ({len(data)} bytes)") from exc
     except Exception as exc:  # noqa: BLE001 - any parser failure is this sample's problem only
         raise DecodeError(schema.DECODE_ERROR, f"{type(exc).__name__}: {exc}") from exc
@@ -132,7 +135,6 @@ def jpeg_header(data: bytes, max_pixels: int) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
-
 class DecodeStage(Stage):
     """Decodes the `data` column into an `image` column (uint8 `(B, H, W, 3)`) plus `width`/`height`.
 
@@ -152,7 +154,10 @@ class DecodeStage(Stage):
     name: ClassVar[str] = "decode"
 
     def __init__(
-        self, preprocessing: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS, num_cpus: float = 1.0,
+        self,
+        preprocessing: Preprocessing,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        num_cpus: float = 1.0,
         defer_jpeg: bool = False,
     ) -> None:
         self.preprocessing = preprocessing
@@ -189,4 +194,3 @@ class DecodeStage(Stage):
         if self.defer_jpeg:
             out.update(on_device=on_device, jpeg=jpegs)
         return out
-

@@ -60,8 +60,14 @@ def decode_on_device(blobs: list[bytes], preprocessing: Preprocessing, device): 
     return out, failures
 
 
-def pixels_for(batch_images: np.ndarray, on_device: np.ndarray, jpegs: np.ndarray, rows: np.ndarray,
-               preprocessing: Preprocessing, device):  # noqa: ANN001, ANN201
+def pixels_for(
+    batch_images: np.ndarray,
+    on_device: np.ndarray,
+    jpegs: np.ndarray,
+    rows: np.ndarray,
+    preprocessing: Preprocessing,
+    device,
+):  # noqa: ANN001, ANN201
     """The model input for `rows` of a batch: CPU-decoded images as they are, deferred JPEGs decoded on
     `device`. Returns `(pixels on device, {row: DecodeError})`."""
     import torch

@@ -68,8 +68,14 @@ class ScoreStage(Stage):
             if len(rows) == 0:
                 continue
             if "on_device" in batch and batch["on_device"][rows].any():
-                pixels, failures = pixels_for(batch["image"], batch["on_device"], batch["jpeg"], rows,
-                                              self.scorer.preprocessing, self.scorer.device)
+                pixels, failures = pixels_for(
+                    batch["image"],
+                    batch["on_device"],
+                    batch["jpeg"],
+                    rows,
+                    self.scorer.preprocessing,
+                    self.scorer.device,
+                )
                 for row, exc in failures.items():
                     status[row], error[row] = exc.status, f"jpg: {exc}"
             else:
@@ -86,8 +92,9 @@ class ScoreStage(Stage):
         scores[~ok | bad] = np.nan
         if self.write_maps:
             maps[~ok | bad] = None
-        result = {k: v for k, v in batch.items()
-                  if k not in ("jpeg", "on_device") and (k != "image" or self.keep_images)}
+        result = {
+            k: v for k, v in batch.items() if k not in ("jpeg", "on_device") and (k != "image" or self.keep_images)
+        }
         result.update(status=status, error=error, score=scores)
         if self.write_maps:
             result["map"] = maps

@@ -79,9 +79,12 @@ class Sample:
             self.status, self.error = schema.NO_IMAGE, f"no image member (members: {exts})"
         elif len(candidates) > 1:
             names = ", ".join(repr(shown(self.names[e])) for e in candidates)
-            why = ("a WebDataset key ends at the first dot of the file name, so these files share one key; "
-                   "name files without dots in the stem to score each"
-                   if any("." in e for e in candidates) else "one image per sample is scored; give each its own key")
+            why = (
+                "a WebDataset key ends at the first dot of the file name, so these files share one key; "
+                "name files without dots in the stem to score each"
+                if any("." in e for e in candidates)
+                else "one image per sample is scored; give each its own key"
+            )
             self.status, self.error = schema.SEVERAL_IMAGES, f"{len(candidates)} image members ({names}): {why}"
         elif candidates[0] in self.notes:
             ext = candidates[0]

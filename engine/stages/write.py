@@ -148,8 +148,7 @@ class ShardWriter:
     def _write_shard(self, url: str, state: _Pending) -> None:
         name = self.names[url]
         try:
-            cols = {k: np.concatenate([b[k] for b in state.batches]) for k in state.batches[0]} if state.batches \
-                else {}
+            cols = {k: np.concatenate([b[k] for b in state.batches]) for k in state.batches[0]} if state.batches else {}
             if cols:
                 _, first = np.unique(cols["index"], return_index=True)  # sorted by index, duplicates dropped
                 cols = {k: v[first] for k, v in cols.items()}
@@ -159,14 +158,17 @@ class ShardWriter:
             if self.maps_schema is not None:
                 self.output.write_table(MAPS_DIR, name, self._maps_table(url, cols, n))
             statuses = dict(Counter(table.column("status").to_pylist()))
-            self.output.write_marker(name, {
-                "shard": url,
-                "rows": n,
-                "statuses": statuses,
-                "config_hash": self.config_hash,
-                "io_retries": state.retries,
-                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            })
+            self.output.write_marker(
+                name,
+                {
+                    "shard": url,
+                    "rows": n,
+                    "statuses": statuses,
+                    "config_hash": self.config_hash,
+                    "io_retries": state.retries,
+                    "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                },
+            )
         except Exception as exc:  # noqa: BLE001 - a write that failed after its retries fails this shard only
             with self._lock:
                 self._fail(url, f"writing its output failed: {type(exc).__name__}: {exc}", state.retries)

@@ -122,7 +122,11 @@ def labeled_rows(labeled: LabeledSet, indices: np.ndarray, ranked: bool | None =
     columns (each image the level-0 reference of its own group, its name), `ranked=False` adds them with
     no group (-1: validation rows of the labelled set), None leaves them out."""
     rows = [
-        {"path": labeled[int(i)].path, "name": labeled[int(i)].name, "target": float(labeled[int(i)].mos / labeled.mos_scale)}
+        {
+            "path": labeled[int(i)].path,
+            "name": labeled[int(i)].name,
+            "target": float(labeled[int(i)].mos / labeled.mos_scale),
+        }
         for i in indices
     ]
     if ranked is not None:
@@ -149,25 +153,40 @@ def rank_table_rows(table: str, mos_scale: float, storage_options: dict | None =
     if missing:
         raise ValueError(f"{table}: ranking table lacks column(s) {', '.join(missing)}")
     base = table.replace("\\", "/").rsplit("/", 1)[0] if "/" in table else "."
-    return [{"path": _resolve(str(r["path"]), base), "name": str(r["name"]),
-             "target": float(r["mos"]) / mos_scale if str(r["mos"]).strip() else math.nan,
-             "rank_group": rank_id(str(r["group"])), "rank_family": rank_id(str(r["family"])) if int(r["level"]) else 0,
-             "level": int(r["level"])} for r in df.to_dict("records")]
+    return [
+        {
+            "path": _resolve(str(r["path"]), base),
+            "name": str(r["name"]),
+            "target": float(r["mos"]) / mos_scale if str(r["mos"]).strip() else math.nan,
+            "rank_group": rank_id(str(r["group"])),
+            "rank_family": rank_id(str(r["family"])) if int(r["level"]) else 0,
+            "level": int(r["level"]),
+        }
+        for r in df.to_dict("records")
+    ]
 
 
-def rows_dataset(rows: list[dict], preprocessing: Preprocessing, storage_options: dict | None = None,
-                 batch_size: int = 32):
+def rows_dataset(
+    rows: list[dict], preprocessing: Preprocessing, storage_options: dict | None = None, batch_size: int = 32
+):
     """A decoded Ray dataset of `path` rows (any other columns kept)."""
     import ray
 
     blocks = max(1, min(len(rows) // batch_size, 64))
     return ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
-        ReadLabeledImages(preprocessing, storage_options), batch_size=batch_size, batch_format="numpy")
+        ReadLabeledImages(preprocessing, storage_options), batch_size=batch_size, batch_format="numpy"
+    )
 
 
-def labeled_dataset(labeled: LabeledSet, indices: np.ndarray, preprocessing: Preprocessing,
-                    storage_options: dict | None = None, batch_size: int = 32, synthetic: int = 0,
-                    ranked: bool | None = None):
+def labeled_dataset(
+    labeled: LabeledSet,
+    indices: np.ndarray,
+    preprocessing: Preprocessing,
+    storage_options: dict | None = None,
+    batch_size: int = 32,
+    synthetic: int = 0,
+    ranked: bool | None = None,
+):
     """A decoded Ray dataset of part of a labelled set (small: materialized by the caller if wanted), plus
     `synthetic` distorted copies of each image with pseudo-labels (see `SyntheticDistortions`); `ranked`:
     see `labeled_rows`."""
@@ -176,10 +195,15 @@ def labeled_dataset(labeled: LabeledSet, indices: np.ndarray, preprocessing: Pre
     rows = labeled_rows(labeled, indices, ranked)
     blocks = max(1, min(len(rows) // batch_size, 64))
     items = ray.data.from_items(rows, override_num_blocks=blocks)
-    ds = items.map_batches(ReadLabeledImages(preprocessing, storage_options), batch_size=batch_size,
-                           batch_format="numpy")
-    copies = [items.map_batches(SyntheticDistortions(preprocessing, k, storage_options), batch_size=batch_size,
-                                batch_format="numpy") for k in range(synthetic)]
+    ds = items.map_batches(
+        ReadLabeledImages(preprocessing, storage_options), batch_size=batch_size, batch_format="numpy"
+    )
+    copies = [
+        items.map_batches(
+            SyntheticDistortions(preprocessing, k, storage_options), batch_size=batch_size, batch_format="numpy"
+        )
+        for k in range(synthetic)
+    ]
     return ds.union(*copies) if copies else ds
 
 
@@ -259,9 +283,17 @@ class CachedScores(Stage):
         return out
 
 
-def with_teacher(ds, teacher: str, preprocessing: Preprocessing, device: str = "auto", batch_size: int = 16,
-                 num_gpus: float = 0.0, threads: int | None = None, total: int | None = None,
-                 cache_dir: str | None = None):
+def with_teacher(
+    ds,
+    teacher: str,
+    preprocessing: Preprocessing,
+    device: str = "auto",
+    batch_size: int = 16,
+    num_gpus: float = 0.0,
+    threads: int | None = None,
+    total: int | None = None,
+    cache_dir: str | None = None,
+):
     """Adds the teacher's `teacher_score` (MOS units) and `teacher_map` to every row, computed once by an
     actor that loads the teacher (the engine's own scoring stage) on the images the student trains on;
     it logs progress lines (`total`: the images expected).
@@ -274,8 +306,10 @@ def with_teacher(ds, teacher: str, preprocessing: Preprocessing, device: str = "
 
     theirs = models.describe(teacher).preprocessing
     if theirs != preprocessing:
-        raise ValueError(f"teacher {teacher} takes {theirs} but the student {preprocessing}: give the student the "
-                         "teacher's input (--image-size, --set interpolation=...) so both see the same images")
+        raise ValueError(
+            f"teacher {teacher} takes {theirs} but the student {preprocessing}: give the student the "
+            "teacher's input (--image-size, --set interpolation=...) so both see the same images"
+        )
 
     from dpiqa.engine.executor.ray_data import actor_pool
     from dpiqa.engine.stages.score import ScoreStage
@@ -290,8 +324,14 @@ def with_teacher(ds, teacher: str, preprocessing: Preprocessing, device: str = "
         out["teacher_map"] = batch["map"]
         return out
 
-    stage = ScoreStage(teacher, RunOptions(device=device, threads=threads), batch_size=batch_size, num_gpus=num_gpus,
-                       write_maps=True, keep_images=True)
+    stage = ScoreStage(
+        teacher,
+        RunOptions(device=device, threads=threads),
+        batch_size=batch_size,
+        num_gpus=num_gpus,
+        write_maps=True,
+        keep_images=True,
+    )
     if cache_dir:
         stage = CachedScores(stage, cache_dir, f"teacher {models.describe(teacher).checkpoint_hash} {preprocessing}")
     ds = ds.map_batches(mark_ok, batch_format="numpy")
@@ -321,8 +361,10 @@ class TeacherOutputs:
         with fs.open(f"{base}/{MAPS_DIR}/{name}.parquet", "rb") as f:
             maps = pq.read_table(f, columns=["index", "map"]).to_pydict()
         score_of = dict(zip(scores["index"], scores["score"], strict=True))
-        return {i: (score_of.get(i) if score_of.get(i) is not None else math.nan, m)
-                for i, m in zip(maps["index"], maps["map"], strict=True)}
+        return {
+            i: (score_of.get(i) if score_of.get(i) is not None else math.nan, m)
+            for i, m in zip(maps["index"], maps["map"], strict=True)
+        }
 
 
 class ShardsWithTeacher:
@@ -353,9 +395,13 @@ class ShardsWithTeacher:
 def _shard_rows(rows: list[tuple]) -> Batch:
     shard, index, key, ext, data, target, score, qmap = zip(*rows, strict=True)
     return {
-        "shard": _object_array(list(shard)), "index": np.asarray(index, np.int64), "name": _object_array(list(key)),
-        "ext": _object_array(list(ext)), "data": _object_array(list(data)),
-        "target": np.asarray(target, np.float32), "teacher_score": np.asarray(score, np.float32),
+        "shard": _object_array(list(shard)),
+        "index": np.asarray(index, np.int64),
+        "name": _object_array(list(key)),
+        "ext": _object_array(list(ext)),
+        "data": _object_array(list(data)),
+        "target": np.asarray(target, np.float32),
+        "teacher_score": np.asarray(score, np.float32),
         "teacher_map": _object_array(list(qmap)),
     }
 
@@ -380,8 +426,9 @@ class DecodeSamples:
         return out
 
 
-def shard_dataset(shards: LabeledShards, teacher: TeacherOutputs | None, preprocessing: Preprocessing,
-                  seed: int | None = None):
+def shard_dataset(
+    shards: LabeledShards, teacher: TeacherOutputs | None, preprocessing: Preprocessing, seed: int | None = None
+):
     """A streaming Ray dataset over labelled/unlabelled shards joined with teacher outputs; with `seed`, the
     shards come in another seeded order every epoch."""
     import ray
@@ -433,8 +480,15 @@ class BackboneFeatures(Stage):
 
     name = "backbone-features"
 
-    def __init__(self, spec, mos_scale: float, threads: int | None = None,  # noqa: ANN001 - ModelSpec
-                 storage_options: dict | None = None, batch_size: int = 32, cache_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        spec,
+        mos_scale: float,
+        threads: int | None = None,  # noqa: ANN001 - ModelSpec
+        storage_options: dict | None = None,
+        batch_size: int = 32,
+        cache_dir: str | None = None,
+    ) -> None:
         self.spec, self.mos_scale, self.threads, self.storage_options = spec, mos_scale, threads, storage_options
         self.batch_size, self.cache_dir = batch_size, cache_dir
         self.model = None
@@ -452,8 +506,12 @@ class BackboneFeatures(Stage):
             import dataclasses
             import json
 
-            self.cache = OutputCache(self.cache_dir, "backbone features " + json.dumps(
-                dataclasses.asdict(self.spec), sort_keys=True, default=str) + f" {self.mos_scale}")
+            self.cache = OutputCache(
+                self.cache_dir,
+                "backbone features "
+                + json.dumps(dataclasses.asdict(self.spec), sort_keys=True, default=str)
+                + f" {self.mos_scale}",
+            )
 
     def __call__(self, batch: Batch) -> Batch:
         import torch
@@ -474,9 +532,15 @@ class BackboneFeatures(Stage):
         return out
 
 
-def with_backbone_features(ds, spec, mos_scale: float, threads: int | None = None,  # noqa: ANN001, ANN201
-                           storage_options: dict | None = None, total: int | None = None,
-                           cache_dir: str | None = None):
+def with_backbone_features(
+    ds,
+    spec,
+    mos_scale: float,
+    threads: int | None = None,  # noqa: ANN001, ANN201
+    storage_options: dict | None = None,
+    total: int | None = None,
+    cache_dir: str | None = None,
+):
     """`BackboneFeatures` on one actor, with progress lines (`total`: the images expected)."""
     from dpiqa.engine.executor.ray_data import actor_pool
 
@@ -546,7 +610,6 @@ class EpochBatches:
                     cache[int(b)] = ray.get(self.refs[int(b)])
             yield {c: _take([cache[int(b)][c] for b in blocks], rows - self.starts[blocks]) for c in self.columns}
 
-
     def order(self, epoch: int, seed: int) -> np.ndarray:
         """The epoch's row order: a seeded permutation of rows, or of groups with their rows together."""
         rng = np.random.default_rng([seed, epoch])
@@ -572,4 +635,3 @@ def _take(arrays: list[np.ndarray], offsets: np.ndarray) -> np.ndarray:
 
 def _rows_of(block: dict) -> int:
     return len(next(iter(block.values()))) if block else 0
-

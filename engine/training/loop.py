@@ -146,14 +146,18 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa:
         torch.manual_seed(cfg.seed * 1000 + epoch)
         ddp.train()
         losses, seen = [], 0
-        progress = Progress(f"epoch {epoch + 1}/{cfg.epochs}", cfg.images_per_epoch, done_unit="images") \
-            if rank == 0 else None
+        progress = (
+            Progress(f"epoch {epoch + 1}/{cfg.epochs}", cfg.images_per_epoch, done_unit="images") if rank == 0 else None
+        )
         if epoch_batches is not None:
             batches = epoch_batches.batches(epoch, cfg.seed, cfg.batch_size * world, rank, world)
         else:
-            batches = train.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
-                                         local_shuffle_buffer_size=cfg.shuffle_buffer,
-                                         local_shuffle_seed=cfg.seed * 1000 + epoch)
+            batches = train.iter_batches(
+                batch_size=cfg.batch_size,
+                batch_format="numpy",
+                local_shuffle_buffer_size=cfg.shuffle_buffer,
+                local_shuffle_seed=cfg.seed * 1000 + epoch,
+            )
         for batch in batches:
             b = to_torch(batch, map_shape if cfg.model.kind == "student" else None)
             target = b["target"].to(device)
@@ -167,12 +171,22 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa:
                 loss = teacher_loss(score, target)
             else:
                 teacher_score = b["teacher_score"].to(device) / config.mos_scale if "teacher_score" in b else None
-                loss = distillation_loss(score, quality_map, target, teacher_score,
-                                         b["teacher_map"].to(device) if "teacher_map" in b else None,
-                                         mode=cfg.distill_mode).total
+                loss = distillation_loss(
+                    score,
+                    quality_map,
+                    target,
+                    teacher_score,
+                    b["teacher_map"].to(device) if "teacher_map" in b else None,
+                    mode=cfg.distill_mode,
+                ).total
             if cfg.rank_weight and "rank_group" in b:
-                ranked = ranking_loss(score, b["rank_group"].to(device), b["rank_family"].to(device),
-                                      b["level"].to(device), margin=cfg.rank_margin)
+                ranked = ranking_loss(
+                    score,
+                    b["rank_group"].to(device),
+                    b["rank_family"].to(device),
+                    b["level"].to(device),
+                    margin=cfg.rank_margin,
+                )
                 if ranked is not None:
                     loss = loss + cfg.rank_weight * ranked
             optimizer.zero_grad(set_to_none=True)
@@ -185,13 +199,22 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa:
             if progress is not None:  # this worker's images times the workers: the epoch's share done
                 progress.update(0, seen * world)
         scheduler.step()
-        metrics = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else math.nan,
-                   "lr": optimizer.param_groups[0]["lr"], "images": seen * world, "steps": steps,
-                   "resumed_at_epoch": start_epoch,  # 0 for a fresh start; else the checkpoint's next epoch
-                   "precision": precision, "seconds": round(time.monotonic() - t0, 2)}
+        metrics = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)) if losses else math.nan,
+            "lr": optimizer.param_groups[0]["lr"],
+            "images": seen * world,
+            "steps": steps,
+            "resumed_at_epoch": start_epoch,  # 0 for a fresh start; else the checkpoint's next epoch
+            "precision": precision,
+            "seconds": round(time.monotonic() - t0, 2),
+        }
         if rank == 0:
-            metrics.update(_validate(module, val, preprocessing, device, autocast, config.mos_scale, compute_metrics,
-                                     cfg.cached_features))
+            metrics.update(
+                _validate(
+                    module, val, preprocessing, device, autocast, config.mos_scale, compute_metrics, cfg.cached_features
+                )
+            )
             score_key = metrics.get("val_select", -metrics["train_loss"])
             if not math.isfinite(score_key):  # constant predictions (an untrained model) have no SRCC
                 score_key = -math.inf
@@ -200,16 +223,31 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa:
             metrics["best_epoch"] = best["epoch"]
             history.append({"epoch": epoch, "train_loss": metrics["train_loss"], "val_srcc": metrics.get("val_srcc")})
             metrics["history"] = list(history)
-            log.info("epoch %d/%d: train loss %.5f, val SRCC %s PLCC %s rank SRCC %s, %d images in %d steps, %.1fs",
-                     epoch + 1, cfg.epochs, metrics["train_loss"], _fmt(metrics.get("val_srcc")),
-                     _fmt(metrics.get("val_plcc")), _fmt(metrics.get("val_rank_srcc")), metrics["images"], len(losses),
-                     metrics["seconds"])
+            log.info(
+                "epoch %d/%d: train loss %.5f, val SRCC %s PLCC %s rank SRCC %s, %d images in %d steps, %.1fs",
+                epoch + 1,
+                cfg.epochs,
+                metrics["train_loss"],
+                _fmt(metrics.get("val_srcc")),
+                _fmt(metrics.get("val_plcc")),
+                _fmt(metrics.get("val_rank_srcc")),
+                metrics["images"],
+                len(losses),
+                metrics["seconds"],
+            )
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if rank == 0:
                 module.save_pretrained(str(Path(d) / MODEL_DIR))
-                save_state(d, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch,
-                           best=best, steps=steps, history=history)
+                save_state(
+                    d,
+                    optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(),
+                    epoch=epoch,
+                    best=best,
+                    steps=steps,
+                    history=history,
+                )
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=ckpt)
 
@@ -219,8 +257,16 @@ def _fmt(value: float | None) -> str:
 
 
 @torch.no_grad()
-def _validate(model, val, preprocessing, device, autocast, mos_scale, compute_metrics,  # noqa: ANN001
-              cached_features: bool = False) -> dict:
+def _validate(
+    model,
+    val,
+    preprocessing,
+    device,
+    autocast,
+    mos_scale,
+    compute_metrics,  # noqa: ANN001
+    cached_features: bool = False,
+) -> dict:
     if val is None:
         return {}
     model.eval()
@@ -228,9 +274,13 @@ def _validate(model, val, preprocessing, device, autocast, mos_scale, compute_me
     for batch in val.iter_batches(batch_size=64, batch_format="numpy"):
         with autocast:
             if cached_features:
-                score, _ = model(torch.as_tensor(np.ascontiguousarray(batch["features"])).to(device), from_backbone=True)
+                score, _ = model(
+                    torch.as_tensor(np.ascontiguousarray(batch["features"])).to(device), from_backbone=True
+                )
             else:
-                score, _ = model(preprocessing.to_tensor(torch.as_tensor(np.ascontiguousarray(batch["image"])).to(device)))
+                score, _ = model(
+                    preprocessing.to_tensor(torch.as_tensor(np.ascontiguousarray(batch["image"])).to(device))
+                )
         preds.append(score.float().cpu().numpy() * mos_scale)
         mos.append(batch["target"].astype(np.float64) * mos_scale)
         if "rank_group" in batch:

@@ -98,12 +98,17 @@ def build_model(spec: ModelSpec, mos_scale: float, storage_options: dict | None 
     if spec.kind == "teacher" and spec.sd:
         from dpiqa.models.teacher import DPIQATeacher
 
-        return DPIQATeacher.from_stable_diffusion(sd=spec.sd, clip=spec.clip or CLIP_TEXT, config=config,
-                                                  storage_options=storage_options)
+        return DPIQATeacher.from_stable_diffusion(
+            sd=spec.sd, clip=spec.clip or CLIP_TEXT, config=config, storage_options=storage_options
+        )
     cls = models.model_class(config_architecture(spec))
     if spec.kind == "student":
-        return cls(config, pretrained_backbone=spec.pretrained_backbone, weights_file=spec.backbone_weights,
-                   storage_options=storage_options)
+        return cls(
+            config,
+            pretrained_backbone=spec.pretrained_backbone,
+            weights_file=spec.backbone_weights,
+            storage_options=storage_options,
+        )
     return cls(config)
 
 
@@ -129,7 +134,8 @@ def check_sources(spec: ModelSpec, mos_scale: float, storage_options: dict | Non
             raise ValueError(
                 "train-teacher needs the diffusion prior: --sd STABLE_DIFFUSION (Hub id "
                 f"{STABLE_DIFFUSION}, or a diffusers folder or URL) with --clip (default {CLIP_TEXT}); "
-                "--random-prior trains on a randomly initialised prior on purpose (tests, ablations)")
+                "--random-prior trains on a randomly initialised prior on purpose (tests, ablations)"
+            )
         return spec.prior()
     if not spec.pretrained_backbone:
         return "none: random initialisation (--no-pretrained)"
@@ -142,5 +148,10 @@ def check_sources(spec: ModelSpec, mos_scale: float, storage_options: dict | Non
 
     # Fetched here once (the library's cache; on a cluster each node fetches its own copy again), so that
     # weights that cannot be had stop the job now, not after the workers started.
-    return load_pretrained(create_backbone(config.backbone, config.backbone_kwargs), config.backbone,
-                           config.backbone_kwargs, spec.backbone_weights, storage_options)
+    return load_pretrained(
+        create_backbone(config.backbone, config.backbone_kwargs),
+        config.backbone,
+        config.backbone_kwargs,
+        spec.backbone_weights,
+        storage_options,
+    )

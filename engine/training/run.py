@@ -27,7 +27,10 @@ MILESTONES = {
     "teacher": {"koniq": (5,), "spaq": (5,), "clive": (10,), "livefb": (2,), "agiqa3k": (5,)},
     "student": {"koniq": (5,), "clive": (10, 25), "livefb": (4,), "spaq": (6,), "agiqa3k": (5,)},
 }
-DEFAULTS = {"teacher": {"lr": 1e-5, "batch_size": 16, "epochs": 30}, "student": {"lr": 1e-4, "batch_size": 24, "epochs": 30}}
+DEFAULTS = {
+    "teacher": {"lr": 1e-5, "batch_size": 16, "epochs": 30},
+    "student": {"lr": 1e-4, "batch_size": 24, "epochs": 30},
+}
 
 
 @dataclass
@@ -119,15 +122,19 @@ class TrainConfig:
         batch = self.batch_size or d["batch_size"]
         return {
             "name": self.protocol_name,
-            "selection": "last epoch" if self.split.fractions[1] == 0 and not self.extra_val else
-            "best mean of validation SRCC and minus ranking SRCC" if self.extra_val else "best validation SRCC",
+            "selection": "last epoch"
+            if self.split.fractions[1] == 0 and not self.extra_val
+            else "best mean of validation SRCC and minus ranking SRCC"
+            if self.extra_val
+            else "best validation SRCC",
             "optimizer": "Adam",
             "lr": self.lr if self.lr is not None else d["lr"],
             "batch_size": batch,
             "batch_per_worker": batch // self.workers,
             "epochs": self.epochs or d["epochs"],
-            "milestones": list(self.milestones if self.milestones is not None
-                               else MILESTONES[kind].get(self.dataset or "", (5,))),
+            "milestones": list(
+                self.milestones if self.milestones is not None else MILESTONES[kind].get(self.dataset or "", (5,))
+            ),
             "gamma": 0.2,
             "precision": self.precision,
             "distill_mode": self.distill_mode if kind == "student" else None,
@@ -136,9 +143,24 @@ class TrainConfig:
 
     def identity(self) -> str:
         """A hash of what determines the trained model (not where it runs)."""
-        keep = {k: v for k, v in asdict(self).items() if k not in ("output", "storage", "storage_options", "command",
-                                                                  "workers", "use_gpu", "cpus_per_worker",
-                                                                  "threads", "max_failures", "cache_features", "cache_dir")}
+        keep = {
+            k: v
+            for k, v in asdict(self).items()
+            if k
+            not in (
+                "output",
+                "storage",
+                "storage_options",
+                "command",
+                "workers",
+                "use_gpu",
+                "cpus_per_worker",
+                "threads",
+                "max_failures",
+                "cache_features",
+                "cache_dir",
+            )
+        }
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -178,10 +200,17 @@ def run_training(config: TrainConfig, address: str | None = None) -> TrainResult
         out = config.output if config.split.n_splits == 1 else join(config.output, f"split-{seed}")
         results.append(_train_split(config, labeled, seed, out, sources))
     tests = [r["metrics"]["test"] for r in results if r["metrics"].get("test")]
-    summary = {"job": config.job, "identity": config.identity(), "protocol": config.protocol_name,
-               "selection": config.protocol()["selection"], "splits": [
-        {"seed": r["seed"], "output": r["output"], "test": r["metrics"].get("test"), "best_epoch": r["best_epoch"]}
-        for r in results], "median": summarize(tests) if tests else None}
+    summary = {
+        "job": config.job,
+        "identity": config.identity(),
+        "protocol": config.protocol_name,
+        "selection": config.protocol()["selection"],
+        "splits": [
+            {"seed": r["seed"], "output": r["output"], "test": r["metrics"].get("test"), "best_epoch": r["best_epoch"]}
+            for r in results
+        ],
+        "median": summarize(tests) if tests else None,
+    }
     if config.split.n_splits > 1:
         fs, path = get_fs(config.output, config.storage_options)
         with fs.open(f"{path.rstrip('/')}/summary.json", "wt") as f:
@@ -195,8 +224,10 @@ def _check_before_start(config: TrainConfig, labeled) -> str | None:  # noqa: AN
     from dpiqa import models
 
     if config.protocol()["batch_size"] % config.workers:
-        raise ValueError(f"--batch-size {config.protocol()['batch_size']} is the global batch and must divide "
-                         f"evenly among --workers {config.workers} (each worker takes batch / workers)")
+        raise ValueError(
+            f"--batch-size {config.protocol()['batch_size']} is the global batch and must divide "
+            f"evenly among --workers {config.workers} (each worker takes batch / workers)"
+        )
     if config.dataset is None and not config.shards:
         raise ValueError("nothing to train on: give --dataset and --root, and/or --shards")
     if config.ranked and (config.shards or config.dataset is None):
@@ -213,8 +244,9 @@ def _load_labeled(config: TrainConfig):
 
     if config.dataset is None:
         return None
-    labeled = load_dataset(config.dataset, config.root, storage_options=config.storage_options,
-                           **config.dataset_options)
+    labeled = load_dataset(
+        config.dataset, config.root, storage_options=config.storage_options, **config.dataset_options
+    )
     if not isinstance(labeled, LabeledSet):
         raise ValueError(f"--dataset {config.dataset} streams shards; pass them with --shards instead")
     return labeled
@@ -263,17 +295,31 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: flo
     def cached(ds, total: int | None = None):  # noqa: ANN001, ANN202
         if not cache:
             return ds
-        return data.with_backbone_features(ds, config.model, mos_scale, threads=config.threads, total=total,
-                                           storage_options=config.storage_options, cache_dir=config.cache_dir)
+        return data.with_backbone_features(
+            ds,
+            config.model,
+            mos_scale,
+            threads=config.threads,
+            total=total,
+            storage_options=config.storage_options,
+            cache_dir=config.cache_dir,
+        )
 
     rank_columns = list(data.RANK_COLUMNS) if ranked else []
-    columns = [pixels, "target"] + (["teacher_score", "teacher_map"] if config.model.kind == "student" else []) \
-        + rank_columns
+    columns = (
+        [pixels, "target"] + (["teacher_score", "teacher_map"] if config.model.kind == "student" else []) + rank_columns
+    )
     parts = []
     val, count = None, 0
     if labeled is not None:
-        train = data.labeled_dataset(labeled, split.train, preprocessing, config.storage_options,
-                                     synthetic=config.synthetic, ranked=True if ranked else None)
+        train = data.labeled_dataset(
+            labeled,
+            split.train,
+            preprocessing,
+            config.storage_options,
+            synthetic=config.synthetic,
+            ranked=True if ranked else None,
+        )
         if extra:
             train = train.union(data.rows_dataset(extra, preprocessing, config.storage_options))
         if config.model.kind == "student":
@@ -281,9 +327,16 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: flo
                 train = train.map_batches(_no_teacher, batch_format="numpy")
             else:
                 gpus = 1.0 if _use_gpu(config) else 0.0
-                train = data.with_teacher(train, _teacher_for(config, split.seed), preprocessing,
-                                          device="cuda" if gpus else "cpu", num_gpus=gpus, threads=config.threads,
-                                          total=images, cache_dir=config.cache_dir)
+                train = data.with_teacher(
+                    train,
+                    _teacher_for(config, split.seed),
+                    preprocessing,
+                    device="cuda" if gpus else "cpu",
+                    num_gpus=gpus,
+                    threads=config.threads,
+                    total=images,
+                    cache_dir=config.cache_dir,
+                )
         # Materialised once (decoding, teacher outputs, cached features), then served in another seeded
         # permutation every epoch.
         train = cached(train, images).select_columns(columns).materialize()
@@ -291,19 +344,34 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: flo
         parts.append(train)
         vals = []
         if len(split.val):
-            vals.append(data.labeled_dataset(labeled, split.val, preprocessing, config.storage_options,
-                                             ranked=False if ranked else None))
+            vals.append(
+                data.labeled_dataset(
+                    labeled, split.val, preprocessing, config.storage_options, ranked=False if ranked else None
+                )
+            )
         if config.extra_val:
-            vals.append(data.rows_dataset(data.rank_table_rows(config.extra_val, mos_scale, config.storage_options),
-                                          preprocessing, config.storage_options))
+            vals.append(
+                data.rows_dataset(
+                    data.rank_table_rows(config.extra_val, mos_scale, config.storage_options),
+                    preprocessing,
+                    config.storage_options,
+                )
+            )
         if vals:
             val = vals[0].union(*vals[1:]) if len(vals) > 1 else vals[0]
             val = cached(val).select_columns([pixels, "target", *rank_columns]).materialize()
     if config.shards:
-        shards = load_dataset("webdataset", config.shards, score_field=config.score_field,
-                              mos_scale=config.shard_mos_scale or 100.0, require_score=config.teacher_outputs is None,
-                              storage_options=config.storage_options)
-        teacher = data.TeacherOutputs(config.teacher_outputs, config.storage_options) if config.teacher_outputs else None
+        shards = load_dataset(
+            "webdataset",
+            config.shards,
+            score_field=config.score_field,
+            mos_scale=config.shard_mos_scale or 100.0,
+            require_score=config.teacher_outputs is None,
+            storage_options=config.storage_options,
+        )
+        teacher = (
+            data.TeacherOutputs(config.teacher_outputs, config.storage_options) if config.teacher_outputs else None
+        )
         # Shards stream (too many to shuffle whole): their order is reshuffled every epoch, and the loop's
         # local buffer mixes samples of several shards.
         stream = data.shard_dataset(shards, teacher, preprocessing, seed=split.seed)
@@ -313,8 +381,12 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: flo
     if not parts:
         raise ValueError("nothing to train on: give --dataset/--root and/or --shards")
     if not config.shards:
-        return data.EpochBatches(parts[0], columns, group_column="rank_group" if config.rank_weight else None), \
-            val, cache, count
+        return (
+            data.EpochBatches(parts[0], columns, group_column="rank_group" if config.rank_weight else None),
+            val,
+            cache,
+            count,
+        )
     train = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     return train, val, cache, None
 
@@ -367,11 +439,18 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str, sources: str
     card = checkpoint.read_json(out, checkpoint.CARD_NAME) if _exists(out, config) else None
     if card and card.get("training", {}).get("identity") == identity and card.get("training", {}).get("seed") == seed:
         log.info("%s: split %d already trained at %s; skipping", config.job, seed, out)
-        return {"seed": seed, "output": out, "metrics": card.get("metrics", {}),
-                "best_epoch": card["training"].get("best_epoch")}
+        return {
+            "seed": seed,
+            "output": out,
+            "metrics": card.get("metrics", {}),
+            "best_epoch": card["training"].get("best_epoch"),
+        }
 
-    split = make_split(labeled.names, seed, config.split.fractions,
-                       groups=labeled.groups if config.split.grouped else None) if labeled is not None else None
+    split = (
+        make_split(labeled.names, seed, config.split.fractions, groups=labeled.groups if config.split.grouped else None)
+        if labeled is not None
+        else None
+    )
     if split is None:
         from dpiqa.engine.splits import Split
 
@@ -380,13 +459,24 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str, sources: str
     protocol = config.protocol()
     train, val, cached_features, images_per_epoch = _datasets(config, labeled, split, preprocessing, mos_scale)
     use_gpu = _use_gpu(config)
-    loop = LoopConfig(model=config.model, mos_scale=mos_scale, epochs=protocol["epochs"],
-                      batch_size=protocol["batch_per_worker"], lr=protocol["lr"],
-                      milestones=tuple(protocol["milestones"]), precision=config.precision,
-                      distill_mode=config.distill_mode, seed=seed, threads=config.threads, has_val=val is not None,
-                      cached_features=cached_features, storage_options=config.storage_options,
-                      images_per_epoch=images_per_epoch, rank_weight=config.rank_weight,
-                      rank_margin=config.rank_margin)
+    loop = LoopConfig(
+        model=config.model,
+        mos_scale=mos_scale,
+        epochs=protocol["epochs"],
+        batch_size=protocol["batch_per_worker"],
+        lr=protocol["lr"],
+        milestones=tuple(protocol["milestones"]),
+        precision=config.precision,
+        distill_mode=config.distill_mode,
+        seed=seed,
+        threads=config.threads,
+        has_val=val is not None,
+        cached_features=cached_features,
+        storage_options=config.storage_options,
+        images_per_epoch=images_per_epoch,
+        rank_weight=config.rank_weight,
+        rank_margin=config.rank_margin,
+    )
     storage_path, storage_fs = _storage(config)
     epoch_batches = train if isinstance(train, data.EpochBatches) else None
     datasets = {} if epoch_batches is not None else {"train": train}
@@ -395,18 +485,27 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str, sources: str
     from ray.data import ExecutionOptions
 
     trainer = TorchTrainer(
-        _worker, train_loop_config={"loop": loop, "epoch_batches": epoch_batches},
-        scaling_config=ray.train.ScalingConfig(num_workers=config.workers, use_gpu=use_gpu,
-                                               resources_per_worker={"CPU": config.cpus_per_worker}),
+        _worker,
+        train_loop_config={"loop": loop, "epoch_batches": epoch_batches},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.workers, use_gpu=use_gpu, resources_per_worker={"CPU": config.cpus_per_worker}
+        ),
         run_config=ray.train.RunConfig(
-            name=f"{config.job}-{identity}-split{seed}", storage_path=storage_path, storage_filesystem=storage_fs,
+            name=f"{config.job}-{identity}-split{seed}",
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute="val_select" if val is not None else None,
-                checkpoint_score_order="max")),
+                num_to_keep=2,
+                checkpoint_score_attribute="val_select" if val is not None else None,
+                checkpoint_score_order="max",
+            ),
+        ),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if "train" in datasets else [],
-                                            execution_options=ExecutionOptions(preserve_order=True)),
+        dataset_config=ray.train.DataConfig(
+            datasets_to_split=["train"] if "train" in datasets else [],
+            execution_options=ExecutionOptions(preserve_order=True),
+        ),
     )
     t0 = time.monotonic()
     result = trainer.fit()
@@ -418,30 +517,55 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str, sources: str
     if labeled is not None and len(split.test):
         scorer = models.Scorer(model, RunOptions(device="cuda" if use_gpu else "cpu", precision=config.precision))
         metrics["test"] = evaluate(scorer, labeled, split.test, storage_options=config.storage_options)
-        log.info("%s split %d: test SRCC %.4f PLCC %.4f (best epoch %s)", config.job, seed, metrics["test"]["srcc"],
-                 metrics["test"]["plcc"], best_metrics.get("epoch"))
+        log.info(
+            "%s split %d: test SRCC %.4f PLCC %.4f (best epoch %s)",
+            config.job,
+            seed,
+            metrics["test"]["srcc"],
+            metrics["test"]["plcc"],
+            best_metrics.get("epoch"),
+        )
     training = {
-        "job": config.job, "identity": identity, "seed": seed, "command": config.command,
-        "dataset": config.dataset, "root": config.root, "dataset_options": config.dataset_options,
-        "split": {"fractions": list(config.split.fractions), "seed": seed, "grouped": config.split.grouped,
-                  "sizes": split.sizes()},
-        "shards": config.shards, "teacher_outputs": config.teacher_outputs,
+        "job": config.job,
+        "identity": identity,
+        "seed": seed,
+        "command": config.command,
+        "dataset": config.dataset,
+        "root": config.root,
+        "dataset_options": config.dataset_options,
+        "split": {
+            "fractions": list(config.split.fractions),
+            "seed": seed,
+            "grouped": config.split.grouped,
+            "sizes": split.sizes(),
+        },
+        "shards": config.shards,
+        "teacher_outputs": config.teacher_outputs,
         "synthetic": {"copies_per_image": config.synthetic, "label": "reference MOS x (1 - 0.15 x level)"}
-        if config.synthetic else None,
+        if config.synthetic
+        else None,
         "teacher": _teacher_identity(_teacher_for(config, seed)),
-        "ranking": {"weight": config.rank_weight, "margin": config.rank_margin,
-                    "loss": "mean hinge max(0, margin - (s_better - s_worse)) over pairs of one source's levels",
-                    "batches": "whole groups"} if config.rank_weight else None,
+        "ranking": {
+            "weight": config.rank_weight,
+            "margin": config.rank_margin,
+            "loss": "mean hinge max(0, margin - (s_better - s_worse)) over pairs of one source's levels",
+            "batches": "whole groups",
+        }
+        if config.rank_weight
+        else None,
         "extra_train": _table_identity(config.extra_train, config.storage_options),
         "extra_val": _table_identity(config.extra_val, config.storage_options),
         "protocol": {**protocol, "precision": best_metrics.get("precision", protocol["precision"])},
-        "steps": (result.metrics or {}).get("steps"), "best_epoch": best_metrics.get("epoch"),
+        "steps": (result.metrics or {}).get("steps"),
+        "best_epoch": best_metrics.get("epoch"),
         # > 0 when the workers that finished had resumed from a checkpoint (a killed worker or a rerun)
         "resumed_at_epoch": (result.metrics or {}).get("resumed_at_epoch"),
         "images_per_epoch": best_metrics.get("images"),
         "history": (result.metrics or {}).get("history"),  # per epoch: train_loss, val_srcc
         ("prior" if config.model.kind == "teacher" else "pretrained_backbone"): sources,
-        "seconds": round(seconds, 1), "machine": machine(), "code_version": code_version(),
+        "seconds": round(seconds, 1),
+        "machine": machine(),
+        "code_version": code_version(),
     }
     model.save_pretrained(out, card={"training": training, "metrics": metrics})
     return {"seed": seed, "output": out, "metrics": metrics, "best_epoch": best_metrics.get("epoch")}
@@ -487,5 +611,3 @@ def _teacher_identity(teacher: str | None) -> dict | None:
 def _exists(out: str, config: TrainConfig) -> bool:
     fs, path = get_fs(out, config.storage_options)
     return fs.exists(f"{path.rstrip('/')}/card.json")
-
-

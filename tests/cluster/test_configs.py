@@ -90,8 +90,19 @@ def parse_quantity(value: str | int) -> float:
 
     Hand-written because the kubernetes client (which has one) is not a dependency of ours.
     """
-    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
-             "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
+    units = {
+        "Ki": 2**10,
+        "Mi": 2**20,
+        "Gi": 2**30,
+        "Ti": 2**40,
+        "Pi": 2**50,
+        "m": 1e-3,
+        "k": 1e3,
+        "M": 1e6,
+        "G": 1e9,
+        "T": 1e12,
+        "P": 1e15,
+    }
     match = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(value))
     assert match and match.group(2) in ("", *units), f"not a Kubernetes quantity: {value!r}"
     return float(match.group(1)) * units.get(match.group(2), 1)
@@ -116,13 +127,16 @@ def flag(tokens: list[str], name: str) -> str | None:
 
 def start_gpus(spec: dict) -> int:
     """GPUs the cluster starts with: replicas x num-gpus over the worker groups."""
-    return sum(int(g.get("replicas", 0)) * int(g["rayStartParams"].get("num-gpus", "0"))
-               for g in spec.get("workerGroupSpecs", []))
+    return sum(
+        int(g.get("replicas", 0)) * int(g["rayStartParams"].get("num-gpus", "0"))
+        for g in spec.get("workerGroupSpecs", [])
+    )
 
 
 def max_gpus(spec: dict) -> int:
-    return sum(int(g["maxReplicas"]) * int(g["rayStartParams"].get("num-gpus", "0"))
-               for g in spec.get("workerGroupSpecs", []))
+    return sum(
+        int(g["maxReplicas"]) * int(g["rayStartParams"].get("num-gpus", "0")) for g in spec.get("workerGroupSpecs", [])
+    )
 
 
 def dockerfile():
@@ -145,8 +159,9 @@ CLUSTER_FILES = sorted(p for p in CLUSTER.rglob("*") if p.is_file())
 YAML_FILES = [p for p in CLUSTER_FILES if p.suffix in (".yaml", ".yml")]
 SPECS = cluster_specs()
 JOBS = rayjobs()
-COMMANDS = [(f"{label}#{i}", tokens) for label, job in JOBS
-            for i, tokens in enumerate(commands(job["spec"]["entrypoint"]))]
+COMMANDS = [
+    (f"{label}#{i}", tokens) for label, job in JOBS for i, tokens in enumerate(commands(job["spec"]["entrypoint"]))
+]
 
 
 def ids(items: list[tuple]) -> list[str]:
@@ -158,8 +173,14 @@ def ids(items: list[tuple]) -> list[str]:
 
 def test_cluster_holds_the_expected_files() -> None:
     names = {p.relative_to(CLUSTER).as_posix() for p in CLUSTER_FILES}
-    assert {"Dockerfile", "launcher/aws-score.yaml", "kuberay/raycluster-score.yaml", "kuberay/rayjob-score.yaml",
-            "kuberay/rayjob-train.yaml", "kuberay/serviceaccount.yaml"} <= names
+    assert {
+        "Dockerfile",
+        "launcher/aws-score.yaml",
+        "kuberay/raycluster-score.yaml",
+        "kuberay/rayjob-score.yaml",
+        "kuberay/rayjob-train.yaml",
+        "kuberay/serviceaccount.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: p.relative_to(CLUSTER).as_posix())
@@ -174,9 +195,15 @@ def test_every_yaml_parses_into_mappings(path: Path) -> None:
 
 def test_kuberay_documents_are_known_kinds_with_names() -> None:
     kinds = [(doc["apiVersion"], doc["kind"]) for _, doc in kuberay_docs()]
-    assert set(kinds) <= {("ray.io/v1", "RayCluster"), ("ray.io/v1", "RayJob"), ("v1", "ServiceAccount"),
-                          ("v1", "ConfigMap"), ("batch/v1", "CronJob"), ("rbac.authorization.k8s.io/v1", "Role"),
-                          ("rbac.authorization.k8s.io/v1", "RoleBinding")}, kinds
+    assert set(kinds) <= {
+        ("ray.io/v1", "RayCluster"),
+        ("ray.io/v1", "RayJob"),
+        ("v1", "ServiceAccount"),
+        ("v1", "ConfigMap"),
+        ("batch/v1", "CronJob"),
+        ("rbac.authorization.k8s.io/v1", "Role"),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    }, kinds
     assert ("ray.io/v1", "RayCluster") in kinds and ("ray.io/v1", "RayJob") in kinds
     names = [(doc["kind"], doc["metadata"]["name"]) for _, doc in kuberay_docs()]
     assert len(names) == len(set(names)), f"duplicate names: {names}"
@@ -196,7 +223,8 @@ def test_cluster_spec_has_the_fields_kuberay_requires(label: str, spec: dict) ->
     for g in workers:
         assert all(isinstance(g[k], int) for k in ("replicas", "minReplicas", "maxReplicas")), g["groupName"]
         assert 0 <= g["minReplicas"] <= g["replicas"] <= g["maxReplicas"], (
-            f"{label}/{g['groupName']}: need minReplicas <= replicas <= maxReplicas")
+            f"{label}/{g['groupName']}: need minReplicas <= replicas <= maxReplicas"
+        )
         assert ray_container(g["template"]["spec"])["image"]
     for group, params, _ in groups(spec):
         # The CRD types rayStartParams as map[string]string: an unquoted number is rejected.
@@ -212,7 +240,8 @@ def test_gpus_in_ray_equal_gpus_of_the_pod(label: str, spec: dict) -> None:
         resources = ray_container(pod)["resources"]
         limit = int(parse_quantity(resources.get("limits", {}).get("nvidia.com/gpu", 0)))
         assert int(params.get("num-gpus", "0")) == limit, (
-            f"{label}/{group}: rayStartParams num-gpus {params.get('num-gpus')} != nvidia.com/gpu limit {limit}")
+            f"{label}/{group}: rayStartParams num-gpus {params.get('num-gpus')} != nvidia.com/gpu limit {limit}"
+        )
         if "nvidia.com/gpu" in resources.get("requests", {}):
             assert parse_quantity(resources["requests"]["nvidia.com/gpu"]) == limit
         gpu_groups += limit > 0
@@ -234,7 +263,8 @@ def test_object_store_fits_in_shm_and_memory(label: str, spec: dict) -> None:
         memory = parse_quantity(container["resources"]["limits"]["memory"])
         store = float(params["object-store-memory"])
         assert store <= shm <= memory, (
-            f"{label}/{group}: need object-store-memory ({store:.3g}) <= /dev/shm ({shm:.3g}) <= memory ({memory:.3g})")
+            f"{label}/{group}: need object-store-memory ({store:.3g}) <= /dev/shm ({shm:.3g}) <= memory ({memory:.3g})"
+        )
         # KubeRay derives a node's Ray CPUs and memory from the limits: requests equal to them make the pod
         # really get what Ray will schedule onto it.
         assert container["resources"]["requests"] == container["resources"]["limits"], f"{label}/{group}"
@@ -308,7 +338,8 @@ def test_actors_and_workers_match_the_gpus_of_the_cluster(label: str, job: dict)
                 # One scoring actor / DDP worker per GPU the cluster starts with, so the job neither waits
                 # for GPUs that never come nor leaves any idle.
                 assert int(value) == start_gpus(spec) <= max_gpus(spec), (
-                    f"{label}: {name} {value} != GPUs at start ({start_gpus(spec)})")
+                    f"{label}: {name} {value} != GPUs at start ({start_gpus(spec)})"
+                )
                 checked += 1
             if name == "--workers" and value is not None:
                 from dpiqa.engine.training.run import DEFAULTS
@@ -316,10 +347,12 @@ def test_actors_and_workers_match_the_gpus_of_the_cluster(label: str, job: dict)
                 kind = "teacher" if tokens[1] == "train-teacher" else "student"
                 batch = int(flag(tokens, "--batch-size") or DEFAULTS[kind]["batch_size"])
                 assert batch % int(value) == 0, (
-                    f"{label}: the global batch {batch} does not divide among --workers {value}")
+                    f"{label}: the global batch {batch} does not divide among --workers {value}"
+                )
         if tokens[1] == "score":
             assert flag(tokens, "--device") == "cuda" and flag(tokens, "--actors"), (
-                f"{label}: on an autoscaling cluster `--device auto` may see no GPUs yet; say cuda and --actors")
+                f"{label}: on an autoscaling cluster `--device auto` may see no GPUs yet; say cuda and --actors"
+            )
     assert checked, f"{label}: size the job to the cluster with --actors/--workers"
 
 
@@ -372,22 +405,33 @@ def _drop(path: str):
         for p in parents:
             c = c[p]
         del c[last]
+
     return edit
 
 
 BROKEN = {  # breakage -> (the edit, what Ray's validation says about it)
     "no cluster_name": (_drop("cluster_name"), "'cluster_name' is a required property"),
-    "node type without node_config": (_drop("available_node_types.gpu.node_config"),
-                                      "'node_config' is a required property"),
-    "GPU count as a string": (lambda c: c["available_node_types"]["gpu"]["resources"].update(GPU="8"),
-                              "'8' is not of type 'integer'"),
-    "KubeRay field in a node type": (lambda c: c["available_node_types"]["gpu"].update(maxReplicas=4),
-                                     "'maxReplicas' was unexpected"),
+    "node type without node_config": (
+        _drop("available_node_types.gpu.node_config"),
+        "'node_config' is a required property",
+    ),
+    "GPU count as a string": (
+        lambda c: c["available_node_types"]["gpu"]["resources"].update(GPU="8"),
+        "'8' is not of type 'integer'",
+    ),
+    "KubeRay field in a node type": (
+        lambda c: c["available_node_types"]["gpu"].update(maxReplicas=4),
+        "'maxReplicas' was unexpected",
+    ),
     "unknown docker option": (lambda c: c["docker"].update(shm_size="64g"), "'shm_size' was unexpected"),
-    "head_node_type not a node type": (lambda c: c.update(head_node_type="ray.head.default"),
-                                       "`head_node_type` must be one of `available_node_types`"),
-    "min_workers above max_workers": (lambda c: c["available_node_types"]["gpu"].update(min_workers=20),
-                                      "global `max_workers` is smaller than the sum of `min_workers`"),
+    "head_node_type not a node type": (
+        lambda c: c.update(head_node_type="ray.head.default"),
+        "`head_node_type` must be one of `available_node_types`",
+    ),
+    "min_workers above max_workers": (
+        lambda c: c["available_node_types"]["gpu"].update(min_workers=20),
+        "global `max_workers` is smaller than the sum of `min_workers`",
+    ),
 }
 
 
@@ -418,7 +462,8 @@ def test_launcher_gets_credentials_from_instance_profiles_only() -> None:
     assert not [k for k in keys(config) if CREDENTIAL_NAME.search(k)], "credential fields in the launcher config"
     for remote, local in config.get("file_mounts", {}).items():
         assert not re.search(r"(\.aws|\.ssh|\.pem|\.env|credential|secret)", f"{remote} {local}", re.I), (
-            f"file_mounts must not carry credentials: {remote}: {local}")
+            f"file_mounts must not carry credentials: {remote}: {local}"
+        )
 
 
 def test_launcher_installs_this_version_of_dpiqa() -> None:
@@ -439,8 +484,25 @@ def test_launcher_installs_this_version_of_dpiqa() -> None:
 def test_dockerfile_parses_and_pins_a_cuda_ray_base() -> None:
     parser = dockerfile()
     instructions = [i["instruction"] for i in parser.structure if i["instruction"] != "COMMENT"]
-    known = {"FROM", "ARG", "ENV", "RUN", "COPY", "ADD", "USER", "WORKDIR", "LABEL", "EXPOSE", "ENTRYPOINT",
-             "CMD", "SHELL", "HEALTHCHECK", "VOLUME", "STOPSIGNAL", "ONBUILD"}
+    known = {
+        "FROM",
+        "ARG",
+        "ENV",
+        "RUN",
+        "COPY",
+        "ADD",
+        "USER",
+        "WORKDIR",
+        "LABEL",
+        "EXPOSE",
+        "ENTRYPOINT",
+        "CMD",
+        "SHELL",
+        "HEALTHCHECK",
+        "VOLUME",
+        "STOPSIGNAL",
+        "ONBUILD",
+    }
     assert set(instructions) <= known, set(instructions) - known
     assert [i for i in instructions if i != "ARG"][0] == "FROM", "only ARGs may come before FROM"
     assert image_ray_version()  # pinned, not :latest
@@ -458,8 +520,11 @@ def test_image_installs_this_package_and_the_tested_torch() -> None:
     for needed in ["pyproject.toml", "README.md", *packages]:
         assert needed in copied, f"{DOCKERFILE}: COPY {needed} (the package is built from it)"
     runs = [i["value"] for i in structure if i["instruction"] == "RUN"]
-    sources = [v.split()[-1].rstrip("/") for v in (i["value"] for i in structure if i["instruction"] == "COPY")
-               if "pyproject.toml" in v]
+    sources = [
+        v.split()[-1].rstrip("/")
+        for v in (i["value"] for i in structure if i["instruction"] == "COPY")
+        if "pyproject.toml" in v
+    ]
     assert any(re.search(rf"pip install [^&]*{re.escape(sources[0])}", r) for r in runs), "pip install the package"
     torch_pins = set(dockerfile().args["TORCH_PINS"].split())
     makefile = re.search(r"^TORCH := (.+)$", (REPO / "Makefile").read_text(), re.M).group(1).split()

@@ -145,8 +145,9 @@ def test_streaming_in_small_batches_gives_the_same_document(scored: tuple[list[s
     assert_same(small, large)
 
 
-def test_a_scan_split_among_ray_tasks_gives_the_same_document(scored: tuple[list[str], str], ray_local,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_scan_split_among_ray_tasks_gives_the_same_document(
+    scored: tuple[list[str], str], ray_local, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The distributed audit (statistics per group of files on Ray tasks, merged) equals the one-process
     audit: counts, histogram, quantiles, extremes, per-shard and per-source figures."""
     from dpiqa.engine.audit import run as audit_run
@@ -195,14 +196,27 @@ def test_no_completed_shard_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_source_column_is_used_when_present(tmp_path: Path) -> None:
     out = OutputLocation(str(tmp_path / "scores"))
-    rows = [("k0", 0, 1.0, "ok", "web"), ("k1", 1, 2.0, "ok", "catalog"), ("k2", 2, None, "decode_error", "web"),
-            ("k3", 3, 4.0, "ok", "web")]
+    rows = [
+        ("k0", 0, 1.0, "ok", "web"),
+        ("k1", 1, 2.0, "ok", "catalog"),
+        ("k2", 2, None, "decode_error", "web"),
+        ("k3", 3, 4.0, "ok", "web"),
+    ]
     keys, index, score, status, source = (list(c) for c in zip(*rows, strict=True))
-    table = pa.table({
-        "key": keys, "shard": ["s3://b/x/0.tar"] * 4, "index": pa.array(index, pa.int64()),
-        "score": pa.array(score, pa.float32()), "model": ["m"] * 4, "width": pa.array([1] * 4, pa.int32()),
-        "height": pa.array([1] * 4, pa.int32()), "status": status, "error": [None] * 4, "source": source,
-    })
+    table = pa.table(
+        {
+            "key": keys,
+            "shard": ["s3://b/x/0.tar"] * 4,
+            "index": pa.array(index, pa.int64()),
+            "score": pa.array(score, pa.float32()),
+            "model": ["m"] * 4,
+            "width": pa.array([1] * 4, pa.int32()),
+            "height": pa.array([1] * 4, pa.int32()),
+            "status": status,
+            "error": [None] * 4,
+            "source": source,
+        }
+    )
     out.write_table("scores", "0", table)
     out.write_marker("0", {"shard": "s3://b/x/0.tar", "rows": 4})
     doc = run_audit(AuditConfig(scores=out.url, thumbnails=0)).doc
@@ -301,9 +315,16 @@ def test_s3_scores_baseline_and_outputs(s3: tuple[str, dict], tmp_path: Path) ->
         urls.append(url)
     score_shards(urls, f"s3://{bucket}/run1", base_score, storage_options=options)
     score_shards(urls, f"s3://{bucket}/run0", base_score, storage_options=options)
-    result = run_audit(AuditConfig(
-        scores=f"s3://{bucket}/run1", baseline=f"s3://{bucket}/run0", report=f"s3://{bucket}/audit/report.html",
-        json=f"s3://{bucket}/audit/audit.json", thumbnails=2, storage_options=options))
+    result = run_audit(
+        AuditConfig(
+            scores=f"s3://{bucket}/run1",
+            baseline=f"s3://{bucket}/run0",
+            report=f"s3://{bucket}/audit/report.html",
+            json=f"s3://{bucket}/audit/audit.json",
+            thumbnails=2,
+            storage_options=options,
+        )
+    )
     doc = json.loads(fs.cat(f"{bucket}/audit/audit.json"))
     assert doc["summary"]["rows"] == 4 * PER_SHARD + 1 == result.doc["summary"]["rows"]
     assert doc["drift"]["psi"] == 0.0
@@ -314,8 +335,16 @@ def test_s3_scores_baseline_and_outputs(s3: tuple[str, dict], tmp_path: Path) ->
 
 # -- the page in a real browser -------------------------------------------------------------------
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def chromium() -> tuple[str, str]:
@@ -349,8 +378,9 @@ def test_report_renders_in_chromium(scored: tuple[list[str], str], tmp_path: Pat
     base = str(tmp_path / "baseline")
     score_shards(urls, base, lambda u, i, k: None if base_score(u, i, k) is None else base_score(u, i, k) + 0.3)
     report, doc_path = tmp_path / "report.html", tmp_path / "audit.json"
-    run_audit(AuditConfig(scores=out, baseline=base, report=str(report), json=str(doc_path), thumbnails=3,
-                          max_error_rate=0.0))
+    run_audit(
+        AuditConfig(scores=out, baseline=base, report=str(report), json=str(doc_path), thumbnails=3, max_error_rate=0.0)
+    )
     doc = json.loads(doc_path.read_text())
 
     options = webdriver.ChromeOptions()
@@ -362,9 +392,11 @@ def test_report_renders_in_chromium(scored: tuple[list[str], str], tmp_path: Pat
         browser.get(report.as_uri())
         images = browser.execute_script(
             "return Array.from(document.images).map(i => ({id: i.id, cls: i.className, src: i.src.slice(0, 22),"
-            " w: i.naturalWidth, h: i.naturalHeight, done: i.complete}))")
+            " w: i.naturalWidth, h: i.naturalHeight, done: i.complete}))"
+        )
         numbers = browser.execute_script(
-            "return Array.from(document.querySelectorAll('[data-json]')).map(e => [e.dataset.json, e.textContent])")
+            "return Array.from(document.querySelectorAll('[data-json]')).map(e => [e.dataset.json, e.textContent])"
+        )
         resources = browser.execute_script("return performance.getEntriesByType('resource').length")
         alerts = browser.execute_script("return document.getElementById('alerts').textContent")
     finally:
@@ -389,8 +421,17 @@ def test_report_renders_in_chromium(scored: tuple[list[str], str], tmp_path: Pat
         tol = 5e-5 if text.strip().endswith("%") else abs(value) * 5e-6 + 1e-12
         assert shown == pytest.approx(value, abs=tol), (path, text, value)
         checked.add(path.split(".")[0])
-    assert {"summary", "quantiles", "statuses", "drift", "baseline", "per_shard", "per_source", "thumbnails",
-            "shards"} <= checked
+    assert {
+        "summary",
+        "quantiles",
+        "statuses",
+        "drift",
+        "baseline",
+        "per_shard",
+        "per_source",
+        "thumbnails",
+        "shards",
+    } <= checked
     assert "error rate" in alerts  # --max-error-rate 0 with failures: the banner shows the alert
 
 
@@ -401,8 +442,11 @@ def test_score_with_every_status_is_counted(tmp_path: Path) -> None:
     out = str(tmp_path / "scores")
     score_shards([str(path)], out, lambda u, i, k: 2.0)
     doc = run_audit(AuditConfig(scores=out, thumbnails=1)).doc
-    assert {d["status"]: d["count"] for d in doc["statuses"]} == {schema.OK: 1, schema.NO_IMAGE: 1,
-                                                                   schema.DUPLICATE_KEY: 1}
+    assert {d["status"]: d["count"] for d in doc["statuses"]} == {
+        schema.OK: 1,
+        schema.NO_IMAGE: 1,
+        schema.DUPLICATE_KEY: 1,
+    }
     assert doc["summary"]["error_rate"] == pytest.approx(2 / 3)
     assert doc["thumbnails"]["lowest"][0]["key"] == "k1"
 
@@ -412,8 +456,11 @@ def test_run_without_ok_rows(tmp_path: Path) -> None:
     write_shard(path, [("k1", {"txt": b"no image"}), ("k2", {"jpg": jpeg(1)})])
     out = str(tmp_path / "scores")
     score_shards([str(path)], out, lambda u, i, k: None)
-    result = run_audit(AuditConfig(scores=out, baseline=out, report=str(tmp_path / "r.html"),
-                                   json=str(tmp_path / "a.json"), max_error_rate=0.5))
+    result = run_audit(
+        AuditConfig(
+            scores=out, baseline=out, report=str(tmp_path / "r.html"), json=str(tmp_path / "a.json"), max_error_rate=0.5
+        )
+    )
     doc = json.loads((tmp_path / "a.json").read_text())
     assert doc["summary"]["ok"] == 0 and doc["summary"]["error_rate"] == 1.0
     assert doc["quantiles"] == {} and doc["drift"] is None and doc["thumbnails"]["lowest"] == []

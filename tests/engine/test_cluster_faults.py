@@ -52,8 +52,9 @@ def capture(fn, result: dict):  # noqa: ANN001, ANN201
 
 def student_checkpoint(path: Path) -> str:
     torch.manual_seed(0)
-    DPIQAStudent(StudentConfig(backbone="efficientnet_b0", image_size=96, map_size=16, head_hidden=64)
-                 ).save_pretrained(str(path))
+    DPIQAStudent(StudentConfig(backbone="efficientnet_b0", image_size=96, map_size=16, head_hidden=64)).save_pretrained(
+        str(path)
+    )
     return str(path)
 
 
@@ -63,8 +64,10 @@ def test_worker_node_killed_mid_score_loses_and_duplicates_nothing(cluster, tmp_
     shards.mkdir()
     corpus.write_corpus(shards, shards=10, per_shard=24)
     model = student_checkpoint(tmp_path / "model")
-    clean = run_score(ScoreConfig(input=str(shards), output=str(tmp_path / "clean"), model=model, run=RunOptions(threads=1)),
-                      LocalExecutor())
+    clean = run_score(
+        ScoreConfig(input=str(shards), output=str(tmp_path / "clean"), model=model, run=RunOptions(threads=1)),
+        LocalExecutor(),
+    )
     assert clean.exit_code == 0
 
     worker = cluster.add_node(num_cpus=2)
@@ -73,14 +76,21 @@ def test_worker_node_killed_mid_score_loses_and_duplicates_nothing(cluster, tmp_
     result: dict = {}
 
     def score() -> None:
-        result["r"] = run_score(ScoreConfig(input=str(shards), output=str(out), model=model, run=RunOptions(threads=1),
-                                            batch_size=8, chunk_size=8), RayDataExecutor(address=cluster.address))
+        result["r"] = run_score(
+            ScoreConfig(
+                input=str(shards), output=str(out), model=model, run=RunOptions(threads=1), batch_size=8, chunk_size=8
+            ),
+            RayDataExecutor(address=cluster.address),
+        )
 
     runner = threading.Thread(target=capture(score, result))
     runner.start()
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and runner.is_alive() and not (
-            (out / "_done").exists() and list((out / "_done").glob("*.json"))):
+    while (
+        time.monotonic() < deadline
+        and runner.is_alive()
+        and not ((out / "_done").exists() and list((out / "_done").glob("*.json")))
+    ):
         time.sleep(0.05)
     done_at_kill = len(list((out / "_done").glob("*.json"))) if (out / "_done").exists() else 0
     cluster.remove_node(worker, allow_graceful=False)  # every process on that node dies at once
@@ -96,7 +106,8 @@ def test_worker_node_killed_mid_score_loses_and_duplicates_nothing(cluster, tmp_
     a, b = read_rows(str(tmp_path / "clean")), read_rows(str(out))
     assert len(b) == 240 and len({(x["shard"], x["index"]) for x in b}) == 240
     assert [(x["shard"], x["index"], x["key"], x["status"]) for x in a] == [
-        (x["shard"], x["index"], x["key"], x["status"]) for x in b]
+        (x["shard"], x["index"], x["key"], x["status"]) for x in b
+    ]
     assert [x["score"] for x in a] == pytest.approx([x["score"] for x in b], rel=1e-5)
 
 
@@ -113,10 +124,19 @@ def test_training_worker_killed_mid_distill_resumes_from_its_checkpoint(ray_loca
     table = graded_table(tmp_path, n=40, seed=3)
 
     def config(out: str) -> TrainConfig:
-        return TrainConfig(job="distill", output=out, model=ModelSpec(kind="student", config="dpiqa-student-tiny",
-                                                                     pretrained_backbone=False),
-                           dataset="csv", root=str(table), split=SplitConfig(n_splits=1), distill_mode="none",
-                           epochs=5, batch_size=8, threads=1, max_failures=2)
+        return TrainConfig(
+            job="distill",
+            output=out,
+            model=ModelSpec(kind="student", config="dpiqa-student-tiny", pretrained_backbone=False),
+            dataset="csv",
+            root=str(table),
+            split=SplitConfig(n_splits=1),
+            distill_mode="none",
+            epochs=5,
+            batch_size=8,
+            threads=1,
+            max_failures=2,
+        )
 
     run_training(config(str(tmp_path / "clean")))
     out = tmp_path / "killed"
@@ -133,8 +153,11 @@ def test_training_worker_killed_mid_distill_resumes_from_its_checkpoint(ray_loca
     # Ray names its worker processes after the actor they host (`ray::RayTrainWorker...`); only this
     # session's raylet's children are ours (other Ray instances may run on the machine).
     raylet = ray_worker._global_node.all_processes["raylet"][0].process.pid
-    workers = [p for p in psutil.Process(raylet).children(recursive=True)
-               if p.cmdline() and p.cmdline()[0].startswith("ray::RayTrainWorker")]
+    workers = [
+        p
+        for p in psutil.Process(raylet).children(recursive=True)
+        if p.cmdline() and p.cmdline()[0].startswith("ray::RayTrainWorker")
+    ]
     assert workers, "no training worker to kill"
     os.kill(workers[0].pid, signal.SIGKILL)
     thread.join(timeout=400)

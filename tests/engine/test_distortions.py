@@ -31,8 +31,15 @@ def luminance(arr: np.ndarray) -> np.ndarray:
 
 
 def test_registry_has_the_kinds_with_five_levels():
-    assert list(DISTORTIONS) == ["gaussian_blur", "gaussian_noise", "jpeg", "jpeg2000", "contrast",
-                                 "overexposure", "underexposure"]
+    assert list(DISTORTIONS) == [
+        "gaussian_blur",
+        "gaussian_noise",
+        "jpeg",
+        "jpeg2000",
+        "contrast",
+        "overexposure",
+        "underexposure",
+    ]
     assert all(len(d.params) == len(LEVELS) == 5 for d in ALL_DISTORTIONS.values())
     assert not set(DISTORTIONS) & set(EXTRA_DISTORTIONS)  # the demo corpus's 7 stay as they were
 
@@ -99,8 +106,13 @@ def test_kernels_are_normalised_and_shaped():
 @pytest.mark.parametrize("kind", list(ALL_DISTORTIONS))
 def test_shape_dtype_and_input_types(photo, kind):
     odd = photo[:50, :70]
-    for image in (odd, Image.fromarray(odd), Image.fromarray(odd).convert("L"), Image.fromarray(odd).convert("RGBA"),
-                  odd[:, :, 0]):
+    for image in (
+        odd,
+        Image.fromarray(odd),
+        Image.fromarray(odd).convert("L"),
+        Image.fromarray(odd).convert("RGBA"),
+        odd[:, :, 0],
+    ):
         out = distort(image, kind, 3)
         assert out.shape == (50, 70, 3) and out.dtype == np.uint8
 

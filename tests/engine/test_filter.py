@@ -24,9 +24,17 @@ SHARDS, PER_SHARD = 3, 12
 
 def samples(shard: int) -> list[tuple[str, dict[str, bytes]]]:
     """Samples with three members each (image, caption, metadata), as img2dataset writes them."""
-    return [(f"s{shard}_{i:04d}", {"jpg": jpeg(shard * 100 + i, size=(30 + i, 24 + shard)),
-                                   "txt": f"caption {shard} {i}".encode(),
-                                   "json": f'{{"i": {i}}}'.encode()}) for i in range(PER_SHARD)]
+    return [
+        (
+            f"s{shard}_{i:04d}",
+            {
+                "jpg": jpeg(shard * 100 + i, size=(30 + i, 24 + shard)),
+                "txt": f"caption {shard} {i}".encode(),
+                "json": f'{{"i": {i}}}'.encode(),
+            },
+        )
+        for i in range(PER_SHARD)
+    ]
 
 
 def score_of(url: str, index: int, key: str) -> float | None:
@@ -130,13 +138,17 @@ def test_malicious_member_names_are_refused(tmp_path: Path) -> None:
     good = jpeg(7)
     shard = tmp_path / "in" / "00000.tar"
     shard.parent.mkdir()
-    shard.write_bytes(shard_bytes([
-        ("a", {"jpg": good, "txt": b"fine"}),
-        ("../../etc/evil", {"jpg": jpeg(1)}),
-        ("/abs/evil2", {"jpg": jpeg(2)}),
-        ("dir/../../evil3", {"jpg": jpeg(3)}),
-        ("b", {"jpg": good}),
-    ]))
+    shard.write_bytes(
+        shard_bytes(
+            [
+                ("a", {"jpg": good, "txt": b"fine"}),
+                ("../../etc/evil", {"jpg": jpeg(1)}),
+                ("/abs/evil2", {"jpg": jpeg(2)}),
+                ("dir/../../evil3", {"jpg": jpeg(3)}),
+                ("b", {"jpg": good}),
+            ]
+        )
+    )
     scores = str(tmp_path / "scores")
     score_shards([str(shard)], scores, lambda u, i, k: 5.0)
     new = tmp_path / "work" / "new"
@@ -157,10 +169,21 @@ def test_malicious_member_names_are_refused(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "work" / "x").iterdir()) == ["a.jpg", "a.txt", "b.jpg"]
 
 
-@pytest.mark.parametrize("name, bad", [
-    ("a/b.jpg", False), ("x..y.jpg", False), ("./a.jpg", False), ("../a.jpg", True), ("/etc/a.jpg", True),
-    ("a/../../b.jpg", True), ("C:x.jpg", True), ("\\\\server\\a.jpg", True), ("a\\..\\b.jpg", True), ("", True),
-])
+@pytest.mark.parametrize(
+    "name, bad",
+    [
+        ("a/b.jpg", False),
+        ("x..y.jpg", False),
+        ("./a.jpg", False),
+        ("../a.jpg", True),
+        ("/etc/a.jpg", True),
+        ("a/../../b.jpg", True),
+        ("C:x.jpg", True),
+        ("\\\\server\\a.jpg", True),
+        ("a\\..\\b.jpg", True),
+        ("", True),
+    ],
+)
 def test_unsafe_names(name: str, bad: bool) -> None:
     assert (unsafe_name(name) is not None) == bad
 
@@ -194,8 +217,11 @@ def test_another_threshold_into_the_same_output_is_refused(scored: tuple[str, li
     run_filter(FilterConfig(scores=out, input=folder, output=str(tmp_path / "new"), min_score=1.0, keys_only=True))
     with pytest.raises(ForeignOutputError):
         run_filter(FilterConfig(scores=out, input=folder, output=str(tmp_path / "new"), min_score=2.0, keys_only=True))
-    again = run_filter(FilterConfig(scores=out, input=folder, output=str(tmp_path / "new"), min_score=2.0,
-                                    keys_only=True, overwrite=True))
+    again = run_filter(
+        FilterConfig(
+            scores=out, input=folder, output=str(tmp_path / "new"), min_score=2.0, keys_only=True, overwrite=True
+        )
+    )
     assert again.manifest["shards"]["written"] == 3
 
 
@@ -243,8 +269,15 @@ def test_s3_in_and_out(s3: tuple[str, dict], tmp_path: Path) -> None:
         fs.put(str(path), f"{bucket}/in/{s:05d}.tar")
         urls.append(f"s3://{bucket}/in/{s:05d}.tar")
     score_shards(urls, f"s3://{bucket}/scores", score_of, storage_options=options)
-    result = run_filter(FilterConfig(scores=f"s3://{bucket}/scores", input=f"s3://{bucket}/in/",
-                                     output=f"s3://{bucket}/new", top_fraction=0.5, storage_options=options))
+    result = run_filter(
+        FilterConfig(
+            scores=f"s3://{bucket}/scores",
+            input=f"s3://{bucket}/in/",
+            output=f"s3://{bucket}/new",
+            top_fraction=0.5,
+            storage_options=options,
+        )
+    )
     assert result.exit_code == 0
     local = tmp_path / "new"
     fs.get(f"{bucket}/new/", str(local), recursive=True)
@@ -259,8 +292,9 @@ def test_s3_in_and_out(s3: tuple[str, dict], tmp_path: Path) -> None:
 def test_ray_executor_writes_the_same_shards(scored: tuple[str, list[str], str], tmp_path: Path, ray_local) -> None:
     folder, urls, out = scored
     run_filter(FilterConfig(scores=out, input=folder, output=str(tmp_path / "local"), min_score=2.0))
-    result = run_filter(FilterConfig(scores=out, input=folder, output=str(tmp_path / "ray"), min_score=2.0),
-                        executor="ray")
+    result = run_filter(
+        FilterConfig(scores=out, input=folder, output=str(tmp_path / "ray"), min_score=2.0), executor="ray"
+    )
     assert result.manifest["shards"]["written"] == SHARDS
     for s in range(SHARDS):
         assert (tmp_path / "ray" / f"{s:05d}.tar").read_bytes() == (tmp_path / "local" / f"{s:05d}.tar").read_bytes()

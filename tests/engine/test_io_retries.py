@@ -13,13 +13,22 @@ from fsspec.implementations.memory import MemoryFileSystem
 from dpiqa.storage import RetryCounter, RetryingReader, is_transient
 
 
-@pytest.mark.parametrize(("exc", "transient"), [
-    (FileNotFoundError("gone"), False), (PermissionError("no"), False), (IsADirectoryError("dir"), False),
-    (OSError(errno.ENOENT, "no such key"), False), (OSError(errno.EACCES, "denied"), False),
-    (ValueError("a bug"), False), (KeyError("key"), False),
-    (ConnectionResetError("reset"), True), (TimeoutError("slow"), True), (OSError(errno.EBUSY, "SlowDown"), True),
-    (OSError("503 Service Unavailable"), True),
-])
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (FileNotFoundError("gone"), False),
+        (PermissionError("no"), False),
+        (IsADirectoryError("dir"), False),
+        (OSError(errno.ENOENT, "no such key"), False),
+        (OSError(errno.EACCES, "denied"), False),
+        (ValueError("a bug"), False),
+        (KeyError("key"), False),
+        (ConnectionResetError("reset"), True),
+        (TimeoutError("slow"), True),
+        (OSError(errno.EBUSY, "SlowDown"), True),
+        (OSError("503 Service Unavailable"), True),
+    ],
+)
 def test_which_errors_are_transient(exc, transient):
     assert is_transient(exc) is transient
 

@@ -91,9 +91,11 @@ def test_bad_inputs():
 
 
 def test_summarize_median_and_spread():
-    results = [{"srcc": 0.1, "plcc": 0.2, "fit": "logistic", "n": 10},
-               {"srcc": 0.5, "plcc": 0.4, "fit": "linear", "n": 10},
-               {"srcc": 0.3, "plcc": 0.9, "fit": "logistic", "n": 10}]
+    results = [
+        {"srcc": 0.1, "plcc": 0.2, "fit": "logistic", "n": 10},
+        {"srcc": 0.5, "plcc": 0.4, "fit": "linear", "n": 10},
+        {"srcc": 0.3, "plcc": 0.9, "fit": "logistic", "n": 10},
+    ]
     s = summarize(results)
     assert set(s) == {"srcc", "plcc", "n"}
     assert s["srcc"] == pytest.approx({"median": 0.3, "mean": 0.3, "std": 0.2, "min": 0.1, "max": 0.5, "n": 3})

@@ -61,11 +61,35 @@ def test_three_nights(tmp_path, capsys):
     codes, lines = [], []
     for night, date in enumerate(NIGHTS):
         night_shards(catalog / date, night, rng)
-        assert main(["score", "--input", str(catalog), "--output", str(scores), "--model", "brisque",
-                     "--executor", "local"]) == 0
-        codes.append(main(["audit", "--scores", str(scores), "--run", "latest", "--baseline-runs", "7",
-                           "--max-error-rate", "0.1", "--max-drift", "2", "--report", str(tmp_path / f"{date}.html"),
-                           "--json", str(tmp_path / f"{date}.json"), "--thumbnails", "2"]))
+        assert (
+            main(
+                ["score", "--input", str(catalog), "--output", str(scores), "--model", "brisque", "--executor", "local"]
+            )
+            == 0
+        )
+        codes.append(
+            main(
+                [
+                    "audit",
+                    "--scores",
+                    str(scores),
+                    "--run",
+                    "latest",
+                    "--baseline-runs",
+                    "7",
+                    "--max-error-rate",
+                    "0.1",
+                    "--max-drift",
+                    "2",
+                    "--report",
+                    str(tmp_path / f"{date}.html"),
+                    "--json",
+                    str(tmp_path / f"{date}.json"),
+                    "--thumbnails",
+                    "2",
+                ]
+            )
+        )
         lines.append(capsys.readouterr().out)
 
     # each night scored only its own shards, and left a record of them
@@ -87,7 +111,9 @@ def test_three_nights(tmp_path, capsys):
 
     history = pq.read_table(scores / "audits" / "history.parquet").to_pylist()
     assert [h["alert"] for h in history] == [False, False, True]
-    assert history[2]["psi"] > 2 > history[1]["psi"] and history[0]["psi"] is None  # the first night had nothing before it
+    assert (
+        history[2]["psi"] > 2 > history[1]["psi"] and history[0]["psi"] is None
+    )  # the first night had nothing before it
     assert [round(h["error_rate"], 4) for h in history] == [0.0, 0.0, 0.25]
 
     # the page shows the drop against the first two nights, in a real browser
@@ -104,9 +130,11 @@ def test_three_nights(tmp_path, capsys):
         browser.get((tmp_path / f"{NIGHTS[2]}.html").as_uri())
         nights = browser.execute_script(
             "return Array.from(document.querySelectorAll('#history tr.night, #history tr.alert-night'))"
-            ".map(r => [r.className, r.cells[1].textContent, r.cells[3].textContent])")
-        trend = browser.execute_script("const i = document.getElementById('plot-trend');"
-                                       "return i && i.complete && i.naturalWidth > 0")
+            ".map(r => [r.className, r.cells[1].textContent, r.cells[3].textContent])"
+        )
+        trend = browser.execute_script(
+            "const i = document.getElementById('plot-trend');return i && i.complete && i.naturalWidth > 0"
+        )
         banner = browser.execute_script("return document.getElementById('alerts').textContent")
         selection = browser.execute_script("return document.getElementById('selection').textContent")
     finally:
@@ -133,11 +161,25 @@ def test_a_baseline_from_an_earlier_audit_document(tmp_path, capsys, night):
     no drift."""
     catalog, scores = tmp_path / "catalog", tmp_path / "scores"
     night_shards(catalog / NIGHTS[night], night, np.random.default_rng(3))
-    assert main(["score", "--input", str(catalog), "--output", str(scores), "--model", "brisque",
-                 "--executor", "local"]) == 0
+    assert (
+        main(["score", "--input", str(catalog), "--output", str(scores), "--model", "brisque", "--executor", "local"])
+        == 0
+    )
     assert main(["audit", "--scores", str(scores), "--json", str(tmp_path / "a.json")]) == 0
-    assert main(["audit", "--scores", str(scores), "--baseline-json", str(tmp_path / "a.json"), "--json",
-                 str(tmp_path / "b.json")]) == 0
+    assert (
+        main(
+            [
+                "audit",
+                "--scores",
+                str(scores),
+                "--baseline-json",
+                str(tmp_path / "a.json"),
+                "--json",
+                str(tmp_path / "b.json"),
+            ]
+        )
+        == 0
+    )
     doc = json.loads((tmp_path / "b.json").read_text())
     assert doc["drift"]["psi"] < 1e-6 and doc["baseline"]["document"] == str(tmp_path / "a.json")
     assert [s["mean_change"] for s in doc["per_source_vs_baseline"]] == [0.0]

@@ -48,15 +48,28 @@ def test_gnu_tar_hard_links_and_latin1_names_score_and_filter_back_byte_for_byte
     (src / "plain.jpg").write_bytes(corpus.jpeg(2))
     shards = tmp_path / "shards"
     shards.mkdir()
-    subprocess.run(["tar", "-cf", str(shards / "00000.tar"), "-C", str(src), f"{latin1}.jpg", f"{latin1}.txt",
-                    "copy.jpg", "plain.jpg"], check=True)
+    subprocess.run(
+        [
+            "tar",
+            "-cf",
+            str(shards / "00000.tar"),
+            "-C",
+            str(src),
+            f"{latin1}.jpg",
+            f"{latin1}.txt",
+            "copy.jpg",
+            "plain.jpg",
+        ],
+        check=True,
+    )
     manifest = score(str(shards), tmp_path / "scores")
     assert manifest["rows"] == 3 and manifest["statuses"] == {"ok": 3}
     got = rows(tmp_path / "scores")
     assert [r["key"] for r in got] == ["caf\\xe9", "copy", "plain"]  # the documented escape of a non-UTF-8 byte
     assert got[0]["score"] == pytest.approx(got[1]["score"])  # the link scored with its target's bytes
-    result = run_filter(FilterConfig(scores=str(tmp_path / "scores"), input=str(shards), output=str(tmp_path / "f"),
-                                     min_score=-1e9))
+    result = run_filter(
+        FilterConfig(scores=str(tmp_path / "scores"), input=str(shards), output=str(tmp_path / "f"), min_score=-1e9)
+    )
     assert result.exit_code == 0 and result.manifest["kept"] == 3
     with tarfile.open(tmp_path / "f" / "00000.tar", encoding="utf-8", errors="surrogateescape") as t:
         names = {m.name.encode("utf-8", "surrogateescape"): t.extractfile(m).read() for m in t.getmembers()}
@@ -75,8 +88,11 @@ def test_paths_with_brackets_and_dollars(tmp_path):
     report = tmp_path / "report.html"
     result = run_audit(AuditConfig(scores=str(out), report=str(report), thumbnails=2))
     assert result.exit_code == 0 and "run_$_1_$" in report.read_text()
-    f = run_filter(FilterConfig(scores=str(out), input=str(shards / "shard[1].tar"), output=str(tmp_path / "f[3]"),
-                                top_fraction=1e-12))
+    f = run_filter(
+        FilterConfig(
+            scores=str(out), input=str(shards / "shard[1].tar"), output=str(tmp_path / "f[3]"), top_fraction=1e-12
+        )
+    )
     assert f.manifest["kept"] == 1  # ceil(1e-12 x 3) = 1, as the help promises
 
 

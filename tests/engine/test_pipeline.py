@@ -135,8 +135,16 @@ def bad_corpus(d) -> tuple[list[str], dict[str, str]]:
         last = t.getmember("t0003.txt").offset
     (d / "00001.tar").write_bytes(full[: last + 512 + 5])  # cut inside the data of the last member
     expected = {
-        "ok0": "ok", "corrupt": schema.DECODE_ERROR, "zero": schema.EMPTY, "text": schema.NOT_AN_IMAGE,
-        "noimg": schema.NO_IMAGE, "alpha": "ok", "gray16": "ok", "palette": "ok", "gray": "ok", "cmyk": "ok",
+        "ok0": "ok",
+        "corrupt": schema.DECODE_ERROR,
+        "zero": schema.EMPTY,
+        "text": schema.NOT_AN_IMAGE,
+        "noimg": schema.NO_IMAGE,
+        "alpha": "ok",
+        "gray16": "ok",
+        "palette": "ok",
+        "gray": "ok",
+        "cmyk": "ok",
         "bomb": schema.TOO_LARGE,
     }
     (d / "00002.tar").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)  # a zip named .tar
@@ -179,8 +187,9 @@ def test_a_list_naming_missing_shards_is_refused_unless_asked(good_corpus, tmp_p
     with pytest.raises(ValueError, match=r"1 of 4 shards do not exist \(first: .*09999.tar\); pass --skip-missing"):
         run_score(ScoreConfig(input=str(listing), output=str(out), model=MODEL), LocalExecutor())
     assert not out.exists()  # refused before anything was written
-    result = run_score(ScoreConfig(input=str(listing), output=str(out), model=MODEL, skip_missing=True),
-                       LocalExecutor())
+    result = run_score(
+        ScoreConfig(input=str(listing), output=str(out), model=MODEL, skip_missing=True), LocalExecutor()
+    )
     assert result.exit_code == 0 and result.manifest["shards"]["written"] == 3
 
 
@@ -212,8 +221,9 @@ class NodeLossExecutor(LocalExecutor):
 
 def test_a_pipeline_lost_half_way_is_rerun_on_the_unfinished_shards(good_corpus, tmp_path):
     d, _ = good_corpus
-    clean = run_score(ScoreConfig(input=str(d), output=str(tmp_path / "clean"), model=MODEL, chunk_size=4),
-                      LocalExecutor())
+    clean = run_score(
+        ScoreConfig(input=str(d), output=str(tmp_path / "clean"), model=MODEL, chunk_size=4), LocalExecutor()
+    )
     executor = NodeLossExecutor(after_batches=3)  # dies inside the second shard, its rows half-sent
     result = run_score(ScoreConfig(input=str(d), output=str(tmp_path / "lossy"), model=MODEL, chunk_size=4), executor)
     assert executor.calls == 2 and result.exit_code == 0

@@ -28,8 +28,9 @@ def test_ray_run_equals_local_run(ray_local, tmp_path):
     corpus.write_corpus(shards, shards=4, per_shard=9)
     local = run_score(ScoreConfig(input=str(shards), output=str(tmp_path / "a"), model=MODEL), LocalExecutor())
     distributed = run_score(
-        ScoreConfig(input=f"{shards}/{{00000..00003}}.tar", output=str(tmp_path / "b"), model=MODEL, batch_size=4,
-                    chunk_size=5),
+        ScoreConfig(
+            input=f"{shards}/{{00000..00003}}.tar", output=str(tmp_path / "b"), model=MODEL, batch_size=4, chunk_size=5
+        ),
         RayDataExecutor(),
     )
     assert local.exit_code == distributed.exit_code == 0
@@ -45,8 +46,9 @@ def test_s3_in_and_out_with_resume(ray_local, s3, tmp_path):
     fs = fsspec.filesystem("s3", **options)
     for path in corpus.write_corpus(tmp_path, shards=3, per_shard=6):
         fs.put(path, f"{bucket}/shards/{Path(path).name}")
-    config = ScoreConfig(input=f"s3://{bucket}/shards/", output=f"s3://{bucket}/scores", model=MODEL,
-                         storage_options=options)
+    config = ScoreConfig(
+        input=f"s3://{bucket}/shards/", output=f"s3://{bucket}/scores", model=MODEL, storage_options=options
+    )
     first = run_score(config, RayDataExecutor())
     assert first.exit_code == 0 and first.manifest["rows"] == 18
     rows = read_rows(f"s3://{bucket}/scores", options)
@@ -62,8 +64,9 @@ def medium_checkpoint(path: Path) -> str:
     import torch
 
     torch.manual_seed(0)
-    DPIQAStudent(StudentConfig(backbone="efficientnet_b0", image_size=128, map_size=16, head_hidden=64)
-                 ).save_pretrained(str(path))
+    DPIQAStudent(
+        StudentConfig(backbone="efficientnet_b0", image_size=128, map_size=16, head_hidden=64)
+    ).save_pretrained(str(path))
     return str(path)
 
 
@@ -81,12 +84,23 @@ def test_sigkill_half_way_then_rerun_equals_uninterrupted(tmp_path):
     # one torch thread: with several, OpenMP's spin-waiting makes a busy 2-core machine crawl
     common = ["--input", str(shards), "--model", model, "--batch-size", "8", "--device", "cpu", "--threads", "1"]
 
-    subprocess.run(cli(*common, "--output", str(tmp_path / "clean"), "--executor", "local"), env=env, check=True,
-                   capture_output=True, cwd=REPO)
+    subprocess.run(
+        cli(*common, "--output", str(tmp_path / "clean"), "--executor", "local"),
+        env=env,
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+    )
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(cli(*common, "--output", str(out)), env=env, cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cli(*common, "--output", str(out)),
+        env=env,
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not list((out / "_done").glob("*.json")) if out.exists() else True:
         if proc.poll() is not None:
@@ -117,7 +131,8 @@ def test_sigkill_half_way_then_rerun_equals_uninterrupted(tmp_path):
 
 
 def test_a_writer_dying_between_a_shards_parquet_and_its_marker_loses_and_duplicates_nothing(
-        ray_local, tmp_path, monkeypatch):
+    ray_local, tmp_path, monkeypatch
+):
     """The shard writers are Ray actors: one that dies after writing a shard's Parquet and before its marker
     (here: on purpose, once) fails the attempt; the next attempt writes that shard again from the start, and
     the output equals an uninterrupted run's."""
@@ -139,12 +154,14 @@ def test_a_writer_dying_between_a_shards_parquet_and_its_marker_loses_and_duplic
 
     clean = run_score(ScoreConfig(input=str(shards), output=str(tmp_path / "clean"), model=MODEL), LocalExecutor())
     monkeypatch.setattr(pipeline, "ShardWriter", DyingWriter)
-    result = run_score(ScoreConfig(input=str(shards), output=str(tmp_path / "out"), model=MODEL, writers=2),
-                       RayDataExecutor())
+    result = run_score(
+        ScoreConfig(input=str(shards), output=str(tmp_path / "out"), model=MODEL, writers=2), RayDataExecutor()
+    )
     assert flag.exists(), "the writer did not die: the test tested nothing"
     assert result.exit_code == 0 and result.manifest["attempts"] == 2, result.manifest
     a, b = read_rows(str(tmp_path / "clean")), read_rows(str(tmp_path / "out"))
     assert len(b) == 24 == len({(r["shard"], r["index"]) for r in b})
     assert [(r["shard"], r["index"], r["key"], r["status"]) for r in a] == [
-        (r["shard"], r["index"], r["key"], r["status"]) for r in b]
+        (r["shard"], r["index"], r["key"], r["status"]) for r in b
+    ]
     assert clean.exit_code == 0

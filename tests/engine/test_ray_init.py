@@ -27,7 +27,8 @@ def test_local_ray_workers_know_their_own_cluster():
     (the suite's and this one) a worker that auto-detects fails with "multiple active Ray instances"."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(REPO)
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=180,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=180, check=True
+    ).stdout.split()
     worker_sees, cluster = out[-2], out[-1]
     assert worker_sees == cluster

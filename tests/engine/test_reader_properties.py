@@ -19,16 +19,25 @@ from dpiqa.engine.stages.source import iter_samples
 from dpiqa.engine.tarstream import NotATarError
 from dpiqa.models.preprocessing import Preprocessing
 
-SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 ROW_STATUSES = set(schema.STATUSES) - {schema.SCORE_ERROR}  # the reader's and decoder's share
 IMAGE = corpus.jpeg(0, size=(8, 8))
 PNG = corpus.png(size=(6, 5))
 
 stems = st.text(alphabet="abcXYZ019_-.é", min_size=1, max_size=8).filter(lambda s: not s.startswith(("__", ".")))
 folders = st.sampled_from(["", "a/", "a/b/", "dir.v2/"])
-extensions = st.lists(st.sampled_from(["jpg", "png", "txt", "json", "seg.png", "JPG", "webp.txt"]), min_size=1,
-                      max_size=3, unique_by=str.lower)
+extensions = st.lists(
+    st.sampled_from(["jpg", "png", "txt", "json", "seg.png", "JPG", "webp.txt"]),
+    min_size=1,
+    max_size=3,
+    unique_by=str.lower,
+)
 shard_specs = st.lists(st.tuples(folders, stems, extensions), min_size=1, max_size=6)
 
 
@@ -114,8 +123,11 @@ def test_truncation_keeps_every_whole_sample_and_ends_with_one_truncated_row(spe
     by_sample: list[list[str]] = []
     for m in members:
         key, ext = wds.base_plus_ext(m["fname"])
-        if not by_sample or key != wds.base_plus_ext(by_sample[-1][0])[0] or ext.lower() in {
-                wds.base_plus_ext(n)[1].lower() for n in by_sample[-1]}:
+        if (
+            not by_sample
+            or key != wds.base_plus_ext(by_sample[-1][0])[0]
+            or ext.lower() in {wds.base_plus_ext(n)[1].lower() for n in by_sample[-1]}
+        ):
             by_sample.append([])
         by_sample[-1].append(m["fname"])
     for names in by_sample:
@@ -133,7 +145,10 @@ def test_special_members_keep_their_row(spec, draw):
     victim = draw.draw(st.sampled_from(names))
     kind = draw.draw(st.sampled_from([tarfile.SYMTYPE, tarfile.FIFOTYPE, tarfile.CHRTYPE, tarfile.LNKTYPE]))
     buf = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(data)) as src, tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as out:
+    with (
+        tarfile.open(fileobj=io.BytesIO(data)) as src,
+        tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as out,
+    ):
         for m in src.getmembers():
             payload = src.extractfile(m).read()
             if m.name == victim:

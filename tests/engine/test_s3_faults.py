@@ -19,14 +19,22 @@ def test_faulty_s3_completes_with_full_output_and_counts_retries(ray_local, s3, 
     fs = fsspec.filesystem("s3", **options)
     for path in corpus.write_corpus(tmp_path, shards=4, per_shard=12):
         fs.put(path, f"{bucket}/shards/{Path(path).name}")
-    clean = run_score(ScoreConfig(input=f"s3://{bucket}/shards/", output=f"s3://{bucket}/clean", model=MODEL,
-                                  storage_options=options), RayDataExecutor())
+    clean = run_score(
+        ScoreConfig(
+            input=f"s3://{bucket}/shards/", output=f"s3://{bucket}/clean", model=MODEL, storage_options=options
+        ),
+        RayDataExecutor(),
+    )
     assert clean.manifest["io_retries"] == 0
 
     with FaultProxy(s3_server, slowdown_every=6, drop_every=2, latency=0.02) as proxy:
         faulty = {**options, "client_kwargs": {"endpoint_url": proxy.url}}
-        result = run_score(ScoreConfig(input=f"s3://{bucket}/shards/", output=f"s3://{bucket}/faulty", model=MODEL,
-                                       storage_options=faulty), RayDataExecutor())
+        result = run_score(
+            ScoreConfig(
+                input=f"s3://{bucket}/shards/", output=f"s3://{bucket}/faulty", model=MODEL, storage_options=faulty
+            ),
+            RayDataExecutor(),
+        )
         injected = dict(proxy.injected)
         # a fault on the manifest's own upload happens after the manifest's count was taken
         countable = [f for f in proxy.faults if f[0] == "slowdown" and not f[2].endswith("/manifest.json")]

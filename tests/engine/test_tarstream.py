@@ -105,7 +105,12 @@ def test_symlink_fifo_and_device_members_get_an_explaining_row(tmp_path):
         corpus.add(t, "e.jpg", corpus.jpeg(3))
     got = samples(buf.getvalue())
     assert [(s.key, s.status) for s in got] == [
-        ("a", "ok"), ("b", schema.SPECIAL_MEMBER), ("c", schema.SPECIAL_MEMBER), ("d", schema.SPECIAL_MEMBER), ("e", "ok")]
+        ("a", "ok"),
+        ("b", schema.SPECIAL_MEMBER),
+        ("c", schema.SPECIAL_MEMBER),
+        ("d", schema.SPECIAL_MEMBER),
+        ("e", "ok"),
+    ]
     assert "symbolic link to 'a.jpg'" in got[1].error
     assert "FIFO" in got[2].error and "character device" in got[3].error
 
@@ -194,8 +199,12 @@ def test_corrupt_bytes_inside_a_compressed_stream():
     """Never every row `ok` over damaged bytes: rows up to the damage and a damage row, or (where nothing
     could be decompressed) a failed shard."""
     tar = corpus.shard_bytes(corpus.good_samples("x", 6))
-    for packed in (gzip.compress(tar), bz2.compress(tar), lzma.compress(tar),
-                   zstandard.ZstdCompressor(write_checksum=True).compress(tar)):
+    for packed in (
+        gzip.compress(tar),
+        bz2.compress(tar),
+        lzma.compress(tar),
+        zstandard.ZstdCompressor(write_checksum=True).compress(tar),
+    ):
         bad = bytearray(packed)
         bad[len(bad) // 2] ^= 0x55
         try:

@@ -47,14 +47,23 @@ def test_webdataset_shardwriter_shards_score_as_documented(tmp_path):
     shards.mkdir()
     with wds.ShardWriter(str(shards / "part-%05d.tgz"), maxcount=3, compress=True) as sink:
         for i in range(5):
-            sink.write({"__key__": f"photos/2026/img{i:03d}", "jpg": corpus.jpeg(i), "json": {"i": i},
-                        "seg.png": corpus.png(seed=i), "txt": f"caption {i}"})
+            sink.write(
+                {
+                    "__key__": f"photos/2026/img{i:03d}",
+                    "jpg": corpus.jpeg(i),
+                    "json": {"i": i},
+                    "seg.png": corpus.png(seed=i),
+                    "txt": f"caption {i}",
+                }
+            )
         sink.write({"__key__": "photos/v1.2", "jpg": corpus.jpeg(9)})  # a dot in the key: the key ends there
     assert sorted(p.name for p in shards.iterdir()) == ["part-00000.tgz", "part-00001.tgz"]
     run_score(ScoreConfig(input=str(shards), output=str(tmp_path / "scores"), model=MODEL), LocalExecutor())
     got = rows(tmp_path / "scores")
     assert [(r["key"], r["status"]) for r in got] == [
-        *[(f"photos/2026/img{i:03d}", "ok") for i in range(5)], ("photos/v1", "ok")]
+        *[(f"photos/2026/img{i:03d}", "ok") for i in range(5)],
+        ("photos/v1", "ok"),
+    ]
     # webdataset's own reader sees the same samples under the same keys
     seen = [s["__key__"] for s in wds.WebDataset(str(shards / "part-{00000..00001}.tgz"), shardshuffle=False)]
     assert seen == [r["key"] for r in got]
@@ -66,13 +75,21 @@ def test_filtered_shards_read_back_through_webdataset_byte_for_byte(tmp_path):
     originals = {}
     with wds.ShardWriter(str(shards / "%05d.tar"), maxcount=4) as sink:
         for i in range(8):
-            sample = {"__key__": f"k{i:02d}", "jpg": corpus.jpeg(i, size=(48, 40)), "json": json.dumps({"i": i}),
-                      "txt": f"caption {i}"}
+            sample = {
+                "__key__": f"k{i:02d}",
+                "jpg": corpus.jpeg(i, size=(48, 40)),
+                "json": json.dumps({"i": i}),
+                "txt": f"caption {i}",
+            }
             originals[sample["__key__"]] = sample
             sink.write(sample)
     run_score(ScoreConfig(input=str(shards), output=str(tmp_path / "scores"), model=MODEL), LocalExecutor())
-    result = run_filter(FilterConfig(scores=str(tmp_path / "scores"), input=str(shards), output=str(tmp_path / "kept"),
-                                     top_fraction=0.5), executor="local")
+    result = run_filter(
+        FilterConfig(
+            scores=str(tmp_path / "scores"), input=str(shards), output=str(tmp_path / "kept"), top_fraction=0.5
+        ),
+        executor="local",
+    )
     assert result.exit_code == 0 and result.manifest["kept"] == 4
     raw = list(wds.WebDataset(str(tmp_path / "kept" / "{00000..00001}.tar"), shardshuffle=False))
     assert len(raw) == 4

@@ -17,6 +17,7 @@ def fixed(shift: float, fail_every: int = 0):  # noqa: ANN201 - a score function
         if fail_every and index % fail_every == 0:
             return None
         return 2.0 + shift + 0.1 * index
+
     return score
 
 
@@ -33,8 +34,23 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def test_no_alert_exits_zero(runs: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code = main(["audit", "--scores", runs["today"], "--baseline", runs["same"], "--json", str(tmp_path / "a.json"),
-                 "--max-drift", "0.1", "--max-error-rate", "0.5", "--thumbnails", "0"])
+    code = main(
+        [
+            "audit",
+            "--scores",
+            runs["today"],
+            "--baseline",
+            runs["same"],
+            "--json",
+            str(tmp_path / "a.json"),
+            "--max-drift",
+            "0.1",
+            "--max-error-rate",
+            "0.5",
+            "--thumbnails",
+            "0",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "ALERT" not in out
     assert "PSI 0.0000" in out
@@ -42,12 +58,14 @@ def test_no_alert_exits_zero(runs: dict[str, str], tmp_path: Path, capsys: pytes
 
 
 def test_drift_alert_exits_three(runs: dict[str, str], capsys: pytest.CaptureFixture) -> None:
-    code = main(["audit", "--scores", runs["today"], "--baseline", runs["shifted"], "--max-drift", "0.25",
-                 "--thumbnails", "0"])
+    code = main(
+        ["audit", "--scores", runs["today"], "--baseline", runs["shifted"], "--max-drift", "0.25", "--thumbnails", "0"]
+    )
     out = capsys.readouterr().out
     assert code == 3
     assert [line for line in out.splitlines() if line.startswith("ALERT")] == [
-        line for line in out.splitlines() if "ALERT score drift PSI" in line]
+        line for line in out.splitlines() if "ALERT score drift PSI" in line
+    ]
 
 
 def test_error_rate_alert_exits_three(runs: dict[str, str], capsys: pytest.CaptureFixture) -> None:
@@ -66,10 +84,38 @@ def test_audit_of_a_real_score_run(tmp_path: Path, capsys: pytest.CaptureFixture
     """`dpiqa score` (random tiny student, local executor) then `dpiqa audit` on its output."""
     (tmp_path / "shards").mkdir()
     write_corpus(tmp_path / "shards", shards=2, per_shard=6)
-    assert main(["score", "--input", str(tmp_path / "shards"), "--output", str(tmp_path / "scores"),
-                 "--model", "dpiqa-student-tiny", "--executor", "local"]) == 0
-    assert main(["audit", "--scores", str(tmp_path / "scores"), "--report", str(tmp_path / "r.html"),
-                 "--json", str(tmp_path / "a.json"), "--thumbnails", "2"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--input",
+                str(tmp_path / "shards"),
+                "--output",
+                str(tmp_path / "scores"),
+                "--model",
+                "dpiqa-student-tiny",
+                "--executor",
+                "local",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "audit",
+                "--scores",
+                str(tmp_path / "scores"),
+                "--report",
+                str(tmp_path / "r.html"),
+                "--json",
+                str(tmp_path / "a.json"),
+                "--thumbnails",
+                "2",
+            ]
+        )
+        == 0
+    )
     doc = json.loads((tmp_path / "a.json").read_text())
     assert doc["summary"]["rows"] == 12 and doc["summary"]["ok"] == 12
     assert doc["model"]["model"] == "dpiqa-student-tiny"

@@ -35,32 +35,37 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-@pytest.mark.parametrize(("argv", "says"), [
-    (["score", "--batch-size", "-1"], "argument --batch-size: must be an integer >= 1, not '-1'"),
-    (["score", "--batch-size", "0"], "argument --batch-size: must be an integer >= 1, not '0'"),
-    (["score", "--max-pixels", "-5"], "argument --max-pixels: must be an integer >= 1"),
-    (["score", "--actors", "0"], "argument --actors"),
-    (["score", "--threads", "two"], "argument --threads: must be an integer >= 1, not 'two'"),
-    (["score", "--storage-options", "[1]"], "argument --storage-options: must be a JSON object"),
-    (["score", "--storage-options", "{nope"], "argument --storage-options: must be a JSON object"),
-    (["audit", "--max-error-rate", "nan"], "argument --max-error-rate: must be a number from 0 to 1, not 'nan'"),
-    (["audit", "--max-error-rate", "1.5"], "argument --max-error-rate"),
-    (["audit", "--max-drift", "-1"], "argument --max-drift: must be a number >= 0"),
-    (["audit", "--thumbnails", "-2"], "argument --thumbnails"),
-    (["filter", "--top-fraction", "0"], "argument --top-fraction: must be a number above 0 and at most 1"),
-    (["filter", "--top-fraction", "inf"], "argument --top-fraction"),
-    (["filter", "--min-score", "nan"], "argument --min-score: must be a finite number"),
-    (["filter", "--workers", "0"], "argument --workers"),
-    (["distill", "--epochs", "0"], "argument --epochs"),
-    (["train-teacher", "--lr=-1e-4"], "argument --lr: must be a number > 0"),
-    (["train-teacher", "--workers", "0"], "argument --workers"),
-])
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["score", "--batch-size", "-1"], "argument --batch-size: must be an integer >= 1, not '-1'"),
+        (["score", "--batch-size", "0"], "argument --batch-size: must be an integer >= 1, not '0'"),
+        (["score", "--max-pixels", "-5"], "argument --max-pixels: must be an integer >= 1"),
+        (["score", "--actors", "0"], "argument --actors"),
+        (["score", "--threads", "two"], "argument --threads: must be an integer >= 1, not 'two'"),
+        (["score", "--storage-options", "[1]"], "argument --storage-options: must be a JSON object"),
+        (["score", "--storage-options", "{nope"], "argument --storage-options: must be a JSON object"),
+        (["audit", "--max-error-rate", "nan"], "argument --max-error-rate: must be a number from 0 to 1, not 'nan'"),
+        (["audit", "--max-error-rate", "1.5"], "argument --max-error-rate"),
+        (["audit", "--max-drift", "-1"], "argument --max-drift: must be a number >= 0"),
+        (["audit", "--thumbnails", "-2"], "argument --thumbnails"),
+        (["filter", "--top-fraction", "0"], "argument --top-fraction: must be a number above 0 and at most 1"),
+        (["filter", "--top-fraction", "inf"], "argument --top-fraction"),
+        (["filter", "--min-score", "nan"], "argument --min-score: must be a finite number"),
+        (["filter", "--workers", "0"], "argument --workers"),
+        (["distill", "--epochs", "0"], "argument --epochs"),
+        (["train-teacher", "--lr=-1e-4"], "argument --lr: must be a number > 0"),
+        (["train-teacher", "--workers", "0"], "argument --workers"),
+    ],
+)
 def test_bad_numbers_and_options_are_usage_errors(capsys, tmp_path, argv, says):
-    required = {"score": ["--input", "x", "--output", str(tmp_path / "o")],
-                "audit": ["--scores", str(tmp_path / "s")],
-                "filter": ["--scores", "s", "--input", "x", "--output", str(tmp_path / "o")],
-                "distill": ["--output", str(tmp_path / "o")],
-                "train-teacher": ["--output", str(tmp_path / "o")]}[argv[0]]
+    required = {
+        "score": ["--input", "x", "--output", str(tmp_path / "o")],
+        "audit": ["--scores", str(tmp_path / "s")],
+        "filter": ["--scores", "s", "--input", "x", "--output", str(tmp_path / "o")],
+        "distill": ["--output", str(tmp_path / "o")],
+        "train-teacher": ["--output", str(tmp_path / "o")],
+    }[argv[0]]
     if argv[0] == "filter" and "--min-score" not in argv and "--top-fraction" not in argv:
         required += ["--min-score", "0"]
     code, _, err = run(capsys, *argv[:1], *required, *argv[1:])
@@ -86,8 +91,9 @@ def test_output_inside_the_input(capsys, shards):
 
 def test_files_that_are_no_shards_named_explicitly(capsys, tmp_path):
     (tmp_path / "scores.parquet").write_bytes(b"PAR1" + bytes(100) + b"PAR1")
-    code, _, err = run(capsys, "score", "--input", str(tmp_path / "scores.parquet"), "--output",
-                       str(tmp_path / "o"), *TINY)
+    code, _, err = run(
+        capsys, "score", "--input", str(tmp_path / "scores.parquet"), "--output", str(tmp_path / "o"), *TINY
+    )
     assert code == 2 and "neither a tar shard" in last_line(err)
     (tmp_path / "list.txt").write_text(f"{tmp_path / 'scores.parquet'}\n")
     code, _, err = run(capsys, "score", "--input", str(tmp_path / "list.txt"), "--output", str(tmp_path / "o"), *TINY)
@@ -113,21 +119,33 @@ def test_truncated_checkpoint_is_refused_before_the_output_is_claimed(capsys, sh
     weights.write_bytes(whole[: len(whole) // 2])
     (ckpt / "card.json").unlink()
     out = tmp_path / "o"
-    code, _, err = run(capsys, "score", "--input", str(shards), "--output", str(out), "--model", str(ckpt),
-                       "--executor", "local")
+    code, _, err = run(
+        capsys, "score", "--input", str(shards), "--output", str(out), "--model", str(ckpt), "--executor", "local"
+    )
     assert code == 2 and "model.safetensors" in last_line(err) and "cut short" in last_line(err)
     assert not out.exists()  # nothing claimed: the rerun with the repaired checkpoint is not refused
     weights.write_bytes(whole)
-    code, _, _ = run(capsys, "score", "--input", str(shards), "--output", str(out), "--model", str(ckpt),
-                     "--executor", "local")
+    code, _, _ = run(
+        capsys, "score", "--input", str(shards), "--output", str(out), "--model", str(ckpt), "--executor", "local"
+    )
     assert code == 0
 
 
 def test_foreign_output_names_the_model_that_wrote_it(capsys, shards, tmp_path):
     out = str(tmp_path / "o")
     assert run(capsys, "score", "--input", str(shards), "--output", out, *TINY)[0] == 0
-    code, _, err = run(capsys, "score", "--input", str(shards), "--output", out, "--model", "dpiqa-student-small",
-                       "--executor", "local")
+    code, _, err = run(
+        capsys,
+        "score",
+        "--input",
+        str(shards),
+        "--output",
+        out,
+        "--model",
+        "dpiqa-student-small",
+        "--executor",
+        "local",
+    )
     assert code == 2 and "holds results of model 'dpiqa-student-tiny'" in last_line(err)
 
 
@@ -148,6 +166,17 @@ def test_damaged_run_files_do_not_block_reruns(capsys, caplog, shards, tmp_path)
     (out / "_done" / "00000.json").write_text("")
     code, stdout, err = run(capsys, "audit", "--scores", str(out), "--json", str(tmp_path / "a.json"))
     assert code == 0 and "audited 3 rows of 1 shards" in stdout  # the damaged marker's shard is not counted
-    code, stdout, err = run(capsys, "filter", "--scores", str(out), "--input", str(shards), "--output",
-                            str(tmp_path / "f"), "--min-score=-1e9", "--executor", "local")
+    code, stdout, err = run(
+        capsys,
+        "filter",
+        "--scores",
+        str(out),
+        "--input",
+        str(shards),
+        "--output",
+        str(tmp_path / "f"),
+        "--min-score=-1e9",
+        "--executor",
+        "local",
+    )
     assert code == 1 and "no completed scores" in stdout  # listed as failed, not crashed

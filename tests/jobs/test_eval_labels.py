@@ -7,6 +7,9 @@ from dpiqa.jobs.eval import model_labels
 
 def test_models_with_the_same_folder_name_get_distinct_labels():
     names = ["runs/report/teacher/split-0", "runs/report/student/split-0", "demo", "s3://bucket/ckpt/v1/"]
-    assert model_labels(names) == {"runs/report/teacher/split-0": "teacher/split-0",
-                                   "runs/report/student/split-0": "student/split-0",
-                                   "demo": "demo", "s3://bucket/ckpt/v1/": "v1"}
+    assert model_labels(names) == {
+        "runs/report/teacher/split-0": "teacher/split-0",
+        "runs/report/student/split-0": "student/split-0",
+        "demo": "demo",
+        "s3://bucket/ckpt/v1/": "v1",
+    }

@@ -39,10 +39,7 @@ def scores_and_maps(out) -> tuple[dict[str, float], dict[str, np.ndarray], dict]
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "tiny-onnx"
-    assert (
-        main(["export", "--model", MODEL, "--format", "onnx", "--output", str(out), "--validate-batch", "5"])
-        == 0
-    )
+    assert main(["export", "--model", MODEL, "--format", "onnx", "--output", str(out), "--validate-batch", "5"]) == 0
     return out
 
 
@@ -98,9 +95,7 @@ def test_bad_requests_get_one_line_errors(exported, tmp_path, capsys):
     (tmp_path / "in").mkdir()
     corpus.write_corpus(tmp_path / "in", shards=1, per_shard=2)
     common = ["--input", str(tmp_path / "in"), "--executor", "local"]
-    assert (
-        main(["score", *common, "--output", str(tmp_path / "a"), "--model", MODEL, "--runtime", "onnx"]) == 2
-    )
+    assert main(["score", *common, "--output", str(tmp_path / "a"), "--model", MODEL, "--runtime", "onnx"]) == 2
     assert f"create one with `dpiqa export --model {MODEL}" in capsys.readouterr().err
     assert (
         main(

@@ -29,8 +29,9 @@ def build(root: Path) -> tuple[Path, str]:
     urls = []
     for s in range(SHARDS):
         path = root / "in" / f"{s:05d}.tar"
-        write_shard(path, [(f"s{s}_{i}", {"jpg": jpeg(s * 10 + i, size=(256, 200)), "txt": b"c"})
-                           for i in range(PER_SHARD)])
+        write_shard(
+            path, [(f"s{s}_{i}", {"jpg": jpeg(s * 10 + i, size=(256, 200)), "txt": b"c"}) for i in range(PER_SHARD)]
+        )
         urls.append(str(path))
     score_shards(urls, str(root / "scores"), lambda u, i, k: float(i))
     return root / "in", str(root / "scores")
@@ -39,11 +40,29 @@ def build(root: Path) -> tuple[Path, str]:
 def test_rerun_after_kill_completes_without_duplicates(tmp_path: Path) -> None:
     shards, scores = build(tmp_path)
     new = tmp_path / "new"
-    argv = ["filter", "--scores", scores, "--input", str(shards), "--output", str(new), "--min-score", "1",
-            "--executor", "local", "--workers", "1"]
+    argv = [
+        "filter",
+        "--scores",
+        scores,
+        "--input",
+        str(shards),
+        "--output",
+        str(new),
+        "--min-score",
+        "1",
+        "--executor",
+        "local",
+        "--workers",
+        "1",
+    ]
     env = {**os.environ, SLOW_ENV: "0.4", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen([sys.executable, "-m", "dpiqa.jobs.cli", *argv], env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dpiqa.jobs.cli", *argv],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     half = None
     try:
         deadline = time.monotonic() + 60
@@ -87,8 +106,21 @@ def test_min_score_and_top_fraction_are_exclusive(tmp_path: Path, capsys: pytest
 def test_failed_shard_exits_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     shards, scores = build(tmp_path)
     write_shard(shards / "00007.tar", [("x", {"jpg": jpeg(1)})])  # not scored
-    code = main(["filter", "--scores", scores, "--input", str(shards), "--output", str(tmp_path / "n"),
-                 "--top-fraction", "0.5", "--executor", "local"])
+    code = main(
+        [
+            "filter",
+            "--scores",
+            scores,
+            "--input",
+            str(shards),
+            "--output",
+            str(tmp_path / "n"),
+            "--top-fraction",
+            "0.5",
+            "--executor",
+            "local",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 1
     assert f"FAILED {shards / '00007.tar'}: no completed scores" in out

@@ -29,8 +29,10 @@ def test_teacher_counts_and_flops_against_the_spec(teacher_info: dict) -> None:
     assert params["unet"] == 859_520_964 and params["image_adapter"] == 77_369_280
     assert params["text_adapter"] == 1_181_184 + 768
     assert params["decoder"] + params["head"] == 42_937_417  # hand count in tests/models/test_teacher.py
-    assert sum(params[p] for p in ("vae_encoder", "unet", "image_adapter", "text_adapter", "decoder", "head")) == (
-        params["total"])
+    assert (
+        sum(params[p] for p in ("vae_encoder", "unet", "image_adapter", "text_adapter", "decoder", "head"))
+        == (params["total"])
+    )
     assert params["frozen"] == params["vae_encoder"] + 12_164  # + the U-Net's unused noise-prediction output
     assert teacher_info["input_size"] == [512, 512] and teacher_info["map_shape"] == [8, 64, 64]
     assert teacher_info["buffers"] == 1485 * 768  # the prompt embeddings
@@ -102,8 +104,9 @@ def test_ablation_switch_shows_in_counts_flops_and_table(capsys: pytest.CaptureF
     assert ablated["ablation"] == {"text_adapter": False} and ablated["switches"]["text_adapter"] is False
     assert ablated["checkpoint_hash"] != paper["checkpoint_hash"]  # another configuration
 
-    assert main(["model-info", "dpiqa-teacher-tiny", "--set", "decoder_levels=[0,1]", "--set",
-                 "prompt_set=empty-1"]) == 0
+    assert (
+        main(["model-info", "dpiqa-teacher-tiny", "--set", "decoder_levels=[0,1]", "--set", "prompt_set=empty-1"]) == 0
+    )
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert lines["switches"].split(None, 1)[1] == 'prompt_set="empty-1", decoder_levels=[0, 1]'
     assert int(lines["buffers"].split()[-1].replace(",", "")) == 1 * 16  # K = 1 prompt embedding

@@ -13,8 +13,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def dpiqa(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dpiqa.jobs.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "dpiqa.jobs.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
 
 
 def test_help_lists_the_options():
@@ -27,8 +33,17 @@ def test_help_lists_the_options():
 def test_progress_lines_and_summary(tmp_path):
     (tmp_path / "in").mkdir()
     corpus.write_corpus(tmp_path / "in", shards=3, per_shard=5)
-    out = dpiqa("score", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--model",
-                "dpiqa-student-tiny", "--executor", "local")
+    out = dpiqa(
+        "score",
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        str(tmp_path / "o"),
+        "--model",
+        "dpiqa-student-tiny",
+        "--executor",
+        "local",
+    )
     assert out.returncode == 0, out.stderr
     progress = [line for line in out.stderr.splitlines() if "dpiqa.progress" in line]
     assert progress and "score: 3/3 shards done, 15 images" in progress[-1] and "images/s" in progress[-1]
@@ -41,12 +56,23 @@ def test_final_line_says_how_many_rows_are_errors_and_points_at_audit(tmp_path):
     samples = corpus.good_samples("k", 4) + [(f"t{i}", {"txt": b"caption only"}) for i in range(5)]
     samples += [("k0000", {"jpg": corpus.jpeg(9)})]  # a duplicate key
     corpus.write_shard(tmp_path / "in" / "00000.tar", samples)
-    out = dpiqa("score", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--model",
-                "dpiqa-student-tiny", "--executor", "local")
+    out = dpiqa(
+        "score",
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        str(tmp_path / "o"),
+        "--model",
+        "dpiqa-student-tiny",
+        "--executor",
+        "local",
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
-    assert lines[0] == (f"scored 10 rows from 1 shards: 4 ok, 6 errors (5 no_image, 1 duplicate_key); "
-                        f"shards: 0 already done, 0 failed -> {tmp_path / 'o'}")
+    assert lines[0] == (
+        f"scored 10 rows from 1 shards: 4 ok, 6 errors (5 no_image, 1 duplicate_key); "
+        f"shards: 0 already done, 0 failed -> {tmp_path / 'o'}"
+    )
     assert lines[1].startswith("60% of these rows are errors: `dpiqa audit --scores ")
 
 
@@ -55,8 +81,17 @@ def test_failed_shard_exit_code_lists_it(tmp_path):
     (tmp_path / "junk.tar").write_bytes(b"\x00\x01junk" * 1000)  # a .tar that is no tar
     urls = [str(tmp_path / "00000.tar"), str(tmp_path / "00001.tar"), str(tmp_path / "junk.tar")]
     (tmp_path / "urls.txt").write_text("\n".join(urls))
-    out = dpiqa("score", "--input", str(tmp_path / "urls.txt"), "--output", str(tmp_path / "o"), "--model",
-                "dpiqa-student-tiny", "--executor", "local")
+    out = dpiqa(
+        "score",
+        "--input",
+        str(tmp_path / "urls.txt"),
+        "--output",
+        str(tmp_path / "o"),
+        "--model",
+        "dpiqa-student-tiny",
+        "--executor",
+        "local",
+    )
     assert out.returncode == 1
     assert f"FAILED {tmp_path / 'junk.tar'}: not a tar archive" in out.stdout
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
@@ -64,15 +99,33 @@ def test_failed_shard_exit_code_lists_it(tmp_path):
 
 
 def test_bad_arguments_get_one_line_errors(tmp_path):
-    out = dpiqa("score", "--input", str(tmp_path / "nothing-here"), "--output", str(tmp_path / "o"),
-                "--model", "dpiqa-student-tiny", "--executor", "local")
+    out = dpiqa(
+        "score",
+        "--input",
+        str(tmp_path / "nothing-here"),
+        "--output",
+        str(tmp_path / "o"),
+        "--model",
+        "dpiqa-student-tiny",
+        "--executor",
+        "local",
+    )
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("dpiqa score: error: ")
     assert "nothing-here" in out.stderr and "Traceback" not in out.stderr
     (tmp_path / "in").mkdir()
     corpus.write_corpus(tmp_path / "in", shards=1, per_shard=2)
-    out = dpiqa("score", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--model", str(tmp_path / "no-model"),
-                "--executor", "local")
+    out = dpiqa(
+        "score",
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        str(tmp_path / "o"),
+        "--model",
+        str(tmp_path / "no-model"),
+        "--executor",
+        "local",
+    )
     assert out.returncode == 2 and "no-model" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -81,11 +134,23 @@ def test_an_s3_endpoint_with_nothing_listening_fails_at_once_in_one_line(tmp_pat
 
     port = free_port()  # nothing listens there
     t0 = __import__("time").monotonic()
-    out = dpiqa("score", "--input", "s3://bucket/corpus/", "--output", str(tmp_path / "o"), "--storage-options",
-                json.dumps({"client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"}}), "--executor", "local")
+    out = dpiqa(
+        "score",
+        "--input",
+        "s3://bucket/corpus/",
+        "--output",
+        str(tmp_path / "o"),
+        "--storage-options",
+        json.dumps({"client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"}}),
+        "--executor",
+        "local",
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert out.stderr.strip().splitlines()[-1].startswith(
-        f"dpiqa score: error: cannot reach the object store at http://127.0.0.1:{port}")
+    assert (
+        out.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"dpiqa score: error: cannot reach the object store at http://127.0.0.1:{port}")
+    )
     assert __import__("time").monotonic() - t0 < 60  # not botocore's minute of retries
 
 
@@ -102,17 +167,38 @@ def test_sigterm_ends_the_run_cleanly_and_leaves_no_ray_process(tmp_path):
     (tmp_path / "in").mkdir()
     corpus.write_corpus(tmp_path / "in", shards=6, per_shard=40)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "dpiqa.jobs.cli", "score", "--input", str(tmp_path / "in"), "--output",
-                             str(tmp_path / "o"), "--model", "dpiqa-student-small", "--executor", "ray",
-                             "--threads", "1"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dpiqa.jobs.cli",
+            "score",
+            "--input",
+            str(tmp_path / "in"),
+            "--output",
+            str(tmp_path / "o"),
+            "--model",
+            "dpiqa-student-small",
+            "--executor",
+            "ray",
+            "--threads",
+            "1",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     driver = psutil.Process(proc.pid)
     deadline = time.monotonic() + 240
     started: list[psutil.Process] = []
     while time.monotonic() < deadline and proc.poll() is None:
         started = driver.children(recursive=True)
-        if any("raylet" in " ".join(p.cmdline()) for p in started if p.is_running()) and \
-                (tmp_path / "o" / "_run.json").exists():
+        if (
+            any("raylet" in " ".join(p.cmdline()) for p in started if p.is_running())
+            and (tmp_path / "o" / "_run.json").exists()
+        ):
             break
         time.sleep(0.2)
     assert proc.poll() is None, "the run ended before it could be stopped"

@@ -70,13 +70,18 @@ def level(c: int) -> int:
     return (9 * c * 512 + 512) + (512 * 32 + 32 + 32 * 512 + 512)
 
 
-@pytest.mark.parametrize(("levels", "expected"), [
-    ((0, 1), 9_209_920),  # drops the 640- and 320-channel levels, fused conv 2048 -> 1024 inputs
-    ((2, 3), 16_582_720),  # drops both 1280-channel levels, fused conv 2048 -> 1024 inputs
-    ((3,), 21_924_960),  # keeps the 320-channel level only, fused conv 2048 -> 512 inputs
-])
+@pytest.mark.parametrize(
+    ("levels", "expected"),
+    [
+        ((0, 1), 9_209_920),  # drops the 640- and 320-channel levels, fused conv 2048 -> 1024 inputs
+        ((2, 3), 16_582_720),  # drops both 1280-channel levels, fused conv 2048 -> 1024 inputs
+        ((3,), 21_924_960),  # keeps the 320-channel level only, fused conv 2048 -> 512 inputs
+    ],
+)
 def test_decoder_levels_remove_the_unused_levels_and_fused_inputs(
-    paper: DPIQATeacher, levels: tuple[int, ...], expected: int,
+    paper: DPIQATeacher,
+    levels: tuple[int, ...],
+    expected: int,
 ) -> None:
     model = meta(TeacherConfig(decoder_levels=levels))
     channels = (1280, 1280, 640, 320)
@@ -108,16 +113,19 @@ def test_timestep_and_pooling_change_no_parameter(paper: DPIQATeacher, overrides
     assert numel(model) == numel(paper) and trainable(model) == trainable(paper)
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    ({"timestep": 1000}, r"timestep must be an integer in \[0, 999\]"),
-    ({"timestep": -1}, "timestep"),
-    ({"timestep": 1.5}, "timestep"),
-    ({"prompt_pooling": "cls"}, "prompt_pooling must be one of eos, mean"),
-    ({"decoder_levels": ()}, "decoder_levels"),
-    ({"decoder_levels": (1, 0)}, "strictly increasing"),
-    ({"decoder_levels": (0, 4)}, "of the 4 up blocks"),
-    ({"prompt_set": EMPTY_SET, "text_encoder": "clip"}, "num_prompts 1485 != the size of prompt set 'empty-1'"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"timestep": 1000}, r"timestep must be an integer in \[0, 999\]"),
+        ({"timestep": -1}, "timestep"),
+        ({"timestep": 1.5}, "timestep"),
+        ({"prompt_pooling": "cls"}, "prompt_pooling must be one of eos, mean"),
+        ({"decoder_levels": ()}, "decoder_levels"),
+        ({"decoder_levels": (1, 0)}, "strictly increasing"),
+        ({"decoder_levels": (0, 4)}, "of the 4 up blocks"),
+        ({"prompt_set": EMPTY_SET, "text_encoder": "clip"}, "num_prompts 1485 != the size of prompt set 'empty-1'"),
+    ],
+)
 def test_bad_switches_are_named(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         meta(TeacherConfig(**overrides))
@@ -220,6 +228,7 @@ def test_switches_do_what_they_say() -> None:
     paper, x = tiny({}), images()
 
     seen: dict[str, object] = {}
+
     def unet_kwargs(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         seen["residuals"] = kwargs["down_intrablock_additional_residuals"]
         seen["context"] = kwargs["encoder_hidden_states"]
@@ -310,7 +319,10 @@ def test_from_stable_diffusion_takes_the_prompt_set_by_name(tiny_weights: dict, 
     config.prompt_pooling = "mean"
     config.text_adapter = False
     teacher = DPIQATeacher.from_stable_diffusion(
-        sd=tiny_weights["sd"], clip=tiny_weights["clip"], prompts=EMPTY_SET, config=config,
+        sd=tiny_weights["sd"],
+        clip=tiny_weights["clip"],
+        prompts=EMPTY_SET,
+        config=config,
     ).eval()
     assert teacher.config.prompt_set == EMPTY_SET and teacher.config.num_prompts == 1
     assert teacher.config.prompt_pooling == "mean" and teacher.text_adapter is None
@@ -322,15 +334,19 @@ def test_from_stable_diffusion_takes_the_prompt_set_by_name(tiny_weights: dict, 
 
     # No prompts argument: the set the config names (here the coarse 495, EOS-pooled).
     coarse = DPIQATeacher.from_stable_diffusion(
-        sd=tiny_weights["sd"], clip=tiny_weights["clip"], config=TeacherConfig.tiny().with_prompt_set(COARSE_SET),
+        sd=tiny_weights["sd"],
+        clip=tiny_weights["clip"],
+        config=TeacherConfig.tiny().with_prompt_set(COARSE_SET),
         batch_size=128,
     )
     assert coarse.config.prompt_set == COARSE_SET and tuple(coarse.prompt_embeddings.shape) == (495, 16)
     texts = prompt_texts(COARSE_SET)
     for i in (0, 494):
-        torch.testing.assert_close(coarse.prompt_embeddings[i], by_hand(tiny_weights, texts[i])["eos"],
-                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            coarse.prompt_embeddings[i], by_hand(tiny_weights, texts[i])["eos"], rtol=1e-5, atol=1e-6
+        )
 
     with pytest.raises(ValueError, match="unknown prompt set 'dpiqa-fine-9'"):
-        DPIQATeacher.from_stable_diffusion(sd=tiny_weights["sd"], clip=tiny_weights["clip"], prompts="dpiqa-fine-9",
-                                           config=TeacherConfig.tiny())
+        DPIQATeacher.from_stable_diffusion(
+            sd=tiny_weights["sd"], clip=tiny_weights["clip"], prompts="dpiqa-fine-9", config=TeacherConfig.tiny()
+        )

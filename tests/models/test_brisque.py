@@ -29,7 +29,9 @@ def test_the_unpatched_package_fails_on_numpy_2_and_ours_does_not(photo):
 
 
 def test_clean_scores_better_than_heavy_blur_and_noise(photo):
-    clean, blurred, noisy = brisque_scores([photo, distort(photo, "gaussian_blur", 5), distort(photo, "gaussian_noise", 5)])
+    clean, blurred, noisy = brisque_scores(
+        [photo, distort(photo, "gaussian_blur", 5), distort(photo, "gaussian_noise", 5)]
+    )
     assert clean < blurred - 10 and clean < noisy - 10  # lower BRISQUE = better
     quality = brisque_quality([photo, distort(photo, "gaussian_blur", 5)])
     assert quality == pytest.approx(QUALITY_OFFSET - np.array([clean, blurred]))

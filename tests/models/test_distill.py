@@ -27,12 +27,15 @@ def batch() -> dict[str, torch.Tensor]:
 # label   = mean((0.5 - 0.4)^2, (0.9 - 1.0)^2)              = (0.01 + 0.01) / 2     = 0.01   (sample 2 unlabelled)
 # feature = mean over samples 1, 2 of ((1-1)^2, (2-0)^2, (0-1)^2, (0-1)^2) = 6 / 4 = 1.5    (sample 3 no teacher)
 # score   = mean((0.5 - 0.6)^2, (0.2 - 0.0)^2)             = (0.01 + 0.04) / 2     = 0.025
-@pytest.mark.parametrize(("mode", "total", "terms"), [
-    ("feature", 0.01 + 1.5, {"label", "feature"}),  # the spec's: MSE(score, MOS/100) + MSE(F_s, F_teacher)
-    ("score", 0.01 + 0.025, {"label", "score"}),
-    ("both", 0.01 + 1.5 + 0.025, {"label", "feature", "score"}),
-    ("none", 0.01, {"label"}),
-])
+@pytest.mark.parametrize(
+    ("mode", "total", "terms"),
+    [
+        ("feature", 0.01 + 1.5, {"label", "feature"}),  # the spec's: MSE(score, MOS/100) + MSE(F_s, F_teacher)
+        ("score", 0.01 + 0.025, {"label", "score"}),
+        ("both", 0.01 + 1.5 + 0.025, {"label", "feature", "score"}),
+        ("none", 0.01, {"label"}),
+    ],
+)
 def test_modes_by_hand(mode: str, total: float, terms: set[str]) -> None:
     loss = distillation_loss(**batch(), mode=mode)
     assert loss.total.item() == pytest.approx(total, rel=1e-6)
@@ -89,8 +92,12 @@ def test_bad_arguments_are_named() -> None:
 def ranked_batch(scores: list[float]) -> dict[str, torch.Tensor]:
     """One source (group 7) with its reference and blur at levels 1, 3; noise at level 2; a sample of
     another source (group 9) and one with no group."""
-    return {"score": torch.tensor(scores, requires_grad=True), "group": torch.tensor([7, 7, 7, 7, 9, -1]),
-            "family": torch.tensor([0, 1, 1, 2, 1, 0]), "level": torch.tensor([0, 1, 3, 2, 1, 0])}
+    return {
+        "score": torch.tensor(scores, requires_grad=True),
+        "group": torch.tensor([7, 7, 7, 7, 9, -1]),
+        "family": torch.tensor([0, 1, 1, 2, 1, 0]),
+        "level": torch.tensor([0, 1, 3, 2, 1, 0]),
+    }
 
 
 def test_ranking_pairs_are_within_one_source_and_family():

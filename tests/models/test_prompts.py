@@ -28,7 +28,8 @@ def test_the_spec_prompt_set() -> None:
     # quality outermost, distortion innermost
     q, s, d = 3, 7, 12  # good, still_life, oversaturation
     assert prompts[q * 9 * 33 + s * 33 + d] == (
-        "a photo of a still_life with oversaturation artifacts, which is of good quality")
+        "a photo of a still_life with oversaturation artifacts, which is of good quality"
+    )
 
 
 def test_prompt_set_names() -> None:

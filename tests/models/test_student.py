@@ -75,31 +75,39 @@ def test_default_backbone_is_torchvisions_efficientnet_b7() -> None:
     student = DPIQAStudent.from_config(StudentConfig(), device="meta")
     reference = torchvision.models.efficientnet_b7().features
     assert [tuple(t.shape) for t in student.backbone.state_dict().values()] == [
-        tuple(t.shape) for t in reference.state_dict().values()]
+        tuple(t.shape) for t in reference.state_dict().values()
+    ]
     assert list(student.backbone.state_dict()) == [f"features.{k}" for k in reference.state_dict()]
     assert student.backbone.features[0][1].eps == 1e-3
     depths = [m.p for m in student.backbone.modules() if type(m).__name__ == "StochasticDepth"]
     assert depths and max(depths) == pytest.approx(0.2 * (len(depths) - 1) / len(depths))
 
 
-def test_pretrained_weights_that_cannot_be_had_stop_with_one_line(monkeypatch: pytest.MonkeyPatch,
-                                                                  tmp_path: Path) -> None:
+def test_pretrained_weights_that_cannot_be_had_stop_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """Offline (no route to download.pytorch.org or the Hub): no silent random initialisation."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-cache"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
     with pytest.raises(PretrainedWeightsError) as exc:
-        DPIQAStudent(StudentConfig(backbone="torchvision/mobilenet_v3_small", map_size=4, head_hidden=8,
-                                   image_size=64), pretrained_backbone=True)
+        DPIQAStudent(
+            StudentConfig(backbone="torchvision/mobilenet_v3_small", map_size=4, head_hidden=8, image_size=64),
+            pretrained_backbone=True,
+        )
     message = str(exc.value)
     assert "\n" not in message
     assert "MobileNet_V3_Small_Weights.IMAGENET1K_V1" in message and "download.pytorch.org" in message
     assert "--backbone-weights" in message and "--no-pretrained" in message
     with pytest.raises(PretrainedWeightsError, match="timm's pretrained mobilenetv3_small_100 .*--no-pretrained"):
-        DPIQAStudent(StudentConfig(backbone="mobilenetv3_small_100", map_size=4, head_hidden=8, image_size=64),
-                     pretrained_backbone=True)
+        DPIQAStudent(
+            StudentConfig(backbone="mobilenetv3_small_100", map_size=4, head_hidden=8, image_size=64),
+            pretrained_backbone=True,
+        )
     with pytest.raises(PretrainedWeightsError, match="test_efficientnet"):  # timm has no weights for it at all
-        DPIQAStudent(StudentConfig(backbone="test_efficientnet", map_size=4, head_hidden=8, image_size=64),
-                     pretrained_backbone=True)
+        DPIQAStudent(
+            StudentConfig(backbone="test_efficientnet", map_size=4, head_hidden=8, image_size=64),
+            pretrained_backbone=True,
+        )
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])

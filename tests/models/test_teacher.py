@@ -278,15 +278,22 @@ def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> dict:
     clip = tiny_clip(config.prompt_dim, tokenizer)
     clip.save_pretrained(root / "clip")
     tokenizer.save_pretrained(root / "clip")
-    return {"sd": root / "sd", "clip": root / "clip", "vae": vae, "unet": unet, "clip_model": clip,
-            "tokenizer": tokenizer}
+    return {
+        "sd": root / "sd",
+        "clip": root / "clip",
+        "vae": vae,
+        "unet": unet,
+        "clip_model": clip,
+        "tokenizer": tokenizer,
+    }
 
 
 def one_by_one(tiny_sd: dict, prompts: list[str]) -> torch.Tensor:
     """Each prompt's projected pooled feature, computed alone (no padding, no batching)."""
     with torch.no_grad():
-        return torch.cat([tiny_sd["clip_model"](**tiny_sd["tokenizer"]([p], return_tensors="pt")).text_embeds
-                          for p in prompts])
+        return torch.cat(
+            [tiny_sd["clip_model"](**tiny_sd["tokenizer"]([p], return_tensors="pt")).text_embeds for p in prompts]
+        )
 
 
 def assert_loaded(teacher: DPIQATeacher, tiny_sd: dict) -> None:
@@ -298,7 +305,11 @@ def assert_loaded(teacher: DPIQATeacher, tiny_sd: dict) -> None:
 
 def test_from_stable_diffusion_local_folders(tiny_sd: dict, tmp_path: Path) -> None:
     teacher = DPIQATeacher.from_stable_diffusion(
-        sd=str(tiny_sd["sd"]), clip=str(tiny_sd["clip"]), prompts=PROMPTS, config=TeacherConfig.tiny(), batch_size=2,
+        sd=str(tiny_sd["sd"]),
+        clip=str(tiny_sd["clip"]),
+        prompts=PROMPTS,
+        config=TeacherConfig.tiny(),
+        batch_size=2,
     ).eval()
     assert_loaded(teacher, tiny_sd)
     torch.testing.assert_close(teacher.prompt_embeddings, one_by_one(tiny_sd, PROMPTS), rtol=1e-5, atol=1e-6)
@@ -327,7 +338,9 @@ def test_from_stable_diffusion_fsspec_urls_with_the_default_prompts(tiny_sd: dic
     fs.put(str(tiny_sd["clip"]), f"{bucket}/models/clip", recursive=True)
 
     teacher = DPIQATeacher.from_stable_diffusion(
-        sd=f"s3://{bucket}/models/sd", clip=f"s3://{bucket}/models/clip", config=TeacherConfig.tiny(),
+        sd=f"s3://{bucket}/models/sd",
+        clip=f"s3://{bucket}/models/clip",
+        config=TeacherConfig.tiny(),
         storage_options=options,
     ).eval()
     assert_loaded(teacher, tiny_sd)
@@ -344,19 +357,30 @@ def test_from_stable_diffusion_fsspec_urls_with_the_default_prompts(tiny_sd: dic
 
 
 SD_FILES = [
-    "model_index.json", "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.bin",
-    "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors",
-    "unet/diffusion_pytorch_model-00001-of-00002.safetensors", "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
-    "unet/diffusion_pytorch_model.safetensors.index.json", "unet/diffusion_pytorch_model.non_ema.safetensors",
-    "unet/diffusion_pytorch_model.bin", "text_encoder/model.safetensors",
+    "model_index.json",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+    "vae/diffusion_pytorch_model.bin",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.fp16.safetensors",
+    "unet/diffusion_pytorch_model-00001-of-00002.safetensors",
+    "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
+    "unet/diffusion_pytorch_model.safetensors.index.json",
+    "unet/diffusion_pytorch_model.non_ema.safetensors",
+    "unet/diffusion_pytorch_model.bin",
+    "text_encoder/model.safetensors",
 ]
 
 
 def test_only_the_needed_sd_files_are_fetched() -> None:
     assert sd_files(SD_FILES, None, "sd") == {
-        "vae/config.json", "vae/diffusion_pytorch_model.safetensors",  # safetensors preferred over .bin
-        "unet/config.json", "unet/diffusion_pytorch_model-00001-of-00002.safetensors",
-        "unet/diffusion_pytorch_model-00002-of-00002.safetensors", "unet/diffusion_pytorch_model.safetensors.index.json"}
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",  # safetensors preferred over .bin
+        "unet/config.json",
+        "unet/diffusion_pytorch_model-00001-of-00002.safetensors",
+        "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
+        "unet/diffusion_pytorch_model.safetensors.index.json",
+    }
     with pytest.raises(ValueError, match=r"sd: vae/ has no weights \(diffusion_pytorch_model.fp16.safetensors or "):
         sd_files(SD_FILES, "fp16", "sd")  # the vae has no fp16 variant: said, not guessed
     old = ["vae/config.json", "vae/diffusion_pytorch_model.bin", "unet/config.json", "unet/diffusion_pytorch_model.bin"]
@@ -365,7 +389,9 @@ def test_only_the_needed_sd_files_are_fetched() -> None:
         sd_files(old[:2], None, "sd")
 
 
-def test_bin_only_folders_load_from_a_bucket_through_the_training_path(tiny_sd: dict, s3: tuple, tmp_path: Path) -> None:
+def test_bin_only_folders_load_from_a_bucket_through_the_training_path(
+    tiny_sd: dict, s3: tuple, tmp_path: Path
+) -> None:
     """Older snapshots hold `.bin` weights only (read with weights_only), and storage options reach the SD and
     CLIP loading of a training worker (`build_model`, what every Ray Train worker calls)."""
     import s3fs
@@ -381,8 +407,13 @@ def test_bin_only_folders_load_from_a_bucket_through_the_training_path(tiny_sd: 
     assert not list((tmp_path / "sd").glob("*/*.safetensors")) and list((tmp_path / "sd").glob("unet/*.bin"))
     fs.put(str(tmp_path / "sd"), f"{bucket}/old/sd", recursive=True)
     fs.put(str(tmp_path / "clip"), f"{bucket}/old/clip", recursive=True)
-    spec = ModelSpec(kind="teacher", config="dpiqa-teacher-tiny", sd=f"s3://{bucket}/old/sd",
-                     clip=f"s3://{bucket}/old/clip", prompt_set="empty-1")
+    spec = ModelSpec(
+        kind="teacher",
+        config="dpiqa-teacher-tiny",
+        sd=f"s3://{bucket}/old/sd",
+        clip=f"s3://{bucket}/old/clip",
+        prompt_set="empty-1",
+    )
     assert check_sources(spec, 5.0, options).startswith(f"Stable Diffusion s3://{bucket}/old/sd")
     teacher = build_model(spec, 5.0, storage_options=options)
     assert_loaded(teacher, tiny_sd)

@@ -63,7 +63,9 @@ def test_count_mismatch_names_both_files(tmp_path):
 def test_missing_mos_file_is_named(tmp_path):
     write_clive(tmp_path)
     (tmp_path / "Data" / "AllMOS_release.mat").unlink()
-    with pytest.raises(LayoutError, match=r"Data/AllMOS_release.mat: not found \(a CLIVE root has Data/AllMOS_release.mat\)$"):
+    with pytest.raises(
+        LayoutError, match=r"Data/AllMOS_release.mat: not found \(a CLIVE root has Data/AllMOS_release.mat\)$"
+    ):
         load_dataset("clive", str(tmp_path))
 
 

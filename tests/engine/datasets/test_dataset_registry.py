@@ -10,7 +10,12 @@ from dpiqa.engine.datasets import DATASETS, load_dataset
 def test_registry_names_and_scales():
     assert set(DATASETS) == {"koniq", "clive", "spaq", "livefb", "agiqa3k", "csv", "webdataset"}
     assert {n: DATASETS[n].mos_scale for n in ("koniq", "clive", "spaq", "livefb", "agiqa3k")} == {
-        "koniq": 100.0, "clive": 100.0, "spaq": 100.0, "livefb": 100.0, "agiqa3k": 5.0}
+        "koniq": 100.0,
+        "clive": 100.0,
+        "spaq": 100.0,
+        "livefb": 100.0,
+        "agiqa3k": 5.0,
+    }
     # the generic layouts take their scale as an option instead
     assert DATASETS["csv"].mos_scale is None and "mos_scale" in DATASETS["csv"].options()
     assert DATASETS["webdataset"].mos_scale is None and "mos_scale" in DATASETS["webdataset"].options()

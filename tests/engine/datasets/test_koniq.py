@@ -8,8 +8,11 @@ from corpus import jpeg
 
 from dpiqa.engine.datasets import LayoutError, koniq, load_dataset
 
-ROWS = [("10004473376.jpg", 77.38, "training"), ("10007357496.jpg", 31.52, "validation"),
-        ("10007903636.jpg", 56.09, "test")]
+ROWS = [
+    ("10004473376.jpg", 77.38, "training"),
+    ("10007357496.jpg", 31.52, "validation"),
+    ("10007903636.jpg", 56.09, "test"),
+]
 
 
 def write_koniq(root, folders=("1024x768",), rows=ROWS, drop_columns=()) -> None:

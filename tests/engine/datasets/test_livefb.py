@@ -14,8 +14,13 @@ MOS = [72.12, 55.0, 18.4]
 
 def write_livefb(root, image_dir="database", columns=("name", "mos", "height", "width", "is_valid")) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    values = {"name": NAMES, "mos": MOS, "height": [500, 640, 480], "width": [375, 480, 640],
-              "is_valid": [False, True, False]}
+    values = {
+        "name": NAMES,
+        "mos": MOS,
+        "height": [500, 640, 480],
+        "width": [375, 480, 640],
+        "is_valid": [False, True, False],
+    }
     pd.DataFrame({c: values[c] for c in columns}).to_csv(root / "labels_image.csv", index=False)
     for i, name in enumerate(NAMES):
         path = root / image_dir / name

@@ -12,8 +12,9 @@ NAMES = ["00001.jpg", "00002.jpg", "10125.jpg"]
 MOS = [42.0, 7.75, 91.2]
 
 
-def write_spaq(root, columns=("Image name", "MOS", "Brightness", "Colorfulness", "Contrast", "Noisiness",
-                              "Sharpness")) -> None:
+def write_spaq(
+    root, columns=("Image name", "MOS", "Brightness", "Colorfulness", "Contrast", "Noisiness", "Sharpness")
+) -> None:
     root.mkdir(parents=True, exist_ok=True)
     values = {"Image name": NAMES, "MOS": MOS}
     for k, column in enumerate(columns[2:]):
@@ -33,8 +34,13 @@ def test_reads_names_mos_and_attributes(tmp_path):
     assert data.mos.tolist() == MOS
     assert data.mos_scale == 100.0
     assert data[2].path == str(tmp_path / "TestImage" / "10125.jpg")
-    assert data[1].extra == {"Brightness": 1.0, "Colorfulness": 11.0, "Contrast": 21.0, "Noisiness": 31.0,
-                             "Sharpness": 41.0}
+    assert data[1].extra == {
+        "Brightness": 1.0,
+        "Colorfulness": 11.0,
+        "Contrast": 21.0,
+        "Noisiness": 31.0,
+        "Sharpness": 41.0,
+    }
 
 
 def test_first_column_is_the_name_whatever_its_header(tmp_path):

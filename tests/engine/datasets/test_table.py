@@ -14,8 +14,9 @@ from dpiqa.engine.datasets import LayoutError, load_dataset
 def test_csv_resolves_relative_paths_and_keeps_urls(tmp_path):
     (tmp_path / "img").mkdir()
     (tmp_path / "img" / "a.jpg").write_bytes(jpeg(0))
-    pd.DataFrame({"path": ["img/a.jpg", "s3://bucket/b.png", "/abs/c.jpg"], "mos": [3.5, 1.0, 4.75],
-                  "source": ["x", "y", "z"]}).to_csv(tmp_path / "labels.csv", index=False)
+    pd.DataFrame(
+        {"path": ["img/a.jpg", "s3://bucket/b.png", "/abs/c.jpg"], "mos": [3.5, 1.0, 4.75], "source": ["x", "y", "z"]}
+    ).to_csv(tmp_path / "labels.csv", index=False)
     data = load_dataset("csv", str(tmp_path / "labels.csv"), mos_scale=5)
     assert [i.path for i in data] == [str(tmp_path / "img" / "a.jpg"), "s3://bucket/b.png", "/abs/c.jpg"]
     assert data.names == ["img/a.jpg", "s3://bucket/b.png", "/abs/c.jpg"]
@@ -27,10 +28,22 @@ def test_csv_resolves_relative_paths_and_keeps_urls(tmp_path):
 
 
 def test_parquet_with_configured_columns(tmp_path):
-    pd.DataFrame({"url": ["https://h/1.jpg", "https://h/2.jpg", "https://h/3.jpg"], "score": [10.0, 20.0, 30.0],
-                  "id": ["one", "two", "three"], "scene": ["s1", None, "s1"]}).to_parquet(tmp_path / "t.parquet")
-    data = load_dataset("csv", str(tmp_path / "t.parquet"), path_column="url", mos_column="score",
-                        name_column="id", group_column="scene")
+    pd.DataFrame(
+        {
+            "url": ["https://h/1.jpg", "https://h/2.jpg", "https://h/3.jpg"],
+            "score": [10.0, 20.0, 30.0],
+            "id": ["one", "two", "three"],
+            "scene": ["s1", None, "s1"],
+        }
+    ).to_parquet(tmp_path / "t.parquet")
+    data = load_dataset(
+        "csv",
+        str(tmp_path / "t.parquet"),
+        path_column="url",
+        mos_column="score",
+        name_column="id",
+        group_column="scene",
+    )
     assert data.names == ["one", "two", "three"]
     assert data.mos.tolist() == [10.0, 20.0, 30.0]
     assert [i.group for i in data] == ["s1", None, "s1"]
@@ -85,7 +98,8 @@ def test_reads_a_table_from_s3(tmp_path, s3):
 
 def test_a_mos_outside_the_declared_scale_is_reported(tmp_path, caplog):
     pd.DataFrame({"path": [f"{i}.jpg" for i in range(12)], "mos": [1 + i / 3 for i in range(12)]}).to_csv(
-        tmp_path / "l.csv", index=False)
+        tmp_path / "l.csv", index=False
+    )
     load_dataset("csv", str(tmp_path / "l.csv"), mos_scale=100)
     assert "every MOS is at most 4.66667, a tenth of the declared scale 100" in caplog.text
     caplog.clear()

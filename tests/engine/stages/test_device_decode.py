@@ -39,9 +39,13 @@ def test_device_decode_matches_pil_within_tolerance():
     rotated = Image.fromarray(photo(120, 80))
     exif = rotated.getexif()
     exif[0x0112] = 6
-    blobs = [jpeg_bytes(Image.fromarray(photo(200, 150))), jpeg_bytes(Image.fromarray(photo(64, 64))),
-             jpeg_bytes(Image.fromarray(photo(90, 300)[..., 0], "L")), jpeg_bytes(rotated, exif=exif),
-             corpus.cmyk_jpeg(size=(80, 60))]
+    blobs = [
+        jpeg_bytes(Image.fromarray(photo(200, 150))),
+        jpeg_bytes(Image.fromarray(photo(64, 64))),
+        jpeg_bytes(Image.fromarray(photo(90, 300)[..., 0], "L")),
+        jpeg_bytes(rotated, exif=exif),
+        corpus.cmyk_jpeg(size=(80, 60)),
+    ]
     pixels, failures = decode_on_device(blobs, PRE, torch.device("cpu"))
     assert failures == {} and pixels.shape == (5, 64, 64, 3) and pixels.dtype == torch.uint8
     for i, blob in enumerate(blobs):
@@ -74,20 +78,28 @@ def test_header_check_applies_the_bomb_limit_and_orientation():
 
 def test_score_run_with_device_decode_gives_the_same_rows(tmp_path):
     samples = [(f"k{i}", {"jpg": jpeg_bytes(Image.fromarray(photo(60 + 7 * i, 50 + 3 * i)))}) for i in range(6)]
-    samples += [("png", {"png": corpus.png("RGBA")}), ("bad", {"jpg": corpus.corrupt_jpeg()}),
-                ("cmyk", {"jpg": corpus.cmyk_jpeg()})]
+    samples += [
+        ("png", {"png": corpus.png("RGBA")}),
+        ("bad", {"jpg": corpus.corrupt_jpeg()}),
+        ("cmyk", {"jpg": corpus.cmyk_jpeg()}),
+    ]
     corpus.write_shard(tmp_path / "00000.tar", samples)
     runs = {}
     for where in ("cpu", "device"):
         out = tmp_path / where
-        result = run_score(ScoreConfig(input=str(tmp_path / "00000.tar"), output=str(out), model="dpiqa-student-tiny",
-                                       decode_on=where), LocalExecutor())
+        result = run_score(
+            ScoreConfig(
+                input=str(tmp_path / "00000.tar"), output=str(out), model="dpiqa-student-tiny", decode_on=where
+            ),
+            LocalExecutor(),
+        )
         import pyarrow.parquet as pq
 
         runs[where] = (pq.read_table(out / "scores" / "00000.parquet").to_pylist(), result)
     cpu, device = runs["cpu"][0], runs["device"][0]
     assert [(r["key"], r["status"], r["width"], r["height"]) for r in cpu] == [
-        (r["key"], r["status"], r["width"], r["height"]) for r in device]
+        (r["key"], r["status"], r["width"], r["height"]) for r in device
+    ]
     assert [r["status"] for r in cpu].count("ok") == 8 and cpu[7]["status"] == schema.DECODE_ERROR
     for a, b in zip(cpu, device, strict=True):
         if a["score"] is not None:

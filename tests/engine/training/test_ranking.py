@@ -28,8 +28,9 @@ def ranking_table(d: Path, sources: int = 6, name: str = "rank.csv") -> Path:
         for level in range(4):
             img = np.clip(120 + rng.normal(0, 1 + 25 * level, (40, 40, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(img).save(d / "rank" / f"{s}-{level}.png")
-            rows.append([f"rank/{s}-{level}.png", "" if s else f"{90 - 20 * level}", f"{s}/{level}", f"src{s}",
-                         "noise", level])
+            rows.append(
+                [f"rank/{s}-{level}.png", "" if s else f"{90 - 20 * level}", f"{s}/{level}", f"src{s}", "noise", level]
+            )
     path = d / name
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -87,11 +88,24 @@ def test_ranked_distillation_end_to_end(ray_local, tmp_path):
     table = graded_table(tmp_path, n=30, seed=5)
     train, val = ranking_table(tmp_path, 6, "train.csv"), ranking_table(tmp_path / "v", 3, "val.csv")
     out = tmp_path / "student"
-    result = run_training(TrainConfig(
-        job="distill", output=str(out), dataset="csv", root=str(table), distill_mode="none",
-        model=ModelSpec(kind="student", config="dpiqa-student-tiny", pretrained_backbone=False),
-        split=SplitConfig(n_splits=1), epochs=2, batch_size=8, threads=1, extra_train=str(train),
-        extra_val=str(val), rank_weight=1.0, rank_margin=0.05))
+    result = run_training(
+        TrainConfig(
+            job="distill",
+            output=str(out),
+            dataset="csv",
+            root=str(table),
+            distill_mode="none",
+            model=ModelSpec(kind="student", config="dpiqa-student-tiny", pretrained_backbone=False),
+            split=SplitConfig(n_splits=1),
+            epochs=2,
+            batch_size=8,
+            threads=1,
+            extra_train=str(train),
+            extra_val=str(val),
+            rank_weight=1.0,
+            rank_margin=0.05,
+        )
+    )
     card = json.loads((out / "card.json").read_text())["training"]
     assert card["ranking"]["weight"] == 1.0 and card["extra_train"]["rows"] == 24 and card["extra_val"]["rows"] == 12
     assert card["images_per_epoch"] == (21 + 24) // 8 * 8  # the labelled training part plus the table
@@ -106,8 +120,9 @@ def test_output_cache_serves_a_rerun_without_the_model(tmp_path):
     from dpiqa.engine.training.data import BackboneFeatures, OutputCache
     from dpiqa.engine.training.model import ModelSpec
 
-    spec = ModelSpec(kind="student", config="dpiqa-student-tiny", pretrained_backbone=False,
-                     overrides={"freeze_backbone": True})
+    spec = ModelSpec(
+        kind="student", config="dpiqa-student-tiny", pretrained_backbone=False, overrides={"freeze_backbone": True}
+    )
     images = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
     batch = {"image": images, "target": np.zeros(3)}
     first = BackboneFeatures(spec, 100.0, cache_dir=str(tmp_path))
@@ -133,8 +148,9 @@ def test_cached_teacher_scores_and_maps_come_back_from_disk(tmp_path):
     from dpiqa.models.student import DPIQAStudent, StudentConfig
 
     torch.manual_seed(0)
-    DPIQAStudent(StudentConfig(backbone="test_efficientnet", map_size=4, head_hidden=8, image_size=32)
-                 ).save_pretrained(str(tmp_path / "teacher"))
+    DPIQAStudent(StudentConfig(backbone="test_efficientnet", map_size=4, head_hidden=8, image_size=32)).save_pretrained(
+        str(tmp_path / "teacher")
+    )
     images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
 
     def batch():
@@ -143,8 +159,11 @@ def test_cached_teacher_scores_and_maps_come_back_from_disk(tmp_path):
         return {"image": images, "status": status, "error": np.full(4, None, dtype=object), "target": np.zeros(4)}
 
     def stage():
-        s = CachedScores(ScoreStage(str(tmp_path / "teacher"), RunOptions(device="cpu"), write_maps=True, keep_images=True),
-                         str(tmp_path / "cache"), "tiny teacher")
+        s = CachedScores(
+            ScoreStage(str(tmp_path / "teacher"), RunOptions(device="cpu"), write_maps=True, keep_images=True),
+            str(tmp_path / "cache"),
+            "tiny teacher",
+        )
         s.setup()
         return s
 

@@ -32,8 +32,20 @@ COMMON = ["--dataset", "csv", "--batch-size", "8", "--threads", "1"]
 def trained(tmp_path_factory, ray_local):
     d = tmp_path_factory.mktemp("train")
     table = graded_table(d)
-    out = cli("train-teacher", *COMMON, "--root", str(table), "--config", "dpiqa-teacher-tiny", "--random-prior",
-              "--epochs", "2", "--output", str(d / "teacher"), cwd=d)
+    out = cli(
+        "train-teacher",
+        *COMMON,
+        "--root",
+        str(table),
+        "--config",
+        "dpiqa-teacher-tiny",
+        "--random-prior",
+        "--epochs",
+        "2",
+        "--output",
+        str(d / "teacher"),
+        cwd=d,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return d, table
 
@@ -56,23 +68,63 @@ def test_teacher_card_records_protocol_split_and_test_metrics(trained):
 
 def test_eval_reproduces_the_cards_test_metrics(trained):
     d, table = trained
-    out = cli("eval", "--model", str(d / "teacher"), "--dataset", "csv", "--root", str(table), "--json",
-              "--device", "cpu", cwd=d)
+    out = cli(
+        "eval",
+        "--model",
+        str(d / "teacher"),
+        "--dataset",
+        "csv",
+        "--root",
+        str(table),
+        "--json",
+        "--device",
+        "cpu",
+        cwd=d,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
     card = json.loads((d / "teacher" / "card.json").read_text())
     assert result["split"] == {"part": "test", "seed": 0, "fractions": [0.7, 0.1, 0.2], "grouped": False}
     for key in ("srcc", "krcc", "plcc", "plcc_logistic", "rmse", "n"):
         assert result["metrics"][key] == pytest.approx(card["metrics"]["test"][key], rel=1e-6, abs=1e-9)
-    every = json.loads(cli("eval", "--model", str(d / "teacher"), "--dataset", "csv", "--root", str(table),
-                           "--split", "all", "--json", "--device", "cpu", cwd=d).stdout)
+    every = json.loads(
+        cli(
+            "eval",
+            "--model",
+            str(d / "teacher"),
+            "--dataset",
+            "csv",
+            "--root",
+            str(table),
+            "--split",
+            "all",
+            "--json",
+            "--device",
+            "cpu",
+            cwd=d,
+        ).stdout
+    )
     assert every["metrics"]["n"] == 48
 
 
 def test_distill_from_the_teacher_on_the_labelled_set(trained):
     d, table = trained
-    out = cli("distill", *COMMON, "--root", str(table), "--teacher", str(d / "teacher"), "--config",
-              "dpiqa-student-tiny", "--no-pretrained", "--epochs", "2", "--output", str(d / "student"), cwd=d)
+    out = cli(
+        "distill",
+        *COMMON,
+        "--root",
+        str(table),
+        "--teacher",
+        str(d / "teacher"),
+        "--config",
+        "dpiqa-student-tiny",
+        "--no-pretrained",
+        "--epochs",
+        "2",
+        "--output",
+        str(d / "student"),
+        cwd=d,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     card = json.loads((d / "student" / "card.json").read_text())
     assert card["architecture"] == "dpiqa-student"
@@ -86,8 +138,9 @@ def test_distill_from_the_teacher_on_the_labelled_set(trained):
 
 def test_distill_needs_a_teacher_or_mode_none(trained):
     d, table = trained
-    out = cli("distill", *COMMON, "--root", str(table), "--config", "dpiqa-student-tiny", "--output",
-              str(d / "x"), cwd=d)
+    out = cli(
+        "distill", *COMMON, "--root", str(table), "--config", "dpiqa-student-tiny", "--output", str(d / "x"), cwd=d
+    )
     assert out.returncode == 2 and "--teacher" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -108,17 +161,44 @@ def test_distill_at_scale_from_shards_and_the_teachers_maps(trained, tmp_path):
     shards.mkdir()
     corpus.write_shard(shards / "00000.tar", samples[:13])
     corpus.write_shard(shards / "00001.tar", samples[13:])
-    score = cli("score", "--input", str(shards), "--output", str(tmp_path / "teacher-out"), "--model",
-                str(d / "teacher"), "--write-maps", "--executor", "local", cwd=tmp_path)
+    score = cli(
+        "score",
+        "--input",
+        str(shards),
+        "--output",
+        str(tmp_path / "teacher-out"),
+        "--model",
+        str(d / "teacher"),
+        "--write-maps",
+        "--executor",
+        "local",
+        cwd=tmp_path,
+    )
     assert score.returncode == 0, score.stderr[-2000:]
     import pyarrow.parquet as pq
 
     maps = pq.read_table(tmp_path / "teacher-out" / "maps" / "00000.parquet")
     assert maps.num_rows == 13 and len(maps.column("map")[0].as_py()) == 8 * 16 * 16 * 2  # float16 8x16x16
 
-    out = cli("distill", "--shards", str(shards), "--teacher-outputs", str(tmp_path / "teacher-out"), "--config",
-              "dpiqa-student-tiny", "--no-pretrained", "--epochs", "2", "--batch-size", "8", "--threads", "1",
-              "--output", str(tmp_path / "student"), cwd=tmp_path)
+    out = cli(
+        "distill",
+        "--shards",
+        str(shards),
+        "--teacher-outputs",
+        str(tmp_path / "teacher-out"),
+        "--config",
+        "dpiqa-student-tiny",
+        "--no-pretrained",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+        "--output",
+        str(tmp_path / "student"),
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     card = json.loads((tmp_path / "student" / "card.json").read_text())
     assert card["training"]["shards"] == str(shards) and card["mos_scale"] == 100.0
@@ -132,15 +212,30 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow  # a SIGKILL and a rerun: `make test` and CI run it (RUN_SLOW=1)
 def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_does(ray_local, tmp_path):
     table = graded_table(tmp_path, n=40, seed=1)
-    args = ["train-teacher", *COMMON, "--root", str(table), "--config", "dpiqa-teacher-tiny", "--random-prior",
-            "--epochs", "4"]
+    args = [
+        "train-teacher",
+        *COMMON,
+        "--root",
+        str(table),
+        "--config",
+        "dpiqa-teacher-tiny",
+        "--random-prior",
+        "--epochs",
+        "4",
+    ]
     clean = cli(*args, "--output", str(tmp_path / "clean"), cwd=tmp_path)
     assert clean.returncode == 0, clean.stderr[-3000:]
 
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "dpiqa.jobs.cli", *args, "--output", str(out)], cwd=tmp_path, env=env,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dpiqa.jobs.cli", *args, "--output", str(out)],
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if len(list(out.glob("_train/*/checkpoint_*"))) >= 2:
@@ -182,21 +277,43 @@ def test_frozen_backbone_trains_on_cached_features_exactly_as_on_images(ray_loca
     outs = {}
     for cache in (True, False):
         out = str(tmp_path / f"cache-{cache}")
-        run_training(TrainConfig(job="distill", output=out, dataset="csv", root=str(table), distill_mode="none",
-                                 model=ModelSpec(kind="student", config="dpiqa-student-tiny", pretrained_backbone=False,
-                                                 overrides={"freeze_backbone": True}),
-                                 split=SplitConfig(n_splits=1), epochs=2, batch_size=8, threads=1,
-                                 cache_features=cache))
+        run_training(
+            TrainConfig(
+                job="distill",
+                output=out,
+                dataset="csv",
+                root=str(table),
+                distill_mode="none",
+                model=ModelSpec(
+                    kind="student",
+                    config="dpiqa-student-tiny",
+                    pretrained_backbone=False,
+                    overrides={"freeze_backbone": True},
+                ),
+                split=SplitConfig(n_splits=1),
+                epochs=2,
+                batch_size=8,
+                threads=1,
+                cache_features=cache,
+            )
+        )
         outs[cache] = models.load_model(out).state_dict()
     for k in outs[True]:
         torch.testing.assert_close(outs[True][k], outs[False][k], rtol=0, atol=1e-3, msg=k)
     from dpiqa.engine.training.model import build_model
 
     torch.manual_seed(0)  # as the workers build it: the frozen backbone stays, the head moved
-    initial = build_model(ModelSpec(kind="student", config="dpiqa-student-tiny", pretrained_backbone=False,
-                                    overrides={"freeze_backbone": True}), 100.0).state_dict()
-    assert all(torch.equal(outs[True][k], initial[k]) for k in initial if k.startswith("backbone.")
-               and not k.endswith("num_batches_tracked"))
+    initial = build_model(
+        ModelSpec(
+            kind="student", config="dpiqa-student-tiny", pretrained_backbone=False, overrides={"freeze_backbone": True}
+        ),
+        100.0,
+    ).state_dict()
+    assert all(
+        torch.equal(outs[True][k], initial[k])
+        for k in initial
+        if k.startswith("backbone.") and not k.endswith("num_batches_tracked")
+    )
     assert not torch.equal(outs[True]["mlp.net.1.weight"], initial["mlp.net.1.weight"])
 
 
@@ -213,9 +330,20 @@ def test_one_and_eight_workers_follow_one_recipe(ray_local, tmp_path):
     cards = {}
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
-        run_training(TrainConfig(job="train-teacher", output=str(out), dataset="csv", root=str(table),
-                                 model=ModelSpec(kind="teacher", config="dpiqa-teacher-tiny", random_prior=True),
-                                 split=SplitConfig(n_splits=1), epochs=2, batch_size=8, threads=1, workers=workers))
+        run_training(
+            TrainConfig(
+                job="train-teacher",
+                output=str(out),
+                dataset="csv",
+                root=str(table),
+                model=ModelSpec(kind="teacher", config="dpiqa-teacher-tiny", random_prior=True),
+                split=SplitConfig(n_splits=1),
+                epochs=2,
+                batch_size=8,
+                threads=1,
+                workers=workers,
+            )
+        )
         cards[workers] = json.loads((out / "card.json").read_text())["training"]
     assert cards[1]["steps"] == cards[2]["steps"] == 2 * (28 // 8)  # 40 images at 70/10/20: 28 train
     assert cards[2]["protocol"]["batch_size"] == 8 and cards[2]["protocol"]["batch_per_worker"] == 4
@@ -266,16 +394,59 @@ def test_bad_recipes_stop_before_ray_starts(tmp_path, capsys):
     table = graded_table(tmp_path, n=12)
     t0 = time.monotonic()
     cases = [
-        (["train-teacher", "--dataset", "csv", "--root", str(table), "--config", "dpiqa-teacher-tiny", "--random-prior",
-          "--batch-size", "10", "--workers", "4"], "--batch-size 10 is the global batch and must divide evenly"),
-        (["train-teacher", "--dataset", "csv", "--root", str(tmp_path / "missing.csv"), "--config",
-          "dpiqa-teacher-tiny", "--random-prior"], "missing.csv"),
-        (["train-teacher", "--dataset", "csv", "--root", str(table), "--config", "dpiqa-teacher-tiny"],
-         "train-teacher needs the diffusion prior: --sd"),
-        (["distill", "--dataset", "csv", "--root", str(table), "--config", "dpiqa-student-tiny", "--mode", "none"],
-         "timm's pretrained test_efficientnet"),
-        (["train-teacher", "--dataset", "csv", "--root", str(table), "--protocol", "paper", "--fractions",
-          "0.7,0.1,0.2", "--random-prior"], "--protocol paper has no validation part"),
+        (
+            [
+                "train-teacher",
+                "--dataset",
+                "csv",
+                "--root",
+                str(table),
+                "--config",
+                "dpiqa-teacher-tiny",
+                "--random-prior",
+                "--batch-size",
+                "10",
+                "--workers",
+                "4",
+            ],
+            "--batch-size 10 is the global batch and must divide evenly",
+        ),
+        (
+            [
+                "train-teacher",
+                "--dataset",
+                "csv",
+                "--root",
+                str(tmp_path / "missing.csv"),
+                "--config",
+                "dpiqa-teacher-tiny",
+                "--random-prior",
+            ],
+            "missing.csv",
+        ),
+        (
+            ["train-teacher", "--dataset", "csv", "--root", str(table), "--config", "dpiqa-teacher-tiny"],
+            "train-teacher needs the diffusion prior: --sd",
+        ),
+        (
+            ["distill", "--dataset", "csv", "--root", str(table), "--config", "dpiqa-student-tiny", "--mode", "none"],
+            "timm's pretrained test_efficientnet",
+        ),
+        (
+            [
+                "train-teacher",
+                "--dataset",
+                "csv",
+                "--root",
+                str(table),
+                "--protocol",
+                "paper",
+                "--fractions",
+                "0.7,0.1,0.2",
+                "--random-prior",
+            ],
+            "--protocol paper has no validation part",
+        ),
     ]
     import ray
 
@@ -292,8 +463,25 @@ def test_paper_protocol_trains_to_the_last_epoch_on_80_20(ray_local, tmp_path, c
     from dpiqa.jobs.cli import main
 
     table = graded_table(tmp_path, n=30, seed=4)
-    code = main(["train-teacher", *COMMON, "--root", str(table), "--config", "dpiqa-teacher-tiny", "--random-prior",
-                 "--protocol", "paper", "--splits", "1", "--epochs", "3", "--output", str(tmp_path / "t")])
+    code = main(
+        [
+            "train-teacher",
+            *COMMON,
+            "--root",
+            str(table),
+            "--config",
+            "dpiqa-teacher-tiny",
+            "--random-prior",
+            "--protocol",
+            "paper",
+            "--splits",
+            "1",
+            "--epochs",
+            "3",
+            "--output",
+            str(tmp_path / "t"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "protocol paper: epoch chosen by last epoch" in out
     t = json.loads((tmp_path / "t" / "card.json").read_text())["training"]
@@ -311,9 +499,21 @@ def test_a_student_learns_the_graded_fixture(ray_local, tmp_path):
 
     table = graded_table(tmp_path, n=80, seed=3)
     out = tmp_path / "student"
-    run_training(TrainConfig(job="distill", output=str(out), dataset="csv", root=str(table), distill_mode="none",
-                             model=ModelSpec(kind="student", config="dpiqa-student-tiny", pretrained_backbone=False),
-                             split=SplitConfig(n_splits=1), epochs=6, batch_size=8, lr=1e-3, threads=1))
+    run_training(
+        TrainConfig(
+            job="distill",
+            output=str(out),
+            dataset="csv",
+            root=str(table),
+            distill_mode="none",
+            model=ModelSpec(kind="student", config="dpiqa-student-tiny", pretrained_backbone=False),
+            split=SplitConfig(n_splits=1),
+            epochs=6,
+            batch_size=8,
+            lr=1e-3,
+            threads=1,
+        )
+    )
     card = json.loads((out / "card.json").read_text())
     history = card["training"]["history"]
     assert [h["epoch"] for h in history] == list(range(6))
