@@ -1,8 +1,8 @@
 """DP-IQA models: the teacher and the student (one file per architecture), their checkpoint format, and
-the registry that builds, loads and describes them.
+the registry that names them (`registry.py`), loading (`loading.py`) and describing (`description.py`).
 
-Importing `models` is cheap: the registry (and with it torch, timm and torchvision) is imported on first
-use of one of its names (`dpiqa.models.describe`, `dpiqa.models.load_scorer`, ...), so the command line's `--help` and
+Importing `models` is cheap: each name's module (and with it torch, timm and torchvision) is imported on
+first use of the name (`dpiqa.models.describe`, `dpiqa.models.load_scorer`, ...), so the command line's `--help` and
 the driver's light work do not pay for it.
 """
 
@@ -16,12 +16,6 @@ _REGISTRY = {
     "resolve",
     "named_config",
     "build",
-    "load_model",
-    "runtime_of",
-    "check_runtime",
-    "load_scorer",
-    "ModelInfo",
-    "describe",
     "ARCHITECTURES",
     "MODELS",
     "SHIPPED",
@@ -30,6 +24,12 @@ _REGISTRY = {
     "Baseline",
 }
 _ELSEWHERE = {
+    "load_model": "dpiqa.models.loading",
+    "runtime_of": "dpiqa.models.loading",
+    "check_runtime": "dpiqa.models.loading",
+    "load_scorer": "dpiqa.models.loading",
+    "ModelInfo": "dpiqa.models.description",
+    "describe": "dpiqa.models.description",
     "Scorer": "dpiqa.models.scorer",
     "ImageScorer": "dpiqa.models.scorer",
     "StudentConfig": "dpiqa.models.student_config",
