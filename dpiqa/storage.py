@@ -481,3 +481,8 @@ class RetryingReader(io.RawIOBase):
         if self._f is not None:
             self._f.close()
         super().close()
+
+
+def fs_join(path: str, *parts: str) -> str:
+    """Join parts onto a path inside an fsspec filesystem (what `get_fs` returns: no protocol, always `/`)."""
+    return "/".join([path.rstrip("/"), *parts])

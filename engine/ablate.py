@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from dpiqa import storage
 from dpiqa.storage import get_fs, join
 
 if TYPE_CHECKING:  # the training code imports torch; `dpiqa --help` lists the variants without it
@@ -116,7 +117,7 @@ def markdown(rows: list[AblationRow], title: str) -> str:
 def write_table(rows: list[AblationRow], output: str, title: str, storage_options: dict | None = None) -> None:
     fs, path = get_fs(output, storage_options)
     fs.makedirs(path, exist_ok=True)
-    with fs.open(f"{path.rstrip('/')}/ablation.md", "wt") as f:
+    with fs.open(storage.fs_join(path, "ablation.md"), "wt") as f:
         f.write(markdown(rows, title))
-    with fs.open(f"{path.rstrip('/')}/ablation.json", "wt") as f:
+    with fs.open(storage.fs_join(path, "ablation.json"), "wt") as f:
         json.dump([dataclasses.asdict(r) for r in rows], f, indent=2, sort_keys=True)

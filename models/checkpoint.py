@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import fsspec
 
+from dpiqa import storage
 from dpiqa.version import code_version
 
 if TYPE_CHECKING:  # torch and safetensors.torch are imported where weights are read or written
@@ -92,7 +93,7 @@ def local_dir(location: str, files: tuple[str, ...] = FILES) -> Path:
         target = cache_dir() / "checkpoints" / hashlib.sha256(location.encode()).hexdigest()[:16]
         target.mkdir(parents=True, exist_ok=True)
         for name in files:
-            remote = f"{path.rstrip('/')}/{name}"
+            remote = storage.fs_join(path, name)
             if not fs.exists(remote):
                 if name == CARD_NAME:
                     continue
@@ -160,10 +161,10 @@ def check_weights(location: str, name: str = WEIGHTS_NAME) -> None:
     """
     if is_hub_id(location):
         return  # huggingface_hub checks what it downloads
-    where = f"{location.rstrip('/')}/{name}"
+    where = storage.fs_join(location, name)
     if is_url(location):
         fs, root = fsspec.core.url_to_fs(location)
-        path = f"{root.rstrip('/')}/{name}"
+        path = storage.fs_join(root, name)
     else:
         fs, path = fsspec.filesystem("file"), str(local_dir(location, files=(CONFIG_NAME,)) / name)
     try:
@@ -192,14 +193,14 @@ def put_files(staging: Path, location: str, names: tuple[str, ...]) -> None:
     fs, path = fsspec.core.url_to_fs(location)
     fs.makedirs(path, exist_ok=True)
     for name in names:
-        fs.put(str(staging / name), f"{path.rstrip('/')}/{name}")
+        fs.put(str(staging / name), storage.fs_join(path, name))
 
 
 def read_json(location: str, name: str) -> dict | None:
     """One small JSON file of a checkpoint, without fetching its weights; None if absent."""
     if is_url(location):
         fs, path = fsspec.core.url_to_fs(location)
-        remote = f"{path.rstrip('/')}/{name}"
+        remote = storage.fs_join(path, name)
         if not fs.exists(remote):
             return None
         with fs.open(remote, "rt") as f:

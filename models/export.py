@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dpiqa import storage
 from dpiqa.models import checkpoint
 from dpiqa.models.preprocessing import Preprocessing
 
@@ -166,9 +167,9 @@ def validate(
 def _refuse_existing(output: str, overwrite: bool) -> None:
     """An existing export is replaced only with `overwrite`; a PyTorch checkpoint never is."""
     fs, path = fsspec.core.url_to_fs(output)
-    if fs.exists(f"{path.rstrip('/')}/{checkpoint.WEIGHTS_NAME}"):
+    if fs.exists(storage.fs_join(path, checkpoint.WEIGHTS_NAME)):
         raise ValueError(f"{output}: holds a PyTorch checkpoint (model.safetensors); export to another folder")
-    existing = [n for n in checkpoint.ONNX_FILES if fs.exists(f"{path.rstrip('/')}/{n}")]
+    existing = [n for n in checkpoint.ONNX_FILES if fs.exists(storage.fs_join(path, n))]
     if existing and not overwrite:
         raise ValueError(f"{output}: already holds {', '.join(existing)}; choose another --output or pass --overwrite")
 

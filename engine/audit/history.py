@@ -10,6 +10,7 @@ import logging
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dpiqa import storage
 from dpiqa.engine.output import AUDITS_DIR, OutputLocation
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def row(doc: dict) -> dict:
 
 def read(location: OutputLocation) -> list[dict]:
     """The history rows, oldest first ([] when there is none yet, or it cannot be read: a warning says so)."""
-    path = f"{location.path.rstrip('/')}/{AUDITS_DIR}/{NAME}.parquet"
+    path = storage.fs_join(location.path, AUDITS_DIR, f"{NAME}.parquet")
     if not location.fs.exists(path):
         return []
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dpiqa import storage
 from dpiqa.engine.splits import SplitConfig, make_split
 from dpiqa.engine.training.loop import MODEL_DIR, LoopConfig, train_loop_per_worker
 from dpiqa.engine.training.model import ModelSpec, check_sources, model_config
@@ -213,7 +214,7 @@ def run_training(config: TrainConfig, address: str | None = None) -> TrainResult
     }
     if config.split.n_splits > 1:
         fs, path = get_fs(config.output, config.storage_options)
-        with fs.open(f"{path.rstrip('/')}/summary.json", "wt") as f:
+        with fs.open(storage.fs_join(path, "summary.json"), "wt") as f:
             json.dump(summary, f, indent=2, sort_keys=True)
     return TrainResult(results, summary)
 
@@ -610,4 +611,4 @@ def _teacher_identity(teacher: str | None) -> dict | None:
 
 def _exists(out: str, config: TrainConfig) -> bool:
     fs, path = get_fs(out, config.storage_options)
-    return fs.exists(f"{path.rstrip('/')}/card.json")
+    return fs.exists(storage.fs_join(path, "card.json"))

@@ -16,7 +16,6 @@ import pytest
 from corpus import jpeg, write_shard
 from scored import score_shards
 
-from dpiqa.engine.filter import SLOW_ENV
 from dpiqa.jobs.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,9 +54,10 @@ def test_rerun_after_kill_completes_without_duplicates(tmp_path: Path) -> None:
         "--workers",
         "1",
     ]
-    env = {**os.environ, SLOW_ENV: "0.4", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    # each member written sleeps 0.2 s (a sample is two members): the kill lands inside a shard
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dpiqa.jobs.cli", *argv],
+        [sys.executable, str(REPO / "tests" / "slow_tar_writes.py"), "0.2", *argv],
         env=env,
         cwd=REPO,
         stdout=subprocess.DEVNULL,
