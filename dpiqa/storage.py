@@ -20,6 +20,8 @@ import braceexpand
 import fsspec
 from fsspec import AbstractFileSystem
 
+from dpiqa.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 Location = str | tuple[str, dict] | tuple[str, AbstractFileSystem]
@@ -247,7 +249,7 @@ def refuse_overlap(shards: ShardList, output: str, storage_options: dict | None 
     """
     out = canonical(output, storage_options)
     if shards.root is not None and inside(out, shards.root):
-        raise ValueError(
+        raise UsageError(
             f"--output {output} lies inside the input folder {shards.root}; choose an output outside the input tree"
         )
     if shards.root is not None and inside(shards.root, out):

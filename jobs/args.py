@@ -9,6 +9,8 @@ import math
 import sys
 from collections.abc import Callable
 
+from dpiqa.errors import UsageError
+
 
 class Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line naming the option (exit status 2), not the
@@ -120,7 +122,7 @@ def key_values(items: list[str], parse_json: bool, option: str) -> dict:
     out = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"{option}: expected KEY=VALUE, got {item!r}")
+            raise UsageError(f"{option}: expected KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         if parse_json:
             try:

@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 
+from dpiqa.errors import UsageError
 from dpiqa.jobs.args import Parser
 
 # Subcommand modules, in `--help` order; each has `add_parser(subparsers)` and keeps heavy imports
@@ -48,12 +49,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 143 if isinstance(exc, Terminated) else 130
-    except (ValueError, FileNotFoundError, PermissionError) as exc:
-        # Bad input gets one line naming what is wrong; --verbose shows the traceback.
+    except (ValueError, OSError) as exc:
+        # One line naming what is wrong; --verbose shows the traceback. Exit status 2 for a usage error (the
+        # options can never work), 1 for what the command met (files, storage, an output): dpiqa/errors.py.
         if args.verbose:
             raise
         print(f"dpiqa {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(exc, UsageError) else 1
 
 
 class Terminated(KeyboardInterrupt):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from dpiqa.errors import UsageError
 from dpiqa.jobs import training
 from dpiqa.jobs.args import positive_float
 
@@ -41,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
     config.teacher, config.shards, config.teacher_outputs = args.teacher, args.shards, args.teacher_outputs
     config.score_field, config.shard_mos_scale, config.distill_mode = args.score_field, args.shard_mos_scale, args.mode
     if config.teacher is None and config.teacher_outputs is None and args.mode != "none":
-        raise ValueError(
+        raise UsageError(
             "distill needs --teacher (with --dataset) or --teacher-outputs (with --shards); "
             "or --mode none to train the student on labels alone"
         )

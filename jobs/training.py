@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dpiqa.errors import UsageError
 from dpiqa.jobs.args import (
     add_address,
     add_storage_options,
@@ -225,9 +226,9 @@ def config_from_args(args: argparse.Namespace, job: str, spec):  # noqa: ANN001
     try:
         fractions = tuple(float(x) for x in args.fractions.split(",")) if args.fractions else protocol["fractions"]
     except ValueError:
-        raise ValueError(f"--fractions: expected three numbers like 0.7,0.1,0.2, not {args.fractions!r}") from None
+        raise UsageError(f"--fractions: expected three numbers like 0.7,0.1,0.2, not {args.fractions!r}") from None
     if args.protocol == "paper" and fractions[1] != 0:
-        raise ValueError(
+        raise UsageError(
             "--protocol paper has no validation part (it trains to the last epoch): "
             "leave --fractions out or give 0 for the validation fraction"
         )

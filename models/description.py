@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from dpiqa.errors import UsageError
 from dpiqa.models import checkpoint
 from dpiqa.models.preprocessing import Preprocessing
 from dpiqa.models.registry import BASELINES, CONFIGS, MODELS, RANDOM_SEED, named_config, resolve
@@ -62,7 +63,7 @@ def describe(name_or_path: str, overrides: dict[str, Any] | None = None) -> Mode
             "baseline",
         )
     if overrides and name_or_path not in MODELS:
-        raise ValueError(
+        raise UsageError(
             f"{name_or_path}: config overrides apply to named configurations ({', '.join(MODELS)}), not to checkpoints"
         )
     if name_or_path in MODELS:

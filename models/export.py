@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from dpiqa import storage
+from dpiqa.errors import UsageError
 from dpiqa.models import checkpoint
 from dpiqa.models.preprocessing import Preprocessing
 
@@ -217,7 +218,7 @@ def export_onnx(
         raise ValueError("batch sizes must be at least 1")
     architecture = architecture_of(model)
     if architecture not in EXPORTABLE:
-        raise ValueError(
+        raise UsageError(
             f"{model}: a {architecture!r} cannot be exported; only the student ({', '.join(EXPORTABLE)}) "
             "exports to ONNX. The teacher (Stable Diffusion VAE + U-Net) stays on the torch runtime: score "
             "it with `dpiqa score`, or distill it into a student and export that"

@@ -7,6 +7,7 @@ import importlib
 import logging
 from typing import TYPE_CHECKING
 
+from dpiqa.errors import UsageError
 from dpiqa.models import checkpoint
 from dpiqa.models.registry import BASELINES, MODELS, RANDOM_SEED, build, model_class, resolve
 from dpiqa.models.run_options import RunOptions
@@ -60,12 +61,12 @@ def check_runtime(name_or_path: str, model_runtime: str, options: RunOptions) ->
     """
     runtime, device, precision = options.runtime, options.device, options.precision
     if runtime == "onnx" and model_runtime != "onnx":
-        raise ValueError(
+        raise UsageError(
             f"{name_or_path}: --runtime onnx needs an ONNX export; "
             f"create one with `dpiqa export --model {name_or_path} --output DIR` and score DIR"
         )
     if runtime == "torch" and model_runtime == "onnx":
-        raise ValueError(
+        raise UsageError(
             f"{name_or_path}: an ONNX export runs on onnxruntime only; "
             "use --runtime auto or onnx, or score the checkpoint it was exported from"
         )
@@ -81,7 +82,7 @@ def check_runtime(name_or_path: str, model_runtime: str, options: RunOptions) ->
             if bad
         ]
         if unsupported:
-            raise ValueError(
+            raise UsageError(
                 f"{name_or_path}: the onnx runtime scores on the CPU in fp32; "
                 f"{', '.join(unsupported)} apply to the torch runtime only"
             )

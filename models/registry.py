@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dpiqa.errors import UsageError
 from dpiqa.models import checkpoint
 from dpiqa.models.student_config import StudentConfig
 
@@ -140,7 +141,7 @@ def named_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
     data = checkpoint.config_to_dict(config)
     unknown = sorted(set(overrides) - set(data))
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"{name}: {type(config).__name__} has no field {', '.join(unknown)}; fields: {', '.join(data)}"
         )
     changed = checkpoint.config_from_dict(type(config), {**data, **overrides})

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from dpiqa.errors import UsageError
+
 DEVICES = ("auto", "cpu", "cuda")
 PRECISION_NAMES = ("auto", "fp32", "bf16", "fp16")
 RUNTIMES = ("auto", "torch", "onnx")
@@ -35,11 +37,11 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISION_NAMES:
-            raise ValueError(f"precision must be one of {', '.join(PRECISION_NAMES)}, not {self.precision!r}")
+            raise UsageError(f"precision must be one of {', '.join(PRECISION_NAMES)}, not {self.precision!r}")
         if self.runtime not in RUNTIMES:
-            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {self.runtime!r}")
+            raise UsageError(f"runtime must be one of {', '.join(RUNTIMES)}, not {self.runtime!r}")
         if self.device.split(":")[0] not in DEVICES:
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
+            raise UsageError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
 
     def replace(self, **changes: object) -> RunOptions:
         return dataclasses.replace(self, **changes)

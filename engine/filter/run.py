@@ -19,6 +19,7 @@ from dpiqa.engine.output import DONE_DIR, OutputLocation, RunResult
 from dpiqa.engine.runner import ShardJob, Tally, pending_shards, run_shard_job
 from dpiqa.engine.scores import ScoredRun, ScoredShard
 from dpiqa.engine.stages.write import ShardFact
+from dpiqa.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,11 @@ class FilterConfig:
 
     def __post_init__(self) -> None:
         if (self.min_score is None) == (self.top_fraction is None):
-            raise ValueError("give exactly one of --min-score and --top-fraction")
+            raise UsageError("give exactly one of --min-score and --top-fraction")
         if self.top_fraction is not None and not 0 < self.top_fraction <= 1:
-            raise ValueError(f"--top-fraction must be in (0, 1], not {self.top_fraction}")
+            raise UsageError(f"--top-fraction must be in (0, 1], not {self.top_fraction}")
         if self.min_score is not None and not math.isfinite(self.min_score):
-            raise ValueError(f"--min-score must be a finite number, not {self.min_score}")
+            raise UsageError(f"--min-score must be a finite number, not {self.min_score}")
 
 
 FilterResult = RunResult

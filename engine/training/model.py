@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dpiqa.errors import UsageError
 from dpiqa.models.pretrained import CLIP_TEXT, STABLE_DIFFUSION
 
 
@@ -131,7 +132,7 @@ def check_sources(spec: ModelSpec, mos_scale: float, storage_options: dict | Non
 
             check_pretrained_sources(spec.sd, spec.clip or CLIP_TEXT, storage_options)
         elif not spec.random_prior:
-            raise ValueError(
+            raise UsageError(
                 "train-teacher needs the diffusion prior: --sd STABLE_DIFFUSION (Hub id "
                 f"{STABLE_DIFFUSION}, or a diffusers folder or URL) with --clip (default {CLIP_TEXT}); "
                 "--random-prior trains on a randomly initialised prior on purpose (tests, ablations)"

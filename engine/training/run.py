@@ -16,6 +16,7 @@ from dpiqa import storage
 from dpiqa.engine.splits import SplitConfig, make_split
 from dpiqa.engine.training.loop import MODEL_DIR, LoopConfig, train_loop_per_worker
 from dpiqa.engine.training.model import ModelSpec, check_sources, model_config
+from dpiqa.errors import UsageError
 from dpiqa.models.run_options import RunOptions
 from dpiqa.storage import get_fs, join
 from dpiqa.version import code_version, machine
@@ -225,7 +226,7 @@ def _check_before_start(config: TrainConfig, labeled) -> str | None:  # noqa: AN
     from dpiqa import models
 
     if config.protocol()["batch_size"] % config.workers:
-        raise ValueError(
+        raise UsageError(
             f"--batch-size {config.protocol()['batch_size']} is the global batch and must divide "
             f"evenly among --workers {config.workers} (each worker takes batch / workers)"
         )
