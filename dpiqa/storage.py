@@ -10,6 +10,7 @@ import os
 import posixpath
 import random
 import socket
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -86,7 +87,7 @@ _S3_SESSION = None
 
 def _s3_session():
     """One aiobotocore session per process whose clients report each failed request attempt to
-    `RetryCounter` (botocore and s3fs retry them silently; the run manifest reports how many)."""
+    `RETRIES` (botocore and s3fs retry them silently; the run manifest reports how many)."""
     global _S3_SESSION
     if _S3_SESSION is None:
         from aiobotocore.session import AioSession
@@ -102,7 +103,7 @@ def _count_failed_attempt(response: Any = None, caught_exception: BaseException 
     botocore's own retry handler decides)."""
     status = response[0].status_code if response is not None else None
     if caught_exception is not None or (status is not None and (status >= 500 or status == 429)):
-        RetryCounter.count += 1
+        RETRIES.add()
 
 
 def to_url(fs: AbstractFileSystem, path: str) -> str:
@@ -397,9 +398,29 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class RetryCounter:
-    """Counts the retries this process made (reported per shard, summed in the run manifest)."""
+    """The retries made in this process (ours, and botocore's failed attempts), counted from any thread.
 
-    count = 0
+    Each retry is reported once: `take()` returns what was counted since the previous `take()` and starts
+    again from zero. Shard readers take at each shard's end and report it with the shard; the driver takes
+    at a run's start (discarding what an earlier run in this process left) and at its end. A run's total is
+    the sum of what was taken, so concurrent shards in one process never count the same retry twice.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def add(self, n: int = 1) -> None:
+        with self._lock:
+            self._count += n
+
+    def take(self) -> int:
+        with self._lock:
+            n, self._count = self._count, 0
+        return n
+
+
+RETRIES = RetryCounter()
 
 
 def retry(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: float = 0.2) -> T:
@@ -410,7 +431,7 @@ def retry(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: float =
         except Exception as exc:
             if attempt == attempts - 1 or not is_transient(exc):
                 raise
-            RetryCounter.count += 1
+            RETRIES.add()
             delay = base_delay * 2**attempt * (0.5 + random.random())
             log.warning("%s: %s (%s), retry %d in %.1fs", what, type(exc).__name__, exc, attempt + 1, delay)
             time.sleep(delay)

@@ -144,7 +144,7 @@ def run_score(config: ScoreConfig, executor: Executor | str = "auto", address: s
         ValueError: bad input (no shard, a missing shard, an output inside the input, a damaged model).
     """
     t0 = time.monotonic()
-    retries_before = storage.RetryCounter.count
+    storage.RETRIES.take()  # what an earlier run in this process left is not this run's
     info = models.describe(config.model)
     models.check_runtime(config.model, info.runtime, config.run)
     shards = storage.list_shards(config.input, config.storage_options, skip_missing=config.skip_missing)
@@ -167,7 +167,7 @@ def run_score(config: ScoreConfig, executor: Executor | str = "auto", address: s
         config.model,
         info.checkpoint_hash,
     )
-    job = ScoreJob(config, executor, stages, output, shards.names, info, digest, retries_before, startup)
+    job = ScoreJob(config, executor, stages, output, shards.names, info, digest, startup)
     settings = {k: v for k, v in asdict(config).items() if k != "storage_options"}
     return run_shard_job(job, shards, output, todo, skipped, settings, digest, config.retries, started=t0)
 
@@ -192,11 +192,10 @@ class ScoreJob(ShardJob):
         names: dict[str, str],
         info: models.ModelInfo,
         digest: str,
-        retries_before: int,
         startup: dict,
     ) -> None:
         self.config, self.executor, self.stages, self.output = config, executor, stages, output
-        self.names, self.info, self.digest, self.retries_before = names, info, digest, retries_before
+        self.names, self.info, self.digest = names, info, digest
         self.startup = startup
         self.reader_retries = 0
 
@@ -245,11 +244,9 @@ class ScoreJob(ShardJob):
         return isinstance(exc, WriterLost) or self.executor.retryable(exc)
 
     def manifest(self, tally: Tally) -> dict:
-        # Retries of this process (listing, writes; and reads when the stages ran here) plus those the
-        # shard readers reported from other processes.
-        io_retries = (
-            storage.RetryCounter.count - self.retries_before + (0 if self.executor.in_process else self.reader_retries)
-        )
+        # What the shard readers reported (each process's retries, taken once) plus this process's rest
+        # (listing, writes) since the readers last took.
+        io_retries = self.reader_retries + storage.RETRIES.take()
         startup = {
             **self.startup,
             "first_row_seconds": tally.first_output,

@@ -14,7 +14,7 @@ import numpy as np
 from dpiqa.engine import schema
 from dpiqa.engine.stages.base import Batch, Stage
 from dpiqa.engine.tarstream import Damage, NotATarError, iter_members, shown
-from dpiqa.storage import RetryCounter, RetryingReader, get_fs, is_transient
+from dpiqa.storage import RETRIES, RetryingReader, get_fs, is_transient
 
 ROW_COLUMNS = ("shard", "index", "key", "ext", "data", "status", "error")
 
@@ -191,7 +191,6 @@ class SourceStage(Stage):
 
     def read_shard(self, url: str) -> Iterator[Batch]:
         rows: list[tuple] = []
-        retries_before = RetryCounter.count
         count = 0
         failure: str | None = None
         try:
@@ -207,9 +206,9 @@ class SourceStage(Stage):
         except Exception as exc:  # noqa: BLE001 - not a tar, or I/O failing after its retries: a failed shard
             failure = _describe(exc)
         if failure is not None:
-            rows.append(_control(url, count, schema.SHARD_FAILED, failure, retries_before))
+            rows.append(_control(url, count, schema.SHARD_FAILED, failure))
         else:
-            rows.append(_control(url, count, schema.END_OF_SHARD, None, retries_before))
+            rows.append(_control(url, count, schema.END_OF_SHARD, None))
         yield _rows_to_batch(rows)
 
 
@@ -220,8 +219,9 @@ def _describe(exc: BaseException) -> str:
     return f"{kind}: {exc}"
 
 
-def _control(url: str, count: int, status: str, error: str | None, retries_before: int) -> tuple:
-    info = {"samples": count, "retries": RetryCounter.count - retries_before}
+def _control(url: str, count: int, status: str, error: str | None) -> tuple:
+    # this process's retries since the last shard ended (storage.RetryCounter.take): each reported once
+    info = {"samples": count, "retries": RETRIES.take()}
     if error:
         info["error"] = error
     return (url, count, None, None, None, status, json.dumps(info))

@@ -31,6 +31,7 @@ import pyarrow as pa
 from dpiqa.engine import schema
 from dpiqa.engine.output import MAPS_DIR, SCORES_DIR, OutputLocation
 from dpiqa.engine.stages.base import Batch, Stage, text_column
+from dpiqa.storage import RETRIES
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class ShardWriter:
             state = self.pending.setdefault(url, _Pending())
             for i in np.flatnonzero(control):
                 info = json.loads(rows["error"][i])
-                state.retries = max(state.retries, info.get("retries", 0))
+                state.retries += info.get("retries", 0)  # each reader reports its retries once (a delta)
                 if rows["status"][i] == schema.SHARD_FAILED:
                     self._fail(url, info.get("error", "unreadable shard"), state.retries)
                     return 0
@@ -137,7 +138,9 @@ class ShardWriter:
     def reset(self, url: str) -> None:
         """Forget the rows received so far for a shard that will be read again from the start."""
         with self._lock:
-            self.pending.pop(url, None)
+            old = self.pending.pop(url, None)
+            if old is not None and old.retries:  # the retries already made stay counted
+                self.pending[url] = _Pending(retries=old.retries)
 
     def _fail(self, url: str, error: str, retries: int = 0) -> None:
         self.pending.pop(url, None)
@@ -158,6 +161,7 @@ class ShardWriter:
             if self.maps_schema is not None:
                 self.output.write_table(MAPS_DIR, name, self._maps_table(url, cols, n))
             statuses = dict(Counter(table.column("status").to_pylist()))
+            state.retries += RETRIES.take()  # this process's own (the writes; the reads where they ran here)
             self.output.write_marker(
                 name,
                 {
@@ -173,8 +177,9 @@ class ShardWriter:
             with self._lock:
                 self._fail(url, f"writing its output failed: {type(exc).__name__}: {exc}", state.retries)
             return
+        retries = state.retries + RETRIES.take()  # and those of the marker's own upload
         with self._lock:
-            self._facts.append(ShardFact(url, name, n, statuses, state.retries))
+            self._facts.append(ShardFact(url, name, n, statuses, retries))
 
     def _scores_table(self, url: str, cols: Batch, n: int) -> pa.Table:
         if n == 0:

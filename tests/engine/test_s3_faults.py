@@ -36,12 +36,14 @@ def test_faulty_s3_completes_with_full_output_and_counts_retries(ray_local, s3, 
             RayDataExecutor(),
         )
         injected = dict(proxy.injected)
-        # a fault on the manifest's own upload happens after the manifest's count was taken
-        countable = [f for f in proxy.faults if f[0] == "slowdown" and not f[2].endswith("/manifest.json")]
+        # a fault on the run manifest's own uploads happens after the manifest's count was taken
+        countable = [
+            f for f in proxy.faults if f[0] == "slowdown" and not f[2].endswith("/manifest.json") and "/runs/" not in f[2]
+        ]
     assert injected["slowdown"] >= 3 and injected["dropped"] >= 1, injected
     assert result.exit_code == 0 and result.manifest["rows"] == 48
     # every throttled request was retried, and counted; dropped bodies are re-read by s3fs itself
-    assert result.manifest["io_retries"] >= len(countable)
+    assert result.manifest["io_retries"] >= len(countable), proxy.faults
     a, b = read_rows(f"s3://{bucket}/clean", options), read_rows(f"s3://{bucket}/faulty", options)
     assert [(r["shard"], r["index"], r["key"], r["status"]) for r in a] == [
         (r["shard"], r["index"], r["key"], r["status"]) for r in b
