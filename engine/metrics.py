@@ -14,8 +14,6 @@ import scipy.stats
 
 log = logging.getLogger(__name__)
 
-METRICS = ("srcc", "krcc", "plcc", "plcc_logistic", "rmse", "rmse_logistic")
-
 
 def logistic4(x: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
     """The VQEG 4-parameter logistic `(b1 - b2) / (1 + exp(-(x - b3) / |b4|)) + b2`.

@@ -27,10 +27,6 @@ class Preprocessing:
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
-    @classmethod
-    def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(size=tuple(d["size"]), interpolation=d["interpolation"], value_range=tuple(d["value_range"]))
-
     def to_tensor(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 `(B, H, W, 3)` (already at `size`) -> float `(B, 3, H, W)` in `value_range`."""
         lo, hi = self.value_range

@@ -6,7 +6,7 @@ import io
 import logging
 import math
 import posixpath
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,10 +116,6 @@ class LabeledSet:
         if all(item.group is None for item in self.items):
             return None
         return [item.group if item.group is not None else item.name for item in self.items]
-
-    def subset(self, indices: Iterable[int]) -> LabeledSet:
-        """The images at `indices` (positions in `items`), as a new set with the same scale."""
-        return LabeledSet(self.dataset, self.root, [self.items[int(i)] for i in indices], self.mos_scale)
 
     def to_pandas(self) -> pd.DataFrame:
         """One row per image: `path`, `mos`, `name`, `group`, then the layout's extra fields."""

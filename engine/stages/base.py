@@ -53,7 +53,3 @@ def text_column(values: np.ndarray) -> np.ndarray:
     out = np.empty(len(values), dtype=object)
     out[:] = [None if v is None or (isinstance(v, float) and v != v) else v for v in values]
     return out
-
-
-def batch_len(batch: Batch) -> int:
-    return len(next(iter(batch.values()))) if batch else 0

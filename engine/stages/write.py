@@ -135,13 +135,6 @@ class ShardWriter:
                 self._writes.append(self._pool.submit(self._write_shard, url, state))
         return len(data["index"])
 
-    def reset(self, url: str) -> None:
-        """Forget the rows received so far for a shard that will be read again from the start."""
-        with self._lock:
-            old = self.pending.pop(url, None)
-            if old is not None and old.retries:  # the retries already made stay counted
-                self.pending[url] = _Pending(retries=old.retries)
-
     def _fail(self, url: str, error: str, retries: int = 0) -> None:
         self.pending.pop(url, None)
         self._facts.append(ShardFact(url, self.names.get(url, ""), retries=retries, error=error))

@@ -38,7 +38,9 @@ def test_faulty_s3_completes_with_full_output_and_counts_retries(ray_local, s3, 
         injected = dict(proxy.injected)
         # a fault on the run manifest's own uploads happens after the manifest's count was taken
         countable = [
-            f for f in proxy.faults if f[0] == "slowdown" and not f[2].endswith("/manifest.json") and "/runs/" not in f[2]
+            f
+            for f in proxy.faults
+            if f[0] == "slowdown" and not f[2].endswith("/manifest.json") and "/runs/" not in f[2]
         ]
     assert injected["slowdown"] >= 3 and injected["dropped"] >= 1, injected
     assert result.exit_code == 0 and result.manifest["rows"] == 48
