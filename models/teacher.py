@@ -111,7 +111,7 @@ class QualityDecoder(nn.Module):
 
 
 class DPIQATeacher(CheckpointMixin, nn.Module):
-    """The DP-IQA teacher (Stable Diffusion prior + text and image adapters; docs/models.md).
+    """The DP-IQA teacher (Stable Diffusion prior + text and image adapters; its fields: `TeacherConfig`).
 
     image `x` (value range of the config) ->
       latent = frozen SD VAE encoder posterior mean * scaling_factor (the mean, so inference is
