@@ -66,6 +66,26 @@ def add_storage_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) ->
     )
 
 
+def add_executor(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup, auto: str, ray: str, local: str, default: str = "auto"
+) -> None:
+    """`--executor auto|ray|local`, each job saying what its choices do (`dpiqa.engine.executor.choose_executor`)."""
+    says = {"auto": auto, "ray": ray, "local": local}
+    p.add_argument(
+        "--executor",
+        choices=["auto", "ray", "local"],
+        default=default,
+        help="; ".join(f"{k}{' (default)' if k == default else ''}: {v}" for k, v in says.items()),
+    )
+
+
+def print_failures(result) -> int:  # noqa: ANN001 - dpiqa.engine.output.RunResult
+    """After a run's summary line: one line per failed shard; returns the run's exit status."""
+    for url, error in sorted(result.failed.items()):
+        print(f"FAILED {url}: {error}")
+    return result.exit_code
+
+
 def add_address(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     p.add_argument(
         "--address",

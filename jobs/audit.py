@@ -6,6 +6,7 @@ import argparse
 
 from dpiqa.jobs.args import (
     add_address,
+    add_executor,
     add_storage_options,
     nonnegative_float,
     nonnegative_int,
@@ -90,12 +91,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="show the N lowest and N highest scored images, read back from the shards (default: 8)",
     )
-    p.add_argument(
-        "--executor",
-        choices=["auto", "local", "ray"],
-        default="auto",
-        help="auto (default): Ray when a cluster is named or the run holds over 50 M rows, else one "
-        "process; ray: the files split among Ray tasks whose statistics merge",
+    add_executor(
+        p,
+        auto="Ray when a cluster is named or the run holds over 50 M rows, else this process",
+        ray="the files split among Ray tasks whose statistics merge",
+        local="this process",
     )
     add_address(p)
     add_storage_options(p)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dpiqa.jobs.args import add_address
+from dpiqa.jobs.args import add_address, add_executor
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,12 +20,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--output", default="demo-out", help="folder for the corpus, scores and report (default demo-out)")
     p.add_argument("--model", default="demo", help="model to score with (default: the shipped demo checkpoint)")
-    p.add_argument(
-        "--executor",
-        choices=["ray", "local", "auto"],
+    add_executor(
+        p,
+        auto="as `dpiqa score` chooses",
+        ray="the engine on a local Ray (the embedded default shows the engine users run)",
+        local="this process",
         default="ray",
-        help="ray (default: the embedded default is the engine on a local Ray), local (this process), "
-        "auto (as `dpiqa score` chooses)",
     )
     add_address(p)
     p.add_argument("--overwrite", action="store_true", help="replace earlier scores of another model")

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from dpiqa.jobs.args import add_address, add_storage_options, finite_float, fraction, positive_int
+from dpiqa.jobs.args import (
+    add_address,
+    add_executor,
+    add_storage_options,
+    finite_float,
+    fraction,
+    positive_int,
+    print_failures,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,12 +43,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--keys-only", action="store_true", help="write only the kept keys (OUT/keys/), no shards")
     p.add_argument("--overwrite", action="store_true", help="replace another filter's results at OUT")
-    p.add_argument(
-        "--executor",
-        choices=["auto", "ray", "local"],
-        default="auto",
-        help="auto (default): Ray when a cluster is named, a thread pool in this process for up to 64 "
-        "shards and 512 MB, else a local Ray; ray (one Ray Data task per shard); local",
+    add_executor(
+        p,
+        auto="Ray when a cluster is named, a thread pool in this process for up to 64 shards and 512 MB, "
+        "else a local Ray",
+        ray="one Ray Data task per shard",
+        local="a thread pool of --workers in this process",
     )
     p.add_argument("--workers", type=positive_int, default=4, help="shards at once with --executor local (default: 4)")
     add_address(p)
@@ -70,6 +78,4 @@ def main(args: argparse.Namespace) -> int:
         f"{m['shards']['written']} shards ({m['shards']['skipped_done']} already done, {m['shards']['failed']} "
         f"failed) -> {args.output}"
     )
-    for url, error in sorted(result.failed.items()):
-        print(f"FAILED {url}: {error}")
-    return result.exit_code
+    return print_failures(result)

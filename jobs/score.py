@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 
 from dpiqa.engine.schema import DEFAULT_MAX_PIXELS
-from dpiqa.jobs.args import add_address, add_run_options, add_storage_options, positive_int, run_options
+from dpiqa.jobs.args import (
+    add_address,
+    add_executor,
+    add_run_options,
+    add_storage_options,
+    positive_int,
+    print_failures,
+    run_options,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,13 +55,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="where JPEGs are decoded: auto (the GPU for a student on GPUs, else CPU), cpu, device",
     )
     add_address(p)
-    p.add_argument(
-        "--executor",
-        choices=["auto", "ray", "local"],
-        default="auto",
-        help="auto (default): Ray when a cluster is named (--address, RAY_ADDRESS), this process for a "
-        "small input (up to 64 shards and 512 MB: a local Ray's start-up costs more than it saves), "
-        "else a local Ray; ray; local (one process, no Ray)",
+    add_executor(
+        p,
+        auto="Ray when a cluster is named (--address, RAY_ADDRESS), this process for a small input (up to 64 "
+        "shards and 512 MB: a local Ray's start-up costs more than it saves), else a local Ray",
+        ray="Ray Data (a local Ray unless a cluster is named)",
+        local="this process, no Ray",
     )
     p.add_argument(
         "--skip-missing",
@@ -84,6 +91,4 @@ def main(args: argparse.Namespace) -> int:
     )
     result = run_score(config, args.executor, args.address)
     print(result.summary_line("scored"))
-    for url, error in sorted(result.failed.items()):
-        print(f"FAILED {url}: {error}")
-    return result.exit_code
+    return print_failures(result)
