@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dpiqa import storage
+from dpiqa.errors import UsageError
 from dpiqa.storage import get_fs, join
 
 if TYPE_CHECKING:  # the training code imports torch; `dpiqa --help` lists the variants without it
@@ -62,15 +63,16 @@ def run_ablation(base: TrainConfig, variants: list[str], address: str | None = N
     table = variants_for(base.model.kind)
     unknown = [v for v in variants if v not in table]
     if unknown:
-        raise ValueError(f"unknown {base.model.kind} variant(s) {', '.join(unknown)}; known: {', '.join(table)}")
+        raise UsageError(f"unknown {base.model.kind} variant(s) {', '.join(unknown)}; known: {', '.join(table)}")
     rows = []
     for name in variants:
         changes = table[name]
-        config = dataclasses.replace(base, output=join(base.output, name), command=base.command)
-        if base.model.kind == "student":
-            config.distill_mode = changes["distill_mode"]
-        else:
-            config.model = dataclasses.replace(base.model, overrides={**base.model.overrides, **changes})
+        variant = (
+            {"distill_mode": changes["distill_mode"]}
+            if base.model.kind == "student"
+            else {"model": dataclasses.replace(base.model, overrides={**base.model.overrides, **changes})}
+        )
+        config = dataclasses.replace(base, output=join(base.output, name), **variant)
         log.info("ablate: variant %s (%s)", name, changes or "the paper's model")
         result = run_training(config, address=address)
         name_for_info = config.model.config or ("dpiqa-teacher" if config.model.kind == "teacher" else "dpiqa-student")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from dpiqa.errors import UsageError
 from dpiqa.jobs import training
+from dpiqa.storage import join
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,9 +31,10 @@ def main(args: argparse.Namespace) -> int:
     from dpiqa.engine.ablate import run_ablation, variants_for, write_table
 
     if args.kind == "student" and not args.teacher:
-        raise ValueError("student ablations distill from a teacher: pass --teacher")
-    config = training.config_from_args(args, "ablate-" + args.kind, training.model_spec(args, args.kind))
-    config.teacher = args.teacher
+        raise UsageError("student ablations distill from a teacher: pass --teacher")
+    config = training.config_from_args(
+        args, "ablate-" + args.kind, training.model_spec(args, args.kind), teacher=args.teacher
+    )
     names = args.variants.split(",") if args.variants else list(variants_for(args.kind))
     rows = run_ablation(config, names, address=args.address)
     title = f"{args.kind} ablation on {args.dataset} ({args.splits} seeded splits)"
@@ -39,5 +42,5 @@ def main(args: argparse.Namespace) -> int:
     for r in rows:
         s = r.summary.get("srcc")
         print(f"{r.variant}: SRCC {s['median']:.4f} [{s['min']:.4f}, {s['max']:.4f}]" if s else f"{r.variant}: -")
-    print(f"table -> {args.output.rstrip('/')}/ablation.md")
+    print(f"table -> {join(args.output, 'ablation.md')}")
     return 0

@@ -38,12 +38,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from dpiqa.engine.training.run import run_training
 
-    config = training.config_from_args(args, "distill", training.model_spec(args, "student"))
-    config.teacher, config.shards, config.teacher_outputs = args.teacher, args.shards, args.teacher_outputs
-    config.score_field, config.shard_mos_scale, config.distill_mode = args.score_field, args.shard_mos_scale, args.mode
-    if config.teacher is None and config.teacher_outputs is None and args.mode != "none":
+    if args.teacher is None and args.teacher_outputs is None and args.mode != "none":
         raise UsageError(
             "distill needs --teacher (with --dataset) or --teacher-outputs (with --shards); "
             "or --mode none to train the student on labels alone"
         )
+    config = training.config_from_args(
+        args,
+        "distill",
+        training.model_spec(args, "student"),
+        teacher=args.teacher,
+        shards=args.shards,
+        teacher_outputs=args.teacher_outputs,
+        score_field=args.score_field,
+        shard_mos_scale=args.shard_mos_scale,
+        distill_mode=args.mode,
+    )
     return training.report(run_training(config, address=args.address))

@@ -218,7 +218,8 @@ def model_spec(args: argparse.Namespace, kind: str):  # noqa: ANN201 - engine.tr
     )
 
 
-def config_from_args(args: argparse.Namespace, job: str, spec):  # noqa: ANN001
+def config_from_args(args: argparse.Namespace, job: str, spec, **fields):  # noqa: ANN001
+    """The `TrainConfig` of a training job's options; `fields` are the job's own (a teacher, shards, ...)."""
     from dpiqa.engine.splits import SplitConfig
     from dpiqa.engine.training.run import TrainConfig
 
@@ -262,6 +263,7 @@ def config_from_args(args: argparse.Namespace, job: str, spec):  # noqa: ANN001
         cache_dir=args.cache_dir,
         storage_options=args.storage_options,
         command=["dpiqa", *sys.argv[1:]],
+        **fields,
     )
 
 
