@@ -84,6 +84,7 @@ def test_installed_beside_a_users_models_and_jobs(wheel, tmp_path):
         check=True,
         capture_output=True,
         timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},  # only the wheel, not a checkout
     )
     project = tmp_path / "project"  # a user's project with packages named as our folders are
     for name in ("models", "jobs", "engine"):

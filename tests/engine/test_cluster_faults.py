@@ -142,6 +142,7 @@ def test_training_worker_killed_mid_distill_resumes_from_its_checkpoint(ray_loca
     out = tmp_path / "killed"
     result: dict = {}
     thread = threading.Thread(target=capture(lambda: run_training(config(str(out))), result))
+    started = time.time()
     thread.start()
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and thread.is_alive() and len(list(out.glob("_train/*/checkpoint_*"))) < 2:
@@ -156,7 +157,8 @@ def test_training_worker_killed_mid_distill_resumes_from_its_checkpoint(ray_loca
     workers = [
         p
         for p in psutil.Process(raylet).children(recursive=True)
-        if p.cmdline() and p.cmdline()[0].startswith("ray::RayTrainWorker")
+        # started by this run: the clean run's workers may linger a moment under the same name
+        if p.cmdline() and p.cmdline()[0].startswith("ray::RayTrainWorker") and p.create_time() >= started - 1
     ]
     assert workers, "no training worker to kill"
     os.kill(workers[0].pid, signal.SIGKILL)
