@@ -221,7 +221,7 @@ def model_spec(args: argparse.Namespace, kind: str):  # noqa: ANN201 - engine.tr
 def config_from_args(args: argparse.Namespace, job: str, spec, **fields):  # noqa: ANN001
     """The `TrainConfig` of a training job's options; `fields` are the job's own (a teacher, shards, ...)."""
     from dpiqa.engine.splits import SplitConfig
-    from dpiqa.engine.training.run import TrainConfig
+    from dpiqa.engine.training.run import TrainConfig, TrainRun
 
     protocol = PROTOCOLS[args.protocol]
     try:
@@ -254,13 +254,15 @@ def config_from_args(args: argparse.Namespace, job: str, spec, **fields):  # noq
         rank_weight=args.rank_weight,
         rank_margin=args.rank_margin,
         precision=args.precision,
-        workers=args.workers,
-        use_gpu=args.gpu,
-        cpus_per_worker=args.cpus_per_worker,
-        threads=args.threads,
-        max_failures=args.max_failures,
+        run=TrainRun(
+            workers=args.workers,
+            use_gpu=args.gpu,
+            cpus_per_worker=args.cpus_per_worker,
+            threads=args.threads,
+            max_failures=args.max_failures,
+            cache_dir=args.cache_dir,
+        ),
         storage=args.storage,
-        cache_dir=args.cache_dir,
         storage_options=args.storage_options,
         command=["dpiqa", *sys.argv[1:]],
         **fields,

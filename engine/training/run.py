@@ -35,9 +35,32 @@ DEFAULTS = {
 }
 
 
+@dataclass(frozen=True)
+class TrainRun:
+    """How a training job runs, apart from what it trains (none of it enters the run's identity, so a rerun
+    with other workers or threads resumes the same training).
+
+    Args:
+        workers: Ray Train workers (DDP); each takes `batch_size / workers` of the global batch.
+        use_gpu: one GPU per worker; None: when the cluster has a GPU for every worker.
+        cpus_per_worker: CPUs Ray reserves per worker.
+        threads: torch threads per worker (None: torch's default).
+        max_failures: worker failures Ray Train recovers from (restarting from the last checkpoint).
+        cache_dir: a local folder keeping the teacher's outputs and a frozen backbone's features per image
+            (`dpiqa.engine.training.data.OutputCache`), so that a rerun after a kill does not compute them again.
+    """
+
+    workers: int = 1
+    use_gpu: bool | None = None
+    cpus_per_worker: float = 1.0
+    threads: int | None = None
+    max_failures: int = 3
+    cache_dir: str | None = None
+
+
 @dataclass
 class TrainConfig:
-    """A `train-teacher` or `distill` run.
+    """A `train-teacher` or `distill` run: what is trained, and (`run`, a `TrainRun`) how it runs.
 
     Args:
         job: `train-teacher` or `distill`.
@@ -58,13 +81,12 @@ class TrainConfig:
         teacher_outputs: distill at scale: a `dpiqa score --write-maps` run of the teacher over `shards`.
         shard_mos_scale: the MOS scale of the shards' labels.
         cache_features: a student with a frozen backbone trains on the backbone's features computed once.
-        cache_dir: a local folder keeping the teacher's outputs and a frozen backbone's features per image
-            (`dpiqa.engine.training.data.OutputCache`), so that a rerun after a kill does not compute them again.
         synthetic: distorted copies of each training image added with pseudo-labels (graded blur, noise,
             JPEG, JPEG 2000, contrast, exposure; `dpiqa.engine.training.data.SyntheticDistortions`).
         epochs, lr, milestones: the protocol (defaults: the paper's for `job` and `dataset`).
-        batch_size: the global batch (default the paper's); each of the `workers` takes `batch_size / workers`.
-        precision, distill_mode, workers, use_gpu, cpus_per_worker, threads, max_failures: execution.
+        batch_size: the global batch (default the paper's); each of the `run.workers` takes its share.
+        precision: `auto`, `fp32`, `bf16`, `fp16` (autocast on GPUs). distill_mode: the teacher terms.
+        run: how it runs (`TrainRun`: workers, GPUs, threads, failures, the local cache).
         extra_train: a ranking table (`dpiqa.engine.training.data.rank_table_rows`: graded distortions of source
             images, labelled or not) added to the training part of every split, never to its validation or
             test part.
@@ -99,12 +121,7 @@ class TrainConfig:
     milestones: tuple[int, ...] | None = None
     precision: str = "auto"
     distill_mode: str = "feature"
-    workers: int = 1
-    use_gpu: bool | None = None
-    cpus_per_worker: float = 1.0
-    threads: int | None = None
-    max_failures: int = 3
-    cache_dir: str | None = None
+    run: TrainRun = field(default_factory=TrainRun)
     extra_train: str | None = None
     extra_val: str | None = None
     rank_weight: float = 0.0
@@ -132,7 +149,7 @@ class TrainConfig:
             "optimizer": "Adam",
             "lr": self.lr if self.lr is not None else d["lr"],
             "batch_size": batch,
-            "batch_per_worker": batch // self.workers,
+            "batch_per_worker": batch // self.run.workers,
             "epochs": self.epochs or d["epochs"],
             "milestones": list(
                 self.milestones if self.milestones is not None else MILESTONES[kind].get(self.dataset or "", (5,))
@@ -140,7 +157,7 @@ class TrainConfig:
             "gamma": 0.2,
             "precision": self.precision,
             "distill_mode": self.distill_mode if kind == "student" else None,
-            "workers": self.workers,
+            "workers": self.run.workers,
         }
 
     def identity(self) -> str:
@@ -154,13 +171,8 @@ class TrainConfig:
                 "storage",
                 "storage_options",
                 "command",
-                "workers",
-                "use_gpu",
-                "cpus_per_worker",
-                "threads",
-                "max_failures",
+                "run",
                 "cache_features",
-                "cache_dir",
             )
         }
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -225,10 +237,10 @@ def _check_before_start(config: TrainConfig, labeled) -> str | None:  # noqa: AN
     pretrained source."""
     from dpiqa import models
 
-    if config.protocol()["batch_size"] % config.workers:
+    if config.protocol()["batch_size"] % config.run.workers:
         raise UsageError(
             f"--batch-size {config.protocol()['batch_size']} is the global batch and must divide "
-            f"evenly among --workers {config.workers} (each worker takes batch / workers)"
+            f"evenly among --workers {config.run.workers} (each worker takes batch / workers)"
         )
     if config.dataset is None and not config.shards:
         raise ValueError("nothing to train on: give --dataset and --root, and/or --shards")
@@ -301,10 +313,10 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: flo
             ds,
             config.model,
             mos_scale,
-            threads=config.threads,
+            threads=config.run.threads,
             total=total,
             storage_options=config.storage_options,
-            cache_dir=config.cache_dir,
+            cache_dir=config.run.cache_dir,
         )
 
     rank_columns = list(data.RANK_COLUMNS) if ranked else []
@@ -335,9 +347,9 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: flo
                     preprocessing,
                     device="cuda" if gpus else "cpu",
                     num_gpus=gpus,
-                    threads=config.threads,
+                    threads=config.run.threads,
                     total=images,
-                    cache_dir=config.cache_dir,
+                    cache_dir=config.run.cache_dir,
                 )
         # Materialised once (decoding, teacher outputs, cached features), then served in another seeded
         # permutation every epoch.
@@ -410,9 +422,9 @@ def _no_teacher(batch: dict) -> dict:
 def _use_gpu(config: TrainConfig) -> bool:
     import ray
 
-    if config.use_gpu is not None:
-        return config.use_gpu
-    return ray.cluster_resources().get("GPU", 0) >= config.workers
+    if config.run.use_gpu is not None:
+        return config.run.use_gpu
+    return ray.cluster_resources().get("GPU", 0) >= config.run.workers
 
 
 def _storage(config: TrainConfig) -> tuple[str, object | None]:
@@ -471,7 +483,7 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str, sources: str
         precision=config.precision,
         distill_mode=config.distill_mode,
         seed=seed,
-        threads=config.threads,
+        threads=config.run.threads,
         has_val=val is not None,
         cached_features=cached_features,
         storage_options=config.storage_options,
@@ -490,13 +502,13 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str, sources: str
         _worker,
         train_loop_config={"loop": loop, "epoch_batches": epoch_batches},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=config.workers, use_gpu=use_gpu, resources_per_worker={"CPU": config.cpus_per_worker}
+            num_workers=config.run.workers, use_gpu=use_gpu, resources_per_worker={"CPU": config.run.cpus_per_worker}
         ),
         run_config=ray.train.RunConfig(
             name=f"{config.job}-{identity}-split{seed}",
             storage_path=storage_path,
             storage_filesystem=storage_fs,
-            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=config.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=2,
                 checkpoint_score_attribute="val_select" if val is not None else None,

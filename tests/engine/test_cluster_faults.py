@@ -117,7 +117,7 @@ def test_training_worker_killed_mid_distill_resumes_from_its_checkpoint(ray_loca
 
     from dpiqa.engine.splits import SplitConfig
     from dpiqa.engine.training.model import ModelSpec
-    from dpiqa.engine.training.run import TrainConfig, run_training
+    from dpiqa.engine.training.run import TrainConfig, TrainRun, run_training
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False)
@@ -134,8 +134,7 @@ def test_training_worker_killed_mid_distill_resumes_from_its_checkpoint(ray_loca
             distill_mode="none",
             epochs=5,
             batch_size=8,
-            threads=1,
-            max_failures=2,
+            run=TrainRun(threads=1, max_failures=2),
         )
 
     run_training(config(str(tmp_path / "clean")))

@@ -83,7 +83,7 @@ def test_ranked_distillation_end_to_end(ray_local, tmp_path):
     metrics carry the ranking SRCC."""
     from dpiqa.engine.splits import SplitConfig
     from dpiqa.engine.training.model import ModelSpec
-    from dpiqa.engine.training.run import TrainConfig, run_training
+    from dpiqa.engine.training.run import TrainConfig, TrainRun, run_training
 
     table = graded_table(tmp_path, n=30, seed=5)
     train, val = ranking_table(tmp_path, 6, "train.csv"), ranking_table(tmp_path / "v", 3, "val.csv")
@@ -99,7 +99,7 @@ def test_ranked_distillation_end_to_end(ray_local, tmp_path):
             split=SplitConfig(n_splits=1),
             epochs=2,
             batch_size=8,
-            threads=1,
+            run=TrainRun(threads=1),
             extra_train=str(train),
             extra_val=str(val),
             rank_weight=1.0,

@@ -271,7 +271,7 @@ def test_frozen_backbone_trains_on_cached_features_exactly_as_on_images(ray_loca
     here), so the bound is one such step: it checks that both paths train the same head, not bit-equality."""
     from dpiqa.engine.splits import SplitConfig
     from dpiqa.engine.training.model import ModelSpec
-    from dpiqa.engine.training.run import TrainConfig, run_training
+    from dpiqa.engine.training.run import TrainConfig, TrainRun, run_training
 
     table = graded_table(tmp_path, n=30, seed=5)
     outs = {}
@@ -293,7 +293,7 @@ def test_frozen_backbone_trains_on_cached_features_exactly_as_on_images(ray_loca
                 split=SplitConfig(n_splits=1),
                 epochs=2,
                 batch_size=8,
-                threads=1,
+                run=TrainRun(threads=1),
                 cache_features=cache,
             )
         )
@@ -324,7 +324,7 @@ def test_one_and_eight_workers_follow_one_recipe(ray_local, tmp_path):
     up to its learning rate, so the tolerance is lr x steps (1e-5 x 6)."""
     from dpiqa.engine.splits import SplitConfig
     from dpiqa.engine.training.model import ModelSpec
-    from dpiqa.engine.training.run import TrainConfig, run_training
+    from dpiqa.engine.training.run import TrainConfig, TrainRun, run_training
 
     table = graded_table(tmp_path, n=40, seed=2)
     cards = {}
@@ -340,8 +340,7 @@ def test_one_and_eight_workers_follow_one_recipe(ray_local, tmp_path):
                 split=SplitConfig(n_splits=1),
                 epochs=2,
                 batch_size=8,
-                threads=1,
-                workers=workers,
+                run=TrainRun(threads=1, workers=workers),
             )
         )
         cards[workers] = json.loads((out / "card.json").read_text())["training"]
@@ -500,7 +499,7 @@ def test_a_student_learns_the_graded_fixture(ray_local, tmp_path):
     must fall to under half its first epoch's and its test SRCC pass 0.6 (0.88 when measured)."""
     from dpiqa.engine.splits import SplitConfig
     from dpiqa.engine.training.model import ModelSpec
-    from dpiqa.engine.training.run import TrainConfig, run_training
+    from dpiqa.engine.training.run import TrainConfig, TrainRun, run_training
 
     table = graded_table(tmp_path, n=80, seed=3)
     out = tmp_path / "student"
@@ -516,7 +515,7 @@ def test_a_student_learns_the_graded_fixture(ray_local, tmp_path):
             epochs=6,
             batch_size=8,
             lr=1e-3,
-            threads=1,
+            run=TrainRun(threads=1),
         )
     )
     card = json.loads((out / "card.json").read_text())
