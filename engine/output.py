@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dpiqa.errors import FAILED_SHARDS
 from dpiqa.storage import get_fs, is_local, join, retry
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        return FAILED_SHARDS if self.failed else 0
 
     def summary_line(self, verb: str = "scored", audit_above: float = 0.05) -> str:
         """What the run did, in one line: rows ok and in error by status, shards written, already done and

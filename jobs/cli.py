@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from dpiqa.errors import UsageError
+from dpiqa.errors import CANNOT_RUN, USAGE, UsageError
 from dpiqa.jobs.args import Parser
 
 # Subcommand modules, in `--help` order; each has `add_parser(subparsers)` and keeps heavy imports
@@ -51,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         return 143 if isinstance(exc, Terminated) else 130
     except (ValueError, OSError) as exc:
         # One line naming what is wrong; --verbose shows the traceback. Exit status 2 for a usage error (the
-        # options can never work), 1 for what the command met (files, storage, an output): dpiqa/errors.py.
+        # options can never work), 4 for what the command met before it could run (dpiqa/errors.py).
         if args.verbose:
             raise
         print(f"dpiqa {args.command}: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, UsageError) else 1
+        return USAGE if isinstance(exc, UsageError) else CANNOT_RUN
 
 
 class Terminated(KeyboardInterrupt):

@@ -16,12 +16,13 @@ from dpiqa.engine.audit.stats import Extreme, Grid, RunStats
 from dpiqa.engine.audit.thumbnails import read_thumbnails
 from dpiqa.engine.progress import Progress
 from dpiqa.engine.scores import ScoredRun, source_of
+from dpiqa.errors import ALERT
 from dpiqa.storage import get_fs, retry
 from dpiqa.version import code_version
 
 log = logging.getLogger(__name__)
 
-ALERT_EXIT = 3  # the exit status when a threshold is crossed (2 is bad usage, 1 a failed job)
+ALERT_EXIT = ALERT  # the exit status when a threshold is crossed (dpiqa/errors.py)
 PLOT_BINS = 64  # the histogram plot's bins (the fine grid summed in groups)
 DOC_VERSION = 1
 

@@ -149,9 +149,9 @@ def test_a_night_without_new_shards_and_an_unknown_run_are_one_line_errors(tmp_p
     args = ["score", "--input", str(catalog), "--output", str(scores), "--model", "brisque", "--executor", "local"]
     assert main(args) == 0 and main(args) == 0  # the second run finds nothing new
     capsys.readouterr()
-    assert main(["audit", "--scores", str(scores), "--run", "latest"]) == 2
+    assert main(["audit", "--scores", str(scores), "--run", "latest"]) == 4
     assert "wrote no shard (nothing new in its input)" in capsys.readouterr().err
-    assert main(["audit", "--scores", str(scores), "--run", "20990101T000000Z-abcdef"]) == 2
+    assert main(["audit", "--scores", str(scores), "--run", "20990101T000000Z-abcdef"]) == 4
     assert "no run '20990101T000000Z-abcdef'" in capsys.readouterr().err
 
 

@@ -76,7 +76,7 @@ def test_error_rate_alert_exits_three(runs: dict[str, str], capsys: pytest.Captu
 
 
 def test_missing_run_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["audit", "--scores", str(tmp_path / "nothing")]) == 1
+    assert main(["audit", "--scores", str(tmp_path / "nothing")]) == 4
     assert "no completed shard" in capsys.readouterr().err
 
 

@@ -1,6 +1,6 @@
 """Every bad option and bad input on the command line: one line naming what is wrong, no traceback, and
-nothing written; exit status 2 for a usage error (the options can never work), 1 for a bad input (the
-files or output met; dpiqa/errors.py). Run in-process (`dpiqa.jobs.cli.main`), as the entry point runs it."""
+nothing written; exit status 2 for a usage error (the options can never work), 4 for what the command met before
+it could run (files, storage, output; dpiqa/errors.py), never 1, the status of a run with failed shards. Run in-process (`dpiqa.jobs.cli.main`), as the entry point runs it."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def test_output_that_is_a_file(capsys, shards, tmp_path):
     target = tmp_path / "scores.parquet"
     target.write_bytes(b"x")
     code, _, err = run(capsys, "score", "--input", str(shards), "--output", str(target), *TINY)
-    assert code == 1 and "is an existing file" in last_line(err)
+    assert code == 4 and "is an existing file" in last_line(err)
 
 
 def test_output_inside_the_input(capsys, shards):
@@ -95,16 +95,16 @@ def test_files_that_are_no_shards_named_explicitly(capsys, tmp_path):
     code, _, err = run(
         capsys, "score", "--input", str(tmp_path / "scores.parquet"), "--output", str(tmp_path / "o"), *TINY
     )
-    assert code == 1 and "neither a tar shard" in last_line(err)
+    assert code == 4 and "neither a tar shard" in last_line(err)
     (tmp_path / "list.txt").write_text(f"{tmp_path / 'scores.parquet'}\n")
     code, _, err = run(capsys, "score", "--input", str(tmp_path / "list.txt"), "--output", str(tmp_path / "o"), *TINY)
-    assert code == 1 and "that are no tar shards" in last_line(err)
+    assert code == 4 and "that are no tar shards" in last_line(err)
 
 
 def test_brace_pattern_naming_missing_shards(capsys, shards, tmp_path):
     pattern = f"{shards}/{{00000..00009}}.tar"
     code, _, err = run(capsys, "score", "--input", pattern, "--output", str(tmp_path / "o"), *TINY)
-    assert code == 1
+    assert code == 4
     assert "8 of 10 shards do not exist" in last_line(err) and "00002.tar" in last_line(err)
     code, out, _ = run(capsys, "score", "--input", pattern, "--output", str(tmp_path / "o"), "--skip-missing", *TINY)
     assert code == 0 and "scored 6 rows from 2 shards: 6 ok, 0 errors" in out
@@ -123,7 +123,7 @@ def test_truncated_checkpoint_is_refused_before_the_output_is_claimed(capsys, sh
     code, _, err = run(
         capsys, "score", "--input", str(shards), "--output", str(out), "--model", str(ckpt), "--executor", "local"
     )
-    assert code == 1 and "model.safetensors" in last_line(err) and "cut short" in last_line(err)
+    assert code == 4 and "model.safetensors" in last_line(err) and "cut short" in last_line(err)
     assert not out.exists()  # nothing claimed: the rerun with the repaired checkpoint is not refused
     weights.write_bytes(whole)
     code, _, _ = run(
@@ -147,7 +147,7 @@ def test_foreign_output_names_the_model_that_wrote_it(capsys, shards, tmp_path):
         "--executor",
         "local",
     )
-    assert code == 1 and "holds results of model 'dpiqa-student-tiny'" in last_line(err)
+    assert code == 4 and "holds results of model 'dpiqa-student-tiny'" in last_line(err)
 
 
 def test_damaged_run_files_do_not_block_reruns(capsys, caplog, shards, tmp_path):

@@ -84,7 +84,7 @@ def test_export_then_score_on_onnxruntime_gives_the_torch_scores(exported, tmp_p
     manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
     assert manifest["config"]["run"]["runtime"] == "onnx" and manifest["model"]["checkpoint_hash"] == card["sha256"]
     # an export scores into its own output: resuming a torch run's output with it is refused
-    assert main(["score", *common, "--output", str(tmp_path / "torch"), "--model", str(exported)]) == 1
+    assert main(["score", *common, "--output", str(tmp_path / "torch"), "--model", str(exported)]) == 4
     assert "--overwrite" in capsys.readouterr().err
 
 

@@ -87,7 +87,7 @@ def test_table_output(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 
 def test_unknown_model_is_a_one_line_error(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
-    assert main(["model-info", str(tmp_path / "missing")]) == 1
+    assert main(["model-info", str(tmp_path / "missing")]) == 4
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "missing" in err and "error" in err
 

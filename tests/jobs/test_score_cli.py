@@ -110,7 +110,7 @@ def test_bad_arguments_get_one_line_errors(tmp_path):
         "--executor",
         "local",
     )
-    assert out.returncode == 1
+    assert out.returncode == 4
     assert out.stderr.strip().splitlines()[-1].startswith("dpiqa score: error: ")
     assert "nothing-here" in out.stderr and "Traceback" not in out.stderr
     (tmp_path / "in").mkdir()
@@ -126,7 +126,7 @@ def test_bad_arguments_get_one_line_errors(tmp_path):
         "--executor",
         "local",
     )
-    assert out.returncode == 1 and "no-model" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 4 and "no-model" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_an_s3_endpoint_with_nothing_listening_fails_at_once_in_one_line(tmp_path):
@@ -145,7 +145,7 @@ def test_an_s3_endpoint_with_nothing_listening_fails_at_once_in_one_line(tmp_pat
         "--executor",
         "local",
     )
-    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.returncode == 4 and "Traceback" not in out.stderr
     assert (
         out.stderr.strip()
         .splitlines()[-1]

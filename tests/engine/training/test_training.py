@@ -387,7 +387,7 @@ def test_epoch_batches_shuffle_whole_per_epoch_and_split_global_batches(ray_loca
 
 def test_bad_recipes_stop_before_ray_starts(tmp_path, capsys):
     """A global batch that does not divide among the workers, a missing dataset file, a teacher without its
-    prior: one line, exit 2 or 1 (dpiqa/errors.py), before any Ray start-up (seconds, not a minute)."""
+    prior: one line, exit 2 or 4 (dpiqa/errors.py), before any Ray start-up (seconds, not a minute)."""
     from dpiqa.jobs.cli import main
 
     table = graded_table(tmp_path, n=12)
@@ -423,7 +423,7 @@ def test_bad_recipes_stop_before_ray_starts(tmp_path, capsys):
                 "--random-prior",
             ],
             "missing.csv",
-            1,
+            4,
         ),
         (
             ["train-teacher", "--dataset", "csv", "--root", str(table), "--config", "dpiqa-teacher-tiny"],
@@ -433,7 +433,7 @@ def test_bad_recipes_stop_before_ray_starts(tmp_path, capsys):
         (
             ["distill", "--dataset", "csv", "--root", str(table), "--config", "dpiqa-student-tiny", "--mode", "none"],
             "timm's pretrained test_efficientnet",
-            1,
+            4,
         ),
         (
             [
@@ -455,7 +455,7 @@ def test_bad_recipes_stop_before_ray_starts(tmp_path, capsys):
     import ray
 
     was_running = ray.is_initialized()
-    for argv, says, status in cases:  # 2: the options can never work; 1: a file or weights it met
+    for argv, says, status in cases:  # 2: the options can never work; 4: a file or weights it met
         code = main([*argv, "--output", str(tmp_path / "o")])
         err = capsys.readouterr().err
         assert code == status and says in err.strip().splitlines()[-1], err
