@@ -317,36 +317,34 @@ def test_frozen_backbone_trains_on_cached_features_exactly_as_on_images(ray_loca
     assert not torch.equal(outs[True]["mlp.net.1.weight"], initial["mlp.net.1.weight"])
 
 
-def test_one_and_eight_workers_follow_one_recipe(ray_local, tmp_path):
+def test_one_and_eight_workers_follow_one_recipe(trained, tmp_path):
     """`--batch-size` is the global batch: 1 and 2 workers take the same optimizer steps over the same global
     batches and end at the same weights. The tiny teacher has no BatchNorm, so what differs is only the
     order of float sums in DDP's all-reduce; Adam can turn such noise in a near-zero gradient into a step of
     up to its learning rate, so the tolerance is lr x steps (1e-5 x 6)."""
-    from dpiqa.engine.splits import SplitConfig
-    from dpiqa.engine.training.model import ModelSpec
-    from dpiqa.engine.training.run import TrainConfig, TrainRun, run_training
-
-    table = graded_table(tmp_path, n=40, seed=2)
-    cards = {}
-    for workers in (1, 2):
-        out = tmp_path / f"w{workers}"
-        run_training(
-            TrainConfig(
-                job="train-teacher",
-                output=str(out),
-                dataset="csv",
-                root=str(table),
-                model=ModelSpec(kind="teacher", config="dpiqa-teacher-tiny", random_prior=True),
-                split=SplitConfig(n_splits=1),
-                epochs=2,
-                batch_size=8,
-                run=TrainRun(threads=1, workers=workers),
-            )
-        )
-        cards[workers] = json.loads((out / "card.json").read_text())["training"]
-    assert cards[1]["steps"] == cards[2]["steps"] == 2 * (28 // 8)  # 40 images at 70/10/20: 28 train
+    d, table = trained  # the 1-worker run: the module's teacher, trained with the same command
+    out = tmp_path / "w2"
+    two = cli(
+        "train-teacher",
+        *COMMON,
+        "--root",
+        str(table),
+        "--config",
+        "dpiqa-teacher-tiny",
+        "--random-prior",
+        "--epochs",
+        "2",
+        "--workers",
+        "2",
+        "--output",
+        str(out),
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    cards = {w: json.loads((p / "card.json").read_text())["training"] for w, p in ((1, d / "teacher"), (2, out))}
+    assert cards[1]["identity"] == cards[2]["identity"]  # one recipe: the workers are not part of it
+    assert cards[1]["steps"] == cards[2]["steps"] == 2 * (33 // 8)  # 48 images at 70/10/20: 33 train
     assert cards[2]["protocol"]["batch_size"] == 8 and cards[2]["protocol"]["batch_per_worker"] == 4
-    a, b = _weights(tmp_path / "w1"), _weights(tmp_path / "w2")
+    a, b = _weights(d / "teacher"), _weights(out)
     moved = [k for k in a if not torch.equal(a[k], _initial_teacher()[k])]
     assert moved  # training changed the weights
     for k in a:
