@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dpiqa.errors import FAILED_SHARDS
-from dpiqa.storage import get_fs, is_local, join, retry
+from dpiqa.storage import fs_join, get_fs, is_local, join, retry
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class OutputLocation:
         self.local = is_local(self.fs)
 
     def _p(self, *parts: str) -> str:
-        return "/".join([self.path.rstrip("/"), *parts])
+        return fs_join(self.path, *parts)
 
     def child(self, *parts: str) -> str:
         """The URL of a file below this location."""
