@@ -19,6 +19,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # One torch/OpenMP thread per process (Ray workers inherit it): with more threads than free cores,
 # OpenMP's spin-waiting makes a busy 2-core machine crawl, and the test models are tiny.
 os.environ["OMP_NUM_THREADS"] = "1"
+# Ray Train's controller polls its workers every 2 s by default, so each run's end is noticed up to 2 s late;
+# the tests' runs are seconds long (Ray Train propagates this to its controller).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 import sys
 

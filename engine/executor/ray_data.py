@@ -86,6 +86,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, for_traini
             and not (Path.home() / ".ray" / "auth_token").exists()
         ):
             os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+        # Ray Train's spot-preemption watcher (an actor per run) and its metrics export (read by a dashboard this
+        # Ray does not start) serve clusters; on one machine they only add seconds to every training run's start.
+        # Propagated by Ray Train from this process to its controller and workers; a user's setting wins.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
         handler = signal.getsignal(signal.SIGTERM)
         hook = {"worker_process_setup_hook": "dpiqa.engine.executor.ray_data.quiet_worker_logs"} if for_training else {}
         # address="local": a new local Ray, never one that `ray start` left on this machine (ray.init without

@@ -1,11 +1,8 @@
 """Faults on several Ray nodes on one machine (`ray.cluster_utils.Cluster`): a worker node killed in the
-middle of `score`, and a training worker killed in the middle of `distill`."""
+middle of `score`. (A training worker killed in the middle of `distill`: tests/engine/training.)"""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import threading
 import time
 from pathlib import Path
@@ -13,10 +10,9 @@ from pathlib import Path
 import corpus
 import pytest
 import torch
-from corpus import graded_table
+from background import capture
 from test_pipeline import read_rows
 
-from dpiqa import models
 from dpiqa.engine.executor.local import LocalExecutor
 from dpiqa.engine.executor.ray_data import RayDataExecutor
 from dpiqa.engine.pipeline import ScoreConfig, run_score
@@ -36,18 +32,6 @@ def cluster():
     yield c
     ray.shutdown()
     c.shutdown()
-
-
-def capture(fn, result: dict):  # noqa: ANN001, ANN201
-    """`fn` for a thread: an exception it raises is kept in `result["error"]`, for the test to raise."""
-
-    def run() -> None:
-        try:
-            fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the test's thread
-            result["error"] = exc
-
-    return run
 
 
 def student_checkpoint(path: Path) -> str:
@@ -109,77 +93,3 @@ def test_worker_node_killed_mid_score_loses_and_duplicates_nothing(cluster, tmp_
         (x["shard"], x["index"], x["key"], x["status"]) for x in b
     ]
     assert [x["score"] for x in a] == pytest.approx([x["score"] for x in b], rel=1e-5)
-
-
-@pytest.mark.slow  # a SIGKILL and a rerun: `make test` and CI run it (RUN_SLOW=1)
-def test_training_worker_killed_mid_distill_resumes_from_its_checkpoint(ray_local, tmp_path):
-    import ray
-
-    from dpiqa.engine.splits import SplitConfig
-    from dpiqa.engine.training.model import ModelSpec
-    from dpiqa.engine.training.run import TrainConfig, TrainRun, run_training
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False)
-    # enough images that an epoch takes a second or more: the kill must land while the workers train
-    table = graded_table(tmp_path, n=160, seed=3)
-
-    def config(out: str) -> TrainConfig:
-        return TrainConfig(
-            job="distill",
-            output=out,
-            model=ModelSpec(kind="student", config="dpiqa-student-tiny", pretrained_backbone=False),
-            dataset="csv",
-            root=str(table),
-            split=SplitConfig(n_splits=1),
-            distill_mode="none",
-            epochs=6,
-            batch_size=8,
-            run=TrainRun(threads=1, max_failures=2),
-        )
-
-    run_training(config(str(tmp_path / "clean")))
-    out = tmp_path / "killed"
-    result: dict = {}
-    thread = threading.Thread(target=capture(lambda: run_training(config(str(out))), result))
-    started = time.time()
-    thread.start()
-    deadline = time.monotonic() + 300
-
-    def recorded() -> int:
-        """Checkpoints Ray Train's controller has recorded (a worker's report counts once the controller has
-        taken it: a worker killed before that resumes from the one before)."""
-        snapshots = list(out.glob("_train/*/checkpoint_manager_snapshot.json"))
-        try:
-            return len(json.loads(snapshots[0].read_text())["checkpoint_results"]) if snapshots else 0
-        except (ValueError, KeyError):  # being written
-            return 0
-
-    while time.monotonic() < deadline and thread.is_alive() and recorded() < 2:
-        time.sleep(0.05)
-    assert thread.is_alive() and not (out / "card.json").exists(), "the run ended before its worker was killed"
-    import psutil
-    from ray._private import worker as ray_worker
-
-    # Ray names its worker processes after the actor they host (`ray::RayTrainWorker...`); only this
-    # session's raylet's children are ours (other Ray instances may run on the machine).
-    raylet = ray_worker._global_node.all_processes["raylet"][0].process.pid
-    workers = [
-        p
-        for p in psutil.Process(raylet).children(recursive=True)
-        # started by this run: the clean run's workers may linger a moment under the same name
-        if p.cmdline() and p.cmdline()[0].startswith("ray::RayTrainWorker") and p.create_time() >= started - 1
-    ]
-    assert workers, "no training worker to kill"
-    os.kill(workers[0].pid, signal.SIGKILL)
-    thread.join(timeout=400)
-    assert not thread.is_alive()
-    if "error" in result:
-        raise result["error"]
-    card = json.loads((out / "card.json").read_text())
-    # the workers that finished had resumed from a checkpoint (not from epoch 0) ...
-    assert 1 <= card["training"]["resumed_at_epoch"] <= 5, card["training"]["resumed_at_epoch"]
-    # ... and ended where the uninterrupted run did
-    a, b = models.load_model(str(tmp_path / "clean")).state_dict(), models.load_model(str(out)).state_dict()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
