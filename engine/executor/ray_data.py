@@ -43,6 +43,18 @@ def quiet_worker_logs() -> None:
 # lost actor fails the attempt instead, and the job's next attempt redoes the shards without a marker.
 NO_RESTARTS = {"max_restarts": 0}
 
+
+def _map_with_actors(ds, **kwargs: Any):  # noqa: ANN001, ANN202
+    """`ds.map_batches(StageActor, ..., max_restarts=0)`. Ray 2.60 has no named parameter for `max_restarts`
+    and warns (RayDeprecationWarning) on every run about the `**ray_remote_args` that still carry it; that
+    one warning is not the user's to act on, so it is filtered here and nowhere else."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ds.map_batches(StageActor, **kwargs, **NO_RESTARTS)
+
+
 QUIET_LOGGERS = {
     "ray.data": logging.WARNING,
     "ray.data._internal.progress": logging.ERROR,
@@ -155,9 +167,9 @@ def actor_pool(ds, stage: Stage, size: int = 1, progress: tuple[str, int | None]
     """`ds.map_batches` through a pool of `size` actors each holding `stage` (set up once per actor), with
     the stage's batch size and resources: how the engine and the training jobs run a stateful stage."""
     ray = _ray()
-    kwargs = {"num_gpus": stage.num_gpus, **NO_RESTARTS} if stage.num_gpus else dict(NO_RESTARTS)
-    return ds.map_batches(
-        StageActor,
+    kwargs = {"num_gpus": stage.num_gpus} if stage.num_gpus else {}
+    return _map_with_actors(
+        ds,
         fn_constructor_args=(stage, progress),
         batch_size=stage.batch_size,
         batch_format="numpy",
@@ -243,9 +255,7 @@ class RayDataExecutor(Executor):
                 then = []
                 while stages and stages[0].beside_actor:
                     then.append(stages.pop(0))
-                ds = ds.map_batches(
-                    StageActor, fn_constructor_args=(stage, None, then), compute=pool, **kwargs, **NO_RESTARTS
-                )
+                ds = _map_with_actors(ds, fn_constructor_args=(stage, None, then), compute=pool, **kwargs)
             else:
                 ds = ds.map_batches(stage, **kwargs)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=self.prefetch_batches):

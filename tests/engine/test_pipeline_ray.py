@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -94,7 +95,7 @@ def test_sigkill_half_way_then_rerun_equals_uninterrupted(tmp_path):
 
     out = tmp_path / "killed"
     proc = subprocess.Popen(
-        cli(*common, "--output", str(out)),
+        cli(*common, "--output", str(out), "--executor", "ray"),  # auto would run a job this small without Ray
         env=env,
         cwd=REPO,
         start_new_session=True,
@@ -120,9 +121,15 @@ def test_sigkill_half_way_then_rerun_equals_uninterrupted(tmp_path):
     done_at_kill = len(list((out / "_done").glob("*.json")))
     assert 1 <= done_at_kill < 12, f"kill landed after {done_at_kill} of 12 shards; the test needs half-way"
 
-    rerun = subprocess.run(cli(*common, "--output", str(out)), env=env, cwd=REPO, capture_output=True, text=True)
+    rerun = subprocess.run(
+        cli(*common, "--output", str(out), "--executor", "ray"), env=env, cwd=REPO, capture_output=True, text=True
+    )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"shards: {done_at_kill} already done, 0 failed" in rerun.stdout
+    # a normal run on Ray logs our lines only: none of Ray's INFO lines, deprecation warnings or ERROR lines
+    assert "Started a local Ray" not in rerun.stderr and "started a local Ray" in rerun.stderr
+    theirs = [line for line in rerun.stderr.splitlines() if not re.match(r"\d\d:\d\d:\d\d (INFO|WARNING) dpiqa", line)]
+    assert not theirs, theirs
     clean, resumed = read_rows(str(tmp_path / "clean")), read_rows(str(out))
     assert len(resumed) == 12 * 24 == len({(r["shard"], r["key"]) for r in resumed})
     assert [(r["shard"], r["index"], r["key"]) for r in resumed] == [(r["shard"], r["index"], r["key"]) for r in clean]
