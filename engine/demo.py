@@ -94,7 +94,9 @@ def samples(source: str, name: str, img: Image.Image) -> Iterator[tuple[str, dic
 
     def png(image: Image.Image | np.ndarray) -> bytes:
         buf = io.BytesIO()
-        (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buf, "PNG")
+        # zlib level 1: the pixels are the same at any level, the files ~10% larger, and the corpus (540 images,
+        # the first thing a new user waits for) builds ~3x faster than at Pillow's default level 6
+        (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buf, "PNG", compress_level=1)
         return buf.getvalue()
 
     def meta(kind: str, level: int) -> bytes:
