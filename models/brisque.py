@@ -47,6 +47,22 @@ def brisque_model():  # noqa: ANN201 - a brisque.BRISQUE subclass, imported lazi
                 raise RuntimeError(f"BRISQUE feature sizes {[f.size for f in flat]}: expected scalars")
             return np.array([f[0] for f in flat], dtype=np.float64)
 
+        # Speed, not a different score: the package's `score` computes the full-size MSCN coefficients and their
+        # pair products first and then discards them (its `calculate_brisque_features` computes them again);
+        # ours leaves that pass out, with every other step the package's, in its order (the same floats: a
+        # reordered blur changes scores by up to 5 units where flat regions give coefficients of exactly 0,
+        # which BRISQUE's asymmetric fit splits at `z < 0`).
+        def score(self, img) -> float:  # noqa: ANN001 - as the package's
+            import cv2
+            import skimage.color
+
+            gray = skimage.color.rgb2gray(self.remove_alpha_channel(self.load_image(img)))
+            half = cv2.resize(gray, None, fx=1 / 2, fy=1 / 2, interpolation=cv2.INTER_CUBIC)
+            features = np.concatenate(
+                [self.calculate_brisque_features(im, kernel_size=7, sigma=7 / 6) for im in (gray, half)]
+            )
+            return self.calculate_image_quality_score(features)
+
     return _Numpy2Brisque(url=False)
 
 
@@ -80,7 +96,7 @@ def brisque_score(image: ImageInput, storage_options: dict | None = None) -> flo
 
 def brisque_scores(images: Iterable[ImageInput], storage_options: dict | None = None) -> np.ndarray:
     """BRISQUE scores of many images, in order (lower = better quality, NaN where undefined; about
-    0.25-0.5 s per 512 x 512 image on one CPU core; progress logged every 10 s).
+    bench/brisque_speed.py measures it; progress logged every 10 s).
 
     Args:
         images: uint8 arrays, PIL images, or paths/fsspec URLs.
