@@ -33,6 +33,7 @@ def quiet_worker_logs() -> None:
     its `RAY_ADDRESS`: the cleaner looks the cluster up by address, and with two local Rays on one machine
     (two jobs side by side) the lookup otherwise fails with "Found multiple active Ray instances"."""
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    quiet_ray_logs()  # Ray Data's INFO lines in the workers too (a dataset's "execution finished" per epoch)
     os.environ.setdefault("RAY_ADDRESS", _ray().get_runtime_context().gcs_address)
 
 
@@ -65,7 +66,10 @@ QUIET_LOGGERS = {
 
 
 def quiet_ray_logs() -> None:
-    """Apply `QUIET_LOGGERS` (again after Ray Data has configured its loggers, which it does on first use)."""
+    """Apply `QUIET_LOGGERS`, after Ray Data has configured its loggers (on its first import, which resets
+    their levels: hence the import here, else a job that imports it later logs its INFO lines)."""
+    import ray.data  # noqa: F401 - configures Ray Data's loggers now, not after ours
+
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
 

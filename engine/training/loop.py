@@ -96,9 +96,14 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa:
     """
     import ray.train
     import ray.train.torch
+    from ray.train.v2._internal.execution import context as train_context
 
     from dpiqa.engine.metrics import compute_metrics
     from dpiqa.engine.progress import Progress
+
+    # Ray Train logs "Reporting training result N: <every metric>" at INFO from a logger named after its file,
+    # outside the `ray.train` names that RunConfig's LoggingConfig(log_level="WARNING") filters (run.py)
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     from dpiqa.engine.training.data import to_torch
     from dpiqa.engine.training.model import build_model
     from dpiqa.engine.training.state import load_state, save_state
@@ -274,13 +279,10 @@ def _validate(
     for batch in val.iter_batches(batch_size=64, batch_format="numpy"):
         with autocast:
             if cached_features:
-                score, _ = model(
-                    torch.as_tensor(np.ascontiguousarray(batch["features"])).to(device), from_backbone=True
-                )
+                # np.array copies: Ray's batches are read-only views of the object store, which torch warns about
+                score, _ = model(torch.from_numpy(np.array(batch["features"])).to(device), from_backbone=True)
             else:
-                score, _ = model(
-                    preprocessing.to_tensor(torch.as_tensor(np.ascontiguousarray(batch["image"])).to(device))
-                )
+                score, _ = model(preprocessing.to_tensor(torch.from_numpy(np.array(batch["image"])).to(device)))
         preds.append(score.float().cpu().numpy() * mos_scale)
         mos.append(batch["target"].astype(np.float64) * mos_scale)
         if "rank_group" in batch:

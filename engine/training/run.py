@@ -506,6 +506,10 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str, sources: str
         ),
         run_config=ray.train.RunConfig(
             name=f"{config.job}-{identity}-split{seed}",
+            # Ray Train's INFO lines on the console (resources requested, process group set up, each checkpoint
+            # and report with all its metrics) repeat what the job logs once per epoch; they stay in the Ray
+            # session's log files. Warnings and errors still show.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             storage_path=storage_path,
             storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=config.run.max_failures),
