@@ -23,6 +23,7 @@ import pyarrow as pa
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import publish  # noqa: E402
 from dpiqa.version import machine  # noqa: E402
 
 
@@ -122,9 +123,7 @@ def main() -> None:
             f"Machine: {machine()}",
         ]
     )
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    publish(text, args.out)
 
 
 if __name__ == "__main__":

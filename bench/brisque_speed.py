@@ -21,6 +21,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import publish  # noqa: E402
 from dpiqa.version import machine  # noqa: E402
 
 
@@ -72,10 +73,7 @@ def main() -> None:
         "",
         f"Machine: {machine()}",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    publish("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,23 @@
-"""Shared by the benchmarks: commands as typed, and peak memory of a process tree (the machine's description
-is `dpiqa.version.machine`)."""
+"""Shared by the benchmarks: commands as typed, peak memory of a process tree, and printing a result that is also
+written to `bench/results/` (the machine's description is `dpiqa.version.machine`)."""
 
 from __future__ import annotations
 
 import re
 import threading
 import time
+from pathlib import Path
 
 import psutil
+
+
+def publish(text: str, out: str | Path | None) -> None:
+    """Print a benchmark's result (Markdown) and, with `out`, write it there too."""
+    text = text.rstrip("\n") + "\n"
+    print(text, end="")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
 
 
 def as_typed(command: str) -> str:

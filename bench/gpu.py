@@ -38,6 +38,7 @@ from dpiqa.models.run_options import RunOptions
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import publish  # noqa: E402
 from dpiqa.version import machine  # noqa: E402
 
 
@@ -230,11 +231,7 @@ def main() -> None:
         f"End to end includes Ray start and model load: teacher {e2e_teacher['startup']:.1f} s, "
         f"student {e2e_student['startup']:.1f} s before the first scored batch; {images} images.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
+    publish("\n".join(lines), args.output)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,9 @@ from pathlib import Path
 
 from dpiqa.models.run_options import RunOptions
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import publish  # noqa: E402
+
 log = logging.getLogger("bench.latency")
 
 # Speed tiers: the paper's student first (the baseline), then smaller timm backbones.
@@ -331,10 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
     baseline = args.baseline if args.baseline in args.tiers else args.tiers[0]
     text = markdown(results, params, baseline, args, host_before, host(), time.monotonic() - t_start)
-    print(text)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text)
+    publish(text, args.output)
     return 1 if any(m.error for m in results) else 0
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import publish  # noqa: E402
 from dpiqa.version import machine  # noqa: E402
 
 BEFORE_REF = "8fcc414"  # main when the start-up work began
@@ -129,9 +130,7 @@ def main() -> None:
             f"Machine: {machine()}",
         ]
     )
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    publish(text, args.out)
 
 
 if __name__ == "__main__":
