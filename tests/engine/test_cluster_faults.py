@@ -25,13 +25,18 @@ def cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    if ray.is_initialized():
+    from dpiqa.engine.executor.ray_data import init_ray
+
+    session = ray.is_initialized()  # the session's local Ray (`ray_local`), given back afterwards
+    if session:
         ray.shutdown()
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     ray.init(address=c.address)
     yield c
     ray.shutdown()
     c.shutdown()
+    if session:
+        init_ray(num_cpus=2, for_training=True)  # as `ray_local` started it
 
 
 def student_checkpoint(path: Path) -> str:
