@@ -100,15 +100,14 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa:
 
     from dpiqa.engine.metrics import compute_metrics
     from dpiqa.engine.progress import Progress
-
-    # Ray Train logs "Reporting training result N: <every metric>" at INFO from a logger named after its file,
-    # outside the `ray.train` names that RunConfig's LoggingConfig(log_level="WARNING") filters (run.py)
-    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     from dpiqa.engine.training.data import to_torch
     from dpiqa.engine.training.model import build_model
     from dpiqa.engine.training.state import load_state, save_state
     from dpiqa.models.distill import distillation_loss, ranking_loss, teacher_loss
 
+    # Ray Train logs "Reporting training result N: <every metric>" at INFO from a logger named after its file,
+    # outside the `ray.train` names that RunConfig's LoggingConfig(log_level="WARNING") filters (run.py)
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     context = ray.train.get_context()
