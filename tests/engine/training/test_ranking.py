@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from corpus import graded_table
 from PIL import Image
+from recipes import tiny_student
 
 from dpiqa.engine.training.data import EpochBatches, rank_id, rank_table_rows
 from dpiqa.engine.training.loop import rank_srcc, selection
@@ -81,29 +82,14 @@ def test_ranked_distillation_end_to_end(ray_local, tmp_path):
     """A student trained with the ranking loss on a labelled table plus a ranking table (train) and selected
     on a held-out ranking table (val): the card records both tables and the loss, and the validation
     metrics carry the ranking SRCC."""
-    from dpiqa.engine.splits import SplitConfig
-    from dpiqa.engine.training.model import ModelSpec
-    from dpiqa.engine.training.run import TrainConfig, TrainRun, run_training
+    from dpiqa.engine.training.run import run_training
 
     table = graded_table(tmp_path, n=30, seed=5)
     train, val = ranking_table(tmp_path, 6, "train.csv"), ranking_table(tmp_path / "v", 3, "val.csv")
     out = tmp_path / "student"
     result = run_training(
-        TrainConfig(
-            job="distill",
-            output=str(out),
-            dataset="csv",
-            root=str(table),
-            distill_mode="none",
-            model=ModelSpec(kind="student", config="dpiqa-student-tiny", pretrained_backbone=False),
-            split=SplitConfig(n_splits=1),
-            epochs=2,
-            batch_size=8,
-            run=TrainRun(threads=1),
-            extra_train=str(train),
-            extra_val=str(val),
-            rank_weight=1.0,
-            rank_margin=0.05,
+        tiny_student(
+            table, out, epochs=2, extra_train=str(train), extra_val=str(val), rank_weight=1.0, rank_margin=0.05
         )
     )
     card = json.loads((out / "card.json").read_text())["training"]

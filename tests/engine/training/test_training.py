@@ -17,6 +17,7 @@ import torch
 from background import capture
 from clirun import dpiqa
 from corpus import graded_table
+from recipes import tiny_student
 
 from dpiqa import models
 
@@ -264,46 +265,21 @@ def test_frozen_backbone_trains_on_cached_features_exactly_as_on_images(ray_loca
     up to float noise: the features are computed at another batch size than the loop's (last-bit
     differences), and Adam turns noise in near-zero gradients into steps of up to its learning rate (1e-3
     here), so the bound is one such step: it checks that both paths train the same head, not bit-equality."""
-    from dpiqa.engine.splits import SplitConfig
-    from dpiqa.engine.training.model import ModelSpec
-    from dpiqa.engine.training.run import TrainConfig, TrainRun, run_training
+    from dpiqa.engine.training.run import run_training
 
     table = graded_table(tmp_path, n=30, seed=5)
     outs = {}
     for cache in (True, False):
         out = str(tmp_path / f"cache-{cache}")
-        run_training(
-            TrainConfig(
-                job="distill",
-                output=out,
-                dataset="csv",
-                root=str(table),
-                distill_mode="none",
-                model=ModelSpec(
-                    kind="student",
-                    config="dpiqa-student-tiny",
-                    pretrained_backbone=False,
-                    overrides={"freeze_backbone": True},
-                ),
-                split=SplitConfig(n_splits=1),
-                epochs=2,
-                batch_size=8,
-                run=TrainRun(threads=1),
-                cache_features=cache,
-            )
-        )
+        run_training(tiny_student(table, out, epochs=2, overrides={"freeze_backbone": True}, cache_features=cache))
         outs[cache] = models.load_model(out).state_dict()
     for k in outs[True]:
         torch.testing.assert_close(outs[True][k], outs[False][k], rtol=0, atol=1e-3, msg=k)
     from dpiqa.engine.training.model import build_model
 
     torch.manual_seed(0)  # as the workers build it: the frozen backbone stays, the head moved
-    initial = build_model(
-        ModelSpec(
-            kind="student", config="dpiqa-student-tiny", pretrained_backbone=False, overrides={"freeze_backbone": True}
-        ),
-        100.0,
-    ).state_dict()
+    spec = tiny_student(table, tmp_path, epochs=2, overrides={"freeze_backbone": True}).model  # the runs' model
+    initial = build_model(spec, 100.0).state_dict()
     assert all(
         torch.equal(outs[True][k], initial[k])
         for k in initial
@@ -481,23 +457,10 @@ def test_paper_protocol_trains_to_the_last_epoch_on_80_20(ray_local, tmp_path, c
 def student_recipe(table: Path, out: Path, max_failures: int = 0):  # noqa: ANN201 - TrainConfig
     """A tiny student from scratch on the graded fixture (labels only): `learned` trains it once; the
     killed-distill test trains it again and compares."""
-    from dpiqa.engine.splits import SplitConfig
-    from dpiqa.engine.training.model import ModelSpec
-    from dpiqa.engine.training.run import TrainConfig, TrainRun
+    from dpiqa.engine.training.run import TrainRun
 
-    return TrainConfig(
-        job="distill",
-        output=str(out),
-        dataset="csv",
-        root=str(table),
-        distill_mode="none",
-        model=ModelSpec(kind="student", config="dpiqa-student-tiny", pretrained_backbone=False),
-        split=SplitConfig(n_splits=1),
-        epochs=6,
-        batch_size=8,
-        lr=1e-3,
-        run=TrainRun(threads=1, max_failures=max_failures),  # outside the recipe's identity
-    )
+    # max_failures is outside the recipe's identity (TrainRun)
+    return tiny_student(table, out, epochs=6, lr=1e-3, run=TrainRun(threads=1, max_failures=max_failures))
 
 
 @pytest.fixture(scope="module")

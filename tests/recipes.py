@@ -1,0 +1,31 @@
+"""Training recipes the tests share: a tiny student from random initialisation on a labelled CSV table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dpiqa.engine.splits import SplitConfig
+from dpiqa.engine.training.model import ModelSpec
+from dpiqa.engine.training.run import TrainConfig, TrainRun
+
+
+def tiny_student(
+    table: Path, out: Path, *, epochs: int, overrides: dict | None = None, run: TrainRun | None = None, **fields
+) -> TrainConfig:
+    """`distill --mode none` (labels only) of `dpiqa-student-tiny` without pretrained weights, one split, global
+    batch 8, one thread; `fields` are further TrainConfig fields (lr, ranking tables, ...)."""
+    return TrainConfig(
+        job="distill",
+        output=str(out),
+        dataset="csv",
+        root=str(table),
+        distill_mode="none",
+        model=ModelSpec(
+            kind="student", config="dpiqa-student-tiny", pretrained_backbone=False, overrides=overrides or {}
+        ),
+        split=SplitConfig(n_splits=1),
+        epochs=epochs,
+        batch_size=8,
+        run=run or TrainRun(threads=1),
+        **fields,
+    )
