@@ -441,6 +441,15 @@ def shard_dataset(
     return ds.map_batches(DecodeSamples(preprocessing), batch_format="numpy")
 
 
+def batch_tensor(column: np.ndarray):  # noqa: ANN201 - torch.Tensor (torch imported lazily)
+    """A batch column as a tensor: zero-copy where numpy allows it, a copy where Ray hands out a read-only view
+    of its object store (a tensor over it warns, and writing into it would be undefined)."""
+    import torch
+
+    column = np.ascontiguousarray(column)
+    return torch.from_numpy(column if column.flags.writeable else column.copy())
+
+
 def to_torch(batch: Batch, map_shape: tuple[int, ...] | None = None) -> dict:
     """A numpy batch -> tensors: `image` uint8, `target`, and the teacher's outputs where present
     (missing maps become NaN rows, so the loss leaves them out)."""
@@ -449,7 +458,7 @@ def to_torch(batch: Batch, map_shape: tuple[int, ...] | None = None) -> dict:
     out = {"target": torch.as_tensor(batch["target"].astype(np.float32))}
     for column in ("image", "features"):
         if column in batch:
-            out[column] = torch.as_tensor(np.ascontiguousarray(batch[column]))
+            out[column] = batch_tensor(batch[column])
     for column in RANK_COLUMNS:
         if column in batch:
             out[column] = torch.as_tensor(np.asarray(batch[column], dtype=np.int64))
@@ -523,7 +532,7 @@ class BackboneFeatures(Stage):
             features = np.stack([h["features"] for h in hits])
         else:
             with torch.inference_mode():
-                x = preprocessing.to_tensor(torch.as_tensor(np.ascontiguousarray(batch["image"])))
+                x = preprocessing.to_tensor(batch_tensor(batch["image"]))
                 features = self.model.backbone_features(x).float().numpy()
             for key, f in zip(keys, features, strict=False):
                 self.cache.put(key, features=f)

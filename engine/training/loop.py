@@ -274,14 +274,15 @@ def _validate(
     if val is None:
         return {}
     model.eval()
+    from dpiqa.engine.training.data import batch_tensor
+
     preds, mos, ranks = [], [], []
     for batch in val.iter_batches(batch_size=64, batch_format="numpy"):
         with autocast:
             if cached_features:
-                # np.array copies: Ray's batches are read-only views of the object store, which torch warns about
-                score, _ = model(torch.from_numpy(np.array(batch["features"])).to(device), from_backbone=True)
+                score, _ = model(batch_tensor(batch["features"]).to(device), from_backbone=True)
             else:
-                score, _ = model(preprocessing.to_tensor(torch.from_numpy(np.array(batch["image"])).to(device)))
+                score, _ = model(preprocessing.to_tensor(batch_tensor(batch["image"]).to(device)))
         preds.append(score.float().cpu().numpy() * mos_scale)
         mos.append(batch["target"].astype(np.float64) * mos_scale)
         if "rank_group" in batch:
