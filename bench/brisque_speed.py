@@ -1,9 +1,10 @@
 """Benchmark: the BRISQUE baseline (`--model brisque`) against the `brisque` package's own computation, on the
-same images in the same run: seconds per image and the ratio, with the largest score difference.
+same images in the same run: seconds per image and the ratio.
 
 "Package" is our numpy-2 fix with the package's own `score` (which computes the full-size coefficients once
-more than it uses); "ours" is `dpiqa.models.brisque`, which leaves that pass out.
-The scores are checked identical. The images are the demo corpus's photographs at 512 px on their long side and three distortions of each.
+more than it uses); "ours" is `dpiqa.models.brisque`, which leaves that pass out. The run stops unless both
+give the same scores (to 1e-9). The images are the demo corpus's photographs at <= 512 px on their long side
+and three distortions of each.
 
     python bench/brisque_speed.py [--repeats 3] [--out bench/results/brisque-cpu.md]
 """
