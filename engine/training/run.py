@@ -351,6 +351,11 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: flo
                     total=images,
                     cache_dir=config.run.cache_dir,
                 )
+                if cache:
+                    # The teacher's actor and the backbone-feature actor each hold a CPU for as long as the
+                    # stream runs: on a 2-CPU node none is left to decode images and both wait for ever.
+                    # The teacher's outputs are materialised first, which ends its actor.
+                    train = train.materialize()
         # Materialised once (decoding, teacher outputs, cached features), then served in another seeded
         # permutation every epoch.
         train = cached(train, images).select_columns(columns).materialize()
