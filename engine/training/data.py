@@ -485,6 +485,8 @@ class BackboneFeatures(Stage):
         storage_options: fsspec options for the weights it is built from.
         batch_size: images per call.
         cache_dir: keep each image's features in an `OutputCache` there (a rerun after a kill resumes).
+        seed: the torch seed the model is built after, the training loop's (`LoopConfig.seed`): a backbone
+            without pretrained weights is then the one the workers train on.
     """
 
     name = "backbone-features"
@@ -497,9 +499,10 @@ class BackboneFeatures(Stage):
         storage_options: dict | None = None,
         batch_size: int = 32,
         cache_dir: str | None = None,
+        seed: int = 0,
     ) -> None:
         self.spec, self.mos_scale, self.threads, self.storage_options = spec, mos_scale, threads, storage_options
-        self.batch_size, self.cache_dir = batch_size, cache_dir
+        self.batch_size, self.cache_dir, self.seed = batch_size, cache_dir, seed
         self.model = None
         self.cache = None
 
@@ -510,17 +513,10 @@ class BackboneFeatures(Stage):
 
         if self.threads:
             torch.set_num_threads(self.threads)
+        torch.manual_seed(self.seed)  # as `dpiqa.engine.training.loop.train_loop_per_worker` builds it
         self.model = build_model(self.spec, self.mos_scale, self.storage_options).eval()
         if self.cache_dir:
-            import dataclasses
-            import json
-
-            self.cache = OutputCache(
-                self.cache_dir,
-                "backbone features "
-                + json.dumps(dataclasses.asdict(self.spec), sort_keys=True, default=str)
-                + f" {self.mos_scale}",
-            )
+            self.cache = OutputCache(self.cache_dir, backbone_identity(self.model))
 
     def __call__(self, batch: Batch) -> Batch:
         import torch
@@ -541,6 +537,32 @@ class BackboneFeatures(Stage):
         return out
 
 
+# The config fields besides the backbone's weights that `backbone_features` depends on.
+FEATURE_FIELDS = (
+    "backbone",
+    "backbone_kwargs",
+    "input_norm",
+    "aux_features",
+    "image_size",
+    "interpolation",
+    "value_range",
+)
+
+
+def backbone_identity(model) -> str:  # noqa: ANN001 - a DPIQAStudent
+    """What a student's backbone features depend on: the backbone's weights (hashed) and `FEATURE_FIELDS`;
+    not the head, so runs that try other heads over one frozen backbone reuse its cached features."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.backbone.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    fields = {f: getattr(model.config, f) for f in FEATURE_FIELDS}
+    return f"backbone features {digest.hexdigest()} {json.dumps(fields, sort_keys=True, default=str)}"
+
+
 def with_backbone_features(
     ds,
     spec,
@@ -549,11 +571,12 @@ def with_backbone_features(
     storage_options: dict | None = None,
     total: int | None = None,
     cache_dir: str | None = None,
+    seed: int = 0,
 ):
     """`BackboneFeatures` on one actor, with progress lines (`total`: the images expected)."""
     from dpiqa.engine.executor.ray_data import actor_pool
 
-    stage = BackboneFeatures(spec, mos_scale, threads, storage_options, cache_dir=cache_dir)
+    stage = BackboneFeatures(spec, mos_scale, threads, storage_options, cache_dir=cache_dir, seed=seed)
     return actor_pool(ds, stage, progress=("distill: backbone features", total))
 
 

@@ -317,6 +317,7 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: flo
             total=total,
             storage_options=config.storage_options,
             cache_dir=config.run.cache_dir,
+            seed=split.seed,
         )
 
     rank_columns = list(data.RANK_COLUMNS) if ranked else []

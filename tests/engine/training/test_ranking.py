@@ -4,6 +4,7 @@ SRCC and epoch selection, and a ranked distillation end to end on a real local R
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -103,7 +104,9 @@ def test_ranked_distillation_end_to_end(ray_local, tmp_path):
 def test_output_cache_serves_a_rerun_without_the_model(tmp_path):
     """Backbone features computed once are read back from the disk cache by a new stage (a rerun after a
     kill): equal to the computed ones, without running the backbone; another model's entries are not read."""
-    from dpiqa.engine.training.data import BackboneFeatures, OutputCache
+    import torch
+
+    from dpiqa.engine.training.data import BackboneFeatures, OutputCache, backbone_identity
     from dpiqa.engine.training.model import ModelSpec
 
     spec = ModelSpec(
@@ -121,6 +124,21 @@ def test_output_cache_serves_a_rerun_without_the_model(tmp_path):
     other = OutputCache(str(tmp_path), "another model")
     assert other.get(OutputCache.key(images[0])) is None
     assert OutputCache.key(images[0]) != OutputCache.key(images[1])
+
+    # Another head over the same frozen backbone reads the same entries; other backbone weights do not.
+    head = BackboneFeatures(
+        dataclasses.replace(spec, overrides={"freeze_backbone": True, "map_size": 8, "head_hidden": 16}),
+        100.0,
+        cache_dir=str(tmp_path),
+    )
+    head.setup()
+    head.model.backbone_features = None
+    np.testing.assert_array_equal(head(batch)["features"], computed)
+    moved = BackboneFeatures(spec, 100.0, cache_dir=str(tmp_path))
+    moved.setup()
+    with torch.no_grad():
+        next(moved.model.backbone.parameters()).add_(1.0)
+    assert backbone_identity(moved.model) != backbone_identity(again.model) == backbone_identity(head.model)
 
 
 def test_cached_teacher_scores_and_maps_come_back_from_disk(tmp_path):

@@ -271,7 +271,7 @@ def test_frozen_backbone_trains_on_cached_features_exactly_as_on_images(trained,
 
     d, _ = trained
     table = graded_table(tmp_path, n=30, seed=5)
-    outs = {}
+    outs, losses = {}, {}
     for cache in (True, False):
         out = str(tmp_path / f"cache-{cache}")
         recipe = tiny_student(
@@ -285,9 +285,15 @@ def test_frozen_backbone_trains_on_cached_features_exactly_as_on_images(trained,
         )
         run_training(recipe)
         outs[cache] = models.load_model(out).state_dict()
-        assert json.loads((Path(out) / "card.json").read_text())["training"]["teacher"] is not None
+        card = json.loads((Path(out) / "card.json").read_text())
+        assert card["training"]["teacher"] is not None
+        losses[cache] = [h["train_loss"] for h in card["training"]["history"]]
     for k in outs[True]:
         torch.testing.assert_close(outs[True][k], outs[False][k], rtol=0, atol=1e-3, msg=k)
+    # The losses show that the head saw the same features (Adam's bounded steps alone would not: a head
+    # trained on another backbone's features moves by as little): the feature actor builds the backbone
+    # from the workers' seed.
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
     from dpiqa.engine.training.model import build_model
 
     torch.manual_seed(0)  # as the workers build it: the frozen backbone stays, the head moved
