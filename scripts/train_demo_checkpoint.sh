@@ -11,8 +11,10 @@
 #     the ranking table (MOS x (1 - 0.15 x level) on AGIQA copies; unlabelled photographs) with labels and a
 #     pairwise ranking loss across levels of one source; epoch picked on AGIQA-3K's validation part and the
 #     held-out photographs' ranking;
-#  2. student: MobileNetV3-Large (no ImageNet weights) distilled from it with the spec's loss (labels + map
-#     MSE) plus the same ranking loss, on the same data, picked the same way;
+#  2. student: the first 2 of the same encoder's 12 blocks, frozen (early, low-level features, where noise and
+#     compression still show; 20 MiB in all), with the same statistics and quality head, distilled from the
+#     teacher with the spec's loss (labels + map MSE) plus the ranking loss (weight 2), on the same data,
+#     picked the same way; both runs keep the teacher's outputs and the frozen features in --cache-dir;
 #  3. metrics (the held-out AGIQA-3K split; the demo corpus's distortion ranking; the held-out photographs'
 #     12 training-only families as a proxy; BRISQUE on each) go into the card, and the student into
 #     models/checkpoints/demo/ with its teacher's card beside it.
@@ -27,15 +29,18 @@ RANK=$OUT/ranking
 # is a bottleneck (validation SRCC 0.45 against 0.62 for 64 channels in a probe on 1,000 AGIQA-3K images).
 HEAD="--set map_channels=64 --set map_size=8 --set head_hidden=256"
 SPLIT="--dataset agiqa3k --root $ROOT --grouped --seed 0 --threads ${THREADS:-2}"
-RANKED="--extra-train $RANK/train.csv --extra-val $RANK/val.csv --rank-weight 1 --rank-margin 0.05"
+RANKED="--extra-train $RANK/train.csv --extra-val $RANK/val.csv --rank-margin 0.05"
+# The student keeps the encoder's first 2 blocks (JSON inside the command string: escaped quotes).
+DEPTH2="--set 'backbone_kwargs={\"img_size\": 224, \"depth\": 2}'"
 commands=(
   "$PYTHON scripts/build_ranking_set.py --agiqa $ROOT --output $RANK"
-  "$DPIQA distill --mode none $SPLIT $RANKED --config dpiqa-student-vits14 $HEAD --set freeze_backbone=true --set aux_features=nss --epochs 20 --batch-size 32 --lr 5e-4 --milestones 14 --output $OUT/demo-teacher"
-  "$DPIQA distill $SPLIT $RANKED --teacher $OUT/demo-teacher --config dpiqa-student --backbone mobilenetv3_large_100 --image-size 224 $HEAD --set interpolation=bicubic --no-pretrained --epochs 5 --batch-size 32 --lr 1e-3 --milestones 4 --output $OUT/demo-student"
+  "$DPIQA distill --mode none $SPLIT $RANKED --rank-weight 1 --config dpiqa-student-vits14 $HEAD --set freeze_backbone=true --set aux_features=nss --epochs 20 --batch-size 32 --lr 5e-4 --milestones 14 --cache-dir $OUT/cache --output $OUT/demo-teacher"
+  "$DPIQA distill $SPLIT $RANKED --rank-weight 2 --teacher $OUT/demo-teacher --config dpiqa-student-vits14 $DEPTH2 $HEAD --set freeze_backbone=true --set aux_features=nss --epochs 20 --batch-size 32 --lr 5e-4 --milestones 14 --cache-dir $OUT/cache --output $OUT/demo-student"
   "$DPIQA demo --model $OUT/demo-student --output $OUT/demo-eval/student --overwrite"
   "$DPIQA demo --model $OUT/demo-teacher --output $OUT/demo-eval/teacher --overwrite"
   "$DPIQA demo --model brisque --output $OUT/demo-eval/brisque --overwrite"
   "$DPIQA eval --model brisque --dataset agiqa3k --root $ROOT --seed 0 --grouped --json --device cpu > $OUT/demo-eval/brisque-agiqa3k.json"
+  "$DPIQA eval --model $OUT/demo-teacher --dataset agiqa3k --root $ROOT --seed 0 --grouped --json --device cpu > $OUT/demo-eval/teacher-agiqa3k.json"
   "$PYTHON scripts/rank_table_eval.py --model $OUT/demo-student --table $RANK/val-extra.csv --output $OUT/demo-eval/student-val-extra.json"
   "$PYTHON scripts/rank_table_eval.py --model $OUT/demo-teacher --table $RANK/val-extra.csv --output $OUT/demo-eval/teacher-val-extra.json"
   "$PYTHON scripts/rank_table_eval.py --model brisque --table $RANK/val-extra.csv --output $OUT/demo-eval/brisque-val-extra.json"
