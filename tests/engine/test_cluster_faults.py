@@ -30,7 +30,10 @@ def cluster():
     session = ray.is_initialized()  # the session's local Ray (`ray_local`), given back afterwards
     if session:
         ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    # The head has no CPU: every task and actor that does work runs on the worker nodes, so killing the one
+    # that runs them always costs the run an attempt (with a CPU on the head, the rest of a run could sit
+    # there and the kill hit nothing: a flaky "did not cost an attempt").
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     ray.init(address=c.address)
     yield c
     ray.shutdown()
