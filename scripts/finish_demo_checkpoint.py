@@ -80,7 +80,8 @@ def main() -> None:
             "trained quality head. The student keeps the first 2 of that encoder's 12 blocks (frozen: early, "
             "low-level features, where noise and compression still show) with the same statistics and a quality "
             "head distilled from the teacher (labels plus the teacher's quality maps). Teacher and student were "
-            "trained with a pairwise ranking loss across distortion levels of one source too. Scores are on AGIQA-3K's 0-5 MOS scale. See metrics for "
+            "trained with a pairwise ranking loss across distortion levels of one source too. Scores are on "
+            "AGIQA-3K's 0-5 MOS scale. See metrics for "
             "how it compares with BRISQUE on AGIQA-3K's held-out split and on the demo corpus's distortions; "
             "on authentic photographs (CLIVE) it was not measured."
         ),

@@ -13,14 +13,13 @@ def tiny_student(
     table: Path, out: Path, *, epochs: int, overrides: dict | None = None, run: TrainRun | None = None, **fields
 ) -> TrainConfig:
     """`distill --mode none` (labels only) of `dpiqa-student-tiny` without pretrained weights, one split, global
-    batch 8, one thread; `fields` are further TrainConfig fields (lr, ranking tables, a teacher and its
-    `distill_mode`, ...)."""
-    fields.setdefault("distill_mode", "none")
+    batch 8, one thread; `fields` are further TrainConfig fields (lr, ranking tables, ...)."""
     return TrainConfig(
         job="distill",
         output=str(out),
         dataset="csv",
         root=str(table),
+        distill_mode="none",
         model=ModelSpec(
             kind="student", config="dpiqa-student-tiny", pretrained_backbone=False, overrides=overrides or {}
         ),
