@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -15,11 +16,15 @@ from datetime import datetime, timezone
 
 from dpiqa import storage
 from dpiqa.engine.output import MANIFEST, RUNS_DIR, OutputLocation, RunResult
-from dpiqa.engine.progress import Progress
+from dpiqa.engine.progress import Progress, duration
 from dpiqa.engine.stages.write import ShardFact
 from dpiqa.version import code_version
 
 log = logging.getLogger(__name__)
+
+# Seconds without a finished image or shard after which a run says it is waiting, and again every as many
+# seconds while it waits: a stuck worker or a cluster without room for a stage is otherwise silent.
+STALL_WARNING_SECONDS = 300.0
 
 
 @dataclass
@@ -29,6 +34,7 @@ class Tally:
     facts: dict[str, ShardFact] = field(default_factory=dict)
     images: int = 0  # the job's unit of progress (images scored, samples kept)
     first_output: float | None = None  # seconds from the start until the first unit came back
+    last_activity: float = field(default_factory=time.monotonic)  # when a unit or a fact last came
 
 
 class ShardJob(ABC):
@@ -91,6 +97,7 @@ def run_shard_job(
     config_hash: str,
     retries: int = 3,
     started: float | None = None,
+    stall_warning: float = STALL_WARNING_SECONDS,
 ) -> RunResult:
     """Run `job` over the shards in `todo` (the output already claimed) and write the manifest.
 
@@ -104,6 +111,8 @@ def run_shard_job(
         config_hash: the output's identity.
         retries: attempts after the first over the shards a failed attempt left unfinished.
         started: `time.monotonic()` when the command started (start-up is measured from it).
+        stall_warning: seconds without a finished unit or shard before a warning line (repeated as long as
+            nothing finishes).
     """
     t0 = started if started is not None else time.monotonic()
     wall = datetime.now(timezone.utc)
@@ -120,14 +129,39 @@ def run_shard_job(
 
     def fact(f: ShardFact) -> None:
         tally.facts[f.url] = f
+        tally.last_activity = time.monotonic()
         report()
 
     def units(n: int) -> None:
         if tally.first_output is None:
             tally.first_output = time.monotonic() - t0
         tally.images += n
+        tally.last_activity = time.monotonic()
         report()
 
+    finished = threading.Event()
+    watcher = threading.Thread(
+        target=_warn_while_stalled, args=(job, tally, len(todo), stall_warning, finished), daemon=True
+    )
+    watcher.start()
+    try:
+        attempt = _attempts(job, shards, output, todo, retries, tally, fact, units)
+    finally:
+        finished.set()
+    return _finish(job, shards, output, skipped, config, config_hash, tally, progress, attempt, t0, wall)
+
+
+def _attempts(
+    job: ShardJob,
+    shards: storage.ShardList,
+    output: OutputLocation,
+    todo: list[str],
+    retries: int,
+    tally: Tally,
+    fact: Callable[[ShardFact], None],
+    units: Callable[[int], None],
+) -> int:
+    """Run `job` over `todo`, then again over what a failed attempt left unfinished; returns the attempts."""
     remaining, attempt = list(todo), 0
     while remaining:
         attempt += 1
@@ -160,7 +194,45 @@ def run_shard_job(
             retries + 1,
             len(remaining),
         )
+    return attempt
 
+
+def _warn_while_stalled(job: ShardJob, tally: Tally, total: int, seconds: float, finished: threading.Event) -> None:
+    """Log a warning each time `seconds` pass with no unit or shard finished, until `finished` is set."""
+    warned_at = float("-inf")
+    while not finished.wait(min(seconds / 4, 15.0)):
+        now = time.monotonic()
+        idle = now - tally.last_activity
+        if idle >= seconds and now - warned_at >= seconds:
+            warned_at = now
+            done = len(tally.facts)
+            log.warning(
+                "%s: nothing finished in the last %s (%d of %d shards done, %d %s); still waiting. A model "
+                "still loading, a stuck worker or a cluster without room for a stage (free CPUs, GPUs) stalls "
+                "a run: see the Ray logs, or stop it and run it again (finished shards are kept)",
+                job.label,
+                duration(idle),
+                done,
+                total,
+                tally.images,
+                job.unit,
+            )
+
+
+def _finish(
+    job: ShardJob,
+    shards: storage.ShardList,
+    output: OutputLocation,
+    skipped: int,
+    config: dict,
+    config_hash: str,
+    tally: Tally,
+    progress: Progress,
+    attempt: int,
+    t0: float,
+    wall: datetime,
+) -> RunResult:
+    """The final progress line, the manifest (one record per run, and the latest) and the failed shards."""
     done = [f for f in tally.facts.values() if f.error is None]
     failed = {f.url: f.error for f in tally.facts.values() if f.error is not None}
     progress.update(len(done), tally.images, failed=len(failed), force=True)
