@@ -19,7 +19,7 @@ from dpiqa.engine.stages.base import Stage
 from dpiqa.engine.stages.decode import DEFAULT_MAX_PIXELS, DecodeStage
 from dpiqa.engine.stages.score import ScoreStage
 from dpiqa.engine.stages.source import SourceStage
-from dpiqa.engine.stages.write import ShardFact, ShardWriter, WriteStage, owner
+from dpiqa.engine.stages.write import ShardFact, ShardWriter, WriterLost, WriteStage, owner
 from dpiqa.models.run_options import RunOptions
 from dpiqa.version import code_version
 
@@ -172,10 +172,6 @@ def run_score(config: ScoreConfig, executor: Executor | str = "auto", address: s
     return run_shard_job(job, shards, output, todo, skipped, settings, digest, config.retries, started=t0)
 
 
-class WriterLost(RuntimeError):
-    """A shard writer died during an attempt (what it had not written is written by the next attempt)."""
-
-
 class ScoreJob(ShardJob):
     """`score` as a shard job: the read -> decode -> score pipeline on the executor, rows handed to shard
     writers (Ray actors spread over the nodes, or one in-process writer on the local executor)."""
@@ -226,19 +222,25 @@ class ScoreJob(ShardJob):
 
         poller = threading.Thread(target=poll, name="score-writer-poll", daemon=True)
         poller.start()
+        failure: Exception | None = None
         try:
             self.executor.run(
                 [{"shard": url} for url in shards],
                 [*self.stages, WriteStage(writers)],
                 lambda batch: units(int(batch["images"].sum())),
             )
+        except Exception as exc:  # noqa: BLE001 - raised below, as it is or as the writer loss that caused it
+            failure = exc
         finally:
             stop.set()
             poller.join()
             drain(True)  # what was finished, also when the attempt failed
             self.executor.stop(writers)
         if lost:  # their shards in flight are gone with them: another attempt writes them again
-            raise WriterLost(f"{len(set(lost))} of {n} shard writers died (their process or node ended)")
+            # (the pipeline's own error, if any, is the scoring actor's failed hand-off to the dead writer)
+            raise WriterLost(f"{len(set(lost))} of {n} shard writers died (their process or node ended)") from failure
+        if failure is not None:
+            raise failure
 
     def retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, WriterLost) or self.executor.retryable(exc)

@@ -74,6 +74,15 @@ def quiet_ray_logs() -> None:
         logging.getLogger(name).setLevel(level)
 
 
+def configure_data_context():  # noqa: ANN201
+    """The current Ray Data context, set as the jobs run their datasets: no progress bars and no plan printed
+    at the start (the jobs print their own progress lines)."""
+    ctx = _ray().data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    return ctx
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, for_training: bool = False) -> float:
     """Connect to a cluster (`address`, else `RAY_ADDRESS`) or start a local Ray; returns the seconds it took
     (0 when Ray was already running).
@@ -123,14 +132,24 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, for_traini
 def is_ray_system_error(exc: BaseException) -> bool:
     """Whether a failure is Ray's (a dead node, actor or worker, a lost object), worth a fresh attempt over
     the unfinished work; errors in our own code, which Ray wraps as a task error with the user's exception
-    as its cause, are not."""
+    as its cause (Ray Data: with a `UserCodeException`, itself a `RayError`, as the cause), are not."""
     ray = _ray()
-    if not isinstance(exc, ray.exceptions.RayError):
+    if not isinstance(exc, ray.exceptions.RayError) or isinstance(exc, ray.exceptions.UserCodeException):
         return False
     if isinstance(exc, ray.exceptions.RayTaskError):
         cause = exc.cause if hasattr(exc, "cause") else None
         return isinstance(cause, ray.exceptions.RayError) and not isinstance(cause, ray.exceptions.RayTaskError)
     return True
+
+
+def _drop_tracebacks(exc: BaseException) -> None:
+    """Clear the tracebacks of `exc` and of the exceptions it was raised from or while handling."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__traceback__ = None
+        e = e.__cause__ or e.__context__
 
 
 class StageActor:
@@ -238,9 +257,7 @@ class RayDataExecutor(Executor):
             return
         ray = _ray()
         init_ray(self.address, self.num_cpus)
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False  # the job reports shards and images/s itself
-        ctx.print_on_execution_start = False
+        configure_data_context()
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         quiet_ray_logs()
         stages = list(stages)
@@ -262,5 +279,18 @@ class RayDataExecutor(Executor):
                 ds = _map_with_actors(ds, fn_constructor_args=(stage, None, then), compute=pool, **kwargs)
             else:
                 ds = ds.map_batches(stage, **kwargs)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=self.prefetch_batches):
+        batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=self.prefetch_batches))
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception as exc:
+                # Ray Data stops a failed run's actors by dropping their handles, but the exception's traceback
+                # holds its executor and so those handles, for as long as anything holds the exception (a log
+                # record, the caller's retry loop): the idle actors would keep their CPUs or GPUs, and the next
+                # attempt would wait for them for good. Ray's own message carries the remote traceback.
+                del ds, batches
+                _drop_tracebacks(exc)
+                raise
             sink(batch)

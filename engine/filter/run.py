@@ -240,12 +240,10 @@ def _run_ray(worker: ShardFilter, tasks: list[ShardTask], address: str | None) -
         return
     import ray
 
-    from dpiqa.engine.executor.ray_data import init_ray
+    from dpiqa.engine.executor.ray_data import configure_data_context, init_ray
 
     init_ray(address)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
+    configure_data_context()
 
     def one(row: dict) -> dict:
         r = worker(ShardTask(**row))

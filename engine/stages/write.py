@@ -230,6 +230,11 @@ def owner(url: str, writers: int) -> int:
     return zlib.crc32(url.encode("utf-8", "surrogateescape")) % writers
 
 
+class WriterLost(RuntimeError):
+    """A shard writer died or stopped answering during an attempt (what it had not written is written by the
+    next attempt)."""
+
+
 class WriteStage(Stage):
     """Hands each row to the writer that owns its shard; returns one row per call: how many image rows went
     out (what the driver reads to show progress). On Ray Data it runs inside the scoring actor's call
@@ -239,13 +244,16 @@ class WriteStage(Stage):
         writers: `ShardWriter`s in this process (local executor) or Ray actor handles of them.
         batch_size: rows per call when it runs on its own; None (the default) takes each block as it comes, so
             that a shard is written as soon as its last rows are scored.
+        timeout: seconds to wait for a writer to take rows before the attempt fails with `WriterLost`.
     """
 
     name: ClassVar[str] = "write"
     beside_actor = True  # runs in the scoring actor's call, on the rows it has just scored
 
-    def __init__(self, writers: list, batch_size: int | None = None, num_cpus: float = 0.25) -> None:
-        self.writers, self.batch_size, self.num_cpus = writers, batch_size, num_cpus
+    def __init__(
+        self, writers: list, batch_size: int | None = None, num_cpus: float = 0.25, timeout: float = 120.0
+    ) -> None:
+        self.writers, self.batch_size, self.num_cpus, self.timeout = writers, batch_size, num_cpus, timeout
 
     def __call__(self, batch: Batch) -> Batch:
         groups: dict[int, list[str]] = {}
@@ -263,5 +271,10 @@ class WriteStage(Stage):
         if pending:  # waiting here is the backpressure: rows are never sent faster than writers take them
             import ray
 
-            taken += sum(ray.get(pending))
+            try:
+                taken += sum(ray.get(pending, timeout=self.timeout))
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+                # `add` only files rows in memory: a writer that does not answer in minutes is gone or stuck
+                # (the driver, which checks every writer when an attempt ends, decides whether to retry).
+                raise WriterLost(f"a shard writer did not take rows ({type(exc).__name__})") from None
         return {"images": np.asarray([taken], dtype=np.int64)}

@@ -195,16 +195,13 @@ def run_training(config: TrainConfig, address: str | None = None) -> TrainResult
     Raises:
         ValueError: one line naming what is wrong or missing and how to proceed.
     """
-    import ray
-
-    from dpiqa.engine.executor.ray_data import init_ray
+    from dpiqa.engine.executor.ray_data import configure_data_context, init_ray
     from dpiqa.engine.metrics import summarize
 
     labeled = _load_labeled(config)
     sources = _check_before_start(config, labeled)
     init_ray(address, for_training=True)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # epoch lines come from the loop
+    ctx = configure_data_context()  # epoch lines come from the loop
     # The training sets are materialised through actor pools (teacher outputs, cached backbone features),
     # which otherwise return blocks in completion order: keep the split's order, so that a run's batches do
     # not depend on scheduling (and a frozen backbone trains on its cached features as on its images).
