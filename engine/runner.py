@@ -4,7 +4,6 @@ the manifest. A job only says how to process shards and reports one `ShardFact` 
 
 from __future__ import annotations
 
-import gc
 import logging
 import secrets
 import threading
@@ -195,11 +194,6 @@ def _attempts(
             retries + 1,
             len(remaining),
         )
-        # The failed attempt's exception holds its pipeline in reference cycles (tracebacks), and with it the
-        # handles of Ray Data's actors, which Ray Data stops by dropping those handles: collect it now, or the
-        # idle actors keep their CPUs and the next attempt waits for them for good.
-        error = None
-        gc.collect()
     return attempt
 
 

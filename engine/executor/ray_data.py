@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import secrets
@@ -288,9 +289,11 @@ class RayDataExecutor(Executor):
             except Exception as exc:
                 # Ray Data stops a failed run's actors by dropping their handles, but the exception's traceback
                 # holds its executor and so those handles, for as long as anything holds the exception (a log
-                # record, the caller's retry loop): the idle actors would keep their CPUs or GPUs, and the next
-                # attempt would wait for them for good. Ray's own message carries the remote traceback.
+                # record, the caller's retry loop), and the executor's own reference cycles hold them until a
+                # garbage collection: the idle actors would keep their CPUs or GPUs, and the next attempt would
+                # wait for them for good. Ray's own message carries the remote traceback.
                 del ds, batches
                 _drop_tracebacks(exc)
+                gc.collect()
                 raise
             sink(batch)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 import signal
@@ -198,7 +197,6 @@ def test_a_bug_in_a_stage_is_not_retried_and_a_writer_that_does_not_answer_fails
     assert not executor.retryable(bug.value)
     # The failed pipeline's actor gives its CPU back while its exception is still held (here by pytest; in a
     # run, by a log record and the retry loop): else the next attempt waits for that CPU for good.
-    gc.collect()
     deadline = time.monotonic() + 60
     while ray_local.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
         time.sleep(0.5)
