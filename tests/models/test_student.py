@@ -162,3 +162,42 @@ def test_aux_features_widen_the_head_input():
     assert score.shape == (2,) and qmap.shape == (2, 8, 4, 4)
     with pytest.raises(ValueError, match="aux_features"):
         DPIQAStudent(dataclasses.replace(config, aux_features="sift"))
+
+
+@pytest.mark.parametrize(
+    ("grid", "map_size"),
+    [(16, 8), (16, 16), (8, 4), (7, 64), (12, 8), (16, 32)],  # kept-pixel step 4, 2, 4 (1x1 path); 7/32, 3, 1
+)
+def test_map_head_equals_the_spec_transposed_conv_then_nearest_resize(grid: int, map_size: int) -> None:
+    """The map is the spec's ConvTranspose2d(k3, s2, p1, op1) -> ReLU -> nearest resize, whichever way it is
+    computed (a map smaller than the doubled grid by an even step takes the 1x1 shortcut)."""
+    config = StudentConfig(backbone="test_efficientnet", map_size=map_size, head_hidden=8, image_size=32)
+    student = DPIQAStudent(config).eval()
+    features = torch.randn(2, student.map_head.in_channels, grid, grid, generator=torch.Generator().manual_seed(1))
+    head = student.map_head
+    expected = torch.nn.functional.interpolate(
+        torch.relu(torch.nn.functional.conv_transpose2d(features, head.weight, head.bias, 2, 1, 1)),
+        size=(map_size, map_size),
+        mode="nearest",
+    )
+    with torch.no_grad():
+        got = student.map_from_backbone(features)
+    assert got.shape == (2, config.map_channels, map_size, map_size)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_nss_blur_is_brisques_7x7_gaussian_with_mirrored_edges() -> None:
+    """The local mean of the statistics: a separable 7-tap Gaussian, sigma 7/6, edges mirrored without
+    repeating the edge pixel (scipy's `mirror`), computed here by scipy."""
+    import numpy as np
+    from scipy import ndimage
+
+    from dpiqa.models.student import _gaussian_blur
+
+    x = torch.rand(2, 3, 20, 17, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    taps = np.exp(-(np.arange(-3, 4) ** 2) / (2 * (7 / 6) ** 2))
+    taps /= taps.sum()
+    expected = ndimage.correlate1d(
+        ndimage.correlate1d(x.numpy(), taps, axis=-1, mode="mirror"), taps, -2, mode="mirror"
+    )
+    np.testing.assert_allclose(_gaussian_blur(x).numpy(), expected, rtol=1e-12, atol=1e-12)
