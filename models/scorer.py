@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dpiqa.models.allocator import keep_freed_memory
 from dpiqa.models.preprocessing import Preprocessing
 from dpiqa.models.run_options import RunOptions
 
@@ -67,6 +68,8 @@ class Scorer:
         prepare: bool = True,
     ) -> None:
         self.device = resolve_device(options.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.precision = resolve_precision(options.precision, self.device)
         self.channels_last = options.channels_last
         model = model.to(self.device).eval()
