@@ -1,4 +1,5 @@
-"""glibc's malloc set up for CPU inference and training: memory torch frees stays in the process for reuse.
+"""glibc's malloc set up for inference on a CPU (scoring, a frozen backbone's features): memory torch frees stays
+in the process for reuse.
 
 By default glibc serves each allocation above a (dynamic, at most 32 MiB) threshold with a fresh `mmap` and
 unmaps it on free, and trims the heap's top when freed: every large activation (a ViT-S layer's MLP at batch

@@ -510,9 +510,11 @@ class BackboneFeatures(Stage):
         import torch
 
         from dpiqa.engine.training.model import build_model
+        from dpiqa.models.allocator import keep_freed_memory
 
         if self.threads:
             torch.set_num_threads(self.threads)
+        keep_freed_memory()  # the backbone's forward pass on this CPU worker, as `Scorer` runs it on a CPU
         torch.manual_seed(self.seed)  # as `dpiqa.engine.training.loop.train_loop_per_worker` builds it
         self.model = build_model(self.spec, self.mos_scale, self.storage_options).eval()
         if self.cache_dir:
