@@ -15,7 +15,10 @@ from dpiqa.engine.stages.base import Batch, Stage
 
 _END = object()  # the end of a stage's output
 _POLL = 0.1  # seconds between looks at the stop flag while waiting on a queue
-_DEPTH = 8  # batches a stage may run ahead of the next one
+# Batches a stage may run ahead of the next one: enough for decoding to go on through a model's load (the demo
+# model's imports and weights take ~3 s on 2 cores, a batch of 36 images decodes in ~0.4 s); at most 8 batches
+# of model input held per queue (8 x 32 x 512 x 512 x 3 bytes = 200 MB for the full-size models).
+_DEPTH = 8
 
 
 class LocalExecutor(Executor):
