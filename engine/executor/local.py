@@ -44,6 +44,10 @@ class LocalExecutor(Executor):
                 h.close()
 
     def run(self, items: list[dict], stages: Sequence[Stage], sink: Sink) -> None:
+        if not stages:  # nothing to run: the items themselves are the output
+            for batch in _batches(items):
+                sink(batch)
+            return
         _Pipeline(items, stages).drain_into(sink)
 
 
@@ -58,13 +62,12 @@ class _Pipeline:
 
     def __init__(self, items: list[dict], stages: Sequence[Stage]) -> None:
         self.errors: list[BaseException] = []
-        n = max(len(stages), 1)
-        self.outputs = [queue.Queue(maxsize=_DEPTH) for _ in range(n)]
-        self.closed = [threading.Event() for _ in range(n)]
+        self.outputs = [queue.Queue(maxsize=_DEPTH) for _ in stages]
+        self.closed = [threading.Event() for _ in stages]
         self.threads = [
             threading.Thread(target=self._work, args=(i, stage), name=f"dpiqa-{stage.name}", daemon=True)
             for i, stage in enumerate(stages)
-        ] or [threading.Thread(target=self._work, args=(0, None), name="dpiqa-items", daemon=True)]
+        ]
         self.items = items
 
     def drain_into(self, sink: Sink) -> None:
@@ -80,14 +83,9 @@ class _Pipeline:
         if self.errors:
             raise self.errors[0]
 
-    def _work(self, i: int, stage: Stage | None) -> None:
+    def _work(self, i: int, stage: Stage) -> None:
         source = _batches(self.items) if i == 0 else self._take(i - 1)
         try:
-            if stage is None:  # no stages: the items themselves are the output
-                for batch in source:
-                    if not self._put(i, batch):
-                        return
-                return
             # In this thread: the stages before it already read and decode while it loads a model.
             stage.setup()
             try:
