@@ -2,7 +2,7 @@
 with glibc's default malloc against `dpiqa.models.allocator.keep_freed_memory` (which `Scorer` applies on a
 CPU), each in a fresh process, alternated `--repeats` times; images/s is the median over the repeats.
 
-    python bench/cpu_allocator.py [--repeats 3] [--batch 32] [--iters 10] [--out bench/results/cpu-allocator.md]
+    python bench/cpu_allocator.py [--repeats 3] [--batch 32] [--iters 10] [--out bench/results/cpu-allocator-cpu.md]
 """
 
 from __future__ import annotations

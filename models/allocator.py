@@ -3,8 +3,8 @@ in the process for reuse.
 
 By default glibc serves each allocation above a (dynamic, at most 32 MiB) threshold with a fresh `mmap` and
 unmaps it on free, and trims the heap's top when freed: every large activation (a ViT-S layer's MLP at batch
-32 is 50 MB) then page-faults fresh zeroed pages in, on every batch. On the `demo` model that was a quarter of
-a forward pass on a 2-core CPU (`python bench/cpu_allocator.py`). PyTorch's CPU tuning guide gives the same
+32 is 50 MB) then page-faults fresh zeroed pages in, on every batch. Keeping them makes the `demo` model 1.29x
+faster on a 2-core CPU (`python bench/cpu_allocator.py`). PyTorch's CPU tuning guide gives the same
 advice with jemalloc or tcmalloc through `LD_PRELOAD`, which a process cannot do to itself once started, and
 a user's worker may not have; `mallopt` on glibc's own allocator gets the same effect from inside.
 """
@@ -26,7 +26,7 @@ _applied: bool | None = None
 def keep_freed_memory() -> bool:
     """Large blocks come from the heap and freed memory is kept (no `mmap` per block, no trimming), for the
     rest of this process. The cost: the process's resident memory does not shrink back after its peak, which
-    for a worker that scores or trains batch after batch is where it returns to anyway.
+    for a worker that runs a model batch after batch is where it returns to anyway.
 
     Returns:
         Whether it applies: True on glibc (Linux), False elsewhere (musl, macOS, Windows: left as they are).
