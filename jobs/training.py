@@ -9,6 +9,7 @@ import sys
 from dpiqa.errors import UsageError
 from dpiqa.jobs.args import (
     add_address,
+    add_executor,
     add_storage_options,
     key_values,
     nonnegative_int,
@@ -182,6 +183,12 @@ def add_common(p: argparse.ArgumentParser, teacher: bool = False, student: bool 
         default=None,
         help="one GPU per worker (default: when the cluster has enough GPUs)",
     )
+    add_executor(
+        run,
+        auto="this process for one worker when no cluster is named (--address, RAY_ADDRESS), else Ray Train",
+        ray="Ray Train's worker actors (worker failures are retried, --max-failures)",
+        local="the training loop in this process (one worker; a failure ends the job, a rerun resumes)",
+    )
     run.add_argument("--cpus-per-worker", type=positive_float, default=1.0)
     run.add_argument("--threads", type=positive_int, default=None, help="torch threads per worker on CPU")
     run.add_argument(
@@ -193,7 +200,11 @@ def add_common(p: argparse.ArgumentParser, teacher: bool = False, student: bool 
         help="a local folder keeping the teacher's outputs and a frozen backbone's features per image, "
         "so that a rerun after a kill resumes them (not part of the run's identity)",
     )
-    run.add_argument("--storage", default=None, help="Ray Train run storage (default OUTPUT/_train); rerun resumes")
+    run.add_argument(
+        "--storage",
+        default=None,
+        help="the run's checkpoints (default OUTPUT/_train); a rerun of the same command resumes from them",
+    )
     add_address(run)
     add_storage_options(run)
 
@@ -261,6 +272,7 @@ def config_from_args(args: argparse.Namespace, job: str, spec, **fields):  # noq
             threads=args.threads,
             max_failures=args.max_failures,
             cache_dir=args.cache_dir,
+            executor=args.executor,
         ),
         storage=args.storage,
         storage_options=args.storage_options,

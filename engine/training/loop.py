@@ -2,7 +2,9 @@
 
 Runs on every worker: builds the model, resumes from Ray Train's latest checkpoint when there is one,
 wraps it in DDP, and per epoch trains on its shard of the data, validates on rank 0 and reports
-metrics with a checkpoint (our model format plus the optimizer state, no pickle).
+metrics with a checkpoint (our model format plus the optimizer state, no pickle). With one worker in the
+job's own process (Ray Train's local mode, `LoopConfig.local`) the same loop keeps and resumes its
+checkpoints through `dpiqa.engine.training.local.LocalCheckpoints`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dpiqa.engine.training.local import LocalCheckpoints
 from dpiqa.engine.training.model import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,9 @@ class LoopConfig:
         rank_weight: weight of the pairwise ranking loss across distortion levels of one source
             (`dpiqa.models.distill.ranking_loss`) added to the label/distillation loss; 0 leaves it out.
         rank_margin: its margin, in score units (MOS / mos_scale).
+        local: the loop runs in this process (Ray Train's local mode, one worker): its checkpoints are kept and
+            resumed from here, not by Ray Train.
+        device: the device of a loop in this process (Ray Train gives its workers theirs).
     """
 
     model: ModelSpec
@@ -67,6 +73,8 @@ class LoopConfig:
     images_per_epoch: int | None = None
     rank_weight: float = 0.0
     rank_margin: float = 0.05
+    local: LocalCheckpoints | None = None
+    device: str = "cpu"
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -115,7 +123,7 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.mos_scale, cfg.storage_options)
     start_epoch, best = 0, None
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = cfg.local.latest() if cfg.local is not None else ray.train.get_checkpoint()
     state = None
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -126,13 +134,13 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa:
     # per epoch: train loss and validation SRCC, kept in the checkpoint so a resumed run reports them all
     history: list[dict] = list(state.get("history") or []) if state is not None else []
     config, preprocessing, map_shape = model.config, model.config.preprocessing, tuple(model.config.map_shape)
-    device = ray.train.torch.get_device()
+    device = torch.device(cfg.device) if cfg.local is not None else ray.train.torch.get_device()
     if world > 1 and device.type == "cuda":
         # BatchNorm statistics over the global batch, as on one GPU (the paper's): with 8 workers and the
         # teacher's batch of 16, per-worker statistics would be of 2 images. (SyncBatchNorm needs a GPU; on
         # CPU workers each normalises over its own part of the batch.)
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ddp = ray.train.torch.prepare_model(model)
+    ddp = model.to(device) if cfg.local is not None else ray.train.torch.prepare_model(model)
     module = ddp.module if hasattr(ddp, "module") else ddp
     optimizer = torch.optim.Adam([p for p in ddp.parameters() if p.requires_grad], lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
@@ -252,7 +260,10 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa:
                     steps=steps,
                     history=history,
                 )
-                ckpt = ray.train.Checkpoint.from_directory(d)
+                if cfg.local is not None:
+                    cfg.local.add(d, metrics)
+                else:
+                    ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=ckpt)
 
 

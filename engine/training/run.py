@@ -3,6 +3,7 @@ checkpoint by validation exported in our format with a card holding the protocol
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -14,6 +15,7 @@ import numpy as np
 
 from dpiqa import storage
 from dpiqa.engine.splits import SplitConfig, make_split
+from dpiqa.engine.training.local import LocalCheckpoints
 from dpiqa.engine.training.loop import MODEL_DIR, LoopConfig, train_loop_per_worker
 from dpiqa.engine.training.model import ModelSpec, check_sources, model_config
 from dpiqa.errors import UsageError
@@ -48,6 +50,9 @@ class TrainRun:
         max_failures: worker failures Ray Train recovers from (restarting from the last checkpoint).
         cache_dir: a local folder keeping the teacher's outputs and a frozen backbone's features per image
             (`dpiqa.engine.training.data.OutputCache`), so that a rerun after a kill does not compute them again.
+        executor: `ray` (Ray Train's worker actors), `local` (the loop in this process, Ray Train's local mode;
+            one worker; `dpiqa.engine.training.local`), or `auto`: local for one worker when no cluster is named,
+            else Ray Train. Either way the data is prepared on Ray Data and a rerun resumes from storage.
     """
 
     workers: int = 1
@@ -56,6 +61,7 @@ class TrainRun:
     threads: int | None = None
     max_failures: int = 3
     cache_dir: str | None = None
+    executor: str = "auto"
 
 
 @dataclass
@@ -200,6 +206,7 @@ def run_training(config: TrainConfig, address: str | None = None) -> TrainResult
 
     labeled = _load_labeled(config)
     sources = _check_before_start(config, labeled)
+    local = _runs_locally(config, address)
     init_ray(address, for_training=True)
     ctx = configure_data_context()  # epoch lines come from the loop
     # The training sets are materialised through actor pools (teacher outputs, cached backbone features),
@@ -209,7 +216,7 @@ def run_training(config: TrainConfig, address: str | None = None) -> TrainResult
     results = []
     for seed in config.split.seeds:
         out = config.output if config.split.n_splits == 1 else join(config.output, f"split-{seed}")
-        results.append(_train_split(config, labeled, seed, out, sources))
+        results.append(_train_split(config, labeled, seed, out, sources, local))
     tests = [r["metrics"]["test"] for r in results if r["metrics"].get("test")]
     summary = {
         "job": config.job,
@@ -227,6 +234,30 @@ def run_training(config: TrainConfig, address: str | None = None) -> TrainResult
         with fs.open(storage.fs_join(path, "summary.json"), "wt") as f:
             json.dump(summary, f, indent=2, sort_keys=True)
     return TrainResult(results, summary)
+
+
+def _runs_locally(config: TrainConfig, address: str | None) -> bool:
+    """Whether the loop runs in this process (`TrainRun.executor`); the choice is logged with its reason."""
+    import os
+
+    kind = config.run.executor
+    if kind not in ("auto", "local", "ray"):
+        raise UsageError(f"--executor must be auto, local or ray, not {kind!r}")
+    if kind == "local" and config.run.workers > 1:
+        raise UsageError(
+            f"--executor local runs one worker in this process; --workers {config.run.workers} needs --executor ray"
+        )
+    named = address or os.environ.get("RAY_ADDRESS")
+    local = kind == "local" or (kind == "auto" and config.run.workers == 1 and not named)
+    if kind == "auto":
+        log.info(
+            "%s: %s",
+            config.job,
+            "the training loop in this process (one worker, no cluster named; --executor ray for Ray Train's workers)"
+            if local
+            else f"the training loop on {config.run.workers} Ray Train worker(s)",
+        )
+    return local
 
 
 def _check_before_start(config: TrainConfig, labeled) -> str | None:  # noqa: ANN001
@@ -443,7 +474,14 @@ def _storage(config: TrainConfig) -> tuple[str, object | None]:
     return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
-def _train_split(config: TrainConfig, labeled, seed: int, out: str, sources: str | None) -> dict:  # noqa: ANN001
+def _train_split(  # noqa: PLR0913
+    config: TrainConfig,
+    labeled,  # noqa: ANN001
+    seed: int,
+    out: str,
+    sources: str | None,
+    local: bool = False,
+) -> dict:
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -494,44 +532,77 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str, sources: str
         rank_weight=config.rank_weight,
         rank_margin=config.rank_margin,
     )
-    storage_path, storage_fs = _storage(config)
     epoch_batches = train if isinstance(train, data.EpochBatches) else None
     datasets = {} if epoch_batches is not None else {"train": train}
     if val is not None:
         datasets["val"] = val
     from ray.data import ExecutionOptions
 
-    trainer = TorchTrainer(
-        _worker,
-        train_loop_config={"loop": loop, "epoch_batches": epoch_batches},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=config.run.workers, use_gpu=use_gpu, resources_per_worker={"CPU": config.run.cpus_per_worker}
-        ),
-        run_config=ray.train.RunConfig(
-            name=f"{config.job}-{identity}-split{seed}",
-            # Ray Train's INFO lines on the console (resources requested, process group set up, each checkpoint
-            # and report with all its metrics) repeat what the job logs once per epoch; they stay in the Ray
-            # session's log files. Warnings and errors still show.
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-            storage_path=storage_path,
-            storage_filesystem=storage_fs,
-            failure_config=ray.train.FailureConfig(max_failures=config.run.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=2,
-                checkpoint_score_attribute="val_select" if val is not None else None,
-                checkpoint_score_order="max",
+    name = f"{config.job}-{identity}-split{seed}"
+    # Ray Train's INFO lines on the console (resources requested, process group set up, each checkpoint and
+    # report with all its metrics) repeat what the job logs once per epoch; they stay in the Ray session's log
+    # files. Warnings and errors still show.
+    logging_config = ray.train.LoggingConfig(log_level="WARNING")
+    if local:
+        checkpoints = LocalCheckpoints(
+            url=join(config.storage or join(config.output, "_train"), name, "local"),
+            storage_options=config.storage_options,
+            keep=2,
+            score="val_select" if val is not None else None,
+        )
+        loop = dataclasses.replace(loop, local=checkpoints, device="cuda" if use_gpu else "cpu")
+        for quiet in ("ray.train.v2.api.config", "ray.train.v2._internal.execution.train_fn_utils"):
+            # "Running in local mode ..." and every report's metrics, at INFO
+            logging.getLogger(quiet).setLevel(logging.WARNING)
+        trainer = TorchTrainer(
+            _worker,
+            train_loop_config={"loop": loop, "epoch_batches": epoch_batches},
+            scaling_config=ray.train.ScalingConfig(num_workers=0),
+            run_config=ray.train.RunConfig(name=name, logging_config=logging_config),
+            datasets=datasets,
+        )
+    else:
+        storage_path, storage_fs = _storage(config)
+        trainer = TorchTrainer(
+            _worker,
+            train_loop_config={"loop": loop, "epoch_batches": epoch_batches},
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=config.run.workers,
+                use_gpu=use_gpu,
+                resources_per_worker={"CPU": config.run.cpus_per_worker},
             ),
-        ),
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(
-            datasets_to_split=["train"] if "train" in datasets else [],
-            execution_options=ExecutionOptions(preserve_order=True),
-        ),
-    )
+            run_config=ray.train.RunConfig(
+                name=name,
+                logging_config=logging_config,
+                storage_path=storage_path,
+                storage_filesystem=storage_fs,
+                failure_config=ray.train.FailureConfig(max_failures=config.run.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(
+                    num_to_keep=2,
+                    checkpoint_score_attribute="val_select" if val is not None else None,
+                    checkpoint_score_order="max",
+                ),
+            ),
+            datasets=datasets,
+            dataset_config=ray.train.DataConfig(
+                datasets_to_split=["train"] if "train" in datasets else [],
+                execution_options=ExecutionOptions(preserve_order=True),
+            ),
+        )
     t0 = time.monotonic()
     result = trainer.fit()
     seconds = time.monotonic() - t0
-    best_ckpt, best_metrics = _best(result, val is not None)
+    if local:
+        kept = checkpoints.best()
+        if not kept:
+            raise RuntimeError(f"training produced no checkpoint in {checkpoints.url}")
+        final = kept[-1][1]  # the latest epoch's metrics (a rerun that had nothing left to train reports none)
+        best_ckpt, best_metrics = _best(kept, kept[-1], val is not None)
+    else:
+        final = result.metrics or {}
+        if result.checkpoint is None:
+            raise RuntimeError(f"training produced no checkpoint: {result.error}")
+        best_ckpt, best_metrics = _best(result.best_checkpoints or [], (result.checkpoint, final), val is not None)
     with best_ckpt.as_directory() as d:
         model = models.load_model(str(Path(d) / MODEL_DIR))
     metrics = {"val": {k[4:]: v for k, v in best_metrics.items() if k.startswith("val_")}}
@@ -577,12 +648,13 @@ def _train_split(config: TrainConfig, labeled, seed: int, out: str, sources: str
         "extra_train": _table_identity(config.extra_train, config.storage_options),
         "extra_val": _table_identity(config.extra_val, config.storage_options),
         "protocol": {**protocol, "precision": best_metrics.get("precision", protocol["precision"])},
-        "steps": (result.metrics or {}).get("steps"),
+        "steps": final.get("steps"),
         "best_epoch": best_metrics.get("epoch"),
         # > 0 when the workers that finished had resumed from a checkpoint (a killed worker or a rerun)
-        "resumed_at_epoch": (result.metrics or {}).get("resumed_at_epoch"),
+        "resumed_at_epoch": final.get("resumed_at_epoch"),
         "images_per_epoch": best_metrics.get("images"),
-        "history": (result.metrics or {}).get("history"),  # per epoch: train_loss, val_srcc
+        "history": final.get("history"),  # per epoch: train_loss, val_srcc
+        "executor": "local" if local else "ray",
         ("prior" if config.model.kind == "teacher" else "pretrained_backbone"): sources,
         "seconds": round(seconds, 1),
         "machine": machine(),
@@ -596,16 +668,15 @@ def _worker(config: dict) -> None:
     train_loop_per_worker(config["loop"], config.get("epoch_batches"))
 
 
-def _best(result, has_val: bool):  # noqa: ANN001
-    """The checkpoint with the best validation SRCC (the latest one when there is no validation)."""
-    candidates = [(c, m) for c, m in (result.best_checkpoints or []) if c is not None]
+def _best(kept: list, latest: tuple, has_val: bool) -> tuple:
+    """Of the kept `(checkpoint, metrics)`, the one with the best validation selection score (the earlier epoch
+    on a tie); `latest` when there is no validation or no finite score."""
+    candidates = [(c, m) for c, m in kept if c is not None]
     if has_val:
         scored = [(c, m) for c, m in candidates if m.get("val_select") is not None and np.isfinite(m["val_select"])]
         if scored:
             return max(scored, key=lambda cm: (cm[1]["val_select"], -cm[1]["epoch"]))
-    if result.checkpoint is None:
-        raise RuntimeError(f"training produced no checkpoint: {result.error}")
-    return result.checkpoint, result.metrics or {}
+    return latest
 
 
 def _table_identity(table: str | None, storage_options: dict | None) -> dict | None:

@@ -223,11 +223,16 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow  # a SIGKILL and a rerun: `make test` and CI run it (RUN_SLOW=1)
 def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_does(trained, tmp_path):
-    """The module's teacher is the uninterrupted run; the same command in a process of its own is SIGKILLed
-    (with its Ray) after two epochs' checkpoints, then rerun here: it resumes and ends at the same weights."""
+    """The module's teacher is the uninterrupted run; the same command in a process of its own (one worker:
+    the loop runs in that process, `--executor auto`) is SIGKILLed with its Ray after two epochs'
+    checkpoints, then rerun here: it resumes from the last one and ends at the same weights."""
     d, table = trained
     args = teacher_recipe(table)
     out = tmp_path / "killed"
+
+    def complete() -> list[Path]:  # an epoch's folder is complete once its metrics are written, last
+        return [p for p in out.glob("_train/*/local/epoch-*") if (p / "metrics.json").exists()]
+
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "dpiqa.jobs.cli", *args, "--output", str(out)],
@@ -239,13 +244,13 @@ def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_does(traine
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        if len(list(out.glob("_train/*/checkpoint_*"))) >= 2:
+        if len(complete()) >= 2:
             break
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "card.json").exists(), "the run finished before it could be killed"
-    assert len(list(out.glob("_train/*/checkpoint_*"))) >= 2
+    assert len(complete()) >= 2
 
     resumed = cli(*args, "--output", str(out), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -257,6 +262,7 @@ def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_does(traine
     card_a = json.loads((d / "teacher" / "card.json").read_text())
     card_b = json.loads((out / "card.json").read_text())
     assert card_a["training"]["resumed_at_epoch"] == 0 and card_b["training"]["resumed_at_epoch"] >= 1
+    assert card_a["training"]["executor"] == card_b["training"]["executor"] == "local"
     # the resumed run's history holds the epochs before the kill too, with the losses the clean run had
     loss_a = [h["train_loss"] for h in card_a["training"]["history"]]
     loss_b = [h["train_loss"] for h in card_b["training"]["history"]]
@@ -431,6 +437,24 @@ def test_bad_recipes_stop_before_ray_starts(tmp_path, capsys):
             "--protocol paper has no validation part",
             2,
         ),
+        (
+            [
+                "train-teacher",
+                "--dataset",
+                "csv",
+                "--root",
+                str(table),
+                "--config",
+                "dpiqa-teacher-tiny",
+                "--random-prior",
+                "--workers",
+                "2",
+                "--executor",
+                "local",
+            ],
+            "--executor local runs one worker in this process; --workers 2 needs --executor ray",
+            2,
+        ),
     ]
     import ray
 
@@ -473,13 +497,15 @@ def test_paper_protocol_trains_to_the_last_epoch_on_80_20(ray_local, tmp_path, c
     assert t["protocol"]["name"] == "paper" and t["protocol"]["selection"] == "last epoch" and t["best_epoch"] == 2
 
 
-def student_recipe(table: Path, out: Path, max_failures: int = 0):  # noqa: ANN201 - TrainConfig
-    """A tiny student from scratch on the graded fixture (labels only): `learned` trains it once; the
-    killed-distill test trains it again and compares."""
+def student_recipe(table: Path, out: Path, max_failures: int = 0, executor: str = "auto"):  # noqa: ANN201
+    """A tiny student from scratch on the graded fixture (labels only): `learned` trains it once (in this
+    process); the killed-distill test trains it again on Ray Train's workers and compares."""
     from dpiqa.engine.training.run import TrainRun
 
-    # max_failures is outside the recipe's identity (TrainRun)
-    return tiny_student(table, out, epochs=6, lr=1e-3, run=TrainRun(threads=1, max_failures=max_failures))
+    # how it runs (TrainRun: failures, executor) is outside the recipe's identity
+    return tiny_student(
+        table, out, epochs=6, lr=1e-3, run=TrainRun(threads=1, max_failures=max_failures, executor=executor)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -509,7 +535,7 @@ def test_a_student_learns_the_graded_fixture(learned):
 def test_training_worker_killed_mid_distill_resumes_from_its_checkpoint(learned, tmp_path):
     """A Ray Train worker SIGKILLed after the controller has recorded two checkpoints: Ray Train restarts the
     worker group, which resumes from the last checkpoint (not epoch 0) and ends at the weights of the
-    uninterrupted run (`learned`)."""
+    uninterrupted run (`learned`, whose loop ran in this process: the two executors train alike)."""
     import psutil
     from ray._private import worker as ray_worker
 
@@ -518,7 +544,7 @@ def test_training_worker_killed_mid_distill_resumes_from_its_checkpoint(learned,
     d, table = learned
     out = tmp_path / "killed"
     result: dict = {}
-    thread = threading.Thread(target=capture(lambda: run_training(student_recipe(table, out, 2)), result))
+    thread = threading.Thread(target=capture(lambda: run_training(student_recipe(table, out, 2, "ray")), result))
     started = time.time()
     thread.start()
     deadline = time.monotonic() + 300
@@ -551,6 +577,8 @@ def test_training_worker_killed_mid_distill_resumes_from_its_checkpoint(learned,
     if "error" in result:
         raise result["error"]
     card = json.loads((out / "card.json").read_text())
+    assert card["training"]["executor"] == "ray"
+    assert json.loads((d / "student" / "card.json").read_text())["training"]["executor"] == "local"
     # the workers that finished had resumed from a checkpoint (not from epoch 0) ...
     assert 1 <= card["training"]["resumed_at_epoch"] <= 5, card["training"]["resumed_at_epoch"]
     # ... and ended where the uninterrupted run did
