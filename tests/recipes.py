@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from dpiqa import models
 from dpiqa.engine.splits import SplitConfig
 from dpiqa.engine.training.model import ModelSpec
 from dpiqa.engine.training.run import TrainConfig, TrainRun
@@ -29,3 +32,8 @@ def tiny_student(
         run=run or TrainRun(threads=1),
         **fields,
     )
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    """A saved model's state dict."""
+    return models.load_model(str(path)).state_dict()
