@@ -85,6 +85,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     skip_slow = pytest.mark.skip(reason="slow: set RUN_SLOW=1")
     skip_agiqa = pytest.mark.skip(reason=f"needs {AGIQA}")
+    # Modules with a `slow` test (Ray Train runs, SIGKILLs and reruns: a minute or more each) first: pytest-xdist
+    # hands modules out in this order, and a long module handed out last makes one worker end minutes after the
+    # other. The order within a module is kept.
+    slow_modules = {item.module.__name__ for item in items if "slow" in item.keywords and item.module is not None}
+    order = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (getattr(item.module, "__name__", "") not in slow_modules, order[id(item)]))
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)

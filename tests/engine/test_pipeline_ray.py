@@ -13,6 +13,7 @@ from pathlib import Path
 import corpus
 import fsspec
 import pytest
+from clirun import dpiqa
 from test_pipeline import MODEL, read_rows
 
 from dpiqa.engine.executor.local import LocalExecutor
@@ -86,28 +87,26 @@ def test_sigkill_half_way_then_rerun_equals_uninterrupted(tmp_path):
     # one torch thread: with several, OpenMP's spin-waiting makes a busy 2-core machine crawl
     common = ["--input", str(shards), "--model", model, "--batch-size", "8", "--device", "cpu", "--threads", "1"]
 
-    subprocess.run(
-        cli(*common, "--output", str(tmp_path / "clean"), "--executor", "local"),
-        env=env,
-        check=True,
-        capture_output=True,
-        cwd=REPO,
-    )
+    # the uninterrupted run needs no process of its own: in this one, without Ray
+    clean = dpiqa("score", *common, "--output", str(tmp_path / "clean"), "--executor", "local")
+    assert clean.returncode == 0, clean.stderr[-2000:]
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(
-        cli(*common, "--output", str(out), "--executor", "ray"),  # auto would run a job this small without Ray
-        env=env,
-        cwd=REPO,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = tmp_path / "killed.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(
+            cli(*common, "--output", str(out), "--executor", "ray"),  # auto would run a job this small without Ray
+            env=env,
+            cwd=REPO,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not list((out / "_done").glob("*.json")) if out.exists() else True:
-        if proc.poll() is not None:
-            break
+    while time.monotonic() < deadline and proc.poll() is None and not list((out / "_done").glob("*.json")):
         time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before the kill:\n{log.read_text()[-3000:]}"
+    assert time.monotonic() < deadline, f"no shard finished in 240 s:\n{log.read_text()[-3000:]}"
     import psutil
 
     family = psutil.Process(proc.pid).children(recursive=True)
