@@ -147,10 +147,17 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
         return {"backbone": [self.backbone], "head": [self.map_head, self.mlp]}
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float = 7 / 6, size: int = 7) -> torch.Tensor:
-    t = torch.arange(size, dtype=x.dtype, device=x.device) - size // 2
+def _gaussian_taps(sigma: float, size: int) -> list[float]:
+    t = torch.arange(size, dtype=torch.float64) - size // 2
     k = torch.exp(-(t**2) / (2 * sigma**2))
-    k = k / k.sum()
+    return (k / k.sum()).tolist()
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float = 7 / 6, size: int = 7) -> torch.Tensor:
+    """A separable `size`-tap Gaussian over the last two dimensions, edges mirrored (scipy's `mirror`)."""
+    if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+        return _gaussian_blur_shifted(x, sigma, size)
+    k = torch.tensor(_gaussian_taps(sigma, size), dtype=x.dtype, device=x.device)
     # Every image plane is its own group of one depthwise conv: the same sums as a (1 -> 1)-channel conv
     # over the batch, which oneDNN runs about 10x slower on CPU.
     shape = x.shape
@@ -158,6 +165,17 @@ def _gaussian_blur(x: torch.Tensor, sigma: float = 7 / 6, size: int = 7) -> torc
     groups = planes.shape[1]
     planes = F.conv2d(planes, k.view(1, 1, 1, size).expand(groups, 1, 1, size), groups=groups)
     return F.conv2d(planes, k.view(1, 1, size, 1).expand(groups, 1, size, 1), groups=groups).reshape(shape)
+
+
+def _gaussian_blur_shifted(x: torch.Tensor, sigma: float = 7 / 6, size: int = 7) -> torch.Tensor:
+    """`_gaussian_blur` as sums of shifted slices, for export: an ONNX conv's groups are fixed when the graph is
+    built, and the depthwise form's follow the batch (a dynamic-batch export fails). About 3x slower in eager
+    mode on CPU, so eager runs keep the conv."""
+    k = _gaussian_taps(sigma, size)
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (size // 2,) * 4, mode="reflect")
+    rows = sum(k[i] * padded[..., :, i : i + w] for i in range(size))
+    return sum(k[i] * rows[..., i : i + h, :] for i in range(size))
 
 
 def nss_features(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

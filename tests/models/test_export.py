@@ -215,3 +215,28 @@ def test_runtime_options_that_do_not_fit_the_model_are_refused(tiny_export):
     with pytest.raises(ValueError, match="has no PyTorch weights"):
         models.load_model(export)
     assert isinstance(models.load_scorer(export, RunOptions(runtime="onnx")), OnnxScorer)
+
+
+def test_image_statistics_export_with_a_dynamic_batch(tmp_path):
+    """A student with the natural-scene and exposure statistics (the `demo` model's `nss+exposure`) exports
+    with a dynamic batch and scores like PyTorch at batch 1 and 5 (the export's own validation, and again here
+    on other images)."""
+    torch.manual_seed(3)
+    config = StudentConfig(
+        backbone="test_efficientnet", image_size=64, map_size=8, head_hidden=16, aux_features="nss+exposure"
+    )
+    DPIQAStudent.from_config(config).save_pretrained(str(tmp_path / "ckpt"))
+    card = export_onnx(str(tmp_path / "ckpt"), str(tmp_path / "export"), validate_batch=5)
+    assert batch_axis(tmp_path / "export") == "batch"
+    validation = card["onnx"]["validation"]
+    assert set(validation["batches"]) == {"1", "5"}
+    onnx_scorer = models.load_scorer(str(tmp_path / "export"))
+    torch_scorer = models.load_scorer(str(tmp_path / "ckpt"), RunOptions(device="cpu", precision="fp32"))
+    images = random_images(5, onnx_scorer.preprocessing, seed=7)
+    for batch in (1, 5):
+        np.testing.assert_allclose(
+            onnx_scorer(images[:batch]).scores,
+            torch_scorer(images[:batch]).scores,
+            rtol=0,
+            atol=SCORE_TOLERANCE * onnx_scorer.mos_scale,
+        )

@@ -238,7 +238,7 @@ def test_nss_blur_is_brisques_7x7_gaussian_with_mirrored_edges() -> None:
     import numpy as np
     from scipy import ndimage
 
-    from dpiqa.models.student import _gaussian_blur
+    from dpiqa.models.student import _gaussian_blur, _gaussian_blur_shifted
 
     x = torch.rand(2, 3, 20, 17, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     taps = np.exp(-(np.arange(-3, 4) ** 2) / (2 * (7 / 6) ** 2))
@@ -247,3 +247,5 @@ def test_nss_blur_is_brisques_7x7_gaussian_with_mirrored_edges() -> None:
         ndimage.correlate1d(x.numpy(), taps, axis=-1, mode="mirror"), taps, -2, mode="mirror"
     )
     np.testing.assert_allclose(_gaussian_blur(x).numpy(), expected, rtol=1e-12, atol=1e-12)
+    # the form exports use (shifted slices: an ONNX conv's groups cannot follow the batch)
+    np.testing.assert_allclose(_gaussian_blur_shifted(x).numpy(), expected, rtol=1e-12, atol=1e-12)
