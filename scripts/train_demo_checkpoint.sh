@@ -12,7 +12,8 @@
 #     pairwise ranking loss across levels of one source; epoch picked on AGIQA-3K's validation part and the
 #     held-out photographs' ranking;
 #  2. student: the first 2 of the same encoder's 12 blocks, frozen (early, low-level features, where noise and
-#     compression still show; 20 MiB in all), with the same statistics and quality head, distilled from the
+#     compression still show; 20 MiB in all), with the same statistics plus exposure statistics
+#     (aux_features=nss+exposure: mean luminance, clipped highlights, crushed shadows) and the quality head, distilled from the
 #     teacher with the spec's loss (labels + map MSE) plus the ranking loss (weight 2), on the same data,
 #     picked the same way; both runs keep the teacher's outputs and the frozen features in --cache-dir;
 #  3. metrics (the held-out AGIQA-3K split; the demo corpus's distortion ranking; the held-out photographs'
@@ -35,7 +36,7 @@ DEPTH2="--set 'backbone_kwargs={\"img_size\": 224, \"depth\": 2}'"
 commands=(
   "$PYTHON scripts/build_ranking_set.py --agiqa $ROOT --output $RANK"
   "$DPIQA distill --mode none $SPLIT $RANKED --rank-weight 1 --config dpiqa-student-vits14 $HEAD --set freeze_backbone=true --set aux_features=nss --epochs 20 --batch-size 32 --lr 5e-4 --milestones 14 --cache-dir $OUT/cache --output $OUT/demo-teacher"
-  "$DPIQA distill $SPLIT $RANKED --rank-weight 2 --teacher $OUT/demo-teacher --config dpiqa-student-vits14 $DEPTH2 $HEAD --set freeze_backbone=true --set aux_features=nss --epochs 20 --batch-size 32 --lr 5e-4 --milestones 14 --cache-dir $OUT/cache --output $OUT/demo-student"
+  "$DPIQA distill $SPLIT $RANKED --rank-weight 2 --teacher $OUT/demo-teacher --config dpiqa-student-vits14 $DEPTH2 $HEAD --set freeze_backbone=true --set aux_features=nss+exposure --epochs 20 --batch-size 32 --lr 5e-4 --milestones 14 --cache-dir $OUT/cache --output $OUT/demo-student"
   "$DPIQA demo --model $OUT/demo-student --output $OUT/demo-eval/student --overwrite"
   "$DPIQA demo --model $OUT/demo-teacher --output $OUT/demo-eval/teacher --overwrite"
   "$DPIQA demo --model brisque --output $OUT/demo-eval/brisque --overwrite"
