@@ -21,7 +21,7 @@ demo: $(BIN)/dpiqa
 	$(BIN)/dpiqa demo --output demo-out
 
 # Two pytest workers (pytest-xdist), each module on one of them (its module fixtures, such as a trained tiny
-# teacher, are made once): most tests wait on Ray processes, so two share a 2-core machine well (16 -> 12.5 min).
+# teacher, are made once): most tests wait on Ray processes, so two share a 2-core machine well.
 PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadscope
 
 # The whole suite, the SIGKILL-and-resume fault tests included (what CI runs).
