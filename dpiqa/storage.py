@@ -128,6 +128,14 @@ def is_local(fs: AbstractFileSystem) -> bool:
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 
 
+def arrow_filesystem(fs: AbstractFileSystem):  # noqa: ANN201 - pyarrow.fs.PyFileSystem
+    """A pyarrow filesystem over an fsspec one, for Ray Train's storage and checkpoints (pyarrow's own S3
+    filesystem would ignore our storage options, e.g. a custom endpoint)."""
+    import pyarrow.fs
+
+    return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
 def join(url: str, *parts: str) -> str:
     """Join path parts onto a URL or a local path."""
     return posixpath.join(url.rstrip("/"), *parts) if "://" in url else os.path.join(url, *parts)

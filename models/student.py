@@ -215,8 +215,9 @@ def exposure_features(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tenso
     gray = (image * torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype, device=image.device).view(1, 3, 1, 1)).sum(
         1, keepdim=True
     )
-    high = (image.amax(1, keepdim=True) >= 250 / 255).to(image.dtype)
-    low = (image.amax(1, keepdim=True) <= 5 / 255).to(image.dtype)
+    brightest = image.amax(1, keepdim=True)  # of the three channels
+    high = (brightest >= 250 / 255).to(image.dtype)
+    low = (brightest <= 5 / 255).to(image.dtype)
     local = [F.adaptive_avg_pool2d(t, tuple(grid)) for t in (gray, high, low)]
     whole = [t.mean((2, 3), keepdim=True) for t in (gray, high, low)]
     whole.append(gray.flatten(1).std(1).view(-1, 1, 1, 1))

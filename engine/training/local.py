@@ -18,7 +18,7 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpiqa.storage import get_fs
+from dpiqa.storage import arrow_filesystem, get_fs
 
 METRICS = "metrics.json"
 PREFIX = "epoch-"
@@ -106,9 +106,6 @@ class LocalCheckpoints:
     def _checkpoint(self, path: str):  # noqa: ANN202
         import ray.train
 
-        fs, _ = self._fs()
         if "://" not in self.url:
             return ray.train.Checkpoint.from_directory(path)
-        import pyarrow.fs
-
-        return ray.train.Checkpoint(path, filesystem=pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)))
+        return ray.train.Checkpoint(path, filesystem=arrow_filesystem(self._fs()[0]))

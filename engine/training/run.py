@@ -240,9 +240,11 @@ def _runs_locally(config: TrainConfig, address: str | None) -> bool:
     """Whether the loop runs in this process (`TrainRun.executor`); the choice is logged with its reason."""
     import os
 
+    from dpiqa.engine.executor import EXECUTORS
+
     kind = config.run.executor
-    if kind not in ("auto", "local", "ray"):
-        raise UsageError(f"--executor must be auto, local or ray, not {kind!r}")
+    if kind not in EXECUTORS:
+        raise UsageError(f"--executor must be one of {', '.join(EXECUTORS)}, not {kind!r}")
     if kind == "local" and config.run.workers > 1:
         raise UsageError(
             f"--executor local runs one worker in this process; --workers {config.run.workers} needs --executor ray"
@@ -464,14 +466,12 @@ def _use_gpu(config: TrainConfig) -> bool:
 def _storage(config: TrainConfig) -> tuple[str, object | None]:
     """Ray Train's storage path and, for object stores, a filesystem honouring our storage options
     (pyarrow's own S3 filesystem would ignore e.g. a custom endpoint)."""
-    storage = config.storage or join(config.output, "_train")
-    if "://" not in storage:
-        Path(storage).mkdir(parents=True, exist_ok=True)
-        return str(Path(storage).resolve()), None
-    import pyarrow.fs
-
-    fs, path = get_fs(storage, config.storage_options)
-    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+    location = config.storage or join(config.output, "_train")
+    if "://" not in location:
+        Path(location).mkdir(parents=True, exist_ok=True)
+        return str(Path(location).resolve()), None
+    fs, path = get_fs(location, config.storage_options)
+    return path, storage.arrow_filesystem(fs)
 
 
 def _train_split(  # noqa: PLR0913
