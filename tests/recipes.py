@@ -12,6 +12,25 @@ from dpiqa.engine.training.model import ModelSpec
 from dpiqa.engine.training.run import TrainConfig, TrainRun
 
 
+def tiny_teacher(table: Path) -> list[str]:
+    """`dpiqa train-teacher` of `dpiqa-teacher-tiny` on a random prior over a labelled CSV table, global batch 8,
+    one thread (the command line; a test adds epochs, a protocol, an output)."""
+    return [
+        "train-teacher",
+        "--dataset",
+        "csv",
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+        "--root",
+        str(table),
+        "--config",
+        "dpiqa-teacher-tiny",
+        "--random-prior",
+    ]
+
+
 def tiny_student(
     table: Path, out: Path, *, epochs: int, overrides: dict | None = None, run: TrainRun | None = None, **fields
 ) -> TrainConfig:

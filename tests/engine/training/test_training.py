@@ -16,7 +16,7 @@ import pytest
 import torch
 from clirun import dpiqa
 from corpus import graded_table
-from recipes import weights
+from recipes import tiny_teacher, weights
 
 from dpiqa import models
 
@@ -34,17 +34,7 @@ COMMON = ["--dataset", "csv", "--batch-size", "8", "--threads", "1"]
 def teacher_recipe(table: Path) -> list[str]:
     """The module's teacher: trained once by `trained`, and again (killed, resumed, with 2 workers) by the tests
     that compare their run with it."""
-    return [
-        "train-teacher",
-        *COMMON,
-        "--root",
-        str(table),
-        "--config",
-        "dpiqa-teacher-tiny",
-        "--random-prior",
-        "--epochs",
-        "4",
-    ]
+    return [*tiny_teacher(table), "--epochs", "4"]
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,9 @@ import pytest
 import torch
 from background import capture
 from corpus import graded_table
-from recipes import tiny_student, weights
+from recipes import tiny_student, tiny_teacher, weights
 
 from dpiqa import models
-
-COMMON = ["--dataset", "csv", "--batch-size", "8", "--threads", "1"]
 
 
 def test_frozen_backbone_trains_on_cached_features_exactly_as_on_images(ray_local, tmp_path):
@@ -155,20 +153,7 @@ def test_bad_recipes_stop_before_ray_starts(tmp_path, capsys):
             2,
         ),
         (
-            [
-                "train-teacher",
-                "--dataset",
-                "csv",
-                "--root",
-                str(table),
-                "--config",
-                "dpiqa-teacher-tiny",
-                "--random-prior",
-                "--workers",
-                "2",
-                "--executor",
-                "local",
-            ],
+            [*tiny_teacher(table), "--workers", "2", "--executor", "local"],
             "--executor local runs one worker in this process; --workers 2 needs --executor ray",
             2,
         ),
@@ -190,13 +175,7 @@ def test_paper_protocol_trains_to_the_last_epoch_on_80_20(ray_local, tmp_path, c
     table = graded_table(tmp_path, n=30, seed=4)
     code = main(
         [
-            "train-teacher",
-            *COMMON,
-            "--root",
-            str(table),
-            "--config",
-            "dpiqa-teacher-tiny",
-            "--random-prior",
+            *tiny_teacher(table),
             "--protocol",
             "paper",
             "--splits",
