@@ -322,6 +322,17 @@ def _teacher_scale(config: TrainConfig) -> float:
     return float(run.get("identity", {}).get("mos_scale", 100.0))
 
 
+def _materialize(ds, what: str):  # noqa: ANN001, ANN202 - a Ray dataset
+    """`ds.materialize()`, logged by this process with its size and rate: the actors' own progress lines reach
+    the driver only through Ray's log forwarding (asynchronous, and off where a cluster sets `log_to_driver`)."""
+    start = time.monotonic()
+    ds = ds.materialize()
+    seconds = time.monotonic() - start
+    rows = ds.count()
+    log.info("%s: %d images in %.1fs (%.1f images/s)", what, rows, seconds, rows / max(seconds, 1e-9))
+    return ds
+
+
 def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: float):  # noqa: ANN001
     """The training data of one split: `dpiqa.engine.training.data.EpochBatches` of the materialised labelled set
     (shuffled whole every epoch, the same global batches at any number of workers), or, when shards stream,
@@ -386,10 +397,11 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: flo
                     # The teacher's actor and the backbone-feature actor each hold a CPU for as long as the
                     # stream runs: on a 2-CPU node none is left to decode images and both wait for ever.
                     # The teacher's outputs are materialised first, which ends its actor.
-                    train = train.materialize()
+                    train = _materialize(train, f"{config.job}: the teacher's outputs")
         # Materialised once (decoding, teacher outputs, cached features), then served in another seeded
         # permutation every epoch.
-        train = cached(train, images).select_columns(columns).materialize()
+        what = "the training set's backbone features" if cache else "the training set"
+        train = _materialize(cached(train, images).select_columns(columns), f"{config.job}: {what}")
         count = train.count()
         parts.append(train)
         vals = []
@@ -409,7 +421,8 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: flo
             )
         if vals:
             val = vals[0].union(*vals[1:]) if len(vals) > 1 else vals[0]
-            val = cached(val).select_columns([pixels, "target", *rank_columns]).materialize()
+            what = "the validation set's backbone features" if cache else "the validation set"
+            val = _materialize(cached(val).select_columns([pixels, "target", *rank_columns]), f"{config.job}: {what}")
     if config.shards:
         shards = load_dataset(
             "webdataset",
