@@ -207,6 +207,7 @@ def run_training(config: TrainConfig, address: str | None = None) -> TrainResult
     labeled = _load_labeled(config)
     sources = _check_before_start(config, labeled)
     local = _runs_locally(config, address)
+    _check_gpus(config, local, address)
     init_ray(address, for_training=True)
     ctx = configure_data_context()  # epoch lines come from the loop
     # The training sets are materialised through actor pools (teacher outputs, cached backbone features),
@@ -260,6 +261,25 @@ def _runs_locally(config: TrainConfig, address: str | None) -> bool:
             else f"the training loop on {config.run.workers} Ray Train worker(s)",
         )
     return local
+
+
+def _check_gpus(config: TrainConfig, local: bool, address: str | None) -> None:
+    """`--gpu` where this machine has no GPU for each worker stops here, in one line: in this process torch would
+    fail at the first tensor moved, and Ray Train would wait for GPUs a local Ray never gets. A named cluster is
+    not checked: its autoscaler may add GPU nodes on demand."""
+    import os
+
+    if not config.run.use_gpu or (not local and (address or os.environ.get("RAY_ADDRESS"))):
+        return
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    need = 1 if local else config.run.workers
+    if have < need:
+        raise UsageError(
+            f"--gpu: {need} GPU(s) needed (one per worker) and this machine has {have} that torch can use; "
+            "drop --gpu to train on the CPU, or name a cluster with GPUs (--address)"
+        )
 
 
 def _check_before_start(config: TrainConfig, labeled) -> str | None:  # noqa: ANN001

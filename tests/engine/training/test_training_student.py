@@ -88,7 +88,7 @@ def test_epoch_batches_shuffle_whole_per_epoch_and_split_global_batches(ray_loca
 
 def test_bad_recipes_stop_before_ray_starts(tmp_path, capsys):
     """A global batch that does not divide among the workers, a missing dataset file, a teacher without its
-    prior: one line, exit 2 or 4 (dpiqa/errors.py), before any Ray start-up (seconds, not a minute)."""
+    prior, --gpu on a machine without one: one line, exit 2 or 4 (dpiqa/errors.py), before any Ray start-up (seconds, not a minute)."""
     from dpiqa.jobs.cli import main
 
     table = graded_table(tmp_path, n=12)
@@ -158,6 +158,15 @@ def test_bad_recipes_stop_before_ray_starts(tmp_path, capsys):
             2,
         ),
     ]
+    if not torch.cuda.is_available():  # --gpu without a GPU: not waiting for one a local Ray never gets
+        for executor in ("local", "ray"):
+            cases.append(
+                (
+                    [*tiny_teacher(table), "--gpu", "--executor", executor],
+                    "--gpu: 1 GPU(s) needed (one per worker) and this machine has 0 that torch can use",
+                    2,
+                )
+            )
     import ray
 
     was_running = ray.is_initialized()
