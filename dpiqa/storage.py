@@ -308,11 +308,20 @@ def _read_list(fs: AbstractFileSystem, path: str, spec: str, storage_options: di
             f"{spec}: neither a tar shard (.tar, .tar.gz, ...) nor a UTF-8 text list of shard URLs"
         ) from None
     here = parent(to_url(fs, path))
+    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)]
+    lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
+    # checked before any line is read as a URL: a text that is no list (a README, a CSV) would otherwise end in
+    # fsspec's "Protocol not known: <the line>", which names neither the file nor the line
+    bad = [(n, line) for n, line in lines if not is_shard_name(line)]
+    if bad:
+        n, line = bad[0]
+        shown = line if len(line) <= 80 else line[:77] + "..."
+        raise ValueError(
+            f"{spec}: a shard list with {len(bad):,} line(s) that name no tar shard (first, line {n}: {shown!r}); "
+            "each line holds one .tar, .tar.gz, .tgz, .tar.bz2, .tar.xz or .tar.zst URL or path"
+        )
     urls = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
+    for _, line in lines:
         absolute = "://" in line or os.path.isabs(line) or line.startswith("~")
         urls.append(canonical(line if absolute else join(here, line), storage_options))
     return urls

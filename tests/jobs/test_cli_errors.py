@@ -98,7 +98,16 @@ def test_files_that_are_no_shards_named_explicitly(capsys, tmp_path):
     assert code == 4 and "neither a tar shard" in last_line(err)
     (tmp_path / "list.txt").write_text(f"{tmp_path / 'scores.parquet'}\n")
     code, _, err = run(capsys, "score", "--input", str(tmp_path / "list.txt"), "--output", str(tmp_path / "o"), *TINY)
-    assert code == 4 and "that are no tar shards" in last_line(err)
+    assert code == 4 and "a shard list with 1 line(s) that name no tar shard (first, line 1: " in last_line(err)
+    # a text that is no list at all: named with its first line, not read as URLs (fsspec: "Protocol not known")
+    readme = tmp_path / "README.md"
+    readme.write_text("# Scores\n\nSee `s3://bucket/scores/` and http://example.com for what `dpiqa` wrote.\n")
+    code, _, err = run(capsys, "score", "--input", str(readme), "--output", str(tmp_path / "o"), *TINY)
+    assert code == 4 and last_line(err).endswith(
+        f"{readme}: a shard list with 1 line(s) that name no tar shard (first, line 3: 'See `s3://bucket/scores/` "
+        "and http://example.com for what `dpiqa` wrote.'); each line holds one .tar, .tar.gz, .tgz, .tar.bz2, "
+        ".tar.xz or .tar.zst URL or path"
+    )
 
 
 def test_brace_pattern_naming_missing_shards(capsys, shards, tmp_path):
