@@ -609,15 +609,24 @@ class EpochBatches:
     def __init__(self, ds, columns: list[str], group_column: str | None = None) -> None:  # noqa: ANN001
         import ray
 
-        self.refs = ds.select_columns(columns).to_numpy_refs()
-        rows = ray.remote(num_cpus=0)(_rows_of)  # counted where the blocks are: no data comes to the driver
-        self.sizes = np.asarray(ray.get([rows.remote(r) for r in self.refs]), dtype=np.int64)
+        # Each Ray block becomes one numpy block as `Dataset.to_numpy_refs` makes it, by one task per block that
+        # also returns the block's row count and group ids (small objects: no data comes to the driver). Counting
+        # in separate zero-CPU tasks had Ray start a Python worker per block at once (60 and more on a 2-CPU node,
+        # each restoring its spilled block) before training could start.
+        to_numpy = ray.remote(num_returns=3)(_numpy_block)
+        self.refs, sizes, groups = [], [], []
+        for bundle in ds.select_columns(columns).iter_internal_ref_bundles():
+            for block in bundle.block_refs:
+                ref, rows, group = to_numpy.remote(block, columns, group_column)
+                self.refs.append(ref)
+                sizes.append(rows)
+                groups.append(group)
+        self.sizes = np.asarray(ray.get(sizes), dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.sizes)])
         self.columns = columns
         self.groups = None
         if group_column is not None:
-            column = ray.remote(num_cpus=0)(_column_of)
-            parts = ray.get([column.remote(r, group_column) for r in self.refs])
+            parts = ray.get(groups)
             self.groups = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
     def __len__(self) -> int:
@@ -655,10 +664,6 @@ class EpochBatches:
         return np.lexsort((rng.random(len(self)), rank))
 
 
-def _column_of(block: dict, column: str) -> np.ndarray:
-    return np.asarray(block[column]) if block else np.zeros(0, np.int64)
-
-
 def _take(arrays: list[np.ndarray], offsets: np.ndarray) -> np.ndarray:
     """Row `offsets[i]` of `arrays[i]`, stacked."""
     picked = [a[int(i)] for a, i in zip(arrays, offsets, strict=True)]
@@ -667,5 +672,11 @@ def _take(arrays: list[np.ndarray], offsets: np.ndarray) -> np.ndarray:
     return np.stack(picked)
 
 
-def _rows_of(block: dict) -> int:
-    return len(next(iter(block.values()))) if block else 0
+def _numpy_block(block, columns: list[str], group_column: str | None):  # noqa: ANN001, ANN202 - a Ray block
+    """A Ray block as `{column: ndarray}` (what `Dataset.to_numpy_refs` makes of it), its row count and its group
+    column (None without one)."""
+    from ray.data.block import BlockAccessor
+
+    accessor = BlockAccessor.for_block(block)
+    arrays = accessor.to_numpy(list(columns))
+    return arrays, accessor.num_rows(), (arrays[group_column] if group_column is not None else None)
