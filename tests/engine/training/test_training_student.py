@@ -86,6 +86,27 @@ def test_epoch_batches_shuffle_whole_per_epoch_and_split_global_batches(ray_loca
     assert all(len(b["i"]) == 8 and np.array_equal(b["target"], b["i"].astype(float)) for b in rows)
 
 
+def test_epoch_batches_over_many_blocks_start_no_worker_per_block(ray_local):
+    """A training set of hundreds of blocks is indexed without a Ray worker process per block: its row counts and
+    group ids come with the blocks' conversion (tasks of 1 CPU, run by the workers there are), not from zero-CPU
+    tasks, for which Ray starts a Python worker each (62 at once on this 2-CPU node for the demo's student)."""
+    import numpy as np
+    import psutil
+    import ray
+    from ray._private import worker as ray_worker
+
+    from dpiqa.engine.training.data import EpochBatches
+
+    rows = [{"i": i, "target": float(i), "group": i // 3} for i in range(600)]
+    ds = ray.data.from_items(rows, override_num_blocks=300).materialize()
+    raylet = psutil.Process(ray_worker._global_node.all_processes["raylet"][0].process.pid)
+    before = {p.pid for p in raylet.children(recursive=True)}
+    batches = EpochBatches(ds, ["i", "target", "group"], group_column="group")
+    started = [p for p in raylet.children(recursive=True) if p.pid not in before]
+    assert len(batches) == 600 and np.array_equal(batches.groups, np.arange(600) // 3)
+    assert len(started) <= 4, [p.cmdline()[:1] for p in started]  # 0 with the fix, 20 without it (2-core machine)
+
+
 def test_bad_recipes_stop_before_ray_starts(tmp_path, capsys):
     """A global batch that does not divide among the workers, a missing dataset file, a teacher without its
     prior, --gpu on a machine without one: one line, exit 2 or 4 (dpiqa/errors.py), before any Ray start-up (seconds, not a minute)."""
