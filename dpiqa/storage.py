@@ -30,6 +30,8 @@ T = TypeVar("T")
 
 # Tar shards, compressed or not (the reader tells the compression by the bytes, not by the name).
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz", ".tar.zst", ".tzst")
+# the suffixes as the one-line errors name them
+SHARD_SUFFIX_NAMES = ".tar, .tar.gz, .tgz, .tar.bz2, .tar.xz or .tar.zst"
 
 # Default storage options per protocol. s3fs already retries throttling (503 SlowDown) and dropped
 # connections on each request; botocore's "adaptive" mode adds client-side rate limiting on top.
@@ -229,7 +231,7 @@ def list_shards(spec: str, storage_options: dict | None = None, skip_missing: bo
     if not_shards:
         raise ValueError(
             f"{spec}: names {len(not_shards)} file(s) that are no tar shards (first: {not_shards[0]}); "
-            "a shard's name ends in .tar, .tar.gz, .tgz, .tar.bz2, .tar.xz or .tar.zst"
+            f"a shard's name ends in {SHARD_SUFFIX_NAMES}"
         )
     missing = _missing(urls, storage_options) if explicit else []
     if missing and not skip_missing:
@@ -318,7 +320,7 @@ def _read_list(fs: AbstractFileSystem, path: str, spec: str, storage_options: di
         shown = line if len(line) <= 80 else line[:77] + "..."
         raise ValueError(
             f"{spec}: a shard list with {len(bad):,} line(s) that name no tar shard (first, line {n}: {shown!r}); "
-            "each line holds one .tar, .tar.gz, .tgz, .tar.bz2, .tar.xz or .tar.zst URL or path"
+            f"each line holds one {SHARD_SUFFIX_NAMES} URL or path"
         )
     urls = []
     for _, line in lines:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -14,6 +13,7 @@ import numpy as np
 from dpiqa.engine.audit import drift, history, report
 from dpiqa.engine.audit.stats import Extreme, Grid, RunStats
 from dpiqa.engine.audit.thumbnails import read_thumbnails
+from dpiqa.engine.executor import named_cluster
 from dpiqa.engine.progress import Progress
 from dpiqa.engine.scores import ScoredRun, source_of
 from dpiqa.errors import ALERT
@@ -220,12 +220,10 @@ def run_audit(config: AuditConfig) -> AuditResult:
     executor = config.executor
     if executor == "auto":
         big = run.rows() + (base.rows() if base is not None else 0) > RAY_ROWS
-        executor = "ray" if config.address or os.environ.get("RAY_ADDRESS") or big else "local"
+        named = named_cluster(config.address)
+        executor = "ray" if named or big else "local"
         log.info(
-            "audit: scanning on %s (%s rows%s)",
-            executor,
-            f"{run.rows():,}",
-            "; a cluster is named" if config.address or os.environ.get("RAY_ADDRESS") else "",
+            "audit: scanning on %s (%s rows%s)", executor, f"{run.rows():,}", "; a cluster is named" if named else ""
         )
     stats = scan(run, grid, config.thumbnails, True, config.batch_size, "audit", executor, config.address)
     base_stats = (

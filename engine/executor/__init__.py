@@ -19,6 +19,11 @@ SMALL_SHARDS = 64
 SMALL_BYTES = 512 << 20
 
 
+def named_cluster(address: str | None) -> str | None:
+    """The Ray cluster the user named (`--address`, else `RAY_ADDRESS`), or None: a local Ray would be started."""
+    return address or os.environ.get("RAY_ADDRESS")
+
+
 def choose_executor(
     kind: str,
     address: str | None = None,
@@ -38,7 +43,7 @@ def choose_executor(
         return LocalExecutor()
     if kind == "ray":
         return RayDataExecutor(address=address)
-    named = address or os.environ.get("RAY_ADDRESS")
+    named = named_cluster(address)
     if named:
         log.info("%s: on the Ray cluster at %s", label, named)
         return RayDataExecutor(address=address)

@@ -239,9 +239,7 @@ def run_training(config: TrainConfig, address: str | None = None) -> TrainResult
 
 def _runs_locally(config: TrainConfig, address: str | None) -> bool:
     """Whether the loop runs in this process (`TrainRun.executor`); the choice is logged with its reason."""
-    import os
-
-    from dpiqa.engine.executor import EXECUTORS
+    from dpiqa.engine.executor import EXECUTORS, named_cluster
 
     kind = config.run.executor
     if kind not in EXECUTORS:
@@ -250,7 +248,7 @@ def _runs_locally(config: TrainConfig, address: str | None) -> bool:
         raise UsageError(
             f"--executor local runs one worker in this process; --workers {config.run.workers} needs --executor ray"
         )
-    named = address or os.environ.get("RAY_ADDRESS")
+    named = named_cluster(address)
     local = kind == "local" or (kind == "auto" and config.run.workers == 1 and not named)
     if kind == "auto":
         log.info(
@@ -267,9 +265,9 @@ def _check_gpus(config: TrainConfig, local: bool, address: str | None) -> None:
     """`--gpu` where this machine has no GPU for each worker stops here, in one line: in this process torch would
     fail at the first tensor moved, and Ray Train would wait for GPUs a local Ray never gets. A named cluster is
     not checked: its autoscaler may add GPU nodes on demand."""
-    import os
+    from dpiqa.engine.executor import named_cluster
 
-    if not config.run.use_gpu or (not local and (address or os.environ.get("RAY_ADDRESS"))):
+    if not config.run.use_gpu or (not local and named_cluster(address)):
         return
     import torch
 
