@@ -139,15 +139,24 @@ def run_shard_job(
         tally.last_activity = time.monotonic()
         report()
 
+    # The watcher gets the job's label and unit, not the job: a thread that held the last reference to the job
+    # (its stages, its model) freed the model's tensors as it ended; when that happened after this function
+    # returned, torch released the GIL mid-free while the interpreter shut down, and the process aborted
+    # ("terminate called without an active exception", exit -6) after a run that had succeeded. It is also
+    # joined, so no thread of the run outlives it.
     finished = threading.Event()
     watcher = threading.Thread(
-        target=_warn_while_stalled, args=(job, tally, len(todo), stall_warning, finished), daemon=True
+        target=_warn_while_stalled,
+        args=(job.label, job.unit, tally, len(todo), stall_warning, finished),
+        name=f"{job.label}-stall-watcher",
+        daemon=True,
     )
     watcher.start()
     try:
         attempt = _attempts(job, shards, output, todo, retries, tally, fact, units)
     finally:
         finished.set()
+        watcher.join()
     return _finish(job, shards, output, skipped, config, config_hash, tally, progress, attempt, t0, wall)
 
 
@@ -197,7 +206,9 @@ def _attempts(
     return attempt
 
 
-def _warn_while_stalled(job: ShardJob, tally: Tally, total: int, seconds: float, finished: threading.Event) -> None:
+def _warn_while_stalled(
+    label: str, unit: str, tally: Tally, total: int, seconds: float, finished: threading.Event
+) -> None:
     """Log a warning each time `seconds` pass with no unit or shard finished, until `finished` is set."""
     warned_at = float("-inf")
     while not finished.wait(min(seconds / 4, 15.0)):
@@ -210,12 +221,12 @@ def _warn_while_stalled(job: ShardJob, tally: Tally, total: int, seconds: float,
                 "%s: nothing finished in the last %s (%d of %d shards done, %d %s); still waiting. A model "
                 "still loading, a stuck worker or a cluster without room for a stage (free CPUs, GPUs) stalls "
                 "a run: see the Ray logs, or stop it and run it again (finished shards are kept)",
-                job.label,
+                label,
                 duration(idle),
                 done,
                 total,
                 tally.images,
-                job.unit,
+                unit,
             )
 
 

@@ -53,3 +53,27 @@ def test_a_run_with_steady_progress_never_warns(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="dpiqa.engine.runner")
     run(Sleeper(seconds=1.5, tick=0.05), tmp_path)
     assert stall_lines(caplog) == []
+
+
+def test_no_thread_of_the_run_holds_the_job_or_outlives_the_run(tmp_path):
+    """A `dpiqa score --executor local` run once ended in SIGABRT ("terminate called without an active
+    exception") after all its shards were written: the stall watcher's thread held the job (and through it the
+    model) as its argument, dropped it as the thread ended, after the run had returned, and torch released the
+    GIL while freeing a tensor just as the interpreter shut down (seen in a core dump). No thread of the run may
+    hold the job, and none may still run when `run_shard_job` returns."""
+    import threading
+
+    before = set(threading.enumerate())
+    seen: dict[str, list] = {}
+
+    class Recorder(Sleeper):
+        def process(self, shards, fact, units):  # noqa: ANN001, ANN201
+            started = [t for t in threading.enumerate() if t not in before]
+            seen["threads"] = started
+            seen["holding"] = [t.name for t in started if any(a is self for a in getattr(t, "_args", ()))]
+            super().process(shards, fact, units)
+
+    run(Recorder(seconds=0.1, tick=0.05), tmp_path)
+    assert seen["threads"], "the run starts its stall watcher"
+    assert seen["holding"] == []
+    assert [t.name for t in seen["threads"] if t.is_alive()] == []
