@@ -140,8 +140,9 @@ def distortion_ranking(rows: list[dict]) -> dict:
 
     Returns:
         Per distortion kind: the mean over photographs of Spearman's rho between the level (0 for the
-        reference, 1..5) and the score (a good quality model gives about -1), and the mean score per
-        level; plus `overall`, the mean rho over every (photograph, kind).
+        reference, 1..5) and the score (a good quality model gives about -1), each photograph's rho (None
+        where the scores do not change with the level) and the mean score per level; plus `overall`, the
+        mean rho over every (photograph, kind).
     """
     from scipy.stats import spearmanr
 
@@ -159,13 +160,14 @@ def distortion_ranking(rows: list[dict]) -> dict:
     per_kind: dict[str, dict] = {}
     rhos_all = []
     for kind in DISTORTIONS:
-        rhos, means = [], defaultdict(list)
+        rhos, means, by_photo = [], defaultdict(list), {}
         for (photo, k), levels in by.items():
             if k != kind or photo not in refs:
                 continue
             xs = [0, *sorted(levels)]
             ys = [refs[photo], *(levels[lv] for lv in sorted(levels))]
             rho = spearmanr(xs, ys).statistic
+            by_photo[photo] = float(rho) if np.isfinite(rho) else None
             if np.isfinite(rho):
                 rhos.append(rho)
             for x, y in zip(xs, ys, strict=True):
@@ -174,6 +176,7 @@ def distortion_ranking(rows: list[dict]) -> dict:
             per_kind[kind] = {
                 "srcc_level_vs_score": float(np.mean(rhos)),
                 "photographs": len(rhos),
+                "srcc_by_photograph": dict(sorted(by_photo.items())),
                 "mean_score_by_level": {str(lv): float(np.mean(v)) for lv, v in sorted(means.items())},
             }
             rhos_all += rhos

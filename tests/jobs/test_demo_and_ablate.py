@@ -51,6 +51,9 @@ def test_demo_scores_every_image_and_its_ranking_is_the_scores(tmp_path: Path) -
             rho = spearmanr(levels, scores).statistic
             if np.isfinite(rho):
                 rhos.append(rho)
+                assert ranking["per_distortion"][kind]["srcc_by_photograph"][photo] == pytest.approx(rho, abs=1e-12)
+            else:
+                assert ranking["per_distortion"][kind]["srcc_by_photograph"][photo] is None
         got = ranking["per_distortion"][kind]["srcc_level_vs_score"]
         if rhos:
             assert got == pytest.approx(np.mean(rhos), abs=1e-9)

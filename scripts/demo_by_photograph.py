@@ -1,0 +1,67 @@
+"""Per-photograph ranking of one demo distortion family by several scored runs of the demo corpus, beside what
+the family does to each photograph's pixels (its reference's mean level and the share of clipped pixels at the
+strongest level). Prints a Markdown table (docs/reports/demo.md).
+
+    python scripts/demo_by_photograph.py --kind overexposure \
+        --scores student=demo-out/scores --scores brisque=../runs/brisque-demo
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+from dpiqa.engine.demo import LEVELS, PHOTOGRAPHS, distortion_ranking, reference
+from dpiqa.engine.distortions import distort
+
+
+def ranking(scores: str) -> dict:
+    fs, root = url_to_fs(scores)
+    rows = [
+        row
+        for f in sorted(fs.glob(f"{root}/scores/*.parquet"))
+        for row in pq.read_table(f, columns=["key", "score"], filesystem=fs).to_pylist()
+    ]
+    return distortion_ranking(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kind", required=True, help="a demo distortion family (overexposure, jpeg, ...)")
+    parser.add_argument("--scores", action="append", required=True, help="NAME=output of `dpiqa score` (or demo)")
+    parser.add_argument("--clipped", type=float, default=0.3, help="subset: clipped share at the top level >= this")
+    args = parser.parse_args()
+    runs = dict(s.split("=", 1) for s in args.scores)
+    by_run = {name: ranking(path)["per_distortion"][args.kind]["srcc_by_photograph"] for name, path in runs.items()}
+
+    top = max(LEVELS)
+    print(f"| photograph | mean level (0-255) | clipped at level {top} | " + " | ".join(runs) + " |")
+    print("| --- | ---: | ---: | " + " | ".join("---:" for _ in runs) + " |")
+    subset = []
+    for _, photo, loader in PHOTOGRAPHS:
+        img = reference(loader)
+        clipped = float(np.mean(np.asarray(distort(img, args.kind, top, seed=top)).max(-1) >= 255))
+        if clipped >= args.clipped:
+            subset.append(photo)
+        cells = " | ".join("n/a" if by_run[n].get(photo) is None else f"{by_run[n][photo]:+.2f}" for n in runs)
+        print(f"| {photo} | {np.asarray(img).mean():.0f} | {100 * clipped:.0f}% | {cells} |")
+
+    def mean(name: str, photos: list[str]) -> str:
+        values = [by_run[name][p] for p in photos if by_run[name].get(p) is not None]
+        return f"{np.mean(values):+.2f}" if values else "n/a"
+
+    every = [p for _, p, _ in PHOTOGRAPHS]
+    print(f"| **all {len(every)}** | | | " + " | ".join(mean(n, every) for n in runs) + " |")
+    if 0 < len(subset) < len(every):  # a family that clips some photographs and not others (exposure)
+        print(
+            f"| **the {len(subset)} clipped >= {100 * args.clipped:.0f}% at level {top}** | | | "
+            + " | ".join(mean(n, subset) for n in runs)
+            + " |"
+        )
+
+
+if __name__ == "__main__":
+    main()
