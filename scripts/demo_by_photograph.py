@@ -1,6 +1,7 @@
 """Per-photograph ranking of one demo distortion family by several scored runs of the demo corpus, beside what
 the family does to each photograph's pixels (its reference's mean level and the share of clipped pixels at the
-strongest level). Prints a Markdown table (docs/reports/demo.md).
+strongest level). Prints a Markdown table (docs/reports/demo.md). With `--brisque-resized N`, one more column:
+BRISQUE's rho on the family's images resized to N x N (bicubic) as a model with an N-pixel input sees them.
 
     python scripts/demo_by_photograph.py --kind overexposure \
         --scores student=demo-out/scores --scores brisque=../runs/brisque-demo
@@ -28,14 +29,35 @@ def ranking(scores: str) -> dict:
     return distortion_ranking(rows)
 
 
+def resized_brisque(kind: str, size: int) -> dict[str, float]:
+    """BRISQUE's rho between level and quality for each photograph, its images resized to `size` x `size`."""
+    from PIL import Image
+    from scipy.stats import spearmanr
+
+    from dpiqa.models.brisque import brisque_quality
+
+    rhos = {}
+    for _, photo, loader in PHOTOGRAPHS:
+        img = reference(loader)
+        images = [img, *(Image.fromarray(np.asarray(distort(img, kind, lv, seed=lv))) for lv in LEVELS)]
+        small = [np.asarray(im.resize((size, size), Image.Resampling.BICUBIC)) for im in images]
+        rhos[photo] = float(spearmanr([0, *LEVELS], brisque_quality(small)).statistic)
+    return rhos
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kind", required=True, help="a demo distortion family (overexposure, jpeg, ...)")
     parser.add_argument("--scores", action="append", required=True, help="NAME=output of `dpiqa score` (or demo)")
     parser.add_argument("--clipped", type=float, default=0.3, help="subset: clipped share at the top level >= this")
+    parser.add_argument("--brisque-resized", type=int, help="add BRISQUE on the images resized to N x N")
     args = parser.parse_args()
     runs = dict(s.split("=", 1) for s in args.scores)
     by_run = {name: ranking(path)["per_distortion"][args.kind]["srcc_by_photograph"] for name, path in runs.items()}
+    if args.brisque_resized:
+        name = f"BRISQUE at {args.brisque_resized}x{args.brisque_resized}"
+        runs[name] = ""
+        by_run[name] = resized_brisque(args.kind, args.brisque_resized)
 
     top = max(LEVELS)
     print(f"| photograph | mean level (0-255) | clipped at level {top} | " + " | ".join(runs) + " |")
