@@ -1,7 +1,8 @@
 """Per-photograph ranking of one demo distortion family by several scored runs of the demo corpus, beside what
 the family does to each photograph's pixels (its reference's mean level and the share of clipped pixels at the
 strongest level). Prints a Markdown table (docs/reports/demo.md). With `--brisque-resized N`, one more column:
-BRISQUE's rho on the family's images resized to N x N (bicubic) as a model with an N-pixel input sees them.
+BRISQUE's rho on the family's images resized to N x N (bicubic) as a model with an N-pixel input sees them;
+with `--blockiness`, the rho of a JPEG block-grid statistic on the full-size images (`blockiness`).
 
     python scripts/demo_by_photograph.py --kind overexposure \
         --scores student=demo-out/scores --scores brisque=../runs/brisque-demo
@@ -29,20 +30,43 @@ def ranking(scores: str) -> dict:
     return distortion_ranking(rows)
 
 
-def resized_brisque(kind: str, size: int) -> dict[str, float]:
-    """BRISQUE's rho between level and quality for each photograph, its images resized to `size` x `size`."""
+def family_rhos(kind: str, quality) -> dict[str, float]:  # noqa: ANN001 - PIL image -> float
+    """Each photograph's Spearman rho between the level (0 = reference) and `quality` of its images."""
     from PIL import Image
     from scipy.stats import spearmanr
-
-    from dpiqa.models.brisque import brisque_quality
 
     rhos = {}
     for _, photo, loader in PHOTOGRAPHS:
         img = reference(loader)
         images = [img, *(Image.fromarray(np.asarray(distort(img, kind, lv, seed=lv))) for lv in LEVELS)]
-        small = [np.asarray(im.resize((size, size), Image.Resampling.BICUBIC)) for im in images]
-        rhos[photo] = float(spearmanr([0, *LEVELS], brisque_quality(small)).statistic)
+        rhos[photo] = float(spearmanr([0, *LEVELS], [quality(im) for im in images]).statistic)
     return rhos
+
+
+def resized_brisque(kind: str, size: int) -> dict[str, float]:
+    """BRISQUE's rho for each photograph, its images resized to `size` x `size` (bicubic)."""
+    from PIL import Image
+
+    from dpiqa.models.brisque import brisque_quality
+
+    return family_rhos(
+        kind, lambda im: float(brisque_quality([np.asarray(im.resize((size, size), Image.Resampling.BICUBIC))])[0])
+    )
+
+
+def blockiness(pixels: np.ndarray) -> float:
+    """How much larger the luminance steps across the 8-pixel JPEG block grid are than those inside the blocks
+    (1 for an image without blocks; both axes averaged). Written here, not taken from a library, because it
+    is a probe of one idea: it assumes the grid starts at pixel 0, as it does for an image compressed at the
+    size it is shown (not for one resized or cropped after compression)."""
+    g = pixels.astype(np.float64).mean(-1)
+    ratios = []
+    for axis in (0, 1):
+        d = np.abs(np.diff(g, axis=axis))
+        across = d.take(np.arange(7, d.shape[axis], 8), axis=axis)
+        inside = np.delete(d, np.s_[7::8], axis=axis)
+        ratios.append(across.mean() / (inside.mean() + 1e-6))
+    return float(np.mean(ratios))
 
 
 def main() -> None:
@@ -51,6 +75,7 @@ def main() -> None:
     parser.add_argument("--scores", action="append", required=True, help="NAME=output of `dpiqa score` (or demo)")
     parser.add_argument("--clipped", type=float, default=0.3, help="subset: clipped share at the top level >= this")
     parser.add_argument("--brisque-resized", type=int, help="add BRISQUE on the images resized to N x N")
+    parser.add_argument("--blockiness", action="store_true", help="add the block-grid statistic at full size")
     args = parser.parse_args()
     runs = dict(s.split("=", 1) for s in args.scores)
     by_run = {name: ranking(path)["per_distortion"][args.kind]["srcc_by_photograph"] for name, path in runs.items()}
@@ -58,6 +83,9 @@ def main() -> None:
         name = f"BRISQUE at {args.brisque_resized}x{args.brisque_resized}"
         runs[name] = ""
         by_run[name] = resized_brisque(args.kind, args.brisque_resized)
+    if args.blockiness:
+        runs["blockiness (full size)"] = ""
+        by_run["blockiness (full size)"] = family_rhos(args.kind, lambda im: -blockiness(np.asarray(im)))
 
     top = max(LEVELS)
     print(f"| photograph | mean level (0-255) | clipped at level {top} | " + " | ".join(runs) + " |")
