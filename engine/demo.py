@@ -132,6 +132,19 @@ def build_corpus(directory: str | Path) -> list[Path]:
     return shards
 
 
+def ranking_of_scores(scores: str) -> dict:
+    """`distortion_ranking` of a scored run: the key and score of every shard at `scores` (the output of
+    `dpiqa score` over the demo corpus) that has a completion marker."""
+    import pyarrow.parquet as pq
+
+    from dpiqa.engine.output import OutputLocation
+
+    rows = []
+    for url in OutputLocation(scores).score_files():
+        rows += pq.read_table(url, columns=["key", "score"]).to_pylist()
+    return distortion_ranking(rows)
+
+
 def distortion_ranking(rows: list[dict]) -> dict:
     """How well scores rank each photograph's distortions by strength.
 

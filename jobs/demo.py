@@ -33,11 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import pyarrow.parquet as pq
-
     from dpiqa.engine.audit import AuditConfig, run_audit
-    from dpiqa.engine.demo import build_corpus, distortion_ranking
-    from dpiqa.engine.output import OutputLocation
+    from dpiqa.engine.demo import build_corpus, ranking_of_scores
     from dpiqa.engine.pipeline import ScoreConfig, run_score
 
     out = Path(args.output).resolve()
@@ -49,10 +46,7 @@ def main(args: argparse.Namespace) -> int:
         args.address,
     )
     audit = run_audit(AuditConfig(scores=str(scores), report=str(out / "report.html"), json=str(out / "audit.json")))
-    rows = []
-    for url in OutputLocation(str(scores)).score_files():
-        rows += pq.read_table(url, columns=["key", "score"]).to_pylist()
-    ranking = distortion_ranking(rows)
+    ranking = ranking_of_scores(str(scores))
     (out / "ranking.json").write_text(json.dumps(ranking, indent=2))
 
     doc = audit.doc

@@ -13,21 +13,9 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import pyarrow.parquet as pq
-from fsspec.core import url_to_fs
 
-from dpiqa.engine.demo import LEVELS, PHOTOGRAPHS, distortion_ranking, reference
+from dpiqa.engine.demo import LEVELS, PHOTOGRAPHS, ranking_of_scores, reference
 from dpiqa.engine.distortions import distort
-
-
-def ranking(scores: str) -> dict:
-    fs, root = url_to_fs(scores)
-    rows = [
-        row
-        for f in sorted(fs.glob(f"{root}/scores/*.parquet"))
-        for row in pq.read_table(f, columns=["key", "score"], filesystem=fs).to_pylist()
-    ]
-    return distortion_ranking(rows)
 
 
 def family_rhos(kind: str, quality) -> dict[str, float]:  # noqa: ANN001 - PIL image -> float
@@ -78,7 +66,9 @@ def main() -> None:
     parser.add_argument("--blockiness", action="store_true", help="add the block-grid statistic at full size")
     args = parser.parse_args()
     runs = dict(s.split("=", 1) for s in args.scores)
-    by_run = {name: ranking(path)["per_distortion"][args.kind]["srcc_by_photograph"] for name, path in runs.items()}
+    by_run = {
+        name: ranking_of_scores(path)["per_distortion"][args.kind]["srcc_by_photograph"] for name, path in runs.items()
+    }
     if args.brisque_resized:
         name = f"BRISQUE at {args.brisque_resized}x{args.brisque_resized}"
         runs[name] = ""
