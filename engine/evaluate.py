@@ -10,7 +10,7 @@ import numpy as np
 from dpiqa.engine.datasets import LabeledSet
 from dpiqa.engine.metrics import compute_metrics
 from dpiqa.engine.progress import Progress
-from dpiqa.engine.stages.decode import DecodeError, decode_image
+from dpiqa.engine.stages.decode import Decoded, DecodeError, decode_image
 from dpiqa.models.scorer import Scorer
 from dpiqa.storage import get_fs, retry
 
@@ -30,15 +30,14 @@ def predict(
     Images are read and decoded by a thread pool (PIL and fsspec release the GIL) one batch ahead of
     the model.
     """
-    h, w = scorer.preprocessing.size
     out = np.full(len(indices), np.nan, dtype=np.float64)
     progress = Progress("eval", len(indices), unit="images", done_unit="images")
 
-    def load(i: int) -> np.ndarray | None:
+    def load(i: int) -> Decoded | None:
         item = labeled[int(i)]
         try:
             fs, path = get_fs(item.path, storage_options)
-            return decode_image(retry(lambda: fs.cat_file(path), f"read {item.path}"), scorer.preprocessing)[0]
+            return decode_image(retry(lambda: fs.cat_file(path), f"read {item.path}"), scorer.preprocessing)
         except (DecodeError, OSError) as exc:
             log.warning("eval: %s not scored: %s", item.path, exc)
             return None
@@ -53,8 +52,9 @@ def predict(
                 futures[nxt] = pool.map(load, indices[nxt : nxt + batch_size])
             ok = [j for j, im in enumerate(images) if im is not None]
             if ok:
-                batch = np.stack([images[j] for j in ok]) if ok else np.zeros((0, h, w, 3), np.uint8)
-                out[[s + j for j in ok]] = scorer(batch).scores
+                batch = np.stack([images[j].pixels for j in ok])
+                statistics = np.stack([images[j].statistics for j in ok])
+                out[[s + j for j in ok]] = scorer(batch, statistics=statistics).scores
             progress.update(0, s + len(images), force=s + len(images) == len(indices))
     return out
 

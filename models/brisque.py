@@ -144,7 +144,7 @@ class BrisqueScorer:
 
         self.preprocessing = Preprocessing(size=(512, 512), interpolation="bilinear")
 
-    def __call__(self, images: np.ndarray, return_map: bool = False):  # noqa: ANN204 - models.scorer.ScoreOutput
+    def __call__(self, images: np.ndarray, return_map: bool = False, statistics: np.ndarray | None = None):  # noqa: ANN204, ARG002 - models.scorer.ScoreOutput; reads no statistics
         from dpiqa.models.scorer import ScoreOutput
 
         if return_map:

@@ -71,8 +71,13 @@ class ExportGraph(nn.Module):
         self.preprocessing: Preprocessing = model.config.preprocessing
         self.mos_scale = float(model.config.mos_scale)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        score, quality_map = self.model(self.preprocessing.to_tensor(images))
+    def forward(
+        self, images: torch.Tensor, statistics: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`statistics`: float32 `(B, k)` for a student that reads statistics measured before the resize (the
+        graph's second input), None otherwise."""
+        kwargs = self.preprocessing.model_kwargs(statistics)
+        score, quality_map = self.model(self.preprocessing.to_tensor(images), **kwargs)
         return score * self.mos_scale, quality_map
 
 
@@ -102,6 +107,22 @@ def random_images(batch: int, preprocessing: Preprocessing, seed: int) -> np.nda
     return np.random.default_rng(seed).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
 
 
+def random_inputs(batch: int, preprocessing: Preprocessing, seed: int) -> tuple[np.ndarray, ...]:
+    """The graph's inputs: `random_images`, and for a student that reads statistics measured before the
+    resize, uniform random float32 `(batch, k)` in [0, 2) (the range `jpeg_grid` spans)."""
+    images = random_images(batch, preprocessing, seed)
+    if not preprocessing.statistics:
+        return (images,)
+    rng = np.random.default_rng(seed + 1)
+    return images, rng.uniform(0, 2, (batch, preprocessing.statistics_width)).astype(np.float32)
+
+
+def input_names(preprocessing: Preprocessing) -> list[str]:
+    from dpiqa.models.onnx_scorer import INPUT_NAME, STATISTICS_NAME
+
+    return [INPUT_NAME, *([STATISTICS_NAME] if preprocessing.statistics else [])]
+
+
 def validate(
     onnx_path: Path,
     graph: ExportGraph,
@@ -124,7 +145,7 @@ def validate(
     Raises:
         ExportMismatchError: a difference is beyond `SCORE_TOLERANCE * mos_scale` or `MAP_TOLERANCE`.
     """
-    from dpiqa.models.onnx_scorer import INPUT_NAME, OUTPUT_NAMES, make_session
+    from dpiqa.models.onnx_scorer import OUTPUT_NAMES, make_session
 
     session = make_session(onnx_path, threads)
     score_tol = SCORE_TOLERANCE * graph.mos_scale
@@ -134,10 +155,11 @@ def validate(
         "batches": {},
     }
     for batch in batches:
-        images = random_images(batch, graph.preprocessing, seed + batch)
+        inputs = random_inputs(batch, graph.preprocessing, seed + batch)
         with torch.inference_mode():
-            score, quality_map = (t.numpy() for t in graph(torch.from_numpy(images)))
-        onnx_score, onnx_map = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
+            score, quality_map = (t.numpy() for t in graph(*(torch.from_numpy(a) for a in inputs)))
+        feed = dict(zip(input_names(graph.preprocessing), inputs, strict=True))
+        onnx_score, onnx_map = session.run(list(OUTPUT_NAMES), feed)
         if onnx_score.shape != score.shape or onnx_map.shape != quality_map.shape:
             raise ExportMismatchError(
                 f"batch {batch}: ONNX output shapes {onnx_score.shape}, {onnx_map.shape} "
@@ -233,8 +255,10 @@ def export_onnx(
     height, width = graph.preprocessing.size
     # torch.export specialises a dimension of size 1 as a constant, so a dynamic axis is traced at 2.
     example_batch = 2 if dynamic_batch else batch_size
-    example = torch.from_numpy(random_images(example_batch, graph.preprocessing, seed))
-    dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+    example = tuple(torch.from_numpy(a) for a in random_inputs(example_batch, graph.preprocessing, seed))
+    names = input_names(graph.preprocessing)
+    batch_axis = torch.export.Dim("batch", min=1)
+    dynamic_shapes = tuple({0: batch_axis} for _ in names) if dynamic_batch else None
 
     for name in ("onnxscript", "onnx_ir"):  # one INFO line per optimisation pass would drown our progress
         if logging.getLogger(name).level == logging.NOTSET:
@@ -256,10 +280,10 @@ def export_onnx(
         # One file, no external data: the largest student (B7) is ~325 MB, far below protobuf's 2 GB.
         torch.onnx.export(
             graph,
-            (example,),
+            example,
             str(onnx_path),
             dynamo=True,
-            input_names=["images"],
+            input_names=names,
             output_names=["score", "map"],
             dynamic_shapes=dynamic_shapes,
             opset_version=opset,
@@ -304,7 +328,20 @@ def export_onnx(
                         "shape": [batch_dim, height, width, 3],
                         "note": "resized to preprocessing.size with preprocessing.interpolation; "
                         "the graph scales to preprocessing.value_range and transposes to NCHW",
-                    }
+                    },
+                    **(
+                        {
+                            "statistics": {
+                                "dtype": "float32",
+                                "shape": [batch_dim, graph.preprocessing.statistics_width],
+                                "note": "measured on the decoded image before the resize: "
+                                + ", ".join(graph.preprocessing.statistics)
+                                + " (dpiqa.models.preprocessing.Preprocessing.measure)",
+                            }
+                        }
+                        if graph.preprocessing.statistics
+                        else {}
+                    ),
                 },
                 "outputs": {
                     "score": {

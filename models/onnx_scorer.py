@@ -18,6 +18,7 @@ from dpiqa.models.student import StudentConfig
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
+STATISTICS_NAME = "statistics"  # the second input of a student that reads statistics measured before the resize
 OUTPUT_NAMES = ("score", "map")
 
 
@@ -79,24 +80,35 @@ class OnnxScorer:
         # A --no-dynamic-batch export accepts exactly its batch size; other batches are run in chunks of it.
         self.fixed_batch: int | None = batch if isinstance(batch, int) else None
 
-    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _feed(self, images: np.ndarray, statistics: np.ndarray | None) -> dict[str, np.ndarray]:
+        return {INPUT_NAME: images, **({STATISTICS_NAME: statistics} if self.preprocessing.statistics else {})}
+
+    def _run(self, images: np.ndarray, statistics: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         if self.fixed_batch is None:
-            score, quality_map = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
+            score, quality_map = self.session.run(list(OUTPUT_NAMES), self._feed(images, statistics))
             return score, quality_map
         n, size = len(images), self.fixed_batch
         scores, maps = [], []
         for start in range(0, n, size):
             chunk = images[start : start + size]
+            measured = None if statistics is None else statistics[start : start + size]
             pad = size - len(chunk)
             if pad:  # the last chunk is padded by repeating its last image; the padded outputs are dropped
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-            score, quality_map = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: chunk})
+                if measured is not None:
+                    measured = np.concatenate([measured, np.repeat(measured[-1:], pad, axis=0)])
+            score, quality_map = self.session.run(list(OUTPUT_NAMES), self._feed(chunk, measured))
             scores.append(score[: size - pad])
             maps.append(quality_map[: size - pad])
         return np.concatenate(scores), np.concatenate(maps)
 
-    def __call__(self, images: np.ndarray | torch.Tensor, return_map: bool = False) -> ScoreOutput:
-        """Score uint8 `(B, H, W, 3)` images already resized to `preprocessing.size`."""
+    def __call__(
+        self,
+        images: np.ndarray | torch.Tensor,
+        return_map: bool = False,
+        statistics: np.ndarray | torch.Tensor | None = None,
+    ) -> ScoreOutput:
+        """Score uint8 `(B, H, W, 3)` images already resized to `preprocessing.size`; `statistics` as `Scorer`'s."""
         if len(images) == 0:
             return ScoreOutput(np.zeros(0, np.float32), np.zeros((0,), np.float16) if return_map else None)
         images = np.ascontiguousarray(images.numpy() if isinstance(images, torch.Tensor) else images)
@@ -106,6 +118,14 @@ class OnnxScorer:
                 f"ONNX scorer: expected uint8 images (B, {expected[0]}, {expected[1]}, 3), "
                 f"got {images.dtype} {images.shape}"
             )
-        score, quality_map = self._run(images)
+        if statistics is not None:
+            statistics = np.ascontiguousarray(
+                statistics.cpu().numpy() if isinstance(statistics, torch.Tensor) else statistics, dtype=np.float32
+            )
+        width = self.preprocessing.statistics_width
+        if width and (statistics is None or statistics.shape != (len(images), width)):
+            got = "none" if statistics is None else statistics.shape
+            raise ValueError(f"ONNX scorer: expected statistics ({len(images)}, {width}), got {got}")
+        score, quality_map = self._run(images, statistics)
         maps = quality_map.astype(np.float16) if return_map else None
         return ScoreOutput(score.astype(np.float32), maps)

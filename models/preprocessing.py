@@ -5,8 +5,42 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:  # torch is imported where tensors are made, not by the driver or the decoder
     import torch
+
+# Statistics a model can ask to be measured on the decoded image at its own size, before the resize to its
+# input, where a resize would erase them (`Preprocessing.statistics`): name -> values per image.
+STATISTICS = {"jpeg_grid": 2}
+JPEG_BLOCK = 8
+
+
+def jpeg_grid(gray) -> list[float]:  # noqa: ANN001 - a 2-D numpy array or torch tensor, luminance 0..255
+    """How strongly an 8-pixel block grid shows in an image: per axis (across columns, then across rows), the
+    mean absolute luminance step at the grid phase where it is largest, over the mean at the other 7 phases,
+    as a log ratio (about 0 for an image without blocks; JPEG's blocks raise it, the more so the coarser the
+    quantisation). The phase is searched, not assumed, so that a JPEG cropped after compression still shows
+    its grid; a resize after compression erases it, which is why it is measured before the model's resize.
+
+    Written here rather than taken from a library: no-reference blockiness measures in the literature (e.g.
+    Wang, Sheikh and Bovik's 2002 JPEG quality measure) are this idea with other weighting, and none ships in
+    a package we use. Works on numpy arrays and torch tensors alike (the GPU decoder calls it on the device).
+    """
+    out = []
+    # the steps across columns, then across rows (transposed: the stepped axis last); float input, so
+    # that uint8 differences do not wrap
+    for steps in (abs(gray[:, 1:] - gray[:, :-1]), abs(gray[1:, :] - gray[:-1, :]).T):
+        usable = steps.shape[-1] // JPEG_BLOCK * JPEG_BLOCK
+        if usable < 2 * JPEG_BLOCK:  # too small to tell a grid
+            out.append(0.0)
+            continue
+        phases = [float(v) for v in steps[:, :usable].reshape(-1, JPEG_BLOCK).mean(0).tolist()]
+        top = max(phases)
+        rest = (sum(phases) - top) / (JPEG_BLOCK - 1)
+        # 0.5 (half a grey level) keeps flat images, whose steps are all about 0, at about 0
+        out.append(float(np.log((top + 0.5) / (rest + 0.5))))
+    return out
 
 
 @dataclass(frozen=True)
@@ -18,11 +52,28 @@ class Preprocessing:
         interpolation: PIL resize filter name (`bilinear`, `bicubic`, `lanczos`, `nearest`).
         value_range: the float range that uint8 0..255 maps to: `(0, 1)` is the DP-IQA default
             ("faithful"), `(-1, 1)` is what the Stable Diffusion VAE was trained on.
+        statistics: names from `STATISTICS` measured on the decoded image before the resize and handed to the
+            model beside the pixels (float32 `(B, statistics_width)`); `()` for most models.
     """
 
     size: tuple[int, int] = (512, 512)
     interpolation: str = "bilinear"
     value_range: tuple[float, float] = (0.0, 1.0)
+    statistics: tuple[str, ...] = ()
+
+    @property
+    def statistics_width(self) -> int:
+        return sum(STATISTICS[name] for name in self.statistics)
+
+    def measure(self, gray) -> np.ndarray:  # noqa: ANN001 - numpy array or torch tensor
+        """`statistics` of one decoded image at its own size, from its luminance `(H, W)` in 0..255."""
+        values = [v for name in self.statistics for v in {"jpeg_grid": jpeg_grid}[name](gray)]
+        return np.asarray(values, dtype=np.float32)
+
+    def model_kwargs(self, statistics) -> dict:  # noqa: ANN001 - a tensor (B, statistics_width) or None
+        """The keyword arguments a model call takes beside the pixels: the statistics, for a model that reads
+        them (a model that does not, such as the teacher, takes none)."""
+        return {"statistics": statistics} if self.statistics else {}
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -46,7 +97,9 @@ class ImageModelConfig:
 
     @property
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing((self.image_size, self.image_size), self.interpolation, self.value_range)
+        # a student's `aux_features` may name statistics measured before the resize (`STATISTICS`)
+        measured = tuple(k for k in getattr(self, "aux_features", "").split("+") if k in STATISTICS)
+        return Preprocessing((self.image_size, self.image_size), self.interpolation, self.value_range, measured)
 
     @property
     def map_shape(self) -> tuple[int, int, int]:

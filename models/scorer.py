@@ -31,7 +31,9 @@ class ImageScorer(Protocol):
     preprocessing: Preprocessing
     mos_scale: float
 
-    def __call__(self, images: np.ndarray | torch.Tensor, return_map: bool = False) -> ScoreOutput: ...
+    def __call__(
+        self, images: np.ndarray | torch.Tensor, return_map: bool = False, statistics: np.ndarray | None = None
+    ) -> ScoreOutput: ...
 
 
 def resolve_device(device: str) -> torch.device:
@@ -90,8 +92,14 @@ class Scorer:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     @torch.inference_mode()
-    def __call__(self, images: np.ndarray | torch.Tensor, return_map: bool = False) -> ScoreOutput:
-        """Score uint8 `(B, H, W, 3)` images already resized to `preprocessing.size`."""
+    def __call__(
+        self,
+        images: np.ndarray | torch.Tensor,
+        return_map: bool = False,
+        statistics: np.ndarray | torch.Tensor | None = None,
+    ) -> ScoreOutput:
+        """Score uint8 `(B, H, W, 3)` images already resized to `preprocessing.size`; `statistics` float32
+        `(B, k)`: those the model's preprocessing measures before the resize (the decoder's `statistics`)."""
         if len(images) == 0:
             return ScoreOutput(np.zeros(0, np.float32), np.zeros((0,), np.float16) if return_map else None)
         if isinstance(images, np.ndarray) and not images.flags.writeable:
@@ -100,8 +108,12 @@ class Scorer:
         x = self.preprocessing.to_tensor(pixels)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if statistics is not None:
+            if isinstance(statistics, np.ndarray):  # a copy: small, and Ray's views are read-only
+                statistics = torch.from_numpy(np.array(statistics, dtype=np.float32))
+            statistics = statistics.to(self.device, torch.float32)
         with self._autocast():
-            score, quality_map = self._forward(x)
+            score, quality_map = self._forward(x, **self.preprocessing.model_kwargs(statistics))
         scores = (score.float() * self.mos_scale).cpu().numpy()
         maps = quality_map.to(torch.float16).cpu().numpy() if return_map else None
         return ScoreOutput(scores, maps)

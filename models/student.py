@@ -84,9 +84,18 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
         )
         self.mlp = ScoreMLP(config.map_channels * config.map_size**2, config.head_hidden)
 
-    def backbone_features(self, x: torch.Tensor) -> torch.Tensor:
+    def backbone_features(self, x: torch.Tensor, statistics: torch.Tensor | None = None) -> torch.Tensor:
         """Images `(B, 3, H, W)` in the value range -> backbone features on their grid `(B, C, h, w)` (with
-        `aux_features`, the statistics' channels after the backbone's)."""
+        `aux_features`, the statistics' channels after the backbone's; `statistics`: `(B, k)`, the ones
+        measured before the resize, `config.preprocessing.statistics`, each the same in every cell)."""
+        expected = self.config.preprocessing.statistics_width
+        if expected and (statistics is None or tuple(statistics.shape) != (x.shape[0], expected)):
+            got = "none" if statistics is None else tuple(statistics.shape)
+            raise ValueError(
+                f"this student reads {expected} statistics per image measured before the resize "
+                f"({'+'.join(self.config.preprocessing.statistics)}; the engine's decoder measures them): "
+                f"expected shape ({x.shape[0]}, {expected}), got {got}"
+            )
         image = x
         if self.config.input_norm:
             x = normalize(x, *INPUT_NORMS[self.config.input_norm])
@@ -101,6 +110,8 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
             aux = ([nss_features(unit, grid)] if "nss" in kinds else []) + (
                 [exposure_features(unit, grid)] if "exposure" in kinds else []
             )
+            if expected:
+                aux.append(statistics.float()[:, :, None, None].expand(-1, -1, *grid))
             features = torch.cat([features, *(a.to(features.dtype) for a in aux)], 1)
         return features
 
@@ -122,17 +133,20 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
         quality_map = F.relu(self.map_head(features))
         return F.interpolate(quality_map, size=(size,) * 2, mode="nearest")
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor, statistics: torch.Tensor | None = None) -> torch.Tensor:
         """Images `(B, 3, H, W)` in the value range -> quality map `(B, 8, 64, 64)`."""
-        return self.map_from_backbone(self.backbone_features(x))
+        return self.map_from_backbone(self.backbone_features(x, statistics))
 
     def forward_head(self, quality_map: torch.Tensor) -> torch.Tensor:
         return self.mlp(quality_map)
 
-    def forward(self, x: torch.Tensor, from_backbone: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, from_backbone: bool = False, statistics: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns `(score (B,), quality map (B, 8, 64, 64))`. With `from_backbone`, `x` holds the backbone
-        features instead of images (training a frozen backbone's head on features computed once)."""
-        quality_map = self.map_from_backbone(x) if from_backbone else self.forward_features(x)
+        features instead of images (training a frozen backbone's head on features computed once);
+        `statistics`: those measured before the resize, for a student whose preprocessing names them."""
+        quality_map = self.map_from_backbone(x) if from_backbone else self.forward_features(x, statistics)
         return self.forward_head(quality_map), quality_map
 
     def train(self, mode: bool = True) -> DPIQAStudent:

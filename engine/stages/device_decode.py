@@ -23,8 +23,9 @@ def decode_on_device(blobs: list[bytes], preprocessing: Preprocessing, device): 
     """Decode JPEGs on `device` in one batch and resize each to the model's size there.
 
     Returns:
-        `(pixels, failures)`: uint8 `(N, H, W, 3)` on `device` (zeros where decoding failed), and
-        `{position: DecodeError}` for the images neither the device decoder nor PIL could decode.
+        `(pixels, statistics, failures)`: uint8 `(N, H, W, 3)` on `device` (zeros where decoding failed),
+        float32 `(N, k)` numpy statistics measured before the resize (`preprocessing.statistics`, on the
+        device), and `{position: DecodeError}` for the images neither the device decoder nor PIL could decode.
     """
     import torch
     import torch.nn.functional as F
@@ -32,6 +33,7 @@ def decode_on_device(blobs: list[bytes], preprocessing: Preprocessing, device): 
 
     h, w = preprocessing.size
     out = torch.zeros((len(blobs), h, w, 3), dtype=torch.uint8, device=device)
+    statistics = np.zeros((len(blobs), preprocessing.statistics_width), np.float32)
     failures: dict[int, DecodeError] = {}
     tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
     try:
@@ -47,21 +49,26 @@ def decode_on_device(blobs: list[bytes], preprocessing: Preprocessing, device): 
     for i, chw in enumerate(decoded):
         if chw is None:
             try:  # CMYK, progressive or damaged files the device decoder refuses: PIL on the CPU
-                pixels, _, _ = decode_image(blobs[i], preprocessing)
-                out[i] = torch.from_numpy(pixels).to(device)
+                decoded_on_cpu = decode_image(blobs[i], preprocessing)
+                out[i] = torch.from_numpy(decoded_on_cpu.pixels).to(device)
+                statistics[i] = decoded_on_cpu.statistics
             except DecodeError as exc:
                 failures[i] = exc
             continue
         x = chw.unsqueeze(0).float()
+        if preprocessing.statistics:  # at the decoded size, before the resize, with PIL's "L" luminance
+            luma = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(3, 1, 1)
+            statistics[i] = preprocessing.measure((x[0] * luma).sum(0).round())
         if tuple(x.shape[-2:]) != (h, w):
             # antialiased like PIL's resize, so the device path sees what the CPU path sees
             x = F.interpolate(x, size=(h, w), mode=mode, antialias=True, align_corners=False)
         out[i] = x.round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0)
-    return out, failures
+    return out, statistics, failures
 
 
 def pixels_for(
     batch_images: np.ndarray,
+    batch_statistics: np.ndarray | None,
     on_device: np.ndarray,
     jpegs: np.ndarray,
     rows: np.ndarray,
@@ -69,14 +76,17 @@ def pixels_for(
     device,
 ):  # noqa: ANN001, ANN201
     """The model input for `rows` of a batch: CPU-decoded images as they are, deferred JPEGs decoded on
-    `device`. Returns `(pixels on device, {row: DecodeError})`."""
+    `device`. Returns `(pixels on device, statistics (numpy; None for a model without), {row: DecodeError})`."""
     import torch
 
     pixels = torch.as_tensor(np.ascontiguousarray(batch_images[rows])).to(device)
+    statistics = None if batch_statistics is None else np.array(batch_statistics[rows], dtype=np.float32)
     deferred = [j for j, r in enumerate(rows) if on_device[r]]
     failures = {}
     if deferred:
-        decoded, failed = decode_on_device([jpegs[rows[j]] for j in deferred], preprocessing, device)
+        decoded, measured, failed = decode_on_device([jpegs[rows[j]] for j in deferred], preprocessing, device)
         pixels[deferred] = decoded
+        if statistics is not None:
+            statistics[deferred] = measured
         failures = {int(rows[deferred[k]]): exc for k, exc in failed.items()}
-    return pixels, failures
+    return pixels, statistics, failures

@@ -68,8 +68,9 @@ class ScoreStage(Stage):
             if len(rows) == 0:
                 continue
             if "on_device" in batch and batch["on_device"][rows].any():
-                pixels, failures = pixels_for(
+                pixels, statistics, failures = pixels_for(
                     batch["image"],
+                    batch.get("statistics"),
                     batch["on_device"],
                     batch["jpeg"],
                     rows,
@@ -80,7 +81,8 @@ class ScoreStage(Stage):
                     status[row], error[row] = exc.status, f"jpg: {exc}"
             else:
                 pixels = batch["image"][rows]
-            out = self.scorer(pixels, return_map=self.write_maps)
+                statistics = batch["statistics"][rows] if "statistics" in batch else None
+            out = self.scorer(pixels, return_map=self.write_maps, statistics=statistics)
             scores[rows] = out.scores
             if self.write_maps:
                 for j, row in enumerate(rows):
@@ -93,7 +95,9 @@ class ScoreStage(Stage):
         if self.write_maps:
             maps[~ok | bad] = None
         result = {
-            k: v for k, v in batch.items() if k not in ("jpeg", "on_device") and (k != "image" or self.keep_images)
+            k: v
+            for k, v in batch.items()
+            if k not in ("jpeg", "on_device") and (k not in ("image", "statistics") or self.keep_images)
         }
         result.update(status=status, error=error, score=scores)
         if self.write_maps:

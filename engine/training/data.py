@@ -1,6 +1,7 @@
 """Training data on Ray Data: labelled images or shards, decoded to the model's input, with teacher outputs.
 
-Rows carry `image` (uint8 `(H, W, 3)` at the model's size), `target` (MOS / mos_scale, NaN where the
+Rows carry `image` (uint8 `(H, W, 3)` at the model's size; for a model that reads statistics measured before
+the resize, also `statistics`, float32 `(k,)`), `target` (MOS / mos_scale, NaN where the
 sample has no label), and for distillation `teacher_score` (MOS units, NaN where missing) and
 `teacher_map` (float16 bytes, None where missing). With a ranking loss they also carry `rank_group` (the
 source image, int64, -1 = none), `rank_family` (the distortion family) and `level` (0 = the reference):
@@ -22,7 +23,7 @@ from dpiqa.engine import schema
 from dpiqa.engine.datasets import LabeledSet, LabeledShards
 from dpiqa.engine.output import MAPS_DIR, SCORES_DIR, OutputLocation
 from dpiqa.engine.stages.base import Batch, Stage
-from dpiqa.engine.stages.decode import DecodeError, decode_image, resize
+from dpiqa.engine.stages.decode import DecodeError, decode_image, model_input
 from dpiqa.images import to_rgb
 from dpiqa.models.preprocessing import Preprocessing
 from dpiqa.models.run_options import RunOptions
@@ -45,21 +46,29 @@ class ReadLabeledImages:
         self.preprocessing, self.storage_options = preprocessing, storage_options
 
     def __call__(self, batch: Batch) -> Batch:
-        images, keep = [], []
+        decoded, keep = [], []
         for i, path in enumerate(batch["path"]):
             try:
                 fs, p = get_fs(str(path), self.storage_options)
                 data = retry(lambda fs=fs, p=p: fs.cat_file(p), f"read {path}")
-                pixels, _, _ = decode_image(data, self.preprocessing)
+                decoded.append(decode_image(data, self.preprocessing))
             except (DecodeError, OSError) as exc:
                 log.warning("training image %s dropped: %s", path, exc)
                 continue
-            images.append(pixels)
             keep.append(i)
-        h, w = self.preprocessing.size
         out = {k: v[keep] for k, v in batch.items()}
-        out["image"] = np.stack(images) if images else np.zeros((0, h, w, 3), np.uint8)
+        out.update(input_columns(self.preprocessing, [d.pixels for d in decoded], [d.statistics for d in decoded]))
         return out
+
+
+def input_columns(preprocessing: Preprocessing, pixels: list[np.ndarray], statistics: list[np.ndarray]) -> Batch:
+    """The model-input columns of decoded rows: `image`, and `statistics` for a model that reads them."""
+    h, w = preprocessing.size
+    out = {"image": np.stack(pixels) if pixels else np.zeros((0, h, w, 3), np.uint8)}
+    if preprocessing.statistics:
+        width = preprocessing.statistics_width
+        out["statistics"] = np.stack(statistics) if statistics else np.zeros((0, width), np.float32)
+    return out
 
 
 # Pseudo-label of a synthetically distorted training image: its reference's MOS times (1 - 0.15 * level),
@@ -81,8 +90,7 @@ class SyntheticDistortions:
         from dpiqa.engine.distortions import DISTORTIONS, LEVELS, distort
 
         kinds = sorted(DISTORTIONS)
-        images, keep, targets, names = [], [], [], []
-        h, w = self.preprocessing.size
+        images, statistics, keep, targets, names = [], [], [], [], []
         for i, path in enumerate(batch["path"]):
             digest = hashlib.sha256(f"{batch['name'][i]}#{self.copy}".encode()).digest()
             kind, level = kinds[digest[0] % len(kinds)], LEVELS[digest[1] % len(LEVELS)]
@@ -91,11 +99,12 @@ class SyntheticDistortions:
                 data = retry(lambda fs=fs, p=p: fs.cat_file(p), f"read {path}")
                 img = to_rgb(Image.open(io.BytesIO(data)))
                 pixels = distort(img, kind, level, seed=int.from_bytes(digest[2:6], "little"))
-                pixels = resize(Image.fromarray(pixels), self.preprocessing)
+                pixels, measured = model_input(Image.fromarray(pixels), self.preprocessing)
             except (OSError, ValueError) as exc:
                 log.warning("synthetic copy of %s dropped: %s", path, exc)
                 continue
             images.append(pixels)
+            statistics.append(measured)
             keep.append(i)
             targets.append(float(batch["target"][i]) * (1 - SYNTHETIC_DROP_PER_LEVEL * level))
             names.append(f"{batch['name'][i]}#{kind}-{level}")
@@ -105,7 +114,7 @@ class SyntheticDistortions:
         if "level" in batch:  # a ranked set: the copy ranks below its reference (same group)
             out["rank_family"] = np.asarray([rank_id(n.rsplit("#", 1)[1].rsplit("-", 1)[0]) for n in names], np.int64)
             out["level"] = np.asarray([int(n.rsplit("-", 1)[1]) for n in names], np.int64)
-        out["image"] = np.stack(images) if images else np.zeros((0, h, w, 3), np.uint8)
+        out.update(input_columns(self.preprocessing, images, statistics))
         return out
 
 
@@ -226,9 +235,14 @@ class OutputCache:
         self.root.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
-    def key(image: np.ndarray) -> str:
+    def key(image: np.ndarray, statistics: np.ndarray | None = None) -> str:
+        """The input's key: its pixels, and the statistics measured before the resize where the model reads them
+        (two images that resize to the same pixels may differ there)."""
         image = np.ascontiguousarray(image)
-        return hashlib.sha256(f"{image.dtype}{image.shape}".encode() + image.tobytes()).hexdigest()
+        digest = hashlib.sha256(f"{image.dtype}{image.shape}".encode() + image.tobytes())
+        if statistics is not None:
+            digest.update(np.ascontiguousarray(statistics, dtype=np.float32).tobytes())
+        return digest.hexdigest()
 
     def get(self, key: str) -> dict[str, np.ndarray] | None:
         path = self.root / key[:2] / f"{key}.npz"
@@ -302,10 +316,13 @@ def with_teacher(
         ValueError: the teacher takes another input (size, resize filter, value range) than the student:
             its maps would be of other images.
     """
+    from dataclasses import replace
+
     from dpiqa import models
 
     theirs = models.describe(teacher).preprocessing
-    if theirs != preprocessing:
+    pixels = replace(preprocessing, statistics=())  # what the teacher sees of the student's input
+    if replace(theirs, statistics=()) != pixels:
         raise ValueError(
             f"teacher {teacher} takes {theirs} but the student {preprocessing}: give the student the "
             "teacher's input (--image-size, --set interpolation=...) so both see the same images"
@@ -333,7 +350,7 @@ def with_teacher(
         keep_images=True,
     )
     if cache_dir:
-        stage = CachedScores(stage, cache_dir, f"teacher {models.describe(teacher).checkpoint_hash} {preprocessing}")
+        stage = CachedScores(stage, cache_dir, f"teacher {models.describe(teacher).checkpoint_hash} {pixels}")
     ds = ds.map_batches(mark_ok, batch_format="numpy")
     ds = actor_pool(ds, stage, progress=("distill: teacher outputs", total))
     return ds.map_batches(rename, batch_format="numpy")
@@ -413,16 +430,15 @@ class DecodeSamples:
         self.preprocessing = preprocessing
 
     def __call__(self, batch: Batch) -> Batch:
-        images, keep = [], []
+        decoded, keep = [], []
         for i, data in enumerate(batch["data"]):
             try:
-                images.append(decode_image(data, self.preprocessing)[0])
+                decoded.append(decode_image(data, self.preprocessing))
                 keep.append(i)
             except DecodeError as exc:
                 log.warning("%s %s dropped: %s", batch["shard"][i], batch["name"][i], exc)
-        h, w = self.preprocessing.size
         out = {k: v[keep] for k, v in batch.items() if k not in ("data", "ext")}
-        out["image"] = np.stack(images) if images else np.zeros((0, h, w, 3), np.uint8)
+        out.update(input_columns(self.preprocessing, [d.pixels for d in decoded], [d.statistics for d in decoded]))
         return out
 
 
@@ -456,7 +472,7 @@ def to_torch(batch: Batch, map_shape: tuple[int, ...] | None = None) -> dict:
     import torch
 
     out = {"target": torch.as_tensor(batch["target"].astype(np.float32))}
-    for column in ("image", "features"):
+    for column in ("image", "statistics", "features"):
         if column in batch:
             out[column] = batch_tensor(batch[column])
     for column in RANK_COLUMNS:
@@ -524,17 +540,26 @@ class BackboneFeatures(Stage):
         import torch
 
         preprocessing = self.model.config.preprocessing
-        keys = [OutputCache.key(img) for img in batch["image"]] if self.cache is not None else []
+        statistics = batch["statistics"] if preprocessing.statistics else None
+        keys = (
+            [
+                OutputCache.key(img, None if statistics is None else statistics[i])
+                for i, img in enumerate(batch["image"])
+            ]
+            if self.cache is not None
+            else []
+        )
         hits = [self.cache.get(k) for k in keys] if self.cache is not None else []
         if hits and all(h is not None for h in hits):
             features = np.stack([h["features"] for h in hits])
         else:
             with torch.inference_mode():
                 x = preprocessing.to_tensor(batch_tensor(batch["image"]))
-                features = self.model.backbone_features(x).float().numpy()
+                measured = None if statistics is None else batch_tensor(statistics)
+                features = self.model.backbone_features(x, measured).float().numpy()
             for key, f in zip(keys, features, strict=False):
                 self.cache.put(key, features=f)
-        out = {k: v for k, v in batch.items() if k != "image"}
+        out = {k: v for k, v in batch.items() if k not in ("image", "statistics")}
         out["features"] = features
         return out
 

@@ -177,7 +177,10 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa:
                 if cfg.cached_features:
                     score, quality_map = ddp(b["features"].to(device), from_backbone=True)
                 else:
-                    score, quality_map = ddp(preprocessing.to_tensor(b["image"].to(device)))
+                    measured = b["statistics"].to(device) if "statistics" in b else None
+                    score, quality_map = ddp(
+                        preprocessing.to_tensor(b["image"].to(device)), **preprocessing.model_kwargs(measured)
+                    )
             score, quality_map = score.float(), quality_map.float()
             if cfg.model.kind == "teacher":
                 loss = teacher_loss(score, target)
@@ -293,7 +296,11 @@ def _validate(
             if cached_features:
                 score, _ = model(batch_tensor(batch["features"]).to(device), from_backbone=True)
             else:
-                score, _ = model(preprocessing.to_tensor(batch_tensor(batch["image"]).to(device)))
+                measured = batch_tensor(batch["statistics"]).to(device) if "statistics" in batch else None
+                score, _ = model(
+                    preprocessing.to_tensor(batch_tensor(batch["image"]).to(device)),
+                    **preprocessing.model_kwargs(measured),
+                )
         preds.append(score.float().cpu().numpy() * mos_scale)
         mos.append(batch["target"].astype(np.float64) * mos_scale)
         if "rank_group" in batch:

@@ -360,7 +360,8 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: flo
     from dpiqa.engine.training import data
 
     cache = _caches_features(config, mos_scale)
-    pixels = "features" if cache else "image"
+    # the model's input: cached features, or the pixels (and the statistics measured before the resize)
+    pixels = ["features"] if cache else ["image", *(["statistics"] if preprocessing.statistics else [])]
     ranked = config.ranked
     extra = data.rank_table_rows(config.extra_train, mos_scale, config.storage_options) if config.extra_train else []
     images = len(split.train) * (1 + config.synthetic) + len(extra)
@@ -381,7 +382,9 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: flo
 
     rank_columns = list(data.RANK_COLUMNS) if ranked else []
     columns = (
-        [pixels, "target"] + (["teacher_score", "teacher_map"] if config.model.kind == "student" else []) + rank_columns
+        [*pixels, "target"]
+        + (["teacher_score", "teacher_map"] if config.model.kind == "student" else [])
+        + rank_columns
     )
     parts = []
     val, count = None, 0
@@ -440,7 +443,7 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: flo
         if vals:
             val = vals[0].union(*vals[1:]) if len(vals) > 1 else vals[0]
             what = "the validation set's backbone features" if cache else "the validation set"
-            val = _materialize(cached(val).select_columns([pixels, "target", *rank_columns]), f"{config.job}: {what}")
+            val = _materialize(cached(val).select_columns([*pixels, "target", *rank_columns]), f"{config.job}: {what}")
     if config.shards:
         shards = load_dataset(
             "webdataset",

@@ -39,7 +39,7 @@ def reference_scores(shard_paths: list[str]) -> dict[str, float]:
         with tarfile.open(path) as t:
             for m in t.getmembers():
                 if m.name.endswith(".jpg"):
-                    pixels, _, _ = decode_image(t.extractfile(m).read(), scorer.preprocessing)
+                    pixels, _, _, _ = decode_image(t.extractfile(m).read(), scorer.preprocessing)
                     out[m.name[: -len(".jpg")]] = float(scorer(pixels[None]).scores[0])
     return out
 

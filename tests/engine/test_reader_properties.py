@@ -199,7 +199,7 @@ def test_decoder_gives_pixels_or_a_documented_status(image, draw):
             data[draw.draw(st.integers(0, len(data) - 1))] ^= draw.draw(st.integers(1, 255))
     pre = Preprocessing(size=(16, 12))
     try:
-        pixels, width, height = decode_image(bytes(data), pre, max_pixels=10_000)
+        pixels, width, height, _ = decode_image(bytes(data), pre, max_pixels=10_000)
     except DecodeError as exc:
         assert exc.status in (schema.EMPTY, schema.NOT_AN_IMAGE, schema.DECODE_ERROR, schema.TOO_LARGE)
         return

@@ -42,10 +42,10 @@ def _photos(n: int, size: tuple[int, int] = (160, 120)) -> list[bytes]:
 def test_nvjpeg_decode_matches_pil():
     pre = Preprocessing(size=(96, 96))
     blobs = _photos(8)
-    pixels, failures = decode_on_device(blobs, pre, torch.device("cuda"))
+    pixels, _, failures = decode_on_device(blobs, pre, torch.device("cuda"))
     assert pixels.device.type == "cuda" and not failures
     for i, blob in enumerate(blobs):
-        cpu, _, _ = decode_image(blob, pre)
+        cpu, _, _, _ = decode_image(blob, pre)
         diff = np.abs(pixels[i].cpu().numpy().astype(int) - cpu.astype(int))
         assert diff.mean() <= DECODE_MEAN_ABS_LEVELS, (i, diff.mean())
 

@@ -218,25 +218,32 @@ def test_runtime_options_that_do_not_fit_the_model_are_refused(tiny_export):
 
 
 def test_image_statistics_export_with_a_dynamic_batch(tmp_path):
-    """A student with the natural-scene and exposure statistics (the `demo` model's `nss+exposure`) exports
-    with a dynamic batch and scores like PyTorch at batch 1 and 5 (the export's own validation, and again here
-    on other images)."""
+    """A student with the natural-scene and exposure statistics and the JPEG grid measured before the resize
+    (`nss+exposure+jpeg_grid`: a second graph input) exports with a dynamic batch and scores like PyTorch at
+    batch 1 and 5 (the export's own validation, and again here on other images and statistics)."""
     torch.manual_seed(3)
     config = StudentConfig(
-        backbone="test_efficientnet", image_size=64, map_size=8, head_hidden=16, aux_features="nss+exposure"
+        backbone="test_efficientnet", image_size=64, map_size=8, head_hidden=16, aux_features="nss+exposure+jpeg_grid"
     )
     DPIQAStudent.from_config(config).save_pretrained(str(tmp_path / "ckpt"))
     card = export_onnx(str(tmp_path / "ckpt"), str(tmp_path / "export"), validate_batch=5)
     assert batch_axis(tmp_path / "export") == "batch"
+    assert card["onnx"]["inputs"]["statistics"]["shape"] == ["batch", 2]
     validation = card["onnx"]["validation"]
     assert set(validation["batches"]) == {"1", "5"}
     onnx_scorer = models.load_scorer(str(tmp_path / "export"))
     torch_scorer = models.load_scorer(str(tmp_path / "ckpt"), RunOptions(device="cpu", precision="fp32"))
     images = random_images(5, onnx_scorer.preprocessing, seed=7)
+    statistics = np.random.default_rng(8).uniform(0, 2, (5, 2)).astype(np.float32)
     for batch in (1, 5):
         np.testing.assert_allclose(
-            onnx_scorer(images[:batch]).scores,
-            torch_scorer(images[:batch]).scores,
+            onnx_scorer(images[:batch], statistics=statistics[:batch]).scores,
+            torch_scorer(images[:batch], statistics=statistics[:batch]).scores,
             rtol=0,
             atol=SCORE_TOLERANCE * onnx_scorer.mos_scale,
         )
+    # the statistics reach the score: other statistics, another score (both runtimes alike)
+    moved = onnx_scorer(images, statistics=statistics[::-1].copy()).scores
+    assert np.abs(moved - onnx_scorer(images, statistics=statistics).scores).max() > 100 * SCORE_TOLERANCE
+    with pytest.raises(ValueError, match=r"expected statistics \(5, 2\), got none"):
+        onnx_scorer(images)

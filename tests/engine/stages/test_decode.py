@@ -24,13 +24,13 @@ def encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 def test_rgb_png_is_returned_exactly_with_original_size():
     arr = np.random.default_rng(1).integers(0, 256, (32, 40, 3), dtype=np.uint8)
-    pixels, w, h = decode_image(encode(Image.fromarray(arr), "PNG"), SAME)
+    pixels, w, h, _ = decode_image(encode(Image.fromarray(arr), "PNG"), SAME)
     assert (w, h) == (40, 32) and pixels.dtype == np.uint8
     np.testing.assert_array_equal(pixels, arr)
 
 
 def test_resize_to_model_size_records_original_size():
-    pixels, w, h = decode_image(corpus.jpeg(0, size=(100, 60)), Preprocessing(size=(16, 24)))
+    pixels, w, h, _ = decode_image(corpus.jpeg(0, size=(100, 60)), Preprocessing(size=(16, 24)))
     assert pixels.shape == (16, 24, 3) and (w, h) == (100, 60)
 
 
@@ -38,7 +38,7 @@ def test_alpha_is_composited_over_white():
     rgba = np.zeros((32, 40, 4), dtype=np.uint8)
     rgba[..., 0] = 200  # red channel set everywhere
     rgba[:16, :, 3] = 255  # top half opaque, bottom half fully transparent
-    pixels, _, _ = decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"), SAME)
+    pixels, _, _, _ = decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"), SAME)
     assert pixels[0, 0].tolist() == [200, 0, 0]
     assert pixels[-1, -1].tolist() == [255, 255, 255]
 
@@ -46,7 +46,7 @@ def test_alpha_is_composited_over_white():
 def test_16bit_grayscale_is_scaled_not_clipped():
     gray = np.full((32, 40), 0x8000, dtype=np.uint16)
     gray[0, 0] = 0xFFFF
-    pixels, _, _ = decode_image(encode(Image.fromarray(gray), "PNG"), SAME)
+    pixels, _, _, _ = decode_image(encode(Image.fromarray(gray), "PNG"), SAME)
     assert pixels[1, 1].tolist() == [128, 128, 128]  # PIL's own convert would give 255
     assert pixels[0, 0].tolist() == [255, 255, 255]
 
@@ -54,13 +54,13 @@ def test_16bit_grayscale_is_scaled_not_clipped():
 def test_palette_grayscale_and_cmyk_become_rgb():
     arr = np.random.default_rng(2).integers(0, 256, (32, 40, 3), dtype=np.uint8)
     pal = Image.fromarray(arr).convert("P")
-    pixels, _, _ = decode_image(encode(pal, "PNG"), SAME)
+    pixels, _, _, _ = decode_image(encode(pal, "PNG"), SAME)
     np.testing.assert_array_equal(pixels, np.asarray(pal.convert("RGB")))
     gray = arr[..., 0]
-    pixels, _, _ = decode_image(encode(Image.fromarray(gray, "L"), "PNG"), SAME)
+    pixels, _, _, _ = decode_image(encode(Image.fromarray(gray, "L"), "PNG"), SAME)
     np.testing.assert_array_equal(pixels, np.repeat(gray[..., None], 3, axis=2))
     cmyk = Image.new("CMYK", (40, 32), (0, 255, 255, 0))  # no black, full magenta+yellow = red
-    pixels, _, _ = decode_image(encode(cmyk, "JPEG", quality=100), SAME)
+    pixels, _, _, _ = decode_image(encode(cmyk, "JPEG", quality=100), SAME)
     assert pixels.shape == (32, 40, 3)
     r, g, b = pixels[16, 20].tolist()
     assert r > 230 and g < 25 and b < 25
@@ -71,7 +71,7 @@ def test_exif_orientation_is_applied():
     img = Image.fromarray(arr)
     exif = img.getexif()
     exif[0x0112] = 6  # rotate 90 degrees on display
-    _, w, h = decode_image(encode(img, "JPEG", exif=exif), Preprocessing(size=(8, 8)))
+    _, w, h, _ = decode_image(encode(img, "JPEG", exif=exif), Preprocessing(size=(8, 8)))
     assert (w, h) == (32, 40)
 
 
@@ -122,7 +122,7 @@ def test_avif_decodes_and_heif_without_its_plugin_says_what_to_install():
     assert features.check("avif")  # Pillow's wheels carry libavif; the README says AVIF is scored
     buf = io.BytesIO()
     Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(buf, "AVIF")
-    pixels, width, height = decode_image(buf.getvalue(), Preprocessing(size=(8, 8)))
+    pixels, width, height, _ = decode_image(buf.getvalue(), Preprocessing(size=(8, 8)))
     assert (width, height) == (40, 30) and abs(int(pixels.mean()) - 90) <= 3
     heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)  # an ISO-media HEIF header
     try:
@@ -143,7 +143,7 @@ def test_exif_orientations_6_and_8_are_told_apart():
     for orientation in (1, 6, 8):
         exif = img.getexif()
         exif[0x0112] = orientation
-        pixels, w, h = decode_image(encode(img, "JPEG", exif=exif, quality=95), Preprocessing(size=(60, 60)))
+        pixels, w, h, _ = decode_image(encode(img, "JPEG", exif=exif, quality=95), Preprocessing(size=(60, 60)))
         top, bottom = pixels[:20].mean(), pixels[40:].mean()
         left, right = pixels[:, :20].mean(), pixels[:, 40:].mean()
         seen[orientation] = (w, h, top > 200 > bottom, bottom > 200 > top, left > 200 > right)

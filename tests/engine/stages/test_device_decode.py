@@ -46,17 +46,17 @@ def test_device_decode_matches_pil_within_tolerance():
         jpeg_bytes(rotated, exif=exif),
         corpus.cmyk_jpeg(size=(80, 60)),
     ]
-    pixels, failures = decode_on_device(blobs, PRE, torch.device("cpu"))
+    pixels, _, failures = decode_on_device(blobs, PRE, torch.device("cpu"))
     assert failures == {} and pixels.shape == (5, 64, 64, 3) and pixels.dtype == torch.uint8
     for i, blob in enumerate(blobs):
-        reference, _, _ = decode_image(blob, PRE)
+        reference, _, _, _ = decode_image(blob, PRE)
         diff = np.abs(pixels[i].numpy().astype(int) - reference.astype(int))
         assert diff.mean() <= MEAN_ABS_LEVELS, (i, diff.mean())
 
 
 def test_undecodable_jpeg_fails_alone_with_its_status():
     blobs = [jpeg_bytes(Image.fromarray(photo(100, 100))), corpus.corrupt_jpeg(), b"\xff\xd8not a jpeg at all"]
-    pixels, failures = decode_on_device(blobs, PRE, torch.device("cpu"))
+    pixels, _, failures = decode_on_device(blobs, PRE, torch.device("cpu"))
     assert set(failures) == {1, 2}
     for i in (1, 2):  # classified as the CPU path classifies them
         with pytest.raises(DecodeError) as cpu:

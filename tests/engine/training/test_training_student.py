@@ -21,7 +21,8 @@ from dpiqa import models
 
 def test_frozen_backbone_trains_on_cached_features_exactly_as_on_images(ray_local, tmp_path):
     """The head of a frozen backbone trained on features computed once ends where training on images ends,
-    up to float noise: the features are computed at another batch size than the loop's (last-bit
+    with the statistics the head reads beside the backbone (`nss+exposure+jpeg_grid`: the grid measured by the
+    decoder before the resize reaches both paths alike), up to float noise: the features are computed at another batch size than the loop's (last-bit
     differences), and Adam turns noise in near-zero gradients into steps of up to its learning rate (1e-4
     here), so the bound is a few such steps (1e-3): it checks that both paths train the same head, not
     bit-equality; the loss histories check that the head saw the same features."""
@@ -35,7 +36,7 @@ def test_frozen_backbone_trains_on_cached_features_exactly_as_on_images(ray_loca
             table,
             out,
             epochs=2,
-            overrides={"freeze_backbone": True},
+            overrides={"freeze_backbone": True, "aux_features": "nss+exposure+jpeg_grid"},
             cache_features=cache,
         )
         run_training(recipe)
@@ -51,7 +52,8 @@ def test_frozen_backbone_trains_on_cached_features_exactly_as_on_images(ray_loca
     from dpiqa.engine.training.model import build_model
 
     torch.manual_seed(0)  # as the workers build it: the frozen backbone stays, the head moved
-    spec = tiny_student(table, tmp_path, epochs=2, overrides={"freeze_backbone": True}).model  # the runs' model
+    overrides = {"freeze_backbone": True, "aux_features": "nss+exposure+jpeg_grid"}
+    spec = tiny_student(table, tmp_path, epochs=2, overrides=overrides).model  # the runs' model
     initial = build_model(spec, 100.0).state_dict()
     assert all(
         torch.equal(outs[True][k], initial[k])
