@@ -16,26 +16,34 @@ STATISTICS = {"jpeg_grid": 2}
 JPEG_BLOCK = 8
 
 
-def jpeg_grid(gray) -> list[float]:  # noqa: ANN001 - a 2-D numpy array or torch tensor, luminance 0..255
+def jpeg_grid(gray, lines: int = 512) -> list[float]:  # noqa: ANN001 - 2-D numpy array or torch tensor, 0..255
     """How strongly an 8-pixel block grid shows in an image: per axis (across columns, then across rows), the
     mean absolute luminance step at the grid phase where it is largest, over the mean at the other 7 phases,
     as a log ratio (about 0 for an image without blocks; JPEG's blocks raise it, the more so the coarser the
     quantisation). The phase is searched, not assumed, so that a JPEG cropped after compression still shows
     its grid; a resize after compression erases it, which is why it is measured before the model's resize.
+    About `lines` rows (columns) are sampled, at an odd stride so that every row of a block is sampled alike:
+    a 12-megapixel photograph costs milliseconds, not a pass over every pixel.
 
     Written here rather than taken from a library: no-reference blockiness measures in the literature (e.g.
     Wang, Sheikh and Bovik's 2002 JPEG quality measure) are this idea with other weighting, and none ships in
-    a package we use. Works on numpy arrays and torch tensors alike (the GPU decoder calls it on the device).
+    a package we use. Works on numpy arrays (any dtype) and torch tensors alike (the GPU decoder calls it on
+    the device).
     """
     out = []
-    # the steps across columns, then across rows (transposed: the stepped axis last); float input, so
-    # that uint8 differences do not wrap
-    for steps in (abs(gray[:, 1:] - gray[:, :-1]), abs(gray[1:, :] - gray[:-1, :]).T):
-        usable = steps.shape[-1] // JPEG_BLOCK * JPEG_BLOCK
-        if usable < 2 * JPEG_BLOCK:  # too small to tell a grid
+    for plane in (gray, gray.T):  # steps across columns, then across rows
+        stride = max(1, plane.shape[0] // lines) | 1
+        sampled = plane[::stride]
+        sampled = sampled.astype(np.int16) if isinstance(sampled, np.ndarray) else sampled.float()
+        steps = (sampled.shape[1] - 1) // JPEG_BLOCK * JPEG_BLOCK  # the steps j (pixel j to j + 1) used
+        if steps < 2 * JPEG_BLOCK:  # too small to tell a grid
             out.append(0.0)
             continue
-        phases = [float(v) for v in steps[:, :usable].reshape(-1, JPEG_BLOCK).mean(0).tolist()]
+        # phase p: the steps j = p, p + 8, ...; a block edge is the step from pixel 8k + 7 to 8k + 8
+        phases = [
+            float(abs(sampled[:, p + 1 : steps + 1 : JPEG_BLOCK] - sampled[:, p:steps:JPEG_BLOCK]).mean())
+            for p in range(JPEG_BLOCK)
+        ]
         top = max(phases)
         rest = (sum(phases) - top) / (JPEG_BLOCK - 1)
         # 0.5 (half a grey level) keeps flat images, whose steps are all about 0, at about 0

@@ -69,12 +69,18 @@ def test_decoder_measures_the_grid_at_full_size_before_the_resize():
     decoded = decode_image(data, GRID)
     assert decoded.pixels.shape == (64, 64, 3)
     np.testing.assert_allclose(decoded.statistics, jpeg_grid(luminance(data)), rtol=1e-6)
+    # about 512 rows sampled: the same as every row, to 0.01 (here 300 rows: all of them)
+    big = np.asarray(Image.fromarray(photo()).resize((1800, 1200)).convert("L"))
+    big = luminance(jpeg(np.stack([big] * 3, -1), 10))
+    np.testing.assert_allclose(jpeg_grid(big), jpeg_grid(big, lines=10_000), atol=0.01)
     assert decoded.statistics.min() > 0.5
     # measured on the 64 x 64 input instead, the grid is gone
     assert max(jpeg_grid(np.asarray(Image.fromarray(decoded.pixels).convert("L"), np.float32))) < 0.3
-    # the pixels: the full decode resized, as `resize` makes them (not a downscaled draft decode)
-    full = Image.open(io.BytesIO(data)).convert("RGB").resize((64, 64), Image.Resampling.BICUBIC)
-    np.testing.assert_array_equal(decoded.pixels, np.asarray(full))
+    # the pixels: the full decode resized (with PIL's integer reduction first), not a downscaled draft decode
+    full = Image.open(io.BytesIO(data)).convert("RGB")
+    np.testing.assert_array_equal(
+        decoded.pixels, np.asarray(full.resize((64, 64), Image.Resampling.BICUBIC, None, 2.0))
+    )
     assert decode_image(data, dataclasses.replace(GRID, statistics=())).statistics.shape == (0,)
 
 
