@@ -2,7 +2,8 @@
 the family does to each photograph's pixels (its reference's mean level and the share of clipped pixels at the
 strongest level). Prints a Markdown table (docs/reports/demo.md). With `--brisque-resized N`, one more column:
 BRISQUE's rho on the family's images resized to N x N (bicubic) as a model with an N-pixel input sees them;
-with `--blockiness`, the rho of a JPEG block-grid statistic on the full-size images (`blockiness`).
+with `--blockiness`, the rho of the JPEG block-grid statistic (`dpiqa.models.preprocessing.jpeg_grid`, the mean of
+its two axes) on the full-size images.
 
     python scripts/demo_by_photograph.py --kind overexposure \
         --scores student=demo-out/scores --scores brisque=../runs/brisque-demo
@@ -16,6 +17,7 @@ import numpy as np
 
 from dpiqa.engine.demo import LEVELS, PHOTOGRAPHS, ranking_of_scores, reference
 from dpiqa.engine.distortions import distort
+from dpiqa.models.preprocessing import jpeg_grid
 
 
 def family_rhos(kind: str, quality) -> dict[str, float]:  # noqa: ANN001 - PIL image -> float
@@ -42,21 +44,6 @@ def resized_brisque(kind: str, size: int) -> dict[str, float]:
     )
 
 
-def blockiness(pixels: np.ndarray) -> float:
-    """How much larger the luminance steps across the 8-pixel JPEG block grid are than those inside the blocks
-    (1 for an image without blocks; both axes averaged). Written here, not taken from a library, because it
-    is a probe of one idea: it assumes the grid starts at pixel 0, as it does for an image compressed at the
-    size it is shown (not for one resized or cropped after compression)."""
-    g = pixels.astype(np.float64).mean(-1)
-    ratios = []
-    for axis in (0, 1):
-        d = np.abs(np.diff(g, axis=axis))
-        across = d.take(np.arange(7, d.shape[axis], 8), axis=axis)
-        inside = np.delete(d, np.s_[7::8], axis=axis)
-        ratios.append(across.mean() / (inside.mean() + 1e-6))
-    return float(np.mean(ratios))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kind", required=True, help="a demo distortion family (overexposure, jpeg, ...)")
@@ -75,7 +62,9 @@ def main() -> None:
         by_run[name] = resized_brisque(args.kind, args.brisque_resized)
     if args.blockiness:
         runs["blockiness (full size)"] = ""
-        by_run["blockiness (full size)"] = family_rhos(args.kind, lambda im: -blockiness(np.asarray(im)))
+        by_run["blockiness (full size)"] = family_rhos(
+            args.kind, lambda im: -float(np.mean(jpeg_grid(np.asarray(im.convert("L")))))
+        )
 
     top = max(LEVELS)
     print(f"| photograph | mean level (0-255) | clipped at level {top} | " + " | ".join(runs) + " |")
