@@ -110,7 +110,7 @@ class OnnxScorer:
     ) -> ScoreOutput:
         """Score uint8 `(B, H, W, 3)` images already resized to `preprocessing.size`; `statistics` as `Scorer`'s."""
         if len(images) == 0:
-            return ScoreOutput(np.zeros(0, np.float32), np.zeros((0,), np.float16) if return_map else None)
+            return ScoreOutput.empty(return_map)
         images = np.ascontiguousarray(images.numpy() if isinstance(images, torch.Tensor) else images)
         expected = (*self.preprocessing.size, 3)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected:

@@ -24,6 +24,11 @@ class ScoreOutput:
     scores: np.ndarray
     maps: np.ndarray | None = None
 
+    @classmethod
+    def empty(cls, return_map: bool = False) -> ScoreOutput:
+        """The output for a batch of no images."""
+        return cls(np.zeros(0, np.float32), np.zeros((0,), np.float16) if return_map else None)
+
 
 class ImageScorer(Protocol):
     """What the engine calls: `Scorer` (torch) and `dpiqa.models.onnx_scorer.OnnxScorer` (onnxruntime) are one."""
@@ -101,14 +106,14 @@ class Scorer:
         """Score uint8 `(B, H, W, 3)` images already resized to `preprocessing.size`; `statistics` float32
         `(B, k)`: those the model's preprocessing measures before the resize (the decoder's `statistics`)."""
         if len(images) == 0:
-            return ScoreOutput(np.zeros(0, np.float32), np.zeros((0,), np.float16) if return_map else None)
+            return ScoreOutput.empty(return_map)
         if isinstance(images, np.ndarray) and not images.flags.writeable:
             images = images.copy()  # Ray hands out read-only views; torch wants writable memory
         pixels = torch.as_tensor(images).to(self.device, non_blocking=True)
         x = self.preprocessing.to_tensor(pixels)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if statistics is not None:
+        if statistics is not None and self.preprocessing.statistics:  # only a model that reads them gets them
             if isinstance(statistics, np.ndarray):  # a copy: small, and Ray's views are read-only
                 statistics = torch.from_numpy(np.array(statistics, dtype=np.float32))
             statistics = statistics.to(self.device, torch.float32)

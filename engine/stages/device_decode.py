@@ -46,6 +46,7 @@ def decode_on_device(blobs: list[bytes], preprocessing: Preprocessing, device): 
             except RuntimeError:
                 decoded.append(None)
     mode = preprocessing.interpolation if preprocessing.interpolation in ("bilinear", "bicubic") else "bilinear"
+    luma = torch.tensor([0.299, 0.587, 0.114], device=device).view(3, 1, 1)  # PIL's "L" weights
     for i, chw in enumerate(decoded):
         if chw is None:
             try:  # CMYK, progressive or damaged files the device decoder refuses: PIL on the CPU
@@ -57,7 +58,6 @@ def decode_on_device(blobs: list[bytes], preprocessing: Preprocessing, device): 
             continue
         x = chw.unsqueeze(0).float()
         if preprocessing.statistics:  # at the decoded size, before the resize, with PIL's "L" luminance
-            luma = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(3, 1, 1)
             statistics[i] = preprocessing.measure((x[0] * luma).sum(0).round())
         if tuple(x.shape[-2:]) != (h, w):
             # antialiased like PIL's resize, so the device path sees what the CPU path sees

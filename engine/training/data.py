@@ -541,11 +541,9 @@ class BackboneFeatures(Stage):
 
         preprocessing = self.model.config.preprocessing
         statistics = batch["statistics"] if preprocessing.statistics else None
+        measured_rows = statistics if statistics is not None else [None] * len(batch["image"])
         keys = (
-            [
-                OutputCache.key(img, None if statistics is None else statistics[i])
-                for i, img in enumerate(batch["image"])
-            ]
+            [OutputCache.key(img, m) for img, m in zip(batch["image"], measured_rows, strict=True)]
             if self.cache is not None
             else []
         )
