@@ -226,13 +226,20 @@ def test_paper_protocol_trains_to_the_last_epoch_on_80_20(ray_local, tmp_path, c
 
 
 def student_recipe(table: Path, out: Path, max_failures: int = 0, executor: str = "auto"):  # noqa: ANN201
-    """A tiny student from scratch on the graded fixture (labels only): `learned` trains it once (in this
-    process); the killed-distill test trains it again on Ray Train's workers and compares."""
+    """A tiny student from scratch on the graded fixture (labels only), with the statistics the decoder measures
+    before the resize beside its backbone: `learned` trains it once (in this process); the killed-distill test
+    trains it again on Ray Train's workers, so the `statistics` column travels to a worker process too, and
+    compares."""
     from dpiqa.engine.training.run import TrainRun
 
     # how it runs (TrainRun: failures, executor) is outside the recipe's identity
     return tiny_student(
-        table, out, epochs=6, lr=1e-3, run=TrainRun(threads=1, max_failures=max_failures, executor=executor)
+        table,
+        out,
+        epochs=6,
+        lr=1e-3,
+        overrides={"aux_features": "nss+exposure+jpeg_grid"},
+        run=TrainRun(threads=1, max_failures=max_failures, executor=executor),
     )
 
 
