@@ -215,6 +215,39 @@ def config_json(architecture: str, config: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
+WEIGHTS_DTYPES = ("float16", "bfloat16", "float32")
+
+
+def storage_dtype(weights_dtype: str | None) -> torch.dtype | None:
+    """The torch dtype a checkpoint stores its floating-point weights as (`WEIGHTS_DTYPES`); None: as they are.
+
+    Raises:
+        ValueError: not one of `WEIGHTS_DTYPES`.
+    """
+    if weights_dtype is None:
+        return None
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"weights_dtype {weights_dtype!r} is not one of {', '.join(WEIGHTS_DTYPES)}")
+    import torch
+
+    return getattr(torch, weights_dtype)
+
+
+def round_weights(model: nn.Module, weights_dtype: str | None) -> nn.Module:
+    """Round `model`'s floating-point weights and buffers in place to what `save_pretrained(weights_dtype=...)`
+    stores and `from_pretrained` loads back, so that what is measured on it (a training job's test metrics) is
+    what the saved checkpoint scores."""
+    stored = storage_dtype(weights_dtype)
+    if stored is not None:
+        import torch
+
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                if tensor.is_floating_point():
+                    tensor.copy_(tensor.to(stored))
+    return model
+
+
 def parameter_counts(model: nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -249,22 +282,31 @@ class CheckpointMixin:
             "code_version": code_version(),
         }
 
-    def save_pretrained(self, location: str, card: dict | None = None) -> dict:
+    def save_pretrained(self, location: str, card: dict | None = None, weights_dtype: str | None = None) -> dict:
         """Write config, weights and card to a local folder or fsspec URL; returns the card.
 
         Args:
             location: destination folder or URL (created if needed).
             card: extra card fields (training data, commands, metrics); merged over the defaults.
+            weights_dtype: store the floating-point weights as this dtype (`WEIGHTS_DTYPES`; `"float16"`,
+                `"bfloat16"`: half the file): `from_pretrained` casts them back to the model's float32, so only
+                the rounding of the weights changes (`round_weights`), and the card says so; None keeps them as
+                they are.
         """
+        stored = storage_dtype(weights_dtype)
         with tempfile.TemporaryDirectory() as tmp:
             staging = Path(tmp) if is_url(location) else Path(location)
             staging.mkdir(parents=True, exist_ok=True)
             (staging / CONFIG_NAME).write_text(config_json(self.architecture, self.config))
-            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
+            state = {
+                k: (v.to(stored) if stored is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+                for k, v in self.state_dict().items()  # type: ignore[attr-defined]
+            }
             import safetensors.torch
 
             safetensors.torch.save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
-            full_card = {**self.card(), **(card or {}), "sha256": content_hash(staging)}
+            stored_as = {"weights_dtype": weights_dtype} if weights_dtype else {}
+            full_card = {**self.card(), **(card or {}), **stored_as, "sha256": content_hash(staging)}
             (staging / CARD_NAME).write_text(json.dumps(full_card, indent=2, sort_keys=True) + "\n")
             if is_url(location):
                 put_files(staging, location, FILES)
@@ -306,8 +348,13 @@ class CheckpointMixin:
 
         state = safetensors.torch.load_file(str(directory / WEIGHTS_NAME), device=str(device))
         # Tensors read from the file are not 64-byte aligned, which makes CPU kernels take other code
-        # paths (last-bit differences); fresh allocations keep a round trip bit-identical.
-        state = {k: v.clone() for k, v in state.items()}
+        # paths (last-bit differences); fresh allocations keep a round trip bit-identical. Weights stored at
+        # a smaller float dtype (`save_pretrained(weights_dtype=...)`) come back as the model's own dtype.
+        built = model.state_dict()  # type: ignore[attr-defined]
+        state = {
+            k: v.to(built[k].dtype if k in built and v.is_floating_point() else v.dtype, copy=True)
+            for k, v in state.items()
+        }
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)  # type: ignore[attr-defined]
         if unexpected or [k for k in missing if not k.endswith("num_batches_tracked")]:
             raise ValueError(

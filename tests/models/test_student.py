@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 
 from dpiqa import models
 from dpiqa.models.backbones import PretrainedWeightsError
+from dpiqa.models.checkpoint import round_weights
 from dpiqa.models.student import DPIQAStudent, StudentConfig
 
 
@@ -57,6 +59,32 @@ def test_save_load_round_trip_is_bit_identical(tiny: DPIQAStudent, tmp_path: Pat
     assert torch.equal(before_score, after_score) and torch.equal(before_map, after_map)
     assert card["parameters"]["backbone"] == numel(tiny.backbone)
     assert card["parameters"]["head"] == numel(tiny.map_head) + numel(tiny.mlp)
+
+
+def test_weights_stored_at_half_precision_load_as_the_rounded_float32_model(tiny: DPIQAStudent, tmp_path: Path) -> None:
+    """`save_pretrained(weights_dtype="float16")` halves the weights file; loading gives the float32 model whose
+    weights are the originals rounded to float16 (exactly: the cast back is lossless), so it scores as that
+    rounded model does, bit for bit, and the card says how the weights are stored."""
+    full = tiny.save_pretrained(str(tmp_path / "fp32"))
+    half = tiny.save_pretrained(str(tmp_path / "fp16"), weights_dtype="float16")
+    assert half["weights_dtype"] == "float16" and "weights_dtype" not in full
+    sizes = {name: (tmp_path / name / "model.safetensors").stat().st_size for name in ("fp32", "fp16")}
+    assert sizes["fp16"] < 0.52 * sizes["fp32"]
+    loaded = models.load_model(str(tmp_path / "fp16"))
+    rounded = models.build("dpiqa-student-tiny").eval()
+    rounded.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in tiny.state_dict().items()})
+    # what a training job measures before it saves (`round_weights`) is that model too
+    in_place = round_weights(copy.deepcopy(tiny), "float16")
+    assert all(torch.equal(v, rounded.state_dict()[k]) for k, v in in_place.state_dict().items())
+    for k, v in loaded.state_dict().items():
+        assert v.dtype == tiny.state_dict()[k].dtype, k
+        assert torch.equal(v, rounded.state_dict()[k]), k
+    x = images()
+    with torch.inference_mode():
+        assert torch.equal(loaded(x)[0], rounded(x)[0])
+        assert not torch.equal(loaded(x)[0], tiny(x)[0])  # the rounding is real: this is not the float32 file
+    with pytest.raises(ValueError, match="weights_dtype 'float17' is not one of float16, bfloat16, float32"):
+        tiny.save_pretrained(str(tmp_path / "bad"), weights_dtype="float17")
 
 
 def test_training_step_reaches_every_part(tiny: DPIQAStudent) -> None:
