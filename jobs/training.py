@@ -16,6 +16,7 @@ from dpiqa.jobs.args import (
     positive_float,
     positive_int,
 )
+from dpiqa.models.checkpoint import WEIGHTS_DTYPES
 from dpiqa.models.pretrained import CLIP_TEXT, STABLE_DIFFUSION
 
 PROTOCOLS = {
@@ -172,6 +173,14 @@ def add_common(p: argparse.ArgumentParser, teacher: bool = False, student: bool 
     run = p.add_argument_group("execution")
     run.add_argument("--output", required=True, help="checkpoint folder or URL (with --splits N: one per split)")
     run.add_argument(
+        "--weights-dtype",
+        choices=WEIGHTS_DTYPES,
+        default="float32",
+        help="how the output checkpoint stores its weights: float16 or bfloat16 halve the file, and the test "
+        "metrics in its card are measured on the rounded weights (not part of the run's identity: a rerun "
+        "with another dtype resaves a trained run without training it again)",
+    )
+    run.add_argument(
         "--workers",
         type=positive_int,
         default=1,
@@ -277,6 +286,7 @@ def config_from_args(args: argparse.Namespace, job: str, spec, **fields):  # noq
         storage=args.storage,
         storage_options=args.storage_options,
         command=["dpiqa", *sys.argv[1:]],
+        weights_dtype=None if args.weights_dtype == "float32" else args.weights_dtype,
         **fields,
     )
 

@@ -236,7 +236,14 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa:
             if best is None or score_key > best["score"]:
                 best = {"epoch": epoch, "score": score_key}
             metrics["best_epoch"] = best["epoch"]
-            history.append({"epoch": epoch, "train_loss": metrics["train_loss"], "val_srcc": metrics.get("val_srcc")})
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": metrics["train_loss"],
+                    "val_srcc": metrics.get("val_srcc"),
+                    "seconds": metrics["seconds"],
+                }
+            )
             metrics["history"] = list(history)
             log.info(
                 "epoch %d/%d: train loss %.5f, val SRCC %s PLCC %s rank SRCC %s, %d images in %d steps, %.1fs",

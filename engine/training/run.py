@@ -104,6 +104,10 @@ class TrainConfig:
             command with the same storage resumes from the last checkpoint.
         storage_options: fsspec options for the dataset, outputs and storage.
         command: the command line, recorded in the card.
+        weights_dtype: how the output checkpoint stores its floating-point weights
+            (`dpiqa.models.checkpoint.WEIGHTS_DTYPES`; None: float32 as trained): the chosen epoch's weights
+            are rounded to it before the test metrics are measured, so the card's metrics are the saved
+            model's. Not part of the run's identity: a rerun with another dtype resaves the trained run.
     """
 
     job: str
@@ -135,6 +139,7 @@ class TrainConfig:
     storage: str | None = None
     storage_options: dict | None = None
     command: list[str] = field(default_factory=list)
+    weights_dtype: str | None = None
 
     @property
     def ranked(self) -> bool:
@@ -179,6 +184,7 @@ class TrainConfig:
                 "command",
                 "run",
                 "cache_features",
+                "weights_dtype",
             )
         }
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -526,7 +532,12 @@ def _train_split(  # noqa: PLR0913
 
     identity = config.identity()
     card = checkpoint.read_json(out, checkpoint.CARD_NAME) if _exists(out, config) else None
-    if card and card.get("training", {}).get("identity") == identity and card.get("training", {}).get("seed") == seed:
+    if (
+        card
+        and card.get("training", {}).get("identity") == identity
+        and card.get("training", {}).get("seed") == seed
+        and card.get("weights_dtype") == config.weights_dtype
+    ):
         log.info("%s: split %d already trained at %s; skipping", config.job, seed, out)
         return {
             "seed": seed,
@@ -623,6 +634,8 @@ def _train_split(  # noqa: PLR0913
                 execution_options=ExecutionOptions(preserve_order=True),
             ),
         )
+    # a local rerun resumes after its latest checkpoint's epoch (-1: none); Ray Train's result tells it itself
+    resumed_after = max((m["epoch"] for _, m in checkpoints.entries()), default=-1) if local else -1
     t0 = time.monotonic()
     result = trainer.fit()
     seconds = time.monotonic() - t0
@@ -633,12 +646,19 @@ def _train_split(  # noqa: PLR0913
         final = kept[-1][1]  # the latest epoch's metrics (a rerun that had nothing left to train reports none)
         best_ckpt, best_metrics = _best(kept, kept[-1], val is not None)
     else:
-        final = result.metrics or {}
         if result.checkpoint is None:
             raise RuntimeError(f"training produced no checkpoint: {result.error}")
+        final = result.metrics or {}
+        if not final:  # a rerun that had nothing left to train reports no metrics: the latest checkpoint's stand
+            final = max((m for _, m in result.best_checkpoints or []), key=lambda m: m["epoch"], default={})
+            resumed_after = protocol["epochs"] - 1
         best_ckpt, best_metrics = _best(result.best_checkpoints or [], (result.checkpoint, final), val is not None)
+    if resumed_after >= protocol["epochs"] - 1:
+        # A rerun of a finished run (another --weights-dtype) trains nothing: its card keeps the run's history
+        # and says so (resumed at the epoch after the last; `seconds` is this rerun's).
+        final = {**final, "resumed_at_epoch": protocol["epochs"]}
     with best_ckpt.as_directory() as d:
-        model = models.load_model(str(Path(d) / MODEL_DIR))
+        model = checkpoint.round_weights(models.load_model(str(Path(d) / MODEL_DIR)), config.weights_dtype)
     metrics = {"val": {k[4:]: v for k, v in best_metrics.items() if k.startswith("val_")}}
     if labeled is not None and len(split.test):
         scorer = models.Scorer(model, RunOptions(device="cuda" if use_gpu else "cpu", precision=config.precision))
@@ -694,7 +714,7 @@ def _train_split(  # noqa: PLR0913
         "machine": machine(),
         "code_version": code_version(),
     }
-    model.save_pretrained(out, card={"training": training, "metrics": metrics})
+    model.save_pretrained(out, card={"training": training, "metrics": metrics}, weights_dtype=config.weights_dtype)
     return {"seed": seed, "output": out, "metrics": metrics, "best_epoch": best_metrics.get("epoch")}
 
 

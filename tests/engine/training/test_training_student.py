@@ -266,6 +266,42 @@ def test_a_student_learns_the_graded_fixture(learned):
     assert card["metrics"]["test"]["n"] == 32 and card["metrics"]["test"]["srcc"] > 0.6
 
 
+def test_a_rerun_with_weights_dtype_resaves_the_trained_run_measured_on_its_rounded_weights(learned, tmp_path):
+    """`--weights-dtype` is how the output is stored, not what is trained: a rerun of a finished run (copied
+    elsewhere, its Ray Train storage with it) with float16 trains no epoch again, saves the chosen epoch's
+    weights rounded to float16 (about half the file), and its card's test metrics are the rounded model's,
+    which `dpiqa eval` of the saved checkpoint reproduces."""
+    import dataclasses
+    import shutil
+
+    from clirun import dpiqa
+
+    from dpiqa.engine.training.run import run_training
+
+    d, table = learned
+    out = tmp_path / "student"
+    shutil.copytree(d / "student", out)
+    run_training(dataclasses.replace(student_recipe(table, out), weights_dtype="float16"))
+    full, half = (json.loads((p / "card.json").read_text()) for p in (d / "student", out))
+    assert half["weights_dtype"] == "float16" and "weights_dtype" not in full
+    assert half["training"]["identity"] == full["training"]["identity"]
+    assert half["training"]["history"] == full["training"]["history"]  # no epoch trained again, and it says so
+    assert full["training"]["resumed_at_epoch"] == 0 and half["training"]["resumed_at_epoch"] == 6
+    assert all(h["seconds"] > 0 for h in full["training"]["history"])  # each epoch's time, where it ran
+    assert half["training"]["best_epoch"] == full["training"]["best_epoch"]
+    a, b = weights(d / "student"), weights(out)
+    for k in a:
+        assert torch.equal(b[k], a[k].half().float() if a[k].is_floating_point() else a[k]), k
+    size = {w: (p / "model.safetensors").stat().st_size for w, p in (("full", d / "student"), ("half", out))}
+    assert size["half"] < 0.55 * size["full"]
+    result = dpiqa("eval", "--model", str(out), "--dataset", "csv", "--root", str(table), "--json", "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-2000:]
+    measured = json.loads(result.stdout)["metrics"]
+    for key in ("srcc", "plcc", "rmse", "n"):
+        assert measured[key] == pytest.approx(half["metrics"]["test"][key], rel=1e-6, abs=1e-9), key
+    assert half["metrics"]["test"]["rmse"] != full["metrics"]["test"]["rmse"]  # measured on other weights
+
+
 @pytest.mark.slow  # a SIGKILL and a rerun: `make test` and CI run it (RUN_SLOW=1)
 def test_training_worker_killed_mid_distill_resumes_from_its_checkpoint(learned, tmp_path):
     """A Ray Train worker SIGKILLed after the controller has recorded two checkpoints: Ray Train restarts the
