@@ -1,9 +1,10 @@
 """Benchmark: what the shipped `demo` student's encoder depth costs on the CPU. The shipped checkpoint (the
 first 4 of its DINOv2 encoder's blocks) through `Scorer` (what `dpiqa score` runs), against the same config cut
 to 2 blocks (the student shipped before it; random weights: the speed does not depend on their values), on
-the same random 224x224 images, batches alternated `--repeats` times in one process; images/s is the median.
+the same random 224x224 images, `--iters` batches per model alternated `--repeats` times in one process;
+images/s is the median.
 
-    python bench/demo_depth.py [--repeats 5] [--batch 32] [--out bench/results/demo-depth-cpu.md]
+    python bench/demo_depth.py [--repeats 5] [--batch 32] [--iters 5] [--out bench/results/demo-depth-cpu.md]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -53,16 +55,18 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, scorer in scorers.items():
             t = time.perf_counter()
-            scorer(images)
-            rates[name].append(args.batch / (time.perf_counter() - t))
+            for _ in range(args.iters):
+                scorer(images)
+            rates[name].append(args.batch * args.iters / (time.perf_counter() - t))
             print(name, f"{rates[name][-1]:.1f} images/s", flush=True)
     med = {name: statistics.median(r) for name, r in rates.items()}
     names = list(scorers)
     text = "\n".join(
         [
-            f"`python bench/demo_depth.py --repeats {args.repeats} --batch {args.batch}`: the `demo` student "
-            f"through `Scorer` on the CPU (fp32, torch's {torch.get_num_threads()} threads), {size[0]}x{size[1]} "
-            f"images, batch {args.batch}, the two models alternated in one process; medians.",
+            f"`python bench/demo_depth.py --repeats {args.repeats} --batch {args.batch} --iters {args.iters}`: the "
+            f"`demo` student through `Scorer` on the CPU (fp32, torch's {torch.get_num_threads()} threads), "
+            f"{size[0]}x{size[1]} images, batch {args.batch}, {args.iters} batches per model alternated in one "
+            "process; medians.",
             "",
             "| encoder | parameters | images/s |",
             "| --- | ---: | ---: |",
