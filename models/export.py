@@ -303,10 +303,15 @@ def export_onnx(
         batch_dim = "batch" if dynamic_batch else batch_size
         card = {
             **student.card(),
-            **info.card,
+            # the graph holds float32 weights whatever the source stored (its `weights_dtype` goes into `source`)
+            **{k: v for k, v in info.card.items() if k != "weights_dtype"},
             "format": "onnx",
             "sha256": checkpoint.content_hash(staging, (checkpoint.CONFIG_NAME, checkpoint.ONNX_NAME)),
-            "source": {"model": model, "checkpoint_hash": info.checkpoint_hash},
+            "source": {
+                "model": model,
+                "checkpoint_hash": info.checkpoint_hash,
+                "weights_dtype": info.card.get("weights_dtype", "float32"),
+            },
             "onnx": {
                 "file": checkpoint.ONNX_NAME,
                 "sha256": file_sha256(onnx_path),

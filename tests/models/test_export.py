@@ -142,6 +142,7 @@ def test_describe_gives_the_exports_identity_from_config_and_card_only(b0_export
     assert card["sha256"] == content_sha256(export_dir, ("config.json", "model.onnx"))
     assert card["onnx"]["sha256"] == file_sha256(export_dir / "model.onnx")
     assert card["source"]["checkpoint_hash"] == ckpt_card["sha256"] != card["sha256"]
+    assert card["source"]["weights_dtype"] == "float32" and "weights_dtype" not in card  # the graph's weights
     assert card["training"] == "none (random init)"  # the checkpoint's card travels with the export
     assert card["onnx"]["inputs"]["images"]["shape"] == ["batch", 128, 128, 3]
     # only config.json and card.json are read: describe works with the graph absent
