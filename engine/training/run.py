@@ -290,6 +290,7 @@ def _check_before_start(config: TrainConfig, labeled) -> str | None:  # noqa: AN
     """The checks of `run_training` that need no Ray; returns what the card records about the model's
     pretrained source."""
     from dpiqa import models
+    from dpiqa.models import checkpoint
 
     if config.protocol()["batch_size"] % config.run.workers:
         raise UsageError(
@@ -298,6 +299,7 @@ def _check_before_start(config: TrainConfig, labeled) -> str | None:  # noqa: AN
         )
     if config.dataset is None and not config.shards:
         raise ValueError("nothing to train on: give --dataset and --root, and/or --shards")
+    checkpoint.storage_dtype(config.weights_dtype)  # an unknown one is named now, not after the training
     if config.ranked and (config.shards or config.dataset is None):
         raise ValueError("--rank-weight, --extra-train and --extra-val work with a labelled --dataset, not --shards")
     if config.teacher and config.distill_mode != "none":

@@ -266,6 +266,20 @@ def test_a_student_learns_the_graded_fixture(learned):
     assert card["metrics"]["test"]["n"] == 32 and card["metrics"]["test"]["srcc"] > 0.6
 
 
+def test_an_unknown_weights_dtype_stops_before_anything_starts(tmp_path):
+    """`TrainConfig.weights_dtype` from the API (the CLI's choices cannot be wrong) is checked with the rest of the
+    recipe, before Ray starts, not after the training when the model is saved."""
+    import dataclasses
+
+    from dpiqa.engine.training.run import run_training
+
+    recipe = tiny_student(graded_table(tmp_path, n=12), tmp_path / "out", epochs=1)
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="weights_dtype 'half' is not one of float16, bfloat16, float32"):
+        run_training(dataclasses.replace(recipe, weights_dtype="half"))
+    assert time.monotonic() - t0 < 10 and not (tmp_path / "out").exists()
+
+
 def test_a_rerun_with_weights_dtype_resaves_the_trained_run_measured_on_its_rounded_weights(learned, tmp_path):
     """`--weights-dtype` is how the output is stored, not what is trained: a rerun of a finished run (copied
     elsewhere, its Ray Train storage with it) with float16 trains no epoch again, saves the chosen epoch's
