@@ -4,13 +4,11 @@ the engine's own decoder and scorer."""
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors import safe_open
 
 from dpiqa import models
@@ -36,32 +34,24 @@ def test_the_shipped_checkpoint_fits_its_budget_and_holds_what_its_card_says(dem
     assert sum(p.numel() for p in model.parameters()) == card["parameters"]["total"]
 
 
-def _png(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "PNG")
-    return buf.getvalue()
-
-
 def test_the_shipped_model_ranks_real_distortions_by_strength(demo):
-    """Two of the demo's photographs, each distortion family at levels 0-5, decoded and scored as `dpiqa score`
-    does: every family's scores fall with its strength (Spearman's rho <= -0.8 per photograph and family:
-    `dpiqa demo` ranks them at -0.94 to -1.00 on the demo corpus, with a seed per level), and the strongest level of
-    each scores below the clean photograph."""
+    """Two of the demo's photographs, each distortion family at levels 0-5 as the demo corpus holds them (its own
+    samples: lossless PNG, a seed per level), decoded and scored as `dpiqa score` does: every family's scores fall
+    with its strength (Spearman's rho <= -0.8 per photograph and family: `dpiqa demo` ranks them at -0.94 to
+    -1.00), and the strongest level of each scores below the clean photograph."""
     from scipy.stats import spearmanr
 
-    from dpiqa.engine.demo import PHOTOGRAPHS, reference
-    from dpiqa.engine.distortions import distort
+    from dpiqa.engine.demo import PHOTOGRAPHS, reference, samples
     from dpiqa.engine.stages.decode import decode_image
 
     scorer = models.load_scorer("demo")
-    photos = {name: loader for _, name, loader in PHOTOGRAPHS if name in ("astronaut", "camera")}
+    photos = [(source, name, loader) for source, name, loader in PHOTOGRAPHS if name in ("astronaut", "camera")]
     assert len(photos) == 2
-    for name, loader in photos.items():
-        img = reference(loader)
-        clean = np.asarray(img)
+    for source, name, loader in photos:
+        corpus = {key: files["png"] for key, files in samples(source, name, reference(loader))}
         for kind in ("gaussian_blur", "gaussian_noise", "jpeg", "jpeg2000", "contrast", "underexposure"):
-            images = [clean, *(distort(img, kind, level, seed=level) for level in range(1, 6))]
-            pixels = np.stack([decode_image(_png(x), scorer.preprocessing).pixels for x in images])
+            keys = [f"{name}/reference", *(f"{name}/{kind}-{level}" for level in range(1, 6))]
+            pixels = np.stack([decode_image(corpus[k], scorer.preprocessing).pixels for k in keys])
             scores = scorer(pixels).scores
             rho = spearmanr(range(6), scores).statistic
             assert rho <= -0.8 and scores[5] < scores[0], (name, kind, rho, scores.round(3).tolist())
