@@ -18,15 +18,18 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dpiqa.errors import FAILED_SHARDS
+from dpiqa.failpoints import failpoint
 from dpiqa.storage import fs_join, get_fs, is_local, join, retry
 
 log = logging.getLogger(__name__)
@@ -242,8 +245,7 @@ class OutputLocation:
             folder = path.rsplit("/", 1)[0]
             self.fs.makedirs(folder, exist_ok=True)
             if not self.local:
-                with self.fs.open(path, mode) as f:
-                    write(f)
+                _upload(self.fs, path, write, mode)
                 return
             tmp = f"{folder}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex[:8]}.tmp"
             try:
@@ -257,6 +259,40 @@ class OutputLocation:
                     os.remove(tmp)
 
         retry(put, f"write {path}")
+
+    def spool(self, rel: str) -> Spool:
+        """A file to write `rel` into piece by piece (a shard's rows as they are scored), committed whole
+        later: on a local file system a hidden temporary file beside its final name, renamed into place; on
+        an object store a local temporary file, uploaded at commit. Memory never holds the whole file."""
+        return Spool(self, rel)
+
+    def abort_stale_uploads(self, before: datetime) -> int:
+        """Abort the unfinished multipart uploads below this location that started before `before` (a writer
+        killed mid-upload leaves its parts, billed until aborted); returns how many. Only on S3 (s3fs); one
+        run writes a location at a time, so an upload older than this run's start is no live writer's."""
+        if self.local or not hasattr(self.fs, "call_s3"):
+            return 0
+        bucket, _, prefix = self.path.partition("/")
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+        aborted, kwargs = 0, {"Bucket": bucket, "Prefix": prefix}
+        while True:
+            try:
+                page = self.fs.call_s3("list_multipart_uploads", **kwargs)
+            except Exception as exc:  # noqa: BLE001 - a store without the call (or without the permission)
+                log.debug("%s: cannot list multipart uploads (%s)", self.url, exc)
+                return aborted
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] < before:
+                    self.fs.call_s3(
+                        "abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+            if not page.get("IsTruncated"):
+                break
+            kwargs.update(KeyMarker=page.get("NextKeyMarker"), UploadIdMarker=page.get("NextUploadIdMarker"))
+        if aborted:
+            log.warning("%s: aborted %d unfinished multipart uploads left by an earlier run", self.url, aborted)
+        return aborted
 
     def write_table(self, subdir: str, name: str, table: pa.Table) -> None:
         self._put(f"{subdir}/{name}.parquet", lambda f: pq.write_table(table, f, compression="zstd"))
@@ -304,3 +340,66 @@ class OutputLocation:
     def score_files(self) -> list[str]:
         """URLs of the per-shard score files that have a completion marker."""
         return [self.child(SCORES_DIR, f"{name}.parquet") for name in sorted(self.done())]
+
+
+# Objects up to this size are uploaded with one PUT; larger ones as a multipart upload (s3fs's file), which is
+# aborted when the write fails: fsspec's `with fs.open(...)` would complete it, and so commit a truncated file
+# under the final key.
+SINGLE_PUT_BYTES = 64 << 20
+
+
+def _upload(fs: Any, path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write an object whole or not at all: `write` fills a buffered file whose upload is discarded (its
+    multipart upload aborted) on any error, and completed only when `write` returned."""
+    f = fs.open(path, mode, block_size=SINGLE_PUT_BYTES)
+    try:
+        write(f)
+    except BaseException:
+        f.discard()  # s3fs: aborts the multipart upload, if one was started
+        f.closed = True  # so that no later close() (fsspec's __del__) uploads what is left
+        raise
+    f.close()
+
+
+class Spool:
+    """A file being written whole (`OutputLocation.spool`): `path` is local, `commit()` moves it to its final
+    name (rename, or an upload that is complete or absent), `discard()` drops it. Usable as a context manager
+    that discards what was not committed."""
+
+    def __init__(self, location: OutputLocation, rel: str) -> None:
+        self.location, self.rel = location, rel
+        self.final = location._p(rel)
+        if location.local:
+            folder, name = self.final.rsplit("/", 1)
+            os.makedirs(folder, exist_ok=True)
+            self.path = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+        else:
+            fd, self.path = tempfile.mkstemp(prefix="dpiqa-", suffix=".spool", dir=os.environ.get("DPIQA_SPOOL"))
+            os.close(fd)
+        self.committed = False
+
+    def commit(self) -> None:
+        failpoint("commit.file", self.rel)
+        if self.location.local:
+            with open(self.path, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(self.path, self.final)
+        else:
+
+            def copy(f: Any) -> None:
+                with open(self.path, "rb") as src:
+                    shutil.copyfileobj(src, f, 8 << 20)
+
+            self.location._put(self.rel, copy)
+            os.remove(self.path)
+        self.committed = True
+
+    def discard(self) -> None:
+        if not self.committed and os.path.exists(self.path):
+            os.remove(self.path)
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()

@@ -1,4 +1,5 @@
-"""The scoring run: shard list -> read -> decode -> score -> per-shard Parquet, resumable, with a manifest."""
+"""The scoring run: shard list -> units of one shard, each read, decoded, scored and written (Parquet, then
+marker) inside one worker (`ShardScorer`), resumable, with a manifest."""
 
 from __future__ import annotations
 
@@ -6,20 +7,26 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import TypeVar
 
 from dpiqa import models, storage
+from dpiqa.engine import schema
 from dpiqa.engine.executor import choose_executor
-from dpiqa.engine.executor.base import Executor
+from dpiqa.engine.executor.base import Executor, UnitWorker
 from dpiqa.engine.output import OutputLocation, RunResult
-from dpiqa.engine.runner import ShardJob, Tally, pending_shards, run_shard_job
+from dpiqa.engine.runner import HANG_SECONDS, ShardJob, Tally, pending_shards, run_shard_job
 from dpiqa.engine.schema import SCORES_SCHEMA
 from dpiqa.engine.stages.base import Stage
 from dpiqa.engine.stages.decode import DEFAULT_MAX_PIXELS, DecodeStage
 from dpiqa.engine.stages.score import ScoreStage
-from dpiqa.engine.stages.source import SourceStage
-from dpiqa.engine.stages.write import ShardFact, ShardWriter, WriterLost, WriteStage, owner
+from dpiqa.engine.stages.source import SourceStage, source_identity
+from dpiqa.engine.stages.write import ShardWriter
+from dpiqa.failpoints import failpoint
 from dpiqa.models.run_options import RunOptions
 from dpiqa.version import code_version
 
@@ -42,14 +49,18 @@ class ScoreConfig:
         overwrite: replace another configuration's results at `output`.
         write_maps: also write quality maps (float16) to `maps/`, for distillation.
         max_pixels: larger images are `too_large` rows.
-        actors: scoring actors (default: one per GPU of the cluster, else 1).
-        chunk_size: samples per block from the shard reader.
-        retries: fresh pipelines over the unfinished shards after Ray gives up on a lost node or worker.
+        actors: scoring workers (default: one per GPU of the cluster, else 1).
+        chunk_size: samples read and decoded together (bounds memory: a shard is never held whole).
+        retries: attempts after the first for a shard whose worker was lost or whose unit raised.
         decode_on: where JPEGs are decoded: `cpu` (PIL in the decoder tasks), `device` (the scoring actor's
             device: nvJPEG on a GPU, libjpeg on a CPU), or `auto`: the device for a student on GPUs (PIL
             on one core cannot keep up with it), the CPU otherwise.
         skip_missing: score the shards that exist when a brace pattern or list names some that do not.
-        writers: shard writers (default: one per node of the cluster; one on the local executor).
+        units_per_worker: shards in flight on each worker at once (one reads and writes while another
+            scores).
+        decode_threads: threads decoding images in each worker (default: its CPUs, at least 2).
+        hang_seconds: a worker that processes no image for this long with shards in flight is replaced and
+            its shards run again.
         storage_options: fsspec options for input and output.
     """
 
@@ -66,7 +77,9 @@ class ScoreConfig:
     retries: int = 3
     decode_on: str = "auto"
     skip_missing: bool = False
-    writers: int | None = None
+    units_per_worker: int = 2
+    decode_threads: int | None = None
+    hang_seconds: float = HANG_SECONDS
     storage_options: dict | None = None
 
     def identity(self, info: models.ModelInfo, stages: list[Stage]) -> dict:
@@ -130,8 +143,9 @@ def run_score(config: ScoreConfig, executor: Executor | str = "auto", address: s
     """Score every shard of `config.input` that has no completion marker at `config.output`.
 
     Everything the user named (model, shards, output) is checked before Ray starts or anything is written.
-    The rows are written by shard writers where they are scored (`dpiqa.engine.stages.write`); the driver hears
-    one fact per shard. The manifest records the parts of start-up (`startup`).
+    Each shard is one unit of work: read, decoded, scored and written (Parquet, then marker) by one worker
+    (`ShardScorer`); the driver submits one call and hears one small fact per shard. The manifest records the
+    parts of start-up (`startup`) and how many units ran more than once (`retries`).
 
     Args:
         config: the run.
@@ -144,6 +158,7 @@ def run_score(config: ScoreConfig, executor: Executor | str = "auto", address: s
         ValueError: bad input (no shard, a missing shard, an output inside the input, a damaged model).
     """
     t0 = time.monotonic()
+    wall = datetime.now(timezone.utc)
     storage.RETRIES.take()  # what an earlier run in this process left is not this run's
     info = models.describe(config.model)
     models.check_runtime(config.model, info.runtime, config.run)
@@ -158,6 +173,7 @@ def run_score(config: ScoreConfig, executor: Executor | str = "auto", address: s
     stages = build_stages(config, info, gpus)
     identity = config.identity(info, stages)
     digest = output.claim(identity, overwrite=config.overwrite, model=config.model)
+    output.abort_stale_uploads(wall)
     todo, skipped = pending_shards(output, shards)
     log.info(
         "score: %d shards, %d already done, %d to do; model %s (%s)",
@@ -167,14 +183,142 @@ def run_score(config: ScoreConfig, executor: Executor | str = "auto", address: s
         config.model,
         info.checkpoint_hash,
     )
-    job = ScoreJob(config, executor, stages, output, shards.names, info, digest, startup)
+    job = ScoreJob(config, executor, stages, output, info, digest, startup)
     settings = {k: v for k, v in asdict(config).items() if k != "storage_options"}
-    return run_shard_job(job, shards, output, todo, skipped, settings, digest, config.retries, started=t0)
+    score = stages[-1]
+    return run_shard_job(
+        job,
+        executor,
+        shards,
+        output,
+        todo,
+        skipped,
+        settings,
+        digest,
+        slots=score.concurrency,
+        depth=config.units_per_worker,
+        retries=config.retries,
+        started=t0,
+        hang_seconds=config.hang_seconds,
+    )
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], pool: ThreadPoolExecutor, ahead: int) -> Iterator[R]:
+    """`map(fn, items)` on `pool`, up to `ahead` items at once, results in order (Executor.map would consume
+    all of `items` at once: a whole shard's bytes in memory)."""
+    pending: deque[Future] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+class ShardScorer(UnitWorker):
+    """One shard per call, whole: read (`SourceStage`), decode (`DecodeStage`, on a thread pool, a few chunks
+    ahead), score (`ScoreStage`, one model call at a time), write and commit (`ShardWriter`: Parquet, then the
+    marker). Several shards may be in flight in one worker: while one scores, another reads or uploads.
+
+    Args:
+        source, decode, score: the stages (the score stage's model is loaded by `setup`, once per worker).
+        output: the output location's URL and storage options.
+        metadata: the run identity for each file's Parquet key-value metadata.
+        model_name: the value of the `model` column.
+        config_hash: written into each marker.
+        map_shape: shape of one quality map when maps are written, else None.
+        decode_threads: threads decoding images.
+    """
+
+    label = "score"
+
+    def __init__(
+        self,
+        source: SourceStage,
+        decode: DecodeStage,
+        score: ScoreStage,
+        output: tuple[str, dict | None],
+        metadata: dict,
+        model_name: str,
+        config_hash: str,
+        map_shape: tuple[int, ...] | None,
+        decode_threads: int,
+    ) -> None:
+        self.source, self.decode, self.score = source, decode, score
+        self.where, self.metadata, self.model_name, self.config_hash = output, metadata, model_name, config_hash
+        self.map_shape, self.decode_threads = map_shape, max(1, decode_threads)
+        self.num_cpus, self.num_gpus = score.num_cpus, score.num_gpus
+
+    def setup(self) -> None:
+        failpoint("worker.setup")
+        self.score.setup()
+        self.output = OutputLocation(*self.where)
+        self.scores_schema = schema.with_metadata(schema.SCORES_SCHEMA, self.metadata)
+        self.maps_schema = (
+            schema.with_metadata(
+                schema.MAPS_SCHEMA, {**self.metadata, "map_shape": list(self.map_shape), "map_dtype": "float16"}
+            )
+            if self.map_shape
+            else None
+        )
+        self._decoders = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="dpiqa-decode")
+        self._model = threading.Lock()  # one model call at a time: the device (or the CPU's cores) is shared
+        self._lock = threading.Lock()
+        self._rows: dict[int, int] = {}  # rows of each unit in flight
+        self._ever = 0
+
+    def __call__(self, unit: dict) -> dict:
+        url, name = unit["url"], unit["name"]
+        failpoint("unit.start", url)
+        writer = ShardWriter(
+            self.output,
+            url,
+            name,
+            self.scores_schema,
+            self.maps_schema,
+            self.model_name,
+            self.config_hash,
+            source=source_identity(url, self.source.storage_options),
+        )
+        me = id(writer)
+        with self._lock:
+            self._rows[me] = 0
+        try:
+            chunks = self.source.read_shard(url)
+            for decoded in ordered_map(self.decode, chunks, self._decoders, self.decode_threads + 1):
+                with self._model:
+                    scored = self.score(decoded)
+                n = writer.add(scored)
+                with self._lock:
+                    self._rows[me] += n
+                    self._ever += n
+            fact = writer.commit()
+        except BaseException:
+            writer.discard()
+            raise
+        finally:
+            with self._lock:
+                del self._rows[me]
+        return asdict(fact)
+
+    def progress(self) -> tuple[int, int]:
+        with self._lock:
+            return sum(self._rows.values()), self._ever
+
+    def teardown(self) -> None:
+        self._decoders.shutdown(wait=False, cancel_futures=True)
 
 
 class ScoreJob(ShardJob):
-    """`score` as a shard job: the read -> decode -> score pipeline on the executor, rows handed to shard
-    writers (Ray actors spread over the nodes, or one in-process writer on the local executor)."""
+    """`score` as a shard job: `ShardScorer` workers (Ray actors, or one in this process), a shard per unit."""
 
     label = "score"
     unit = "images"
@@ -185,69 +329,39 @@ class ScoreJob(ShardJob):
         executor: Executor,
         stages: list[Stage],
         output: OutputLocation,
-        names: dict[str, str],
         info: models.ModelInfo,
         digest: str,
         startup: dict,
     ) -> None:
         self.config, self.executor, self.stages, self.output = config, executor, stages, output
-        self.names, self.info, self.digest = names, info, digest
+        self.info, self.digest = info, digest
         self.startup = startup
         self.reader_retries = 0
 
-    def process(self, shards: list[str], fact: Callable[[ShardFact], None], units: Callable[[int], None]) -> None:
-        n = max(1, min(len(shards), self.config.writers or self.executor.default_writers()))
+    def worker(self) -> ShardScorer:
+        source, decode, score = self.stages
         metadata = {**self.info.identity(), "config_hash": self.digest, "code_version": code_version()}
-        map_shape = self.info.map_shape if self.config.write_maps else None
-        where = (self.output.url, self.config.storage_options)
-        # Each writer is told only the names of the shards it owns: its constructor stays small at 10^5 shards.
-        owned = [{u: self.names[u] for u in shards if owner(u, n) == k} for k in range(n)]
-        writers = self.executor.start(
-            ShardWriter, [(where, names, metadata, self.config.model, self.digest, map_shape) for names in owned]
+        threads = self.config.decode_threads or max(2, int(score.num_cpus) if score.num_gpus else 2)
+        return ShardScorer(
+            source,
+            decode,
+            score,
+            (self.output.url, self.config.storage_options),
+            metadata,
+            self.config.model,
+            self.digest,
+            self.info.map_shape if self.config.write_maps else None,
+            threads,
         )
-        stop = threading.Event()
-        lost = []
 
-        def drain(wait: bool) -> None:
-            for slot, report in enumerate(self.executor.call(writers, "drain", wait)):
-                if report is None:
-                    lost.append(slot)
-                for f in (report or {}).get("facts", []):
-                    self.reader_retries += f["retries"]
-                    fact(ShardFact(**f))
-
-        def poll() -> None:  # shard facts while the pipeline runs, whenever blocks reach the driver
-            while not stop.wait(2.0):
-                drain(False)
-
-        poller = threading.Thread(target=poll, name="score-writer-poll", daemon=True)
-        poller.start()
-        failure: Exception | None = None
-        try:
-            self.executor.run(
-                [{"shard": url} for url in shards],
-                [*self.stages, WriteStage(writers)],
-                lambda batch: units(int(batch["images"].sum())),
-            )
-        except Exception as exc:  # noqa: BLE001 - raised below, as it is or as the writer loss that caused it
-            failure = exc
-        finally:
-            stop.set()
-            poller.join()
-            drain(True)  # what was finished, also when the attempt failed
-            self.executor.stop(writers)
-        if lost:  # their shards in flight are gone with them: another attempt writes them again
-            # (the pipeline's own error, if any, is the scoring actor's failed hand-off to the dead writer)
-            raise WriterLost(f"{len(set(lost))} of {n} shard writers died (their process or node ended)") from failure
-        if failure is not None:
-            raise failure
-
-    def retryable(self, exc: BaseException) -> bool:
-        return isinstance(exc, WriterLost) or self.executor.retryable(exc)
+    def fact(self, unit: dict, result: dict):  # noqa: ANN201 - ShardFact
+        f = super().fact(unit, result)
+        self.reader_retries += f.retries
+        return f
 
     def manifest(self, tally: Tally) -> dict:
-        # What the shard readers reported (each process's retries, taken once) plus this process's rest
-        # (listing, writes) since the readers last took.
+        # What the workers reported (each process's retries, taken once per shard) plus this process's rest
+        # (listing, markers read) since the workers last took.
         io_retries = self.reader_retries + storage.RETRIES.take()
         startup = {
             **self.startup,
@@ -263,16 +377,16 @@ class ScoreJob(ShardJob):
 
 
 def _cluster_gpus(executor: Executor) -> tuple[float, float]:
-    """GPUs the scoring actors can use, and the seconds it took to start or reach Ray (0 in this process).
+    """GPUs the scoring workers can use, and the seconds it took to start or reach Ray (0 in this process).
     On Ray they are the cluster's (its resources, never the driver's own hardware); in this process, this
     machine's."""
-    from dpiqa.engine.executor.ray_data import RayDataExecutor, init_ray
+    from dpiqa.engine.executor.ray_actors import RayExecutor
 
-    if not isinstance(executor, RayDataExecutor):
+    if not isinstance(executor, RayExecutor):
         import torch
 
         return float(torch.cuda.device_count()), 0.0
     import ray
 
-    seconds = init_ray(executor.address, executor.num_cpus)
+    seconds = executor.connect()
     return float(ray.cluster_resources().get("GPU", 0)), round(seconds, 3)

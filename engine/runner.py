@@ -1,20 +1,24 @@
-"""The shard-job runner that `score` and `filter` share: claim the output, skip the shards already done, run
-the job over the rest, run again over what a lost node or worker left unfinished, show progress, and write
-the manifest. A job only says how to process shards and reports one `ShardFact` per shard."""
+"""The shard loop that every shard job shares (`score`, `filter`, the audit's scan): units to workers, one
+unit retried alone, lost and hung workers replaced, progress, and the run's manifest.
+
+The driver's work is O(1) per unit and nothing per block or image: it submits one call per unit, receives
+one small result per unit and updates counters (`Tally`) from it; progress between results comes from one
+poll of each worker every few seconds. Resume is the markers': a unit whose marker exists is not in `todo`.
+"""
 
 from __future__ import annotations
 
 import logging
 import secrets
-import threading
 import time
 from abc import ABC, abstractmethod
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from dpiqa import storage
+from dpiqa.engine.executor.base import Executor, UnitWorker, WorkerLost, WorkerPool
 from dpiqa.engine.output import MANIFEST, RUNS_DIR, OutputLocation, RunResult
 from dpiqa.engine.progress import Progress, duration
 from dpiqa.engine.stages.write import ShardFact
@@ -22,40 +26,76 @@ from dpiqa.version import code_version
 
 log = logging.getLogger(__name__)
 
-# Seconds without a finished image or shard after which a run says it is waiting, and again every as many
-# seconds while it waits: a stuck worker or a cluster without room for a stage is otherwise silent.
+# Seconds without a finished unit or any progress after which a run says it is waiting, and again every as many
+# seconds while it waits: a model still loading or a cluster without room for a worker is otherwise silent.
 STALL_WARNING_SECONDS = 300.0
+# Seconds a worker with units in flight may go without processing a row before it counts as hung: it is
+# stopped and replaced (on Ray) and its units run again. A shard's first rows come after its first read.
+HANG_SECONDS = 900.0
+POLL_SECONDS = 2.0  # how often the loop looks at the workers' progress
 
 
 @dataclass
 class Tally:
-    """What the runner has heard so far in one run (for progress lines and the manifest)."""
+    """What the runner has heard so far in one run: counters, updated once per unit (never re-summed)."""
 
-    facts: dict[str, ShardFact] = field(default_factory=dict)
-    images: int = 0  # the job's unit of progress (images scored, samples kept)
-    first_output: float | None = None  # seconds from the start until the first unit came back
-    last_activity: float = field(default_factory=time.monotonic)  # when a unit or a fact last came
+    done: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # url -> error (failures are few)
+    rows: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    written: list[tuple[str, str]] = field(default_factory=list)  # (name, url) of the units written
+    images: int = 0  # the job's unit of progress (images scored, samples kept) of finished units
+    in_flight: int = 0  # the same, of units still in flight (from the last poll)
+    first_output: float | None = None  # seconds from the start until the first row was processed
+    last_activity: float = field(default_factory=time.monotonic)
+    # Faults: units started more than once, units that were in flight on a worker that was lost or stopped
+    # as hung, workers lost and hung, and every attempt that did not finish its unit.
+    units_started_again: int = 0
+    lost_in_flight: int = 0
+    workers_lost: int = 0
+    workers_hung: int = 0
+    failed_attempts: int = 0
+    interrupted: bool = False
+    # What the driver received: one result per unit attempt, and one answer per worker per progress poll.
+    results_received: int = 0
+    progress_polls: int = 0
+
+    def add(self, f: ShardFact) -> None:
+        if f.error is not None:
+            self.failed[f.url] = f.error
+            return
+        self.done += 1
+        self.rows += f.rows
+        self.statuses.update(f.statuses)
+        self.written.append((f.name, f.url))
 
 
 class ShardJob(ABC):
-    """One job over shards.
+    """One job over shards: its worker (what one unit does) and how a unit's result reads.
 
     Attributes:
         label: the job's name in log lines (`score`, `filter`).
-        unit: what `Tally.images` counts (`images`, `kept samples`).
+        unit: what progress counts (`images`, `kept samples`).
     """
 
     label: str = "job"
     unit: str = "images"
 
     @abstractmethod
-    def process(self, shards: list[str], fact: Callable[[ShardFact], None], units: Callable[[int], None]) -> None:
-        """Process `shards`; call `fact` once per shard finished (written or failed) and `units` with each
-        amount of work done. Raises when the attempt as a whole failed (see `retryable`)."""
+    def worker(self) -> UnitWorker:
+        """The worker that does one shard per call (read, process, write, marker last)."""
 
-    def retryable(self, exc: BaseException) -> bool:
-        """Whether a failed attempt is worth running again over its unfinished shards (a lost node)."""
-        return False
+    def units(self, todo: list[str], names: dict[str, str]) -> Iterable[dict]:
+        """The units of `todo`, one per shard."""
+        return ({"url": u, "name": names[u]} for u in todo)
+
+    def fact(self, unit: dict, result: dict) -> ShardFact:
+        """A finished unit's result as the manifest counts it."""
+        return ShardFact(**result)
+
+    def progress_units(self, fact: ShardFact) -> int:
+        """How much of `unit` a finished unit did (images scored)."""
+        return fact.rows
 
     def manifest(self, tally: Tally) -> dict:
         """The job's own manifest fields."""
@@ -87,147 +127,239 @@ def pending_shards(output: OutputLocation, shards: storage.ShardList) -> tuple[l
     return todo, skipped
 
 
+def run_units(
+    pool: WorkerPool,
+    units: Iterable[dict],
+    on_result: Callable[[dict, dict], None],
+    on_failure: Callable[[dict, str], None],
+    tally: Tally,
+    label: str,
+    max_attempts: int = 4,
+    hang_seconds: float = HANG_SECONDS,
+    stall_warning: float = STALL_WARNING_SECONDS,
+    poll: float = POLL_SECONDS,
+    on_progress: Callable[[], None] = lambda: None,
+) -> None:
+    """Run every unit on `pool`, each at most `max_attempts` times; `on_result(unit, result)` for each finished
+    one, `on_failure(unit, why)` for each that failed every attempt.
+
+    A unit whose worker died (`WorkerLost`) or raised is started again (on any worker, after the units not yet
+    started); a worker that processed no row for `hang_seconds` with units in flight is stopped and replaced
+    (where the pool can) and its units run again. Only units are ever retried, never the run.
+    """
+    queue = deque()
+    source = iter(units)
+    in_flight: dict = {}  # ticket -> (unit, slot, worker generation)
+    load = [0] * pool.slots
+    attempts: dict[str, int] = {}  # unit url -> attempts that did not finish it (only units that had one)
+    seen_progress: list[tuple[int, float]] = [(-1, time.monotonic())] * pool.slots
+    next_poll = time.monotonic() + poll
+    warned_at = float("-inf")
+
+    def next_unit() -> dict | None:
+        if queue:
+            return queue.popleft()
+        return next(source, None)
+
+    def again(unit: dict, why: str) -> None:
+        tally.failed_attempts += 1
+        n = attempts[unit["url"]] = attempts.get(unit["url"], 0) + 1
+        if n >= max_attempts:
+            attempts.pop(unit["url"], None)
+            log.error("%s: %s failed %d times; giving up on it (%s)", label, unit["url"], n, why)
+            on_failure(unit, f"failed {n} attempts; the last: {why}")
+            return
+        log.warning("%s: %s: attempt %d did not finish (%s); it runs again", label, unit["url"], n, why)
+        if n == 1:
+            tally.units_started_again += 1
+        queue.append(unit)
+        nonlocal exhausted
+        exhausted = False
+
+    def lose(slot: int, why: str, hung: bool) -> None:
+        """The worker in `slot` is gone (or stopped as hung): replace it, and run its units again."""
+        if hung:
+            tally.workers_hung += 1
+        else:
+            tally.workers_lost += 1
+        mine = [t for t, (_, s, g) in in_flight.items() if s == slot and g == pool.generation(slot)]
+        tally.lost_in_flight += len(mine)
+        log.warning("%s: worker %d %s with %d units in flight; replacing it", label, slot, why, len(mine))
+        if pool.restartable:
+            pool.restart(slot)
+        for t in mine:
+            unit, _, _ = in_flight.pop(t)
+            load[slot] -= 1
+            again(unit, f"its worker {why}")
+        seen_progress[slot] = (-1, time.monotonic())
+
+    exhausted = False
+    while True:
+        for slot in range(pool.slots):
+            if exhausted or load[slot] >= pool.depth or not pool.ready(slot):
+                continue
+            while load[slot] < pool.depth:
+                unit = next_unit()
+                if unit is None:
+                    exhausted = not queue
+                    break
+                in_flight[pool.submit(slot, unit)] = (unit, slot, pool.generation(slot))
+                load[slot] += 1
+        if not in_flight:
+            if exhausted and not queue:
+                break
+            time.sleep(0.05)  # no worker ready yet (a model loading, a node joining)
+        finished = pool.wait(list(in_flight), timeout=poll) if in_flight else []
+        for ticket in finished:
+            if ticket not in in_flight:
+                continue  # its worker was replaced meanwhile; the unit already runs again
+            unit, slot, gen = in_flight.pop(ticket)
+            load[slot] -= 1
+            tally.results_received += 1
+            try:
+                result = pool.result(ticket)
+            except WorkerLost as exc:
+                if gen == pool.generation(slot):
+                    in_flight[ticket] = (unit, slot, gen)  # counted with the slot's others
+                    load[slot] += 1
+                    lose(slot, f"was lost ({exc})", hung=False)
+                else:
+                    again(unit, f"its worker was lost ({exc})")
+                continue
+            except Exception as exc:  # noqa: BLE001 - the unit's own failure: it alone runs again
+                again(unit, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+                continue
+            attempts.pop(unit["url"], None)
+            tally.last_activity = time.monotonic()
+            on_result(unit, result)
+        now = time.monotonic()
+        if now < next_poll:
+            continue
+        next_poll = now + poll
+        progress = pool.progress()
+        tally.progress_polls += sum(p is not None for p in progress)
+        tally.in_flight = sum(p[0] for p in progress if p)
+        for slot, p in enumerate(progress):
+            ever = p[1] if p else None
+            last, since = seen_progress[slot]
+            if ever is not None and ever != last:
+                seen_progress[slot] = (ever, now)
+                if ever > 0:
+                    tally.last_activity = now
+                    if tally.first_output is None:
+                        tally.first_output = now
+                continue
+            if load[slot] and pool.restartable and last >= 0 and now - since >= hang_seconds:
+                lose(slot, f"processed nothing for {duration(now - since)}", hung=True)
+        on_progress()
+        idle = now - tally.last_activity
+        if idle >= stall_warning and now - warned_at >= stall_warning:
+            warned_at = now
+            log.warning(
+                "%s: nothing finished in the last %s (%d units done, %d in flight); still waiting. A model still "
+                "loading, a stuck worker or a cluster without room for a worker (free CPUs, GPUs) stalls a run: "
+                "see the Ray logs, or stop it and run it again (finished shards are kept)",
+                label,
+                duration(idle),
+                tally.done + len(tally.failed),
+                len(in_flight),
+            )
+
+
 def run_shard_job(
     job: ShardJob,
+    executor: Executor,
     shards: storage.ShardList,
     output: OutputLocation,
     todo: list[str],
     skipped: int,
     config: dict,
     config_hash: str,
+    slots: int | None = None,
+    depth: int = 2,
     retries: int = 3,
     started: float | None = None,
     stall_warning: float = STALL_WARNING_SECONDS,
+    hang_seconds: float = HANG_SECONDS,
+    poll: float = POLL_SECONDS,
 ) -> RunResult:
     """Run `job` over the shards in `todo` (the output already claimed) and write the manifest.
 
     Args:
         job: what to do with each shard.
+        executor: where the units run.
         shards: the input's shards (all of them: the manifest counts them).
         output: the claimed output location.
         todo: the shards without a marker.
         skipped: how many had one.
         config: the job's configuration, for the manifest.
         config_hash: the output's identity.
-        retries: attempts after the first over the shards a failed attempt left unfinished.
+        slots: workers (default: the executor's choice for the job's worker).
+        depth: units in flight per worker.
+        retries: attempts after the first for a unit that did not finish (its worker lost, or it raised).
         started: `time.monotonic()` when the command started (start-up is measured from it).
-        stall_warning: seconds without a finished unit or shard before a warning line (repeated as long as
-            nothing finishes).
+        stall_warning: seconds without progress before a warning line (repeated while nothing moves).
+        hang_seconds: seconds a worker may process nothing with units in flight before it is replaced.
+        poll: seconds between looks at the workers' progress.
     """
     t0 = started if started is not None else time.monotonic()
     wall = datetime.now(timezone.utc)
     tally = Tally()
     progress = Progress(job.label, len(todo), unit=job.unit)
 
-    def report() -> None:
-        done = sum(f.error is None for f in tally.facts.values())
-        failed = len(tally.facts) - done
-        per_shard = tally.images / done if done else None
+    def report(force: bool = False) -> None:
+        per_shard = tally.images / tally.done if tally.done else None
         progress.update(
-            done, tally.images, failed=failed, expected_count=int(per_shard * len(todo)) if per_shard else None
+            tally.done,
+            tally.images + tally.in_flight,
+            failed=len(tally.failed),
+            expected_count=int(per_shard * len(todo)) if per_shard else None,
+            force=force,
         )
 
-    def fact(f: ShardFact) -> None:
-        tally.facts[f.url] = f
-        tally.last_activity = time.monotonic()
-        report()
-
-    def units(n: int) -> None:
+    def on_result(unit: dict, result: dict) -> None:
+        f = job.fact(unit, result)
+        tally.add(f)
+        if f.error is None:
+            tally.images += job.progress_units(f)
         if tally.first_output is None:
-            tally.first_output = time.monotonic() - t0
-        tally.images += n
-        tally.last_activity = time.monotonic()
+            tally.first_output = time.monotonic()
         report()
 
-    # The watcher gets the job's label and unit, not the job: a thread that held the last reference to the job
-    # (its stages, its model) freed the model's tensors as it ended; when that happened after this function
-    # returned, torch released the GIL mid-free while the interpreter shut down, and the process aborted
-    # ("terminate called without an active exception", exit -6) after a run that had succeeded. It is also
-    # joined, so no thread of the run outlives it.
-    finished = threading.Event()
-    watcher = threading.Thread(
-        target=_warn_while_stalled,
-        args=(job.label, job.unit, tally, len(todo), stall_warning, finished),
-        name=f"{job.label}-stall-watcher",
-        daemon=True,
-    )
-    watcher.start()
+    def on_failure(unit: dict, why: str) -> None:
+        tally.add(ShardFact(unit["url"], unit.get("name", ""), error=why))
+        report()
+
+    pool = None
     try:
-        attempt = _attempts(job, shards, output, todo, retries, tally, fact, units)
-    finally:
-        finished.set()
-        watcher.join()
-    return _finish(job, shards, output, skipped, config, config_hash, tally, progress, attempt, t0, wall)
-
-
-def _attempts(
-    job: ShardJob,
-    shards: storage.ShardList,
-    output: OutputLocation,
-    todo: list[str],
-    retries: int,
-    tally: Tally,
-    fact: Callable[[ShardFact], None],
-    units: Callable[[int], None],
-) -> int:
-    """Run `job` over `todo`, then again over what a failed attempt left unfinished; returns the attempts."""
-    remaining, attempt = list(todo), 0
-    while remaining:
-        attempt += 1
-        error: BaseException | None = None
-        try:
-            job.process(remaining, fact, units)
-        except Exception as exc:
-            if not job.retryable(exc):
-                raise
-            error = exc
-        _facts_from_markers(output, shards, remaining, tally)
-        remaining = [u for u in remaining if u not in tally.facts]
-        if not remaining:
-            break
-        if error is None or attempt > retries:
-            why = f"{type(error).__name__}: {error}" if error else "its rows never all arrived"
-            for url in remaining:
-                tally.facts[url] = ShardFact(
-                    url, shards.names[url], error=f"incomplete after {attempt} attempts: {why}"
-                )
-            break
-        # A node or worker died and Ray gave up: a fresh attempt over the shards that are not written; their
-        # partial rows are dropped (rows are keyed by shard and index, so nothing is counted twice).
-        log.warning(
-            "%s: attempt failed (%s: %s); attempt %d of %d on %d unfinished shards",
-            job.label,
-            type(error).__name__,
-            str(error).splitlines()[0][:300],
-            attempt + 1,
-            retries + 1,
-            len(remaining),
-        )
-    return attempt
-
-
-def _warn_while_stalled(
-    label: str, unit: str, tally: Tally, total: int, seconds: float, finished: threading.Event
-) -> None:
-    """Log a warning each time `seconds` pass with no unit or shard finished, until `finished` is set."""
-    warned_at = float("-inf")
-    while not finished.wait(min(seconds / 4, 15.0)):
-        now = time.monotonic()
-        idle = now - tally.last_activity
-        if idle >= seconds and now - warned_at >= seconds:
-            warned_at = now
-            done = len(tally.facts)
-            log.warning(
-                "%s: nothing finished in the last %s (%d of %d shards done, %d %s); still waiting. A model "
-                "still loading, a stuck worker or a cluster without room for a stage (free CPUs, GPUs) stalls "
-                "a run: see the Ray logs, or stop it and run it again (finished shards are kept)",
-                label,
-                duration(idle),
-                done,
-                total,
-                tally.images,
-                unit,
+        if todo:
+            worker = job.worker()
+            pool = executor.pool(worker, slots or executor.default_slots(worker), depth)
+            run_units(
+                pool,
+                job.units(todo, shards.names),
+                on_result,
+                on_failure,
+                tally,
+                job.label,
+                max_attempts=retries + 1,
+                hang_seconds=hang_seconds,
+                stall_warning=stall_warning,
+                poll=poll,
+                on_progress=report,
             )
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: what finished is on storage with its markers; the run's record says so, so that a
+        # nightly audit of this run (or the rerun's) sees these shards.
+        tally.interrupted = True
+        raise
+    finally:
+        if pool is not None:
+            pool.close()
+        if tally.first_output is not None and tally.first_output > t0:
+            tally.first_output -= t0
+        result = _finish(job, shards, output, skipped, config, config_hash, tally, progress, t0, wall)
+    return result
 
 
 def _finish(
@@ -239,29 +371,38 @@ def _finish(
     config_hash: str,
     tally: Tally,
     progress: Progress,
-    attempt: int,
     t0: float,
     wall: datetime,
 ) -> RunResult:
     """The final progress line, the manifest (one record per run, and the latest) and the failed shards."""
-    done = [f for f in tally.facts.values() if f.error is None]
-    failed = {f.url: f.error for f in tally.facts.values() if f.error is not None}
-    progress.update(len(done), tally.images, failed=len(failed), force=True)
+    progress.update(tally.done, tally.images, failed=len(tally.failed), force=True)
     elapsed = time.monotonic() - t0
-    counts: Counter = Counter()
-    for f in done:
-        counts.update(f.statuses)
     manifest = {
         "input": config.get("input"),
         "output": config.get("output"),
         "config": config,
         "config_hash": config_hash,
         "code_version": code_version(),
-        "shards": {"total": len(shards.urls), "skipped_done": skipped, "written": len(done), "failed": len(failed)},
-        "failed_shards": failed,
-        "rows": sum(f.rows for f in done),
-        "statuses": dict(counts),
-        "attempts": attempt,
+        "shards": {
+            "total": len(shards.urls),
+            "skipped_done": skipped,
+            "written": tally.done,
+            "failed": len(tally.failed),
+        },
+        "failed_shards": dict(tally.failed),
+        "rows": tally.rows,
+        "statuses": dict(tally.statuses),
+        # Units that ran more than once, and why: the units in flight on workers that were lost or stopped as
+        # hung (each is run again alone), and attempts that raised. A clean run has zeros.
+        "retries": {
+            "units_started_again": tally.units_started_again,
+            "units_in_flight_on_lost_workers": tally.lost_in_flight,
+            "workers_lost": tally.workers_lost,
+            "workers_hung": tally.workers_hung,
+            "failed_attempts": tally.failed_attempts,
+        },
+        "interrupted": tally.interrupted,
+        "driver": {"results": tally.results_received, "progress_polls": tally.progress_polls},
         "started": wall.isoformat(timespec="seconds"),
         "seconds": round(elapsed, 3),
         # until the first unit of work came back: listing, (Ray start,) model load, first batch
@@ -271,30 +412,15 @@ def _finish(
     }
     run_id = f"{wall.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
     manifest["run_id"] = run_id
-    manifest["written"] = sorted(({"name": f.name, "url": f.url} for f in done), key=lambda w: w["name"])
+    manifest["written"] = [{"name": n, "url": u} for n, u in sorted(tally.written)]
     # One record per run (what a nightly audit selects with `--run`), then the latest as manifest.json.
     output.write_json(f"{RUNS_DIR}/{run_id}.json", manifest)
     output.write_json(MANIFEST, manifest)
-    if failed:
+    if tally.failed:
         log.error(
             "%s: %d shard(s) failed:\n  %s",
             job.label,
-            len(failed),
-            "\n  ".join(f"{u}: {e}" for u, e in sorted(failed.items())),
+            len(tally.failed),
+            "\n  ".join(f"{u}: {e}" for u, e in sorted(tally.failed.items())),
         )
     return RunResult(manifest)
-
-
-def _facts_from_markers(output: OutputLocation, shards: storage.ShardList, remaining: list[str], tally: Tally) -> None:
-    """Shards of `remaining` that have a marker, though their fact never came (a writer that died after
-    writing it): their facts are read from the markers."""
-    missing = [u for u in remaining if u not in tally.facts]
-    if not missing:
-        return
-    by_url = {m.get("shard"): (name, m) for name, m in output.done().items()}
-    for url in missing:
-        if url in by_url:
-            name, m = by_url[url]
-            tally.facts[url] = ShardFact(
-                url, name, int(m.get("rows", 0)), dict(m.get("statuses", {})), int(m.get("io_retries", 0))
-            )

@@ -6,7 +6,7 @@ import logging
 import posixpath
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -32,12 +32,15 @@ class ScoredShard:
         url: the input shard's URL, from its marker.
         path: the Parquet file's path on the run's filesystem.
         rows: the row count its marker states.
+        source: what the input shard was when it was scored (size, ETag or modification time), from its
+            marker; empty for a run before markers recorded it.
     """
 
     name: str
     url: str
     path: str
     rows: int
+    source: dict = field(default_factory=dict)
 
 
 def source_of(url: str) -> str:
@@ -70,7 +73,13 @@ class ScoredRun:
             )
         base = self.location.path.rstrip("/")
         self.shards = [
-            ScoredShard(name, str(m.get("shard", name)), f"{base}/{SCORES_DIR}/{name}.parquet", int(m.get("rows", 0)))
+            ScoredShard(
+                name,
+                str(m.get("shard", name)),
+                f"{base}/{SCORES_DIR}/{name}.parquet",
+                int(m.get("rows", 0)),
+                dict(m.get("source") or {}),
+            )
             for name, m in sorted(markers.items())
         ]
         self.by_path = {s.path: s for s in self.shards}

@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     # SIGTERM (a scheduler stopping the job, `kill`) ends the run as Ctrl-C does: the `finally` blocks stop the
-    # shard writers, and a local Ray this process started is shut down with every worker it started.
+    # scoring workers and the run record is written, and a local Ray this process started is shut down with every
+    # worker it started.
     signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.run(args) or 0)

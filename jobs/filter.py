@@ -47,10 +47,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p,
         auto="Ray when a cluster is named, a thread pool in this process for up to 64 shards and 512 MB, "
         "else a local Ray",
-        ray="one Ray Data task per shard",
+        ray="Ray actors, one shard per unit (--workers actors)",
         local="a thread pool of --workers in this process",
     )
-    p.add_argument("--workers", type=positive_int, default=4, help="shards at once with --executor local (default: 4)")
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=4,
+        help="shards at once in this process, or Ray actors on Ray (default: 4)",
+    )
     add_address(p)
     add_storage_options(p)
     p.set_defaults(run=main)

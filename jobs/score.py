@@ -10,6 +10,8 @@ from dpiqa.jobs.args import (
     add_executor,
     add_run_options,
     add_storage_options,
+    nonnegative_int,
+    positive_float,
     positive_int,
     print_failures,
     run_options,
@@ -20,9 +22,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "score",
         help="score WebDataset shards into Parquet (resumable)",
-        description="Score every image of every shard with a DP-IQA model on Ray Data. Writes one Parquet file "
-        "per shard under OUT/scores/, a completion marker per shard under OUT/_done/ and a run "
-        "manifest OUT/manifest.json. Rerunning the same command skips finished shards.",
+        description="Score every image of every shard with a DP-IQA model, a shard per unit of work: each "
+        "shard is read, decoded, scored and written by one worker (a Ray actor on a cluster), which writes its "
+        "Parquet file under OUT/scores/, then its completion marker under OUT/_done/; the run's manifest is "
+        "OUT/manifest.json. A lost worker costs only the shards it held (they run again alone); rerunning the "
+        "same command skips finished shards.",
     )
     p.add_argument(
         "--input",
@@ -47,7 +51,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_MAX_PIXELS,
         help=f"larger images become 'too_large' rows (default: {DEFAULT_MAX_PIXELS})",
     )
-    p.add_argument("--actors", type=positive_int, default=None, help="scoring actors (default: one per GPU, else 1)")
+    p.add_argument("--actors", type=positive_int, default=None, help="scoring workers (default: one per GPU, else 1)")
+    p.add_argument(
+        "--units-per-worker",
+        type=positive_int,
+        default=2,
+        help="shards in flight on each worker: one is read and written while another scores (default: 2)",
+    )
+    p.add_argument(
+        "--retries",
+        type=nonnegative_int,
+        default=3,
+        help="runs again of a shard whose worker was lost or whose unit failed, before it is reported failed "
+        "(default: 3)",
+    )
+    p.add_argument(
+        "--hang-seconds",
+        type=positive_float,
+        default=900.0,
+        help="a worker that scores nothing for this long with shards in flight is replaced and its shards run "
+        "again (default: 900)",
+    )
     p.add_argument(
         "--decode-on",
         choices=["auto", "cpu", "device"],
@@ -59,7 +83,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p,
         auto="Ray when a cluster is named (--address, RAY_ADDRESS), this process for a small input (up to 64 "
         "shards and 512 MB: a local Ray's start-up costs more than it saves), else a local Ray",
-        ray="Ray Data (a local Ray unless a cluster is named)",
+        ray="Ray actors (a local Ray unless a cluster is named)",
         local="this process, no Ray",
     )
     p.add_argument(
@@ -85,6 +109,9 @@ def main(args: argparse.Namespace) -> int:
         write_maps=args.write_maps,
         max_pixels=args.max_pixels,
         actors=args.actors,
+        units_per_worker=args.units_per_worker,
+        retries=args.retries,
+        hang_seconds=args.hang_seconds,
         decode_on=args.decode_on,
         skip_missing=args.skip_missing,
         storage_options=args.storage_options,

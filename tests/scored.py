@@ -41,11 +41,12 @@ def score_shards(
     out = OutputLocation(output, storage_options)
     identity = {"model": model, "checkpoint_hash": f"test:{model}"}
     digest = out.claim(identity)
-    writer = ShardWriter(out, names, {**identity, "code_version": "test"}, model, digest)
+    scores_schema = schema.with_metadata(schema.SCORES_SCHEMA, {**identity, "code_version": "test"})
     reader = SourceStage(chunk_size=5, storage_options=storage_options)
     for url in urls:
         if url in skip:
             continue
+        writer = ShardWriter(out, url, names[url], scores_schema, None, model, digest)
         for batch in reader.read_shard(url):
             n = len(batch["index"])
             score = np.full(n, np.nan, dtype=np.float32)
@@ -70,8 +71,6 @@ def score_shards(
                     "height": np.full(n, 30, np.int32),
                 }
             )
-    report = writer.drain(wait=True)
-    writer.close()
-    failed = [f for f in report["facts"] if f["error"]]
-    assert not failed and not report["in_flight"], (failed, report["in_flight"])
+        fact = writer.commit()
+        assert fact.error is None, fact
     return names

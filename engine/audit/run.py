@@ -14,6 +14,7 @@ from dpiqa.engine.audit import drift, history, report
 from dpiqa.engine.audit.stats import Extreme, Grid, RunStats
 from dpiqa.engine.audit.thumbnails import read_thumbnails
 from dpiqa.engine.executor import named_cluster
+from dpiqa.engine.executor.base import UnitWorker
 from dpiqa.engine.progress import Progress
 from dpiqa.engine.scores import ScoredRun, source_of
 from dpiqa.errors import ALERT
@@ -146,30 +147,42 @@ def _scan(run: ScoredRun, grid: Grid, extremes: int, groups: bool, batch_size: i
     return stats
 
 
-def _scan_part(
-    url: str,
-    storage_options: dict | None,
-    shards: list,
-    schema,
-    grid: Grid,
-    extremes: int,  # noqa: ANN001
-    groups: bool,
-    batch_size: int,
-) -> RunStats:
-    """One Ray task of a distributed scan: its shards' files, read where the task runs."""
-    return _scan(ScoredRun.part(url, storage_options, shards, schema), grid, extremes, groups, batch_size, None)
+class ScanWorker(UnitWorker):
+    """The audit's unit worker on a cluster: one part of the run (shards of about `ROWS_PER_TASK` rows) per call,
+    its files read where the worker runs; returns the part's statistics (bounded by the grid, the extremes and
+    one aggregate per shard), which the driver merges."""
+
+    label = "audit"
+
+    def __init__(
+        self,
+        url: str,
+        storage_options: dict | None,
+        schema,
+        grid: Grid,
+        extremes: int,
+        groups: bool,
+        batch_size: int,  # noqa: ANN001
+    ) -> None:
+        self.url, self.storage_options, self.schema = url, storage_options, schema
+        self.grid, self.extremes, self.groups, self.batch_size = grid, extremes, groups, batch_size
+
+    def __call__(self, unit: dict) -> dict:
+        part = ScoredRun.part(self.url, self.storage_options, unit["shards"], self.schema)
+        return {"stats": _scan(part, self.grid, self.extremes, self.groups, self.batch_size, None)}
 
 
 def _scan_on_ray(
     run: ScoredRun, grid: Grid, extremes: int, groups: bool, batch_size: int, label: str, address: str | None
 ) -> RunStats:
-    """The files split among Ray tasks by their markers' row counts (about `ROWS_PER_TASK` each); each task
-    returns its statistics (bounded by the grid, the extremes and one aggregate per shard), merged here."""
+    """The files split into units by their markers' row counts (about `ROWS_PER_TASK` each), scanned by Ray
+    workers through the shard loop every job shares (`engine.runner.run_units`: a lost worker costs only its
+    unit); the parts' statistics are merged here."""
     import ray
 
-    from dpiqa.engine.executor.ray_data import init_ray
+    from dpiqa.engine.executor.ray_actors import RayExecutor
+    from dpiqa.engine.runner import Tally, run_units
 
-    init_ray(address)
     parts, current, rows = [], [], 0
     for shard in run.shards:
         current.append(shard)
@@ -179,19 +192,32 @@ def _scan_on_ray(
             current, rows = [], 0
     if current:
         parts.append(current)
-    task = ray.remote(num_cpus=1)(_scan_part)
-    pending = {
-        task.remote(run.url, run.storage_options, part, run.schema, grid, extremes, groups, batch_size): len(part)
-        for part in parts
-    }
+    executor = RayExecutor(address)
+    executor.connect()
+    slots = max(1, min(len(parts), int(ray.cluster_resources().get("CPU", 1))))
+    worker = ScanWorker(run.url, run.storage_options, run.schema, grid, extremes, groups, batch_size)
     stats = RunStats(grid, extremes=extremes, groups=groups)
-    progress, done = Progress(label, len(run.shards), unit="rows"), 0
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        stats.merge(ray.get(ready[0]))
-        done += pending.pop(ready[0])
-        progress.update(done, stats.total.rows)
-    progress.update(done, stats.total.rows, force=True)
+    progress, done = Progress(label, len(run.shards), unit="rows"), [0]
+    failures: dict[str, str] = {}
+
+    def merge(unit: dict, result: dict) -> None:
+        stats.merge(result["stats"])
+        done[0] += len(unit["shards"])
+        progress.update(done[0], stats.total.rows)
+
+    def failed(unit: dict, why: str) -> None:
+        failures[unit["url"]] = why
+
+    pool = executor.pool(worker, slots, depth=1)
+    try:
+        units = ({"url": f"part {i + 1} of {len(parts)}", "shards": part} for i, part in enumerate(parts))
+        run_units(pool, units, merge, failed, Tally(), label)
+    finally:
+        pool.close()
+    if failures:
+        unit, why = next(iter(failures.items()))
+        raise OSError(f"{label}: {len(failures)} part(s) of {run.url} could not be scanned ({unit}: {why})")
+    progress.update(done[0], stats.total.rows, force=True)
     return stats
 
 

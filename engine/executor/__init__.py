@@ -1,4 +1,4 @@
-"""Executors run a list of stages over shards: a plain local loop, or Ray Data."""
+"""Executors: where the units of a shard job run (this process, or Ray actors on a cluster), and the choice."""
 
 from __future__ import annotations
 
@@ -35,18 +35,18 @@ def choose_executor(
     `auto`: Ray when a cluster is named, this process for a small input (`SMALL_SHARDS`, `SMALL_BYTES`), a
     local Ray otherwise. The choice is logged with what decided it."""
     from dpiqa.engine.executor.local import LocalExecutor
-    from dpiqa.engine.executor.ray_data import RayDataExecutor
+    from dpiqa.engine.executor.ray_actors import RayExecutor
 
     if kind not in EXECUTORS:
         raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, not {kind!r}")
     if kind == "local":
         return LocalExecutor()
     if kind == "ray":
-        return RayDataExecutor(address=address)
+        return RayExecutor(address=address)
     named = named_cluster(address)
     if named:
         log.info("%s: on the Ray cluster at %s", label, named)
-        return RayDataExecutor(address=address)
+        return RayExecutor(address=address)
     if shards is not None and len(shards.urls) <= SMALL_SHARDS:
         from dpiqa.storage import sizes
 
@@ -60,4 +60,4 @@ def choose_executor(
             )
             return LocalExecutor()
     log.info("%s: on a local Ray (no cluster named; --address or RAY_ADDRESS to use one)", label)
-    return RayDataExecutor()
+    return RayExecutor()

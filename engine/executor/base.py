@@ -1,43 +1,126 @@
-"""The executor interface: run map stages over input rows and feed every output batch to a sink."""
+"""The executor interface: workers that each do one unit of work (a shard) per call, in a pool the runner drives.
+
+A unit is the unit of work and of failure (img2dataset's distributor: one call reads, processes and writes
+one whole shard; NeMo Curator's tasks that stay intact through the GPU stages). The shard loop that hands
+units to the pool, retries one unit alone, notices a lost or hung worker and counts everything is the
+runner's (`dpiqa.engine.runner.run_units`): written once for every executor and every job.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from dpiqa.engine.stages.base import Batch, Stage
 
-Sink = Callable[[Batch], None]
+class UnitWorker(ABC):
+    """Does one unit per call in a worker set up once (a model loaded once per actor).
+
+    The object is built on the driver with settings only (it travels to the workers by pickle); `setup()`
+    runs once in the worker before its first unit. Calls may run concurrently in one worker (`depth` units in
+    flight per worker, so that one unit's reading and writing overlap another's scoring): `__call__` must be
+    thread-safe. `progress()` is called from yet another thread.
+
+    Attributes:
+        label: what the units are, in log lines (`score`, `filter`, `audit`).
+        num_cpus, num_gpus: resources of one worker on Ray.
+    """
+
+    label: str = "unit"
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+    def setup(self) -> None:  # noqa: B027 - an optional hook
+        """Load what the units need (a model); once per worker, before the first unit."""
+
+    @abstractmethod
+    def __call__(self, unit: dict) -> dict:
+        """Do `unit` whole (read, process, write, commit) and return its small result. Raises when the unit
+        failed in a way worth another attempt (the runner retries it alone, up to its limit)."""
+
+    def progress(self) -> tuple[int, int]:
+        """`(rows of the units in flight now, rows processed since setup)`: the first for progress lines,
+        the second to tell a working worker from a hung one."""
+        return 0, 0
+
+    def teardown(self) -> None:  # noqa: B027 - an optional hook
+        """Release what `setup()` took."""
+
+
+class WorkerLost(RuntimeError):
+    """The worker that ran a unit is gone (its process or node died, or it was stopped as hung): the unit
+    did not fail by itself and is run again elsewhere."""
+
+
+class WorkerSetupError(ValueError):
+    """A worker's setup failed (a model that cannot load, a missing dependency): every worker would fail the
+    same way, so the run stops with this error instead of retrying."""
+
+
+class WorkerPool(ABC):
+    """`slots` workers, each taking up to `depth` units at once.
+
+    Tickets are opaque handles of submitted units (futures, Ray object refs)."""
+
+    slots: int
+    depth: int
+    # Whether a worker that stops making progress can be stopped and replaced (a Ray actor can; a thread of
+    # this process cannot be killed).
+    restartable: bool = False
+
+    @abstractmethod
+    def ready(self, slot: int) -> bool:
+        """Whether the worker in `slot` has finished its setup (units are only given to ready workers: one that
+        the cluster cannot place yet must not hold units).
+
+        Raises:
+            WorkerSetupError: its setup failed (a model that cannot load): the run cannot go on.
+        """
+
+    @abstractmethod
+    def submit(self, slot: int, unit: dict) -> Any:
+        """Start `unit` on the worker in `slot`; returns its ticket."""
+
+    @abstractmethod
+    def wait(self, tickets: Sequence[Any], timeout: float) -> list:
+        """The tickets of `tickets` that have finished, waiting up to `timeout` seconds for the first."""
+
+    @abstractmethod
+    def result(self, ticket: Any) -> dict:
+        """A finished unit's result.
+
+        Raises:
+            WorkerLost: the worker died with the unit in flight.
+            Exception: the unit's own failure.
+        """
+
+    @abstractmethod
+    def progress(self) -> list[tuple[int, int] | None]:
+        """Each slot's `UnitWorker.progress()`, None for a worker that did not answer within seconds (still
+        starting, or stuck)."""
+
+    def restart(self, slot: int) -> None:
+        """Stop the worker in `slot` and start a fresh one (its units in flight are lost with it)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot replace a worker")
+
+    def generation(self, slot: int) -> int:
+        """How many times the worker in `slot` was replaced (a ticket of an older worker is stale)."""
+        return 0
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop every worker."""
 
 
 class Executor(ABC):
-    """Runs `stages` (the first one receives batches of `items`) and calls `sink` on each output batch."""
+    """Where units run: this process (`LocalExecutor`) or Ray actors on a cluster (`RayExecutor`)."""
 
-    in_process: bool = False  # whether the stages run in the caller's process
-
-    def retryable(self, exc: BaseException) -> bool:
-        """Whether a failed run is worth starting again on its unfinished items (a lost node, say)."""
-        return False
+    in_process: bool = False  # whether the units run in the caller's process
 
     @abstractmethod
-    def run(self, items: list[dict], stages: Sequence[Stage], sink: Sink) -> None:
-        """Process every item; returns when the last output batch has gone to the sink."""
+    def pool(self, worker: UnitWorker, slots: int, depth: int = 2) -> WorkerPool:
+        """Start `slots` workers each holding `worker` (set up once), `depth` units in flight on each."""
 
-    def default_writers(self) -> int:
-        """How many shard writers a job starts when not told: one per node."""
+    def default_slots(self, worker: UnitWorker) -> int:
+        """How many workers a job starts when not told: as many as the resources hold (GPUs for a GPU worker)."""
         return 1
-
-    @abstractmethod
-    def start(self, cls: type, args: list[tuple]) -> list:
-        """Long-lived workers `cls(*a)`, one per `a` in `args`, that stages can hand rows to (the shard
-        writers): objects in this process, or Ray actors spread over the cluster."""
-
-    @abstractmethod
-    def call(self, handles: list, method: str, *args: Any) -> list:
-        """`handle.method(*args)` on each of `handles`, concurrently; a result is None where the worker is
-        gone (its process or node died)."""
-
-    @abstractmethod
-    def stop(self, handles: list) -> None:
-        """End the workers of `start`."""

@@ -1,8 +1,8 @@
-"""An executor on Ray Data: a streaming `map_batches` chain, actor pools for stateful stages."""
+"""Ray itself for every job (`init_ray`, quiet logs, which failures are Ray's) and Ray Data's actor pools for
+the training jobs' datasets (`actor_pool`). Scoring, filtering and the audit scan run on `RayExecutor`."""
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import secrets
@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dpiqa.engine.executor.base import Executor, Sink
 from dpiqa.engine.stages.base import Batch, Stage
 
 log = logging.getLogger(__name__)
@@ -23,7 +22,7 @@ def _ray():
     try:
         import ray
     except ImportError as exc:  # pragma: no cover - ray is a dependency; this guards slim installs
-        raise ImportError("pip install 'ray[data]' to use RayDataExecutor") from exc
+        raise ImportError("pip install 'ray[data]' to use Ray") from exc
     return ray
 
 
@@ -143,16 +142,6 @@ def is_ray_system_error(exc: BaseException) -> bool:
     return True
 
 
-def _drop_tracebacks(exc: BaseException) -> None:
-    """Clear the tracebacks of `exc` and of the exceptions it was raised from or while handling."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        e.__traceback__ = None
-        e = e.__cause__ or e.__context__
-
-
 class StageActor:
     """Ray Data needs a class to run an actor pool; this one holds a stage and sets it up once.
 
@@ -201,99 +190,3 @@ def actor_pool(ds, stage: Stage, size: int = 1, progress: tuple[str, int | None]
         compute=ray.data.ActorPoolStrategy(size=size),
         **kwargs,
     )
-
-
-class RayDataExecutor(Executor):
-    """Runs the stages as one streaming Ray Data pipeline and feeds its output to the sink.
-
-    Args:
-        address: Ray cluster address; None uses `RAY_ADDRESS` or starts a local Ray.
-        num_cpus: CPUs of a local Ray (default: all).
-        prefetch_batches: output batches fetched ahead of the sink.
-    """
-
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, prefetch_batches: int = 2) -> None:
-        self.address, self.num_cpus, self.prefetch_batches = address, num_cpus, prefetch_batches
-
-    def default_writers(self) -> int:
-        ray = _ray()
-        init_ray(self.address, self.num_cpus)
-        return max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
-
-    def start(self, cls: type, args: list[tuple]) -> list:
-        """Ray actors of `cls`, spread over the nodes; no CPU reserved (they wait on I/O and other stages'
-        rows, and must never keep a scoring or decoding task from being scheduled); threaded, so that
-        rows are taken while files are written."""
-        ray = _ray()
-        init_ray(self.address, self.num_cpus)
-        actor = ray.remote(cls).options(num_cpus=0, max_concurrency=8, scheduling_strategy="SPREAD")
-        return [actor.remote(*a) for a in args]
-
-    def call(self, handles: list, method: str, *args: Any) -> list:
-        ray = _ray()
-        refs = [getattr(h, method).remote(*args) for h in handles]
-        out = []
-        for ref in refs:
-            try:
-                out.append(ray.get(ref))
-            except ray.exceptions.RayActorError as exc:
-                log.warning("a %s worker is gone (%s)", method, type(exc).__name__)
-                out.append(None)
-        return out
-
-    def stop(self, handles: list) -> None:
-        ray = _ray()
-        for h in handles:
-            try:
-                ray.get(h.close.remote(), timeout=60)
-            except Exception:  # noqa: BLE001 - a worker that died or hangs is killed all the same
-                pass
-            ray.kill(h, no_restart=True)
-
-    def retryable(self, exc: BaseException) -> bool:
-        return is_ray_system_error(exc)
-
-    def run(self, items: list[dict], stages: Sequence[Stage], sink: Sink) -> None:
-        if not items:
-            return
-        ray = _ray()
-        init_ray(self.address, self.num_cpus)
-        configure_data_context()
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
-        quiet_ray_logs()
-        stages = list(stages)
-        while stages:
-            stage = stages.pop(0)
-            kwargs = dict(batch_size=stage.batch_size, batch_format="numpy", num_cpus=stage.num_cpus)
-            if stage.num_gpus:
-                kwargs["num_gpus"] = stage.num_gpus
-            if stage.runs_as_actor:
-                size = stage.concurrency or 1
-                pool = (
-                    ray.data.ActorPoolStrategy(size=size)
-                    if isinstance(size, int)
-                    else ray.data.ActorPoolStrategy(min_size=size[0], max_size=size[1])
-                )
-                then = []
-                while stages and stages[0].beside_actor:
-                    then.append(stages.pop(0))
-                ds = _map_with_actors(ds, fn_constructor_args=(stage, None, then), compute=pool, **kwargs)
-            else:
-                ds = ds.map_batches(stage, **kwargs)
-        batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=self.prefetch_batches))
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            except Exception as exc:
-                # Ray Data stops a failed run's actors by dropping their handles, but the exception's traceback
-                # holds its executor and so those handles, for as long as anything holds the exception (a log
-                # record, the caller's retry loop), and the executor's own reference cycles hold them until a
-                # garbage collection: the idle actors would keep their CPUs or GPUs, and the next attempt would
-                # wait for them for good. Ray's own message carries the remote traceback.
-                del ds, batches
-                _drop_tracebacks(exc)
-                gc.collect()
-                raise
-            sink(batch)

@@ -1,18 +1,16 @@
 """`run_filter`: a filter run over many shards (pair each input shard with its scores, choose the cut, claim
-the output, run `ShardFilter` per shard on a thread pool or as Ray Data tasks through the shared shard-job
-runner)."""
+the output, run `ShardFilter` one shard per unit through the shared shard loop, in this process or on Ray)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from dpiqa import storage
+from dpiqa.engine.executor.base import UnitWorker
 from dpiqa.engine.filter.cutoff import Cutoff, min_score_cutoff, top_fraction_cutoff
 from dpiqa.engine.filter.shard_copy import KEYS_DIR, ShardFilter, ShardResult, ShardTask
 from dpiqa.engine.output import DONE_DIR, OutputLocation, RunResult
@@ -37,7 +35,8 @@ class FilterConfig:
             shards; ties at the cut are kept in (shard name, index) order.
         keys_only: write only the kept keys (`keys/NAME.parquet`), no shards.
         overwrite: replace another filter's results at `output`.
-        workers: shards filtered at once by the local executor.
+        workers: shards filtered at once in this process (threads: the work is copying bytes between
+            streams, which waits on I/O), or on Ray the workers (each with two shards in flight).
         storage_options: fsspec options for every location.
     """
 
@@ -85,8 +84,8 @@ def run_filter(config: FilterConfig, executor: str = "auto", address: str | None
 
     Args:
         config: the run.
-        executor: `local` (a thread pool of `config.workers`), `ray` (one Ray Data task per shard) or `auto`
-            (`dpiqa.engine.executor.choose_executor`).
+        executor: `local` (this process, `config.workers` shards at once), `ray` (`config.workers` Ray actors,
+            a shard per unit) or `auto` (`dpiqa.engine.executor.choose_executor`).
         address: Ray cluster address for the `ray` executor.
 
     Raises:
@@ -128,12 +127,9 @@ def run_filter(config: FilterConfig, executor: str = "auto", address: str | None
     digest = out.claim(identity, overwrite=config.overwrite)
 
     todo, skipped = pending_shards(out, shards)
-    if executor == "auto":
-        from dpiqa.engine.executor import choose_executor
+    from dpiqa.engine.executor import choose_executor
 
-        executor = (
-            "local" if choose_executor("auto", address, shards, config.storage_options, "filter").in_process else "ray"
-        )
+    runner = choose_executor(executor, address, shards, config.storage_options, "filter")
     log.info(
         "filter: %d shards, %d already done, %d to do, %d without scores",
         len(shards.urls),
@@ -142,55 +138,63 @@ def run_filter(config: FilterConfig, executor: str = "auto", address: str | None
         len(missing),
     )
     worker = ShardFilter(config.scores, config.output, cutoff, config.keys_only, digest, config.storage_options)
-    tasks = {url: ShardTask(url, s.name, s.path) for url, s in pairs}
-    job = FilterJob(worker, tasks, missing, executor, config.workers, address, out, cutoff, config.scores)
+    # A shard paired by name (moved or copied since it was scored) keeps its size and ETag but not its
+    # modification time: only what a copy keeps is compared.
+    tasks = {
+        url: ShardTask(
+            url, s.name, s.path, s.source if s.url == url else {k: v for k, v in s.source.items() if k != "mtime"}
+        )
+        for url, s in pairs
+    }
+    job = FilterJob(worker, tasks, missing, out, cutoff, config.scores)
     settings = {k: v for k, v in asdict(config).items() if k != "storage_options"}
-    return run_shard_job(job, shards, out, todo, skipped, settings, digest, retries=2, started=t0)
+    slots, depth = (1, config.workers) if runner.in_process else (config.workers, 2)
+    return run_shard_job(
+        job, runner, shards, out, todo, skipped, settings, digest, slots=slots, depth=depth, retries=2, started=t0
+    )
 
 
 class FilterJob(ShardJob):
-    """`filter` as a shard job: one `ShardFilter` call per shard, on a thread pool or as Ray Data tasks."""
+    """`filter` as a shard job: one `ShardFilter` call per shard (a shard without scores fails at once)."""
 
     label = "filter"
     unit = "kept samples"
 
     def __init__(
         self,
-        worker: ShardFilter,
+        filter_: ShardFilter,
         tasks: dict[str, ShardTask],
         missing: dict[str, str],
-        executor: str,
-        workers: int,
-        address: str | None,
         out: OutputLocation,
         cutoff: Cutoff,
         scores: str,
     ) -> None:
-        self.worker, self.tasks, self.missing, self.executor = worker, tasks, missing, executor
-        self.workers, self.address, self.out, self.cutoff, self.scores = workers, address, out, cutoff, scores
+        self.filter, self.tasks, self.missing = filter_, tasks, missing
+        self.out, self.cutoff, self.scores = out, cutoff, scores
         self.kept = self.refused = 0
 
-    def process(self, shards: list[str], fact: Callable[[ShardFact], None], units: Callable[[int], None]) -> None:
-        for url in shards:
-            if url in self.missing:
-                fact(ShardFact(url, "", error=self.missing[url]))
-        todo = [self.tasks[u] for u in shards if u in self.tasks]
-        run = (
-            _run_local(self.worker, todo, self.workers)
-            if self.executor == "local"
-            else _run_ray(self.worker, todo, self.address)
-        )
-        for r in run:
-            if r.error is None:
-                self.kept += r.kept
-                self.refused += r.refused
-            fact(ShardFact(r.url, r.name, r.rows_scored, {"kept": r.kept, "refused": r.refused}, error=r.error))
-            units(r.kept)
+    def worker(self) -> UnitWorker:
+        return FilterWorker(self.filter)
 
-    def retryable(self, exc: BaseException) -> bool:
-        from dpiqa.engine.executor.ray_data import is_ray_system_error
+    def units(self, todo: list[str], names: dict[str, str]) -> Iterable[dict]:
+        for url in todo:
+            task = self.tasks.get(url)
+            yield {
+                "url": url,
+                "name": names[url],
+                "task": asdict(task) if task else None,
+                "missing": self.missing.get(url),
+            }
 
-        return self.executor != "local" and is_ray_system_error(exc)
+    def fact(self, unit: dict, result: dict) -> ShardFact:
+        r = ShardResult(**result)
+        if r.error is None:
+            self.kept += r.kept
+            self.refused += r.refused
+        return ShardFact(r.url, r.name, r.rows_scored, {"kept": r.kept, "refused": r.refused}, error=r.error)
+
+    def progress_units(self, fact: ShardFact) -> int:
+        return fact.statuses.get("kept", 0)
 
     def manifest(self, tally: Tally) -> dict:
         totals = {"kept": 0, "refused": 0}
@@ -219,36 +223,16 @@ def _remove_previous(out: OutputLocation) -> None:
             out.remove(rel)
 
 
-def _run_local(
-    worker: Callable[[ShardTask], ShardResult], tasks: list[ShardTask], workers: int
-) -> Iterable[ShardResult]:
-    """Shards on a thread pool: the work is copying bytes between object-store streams (no decoding), so
-    threads overlap the I/O latency and the GIL is released while they wait; processes would add nothing
-    but pickling of the member bytes."""
-    if not tasks:
-        return
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        futures = [pool.submit(worker, t) for t in tasks]
-        for future in as_completed(futures):
-            yield future.result()
+class FilterWorker(UnitWorker):
+    """The unit worker of `filter`: one shard per call (`ShardFilter`); a shard without scores fails at once."""
 
+    label = "filter"
+    num_cpus = 0.5  # copying bytes between streams waits on I/O
 
-def _run_ray(worker: ShardFilter, tasks: list[ShardTask], address: str | None) -> Iterable[ShardResult]:
-    """Shards as Ray Data tasks, one per shard (`from_items` + `map`): workers read and write the shards
-    themselves; only each shard's small result comes back to the driver."""
-    if not tasks:
-        return
-    import ray
+    def __init__(self, filter_: ShardFilter) -> None:
+        self.filter = filter_
 
-    from dpiqa.engine.executor.ray_data import configure_data_context, init_ray
-
-    init_ray(address)
-    configure_data_context()
-
-    def one(row: dict) -> dict:
-        r = worker(ShardTask(**row))
-        return {"result": json.dumps(asdict(r))}
-
-    ds = ray.data.from_items([asdict(t) for t in tasks], override_num_blocks=len(tasks))
-    for row in ds.map(one, num_cpus=0.5).iter_rows():
-        yield ShardResult(**json.loads(row["result"]))
+    def __call__(self, unit: dict) -> dict:
+        if unit["task"] is None:
+            return asdict(ShardResult(unit["name"], unit["url"], error=unit["missing"]))
+        return asdict(self.filter(ShardTask(**unit["task"])))

@@ -52,11 +52,13 @@ def unsafe_name(name: str) -> str | None:
 
 @dataclass
 class ShardTask:
-    """One input shard to filter: its URL, its output name and its scores file."""
+    """One input shard to filter: its URL, its output name, its scores file, and what the shard was when it
+    was scored (its score marker's `source`: size, ETag or modification time; empty when not recorded)."""
 
     url: str
     name: str
     scores_path: str
+    source: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -102,6 +104,9 @@ class ShardFilter:
             return ShardResult(task.name, task.url, error=f"{type(exc).__name__}: {exc}")
 
     def run(self, task: ShardTask) -> ShardResult:
+        changed = _changed_since_scored(task, self.storage_options)
+        if changed:
+            return ShardResult(task.name, task.url, error=changed)
         scores_fs, _ = storage.get_fs(self.scores_url, self.storage_options)
         table = storage.retry(
             lambda: pq.read_table(task.scores_path, columns=["index", "key", "score", "status"], filesystem=scores_fs),
@@ -203,3 +208,21 @@ class ShardFilter:
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             tar.addfile(info, io.BytesIO(data))
         return True
+
+
+def _changed_since_scored(task: ShardTask, storage_options: dict | None) -> str | None:
+    """Why the shard is not the one that was scored (its size, ETag or modification time differ from what its
+    score marker recorded), or None. Scores match samples by position: copying from a changed shard would keep
+    the wrong samples."""
+    from dpiqa.engine.stages.source import source_identity
+
+    if not task.source:
+        return None
+    now = source_identity(task.url, storage_options)
+    for what in ("size", "etag", "mtime"):
+        if what in task.source and what in now and task.source[what] != now[what]:
+            return (
+                f"the shard changed since it was scored ({what} {task.source[what]} then, {now[what]} now); "
+                "score it again (dpiqa score --overwrite, or into a new --output) before filtering"
+            )
+    return None

@@ -166,6 +166,25 @@ def shard_samples(url: str, storage_options: dict | None = None) -> Iterator[Ite
         yield iter_samples(reader, reopen=lambda: RetryingReader(fs, path))
 
 
+def source_identity(url: str, storage_options: dict | None = None) -> dict:
+    """What a shard is now, to tell later whether it changed: its size, and its ETag (object stores) or
+    modification time (file systems); `{}` when the store says nothing."""
+    fs, path = get_fs(url, storage_options)
+    try:
+        info = fs.info(path)
+    except Exception:  # noqa: BLE001 - the read itself reports an unreadable shard
+        return {}
+    out = {"size": info.get("size")}
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        out["etag"] = str(etag).strip('"')
+    else:
+        mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+        if mtime is not None:
+            out["mtime"] = mtime.isoformat() if hasattr(mtime, "isoformat") else float(mtime)
+    return out
+
+
 class SourceStage(Stage):
     """Reads shards (rows with a `shard` URL) and yields their samples in chunks of raw member bytes.
 

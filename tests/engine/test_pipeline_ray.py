@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -17,9 +18,8 @@ from clirun import dpiqa
 from test_pipeline import MODEL, read_rows
 
 from dpiqa.engine.executor.local import LocalExecutor
-from dpiqa.engine.executor.ray_data import RayDataExecutor
+from dpiqa.engine.executor.ray_actors import RayExecutor
 from dpiqa.engine.pipeline import ScoreConfig, run_score
-from dpiqa.engine.stages.base import Stage
 from dpiqa.models.student import DPIQAStudent, StudentConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ def test_ray_run_equals_local_run(ray_local, tmp_path):
         ScoreConfig(
             input=f"{shards}/{{00000..00003}}.tar", output=str(tmp_path / "b"), model=MODEL, batch_size=4, chunk_size=5
         ),
-        RayDataExecutor(),
+        RayExecutor(),
     )
     assert local.exit_code == distributed.exit_code == 0
     a, b = read_rows(str(tmp_path / "a")), read_rows(str(tmp_path / "b"))
@@ -52,12 +52,12 @@ def test_s3_in_and_out_with_resume(ray_local, s3, tmp_path):
     config = ScoreConfig(
         input=f"s3://{bucket}/shards/", output=f"s3://{bucket}/scores", model=MODEL, storage_options=options
     )
-    first = run_score(config, RayDataExecutor())
+    first = run_score(config, RayExecutor())
     assert first.exit_code == 0 and first.manifest["rows"] == 18
     rows = read_rows(f"s3://{bucket}/scores", options)
     assert {r["shard"] for r in rows} == {f"s3://{bucket}/shards/{i:05d}.tar" for i in range(3)}
     fs.rm(f"{bucket}/scores/_done/00001.json")  # as if killed before this shard finished
-    again = run_score(config, RayDataExecutor())
+    again = run_score(config, RayExecutor())
     assert again.manifest["shards"] == {"total": 3, "skipped_done": 2, "written": 1, "failed": 0}
     assert read_rows(f"s3://{bucket}/scores", options) == rows
 
@@ -137,81 +137,41 @@ def test_sigkill_half_way_then_rerun_equals_uninterrupted(tmp_path):
         assert a["score"] == pytest.approx(b["score"], rel=1e-5)
 
 
-def test_a_writer_dying_between_a_shards_parquet_and_its_marker_loses_and_duplicates_nothing(
-    ray_local, tmp_path, monkeypatch
-):
-    """The shard writers are Ray actors: one that dies after writing a shard's Parquet and before its marker
-    (here: on purpose, once) fails the attempt; the next attempt writes that shard again from the start, and
-    the output equals an uninterrupted run's."""
-    from dpiqa.engine import pipeline
-    from dpiqa.engine.stages.write import ShardWriter
+def score_on_ray(shards: Path, out: Path, failpoint: str, *extra: str) -> subprocess.CompletedProcess:
+    """`dpiqa score --executor ray` in a process of its own (a local Ray of its own, whose workers inherit
+    `DPIQA_FAILPOINTS`)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DPIQA_FAILPOINTS": failpoint}
+    cmd = cli("--input", str(shards), "--output", str(out), "--model", MODEL, "--executor", "ray", *extra)
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
 
+
+@pytest.mark.slow  # two local Rays of their own
+def test_a_worker_process_that_dies_costs_only_its_unit_and_a_failed_setup_stops_the_run(tmp_path):
     shards = tmp_path / "in"
     shards.mkdir()
-    corpus.write_corpus(shards, shards=4, per_shard=6)
-    flag = tmp_path / "died"
-
-    class DyingWriter(ShardWriter):  # defined here, so Ray ships the class itself to the actor
-        def _write_shard(self, url, state):  # noqa: ANN001
-            if url.endswith("00002.tar") and not flag.exists():
-                self.output.write_table("scores", self.names[url], self._scores_table(url, {}, 0))
-                flag.write_text("dead")
-                os._exit(1)  # the process ends between the shard's Parquet and its marker
-            return super()._write_shard(url, state)
-
+    corpus.write_corpus(shards, shards=6, per_shard=5)
     clean = run_score(ScoreConfig(input=str(shards), output=str(tmp_path / "clean"), model=MODEL), LocalExecutor())
-    monkeypatch.setattr(pipeline, "ShardWriter", DyingWriter)
-    result = run_score(
-        ScoreConfig(input=str(shards), output=str(tmp_path / "out"), model=MODEL, writers=2), RayDataExecutor()
-    )
-    assert flag.exists(), "the writer did not die: the test tested nothing"
-    assert result.exit_code == 0 and result.manifest["attempts"] == 2, result.manifest
-    a, b = read_rows(str(tmp_path / "clean")), read_rows(str(tmp_path / "out"))
-    assert len(b) == 24 == len({(r["shard"], r["index"]) for r in b})
-    assert [(r["shard"], r["index"], r["key"], r["status"]) for r in a] == [
-        (r["shard"], r["index"], r["key"], r["status"]) for r in b
-    ]
     assert clean.exit_code == 0
 
+    # The worker process dies (os._exit) as it starts the shard 00003, once: Ray's actor is lost with the units
+    # it held; a new worker takes its place and the lost units run again, alone.
+    once = tmp_path / "died-once"
+    r = score_on_ray(shards, tmp_path / "out", f"unit.start=exit:match:00003:once:{once}")
+    assert once.exists(), "the worker did not die: the test tested nothing"
+    assert r.returncode == 0, r.stderr[-3000:]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    retries = manifest["retries"]
+    assert retries["workers_lost"] == 1 and 1 <= retries["units_in_flight_on_lost_workers"] <= 2, retries
+    assert retries["units_started_again"] == retries["units_in_flight_on_lost_workers"], retries
+    assert manifest["shards"]["written"] == 6
+    a, b = read_rows(str(tmp_path / "clean")), read_rows(str(tmp_path / "out"))
+    assert len(b) == 30 == len({(x["shard"], x["index"]) for x in b})
+    assert [(x["shard"], x["index"], x["key"], x["status"]) for x in a] == [
+        (x["shard"], x["index"], x["key"], x["status"]) for x in b
+    ]
 
-def test_a_bug_in_a_stage_is_not_retried_and_a_writer_that_does_not_answer_fails_the_pipeline(ray_local):
-    """What Ray Data really raises: a stage's own error is not worth another attempt (it would fail again);
-    a writer that died or stopped answering fails the pipeline within the hand-off's timeout, with a message
-    that says so (the driver then finds the dead writer and retries: the writer-dying test above)."""
-    from dpiqa.engine.stages.write import WriteStage
-
-    class Buggy(Stage):  # defined here, so Ray ships the class itself to the workers
-        name = "buggy"
-        num_cpus = 1.0
-
-        def setup(self) -> None:  # an actor stage, as the scorer
-            pass
-
-        def __call__(self, batch):  # noqa: ANN001, ANN204
-            raise ValueError("a bug in a stage")
-
-    executor = RayDataExecutor()
-    with pytest.raises(ray_local.exceptions.RayError, match="ValueError: a bug in a stage") as bug:
-        executor.run([{"shard": "a.tar"}], [Buggy()], lambda batch: None)
-    assert not executor.retryable(bug.value)
-    # The failed pipeline's actor gives its CPU back while its exception is still held (here by pytest; in a
-    # run, by a log record and the retry loop): else the next attempt waits for that CPU for good.
-    deadline = time.monotonic() + 60
-    while ray_local.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert ray_local.available_resources().get("CPU", 0) == 2, ray_local.available_resources()
-
-    @ray_local.remote(num_cpus=0)
-    class Writer:
-        def add(self, batch):  # noqa: ANN001, ANN202
-            time.sleep(60)
-
-    dead, stuck = Writer.remote(), Writer.remote()
-    ray_local.kill(dead)
-    for writer, why in ((dead, "ActorDiedError"), (stuck, "GetTimeoutError")):
-        t0 = time.monotonic()
-        with pytest.raises(
-            ray_local.exceptions.RayError, match=rf"WriterLost: a shard writer did not take rows \({why}"
-        ):
-            executor.run([{"shard": "a.tar", "index": 0}], [WriteStage([writer], timeout=2)], lambda batch: None)
-        assert time.monotonic() - t0 < 30
+    # A worker whose setup fails (as a model that cannot load would) stops the run with one line, exit 4.
+    r = score_on_ray(shards, tmp_path / "setup", "worker.setup=raise")
+    assert r.returncode == 4, r.stderr[-3000:]
+    assert "its workers could not start" in r.stderr and "FailpointError" in r.stderr
+    assert "Traceback" not in r.stderr

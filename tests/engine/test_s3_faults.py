@@ -10,7 +10,7 @@ import pytest
 from s3faults import FaultProxy
 from test_pipeline import MODEL, read_rows
 
-from dpiqa.engine.executor.ray_data import RayDataExecutor
+from dpiqa.engine.executor.ray_actors import RayExecutor
 from dpiqa.engine.pipeline import ScoreConfig, run_score
 
 
@@ -23,7 +23,7 @@ def test_faulty_s3_completes_with_full_output_and_counts_retries(ray_local, s3, 
         ScoreConfig(
             input=f"s3://{bucket}/shards/", output=f"s3://{bucket}/clean", model=MODEL, storage_options=options
         ),
-        RayDataExecutor(),
+        RayExecutor(),
     )
     assert clean.manifest["io_retries"] == 0
 
@@ -33,7 +33,7 @@ def test_faulty_s3_completes_with_full_output_and_counts_retries(ray_local, s3, 
             ScoreConfig(
                 input=f"s3://{bucket}/shards/", output=f"s3://{bucket}/faulty", model=MODEL, storage_options=faulty
             ),
-            RayDataExecutor(),
+            RayExecutor(),
         )
         injected = dict(proxy.injected)
         # a fault on the run manifest's own uploads happens after the manifest's count was taken
