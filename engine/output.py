@@ -8,6 +8,7 @@ Layout (local or any fsspec URL):
     OUT/_done/NAME.json        completion marker, written LAST (counts and the config hash)
     OUT/manifest.json          written when a run ends (the latest run's)
     OUT/runs/RUN.json          every run's manifest, RUN = its start time (UTC) and a random suffix
+    OUT/runs/RUN.shards-K.parquet  the markers that run wrote (name, marker JSON), recorded in bulk
     OUT/audits/history.parquet one row per `dpiqa audit` of this output (trends over nights)
 """
 
@@ -22,7 +23,7 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
@@ -177,27 +178,71 @@ class OutputLocation:
         return digest
 
     # -- markers --------------------------------------------------------------------------------
-    def done(self) -> dict[str, dict]:
-        """Completion markers by shard name, fetched in one `cat_ranges` call, which s3fs (any async
-        fsspec filesystem) serves concurrently: 100,000 markers on an object store would otherwise cost
-        as many sequential round trips. Listed with `ls` and read by exact path, never through a glob
-        (a `[` in a folder or shard name is a glob pattern to fsspec). A marker that does not parse is
-        not done: a warning names it and the shard is done again."""
+    def done_names(self) -> set[str]:
+        """The names of the shards with a completion marker: one listing of `_done/`, no marker read. On S3 the
+        listing is split by the names' leading characters and the parts listed concurrently (S3 returns 1,000
+        keys per request, one request after another within a prefix)."""
         self._forget_listings()
         folder = self._p(DONE_DIR)
+        if self.local:
+            try:
+                return {n[: -len(".json")] for n in os.listdir(folder) if n.endswith(".json") and not n.startswith(".")}
+            except FileNotFoundError:
+                return set()
+        if hasattr(self.fs, "call_s3"):
+            return {
+                k.rsplit("/", 1)[-1][: -len(".json")] for k in _list_s3_keys(self.fs, folder) if k.endswith(".json")
+            }
         try:
-            paths = sorted(p for p in self.fs.ls(folder, detail=False) if p.endswith(".json"))
+            paths = self.fs.ls(folder, detail=False)
         except FileNotFoundError:
+            return set()
+        return {p.rsplit("/", 1)[-1][: -len(".json")] for p in paths if p.endswith(".json")}
+
+    def done(self) -> dict[str, dict]:
+        """Completion markers by shard name. Which shards are done is one listing (`done_names`); what their
+        markers say comes from the runs' records (`runs/RUN.shards-K.parquet`: each run records the markers it
+        wrote, in bulk), and only markers no record holds (a run killed before it recorded them, or an output
+        older than the records) are read, concurrently (`cat_ranges`, which s3fs serves in parallel). Markers are
+        read by exact path, never through a glob (a `[` in a name is a glob pattern to fsspec). A marker that
+        does not parse is not done: a warning names it and the shard is done again."""
+        names = self.done_names()
+        if not names:
             return {}
-        if not paths:
+        known = self.recorded_markers()
+        markers = {n: known[n] for n in names if n in known}
+        missing = sorted(names - markers.keys())
+        if missing:
+            markers.update(self._read_markers(missing))
+        return markers
+
+    def done_urls(self, record_reads: bool = False) -> dict[str, str]:
+        """The input URL of each done shard, by name: as `done`, reading only the records' `url` column (a
+        million markers' JSON never parsed). With `record_reads`, markers that had to be read one by one are
+        recorded (`runs/TIME-read.shards-00000.parquet`, in time order with the runs' records), so the next run reads
+        none of them again."""
+        names = self.done_names()
+        if not names:
             return {}
+        known = self._recorded_column("url")
+        urls = {n: known[n] for n in names if n in known}
+        missing = sorted(names - urls.keys())
+        if missing:
+            read = self._read_markers(missing)
+            urls.update({n: str(m.get("shard")) for n, m in read.items()})
+            if record_reads and len(read) >= 100:
+                stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+                self.record_markers(f"{stamp}-read", 0, list(read.items()))
+        return urls
+
+    def _read_markers(self, names: list[str]) -> dict[str, dict]:
+        paths = [self._p(DONE_DIR, f"{n}.json") for n in names]
         contents = retry(
             lambda: self.fs.cat_ranges(paths, None, None, on_error="return"),
             f"read {len(paths)} markers under {self.url}",
         )
         markers = {}
-        for path, data in zip(paths, contents, strict=True):
-            name = path.rsplit("/", 1)[-1][: -len(".json")]
+        for name, data in zip(names, contents, strict=True):
             if isinstance(data, FileNotFoundError):
                 continue  # removed since the listing
             if isinstance(data, BaseException):
@@ -215,6 +260,42 @@ class OutputLocation:
                 continue
             markers[name] = marker
         return markers
+
+    def record_markers(self, run_id: str, part: int, markers: list[tuple[str, dict]]) -> None:
+        """Record the markers a run wrote (`runs/RUN.shards-PART.parquet`: name and marker JSON), so that a later
+        run learns what they say from a few files instead of one read per marker."""
+        table = pa.table(
+            {
+                "name": pa.array([n for n, _ in markers], pa.string()),
+                "url": pa.array([str(m.get("shard")) for _, m in markers], pa.string()),
+                "marker": pa.array([json.dumps(m, sort_keys=True) for _, m in markers], pa.string()),
+            }
+        )
+        self.write_table(RUNS_DIR, f"{run_id}.shards-{part:05d}", table)
+
+    def recorded_markers(self, run_id: str | None = None) -> dict[str, dict]:
+        """Every marker the runs recorded (or one run's: `run_id`), by name; a later record of a name wins."""
+        return {n: json.loads(m) for n, m in self._recorded_column("marker", run_id).items()}
+
+    def _recorded_column(self, column: str, run_id: str | None = None) -> dict[str, str]:
+        want = f"{run_id}.shards-" if run_id else ".shards-"
+        try:
+            paths = sorted(
+                p for p in self.fs.ls(self._p(RUNS_DIR), detail=False) if p.endswith(".parquet") and want in p
+            )
+        except FileNotFoundError:
+            return {}
+        out: dict[str, str] = {}
+        for path in paths:  # sorted by time: a later record of a name wins
+            try:
+                table = retry(
+                    lambda p=path: pq.read_table(p, columns=["name", column], filesystem=self.fs), f"read {path}"
+                )
+            except Exception as exc:  # noqa: BLE001 - a record cut short: its markers are read instead
+                log.warning("%s: unreadable (%s); the markers it recorded are read one by one", path, exc)
+                continue
+            out.update(zip(table.column("name").to_pylist(), table.column(column).to_pylist(), strict=True))
+        return out
 
     def remove(self, rel: str) -> None:
         """Delete a file or folder below this location, if there. By exact paths: fsspec's `rm` takes a
@@ -318,6 +399,13 @@ class OutputLocation:
         text = json.dumps(data, indent=2, sort_keys=True).encode()
         self._put(rel, lambda f: f.write(text))
 
+    def run_shard_names(self, record: dict) -> set[str]:
+        """The output names of the shards one run wrote: its recorded markers (`record_markers`), or the
+        `written` list of a run record made before those existed."""
+        if "written" in record:
+            return {w["name"] for w in record["written"]}
+        return set(self.recorded_markers(record.get("run_id")))
+
     def runs(self) -> list[dict]:
         """Every run's manifest (`runs/*.json`), oldest first; one that does not parse is left out with a
         warning."""
@@ -403,3 +491,42 @@ class Spool:
 
     def __exit__(self, *exc: object) -> None:
         self.discard()
+
+
+PRINTABLE = [chr(c) for c in range(32, 128)]  # the prefixes an S3 listing is split into (space to DEL)
+
+
+def _list_s3_keys(fs: Any, folder: str, threads: int = 16) -> list[str]:
+    """Every key below `folder` (bucket/path) on S3, listed concurrently: S3 returns 1,000 keys per request, one
+    request after another within a prefix, so the keys are listed as 96 prefixes (the folder plus each printable
+    ASCII character) paginated side by side, up to `threads` at once, plus the two ranges no such prefix holds,
+    by key order (S3 lists in UTF-8 byte order): keys whose first character sorts before a space, and keys whose
+    first character sorts after DEL (non-ASCII). Why by hand: fsspec lists a prefix page after page in one loop."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bucket, _, key = folder.partition("/")
+    base = key.rstrip("/") + "/"
+
+    def pages(prefix: str, start_after: str | None = None, stop: Callable[[str], bool] | None = None) -> list[str]:
+        out, kwargs = [], {"Bucket": bucket, "Prefix": prefix}
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        while True:
+            page = retry(lambda kw=dict(kwargs): fs.call_s3("list_objects_v2", **kw), f"list s3://{bucket}/{prefix}")
+            for o in page.get("Contents", []):
+                if stop is not None and stop(o["Key"]):
+                    return out
+                out.append(o["Key"])
+            if not page.get("IsTruncated"):
+                return out
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+    def first_char(k: str) -> str:
+        return k[len(base) : len(base) + 1]
+
+    ranges = [lambda: pages(base, stop=lambda k: first_char(k) >= " ")]  # control characters first
+    ranges += [lambda ch=ch: pages(base + ch) for ch in PRINTABLE]
+    ranges += [lambda: pages(base, start_after=base + "\x7f\U0010ffff")]  # non-ASCII last
+    with ThreadPoolExecutor(threads) as pool:
+        parts = list(pool.map(lambda f: f(), ranges))
+    return [k for part in parts for k in part]

@@ -33,6 +33,10 @@ STALL_WARNING_SECONDS = 300.0
 # stopped and replaced (on Ray) and its units run again. A shard's first rows come after its first read.
 HANG_SECONDS = 900.0
 POLL_SECONDS = 2.0  # how often the loop looks at the workers' progress
+# The markers a run wrote are recorded in bulk (`OutputLocation.record_markers`) every so many shards or
+# seconds, so that a later run learns them from a few files; a killed run leaves at most that many unrecorded.
+RECORD_EVERY_SHARDS = 10_000
+RECORD_EVERY_SECONDS = 300.0
 
 
 @dataclass
@@ -43,7 +47,6 @@ class Tally:
     failed: dict[str, str] = field(default_factory=dict)  # url -> error (failures are few)
     rows: int = 0
     statuses: Counter = field(default_factory=Counter)
-    written: list[tuple[str, str]] = field(default_factory=list)  # (name, url) of the units written
     images: int = 0  # the job's unit of progress (images scored, samples kept) of finished units
     in_flight: int = 0  # the same, of units still in flight (from the last poll)
     first_output: float | None = None  # seconds from the start until the first row was processed
@@ -67,7 +70,6 @@ class Tally:
         self.done += 1
         self.rows += f.rows
         self.statuses.update(f.statuses)
-        self.written.append((f.name, f.url))
 
 
 class ShardJob(ABC):
@@ -103,25 +105,26 @@ class ShardJob(ABC):
 
 
 def pending_shards(output: OutputLocation, shards: storage.ShardList) -> tuple[list[str], int]:
-    """The shards without a completion marker, and how many have one. A shard counts as done when a marker
-    names its URL under any output name (an earlier run may have named it differently), so no run writes
-    one input shard twice into one output.
+    """The shards without a completion marker, and how many have one: from one listing of the markers and the
+    runs' records of the URLs they name (`OutputLocation.done_urls`), not from reading every marker. A shard
+    counts as done when a marker names its URL under any output name (an earlier run may have named it
+    differently), so no run writes one input shard twice into one output.
 
     Raises:
         ValueError: the output name of a shard holds another shard's results.
     """
-    done = output.done()
-    by_url = {m.get("shard"): name for name, m in done.items()}
+    done = output.done_urls(record_reads=True)
+    by_url = {url: name for name, url in done.items()}
     todo, skipped = [], 0
     for url in shards.urls:
         if url in by_url:
             skipped += 1
             continue
-        marker = done.get(shards.names[url])
-        if marker is not None:
+        other = done.get(shards.names[url])
+        if other is not None:
             raise ValueError(
                 f"{output.url}: output name {shards.names[url]!r} holds the results of "
-                f"{marker.get('shard')}, not of {url}; use a separate --output for this shard set"
+                f"{other}, not of {url}; use a separate --output for this shard set"
             )
         todo.append(url)
     return todo, skipped
@@ -304,8 +307,21 @@ def run_shard_job(
     """
     t0 = started if started is not None else time.monotonic()
     wall = datetime.now(timezone.utc)
+    run_id = f"{wall.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
     tally = Tally()
     progress = Progress(job.label, len(todo), unit=job.unit)
+    unrecorded: list[tuple[str, dict]] = []
+    record = {"part": 0, "at": time.monotonic()}
+
+    def flush_markers(force: bool = False) -> None:
+        now = time.monotonic()
+        if unrecorded and (
+            force or len(unrecorded) >= RECORD_EVERY_SHARDS or now - record["at"] >= RECORD_EVERY_SECONDS
+        ):
+            output.record_markers(run_id, record["part"], unrecorded)
+            unrecorded.clear()
+            record["part"] += 1
+            record["at"] = now
 
     def report(force: bool = False) -> None:
         per_shard = tally.images / tally.done if tally.done else None
@@ -322,6 +338,9 @@ def run_shard_job(
         tally.add(f)
         if f.error is None:
             tally.images += job.progress_units(f)
+            if f.marker is not None:
+                unrecorded.append((f.name, f.marker))
+                flush_markers()
         if tally.first_output is None:
             tally.first_output = time.monotonic()
         report()
@@ -358,7 +377,8 @@ def run_shard_job(
             pool.close()
         if tally.first_output is not None and tally.first_output > t0:
             tally.first_output -= t0
-        result = _finish(job, shards, output, skipped, config, config_hash, tally, progress, t0, wall)
+        flush_markers(force=True)
+        result = _finish(job, shards, output, skipped, config, config_hash, tally, progress, t0, wall, run_id)
     return result
 
 
@@ -373,6 +393,7 @@ def _finish(
     progress: Progress,
     t0: float,
     wall: datetime,
+    run_id: str,
 ) -> RunResult:
     """The final progress line, the manifest (one record per run, and the latest) and the failed shards."""
     progress.update(tally.done, tally.images, failed=len(tally.failed), force=True)
@@ -410,9 +431,7 @@ def _finish(
         "per_second": round(tally.images / elapsed, 2) if elapsed > 0 else None,
         **job.manifest(tally),
     }
-    run_id = f"{wall.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
     manifest["run_id"] = run_id
-    manifest["written"] = [{"name": n, "url": u} for n, u in sorted(tally.written)]
     # One record per run (what a nightly audit selects with `--run`), then the latest as manifest.json.
     output.write_json(f"{RUNS_DIR}/{run_id}.json", manifest)
     output.write_json(MANIFEST, manifest)

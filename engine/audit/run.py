@@ -288,7 +288,7 @@ def select(config: AuditConfig, whole: ScoredRun) -> tuple[ScoredRun, dict, Scor
                 f"{config.scores}: no run {config.run!r} in {config.scores.rstrip('/')}/runs/ (latest: {known})"
             )
         current = wanted[0]
-        names = {w["name"] for w in current.get("written", [])}
+        names = whole.location.run_shard_names(current)
         if not names:
             raise ValueError(f"{config.scores}: run {current.get('run_id')} wrote no shard (nothing new in its input)")
         run = whole.subset(names)
@@ -315,7 +315,7 @@ def select(config: AuditConfig, whole: ScoredRun) -> tuple[ScoredRun, dict, Scor
     if config.baseline_runs:
         before = records[: records.index(current)] if current is not None else records
         chosen = before[-config.baseline_runs :]
-        names = {w["name"] for r in chosen for w in r.get("written", [])} - {s.name for s in run.shards}
+        names = set().union(*(whole.location.run_shard_names(r) for r in chosen)) - {s.name for s in run.shards}
         if not names:  # the first night has nothing before it: an audit without drift, not an error
             log.info("audit: no earlier run wrote shards; no baseline for --baseline-runs %d", config.baseline_runs)
             return run, selection, None, None

@@ -46,6 +46,7 @@ class ShardFact:
     statuses: dict[str, int] = field(default_factory=dict)
     retries: int = 0
     error: str | None = None
+    marker: dict | None = None  # what its marker says (recorded in bulk by the runner: `OutputLocation.done`)
 
 
 class ShardWriter:
@@ -177,7 +178,9 @@ class ShardWriter:
             marker["source"] = self.source
         self.output.write_marker(self.name, marker)
         failpoint("commit.after_marker", self.name)
-        return ShardFact(self.url, self.name, self.rows, dict(self.statuses), self.retries + RETRIES.take())
+        return ShardFact(
+            self.url, self.name, self.rows, dict(self.statuses), self.retries + RETRIES.take(), marker=marker
+        )
 
     def discard(self) -> None:
         """Drop what was written (the unit failed or is abandoned): nothing reaches the final names."""

@@ -20,6 +20,7 @@ from PIL import Image
 from test_audit import CHROMIUM_FLAGS, chromium
 
 from dpiqa.engine.distortions import distort
+from dpiqa.engine.output import OutputLocation
 from dpiqa.jobs.cli import main
 
 NIGHTS = ("2026-11-25", "2026-11-26", "2026-11-27")
@@ -95,7 +96,7 @@ def test_three_nights(tmp_path, capsys):
     # each night scored only its own shards, and left a record of them
     runs = sorted((scores / "runs").glob("*.json"))
     assert len(runs) == 3
-    written = [sorted(w["name"] for w in json.loads(r.read_text())["written"]) for r in runs]
+    written = [sorted(OutputLocation(str(scores)).run_shard_names(json.loads(r.read_text()))) for r in runs]
     assert written == [[f"{d}__00000", f"{d}__00001"] for d in NIGHTS]
 
     assert codes == [0, 0, 3], lines

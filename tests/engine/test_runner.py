@@ -102,5 +102,4 @@ def test_counters_after_many_units_are_exact(tmp_path):
     result = run(Sleeper(seconds=0.0, tick=None), tmp_path, n=300, depth=2)
     m = result.manifest
     assert (m["rows"], m["statuses"], m["shards"]["written"]) == (300, {"ok": 300}, 300)
-    assert len(m["written"]) == 300 and len({w["url"] for w in m["written"]}) == 300
     assert m["retries"]["units_started_again"] == 0
