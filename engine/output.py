@@ -379,10 +379,10 @@ class OutputLocation:
         self._put(f"{subdir}/{name}.parquet", lambda f: pq.write_table(table, f, compression="zstd"))
 
     def read_json(self, rel: str) -> dict | None:
-        """A JSON file of the run; None when absent.
+        """A JSON file of the run (an object); None when absent.
 
         Raises:
-            CorruptFileError: it exists but does not parse.
+            CorruptFileError: it exists but does not parse, or holds no JSON object (`[1, 2]`, `"x"`).
         """
         path = self._p(rel)
         try:
@@ -391,9 +391,12 @@ class OutputLocation:
         except FileNotFoundError:
             return None
         try:
-            return json.loads(data)
+            value = json.loads(data)
         except ValueError as exc:
             raise CorruptFileError(f"{self.child(rel)} does not parse ({len(data)} bytes: {exc})") from None
+        if not isinstance(value, dict):
+            raise CorruptFileError(f"{self.child(rel)} holds no JSON object (a {type(value).__name__})")
+        return value
 
     def write_json(self, rel: str, data: Any) -> None:
         text = json.dumps(data, indent=2, sort_keys=True).encode()
@@ -401,10 +404,44 @@ class OutputLocation:
 
     def run_shard_names(self, record: dict) -> set[str]:
         """The output names of the shards one run wrote: its recorded markers (`record_markers`), or the
-        `written` list of a run record made before those existed."""
+        `written` list of a run record made before those existed; with those of the unfinished runs it resumed
+        (`resumes`: a run interrupted or killed and rerun is one night's work in two records)."""
         if "written" in record:
-            return {w["name"] for w in record["written"]}
-        return set(self.recorded_markers(record.get("run_id")))
+            names = {w["name"] for w in record["written"]}
+        else:
+            names = set(self._recorded_column("url", record.get("run_id")))
+        for earlier in record.get("resumes", []):
+            names |= set(self._recorded_column("url", earlier))
+        return names
+
+    def unfinished_runs(self) -> list[str]:
+        """The ids of the runs after the last finished one that did not finish: interrupted (Ctrl-C, SIGTERM:
+        their record says so) or killed (markers recorded, no record), oldest first; a run that resumes them
+        names them (`resumes`)."""
+        try:
+            paths = self.fs.ls(self._p(RUNS_DIR), detail=False)
+        except FileNotFoundError:
+            return []
+        ids: dict[str, bool] = {}  # run id -> finished
+        for path in paths:
+            base = path.rsplit("/", 1)[-1]
+            if base.endswith(".json"):
+                ids.setdefault(base[: -len(".json")], False)
+            elif ".shards-" in base and not base.split(".shards-")[0].endswith("-read"):
+                ids.setdefault(base.split(".shards-")[0], False)
+        for run_id in sorted(ids):
+            try:
+                record = self.read_json(f"{RUNS_DIR}/{run_id}.json")
+            except CorruptFileError:
+                record = None
+            ids[run_id] = record is not None and not record.get("interrupted")
+        unfinished: list[str] = []
+        for run_id in sorted(ids):
+            if ids[run_id]:
+                unfinished = []
+            else:
+                unfinished.append(run_id)
+        return unfinished
 
     def runs(self) -> list[dict]:
         """Every run's manifest (`runs/*.json`), oldest first; one that does not parse is left out with a

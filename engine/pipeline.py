@@ -273,45 +273,59 @@ class ShardScorer(UnitWorker):
         self._model = threading.Lock()  # one model call at a time: the device (or the CPU's cores) is shared
         self._lock = threading.Lock()
         self._rows: dict[int, int] = {}  # rows of each unit in flight
+        self._last: dict[int, float] = {}  # when each unit in flight last processed a row (or started)
         self._ever = 0
+        self._stopping = threading.Event()
 
     def __call__(self, unit: dict) -> dict:
         url, name = unit["url"], unit["name"]
-        failpoint("unit.start", url)
-        writer = ShardWriter(
-            self.output,
-            url,
-            name,
-            self.scores_schema,
-            self.maps_schema,
-            self.model_name,
-            self.config_hash,
-            source=source_identity(url, self.source.storage_options),
-        )
-        me = id(writer)
+        token = object()  # this call's entry in the progress counters
+        me = id(token)
         with self._lock:
             self._rows[me] = 0
+            self._last[me] = time.monotonic()
+        writer = None
         try:
+            failpoint("unit.start", url)
+            writer = ShardWriter(
+                self.output,
+                url,
+                name,
+                self.scores_schema,
+                self.maps_schema,
+                self.model_name,
+                self.config_hash,
+                source=source_identity(url, self.source.storage_options),
+            )
             chunks = self.source.read_shard(url)
             for decoded in ordered_map(self.decode, chunks, self._decoders, self.decode_threads + 1):
+                if self._stopping.is_set():
+                    raise RuntimeError(f"{url}: stopped before its end (the run was interrupted)")
                 with self._model:
                     scored = self.score(decoded)
                 n = writer.add(scored)
                 with self._lock:
                     self._rows[me] += n
                     self._ever += n
+                    self._last[me] = time.monotonic()
             fact = writer.commit()
         except BaseException:
-            writer.discard()
+            if writer is not None:
+                writer.discard()
             raise
         finally:
             with self._lock:
-                del self._rows[me]
+                del self._rows[me], self._last[me]
         return asdict(fact)
 
-    def progress(self) -> tuple[int, int]:
+    def progress(self) -> tuple[int, int, float]:
         with self._lock:
-            return sum(self._rows.values()), self._ever
+            stalest = time.monotonic() - min(self._last.values()) if self._last else 0.0
+            return sum(self._rows.values()), self._ever, stalest
+
+    def stop(self) -> None:
+        if hasattr(self, "_stopping"):  # made by setup (an Event does not travel to Ray's workers)
+            self._stopping.set()
 
     def teardown(self) -> None:
         self._decoders.shutdown(wait=False, cancel_futures=True)

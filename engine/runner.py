@@ -147,15 +147,17 @@ def run_units(
     one, `on_failure(unit, why)` for each that failed every attempt.
 
     A unit whose worker died (`WorkerLost`) or raised is started again (on any worker, after the units not yet
-    started); a worker that processed no row for `hang_seconds` with units in flight is stopped and replaced
-    (where the pool can) and its units run again. Only units are ever retried, never the run.
+    started); a worker with a unit that processed no row for `hang_seconds` (or that answers no progress poll
+    for as long) is stopped and replaced (where the pool can) and its units run again. Only units are ever
+    retried, never the run.
     """
     queue = deque()
     source = iter(units)
     in_flight: dict = {}  # ticket -> (unit, slot, worker generation)
     load = [0] * pool.slots
     attempts: dict[str, int] = {}  # unit url -> attempts that did not finish it (only units that had one)
-    seen_progress: list[tuple[int, float]] = [(-1, time.monotonic())] * pool.slots
+    seen = [-1] * pool.slots  # each worker's rows processed, at the last poll
+    answered = [time.monotonic()] * pool.slots  # when each worker last answered a poll (or got its first unit)
     next_poll = time.monotonic() + poll
     warned_at = float("-inf")
 
@@ -194,7 +196,7 @@ def run_units(
             unit, _, _ = in_flight.pop(t)
             load[slot] -= 1
             again(unit, f"its worker {why}")
-        seen_progress[slot] = (-1, time.monotonic())
+        seen[slot], answered[slot] = -1, time.monotonic()
 
     exhausted = False
     while True:
@@ -206,6 +208,8 @@ def run_units(
                 if unit is None:
                     exhausted = not queue
                     break
+                if not load[slot]:
+                    answered[slot] = time.monotonic()
                 in_flight[pool.submit(slot, unit)] = (unit, slot, pool.generation(slot))
                 load[slot] += 1
         if not in_flight:
@@ -243,17 +247,20 @@ def run_units(
         tally.progress_polls += sum(p is not None for p in progress)
         tally.in_flight = sum(p[0] for p in progress if p)
         for slot, p in enumerate(progress):
-            ever = p[1] if p else None
-            last, since = seen_progress[slot]
-            if ever is not None and ever != last:
-                seen_progress[slot] = (ever, now)
+            if p is None:  # starting, or stuck without answering (its spare thread gets no turn)
+                if load[slot] and pool.restartable and now - answered[slot] >= hang_seconds:
+                    lose(slot, f"did not answer for {duration(now - answered[slot])}", hung=True)
+                continue
+            answered[slot] = now
+            ever, idle = p[1], (p[2] if len(p) > 2 else 0.0)
+            if ever != seen[slot]:
+                seen[slot] = ever
                 if ever > 0:
                     tally.last_activity = now
                     if tally.first_output is None:
                         tally.first_output = now
-                continue
-            if load[slot] and pool.restartable and last >= 0 and now - since >= hang_seconds:
-                lose(slot, f"processed nothing for {duration(now - since)}", hung=True)
+            if load[slot] and pool.restartable and idle >= hang_seconds:
+                lose(slot, f"had a unit that processed nothing for {duration(idle)}", hung=True)
         on_progress()
         idle = now - tally.last_activity
         if idle >= stall_warning and now - warned_at >= stall_warning:
@@ -308,6 +315,7 @@ def run_shard_job(
     t0 = started if started is not None else time.monotonic()
     wall = datetime.now(timezone.utc)
     run_id = f"{wall.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+    resumes = output.unfinished_runs() if skipped else []
     tally = Tally()
     progress = Progress(job.label, len(todo), unit=job.unit)
     unrecorded: list[tuple[str, dict]] = []
@@ -378,7 +386,7 @@ def run_shard_job(
         if tally.first_output is not None and tally.first_output > t0:
             tally.first_output -= t0
         flush_markers(force=True)
-        result = _finish(job, shards, output, skipped, config, config_hash, tally, progress, t0, wall, run_id)
+        result = _finish(job, shards, output, skipped, config, config_hash, tally, progress, t0, wall, run_id, resumes)
     return result
 
 
@@ -394,6 +402,7 @@ def _finish(
     t0: float,
     wall: datetime,
     run_id: str,
+    resumes: list[str],
 ) -> RunResult:
     """The final progress line, the manifest (one record per run, and the latest) and the failed shards."""
     progress.update(tally.done, tally.images, failed=len(tally.failed), force=True)
@@ -432,6 +441,8 @@ def _finish(
         **job.manifest(tally),
     }
     manifest["run_id"] = run_id
+    if resumes:  # the unfinished runs before this one, whose shards this run's increment includes
+        manifest["resumes"] = resumes
     # One record per run (what a nightly audit selects with `--run`), then the latest as manifest.json.
     output.write_json(f"{RUNS_DIR}/{run_id}.json", manifest)
     output.write_json(MANIFEST, manifest)

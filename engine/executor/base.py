@@ -38,10 +38,13 @@ class UnitWorker(ABC):
         """Do `unit` whole (read, process, write, commit) and return its small result. Raises when the unit
         failed in a way worth another attempt (the runner retries it alone, up to its limit)."""
 
-    def progress(self) -> tuple[int, int]:
-        """`(rows of the units in flight now, rows processed since setup)`: the first for progress lines,
-        the second to tell a working worker from a hung one."""
-        return 0, 0
+    def progress(self) -> tuple[int, int, float]:
+        """`(rows of the units in flight now, rows processed since setup, seconds since the stalest unit in
+        flight last processed a row)`: the first for progress lines, the others to tell a hung unit."""
+        return 0, 0, 0.0
+
+    def stop(self) -> None:  # noqa: B027 - an optional hook
+        """Ask the units in flight to end soon (Ctrl-C in this process): each raises at its next step."""
 
     def teardown(self) -> None:  # noqa: B027 - an optional hook
         """Release what `setup()` took."""
@@ -95,7 +98,7 @@ class WorkerPool(ABC):
         """
 
     @abstractmethod
-    def progress(self) -> list[tuple[int, int] | None]:
+    def progress(self) -> list[tuple[int, int, float] | None]:
         """Each slot's `UnitWorker.progress()`, None for a worker that did not answer within seconds (still
         starting, or stuck)."""
 

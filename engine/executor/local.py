@@ -58,10 +58,11 @@ class LocalPool(WorkerPool):
     def result(self, ticket: cf.Future) -> dict:
         return ticket.result()
 
-    def progress(self) -> list[tuple[int, int] | None]:
+    def progress(self) -> list[tuple[int, int, float] | None]:
         return [self.worker.progress() if self._setup.done() else None]
 
     def close(self) -> None:
+        self.worker.stop()  # units still in flight (an interrupted run) end at their next chunk, not the shard's end
         self._threads.shutdown(wait=True, cancel_futures=True)
         if self._setup.done() and self._setup.exception() is None:
             self.worker.teardown()

@@ -112,7 +112,7 @@ class _UnitActor:
     def ready(self) -> bool:
         return True
 
-    def progress(self) -> tuple[int, int]:
+    def progress(self) -> tuple[int, int, float]:
         return self.worker.progress()
 
 
@@ -201,13 +201,13 @@ class RayPool(WorkerPool):
                 raise cause from None
             raise
 
-    def progress(self) -> list[tuple[int, int] | None]:
+    def progress(self) -> list[tuple[int, int, float] | None]:
         import ray
 
         refs = [a.progress.remote() for a in self.actors]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=PROGRESS_TIMEOUT)
         ready_set = set(ready)
-        out: list[tuple[int, int] | None] = []
+        out: list[tuple[int, int, float] | None] = []
         for ref in refs:
             if ref not in ready_set:
                 out.append(None)

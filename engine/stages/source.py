@@ -193,16 +193,25 @@ class SourceStage(Stage):
     complete; a shard that cannot be opened yields a `_shard_failed` row instead.
 
     Args:
-        chunk_size: samples per output batch (bounds memory: a shard is never held whole).
+        chunk_size: samples per output batch at most (bounds memory: a shard is never held whole).
         storage_options: fsspec options for opening shards.
+        chunk_bytes: member bytes per output batch at most (a chunk ends early at this many bytes, so a shard of
+            large images holds no more memory than one of small ones; a single larger sample is a chunk alone).
     """
 
     name: ClassVar[str] = "read"
 
-    def __init__(self, chunk_size: int = 64, storage_options: dict | None = None, num_cpus: float = 0.5) -> None:
+    def __init__(
+        self,
+        chunk_size: int = 64,
+        storage_options: dict | None = None,
+        num_cpus: float = 0.5,
+        chunk_bytes: int = 64 << 20,
+    ) -> None:
         self.chunk_size = chunk_size
         self.storage_options = storage_options
         self.num_cpus = num_cpus
+        self.chunk_bytes = chunk_bytes
 
     def __call__(self, batch: Batch) -> Iterator[Batch]:
         for url in batch["shard"]:
@@ -210,7 +219,7 @@ class SourceStage(Stage):
 
     def read_shard(self, url: str) -> Iterator[Batch]:
         rows: list[tuple] = []
-        count = 0
+        count = held = 0
         failure: str | None = None
         try:
             with shard_samples(url, self.storage_options) as samples:
@@ -219,9 +228,10 @@ class SourceStage(Stage):
                     ext, data = image if image else (None, None)
                     rows.append((url, count, sample.key, ext, data, sample.status, sample.error))
                     count += 1
-                    if len(rows) >= self.chunk_size:
+                    held += len(data) if data else 0
+                    if len(rows) >= self.chunk_size or held >= self.chunk_bytes:
                         yield _rows_to_batch(rows)
-                        rows = []
+                        rows, held = [], 0
         except Exception as exc:  # noqa: BLE001 - not a tar, or I/O failing after its retries: a failed shard
             failure = _describe(exc)
         if failure is not None:

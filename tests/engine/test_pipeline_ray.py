@@ -146,7 +146,7 @@ def score_on_ray(shards: Path, out: Path, failpoint: str, *extra: str) -> subpro
 
 
 @pytest.mark.slow  # two local Rays of their own
-def test_a_worker_process_that_dies_costs_only_its_unit_and_a_failed_setup_stops_the_run(tmp_path):
+def test_a_worker_that_dies_or_hangs_costs_only_its_units_and_a_failed_setup_stops_the_run(tmp_path):
     shards = tmp_path / "in"
     shards.mkdir()
     corpus.write_corpus(shards, shards=6, per_shard=5)
@@ -169,6 +169,16 @@ def test_a_worker_process_that_dies_costs_only_its_unit_and_a_failed_setup_stops
     assert [(x["shard"], x["index"], x["key"], x["status"]) for x in a] == [
         (x["shard"], x["index"], x["key"], x["status"]) for x in b
     ]
+
+    # A unit that hangs (here: sleeps, once, as it starts shard 00004) makes its worker count as hung after
+    # --hang-seconds: the worker is replaced and its units run again; the run ends complete.
+    once = tmp_path / "hung-once"
+    r = score_on_ray(shards, tmp_path / "hung", f"unit.start=sleep:600:match:00004:once:{once}", "--hang-seconds", "5")
+    assert once.exists() and r.returncode == 0, r.stderr[-3000:]
+    manifest = json.loads((tmp_path / "hung" / "manifest.json").read_text())
+    assert manifest["retries"]["workers_hung"] == 1 and manifest["shards"]["written"] == 6, manifest["retries"]
+    assert "processed nothing for" in r.stderr
+    assert read_rows(str(tmp_path / "hung")) == b
 
     # A worker whose setup fails (as a model that cannot load would) stops the run with one line, exit 4.
     r = score_on_ray(shards, tmp_path / "setup", "worker.setup=raise")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import corpus
@@ -16,6 +18,7 @@ from test_pipeline import read_rows
 
 from dpiqa import failpoints
 from dpiqa.engine.executor.local import LocalExecutor
+from dpiqa.engine.output import OutputLocation
 from dpiqa.engine.pipeline import ScoreConfig, run_score
 
 MODEL = "dpiqa-student-tiny"
@@ -112,3 +115,64 @@ def test_a_unit_that_always_fails_ends_failed_after_its_retries(shards, clean, t
     assert not (out / "_done" / "00002.json").exists() and not (out / "scores" / "00002.parquet").exists()
     assert manifest["shards"]["written"] == SHARDS - 1
     assert read_rows(str(out)) == [row for row in clean if not row["shard"].endswith(doomed)]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_leaves_its_record_and_the_rerun_includes_its_shards(shards, clean, tmp_path, sig):
+    """Ctrl-C or SIGTERM: the shards finished so far keep their markers, the run's record says it was
+    interrupted, and the rerun's record names it (`resumes`), so `audit --run latest` sees the whole night."""
+    out = tmp_path / "out"
+    env = {**os.environ, "DPIQA_FAILPOINTS": "unit.start=sleep:1.5"}
+    cmd = [sys.executable, "-m", "dpiqa.jobs.cli", "score", "--input", str(shards), "--output", str(out)]
+    cmd += ["--model", MODEL, "--executor", "local", "--units-per-worker", "1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and len(list(out.glob("_done/*.json"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == (130 if sig == signal.SIGINT else 143), stderr[-2000:]
+    first = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    assert len(first) == 1 and first[0]["interrupted"] is True
+    done_first = len(list(out.glob("_done/*.json")))
+    assert 2 <= done_first < SHARDS and first[0]["shards"]["written"] == done_first
+
+    rerun = score_cli(shards, out)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    records = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    assert records[-1]["resumes"] == [first[0]["run_id"]]
+    assert len(OutputLocation(str(out)).run_shard_names(records[-1])) == SHARDS
+    assert read_rows(str(out)) == clean
+
+
+def test_the_writer_refuses_a_row_repeated_or_out_of_order(tmp_path):
+    """Every sample becomes exactly one row: a batch handed twice (a reader that re-read from a wrong offset)
+    or out of order fails the unit (which then runs again from the start) instead of writing duplicates."""
+    import numpy as np
+
+    from dpiqa.engine import schema
+    from dpiqa.engine.stages.write import ShardWriter
+
+    out = OutputLocation(str(tmp_path / "out"))
+
+    def batch(indices):  # noqa: ANN001, ANN202
+        n = len(indices)
+        return {
+            "shard": np.array(["a.tar"] * n, dtype=object),
+            "index": np.array(indices, dtype=np.int64),
+            "key": np.array([f"k{i}" for i in indices], dtype=object),
+            "status": np.array(["ok"] * n, dtype=object),
+            "error": np.array([None] * n, dtype=object),
+            "score": np.ones(n, dtype=np.float32),
+            "width": np.ones(n, dtype=np.int32),
+            "height": np.ones(n, dtype=np.int32),
+        }
+
+    writer = ShardWriter(out, "a.tar", "a", schema.SCORES_SCHEMA, None, "m", "h")
+    assert writer.add(batch([0, 1])) == 2
+    with pytest.raises(ValueError, match="rows out of order"):
+        writer.add(batch([0, 1]))
+    with pytest.raises(ValueError, match="rows out of order"):
+        writer.add(batch([3]))
+    writer.discard()
+    assert not list((tmp_path / "out").rglob("*.parquet")) and not list((tmp_path / "out").rglob("*.tmp"))
