@@ -133,8 +133,8 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
     parameters without gradients). Only the VAE's encoder and `quant_conv` are built.
 
     The released DP-IQA code carries 13,336 parameters that its forward pass never uses; they do not
-    affect any output, so we do not build them (checkpoints of the released code need a key mapping
-    that drops them).
+    affect any output, so we do not build them (`dpiqa convert`, `models/authors.py`, drops them from the
+    released checkpoints).
 
     `prepare_for_inference()` computes E' and every cross-attention layer's keys and values once
     (same math); `train()` drops them again.
