@@ -130,10 +130,11 @@ def read_pth(path: str, storage_options: dict | None = None) -> dict[str, torch.
     except FileNotFoundError:
         raise
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # torch's message advises weights_only=False, which we never do; keep only what the file holds
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f"a {found[1]}" if found else "an object torch.load(weights_only=True) refuses"
         raise AuthorsCheckpointError(
-            f"{name}: holds objects other than tensors, refused (only a state dict is read, with "
-            f"torch.load(weights_only=True): {first})"
+            f"{name}: holds objects other than tensors ({what}), refused: only a state dict of tensors is read"
         ) from None
     except Exception as exc:  # noqa: BLE001 - a damaged or foreign file is one line, whatever the library says
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -419,7 +420,19 @@ def _refuse_existing(output: str, overwrite: bool) -> None:
     fs, path = fsspec.core.url_to_fs(output)
     existing = [n for n in (*checkpoint.FILES, checkpoint.ONNX_NAME) if fs.exists(storage.fs_join(path, n))]
     if existing and not overwrite:
-        raise UsageError(f"{output}: already holds {', '.join(existing)}; choose another --output or pass --overwrite")
+        raise ValueError(f"{output}: already holds {', '.join(existing)}; choose another --output or pass --overwrite")
+
+
+def _drop_stale(output: str, name: str) -> None:
+    """Remove the other format's weights file an overwritten folder may still hold (`model.onnx` beside new
+    safetensors, or the reverse), so the folder is one checkpoint."""
+    import fsspec
+
+    from dpiqa import storage
+
+    fs, path = fsspec.core.url_to_fs(output)
+    if fs.exists(storage.fs_join(path, name)):
+        fs.rm(storage.fs_join(path, name))
 
 
 def _materialise(model: nn.Module, state: dict[str, torch.Tensor], cls: Any, config: Any) -> nn.Module:
@@ -457,8 +470,9 @@ def convert(
         storage_options: fsspec options for URLs.
 
     Raises:
-        UsageError: options that cannot work (a missing `--clip`, an unknown dataset, `output` taken).
+        UsageError: options that cannot work (a missing `--clip`, an unknown dataset).
         AuthorsCheckpointError: the file holds something else than the released layout (one line naming it).
+        ValueError: `output` holds a checkpoint already (without `overwrite`).
     """
     name = os.path.basename(source.rstrip("/"))
     dataset, metric = trained_on(source, dataset)
@@ -509,6 +523,7 @@ def convert_student(
         "fc1-3 -> mlp.net)",
     }
     written = model.save_pretrained(output, card=card)
+    _drop_stale(output, checkpoint.ONNX_NAME)
     log.info("%s -> %s: %d keys mapped (%s)", name, output, len(mapping.state), written["sha256"])
     return written
 
@@ -567,6 +582,7 @@ def convert_teacher(
         else "sampled from the VAE posterior at every forward pass, as theirs (scores vary between runs)",
     }
     written = model.save_pretrained(output, card=card)
+    _drop_stale(output, checkpoint.ONNX_NAME)
     log.info("%s -> %s: %d keys mapped (%s)", name, output, len(mapping.state), written["sha256"])
     return written
 
@@ -715,5 +731,6 @@ def convert_onnx_student(
         )
         (staging / checkpoint.CARD_NAME).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
         checkpoint.put_files(staging, output, checkpoint.ONNX_FILES)
+    _drop_stale(output, checkpoint.WEIGHTS_NAME)
     log.info("%s -> %s: ONNX graph wrapped (%s)", name, output, card["sha256"])
     return card

@@ -22,6 +22,7 @@ from diffusers.models.adapter import FullAdapter
 from tiny_clip import tiny_clip, tiny_clip_tokenizer
 
 from dpiqa import models
+from dpiqa.errors import UsageError
 from dpiqa.models import authors
 from dpiqa.models.prompts import DEFAULT_SET, prompt_texts
 from dpiqa.models.student_config import StudentConfig
@@ -288,7 +289,7 @@ def test_a_pth_holding_other_objects_is_refused_with_one_line(tmp_path: Path) ->
     torch.save(torch.nn.Linear(2, 2), module)  # a pickled module: not loadable with weights_only
     out = dpiqa("convert", str(module), "--output", str(tmp_path / "a"))
     assert out.returncode == 4
-    assert "holds objects other than tensors, refused" in one_line(out)
+    assert "holds objects other than tensors (a torch.nn.modules.linear.Linear), refused" in one_line(out)
 
     nested = tmp_path / "clive_student_model_srcc_best.pth"
     torch.save({"state_dict": {"fc3.bias": torch.zeros(1)}, "epoch": 3}, nested)
@@ -462,7 +463,9 @@ def test_the_sampled_latent_is_the_authors_option(tiny_teacher: tuple, tiny_clip
         assert torch.equal(latent, posterior.sample() * 0.18215)  # the authors' draw, scaled
 
 
-def test_a_teacher_needs_clip_and_sd_only_where_the_vae_is_missing(tiny_teacher: tuple, tmp_path: Path) -> None:
+def test_a_teacher_needs_clip_and_sd_only_where_the_vae_is_missing(
+    tiny_teacher: tuple, tiny_clip_folder: tuple, tmp_path: Path
+) -> None:
     state, root = tiny_teacher
     out = dpiqa("convert", str(root / "livefb_model_srcc_best.pth"), "--output", str(tmp_path / "a"))
     assert out.returncode == 2 and "pass --clip" in one_line(out)
@@ -470,6 +473,27 @@ def test_a_teacher_needs_clip_and_sd_only_where_the_vae_is_missing(tiny_teacher:
     torch.save({k: v for k, v in state.items() if not k.startswith("vae.")}, without_vae)
     with pytest.raises(authors.AuthorsCheckpointError, match=r"missing key vae\.encoder\.conv_in\.weight .*--sd"):
         authors.convert(str(without_vae), str(tmp_path / "b"), clip="unused", config=TeacherConfig.tiny())
+
+    # --sd fills the frozen VAE encoder from a Stable Diffusion folder, and only where the file lacks it
+    vae = AutoencoderKL(**TeacherConfig.tiny().vae)
+    vae.load_state_dict({k[len("vae.") :]: v for k, v in state.items() if k.startswith("vae.")})
+    vae.save_pretrained(tmp_path / "sd" / "vae")
+    clip = str(tiny_clip_folder[0])
+    authors.convert(
+        str(without_vae), str(tmp_path / "c"), clip=clip, sd=str(tmp_path / "sd"), config=TeacherConfig.tiny()
+    )
+    converted = models.load_model(str(tmp_path / "c"))
+    assert all(torch.equal(v, state[f"vae.{k}"]) for k, v in converted.vae.state_dict().items())
+    card = json.loads((tmp_path / "c" / "card.json").read_text())
+    assert card["conversion"]["vae_encoder_from"] == str(tmp_path / "sd")
+    with pytest.raises(UsageError, match="holds the VAE encoder; --sd is only for a file without it"):
+        authors.convert(
+            str(root / "livefb_model_srcc_best.pth"),
+            str(tmp_path / "d"),
+            clip=clip,
+            sd=str(tmp_path / "sd"),
+            config=TeacherConfig.tiny(),
+        )
 
 
 # ---------------------------------------------------------------- a converted student scores shards end to end
