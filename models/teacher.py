@@ -67,6 +67,7 @@ class QualityDecoder(nn.Module):
         hidden: widths of the 1x1 convs before the map (128, 32).
         out_channels: channels of the map (8).
         size: side of the map (64).
+        se_bias: the SE layers' two 1x1 convs have biases (the released checkpoints' have none).
     """
 
     def __init__(
@@ -77,19 +78,21 @@ class QualityDecoder(nn.Module):
         hidden: Sequence[int] = (128, 32),
         out_channels: int = 8,
         size: int = 64,
+        se_bias: bool = True,
     ) -> None:
         super().__init__()
         self.size = size
         # timm's SE block; rd_channels given explicitly so tiny widths are not rounded up to 8.
         self.levels = nn.ModuleList(
             nn.Sequential(
-                nn.Conv2d(c, channels, 3, padding=1), SEModule(channels, rd_channels=channels // se_reduction)
+                nn.Conv2d(c, channels, 3, padding=1),
+                SEModule(channels, rd_channels=channels // se_reduction, bias=se_bias),
             )
             for c in in_channels
         )
         self.fuse = nn.Sequential(
             nn.Conv2d(channels * len(in_channels), channels, 3, padding=1),
-            SEModule(channels, rd_channels=channels // se_reduction),
+            SEModule(channels, rd_channels=channels // se_reduction, bias=se_bias),
         )
         layers: list[nn.Module] = []
         width = channels
@@ -130,8 +133,8 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
     parameters without gradients). Only the VAE's encoder and `quant_conv` are built.
 
     The released DP-IQA code carries 13,336 parameters that its forward pass never uses; they do not
-    affect any output, so we do not build them (checkpoints of the released code need a key mapping
-    that drops them).
+    affect any output, so we do not build them (`dpiqa convert`, `models/authors.py`, drops them from the
+    released checkpoints).
 
     `prepare_for_inference()` computes E' and every cross-attention layer's keys and values once
     (same math); `train()` drops them again.
@@ -195,6 +198,7 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
             config.map_hidden,
             config.map_channels,
             config.map_size,
+            config.se_bias,
         )
         self.mlp = ScoreMLP(config.map_channels * config.map_size**2, config.head_hidden)
         self._features: list[torch.Tensor] = []
@@ -235,10 +239,13 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images in the value range -> scaled SD latents (posterior mean; a sample when training with
-        `train_latent="sample"`). No gradient flows into the frozen VAE."""
+        `train_latent="sample"`, and always with `inference_latent="sample"`, the released code's way). No
+        gradient flows into the frozen VAE."""
         with torch.no_grad():
             posterior = self.vae.encode(x).latent_dist
-            sample = self.training and self.config.train_latent == "sample"
+            sample = self.config.inference_latent == "sample" or (
+                self.training and self.config.train_latent == "sample"
+            )
             latent = posterior.sample() if sample else posterior.mean
         return latent * self.vae.config.scaling_factor
 
@@ -312,9 +319,14 @@ class DPIQATeacher(CheckpointMixin, nn.Module):
         }
         card["switches"] = self.config.switches()
         card["ablation"] = self.config.changed_switches()
-        card["latent"] = "VAE posterior mean (deterministic)" + (
-            "; sampled in training" if self.config.train_latent == "sample" else ""
-        )
+        if self.config.inference_latent == "sample":
+            card["latent"] = (
+                "a sample of the VAE posterior at every forward pass (as the released code): not deterministic"
+            )
+        else:
+            card["latent"] = "VAE posterior mean (deterministic)" + (
+                "; sampled in training" if self.config.train_latent == "sample" else ""
+            )
         card["dropped_reference_parameters"] = {
             "count": DROPPED_REFERENCE_PARAMETERS,
             "why": "unused by the released DP-IQA code's forward pass; not built here",

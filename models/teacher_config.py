@@ -90,6 +90,8 @@ class TeacherConfig(ImageModelConfig):
             (they are part of the U-Net) but are frozen: nothing depends on them.
         decoder_channels: channels of the decoder's per-level and fused 3x3 convs (512).
         se_reduction: squeeze-and-excitation reduction of the decoder (16).
+        se_bias: the decoder's squeeze-and-excitation layers have biases (ours); the released checkpoints'
+            have none (`dpiqa convert` sets False, so a converted teacher computes exactly their function).
         map_hidden: channels of the 1x1 convs between the fused features and the map (128, 32).
         map_channels: channels of the quality map (8).
         map_size: side of the quality map; every feature level is resized to it (64).
@@ -99,7 +101,10 @@ class TeacherConfig(ImageModelConfig):
         value_range: input float range: `(0, 1)` is faithful to the released checkpoints, `(-1, 1)` is
             what the SD VAE was trained on. The image adapter always sees the image in [0, 1].
         train_latent: `mean` (deterministic) or `sample` (draw from the VAE posterior in training mode,
-            as the released code did at all times). Inference always uses the mean.
+            as the released code did at all times).
+        inference_latent: `mean` (the posterior mean: deterministic scores, our default) or `sample` (a fresh
+            draw from the VAE posterior at every forward pass, in inference too, as the released code did:
+            scores vary from run to run). With `sample` the latent is sampled in training as well.
         mos_scale: the model predicts MOS / mos_scale; scores are reported times this, in MOS units.
     """
 
@@ -120,6 +125,7 @@ class TeacherConfig(ImageModelConfig):
     decoder_levels: tuple[int, ...] = (0, 1, 2, 3)
     decoder_channels: int = 512
     se_reduction: int = 16
+    se_bias: bool = True
     map_hidden: tuple[int, ...] = (128, 32)
     map_channels: int = 8
     map_size: int = 64
@@ -128,6 +134,7 @@ class TeacherConfig(ImageModelConfig):
     interpolation: str = "bilinear"
     value_range: tuple[float, float] = (0.0, 1.0)
     train_latent: str = "mean"
+    inference_latent: str = "mean"
     mos_scale: float = 100.0
 
     @classmethod
@@ -252,6 +259,10 @@ class TeacherConfig(ImageModelConfig):
             (
                 self.train_latent not in ("mean", "sample"),
                 f"train_latent must be mean or sample, not {self.train_latent!r}",
+            ),
+            (
+                self.inference_latent not in ("mean", "sample"),
+                f"inference_latent must be mean or sample, not {self.inference_latent!r}",
             ),
             (
                 self.image_size % (self.adapter_downscale * 2 ** (len(unet_channels) - 1)) != 0,
