@@ -122,31 +122,45 @@ def _as_user_without_root_powers() -> list[str]:
     return [setpriv, "--bounding-set=-all"]
 
 
-@pytest.mark.slow  # two CLI processes (~20 s each on a 2-core machine): root must shed its powers in a process
 def test_a_folder_that_cannot_be_read_is_named_not_skipped(tmp_path):
+    """`score` refuses at once (exit 4, nothing written) naming the folder; `--skip-missing` lists the shards
+    that can be read and warns naming it. Run in processes where permissions hold (root sheds its powers)."""
     root = tmp_path / "catalog"
     src = images(tmp_path / "src", "a.jpg", "b.jpg")
     gnu_tar(root / "night-1" / "00000.tar", src, "a.jpg")
     gnu_tar(root / "night-2" / "00000.tar", src, "a.jpg", "b.jpg")
     (root / "night-2").chmod(0)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env.update(RAY_USAGE_STATS_ENABLED="0", AWS_EC2_METADATA_DISABLED="true", HF_HUB_OFFLINE="1")
+    python = [*_as_user_without_root_powers(), sys.executable]
     try:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-        env.update(RAY_USAGE_STATS_ENABLED="0", AWS_EC2_METADATA_DISABLED="true", HF_HUB_OFFLINE="1")
-        cmd = [*_as_user_without_root_powers(), sys.executable, "-m", "dpiqa.jobs.cli", "score", "--input", str(root)]
-        cmd += ["--model", MODEL, "--executor", "local"]
-        refused = subprocess.run([*cmd, "--output", str(tmp_path / "o1")], env=env, capture_output=True, text=True)
-        assert refused.returncode == 4, refused.stderr
-        line = refused.stderr.strip().splitlines()[-1]
-        assert f"{root / 'night-2'}: Permission denied" in line and "1 folder(s) below it cannot be read" in line
-        assert "--skip-missing" in line and not (tmp_path / "o1").exists()
-        skipped = subprocess.run(
-            [*cmd, "--output", str(tmp_path / "o2"), "--skip-missing"], env=env, capture_output=True, text=True
+        refused = subprocess.run(
+            [*python, "-m", "dpiqa.jobs.cli", "score", "--input", str(root), "--output", str(tmp_path / "o")]
+            + ["--model", MODEL, "--executor", "local"],
+            env=env,
+            capture_output=True,
+            text=True,
         )
-        assert skipped.returncode == 0, skipped.stderr
-        assert "cannot be read; their shards are skipped" in skipped.stderr and str(root / "night-2") in skipped.stderr
+        listed = subprocess.run(
+            [
+                *python,
+                "-c",
+                "import sys; from dpiqa import storage; "
+                "print(list(storage.list_shards(sys.argv[1], skip_missing=True).names.values()))",
+                str(root),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
     finally:
         (root / "night-2").chmod(0o755)
-    assert sorted(OutputLocation(str(tmp_path / "o2")).done()) == ["night-1__00000"]
+    assert refused.returncode == 4, refused.stderr
+    line = refused.stderr.strip().splitlines()[-1]
+    assert f"{root / 'night-2'}: Permission denied" in line and "1 folder(s) below it cannot be read" in line
+    assert "--skip-missing" in line and not (tmp_path / "o").exists()
+    assert listed.returncode == 0 and listed.stdout.strip() == "['night-1__00000']", listed.stderr
+    assert "cannot be read; their shards are skipped" in listed.stderr and str(root / "night-2") in listed.stderr
 
 
 @pytest.mark.parametrize(
