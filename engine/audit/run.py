@@ -364,11 +364,17 @@ def _read_json_url(url: str, storage_options: dict | None) -> dict:
     fs, path = get_fs(url, storage_options)
     try:
         with fs.open(path, "rb") as f:
-            return json.loads(f.read())
+            doc = json.loads(f.read())
     except FileNotFoundError:
         raise ValueError(f"--baseline-json {url}: no such file") from None
     except ValueError as exc:
         raise ValueError(f"--baseline-json {url}: not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(
+            f"--baseline-json {url}: JSON {type(doc).__name__}, not an audit document (a JSON object made by "
+            "`dpiqa audit --json`)"
+        )
+    return doc
 
 
 def document(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import corpus
 import pytest
@@ -109,3 +110,86 @@ def test_eval_json_with_an_undefined_correlation_is_json(capsys, tmp_path):
     assert metrics["srcc"] is None and metrics["plcc"] is None and metrics["krcc"] is None
     code, out, err = run(capsys, *argv)
     assert code == 0 and "SRCC n/a" in out and "PLCC n/a" in out, out
+
+
+def _damaged_demo(tmp_path: Path, config_text: str) -> Path:
+    from dpiqa.models import build
+
+    ckpt = tmp_path / "ckpt"
+    build("dpiqa-student-tiny").save_pretrained(str(ckpt))
+    (ckpt / "config.json").write_text(config_text)
+    return ckpt
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"x"', "null"])
+def test_a_checkpoint_config_that_is_no_json_object_is_one_line(capsys, tmp_path, text):
+    ckpt = _damaged_demo(tmp_path, text)
+    shards = tmp_path / "in"
+    shards.mkdir()
+    corpus.write_corpus(shards, shards=1, per_shard=2)
+    out = tmp_path / "o"
+    code, _, err = run(capsys, "score", "--input", str(shards), "--output", str(out), "--model", str(ckpt))
+    assert code == 4 and f"{ckpt / 'config.json'}: JSON " in one_line(err) and "not an object" in err, err
+    assert not out.exists()
+    code, _, err = run(capsys, "model-info", str(ckpt))
+    assert code == 4 and "config.json: JSON" in one_line(err)
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("scored")
+    (d / "in").mkdir()
+    corpus.write_corpus(d / "in", shards=1, per_shard=3)
+    assert main(["score", "--input", str(d / "in"), "--output", str(d / "out"), "--model", "brisque"]) == 0
+    return d
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"x"'])
+def test_a_baseline_json_that_is_no_object_is_one_line(capsys, scored, tmp_path, text):
+    capsys.readouterr()
+    (tmp_path / "base.json").write_text(text)
+    code, _, err = run(capsys, "audit", "--scores", str(scored / "out"), "--baseline-json", str(tmp_path / "base.json"))
+    assert code == 4 and "not an audit document" in one_line(err) and str(tmp_path / "base.json") in err
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine/output.py (the lead's): OutputLocation.read_json must raise CorruptFileError for JSON that is "
+    "not an object, as it does for JSON that does not parse; see issue 39's report",
+)
+def test_an_output_run_file_that_is_no_object_counts_as_cut_short(capsys, scored, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(scored / "out", out)
+    (out / "_run.json").write_text("[1, 2]")
+    code, _, err = run(capsys, "score", "--input", str(scored / "in"), "--output", str(out), "--model", "brisque")
+    assert code == 0, err
+    assert json.loads((out / "_run.json").read_text())["config_hash"]
+
+
+def test_device_cuda_on_a_machine_without_that_gpu_is_refused_before_anything_is_written(capsys, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    missing = torch.cuda.device_count() if torch.cuda.is_available() else 0  # the first index torch cannot see
+    device = f"cuda:{missing}" if missing else "cuda"
+    shards = tmp_path / "in"
+    shards.mkdir()
+    corpus.write_corpus(shards, shards=1, per_shard=2)
+    out = tmp_path / "o"
+    code, _, err = run(
+        capsys,
+        "score",
+        "--input",
+        str(shards),
+        "--output",
+        str(out),
+        "--model",
+        "dpiqa-student-tiny",
+        "--device",
+        device,
+    )
+    line = one_line(err)
+    assert code == 2 and f"--device {device}: torch sees " in line and "use --device auto or cpu" in line, err
+    assert not out.exists()  # no _run.json: a rerun with --device cpu is not refused as another configuration
