@@ -493,7 +493,16 @@ def shard_names(urls: Iterable[str], root: str | None = None) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 # Transient errors: retried with backoff before a read is declared failed.
 
-_PERMANENT_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EINVAL}
+_PERMANENT_ERRNOS = {
+    errno.ENOENT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.EINVAL,
+    errno.EROFS,
+    errno.ENAMETOOLONG,
+}
 
 
 def is_transient(exc: BaseException) -> bool:

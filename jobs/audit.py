@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from dpiqa.jobs.args import (
     add_address,
@@ -141,7 +142,11 @@ def main(args: argparse.Namespace) -> int:
     )
     if doc["drift"]:
         line += f", PSI {doc['drift']['psi']:.4f}, KS D {doc['drift']['ks_statistic']:.4f}"
+    if doc["selection"].get("quiet"):
+        line += f"; a quiet night: run {doc['selection']['run_id']} found nothing new and wrote no shard"
     print(line)
+    if doc.get("history_error"):
+        print(f"dpiqa audit: warning: {doc['history_error']}", file=sys.stderr)
     for what, where in (("report", args.report), ("json", args.json)):
         if where:
             print(f"{what} -> {where}")

@@ -332,6 +332,11 @@ def _thumbs(doc: dict, images: dict[str, list[str | None]]) -> str:
 
 def _selection(doc: dict) -> str:
     s = doc.get("selection") or {"kind": "all"}
+    if s["kind"] == "run" and s.get("quiet"):
+        return (
+            f"a quiet night: run {s['run_id']} (started {s.get('started')}) found nothing new in its input and "
+            "wrote no shard"
+        )
     if s["kind"] == "run":
         return f"the {s['shards']} shards run {s['run_id']} wrote (started {s.get('started')})"
     if s["kind"] == "under":
@@ -368,6 +373,7 @@ def render(doc: dict, images: dict[str, list[str | None]]) -> str:
         f"<p>Generated {esc(doc['generated'])}; model {esc(model.get('model'))} "
         f"(checkpoint {esc(model.get('checkpoint_hash'))}, code {esc(model.get('code_version'))}).</p>",
         banner,
+        *([f"<p class='err' id='history-error'>{esc(doc['history_error'])}</p>"] if doc.get("history_error") else []),
         "<h2>Summary</h2>",
         _summary(doc),
         f"<img class='plot' id='plot-histogram' alt='score histogram' src='{plots[0][1]}'>",

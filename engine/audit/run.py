@@ -239,7 +239,17 @@ def run_audit(config: AuditConfig) -> AuditResult:
     images = thumbnails(run, stats, doc, config.storage_options)
     doc["alerts"] = alerts(config, doc)
     if config.history:
-        doc["history"] = history.append(whole.location, doc, config.trend)
+        try:
+            doc["history"] = history.append(whole.location, doc, config.trend)
+        except OSError as exc:
+            # the page and the JSON the user asked for come first; the history is beside the scores, which
+            # may be read-only to whoever audits them
+            where = whole.location.child(history.AUDITS_DIR, f"{history.NAME}.parquet")
+            doc["history_error"] = (
+                f"the audit history {where} could not be updated ({exc.strerror or exc}); this audit is not in "
+                "it (--no-history skips it)"
+            )
+            log.warning("audit: %s", doc["history_error"])
     if config.json:
         write_text(config.json, json.dumps(doc, indent=1, allow_nan=False), config.storage_options)
     if config.report:
@@ -263,14 +273,15 @@ def select(config: AuditConfig, whole: ScoredRun) -> tuple[ScoredRun, dict, Scor
             )
         current = wanted[0]
         names = {w["name"] for w in current.get("written", [])}
-        if not names:
-            raise ValueError(f"{config.scores}: run {current.get('run_id')} wrote no shard (nothing new in its input)")
-        run = whole.subset(names)
+        if not names:  # a quiet night: nothing new in the input is a normal night, audited as one
+            log.info("audit: run %s wrote no shard (nothing new in its input)", current.get("run_id"))
+        run = whole.subset(names, empty_ok=True)
         selection = {
             "kind": "run",
             "run_id": current.get("run_id"),
             "started": current.get("started"),
             "input": current.get("input"),
+            "quiet": not names,
         }
     elif config.under:
         folder = config.under.strip("/")
