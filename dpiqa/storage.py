@@ -295,8 +295,9 @@ def refuse_overlap(shards: ShardList, output: str, storage_options: dict | None 
     input), an input inside the output, and an output that is one of the shards.
 
     Raises:
-        ValueError: one line naming both.
+        ValueError: one line naming both; or an object-store output in a bucket that does not exist.
     """
+    refuse_missing_bucket(output, storage_options)
     out = canonical(output, storage_options)
     if shards.root is not None and inside(out, shards.root):
         raise UsageError(
@@ -308,6 +309,27 @@ def refuse_overlap(shards: ShardList, output: str, storage_options: dict | None 
         )
     if out in set(shards.urls):
         raise ValueError(f"--output {output} is one of the input shards")
+
+
+def refuse_missing_bucket(output: str, storage_options: dict | None = None) -> None:
+    """Refuse an `s3://` output in a bucket that does not exist: s3fs would create it on the first write,
+    in whatever region and with whatever policy its defaults give, under a name that may be a typo.
+
+    Raises:
+        ValueError: one line naming the bucket.
+    """
+    fs, path = get_fs(output, storage_options)
+    if not _is_s3(fs):
+        return
+    bucket = path.split("/", 1)[0]
+    try:
+        fs.call_s3("head_bucket", Bucket=bucket)
+    except FileNotFoundError:
+        raise ValueError(
+            f"--output {output}: the bucket {bucket!r} does not exist; create it first (dpiqa does not create buckets)"
+        ) from None
+    except PermissionError:
+        pass  # it exists; whether this user may write there shows at the first write
 
 
 def _exists(fs: AbstractFileSystem, path: str) -> bool:
@@ -443,7 +465,10 @@ def fit_name(name: str) -> str:
     """An output name that the output's filesystem can hold: `name` itself when it has at most
     `MAX_NAME_BYTES` bytes; else its start and its end (the shard's own stem) around a hash of the whole
     (`2026-11-27__aaaa...-3f9c0e1d2b7a4c65-...zzzz__00001`), the same on every run and for no other name.
+    `?versionId=` (an S3 key's own characters, which s3fs would read as a version) is written `_versionId=`.
     """
+    # an object store output would read `?versionId=` in the name as a version (s3fs), and write elsewhere
+    name = name.replace(_VERSION_MARK, "_versionId=")
     raw = name.encode("utf-8", "surrogateescape")
     if len(raw) <= MAX_NAME_BYTES:
         return name
@@ -573,11 +598,12 @@ class RetryingReader(io.RawIOBase):
         self._f: Any = retry(self._open, f"open {path}", attempts)
 
     def _open(self) -> Any:
-        f = (
-            self.fs.open(self.path, "rb", block_size=self.block_size)
-            if not is_local(self.fs)
-            else self.fs.open(self.path, "rb")
-        )
+        if _VERSION_MARK in self.path and _is_s3(self.fs):
+            f: Any = io.BufferedReader(S3KeyReader(self.fs, self.path), self.block_size)
+        elif not is_local(self.fs):
+            f = self.fs.open(self.path, "rb", block_size=self.block_size)
+        else:
+            f = self.fs.open(self.path, "rb")
         if self.pos:
             f.seek(self.pos)
         return f
@@ -627,6 +653,51 @@ class RetryingReader(io.RawIOBase):
         if self._f is not None:
             self._f.close()
         super().close()
+
+
+_VERSION_MARK = "?versionId="
+
+
+def _is_s3(fs: AbstractFileSystem) -> bool:
+    return bool({"s3", "s3a"} & set(fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)))
+
+
+class S3KeyReader(io.RawIOBase):
+    """An S3 object read by its key exactly as listed, for a key holding `?versionId=`: s3fs's `split_path`
+    takes that part of any path for an object version (and reads another key, or none), so these keys are
+    read here with ranged GETs through s3fs's own `_fetch_range` (its retries and session included)."""
+
+    def __init__(self, fs: AbstractFileSystem, path: str) -> None:
+        super().__init__()
+        self.fs = fs
+        self.bucket, _, self.key = path.partition("/")
+        head = fs.call_s3("head_object", Bucket=self.bucket, Key=self.key)
+        self.size = int(head["ContentLength"])
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence] + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, b: Any) -> int:
+        from s3fs.core import _fetch_range
+
+        end = min(self.pos + len(b), self.size)
+        if end <= self.pos:
+            return 0
+        data = _fetch_range(self.fs, self.bucket, self.key, None, self.pos, end)
+        b[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
 
 
 def fs_join(path: str, *parts: str) -> str:
