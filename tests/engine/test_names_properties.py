@@ -72,7 +72,12 @@ def test_one_row_per_sample_with_webdataset_s_keys(spec, extra):
     assert [s.key for s in samples] == expected
 
 
-path_parts = st.text(alphabet=_CHARS, min_size=1, max_size=12).filter(lambda s: s not in (".", ".."))
+# path parts from tokens, so that the multi-character ones (fsspec's `::` chain, a glob's `[1]` and `*`, a
+# brace pattern's `{a,b}`) come up as often as single characters
+_TOKENS = ["a", "Z9", "_", "__", ".", "-", " ", "#", "?", "%41", "::", "[1]", "*", "{a,b}", "~", "$", "é"]
+path_parts = (
+    st.lists(st.sampled_from(_TOKENS), min_size=1, max_size=4).map("".join).filter(lambda s: s not in (".", ".."))
+)
 
 
 @SETTINGS
