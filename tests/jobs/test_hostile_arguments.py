@@ -100,8 +100,7 @@ def test_eval_json_with_an_undefined_correlation_is_json(capsys, tmp_path):
         rows = list(csv.reader(f))
     with open(table, "w", newline="") as f:
         csv.writer(f).writerows([rows[0], *[[path, "50"] for path, _ in rows[1:]]])
-    argv = ["eval", "--model", "brisque", "--dataset", "csv", "--root", str(table), "--split", "all", "--executor"]
-    argv = argv[:-1]  # eval has no executor: it scores in this process
+    argv = ["eval", "--model", "brisque", "--dataset", "csv", "--root", str(table), "--split", "all"]
     code, out, err = run(capsys, *argv, "--json")
     assert code == 0, err
     doc = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in eval --json: not JSON"))
