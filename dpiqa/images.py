@@ -8,8 +8,9 @@ from PIL import Image, ImageOps
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB: alpha composited over white, 16-bit gray scaled (PIL would clip it),
-    palette and CMYK converted by PIL, EXIF orientation applied."""
+    """Any PIL mode -> 8-bit RGB: alpha composited over white, 16-bit gray scaled (PIL would clip it), a
+    float image whose values lie in 0..1 scaled from that range, palette and CMYK converted by PIL, EXIF
+    orientation applied."""
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # noqa: BLE001 - a broken EXIF block only loses the orientation
@@ -19,8 +20,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
         img = Image.fromarray(arr.astype(np.uint8), "L")
     elif img.mode in ("I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        img = Image.fromarray((np.clip(arr, 0, top) * (255.0 / top)).astype(np.uint8), "L")
+        peak = arr[np.isfinite(arr)].max(initial=0)
+        # a float image (TIFF from scientific and HDR tools) holds 0..1 as a rule: taken as 0..255 it is black
+        top = 1.0 if img.mode == "F" and peak <= 1.0 else 65535.0 if peak > 255 else 255.0
+        arr = np.nan_to_num(arr, nan=0.0, posinf=top, neginf=0.0)
+        img = Image.fromarray(np.round(np.clip(arr, 0, top) * (255.0 / top)).astype(np.uint8), "L")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "RGBa", "La"):

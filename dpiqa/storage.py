@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 import errno
 import functools
+import hashlib
 import io
 import logging
 import os
@@ -54,6 +56,10 @@ def get_fs(location: Location, storage_options: dict | None = None) -> tuple[Abs
         storage_options = {**(storage_options or {}), **extra}
     else:
         url = location
+    if _plain_local(url):
+        # A local path is a path: fsspec's URL parsing would read `::` in a folder name as a chain of
+        # filesystems (`a::b/x.tar` -> an unknown protocol), so it never sees one.
+        return _LOCAL, _LOCAL._strip_protocol(os.path.expanduser(url))
     protocol = fsspec.core.split_protocol(url)[0] or "file"
     options = {**DEFAULT_STORAGE_OPTIONS.get(protocol, {}), **(storage_options or {})}
     if protocol in ("s3", "s3a") and "session" not in options:
@@ -63,6 +69,17 @@ def get_fs(location: Location, storage_options: dict | None = None) -> tuple[Abs
             check_endpoint(endpoint)
     fs, path = fsspec.core.url_to_fs(url, **options)
     return fs, path
+
+
+_LOCAL = fsspec.filesystem("file")
+
+
+def _plain_local(url: str) -> bool:
+    """Whether `url` is a plain local path: no `protocol://`, and no fsspec chain (`simplecache::/p`) whose
+    first link names a protocol fsspec knows."""
+    if "://" in url or url.startswith(("data:", "file:", "local:")):
+        return False
+    return "::" not in url or url.split("::", 1)[0] not in fsspec.available_protocols()
 
 
 @functools.lru_cache(maxsize=64)
@@ -199,13 +216,35 @@ def list_shards(spec: str, storage_options: dict | None = None, skip_missing: bo
         ValueError: the specification names no shard, names files that are no tar shards, or names
             shards that do not exist (without `skip_missing`); the message is one line.
     """
+    if not spec.strip():
+        raise UsageError(
+            "the input is an empty string (an unset shell variable?); name shards, a folder, a pattern or a list"
+        )
     fs, path = get_fs(spec, storage_options)
     root: str | None = None
     explicit = False  # every URL was named one by one (checked for existence)
+    unreadable: list[str] = []
     if _exists(fs, path):
         if fs.isdir(path):
             root = to_url(fs, path.rstrip("/"))
-            urls = [to_url(fs, p) for p in fs.find(path) if is_shard_name(p)]
+            if is_local(fs):
+                found, unreadable = _find_local(path)
+            else:
+                found = fs.find(path)
+            urls = [to_url(fs, p) for p in found if is_shard_name(p)]
+            if unreadable and not skip_missing:
+                raise ValueError(
+                    f"{spec}: {len(unreadable):,} folder(s) below it cannot be read, so the shards in them would "
+                    f"be left out (first: {unreadable[0]}); make them readable, or pass --skip-missing to score "
+                    "the shards that can be read"
+                )
+            if unreadable:
+                log.warning(
+                    "%s: %d folder(s) below it cannot be read; their shards are skipped (first: %s)",
+                    spec,
+                    len(unreadable),
+                    unreadable[0],
+                )
             if not urls:
                 raise ValueError(f"{spec}: a folder with no tar shard below it (.tar, .tar.gz, .tgz, .tar.zst, ...)")
         elif is_shard_name(path):
@@ -256,8 +295,9 @@ def refuse_overlap(shards: ShardList, output: str, storage_options: dict | None 
     input), an input inside the output, and an output that is one of the shards.
 
     Raises:
-        ValueError: one line naming both.
+        ValueError: one line naming both; or an object-store output in a bucket that does not exist.
     """
+    refuse_missing_bucket(output, storage_options)
     out = canonical(output, storage_options)
     if shards.root is not None and inside(out, shards.root):
         raise UsageError(
@@ -271,11 +311,57 @@ def refuse_overlap(shards: ShardList, output: str, storage_options: dict | None 
         raise ValueError(f"--output {output} is one of the input shards")
 
 
+def refuse_missing_bucket(output: str, storage_options: dict | None = None) -> None:
+    """Refuse an `s3://` output in a bucket that does not exist: s3fs would create it on the first write,
+    in whatever region and with whatever policy its defaults give, under a name that may be a typo.
+
+    Raises:
+        ValueError: one line naming the bucket.
+    """
+    fs, path = get_fs(output, storage_options)
+    if not _is_s3(fs):
+        return
+    bucket = path.split("/", 1)[0]
+    try:
+        fs.call_s3("head_bucket", Bucket=bucket)
+    except FileNotFoundError:
+        raise ValueError(
+            f"--output {output}: the bucket {bucket!r} does not exist; create it first (dpiqa does not create buckets)"
+        ) from None
+    except PermissionError:
+        pass  # it exists; whether this user may write there shows at the first write
+
+
 def _exists(fs: AbstractFileSystem, path: str) -> bool:
     try:
         return bool(path) and fs.exists(path)
     except (ValueError, OSError):  # a pattern that is no valid object name
         return False
+
+
+def _find_local(folder: str) -> tuple[list[str], list[str]]:
+    """Every file below a local folder, following symbolic links to folders (as `find -L` does: a link
+    is how a catalog often gathers its parts), and the folders that could not be read, each with why.
+
+    Written with `os.walk` rather than fsspec's `find`, which neither follows a link to a folder nor says
+    when a folder cannot be listed: it leaves both out silently. A link back up the tree (or a second link
+    to a folder already walked) is walked once.
+    """
+    files: list[str] = []
+    unreadable: list[str] = []
+    walked: set[str] = set()
+
+    def failed(exc: OSError) -> None:
+        unreadable.append(f"{exc.filename}: {exc.strerror or exc}")
+
+    for here, dirs, names in os.walk(folder, onerror=failed, followlinks=True):
+        real = os.path.realpath(here)
+        if real in walked:
+            dirs[:] = []
+            continue
+        walked.add(real)
+        files.extend(os.path.join(here, n) for n in names)
+    return sorted(files), sorted(unreadable)
 
 
 def _magic(path: str) -> bool:
@@ -301,10 +387,17 @@ def _read_list(fs: AbstractFileSystem, path: str, spec: str, storage_options: di
     paths taken relative to the list's own folder (so a list travels with its shards)."""
     with fs.open(path, "rb") as f:
         raw = f.read(64 << 20)
+    # Editors on Windows save a list as UTF-8 with a byte-order mark (Notepad's "UTF-8 with BOM") or as
+    # UTF-16 ("Unicode"), with CRLF line ends: the mark would otherwise glue onto the first shard's name.
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            raw = raw.decode("utf-16").encode("utf-8")
+        except UnicodeDecodeError:
+            pass
     if b"\x00" in raw[:8192]:
         raise ValueError(f"{spec}: neither a tar shard (.tar, .tar.gz, ...) nor a text list of shard URLs")
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ValueError(
             f"{spec}: neither a tar shard (.tar, .tar.gz, ...) nor a UTF-8 text list of shard URLs"
@@ -361,12 +454,39 @@ def shard_stem(url: str) -> str:
     return base
 
 
+# The longest output name, in bytes: an output file is `NAME.parquet` (the local writer's temporary file
+# `.NAME.parquet.xxxxxxxx.tmp`), and a file name holds at most 255 bytes on ext4, XFS, APFS and NTFS
+# (an S3 key 1,024 in all). Checked before anything is scored, so a name never fails at the write.
+MAX_NAME_BYTES = 200
+_HASH_CHARS = 16
+
+
+def fit_name(name: str) -> str:
+    """An output name that the output's filesystem can hold: `name` itself when it has at most
+    `MAX_NAME_BYTES` bytes; else its start and its end (the shard's own stem) around a hash of the whole
+    (`2026-11-27__aaaa...-3f9c0e1d2b7a4c65-...zzzz__00001`), the same on every run and for no other name.
+    `?versionId=` (an S3 key's own characters, which s3fs would read as a version) is written `_versionId=`.
+    """
+    # an object store output would read `?versionId=` in the name as a version (s3fs), and write elsewhere
+    name = name.replace(_VERSION_MARK, "_versionId=")
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= MAX_NAME_BYTES:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:_HASH_CHARS]
+    keep = (MAX_NAME_BYTES - _HASH_CHARS - 2) // 2
+    # cut on character boundaries: a name's bytes are UTF-8 (or surrogate-escaped bytes that were not)
+    head = raw[:keep].decode("utf-8", "ignore")
+    tail = raw[-keep:].decode("utf-8", "ignore")
+    return f"{head}-{digest}-{tail}"
+
+
 def shard_names(urls: Iterable[str], root: str | None = None) -> dict[str, str]:
     """Deterministic, unique output names: each shard's path below `root` (or, without one, below the
     shards' common folder), without its suffix, `/` written as `__`.
 
     `root/a/00001.tar` and `root/b/00001.tar` become `a__00001` and `b__00001`; shards directly in `root`
-    keep their stems (`00001`).
+    keep their stems (`00001`). A name longer than a file name may be (`MAX_NAME_BYTES`) is shortened
+    around a hash of the whole (`fit_name`).
 
     Raises:
         ValueError: two shards would get one name (`x.tar` beside `x.tar.gz`).
@@ -382,7 +502,7 @@ def shard_names(urls: Iterable[str], root: str | None = None) -> dict[str, str]:
     for url, s in zip(urls, stripped, strict=True):
         rel = posixpath.relpath(s, common) if common else s.lstrip("/")
         rel = posixpath.join(posixpath.dirname(rel), shard_stem(rel))
-        names[url] = rel.replace("/", "__")
+        names[url] = fit_name(rel.replace("/", "__"))
     if len(set(names.values())) != len(names):
         seen: dict[str, str] = {}
         for url, name in names.items():
@@ -398,7 +518,16 @@ def shard_names(urls: Iterable[str], root: str | None = None) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 # Transient errors: retried with backoff before a read is declared failed.
 
-_PERMANENT_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.EINVAL}
+_PERMANENT_ERRNOS = {
+    errno.ENOENT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.EINVAL,
+    errno.EROFS,
+    errno.ENAMETOOLONG,
+}
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -469,11 +598,12 @@ class RetryingReader(io.RawIOBase):
         self._f: Any = retry(self._open, f"open {path}", attempts)
 
     def _open(self) -> Any:
-        f = (
-            self.fs.open(self.path, "rb", block_size=self.block_size)
-            if not is_local(self.fs)
-            else self.fs.open(self.path, "rb")
-        )
+        if _VERSION_MARK in self.path and _is_s3(self.fs):
+            f: Any = io.BufferedReader(S3KeyReader(self.fs, self.path), self.block_size)
+        elif not is_local(self.fs):
+            f = self.fs.open(self.path, "rb", block_size=self.block_size)
+        else:
+            f = self.fs.open(self.path, "rb")
         if self.pos:
             f.seek(self.pos)
         return f
@@ -523,6 +653,51 @@ class RetryingReader(io.RawIOBase):
         if self._f is not None:
             self._f.close()
         super().close()
+
+
+_VERSION_MARK = "?versionId="
+
+
+def _is_s3(fs: AbstractFileSystem) -> bool:
+    return bool({"s3", "s3a"} & set(fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)))
+
+
+class S3KeyReader(io.RawIOBase):
+    """An S3 object read by its key exactly as listed, for a key holding `?versionId=`: s3fs's `split_path`
+    takes that part of any path for an object version (and reads another key, or none), so these keys are
+    read here with ranged GETs through s3fs's own `_fetch_range` (its retries and session included)."""
+
+    def __init__(self, fs: AbstractFileSystem, path: str) -> None:
+        super().__init__()
+        self.fs = fs
+        self.bucket, _, self.key = path.partition("/")
+        head = fs.call_s3("head_object", Bucket=self.bucket, Key=self.key)
+        self.size = int(head["ContentLength"])
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence] + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, b: Any) -> int:
+        from s3fs.core import _fetch_range
+
+        end = min(self.pos + len(b), self.size)
+        if end <= self.pos:
+            return 0
+        data = _fetch_range(self.fs, self.bucket, self.key, None, self.pos, end)
+        b[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
 
 
 def fs_join(path: str, *parts: str) -> str:

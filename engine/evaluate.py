@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -68,7 +69,14 @@ def evaluate(
     keep = np.isfinite(pred)
     metrics = compute_metrics(pred[keep], mos[keep])
     metrics["unscored"] = int((~keep).sum())
-    return metrics
+    # A correlation is undefined where the scores or the MOS are all equal (a constant model, one label):
+    # None (JSON null, "n/a" in tables), never NaN, which JSON does not have.
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
+
+
+def shown(value: float | None, digits: int = 4) -> str:
+    """A metric as tables show it: `0.9123`, or `n/a` where it is undefined."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def split_indices(
@@ -125,7 +133,7 @@ def matrix_markdown(results: list[dict], title: str) -> str:
                 row.append("-")
                 continue
             met = r["metrics"]
-            row.append(f"{met['srcc']:.4f} / {met['plcc']:.4f} ({r['split']['part']}, n={met['n']})")
+            row.append(f"{shown(met['srcc'])} / {shown(met['plcc'])} ({r['split']['part']}, n={met['n']})")
         lines.append(f"| {m} | " + " | ".join(row) + " |")
     lines += [
         "",

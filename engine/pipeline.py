@@ -161,7 +161,7 @@ def run_score(config: ScoreConfig, executor: Executor | str = "auto", address: s
     wall = datetime.now(timezone.utc)
     storage.RETRIES.take()  # what an earlier run in this process left is not this run's
     info = models.describe(config.model)
-    models.check_runtime(config.model, info.runtime, config.run)
+    models.check_runtime(config.model, info.runtime, config.run, address)
     shards = storage.list_shards(config.input, config.storage_options, skip_missing=config.skip_missing)
     output = OutputLocation(config.output, config.storage_options)
     storage.refuse_overlap(shards, output.url, config.storage_options)

@@ -15,7 +15,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from dpiqa.engine import schema
-from dpiqa.engine.output import MANIFEST, RUN_FILE, SCORES_DIR, CorruptFileError, OutputLocation
+from dpiqa.engine.output import DONE_DIR, MANIFEST, RUN_FILE, SCORES_DIR, CorruptFileError, OutputLocation
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,10 @@ class ScoredRun:
         self.by_path = {s.path: s for s in self.shards}
         self.manifest = self._optional_json(MANIFEST)
         self.run_info = self._optional_json(RUN_FILE)
-        self.schema = pq.read_schema(self.shards[0].path, filesystem=self.fs)
+        try:
+            self.schema = pq.read_schema(self.shards[0].path, filesystem=self.fs)
+        except (pa.ArrowException, OSError) as exc:
+            raise self._unreadable(self.shards[0], exc) from None
         self.has_source = "source" in self.schema.names
 
     @classmethod
@@ -101,14 +104,18 @@ class ScoredRun:
         run.schema, run.has_source = schema, "source" in schema.names
         return run
 
-    def subset(self, names: set[str]) -> ScoredRun:
+    def subset(self, names: set[str], empty_ok: bool = False) -> ScoredRun:
         """The completed shards among `names` (output names), as a run of their own (the same location).
 
+        Args:
+            names: output names.
+            empty_ok: return a run of no shard when none is completed (a night with nothing new), not an error.
+
         Raises:
-            ValueError: none of them is completed.
+            ValueError: none of them is completed (without `empty_ok`).
         """
         shards = [s for s in self.shards if s.name in names]
-        if not shards:
+        if not shards and not empty_ok:
             raise ValueError(f"{self.url}: none of the {len(names)} shards selected has a completion marker")
         part = ScoredRun.part(self.url, self.storage_options, shards, self.schema)
         part.manifest, part.run_info = self.manifest, self.run_info
@@ -139,8 +146,21 @@ class ScoredRun:
         highs = [hi for _, hi in ranges if hi is not None]
         return (min(lows) if lows else None, max(highs) if highs else None)
 
+    def _unreadable(self, shard: ScoredShard, exc: BaseException) -> ValueError:
+        """One line naming a scores file pyarrow cannot read (its own message, "Parquet magic bytes not found in
+        footer", names none) and how to score its shard again."""
+        marker = self.location.child(DONE_DIR, f"{shard.name}.json")
+        return ValueError(
+            f"{self.location.child(SCORES_DIR, shard.name + '.parquet')}: not a readable Parquet file "
+            f"({str(exc).splitlines()[0]}); cut short or damaged: delete {marker} and rerun `dpiqa score` "
+            "to score its shard again"
+        )
+
     def _file_range(self, shard: ScoredShard) -> tuple[float | None, float | None]:
-        meta = pq.read_metadata(shard.path, filesystem=self.fs)
+        try:
+            meta = pq.read_metadata(shard.path, filesystem=self.fs)
+        except (pa.ArrowException, OSError) as exc:
+            raise self._unreadable(shard, exc) from None
         col = meta.schema.names.index("score")
         lo, hi, complete = np.inf, -np.inf, True
         for g in range(meta.num_row_groups):

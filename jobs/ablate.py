@@ -6,6 +6,7 @@ import argparse
 
 from dpiqa.errors import UsageError
 from dpiqa.jobs import training
+from dpiqa.jobs.args import location
 from dpiqa.storage import join
 
 
@@ -22,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--kind", choices=["teacher", "student"], default="teacher")
     p.add_argument("--variants", default=None, help="comma-separated variant names (default: all of --kind)")
-    p.add_argument("--teacher", default=None, help="student: the teacher checkpoint to distill from")
+    p.add_argument("--teacher", type=location, default=None, help="student: the teacher checkpoint to distill from")
     training.add_common(p, teacher=True, student=True)
     p.set_defaults(run=main)
 

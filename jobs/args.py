@@ -44,6 +44,41 @@ fraction = _number(float, "a number above 0 and at most 1", lambda v: 0 < v <= 1
 nonnegative_float = _number(float, "a number >= 0", lambda v: math.isfinite(v) and v >= 0)
 
 
+def location(text: str) -> str:
+    """A file, folder or URL option: never the empty string, which every filesystem reads as the current
+    folder (`--input "$CORPUS"` with the variable unset would score everything below it)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "must name a file, folder or URL, not an empty string (an unset shell variable?)"
+        )
+    return text
+
+
+def split_fractions(text: str) -> tuple[float, float, float]:
+    """`--fractions train,val,test`: three finite numbers from 0 to 1 that sum to 1, the first above 0."""
+    parts = text.split(",")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) and 0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"must be three numbers from 0 to 1 like 0.7,0.1,0.2, not {text!r}")
+    if abs(sum(values) - 1.0) > 1e-6 or values[0] == 0:
+        raise argparse.ArgumentTypeError(f"must sum to 1 with a train fraction above 0, not {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def epoch_list(text: str) -> tuple[int, ...]:
+    """`--milestones 5` or `10,25`: epochs >= 1, comma-separated."""
+    try:
+        values = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"must be epochs >= 1 like 5 or 10,25, not {text!r}")
+    return values
+
+
 def json_object(text: str) -> dict:
     """A JSON object typed on the command line (`--storage-options '{"endpoint_url": "..."}'`)."""
     try:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from dpiqa.jobs.args import (
     add_address,
     add_executor,
     add_storage_options,
+    location,
     nonnegative_float,
     nonnegative_int,
     positive_int,
@@ -25,7 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "scored images. Writes one self-contained HTML page and/or a JSON document. Exits 3 when a "
         "threshold is crossed, printing which, so that a cron job can alert.",
     )
-    p.add_argument("--scores", required=True, help="output location of the score run (local, s3://, any fsspec URL)")
+    p.add_argument(
+        "--scores", type=location, required=True, help="output location of the score run (local, s3://, any fsspec URL)"
+    )
     sel = p.add_argument_group("what to audit (default: every completed shard)")
     sel.add_argument(
         "--run",
@@ -41,7 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="only the shards below this folder of the input (a date folder: 2026-11-27)",
     )
     base = p.add_argument_group("baseline (one of)")
-    base.add_argument("--baseline", default=None, help="output location of another score run to compare against")
+    base.add_argument(
+        "--baseline", type=location, default=None, help="output location of another score run to compare against"
+    )
     base.add_argument(
         "--baseline-runs",
         type=positive_int,
@@ -51,6 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     base.add_argument(
         "--baseline-json",
+        type=location,
         default=None,
         metavar="AUDIT_JSON",
         help="an earlier audit's JSON document (its histogram, summary and per-source figures)",
@@ -68,8 +75,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="audits of the history the page plots, this one included (default: 30)",
     )
-    p.add_argument("--report", default=None, help="HTML page to write (local path or URL)")
-    p.add_argument("--json", default=None, help="JSON document to write (local path or URL)")
+    p.add_argument("--report", type=location, default=None, help="HTML page to write (local path or URL)")
+    p.add_argument("--json", type=location, default=None, help="JSON document to write (local path or URL)")
     p.add_argument(
         "--max-error-rate",
         type=rate,
@@ -135,7 +142,11 @@ def main(args: argparse.Namespace) -> int:
     )
     if doc["drift"]:
         line += f", PSI {doc['drift']['psi']:.4f}, KS D {doc['drift']['ks_statistic']:.4f}"
+    if doc["selection"].get("quiet"):
+        line += f"; a quiet night: run {doc['selection']['run_id']} found nothing new and wrote no shard"
     print(line)
+    if doc.get("history_error"):
+        print(f"dpiqa audit: warning: {doc['history_error']}", file=sys.stderr)
     for what, where in (("report", args.report), ("json", args.json)):
         if where:
             print(f"{what} -> {where}")

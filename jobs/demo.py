@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dpiqa.jobs.args import add_address, add_executor
+from dpiqa.jobs.args import add_address, add_executor, location
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,8 +18,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "levels); scores them with `dpiqa score` on a local Ray; audits the result with `dpiqa audit`; "
         "and prints how well the scores rank each distortion by strength.",
     )
-    p.add_argument("--output", default="demo-out", help="folder for the corpus, scores and report (default demo-out)")
-    p.add_argument("--model", default="demo", help="model to score with (default: the shipped demo checkpoint)")
+    p.add_argument(
+        "--output",
+        type=location,
+        default="demo-out",
+        help="folder for the corpus, scores and report (default demo-out)",
+    )
+    p.add_argument(
+        "--model", type=location, default="demo", help="model to score with (default: the shipped demo checkpoint)"
+    )
     add_executor(
         p,
         auto="as `dpiqa score` chooses",

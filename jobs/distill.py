@@ -6,7 +6,7 @@ import argparse
 
 from dpiqa.errors import UsageError
 from dpiqa.jobs import training
-from dpiqa.jobs.args import positive_float
+from dpiqa.jobs.args import location, positive_float
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,10 +18,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "shards (--shards) with the teacher's maps from `dpiqa score --write-maps` (--teacher-outputs); "
         "labels are used where present.",
     )
-    p.add_argument("--teacher", default=None, help="teacher checkpoint (its outputs on --dataset are computed first)")
-    p.add_argument("--shards", default=None, help="WebDataset shards to distill on (labelled where .json has a score)")
     p.add_argument(
-        "--teacher-outputs", default=None, help="a `dpiqa score --write-maps` run of the teacher on --shards"
+        "--teacher",
+        type=location,
+        default=None,
+        help="teacher checkpoint (its outputs on --dataset are computed first)",
+    )
+    p.add_argument(
+        "--shards",
+        type=location,
+        default=None,
+        help="WebDataset shards to distill on (labelled where .json has a score)",
+    )
+    p.add_argument(
+        "--teacher-outputs",
+        type=location,
+        default=None,
+        help="a `dpiqa score --write-maps` run of the teacher on --shards",
     )
     p.add_argument("--score-field", default="mos", help="score key in the shards' .json (default mos)")
     p.add_argument("--shard-mos-scale", type=positive_float, default=None, help="MOS scale of the shards' labels")

@@ -10,9 +10,11 @@ from dpiqa.jobs.args import (
     add_run_options,
     add_storage_options,
     key_values,
+    location,
     nonnegative_int,
     positive_int,
     run_options,
+    split_fractions,
 )
 
 
@@ -31,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--model",
+        type=location,
         required=True,
         action="append",
         help="checkpoint folder/URL/Hub id, shipped name or named config (repeatable)",
@@ -42,7 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=sorted(DATASETS),
         help="dataset layout (repeatable; the n-th --dataset goes with the n-th --root)",
     )
-    p.add_argument("--root", required=True, action="append", help="dataset root folder or URL (the table for csv)")
+    p.add_argument(
+        "--root", type=location, required=True, action="append", help="dataset root folder or URL (the table for csv)"
+    )
     p.add_argument(
         "--dataset-option",
         action="append",
@@ -52,12 +57,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--split", choices=["test", "val", "train", "all"], default="test")
     p.add_argument("--seed", type=nonnegative_int, default=None, help="split seed (default: the model card's)")
-    p.add_argument("--fractions", default=None, help="train,val,test fractions (default: the model card's)")
+    p.add_argument(
+        "--fractions", type=split_fractions, default=None, help="train,val,test fractions (default: the model card's)"
+    )
     p.add_argument("--grouped", action=argparse.BooleanOptionalAction, default=None)
     add_run_options(p)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--table", default=None, help="write the results as a markdown table here")
+    p.add_argument("--table", type=location, default=None, help="write the results as a markdown table here")
     add_storage_options(p)
     p.set_defaults(run=main)
 
@@ -66,7 +73,7 @@ def main(args: argparse.Namespace) -> int:
 
     from dpiqa import models
     from dpiqa.engine.datasets import load_dataset
-    from dpiqa.engine.evaluate import evaluate, matrix_markdown, split_indices
+    from dpiqa.engine.evaluate import evaluate, matrix_markdown, shown, split_indices
 
     if len(args.dataset) != len(args.root):
         raise ValueError(f"{len(args.dataset)} --dataset but {len(args.root)} --root: give one root per dataset")
@@ -77,7 +84,7 @@ def main(args: argparse.Namespace) -> int:
         mine = {k.split(".", 1)[1]: v for k, v in options.items() if k.startswith(f"{dataset}.")}
         return {**{k: v for k, v in options.items() if "." not in k}, **mine}
 
-    fractions = tuple(float(x) for x in args.fractions.split(",")) if args.fractions else None
+    fractions = args.fractions
     labels = model_labels(args.model)
     results = []
     for dataset, root in zip(args.dataset, args.root, strict=True):
@@ -107,13 +114,14 @@ def main(args: argparse.Namespace) -> int:
     if args.table:
         Path(args.table).write_text(matrix_markdown(results, "Cross-dataset evaluation" if matrix else "Evaluation"))
     if args.json:
-        print(json.dumps(results if matrix else results[0], indent=2, sort_keys=True))
+        print(json.dumps(results if matrix else results[0], indent=2, sort_keys=True, allow_nan=False))
     else:
         for r in results:
             m = r["metrics"]
             print(
-                f"{r['model']} on {r['dataset']} ({r['split']['part']}, {m['n']} images): SRCC {m['srcc']:.4f} "
-                f"KRCC {m['krcc']:.4f} PLCC {m['plcc']:.4f} (logistic {m['plcc_logistic']:.4f}) RMSE {m['rmse']:.4f}"
+                f"{r['model']} on {r['dataset']} ({r['split']['part']}, {m['n']} images): SRCC {shown(m['srcc'])} "
+                f"KRCC {shown(m['krcc'])} PLCC {shown(m['plcc'])} (logistic {shown(m['plcc_logistic'])}) "
+                f"RMSE {shown(m['rmse'])}"
             )
     return 0
 

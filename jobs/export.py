@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dpiqa.jobs.args import positive_int
+from dpiqa.jobs.args import location, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,11 +21,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--model",
+        type=location,
         required=True,
         help="student checkpoint folder/URL/Hub id, shipped name or named config (teachers do not export)",
     )
     p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default: onnx)")
-    p.add_argument("--output", required=True, help="export folder (local or fsspec URL)")
+    p.add_argument("--output", type=location, required=True, help="export folder (local or fsspec URL)")
     p.add_argument(
         "--opset", type=positive_int, default=None, help="ONNX opset (default: models.export.DEFAULT_OPSET, 18)"
     )

@@ -10,6 +10,7 @@ from dpiqa.jobs.args import (
     add_storage_options,
     finite_float,
     fraction,
+    location,
     positive_int,
     print_failures,
 )
@@ -25,11 +26,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "completion marker OUT/_done/NAME.json. Rerunning the same command skips finished shards. "
         "Samples whose member names could escape an extraction folder are refused and counted.",
     )
-    p.add_argument("--scores", required=True, help="output location of the `dpiqa score` run")
+    p.add_argument("--scores", type=location, required=True, help="output location of the `dpiqa score` run")
     p.add_argument(
-        "--input", required=True, help="the scored shards: brace pattern, glob, prefix/folder, or a text file of URLs"
+        "--input",
+        type=location,
+        required=True,
+        help="the scored shards: brace pattern, glob, prefix/folder, or a text file of URLs",
     )
-    p.add_argument("--output", required=True, help="folder or URL for the new shards (local, s3://, any fsspec URL)")
+    p.add_argument(
+        "--output", type=location, required=True, help="folder or URL for the new shards (local, s3://, any fsspec URL)"
+    )
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument(
         "--min-score", type=finite_float, default=None, metavar="X", help="keep ok samples with score >= X"

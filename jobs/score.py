@@ -10,6 +10,7 @@ from dpiqa.jobs.args import (
     add_executor,
     add_run_options,
     add_storage_options,
+    location,
     nonnegative_int,
     positive_float,
     positive_int,
@@ -30,12 +31,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--input",
+        type=location,
         required=True,
         help="shards: brace pattern (s3://b/p/{00000..00099}.tar), glob, prefix/folder, or a text file of URLs",
     )
-    p.add_argument("--output", required=True, help="output folder or URL (local, s3://, any fsspec URL)")
+    p.add_argument("--output", type=location, required=True, help="output folder or URL (local, s3://, any fsspec URL)")
     p.add_argument(
         "--model",
+        type=location,
         default="demo",
         help="checkpoint folder/URL/Hub id, shipped name (demo) or named config (default: demo)",
     )

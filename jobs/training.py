@@ -11,10 +11,14 @@ from dpiqa.jobs.args import (
     add_address,
     add_executor,
     add_storage_options,
+    epoch_list,
     key_values,
+    location,
+    nonnegative_float,
     nonnegative_int,
     positive_float,
     positive_int,
+    split_fractions,
 )
 from dpiqa.models.checkpoint import WEIGHTS_DTYPES
 from dpiqa.models.pretrained import CLIP_TEXT, STABLE_DIFFUSION
@@ -38,7 +42,9 @@ def add_common(p: argparse.ArgumentParser, teacher: bool = False, student: bool 
         choices=sorted(k for k in DATASETS if k != "webdataset"),
         help="labelled dataset layout (see `dpiqa eval --help` for each one's files)",
     )
-    data.add_argument("--root", default=None, help="the dataset's root folder or URL (the table for csv)")
+    data.add_argument(
+        "--root", type=location, default=None, help="the dataset's root folder or URL (the table for csv)"
+    )
     data.add_argument(
         "--dataset-option",
         action="append",
@@ -63,6 +69,7 @@ def add_common(p: argparse.ArgumentParser, teacher: bool = False, student: bool 
     data.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the first split (default 0)")
     data.add_argument(
         "--fractions",
+        type=split_fractions,
         default=None,
         help="train,val,test fractions (default: 0.7,0.1,0.2; 0.8,0,0.2 with --protocol paper)",
     )
@@ -92,7 +99,7 @@ def add_common(p: argparse.ArgumentParser, teacher: bool = False, student: bool 
     proto = p.add_argument_group("optimisation (defaults: the paper's)")
     proto.add_argument(
         "--rank-weight",
-        type=float,
+        type=nonnegative_float,
         default=0.0,
         help="weight of a pairwise hinge ranking loss across distortion levels of one source "
         "(batches then hold whole groups); default 0: off",
@@ -112,7 +119,9 @@ def add_common(p: argparse.ArgumentParser, teacher: bool = False, student: bool 
         "default the paper's: 16 for the teacher, 24 for the student",
     )
     proto.add_argument("--lr", type=positive_float, default=None)
-    proto.add_argument("--milestones", default=None, help="epochs of the x0.2 step decay, e.g. 5 or 10,25")
+    proto.add_argument(
+        "--milestones", type=epoch_list, default=None, help="epochs of the x0.2 step decay, e.g. 5 or 10,25"
+    )
     proto.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16", "fp16"],
@@ -122,7 +131,7 @@ def add_common(p: argparse.ArgumentParser, teacher: bool = False, student: bool 
     )
     model = p.add_argument_group("model")
     model.add_argument("--config", default=None, help="named configuration to start from (see `dpiqa model-info`)")
-    model.add_argument("--init", default=None, help="start from this checkpoint (folder, URL or Hub id)")
+    model.add_argument("--init", type=location, default=None, help="start from this checkpoint (folder, URL or Hub id)")
     model.add_argument("--image-size", type=positive_int, default=None, help="override the input size")
     model.add_argument(
         "--set",
@@ -171,7 +180,9 @@ def add_common(p: argparse.ArgumentParser, teacher: bool = False, student: bool 
             "ImageNet weights, which must be had)",
         )
     run = p.add_argument_group("execution")
-    run.add_argument("--output", required=True, help="checkpoint folder or URL (with --splits N: one per split)")
+    run.add_argument(
+        "--output", type=location, required=True, help="checkpoint folder or URL (with --splits N: one per split)"
+    )
     run.add_argument(
         "--weights-dtype",
         choices=WEIGHTS_DTYPES,
@@ -205,12 +216,14 @@ def add_common(p: argparse.ArgumentParser, teacher: bool = False, student: bool 
     )
     run.add_argument(
         "--cache-dir",
+        type=location,
         default=None,
         help="a local folder keeping the teacher's outputs and a frozen backbone's features per image, "
         "so that a rerun after a kill resumes them (not part of the run's identity)",
     )
     run.add_argument(
         "--storage",
+        type=location,
         default=None,
         help="the run's checkpoints (default OUTPUT/_train); a rerun of the same command resumes from them",
     )
@@ -244,10 +257,7 @@ def config_from_args(args: argparse.Namespace, job: str, spec, **fields):  # noq
     from dpiqa.engine.training.run import TrainConfig, TrainRun
 
     protocol = PROTOCOLS[args.protocol]
-    try:
-        fractions = tuple(float(x) for x in args.fractions.split(",")) if args.fractions else protocol["fractions"]
-    except ValueError:
-        raise UsageError(f"--fractions: expected three numbers like 0.7,0.1,0.2, not {args.fractions!r}") from None
+    fractions = args.fractions or protocol["fractions"]
     if args.protocol == "paper" and fractions[1] != 0:
         raise UsageError(
             "--protocol paper has no validation part (it trains to the last epoch): "
@@ -267,7 +277,7 @@ def config_from_args(args: argparse.Namespace, job: str, spec, **fields):  # noq
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
-        milestones=tuple(int(m) for m in args.milestones.split(",")) if args.milestones else None,
+        milestones=args.milestones,
         synthetic=args.synthetic,
         extra_train=args.extra_train,
         extra_val=args.extra_val,

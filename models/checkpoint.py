@@ -197,16 +197,31 @@ def put_files(staging: Path, location: str, names: tuple[str, ...]) -> None:
 
 
 def read_json(location: str, name: str) -> dict | None:
-    """One small JSON file of a checkpoint, without fetching its weights; None if absent."""
+    """One small JSON file of a checkpoint, without fetching its weights; None if absent.
+
+    Raises:
+        ValueError: the file is no JSON object (one line naming it).
+    """
     if is_url(location):
         fs, path = fsspec.core.url_to_fs(location)
         remote = storage.fs_join(path, name)
         if not fs.exists(remote):
             return None
-        with fs.open(remote, "rt") as f:
-            return json.load(f)
-    path = local_dir(location, files=(name,)) / name
-    return json.loads(path.read_text()) if path.exists() else None
+        with fs.open(remote, "rb") as f:
+            text = f.read()
+        where = f"{location.rstrip('/')}/{name}"
+    else:
+        path = local_dir(location, files=(name,)) / name
+        if not path.exists():
+            return None
+        text, where = path.read_bytes(), str(path)
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{where}: not JSON ({exc}); the checkpoint is damaged") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: JSON {type(data).__name__}, not an object; the checkpoint is damaged")
+    return data
 
 
 def config_json(architecture: str, config: Any) -> str:
@@ -330,14 +345,16 @@ class CheckpointMixin:
             verify: check the content hash against the card (catches corrupted or edited files).
         """
         directory = local_dir(location)
-        config_data = json.loads((directory / CONFIG_NAME).read_text())
+        config_data = read_json(str(directory), CONFIG_NAME)
+        if config_data is None:
+            raise FileNotFoundError(f"{location}: no {CONFIG_NAME} (not a DP-IQA checkpoint)")
         if config_data.get("architecture") != cls.architecture:
             raise ValueError(
                 f"{location}: checkpoint is a {config_data.get('architecture')!r}, not a {cls.architecture!r}"
             )
         card_path = directory / CARD_NAME
         if verify and card_path.exists():
-            expected = json.loads(card_path.read_text()).get("sha256")
+            expected = (read_json(str(directory), CARD_NAME) or {}).get("sha256")
             actual = content_hash(directory)
             if expected and expected != actual:
                 raise ValueError(f"{location}: content hash {actual} does not match card.json ({expected})")

@@ -26,7 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import fsspec
 import numpy as np
 import torch
 from torch import nn
@@ -188,8 +187,13 @@ def validate(
 
 
 def _refuse_existing(output: str, overwrite: bool) -> None:
-    """An existing export is replaced only with `overwrite`; a PyTorch checkpoint never is."""
-    fs, path = fsspec.core.url_to_fs(output)
+    """An existing export is replaced only with `overwrite`; a PyTorch checkpoint never is; an existing file
+    is no folder to export into (checked before the export, which takes minutes for a large student)."""
+    fs, path = storage.get_fs(output)
+    if fs.isfile(path):
+        raise ValueError(
+            f"--output {output} is an existing file; give a folder (it gets model.onnx, config.json, card.json)"
+        )
     if fs.exists(storage.fs_join(path, checkpoint.WEIGHTS_NAME)):
         raise ValueError(f"{output}: holds a PyTorch checkpoint (model.safetensors); export to another folder")
     existing = [n for n in checkpoint.ONNX_FILES if fs.exists(storage.fs_join(path, n))]

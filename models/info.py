@@ -10,7 +10,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dpiqa import models
+from dpiqa.errors import UsageError
 from dpiqa.models import checkpoint
+from dpiqa.models.registry import json_text
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,15 @@ def model_info(name_or_path: str, overrides: dict[str, Any] | None = None) -> di
         overrides: config fields to replace in a named configuration (e.g. `{"text_adapter": False}`).
     """
     info = models.describe(name_or_path, overrides)
-    model = build_meta(name_or_path, overrides)
+    try:
+        model = build_meta(name_or_path, overrides)
+        flops = count_flops(model, tuple(info.preprocessing.size))
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        if not overrides:
+            raise
+        # what only building the model tells (an unknown backbone, an input too small for its layers)
+        changed = ", ".join(f"{k}={json_text(v)}" for k, v in overrides.items())
+        raise UsageError(f"{name_or_path} with --set {changed} cannot be built: {str(exc).splitlines()[0]}") from None
     parameters = checkpoint.parameter_counts(model)
     parameters["frozen"] = parameters["total"] - parameters["trainable"]
     for part, modules in model.parts().items():
@@ -84,7 +94,7 @@ def model_info(name_or_path: str, overrides: dict[str, Any] | None = None) -> di
         "map_shape": list(info.map_shape),
         "parameters": parameters,
         "buffers": sum(b.numel() for b in model.buffers()),
-        "flops": count_flops(model, size),
+        "flops": flops,
         "flops_note": FLOP_NOTE,
     }
     if overrides:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from typing import TYPE_CHECKING
 
 from dpiqa.errors import UsageError
@@ -50,16 +51,21 @@ def runtime_of(name_or_path: str) -> str:
     return "onnx" if card.get("format") == "onnx" else "torch"
 
 
-def check_runtime(name_or_path: str, model_runtime: str, options: RunOptions) -> None:
-    """Refuse scoring options that do not fit the model's runtime, with a message saying what to do.
+def check_runtime(name_or_path: str, model_runtime: str, options: RunOptions, address: str | None = None) -> None:
+    """Refuse scoring options that do not fit the model's runtime, or the machine, with a message saying what
+    to do.
 
     Args:
         name_or_path: the model, for the message.
         model_runtime: what the model runs on (`runtime_of`, or `ModelInfo.runtime`).
         options: what the user asked for (`RunOptions`): its runtime `auto` (the model's), `torch` or `onnx`,
             and the torch-only fast paths.
+        address: the Ray cluster the job runs on, if one is named (also `RAY_ADDRESS`): its workers' GPUs are
+            not this machine's, so `--device cuda` is then left to them.
     """
     runtime, device, precision = options.runtime, options.device, options.precision
+    if device.startswith("cuda") and model_runtime == "torch" and not (address or os.environ.get("RAY_ADDRESS")):
+        _check_cuda(device)
     if runtime == "onnx" and model_runtime != "onnx":
         raise UsageError(
             f"{name_or_path}: --runtime onnx needs an ONNX export; "
@@ -86,6 +92,22 @@ def check_runtime(name_or_path: str, model_runtime: str, options: RunOptions) ->
                 f"{name_or_path}: the onnx runtime scores on the CPU in fp32; "
                 f"{', '.join(unsupported)} apply to the torch runtime only"
             )
+
+
+def _check_cuda(device: str) -> None:
+    """`--device cuda` (or `cuda:N`) on a machine whose GPUs torch cannot see: refused before anything runs,
+    instead of failing in the first worker after the output was claimed."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    if index >= count:
+        seen = f"only {count} CUDA GPU(s)" if count else "no CUDA GPU"
+        raise UsageError(
+            f"--device {device}: torch sees {seen} on this machine (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); use --device auto or cpu, or name a Ray cluster "
+            "with GPUs (--address)"
+        )
 
 
 def load_scorer(name_or_path: str, options: RunOptions = RunOptions()) -> ImageScorer:  # noqa: B008 - frozen

@@ -144,6 +144,8 @@ def named_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
         raise UsageError(
             f"{name}: {type(config).__name__} has no field {', '.join(unknown)}; fields: {', '.join(data)}"
         )
+    for field_name, value in overrides.items():
+        check_override(name, type(config), field_name, value)
     changed = checkpoint.config_from_dict(type(config), {**data, **overrides})
     if "prompt_set" in overrides and "num_prompts" not in overrides and hasattr(changed, "with_prompt_set"):
         from dpiqa.models.prompts import PROMPT_SETS
@@ -151,6 +153,61 @@ def named_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
         if changed.prompt_set in PROMPT_SETS:
             changed = changed.with_prompt_set(changed.prompt_set)
     return changed
+
+
+# The smallest value of an integer config field (sizes, counts, channels: 1); the diffusion timestep may be 0.
+_INT_MINIMUM = {"timestep": 0}
+
+
+def check_override(name: str, cls: type, field_name: str, value: Any) -> None:
+    """Refuse an override whose JSON type does not fit the config field (`image_size=abc`), an integer
+    field below its minimum (`image_size=-5`, `0`), or a float that is negative or not finite (`mos_scale`
+    must be above 0); one line naming the field (exit status 2). What only building the model can tell (an
+    unknown backbone) is checked where it is built (`models.info.model_info`).
+
+    Raises:
+        UsageError: the value can never work for this field.
+    """
+    import math
+    import typing
+
+    hint = str(typing.get_type_hints(cls).get(field_name, ""))
+    says = f"{name}: --set {field_name}={json_text(value)}"
+    if hint == "<class 'int'>":
+        least = _INT_MINIMUM.get(field_name, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise UsageError(f"{says}: must be an integer >= {least}")
+    elif hint == "<class 'float'>":
+        positive = field_name == "mos_scale"
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or value < 0
+            or (positive and value == 0)
+        ):
+            raise UsageError(f"{says}: must be a number {'>' if positive else '>='} 0")
+    elif hint == "<class 'bool'>":
+        if not isinstance(value, bool):
+            raise UsageError(f"{says}: must be true or false")
+    elif hint == "<class 'str'>":
+        if not isinstance(value, str):
+            raise UsageError(f"{says}: must be a string")
+    elif hint == "<class 'dict'>":
+        if not isinstance(value, dict):
+            raise UsageError(f"{says}: must be a JSON object")
+    elif hint.startswith("tuple"):
+        if not isinstance(value, list):
+            raise UsageError(f"{says}: must be a JSON list")
+
+
+def json_text(value: Any) -> str:
+    import json
+
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def build(

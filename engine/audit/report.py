@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -19,10 +20,19 @@ MAX_TABLE_ROWS = 25  # per-shard and per-source tables show the worst rows; the 
 MAX_PLOTTED_SOURCES = 30
 
 
-def _png(draw: Callable[[Any], None], size: tuple[float, float] = (7.0, 3.2)) -> str:
+class Plot(str):
+    """A plot's PNG data URI, with the tick labels drawn on its axes (`ticks`: one `{"x": [...], "y": [...]}`
+    per axes, in order): the page carries them beside the picture (`data-ticks`), so that what the axes say
+    can be read as text, by a screen reader or a test."""
+
+    ticks: list[dict[str, list[str]]]
+
+
+def _png(draw: Callable[[Any], None], size: tuple[float, float] = (7.0, 3.2)) -> Plot:
     """Run `draw(fig)` on a fresh matplotlib figure and return it as a PNG data URI (a bare `Figure`
     renders with Agg without touching pyplot's global state). Text is never read as mathtext: shard and
-    source names are the user's, and a `$` in a folder name must show as a `$`."""
+    source names are the user's, and a `$` in a folder name must show as a `$`; so no axis may rely on
+    mathtext for its tick labels either (a log axis's default `10^{k}` would show as its raw mathdefault markup)."""
     import matplotlib
     from matplotlib.figure import Figure
 
@@ -31,7 +41,21 @@ def _png(draw: Callable[[Any], None], size: tuple[float, float] = (7.0, 3.2)) ->
         draw(fig)
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        ticks = [
+            {
+                axis: [t.get_text() for t in getattr(ax, f"get_{axis}ticklabels")() if t.get_visible() and t.get_text()]
+                for axis in ("x", "y")
+            }
+            for ax in fig.axes
+        ]
+    plot = Plot("data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii"))
+    plot.ticks = ticks
+    return plot
+
+
+def count_ticks(value: float, _pos: int | None = None) -> str:
+    """A tick label of a count axis: `0`, `1`, `10`, `1,000` (plain digits, never mathtext)."""
+    return f"{value:,.0f}"
 
 
 def fmt(value: Any, kind: str = "num") -> str:
@@ -112,8 +136,12 @@ def figure_statuses(doc: dict) -> str:
         ax = fig.subplots()
         names = [s["status"] for s in statuses]
         counts = [s["count"] for s in statuses]
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
         ax.barh(names, counts, color=["tab:green" if n == "ok" else "tab:red" for n in names])
         ax.set_xscale("symlog")
+        ax.xaxis.set_major_formatter(FuncFormatter(count_ticks))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.invert_yaxis()
         ax.set_xlabel("rows")
         ax.set_title("Rows by status")
@@ -134,6 +162,9 @@ def figure_per_shard(doc: dict) -> str:
         ax2.plot(x, [s["error_rate"] for s in shards], ".", ms=3, color="tab:red")
         ax2.set_ylabel("error rate")
         ax2.set_xlabel("shard")
+        from matplotlib.ticker import MaxNLocator
+
+        ax2.xaxis.set_major_locator(MaxNLocator(integer=True))  # shards are counted: no 0.2 of a shard
 
     return _png(draw, (7.0, 4.0))
 
@@ -332,11 +363,22 @@ def _thumbs(doc: dict, images: dict[str, list[str | None]]) -> str:
 
 def _selection(doc: dict) -> str:
     s = doc.get("selection") or {"kind": "all"}
+    if s["kind"] == "run" and s.get("quiet"):
+        return (
+            f"a quiet night: run {s['run_id']} (started {s.get('started')}) found nothing new in its input and "
+            "wrote no shard"
+        )
     if s["kind"] == "run":
         return f"the {s['shards']} shards run {s['run_id']} wrote (started {s.get('started')})"
     if s["kind"] == "under":
         return f"the {s['shards']} shards under {s['folder']}"
     return "every completed shard"
+
+
+def plot_img(plot_id: str, alt: str, plot: Plot) -> str:
+    """The `<img>` of a plot, with the tick labels its axes show as JSON in `data-ticks`."""
+    ticks = html.escape(json.dumps(getattr(plot, "ticks", [])), quote=True)
+    return f"<img class='plot' id='{plot_id}' alt='{esc(alt)}' data-ticks='{ticks}' src='{plot}'>"
 
 
 def render(doc: dict, images: dict[str, list[str | None]]) -> str:
@@ -368,19 +410,20 @@ def render(doc: dict, images: dict[str, list[str | None]]) -> str:
         f"<p>Generated {esc(doc['generated'])}; model {esc(model.get('model'))} "
         f"(checkpoint {esc(model.get('checkpoint_hash'))}, code {esc(model.get('code_version'))}).</p>",
         banner,
+        *([f"<p class='err' id='history-error'>{esc(doc['history_error'])}</p>"] if doc.get("history_error") else []),
         "<h2>Summary</h2>",
         _summary(doc),
-        f"<img class='plot' id='plot-histogram' alt='score histogram' src='{plots[0][1]}'>",
-        f"<img class='plot' id='plot-cdf' alt='score CDF' src='{plots[1][1]}'>",
+        plot_img("plot-histogram", "score histogram", plots[0][1]),
+        plot_img("plot-cdf", "score CDF", plots[1][1]),
         "<h2>Statuses</h2>",
         _statuses(doc),
-        f"<img class='plot' id='plot-statuses' alt='rows by status' src='{plots[2][1]}'>",
+        plot_img("plot-statuses", "rows by status", plots[2][1]),
     ]
     if doc.get("drift"):
         sections += [
             "<h2>Drift against the baseline</h2>",
             _drift(doc),
-            f"<img class='plot' id='plot-psi' alt='PSI bins' src='{figure_psi(doc)}'>",
+            plot_img("plot-psi", "PSI bins", figure_psi(doc)),
         ]
     if doc.get("baseline"):
         sections.append(_per_source_vs_baseline(doc))
@@ -388,15 +431,15 @@ def render(doc: dict, images: dict[str, list[str | None]]) -> str:
         sections += [
             "<h2>Night by night</h2>",
             _trend_table(doc),
-            f"<img class='plot' id='plot-trend' alt='trend over audits' src='{figure_trend(doc)}'>",
+            plot_img("plot-trend", "trend over audits", figure_trend(doc)),
         ]
     sections += [
         "<h2>Per source</h2>",
         _group_table(doc, "per_source", "source"),
-        f"<img class='plot' id='plot-per-source' alt='per source' src='{figure_per_source(doc)}'>",
+        plot_img("plot-per-source", "per source", figure_per_source(doc)),
         "<h2>Per shard</h2>",
         _group_table(doc, "per_shard", "shard"),
-        f"<img class='plot' id='plot-per-shard' alt='per shard' src='{figure_per_shard(doc)}'>",
+        plot_img("plot-per-shard", "per shard", figure_per_shard(doc)),
     ]
     if doc["thumbnails"]["lowest"] or doc["thumbnails"]["highest"]:
         sections += ["<h2>Thumbnails</h2>", _thumbs(doc, images)]

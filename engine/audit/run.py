@@ -265,7 +265,17 @@ def run_audit(config: AuditConfig) -> AuditResult:
     images = thumbnails(run, stats, doc, config.storage_options)
     doc["alerts"] = alerts(config, doc)
     if config.history:
-        doc["history"] = history.append(whole.location, doc, config.trend)
+        try:
+            doc["history"] = history.append(whole.location, doc, config.trend)
+        except OSError as exc:
+            # the page and the JSON the user asked for come first; the history is beside the scores, which
+            # may be read-only to whoever audits them
+            where = whole.location.child(history.AUDITS_DIR, f"{history.NAME}.parquet")
+            doc["history_error"] = (
+                f"the audit history {where} could not be updated ({exc.strerror or exc}); this audit is not in "
+                "it (--no-history skips it)"
+            )
+            log.warning("audit: %s", doc["history_error"])
     if config.json:
         write_text(config.json, json.dumps(doc, indent=1, allow_nan=False), config.storage_options)
     if config.report:
@@ -289,14 +299,15 @@ def select(config: AuditConfig, whole: ScoredRun) -> tuple[ScoredRun, dict, Scor
             )
         current = wanted[0]
         names = whole.location.run_shard_names(current)
-        if not names:
-            raise ValueError(f"{config.scores}: run {current.get('run_id')} wrote no shard (nothing new in its input)")
-        run = whole.subset(names)
+        if not names:  # a quiet night: nothing new in the input is a normal night, audited as one
+            log.info("audit: run %s wrote no shard (nothing new in its input)", current.get("run_id"))
+        run = whole.subset(names, empty_ok=True)
         selection = {
             "kind": "run",
             "run_id": current.get("run_id"),
             "started": current.get("started"),
             "input": current.get("input"),
+            "quiet": not names,
         }
     elif config.under:
         folder = config.under.strip("/")
@@ -390,11 +401,17 @@ def _read_json_url(url: str, storage_options: dict | None) -> dict:
     fs, path = get_fs(url, storage_options)
     try:
         with fs.open(path, "rb") as f:
-            return json.loads(f.read())
+            doc = json.loads(f.read())
     except FileNotFoundError:
         raise ValueError(f"--baseline-json {url}: no such file") from None
     except ValueError as exc:
         raise ValueError(f"--baseline-json {url}: not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(
+            f"--baseline-json {url}: JSON {type(doc).__name__}, not an audit document (a JSON object made by "
+            "`dpiqa audit --json`)"
+        )
+    return doc
 
 
 def document(

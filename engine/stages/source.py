@@ -22,6 +22,8 @@ ROW_COLUMNS = ("shard", "index", "key", "ext", "data", "status", "error")
 # member path up to the first dot of its file name, the extension is the rest. Repeated here because
 # importing webdataset imports torch (~600 MB), which the shard reader of `audit`/`filter` must not pay.
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+# webdataset's `tar_file_iterator(skip_meta=...)` default: members it never reads
+_SKIP_META = re.compile(r"__[^/]*__($|/)")
 
 
 def base_plus_ext(path: str) -> tuple[str | None, str | None]:
@@ -133,7 +135,7 @@ def iter_samples(fileobj: BinaryIO, reopen: Callable[[], BinaryIO] | None = None
             yield Sample(shown(key) if key else None, status=item.status, error=item.message, raw_key=key)
             return
         key, ext = base_plus_ext(item.name)
-        if key is None or ext is None or posix_basename(item.name).startswith("__"):
+        if key is None or ext is None or is_metadata(item.name):
             continue
         ext = ext.lower()
         if current is not None and (current.raw_key != key or ext in current.members):
@@ -148,8 +150,11 @@ def iter_samples(fileobj: BinaryIO, reopen: Callable[[], BinaryIO] | None = None
     yield from finish(current)
 
 
-def posix_basename(name: str) -> str:
-    return name.rsplit("/", 1)[-1]
+def is_metadata(name: str) -> bool:
+    """Whether webdataset's `tar_file_iterator` skips a member as metadata: a top-level `__name__`, or a
+    name in a top-level `__name__/` folder (its `meta_prefix`/`meta_suffix` and `skip_meta` defaults). A
+    file that merely starts with `__` (`__0001.jpg`, `x/__y.jpg`) is a sample like any other."""
+    return ("/" not in name and name.startswith("__") and name.endswith("__")) or _SKIP_META.match(name) is not None
 
 
 @contextmanager

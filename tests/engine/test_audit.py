@@ -466,3 +466,40 @@ def test_run_without_ok_rows(tmp_path: Path) -> None:
     assert doc["quantiles"] == {} and doc["drift"] is None and doc["thumbnails"]["lowest"] == []
     assert result.exit_code == 3
     assert (tmp_path / "r.html").read_text().count("data:image/png;base64,") == 5
+
+
+def test_axes_as_a_person_sees_them_in_chromium(scored: tuple[list[str], str], tmp_path: Path) -> None:
+    """The page in a real browser: the log axis of "Rows by status" reads as counts (1, 10, 100), not as raw
+    mathtext (`$\\mathdefault{10^{0}}$`), and the per-shard plot counts shards in whole numbers."""
+    binary, driver_path = chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    urls, out = scored
+    report = tmp_path / "report.html"
+    run_audit(AuditConfig(scores=out, report=str(report), thumbnails=0))
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}"]:
+        options.add_argument(flag)
+    browser = webdriver.Chrome(options=options, service=Service(driver_path))
+    try:
+        browser.get(report.as_uri())
+        ticks = browser.execute_script(
+            "const t = id => { const i = document.getElementById(id);"
+            " return {shown: i.complete && i.naturalWidth > 0, axes: JSON.parse(i.dataset.ticks)}; };"
+            "return {statuses: t('plot-statuses'), shards: t('plot-per-shard')}"
+        )
+    finally:
+        browser.quit()
+    statuses, shards = ticks["statuses"], ticks["shards"]
+    assert statuses["shown"] and shards["shown"]
+    counts = statuses["axes"][0]["x"]
+    assert counts, statuses
+    for label in counts:
+        assert "$" not in label and "mathdefault" not in label, counts
+        assert float(label.replace(",", "")) == int(label.replace(",", "")), counts
+    assert {"1", "10"} <= set(counts)  # the decades a handful of error rows and a few dozen ok rows span
+    shard_axis = shards["axes"][1]["x"]  # the lower of the two plots carries the shared shard axis
+    assert shard_axis and all(label.lstrip("−-").isdigit() for label in shard_axis), shard_axis
+    assert len(urls) == 4 and {"0", "1", "2", "3"} <= set(shard_axis)

@@ -144,14 +144,25 @@ def test_three_nights(tmp_path, capsys):
     assert trend is True and "score drift" in banner and "run " in selection
 
 
-def test_a_night_without_new_shards_and_an_unknown_run_are_one_line_errors(tmp_path, capsys):
+def test_a_quiet_night_is_a_normal_night_and_an_unknown_run_a_one_line_error(tmp_path, capsys):
+    """The README's crontab line on a night with no new shards: the audit writes its page and JSON saying so,
+    adds the night to the history, and exits 0 (nothing to alert on)."""
     catalog, scores = tmp_path / "catalog", tmp_path / "scores"
     night_shards(catalog / NIGHTS[0], 0, np.random.default_rng(1))
     args = ["score", "--input", str(catalog), "--output", str(scores), "--model", "brisque", "--executor", "local"]
     assert main(args) == 0 and main(args) == 0  # the second run finds nothing new
     capsys.readouterr()
-    assert main(["audit", "--scores", str(scores), "--run", "latest"]) == 4
-    assert "wrote no shard (nothing new in its input)" in capsys.readouterr().err
+    report, doc_path = tmp_path / "quiet.html", tmp_path / "quiet.json"
+    audit = ["audit", "--scores", str(scores), "--run", "latest", "--baseline-runs", "7", "--max-error-rate", "0.02"]
+    assert main([*audit, "--report", str(report), "--json", str(doc_path)]) == 0
+    out = capsys.readouterr().out
+    assert "audited 0 rows of 0 shards" in out and "a quiet night" in out and "found nothing new" in out
+    doc = json.loads(doc_path.read_text())
+    assert doc["selection"]["quiet"] is True and doc["selection"]["shards"] == 0 and doc["alerts"] == []
+    assert doc["summary"]["rows"] == 0 and doc["drift"] is None
+    assert "a quiet night" in report.read_text() and "wrote no shard" in report.read_text()
+    history = pq.read_table(scores / "audits" / "history.parquet").to_pylist()
+    assert [(h["rows"], h["alert"]) for h in history] == [(0, False)]
     assert main(["audit", "--scores", str(scores), "--run", "20990101T000000Z-abcdef"]) == 4
     assert "no run '20990101T000000Z-abcdef'" in capsys.readouterr().err
 

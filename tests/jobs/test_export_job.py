@@ -115,3 +115,17 @@ def test_bad_requests_get_one_line_errors(exported, tmp_path, capsys):
     assert "precision bf16 apply to the torch runtime only" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before any work
     assert (exported / checkpoint.ONNX_NAME).exists()
+
+
+def test_an_existing_file_as_output_is_refused_before_the_export(tmp_path, caplog, capsys):
+    taken = tmp_path / "student.bin"
+    taken.write_bytes(b"someone's file")
+    with caplog.at_level("INFO"):
+        assert main(["export", "--model", MODEL, "--output", str(taken)]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"dpiqa export: error: --output {taken} is an existing file; give a folder (it gets model.onnx, "
+        "config.json, card.json)"
+    ]
+    assert "exporting" not in caplog.text  # refused before torch.onnx.export ran
+    assert taken.read_bytes() == b"someone's file"
