@@ -230,7 +230,7 @@ def list_shards(spec: str, storage_options: dict | None = None, skip_missing: bo
             if is_local(fs):
                 found, unreadable = _find_local(path)
             else:
-                found = fs.find(path)
+                found = list_s3_keys(fs, path) if _is_s3(fs) else fs.find(path)
             urls = [to_url(fs, p) for p in found if is_shard_name(p)]
             if unreadable and not skip_missing:
                 raise ValueError(
@@ -703,3 +703,43 @@ class S3KeyReader(io.RawIOBase):
 def fs_join(path: str, *parts: str) -> str:
     """Join parts onto a path inside an fsspec filesystem (what `get_fs` returns: no protocol, always `/`)."""
     return "/".join([path.rstrip("/"), *parts])
+
+
+PRINTABLE = [chr(c) for c in range(32, 128)]  # the prefixes an S3 listing is split into (space to DEL)
+
+
+def list_s3_keys(fs: Any, folder: str, threads: int = 16) -> list[str]:
+    """Every object below `folder` (bucket/path) on S3, as `bucket/key` paths (as `fs.find` gives them), listed
+    concurrently: S3 returns 1,000 keys per request, one
+    request after another within a prefix, so the keys are listed as 96 prefixes (the folder plus each printable
+    ASCII character) paginated side by side, up to `threads` at once, plus the two ranges no such prefix holds,
+    by key order (S3 lists in UTF-8 byte order): keys whose first character sorts before a space, and keys whose
+    first character sorts after DEL (non-ASCII). Why by hand: fsspec lists a prefix page after page in one loop."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bucket, _, key = folder.partition("/")
+    base = key.rstrip("/") + "/" if key else ""
+
+    def pages(prefix: str, start_after: str | None = None, stop: Callable[[str], bool] | None = None) -> list[str]:
+        out, kwargs = [], {"Bucket": bucket, "Prefix": prefix}
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        while True:
+            page = retry(lambda kw=dict(kwargs): fs.call_s3("list_objects_v2", **kw), f"list s3://{bucket}/{prefix}")
+            for o in page.get("Contents", []):
+                if stop is not None and stop(o["Key"]):
+                    return out
+                out.append(o["Key"])
+            if not page.get("IsTruncated"):
+                return out
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+    def first_char(k: str) -> str:
+        return k[len(base) : len(base) + 1]
+
+    ranges = [lambda: pages(base, stop=lambda k: first_char(k) >= " ")]  # control characters first
+    ranges += [lambda ch=ch: pages(base + ch) for ch in PRINTABLE]
+    ranges += [lambda: pages(base, start_after=base + "\x7f\U0010ffff")]  # non-ASCII last
+    with ThreadPoolExecutor(threads) as pool:
+        parts = list(pool.map(lambda f: f(), ranges))
+    return [f"{bucket}/{k}" for part in parts for k in part if not k.endswith("/")]

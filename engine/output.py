@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from dpiqa.errors import FAILED_SHARDS
 from dpiqa.failpoints import failpoint
-from dpiqa.storage import fs_join, get_fs, is_local, join, retry
+from dpiqa.storage import fs_join, get_fs, is_local, join, list_s3_keys, retry
 
 log = logging.getLogger(__name__)
 
@@ -190,9 +190,7 @@ class OutputLocation:
             except FileNotFoundError:
                 return set()
         if hasattr(self.fs, "call_s3"):
-            return {
-                k.rsplit("/", 1)[-1][: -len(".json")] for k in _list_s3_keys(self.fs, folder) if k.endswith(".json")
-            }
+            return {k.rsplit("/", 1)[-1][: -len(".json")] for k in list_s3_keys(self.fs, folder) if k.endswith(".json")}
         try:
             paths = self.fs.ls(folder, detail=False)
         except FileNotFoundError:
@@ -528,42 +526,3 @@ class Spool:
 
     def __exit__(self, *exc: object) -> None:
         self.discard()
-
-
-PRINTABLE = [chr(c) for c in range(32, 128)]  # the prefixes an S3 listing is split into (space to DEL)
-
-
-def _list_s3_keys(fs: Any, folder: str, threads: int = 16) -> list[str]:
-    """Every key below `folder` (bucket/path) on S3, listed concurrently: S3 returns 1,000 keys per request, one
-    request after another within a prefix, so the keys are listed as 96 prefixes (the folder plus each printable
-    ASCII character) paginated side by side, up to `threads` at once, plus the two ranges no such prefix holds,
-    by key order (S3 lists in UTF-8 byte order): keys whose first character sorts before a space, and keys whose
-    first character sorts after DEL (non-ASCII). Why by hand: fsspec lists a prefix page after page in one loop."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    bucket, _, key = folder.partition("/")
-    base = key.rstrip("/") + "/"
-
-    def pages(prefix: str, start_after: str | None = None, stop: Callable[[str], bool] | None = None) -> list[str]:
-        out, kwargs = [], {"Bucket": bucket, "Prefix": prefix}
-        if start_after:
-            kwargs["StartAfter"] = start_after
-        while True:
-            page = retry(lambda kw=dict(kwargs): fs.call_s3("list_objects_v2", **kw), f"list s3://{bucket}/{prefix}")
-            for o in page.get("Contents", []):
-                if stop is not None and stop(o["Key"]):
-                    return out
-                out.append(o["Key"])
-            if not page.get("IsTruncated"):
-                return out
-            kwargs["ContinuationToken"] = page["NextContinuationToken"]
-
-    def first_char(k: str) -> str:
-        return k[len(base) : len(base) + 1]
-
-    ranges = [lambda: pages(base, stop=lambda k: first_char(k) >= " ")]  # control characters first
-    ranges += [lambda ch=ch: pages(base + ch) for ch in PRINTABLE]
-    ranges += [lambda: pages(base, start_after=base + "\x7f\U0010ffff")]  # non-ASCII last
-    with ThreadPoolExecutor(threads) as pool:
-        parts = list(pool.map(lambda f: f(), ranges))
-    return [k for part in parts for k in part]
