@@ -29,7 +29,7 @@
 #     computed once), the epoch picked on CLIVE-half's validation part, AGIQA-3K's validation part and the
 #     ranking of 20 validation photographs' distortions; then measured (CLIVE-half validation, AGIQA-3K test,
 #     the demo corpus with motion blur; BRISQUE and the stage-1 student on each) and written by
-#     scripts/finish_clive_checkpoint.py.
+#     scripts/finish_clive_checkpoint.py (to $OUT/demo-clive-checkpoint: not shipped, see below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${AGIQA:-../shared/datasets/agiqa3k}
@@ -69,6 +69,8 @@ stage2=(
   "$DPIQA eval --model $OUT/demo-stage1 --dataset csv --root $T/clive-val.csv --split all --json --device cpu > $E/init-clive-val.json"
   "$DPIQA eval --model brisque --dataset csv --root $T/clive-val.csv --split all --json --device cpu > $E/brisque-clive-val.json"
   "$DPIQA eval --model $OUT/demo-clive --dataset agiqa3k --root $ROOT --seed 0 --grouped --json --device cpu > $E/student-agiqa3k.json"
+  "$DPIQA eval --model $OUT/demo-stage1 --dataset agiqa3k --root $ROOT --seed 0 --grouped --json --device cpu > $E/init-agiqa3k.json"
+  "$DPIQA eval --model brisque --dataset agiqa3k --root $ROOT --seed 0 --grouped --json --device cpu > $E/brisque-agiqa3k.json"
   "$DPIQA demo --model $OUT/demo-clive --executor local --output $E/student --overwrite"
   "$DPIQA demo --model $OUT/demo-stage1 --executor local --output $E/init --overwrite"
   "$DPIQA demo --model brisque --executor local --output $E/brisque --overwrite"
@@ -87,5 +89,8 @@ if [ "${STAGE2:-}" != only ]; then
 fi
 run "${stage2[@]}"
 printf '%s\n' "${stage2[@]}" > "$E/commands.txt"
+# Stage 2's student met 3 of the issue's 4 goals but not the CLIVE one, and is worse than the stage-1 student on
+# some families (docs/reports/demo.md): its checkpoint is written beside the runs, not shipped. To ship one that
+# meets the goals: --output models/checkpoints/demo.
 $PYTHON scripts/finish_clive_checkpoint.py --run "$OUT/demo-clive" --init "$OUT/demo-stage1" --tables "$T" \
-  --evals "$E" --commands "$E/commands.txt"
+  --evals "$E" --commands "$E/commands.txt" --output "$OUT/demo-clive-checkpoint"
