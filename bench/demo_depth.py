@@ -5,6 +5,9 @@ the same random 224x224 images, `--iters` batches per model alternated `--repeat
 images/s is the median.
 
     python bench/demo_depth.py [--repeats 5] [--batch 32] [--iters 5] [--out bench/results/demo-depth-cpu.md]
+
+`--baseline CHECKPOINT` compares the shipped checkpoint with another checkpoint instead (a retrained `demo`
+against the one shipped before it), the same way.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--baseline", default=None, help="a checkpoint to compare with instead of the 2-block cut")
     args = ap.parse_args()
 
     import numpy as np
@@ -42,9 +46,17 @@ def main() -> None:
     depth = shipped.config.backbone_kwargs["depth"]
     cut = dataclasses.replace(shipped.config, backbone_kwargs={**shipped.config.backbone_kwargs, "depth": 2})
     torch.manual_seed(0)
+    other = (
+        (
+            f"{args.baseline} ({models.load_model(args.baseline).config.backbone_kwargs['depth']} blocks)",
+            models.load_model(args.baseline),
+        )
+        if args.baseline
+        else ("2 blocks", DPIQAStudent.from_config(cut).eval())
+    )
     scorers = {
         f"{depth} blocks (shipped)": models.Scorer(shipped, RunOptions(device="cpu")),
-        "2 blocks": models.Scorer(DPIQAStudent.from_config(cut).eval(), RunOptions(device="cpu")),
+        other[0]: models.Scorer(other[1], RunOptions(device="cpu")),
     }
     params = {name: sum(p.numel() for p in s.model.parameters()) for name, s in scorers.items()}
     size = shipped.config.preprocessing.size
@@ -63,7 +75,9 @@ def main() -> None:
     names = list(scorers)
     text = "\n".join(
         [
-            f"`python bench/demo_depth.py --repeats {args.repeats} --batch {args.batch} --iters {args.iters}`: the "
+            f"`python bench/demo_depth.py --repeats {args.repeats} --batch {args.batch} --iters {args.iters}"
+            + (f" --baseline {args.baseline}" if args.baseline else "")
+            + "`: the "
             f"`demo` student through `Scorer` on the CPU (fp32, torch's {torch.get_num_threads()} threads), "
             f"{size[0]}x{size[1]} images, batch {args.batch}, {args.iters} batches per model alternated in one "
             "process; medians.",

@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 
 LEVELS = (1, 2, 3, 4, 5)
 MAX_SIDE = 512
+# The corpus's families: the 7 classic ones and motion blur (a line kernel at a random angle per level, the
+# camera shake users meet; `dpiqa.engine.distortions.EXTRA_DISTORTIONS["motion_blur"]`).
+FAMILIES: tuple[str, ...] = (*DISTORTIONS, "motion_blur")
+IMAGES_PER_PHOTOGRAPH = 1 + len(FAMILIES) * len(LEVELS)
 
 
 def _skimage(name: str) -> Callable[[], np.ndarray]:
@@ -103,7 +107,7 @@ def samples(source: str, name: str, img: Image.Image) -> Iterator[tuple[str, dic
         return json.dumps({"source": source, "reference": name, "distortion": kind, "level": level}).encode()
 
     yield f"{name}/reference", {"png": png(img), "json": meta("none", 0), "txt": name.encode()}
-    for kind in DISTORTIONS:
+    for kind in FAMILIES:
         for level in LEVELS:
             pixels = distort(img, kind, level, seed=level)
             yield f"{name}/{kind}-{level}", {"png": png(pixels), "json": meta(kind, level), "txt": name.encode()}
@@ -115,7 +119,7 @@ def build_corpus(directory: str | Path) -> list[Path]:
     shards = []
     for source, name, loader in PHOTOGRAPHS:
         path = directory / source / f"{name}.tar"
-        if path.exists():
+        if path.exists() and _complete(path):
             shards.append(path)
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,8 +132,18 @@ def build_corpus(directory: str | Path) -> list[Path]:
                     tar.addfile(info, io.BytesIO(data))
         tmp.rename(path)  # a shard that exists is complete: a rerun after a kill rebuilds only the rest
         shards.append(path)
-        log.info("demo corpus: %s/%s (%d images)", source, name, 1 + len(DISTORTIONS) * len(LEVELS))
+        log.info("demo corpus: %s/%s (%d images)", source, name, IMAGES_PER_PHOTOGRAPH)
     return shards
+
+
+def _complete(path: Path) -> bool:
+    """Whether a shard holds this corpus's images: one built before a family joined the corpus (or cut short)
+    is rebuilt, not scored as if it were the whole corpus."""
+    try:
+        with tarfile.open(path) as tar:
+            return sum(m.name.endswith(".png") for m in tar.getmembers()) == IMAGES_PER_PHOTOGRAPH
+    except (OSError, tarfile.TarError):
+        return False
 
 
 def ranking_of_scores(scores: str) -> dict:
@@ -172,7 +186,7 @@ def distortion_ranking(rows: list[dict]) -> dict:
         by[(photo, kind)][int(level)] = r["score"]
     per_kind: dict[str, dict] = {}
     rhos_all = []
-    for kind in DISTORTIONS:
+    for kind in FAMILIES:
         rhos, means, by_photo = [], defaultdict(list), {}
         for (photo, k), levels in by.items():
             if k != kind or photo not in refs:

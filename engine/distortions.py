@@ -1,7 +1,9 @@
 """Graded synthetic distortions at 5 levels each: the demo corpus's 7 (blur, noise, JPEG, JPEG 2000, contrast,
 exposure; `DISTORTIONS`, unchanged so that the corpus and its figures stay comparable) and more families
 used only to train (`EXTRA_DISTORTIONS`: sensor and impulse noise, motion and defocus blur, WebP,
-resampling, pixelation, colour saturation and cast, quantisation, median smearing)."""
+resampling, pixelation, colour saturation and cast, quantisation, median smearing) and the camera and
+processing defects users meet (`CAMERA_DISTORTIONS`: chromatic aberration, rolling/banded sensor noise,
+oversharpening); `ALL_DISTORTIONS` holds every family."""
 
 from __future__ import annotations
 
@@ -217,7 +219,60 @@ EXTRA_DISTORTIONS: dict[str, Distortion] = {
     )
 }
 
-ALL_DISTORTIONS: dict[str, Distortion] = {**DISTORTIONS, **EXTRA_DISTORTIONS}
+
+# --- Camera and processing defects users meet (training families; kept apart from EXTRA_DISTORTIONS so that
+# scripts/build_ranking_set.py's seeded family draws, and the tables the shipped card records, stay the same) ---
+
+
+def _chromatic_aberration(img: Image.Image, shift: float, rng: np.random.Generator) -> np.ndarray:
+    # Lateral chromatic aberration: the lens magnifies red and blue differently, so their planes are scaled
+    # about the image centre against green: red outwards and blue inwards by `shift` pixels at the corners
+    # (coloured fringes that grow towards the edges). scipy resamples each plane (cubic; the border's
+    # nearest pixel where the inward-scaled plane reads outside the frame).
+    from scipy.ndimage import affine_transform
+
+    arr = np.asarray(img, dtype=np.float64)
+    centre = (np.asarray(arr.shape[:2], dtype=np.float64) - 1) / 2
+    corner = float(np.hypot(*centre)) or 1.0
+    out = arr.copy()
+    for channel, sign in ((0, 1.0), (2, -1.0)):
+        k = 1.0 + sign * shift / corner  # magnification; the transform maps output to input coordinates
+        out[..., channel] = affine_transform(
+            arr[..., channel], np.full(2, 1 / k), offset=centre - centre / k, order=3, mode="nearest"
+        )
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _banded_noise(img: Image.Image, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    # Rolling / banded sensor noise (a rolling shutter under flickering light, row-wise read-out noise): every
+    # row gets an offset drawn with standard deviation `sigma`, and a slow sinusoidal band of the same amplitude
+    # rolls down the frame (random period of 8-40 % of the height and phase); the same offset on all channels
+    # of a row, plus a third of it as per-pixel noise.
+    arr = np.asarray(img, dtype=np.float64)
+    h = arr.shape[0]
+    rows = rng.normal(0.0, sigma, h)
+    period = rng.uniform(0.08, 0.4) * h
+    band = sigma * np.sin(2 * np.pi * np.arange(h) / max(period, 1.0) + rng.uniform(0, 2 * np.pi))
+    out = arr + (rows + band)[:, None, None] + rng.normal(0.0, sigma / 3, arr.shape)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _oversharpen(img: Image.Image, percent: float, rng: np.random.Generator) -> np.ndarray:
+    # Oversharpening as cameras and editors overdo it: an unsharp mask of radius 2 px at `percent` strength,
+    # no threshold (halos along edges, amplified grain).
+    return np.asarray(img.filter(ImageFilter.UnsharpMask(radius=2, percent=int(percent), threshold=0)))
+
+
+CAMERA_DISTORTIONS: dict[str, Distortion] = {
+    d.name: d
+    for d in (
+        Distortion("chromatic_aberration", (1.0, 2.0, 3.5, 5.5, 8.0), "red/blue shift at the corners, pixels"),
+        Distortion("banded_noise", (2.0, 4.0, 7.0, 11.0, 17.0), "row offset deviation, 0-255 units"),
+        Distortion("oversharpen", (150, 300, 500, 800, 1200), "unsharp-mask strength, percent (radius 2 px)"),
+    )
+}
+
+ALL_DISTORTIONS: dict[str, Distortion] = {**DISTORTIONS, **EXTRA_DISTORTIONS, **CAMERA_DISTORTIONS}
 
 _APPLY.update(
     {
@@ -233,6 +288,9 @@ _APPLY.update(
         "color_cast": _color_cast,
         "quantization": _quantize,
         "median_smear": _median,
+        "chromatic_aberration": _chromatic_aberration,
+        "banded_noise": _banded_noise,
+        "oversharpen": _oversharpen,
     }
 )
 
@@ -242,7 +300,8 @@ def distort(image: Image.Image | np.ndarray, kind: str, level: int, seed: int = 
 
     Args:
         image: a PIL image (any mode) or a uint8 array.
-        kind: a key of `ALL_DISTORTIONS` (the demo's `DISTORTIONS` or the training-only `EXTRA_DISTORTIONS`).
+        kind: a key of `ALL_DISTORTIONS` (the demo's `DISTORTIONS`, the training-only `EXTRA_DISTORTIONS` or
+            `CAMERA_DISTORTIONS`).
         level: 1 (mild) to 5 (severe).
         seed: seeds the random parts (the noise); the result is a function of (image, kind, level, seed).
 

@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="build the demo corpus, score it on a local Ray with the shipped model, audit it",
         description="Builds WebDataset shards from the photographs that scikit-image, scikit-learn and matplotlib "
-        "ship, each with graded distortions (blur, noise, JPEG, JPEG 2000, contrast, exposure; 5 "
+        "ship, each with graded distortions (blur, noise, JPEG, JPEG 2000, contrast, exposure, motion blur; 5 "
         "levels); scores them with `dpiqa score` on a local Ray; audits the result with `dpiqa audit`; "
         "and prints how well the scores rank each distortion by strength.",
     )

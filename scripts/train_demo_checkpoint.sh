@@ -18,7 +18,18 @@
 #     picked the same way; both runs keep the teacher's outputs and the frozen features in --cache-dir;
 #  3. metrics (the held-out AGIQA-3K split; the demo corpus's distortion ranking; the held-out photographs'
 #     12 training-only families as a proxy; BRISQUE on each) go into the card, and the student into
-#     models/checkpoints/demo/ with its teacher's card beside it.
+#     models/checkpoints/demo/ with its teacher's card beside it (the demo checkpoint until 2026-12-07);
+#  4. (issue 37, stage 2: authentic photographs; `STAGE2=only` runs this part alone, on the checkpoint that
+#     models/checkpoints/demo/ holds before it) CLIVE-half (../shared/datasets/clive-half: 581 authentic
+#     photographs, never copied into the repository) as the labelled set, split by the job's seeded split (seed 0,
+#     0.8/0.2/0: 465 training, 116 validation photographs; the names in the card's data_split), with graded
+#     distortions of its training photographs (scripts/build_clive_tables.py: every family of
+#     engine.distortions, the camera defects and motion blur included) and 300 AGIQA-3K training images with
+#     their MOS; the stage-1 student fine-tuned on them (--init; its backbone stays frozen, its features are
+#     computed once), the epoch picked on CLIVE-half's validation part, AGIQA-3K's validation part and the
+#     ranking of 20 validation photographs' distortions; then measured (CLIVE-half validation, AGIQA-3K test,
+#     the demo corpus with motion blur; BRISQUE and the stage-1 student on each) and written by
+#     scripts/finish_clive_checkpoint.py (to $OUT/demo-clive-checkpoint: not shipped, see below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${AGIQA:-../shared/datasets/agiqa3k}
@@ -47,10 +58,39 @@ commands=(
   "$PYTHON scripts/rank_table_eval.py --model $OUT/demo-teacher --table $RANK/val-extra.csv --output $OUT/demo-eval/teacher-val-extra.json"
   "$PYTHON scripts/rank_table_eval.py --model brisque --table $RANK/val-extra.csv --output $OUT/demo-eval/brisque-val-extra.json"
 )
-mkdir -p "$OUT/demo-eval"
-for c in "${commands[@]}"; do
-  echo "+ $c"
-  bash -c "$c"
-done
-printf '%s\n' "${commands[@]}" > "$OUT/demo-eval/commands.txt"
-$PYTHON scripts/finish_demo_checkpoint.py --runs "$OUT" --commands "$OUT/demo-eval/commands.txt"
+CLIVE=${CLIVE:-../shared/datasets/clive-half}
+T=$OUT/clive-tables
+E=$OUT/clive-eval
+stage2=(
+  "rm -rf $OUT/demo-stage1 && cp -r models/checkpoints/demo $OUT/demo-stage1"
+  "$PYTHON scripts/build_clive_tables.py --clive $CLIVE --agiqa $ROOT --output $T --families 1 --levels 1,3,5 --train-ranked 160 --val-ranked 20 --agiqa-train 300 --more motion_blur:40 --train-name train-c.csv --val-name val-c.csv"
+  "$DPIQA distill --mode none --init $OUT/demo-stage1 --dataset csv --root $T/clive.csv --dataset-option name_column=name --dataset-option mos_scale=5 --fractions 0.8,0.2,0 --seed 0 --threads ${THREADS:-2} --extra-train $T/train-c.csv --extra-val $T/val-c.csv --rank-margin 0.05 --rank-weight 2 --epochs 15 --batch-size 32 --lr 2e-4 --milestones 10 --cache-dir $OUT/cache --weights-dtype float16 --output $OUT/demo-clive"
+  "$DPIQA eval --model $OUT/demo-clive --dataset csv --root $T/clive-val.csv --split all --json --device cpu > $E/student-clive-val.json"
+  "$DPIQA eval --model $OUT/demo-stage1 --dataset csv --root $T/clive-val.csv --split all --json --device cpu > $E/init-clive-val.json"
+  "$DPIQA eval --model brisque --dataset csv --root $T/clive-val.csv --split all --json --device cpu > $E/brisque-clive-val.json"
+  "$DPIQA eval --model $OUT/demo-clive --dataset agiqa3k --root $ROOT --seed 0 --grouped --json --device cpu > $E/student-agiqa3k.json"
+  "$DPIQA eval --model $OUT/demo-stage1 --dataset agiqa3k --root $ROOT --seed 0 --grouped --json --device cpu > $E/init-agiqa3k.json"
+  "$DPIQA eval --model brisque --dataset agiqa3k --root $ROOT --seed 0 --grouped --json --device cpu > $E/brisque-agiqa3k.json"
+  "$DPIQA demo --model $OUT/demo-clive --executor local --output $E/student --overwrite"
+  "$DPIQA demo --model $OUT/demo-stage1 --executor local --output $E/init --overwrite"
+  "$DPIQA demo --model brisque --executor local --output $E/brisque --overwrite"
+)
+run() {
+  for c in "$@"; do
+    echo "+ $c"
+    bash -c "$c"
+  done
+}
+mkdir -p "$OUT/demo-eval" "$E"
+if [ "${STAGE2:-}" != only ]; then
+  run "${commands[@]}"
+  printf '%s\n' "${commands[@]}" > "$OUT/demo-eval/commands.txt"
+  $PYTHON scripts/finish_demo_checkpoint.py --runs "$OUT" --commands "$OUT/demo-eval/commands.txt"
+fi
+run "${stage2[@]}"
+printf '%s\n' "${stage2[@]}" > "$E/commands.txt"
+# Stage 2's student met 3 of the issue's 4 goals but not the CLIVE one, and is worse than the stage-1 student on
+# some families (docs/reports/demo.md): its checkpoint is written beside the runs, not shipped. To ship one that
+# meets the goals: --output models/checkpoints/demo.
+$PYTHON scripts/finish_clive_checkpoint.py --run "$OUT/demo-clive" --init "$OUT/demo-stage1" --tables "$T" \
+  --evals "$E" --commands "$E/commands.txt" --output "$OUT/demo-clive-checkpoint"

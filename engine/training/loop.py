@@ -246,12 +246,15 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa:
             )
             metrics["history"] = list(history)
             log.info(
-                "epoch %d/%d: train loss %.5f, val SRCC %s PLCC %s rank SRCC %s, %d images in %d steps, %.1fs",
+                "epoch %d/%d: train loss %.5f, val SRCC %s PLCC %s table SRCC %s PLCC %s rank SRCC %s, "
+                "%d images in %d steps, %.1fs",
                 epoch + 1,
                 cfg.epochs,
                 metrics["train_loss"],
                 _fmt(metrics.get("val_srcc")),
                 _fmt(metrics.get("val_plcc")),
+                _fmt(metrics.get("val_table_srcc")),
+                _fmt(metrics.get("val_table_plcc")),
                 _fmt(metrics.get("val_rank_srcc")),
                 metrics["images"],
                 len(losses),
@@ -322,6 +325,12 @@ def _validate(
     if keep.sum() >= 3:
         m = compute_metrics(pred[keep], truth[keep])
         out = {"val_srcc": m["srcc"], "val_plcc": m["plcc"], "val_krcc": m["krcc"], "val_rmse": m["rmse"]}
+    # Labelled references of a ranking table (`--extra-val` rows at level 0 with a MOS: another labelled set's
+    # validation part, e.g. authentic photographs beside AGIQA-3K) are a second labelled validation set.
+    table = np.isfinite(truth) & (ranked[:, 0] >= 0) & (ranked[:, 2] == 0)
+    if table.sum() >= 3:
+        m = compute_metrics(pred[table], truth[table])
+        out.update({"val_table_srcc": m["srcc"], "val_table_plcc": m["plcc"]})
     rank = rank_srcc(pred, ranked)
     if rank is not None:
         out["val_rank_srcc"] = rank
@@ -351,8 +360,11 @@ def rank_srcc(pred: np.ndarray, ranked: np.ndarray) -> float | None:
 
 def selection(metrics: dict) -> dict:
     """`val_select`, what picks the epoch: the labelled set's validation SRCC, or with a ranking validation
-    set the mean of that SRCC and minus the ranking SRCC (both 1 at best)."""
-    parts = [metrics[k] for k in ("val_srcc",) if metrics.get(k) is not None and math.isfinite(metrics[k])]
+    set the mean of that SRCC, the SRCC on the table's labelled references (where it has some) and minus the
+    ranking SRCC (each 1 at best)."""
+    parts = [
+        metrics[k] for k in ("val_srcc", "val_table_srcc") if metrics.get(k) is not None and math.isfinite(metrics[k])
+    ]
     if metrics.get("val_rank_srcc") is not None and math.isfinite(metrics["val_rank_srcc"]):
         parts.append(-metrics["val_rank_srcc"])
     return {"val_select": float(np.mean(parts))} if parts else {}

@@ -486,8 +486,14 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: flo
 def _caches_features(config: TrainConfig, mos_scale: float) -> bool:
     """A student whose backbone is frozen trains on its backbone's features, computed once per image
     (there is no augmentation that would change them from epoch to epoch)."""
-    if not config.cache_features or config.model.kind != "student" or config.model.init:
+    if not config.cache_features or config.model.kind != "student":
         return False
+    if config.model.init:
+        # Fine-tuning a checkpoint: its own config says whether its backbone is frozen (the features are
+        # computed by the checkpoint's backbone, `build_model` loads it for the feature actor as for the loop).
+        from dpiqa import models
+
+        return bool(getattr(models.load_model(config.model.init).config, "freeze_backbone", False))
     return bool(getattr(model_config(config.model, mos_scale), "freeze_backbone", False))
 
 

@@ -14,7 +14,7 @@ from clirun import dpiqa
 from corpus import graded_table
 from scipy.stats import spearmanr
 
-from dpiqa.engine.demo import LEVELS, PHOTOGRAPHS
+from dpiqa.engine.demo import FAMILIES, LEVELS, PHOTOGRAPHS
 from dpiqa.engine.distortions import DISTORTIONS
 
 
@@ -23,7 +23,8 @@ def test_demo_scores_every_image_and_its_ranking_is_the_scores(tmp_path: Path) -
     out = tmp_path / "demo"
     r = dpiqa("demo", "--model", "dpiqa-student-tiny", "--executor", "local", "--output", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
-    images = len(PHOTOGRAPHS) * (1 + len(DISTORTIONS) * len(LEVELS))
+    assert FAMILIES == (*DISTORTIONS, "motion_blur")
+    images = len(PHOTOGRAPHS) * (1 + len(FAMILIES) * len(LEVELS))
     rows = [row for f in sorted((out / "scores" / "scores").glob("*.parquet")) for row in pq.read_table(f).to_pylist()]
     assert len(rows) == images and all(row["status"] == "ok" for row in rows)
     assert len(list((out / "corpus").rglob("*.tar"))) == len(PHOTOGRAPHS)
@@ -42,8 +43,8 @@ def test_demo_scores_every_image_and_its_ranking_is_the_scores(tmp_path: Path) -
             kind, level = tag.rsplit("-", 1)
             by[(photo, kind)][int(level)] = row["score"]
     ranking = json.loads((out / "ranking.json").read_text())
-    assert set(ranking["per_distortion"]) == set(DISTORTIONS)
-    for kind in DISTORTIONS:
+    assert set(ranking["per_distortion"]) == set(FAMILIES)
+    for kind in FAMILIES:
         levels = [0, *LEVELS]
         rhos = []
         for _, photo, _ in PHOTOGRAPHS:

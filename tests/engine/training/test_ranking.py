@@ -20,9 +20,9 @@ from dpiqa.engine.training.loop import rank_srcc, selection
 from dpiqa.models.run_options import RunOptions
 
 
-def ranking_table(d: Path, sources: int = 6, name: str = "rank.csv") -> Path:
+def ranking_table(d: Path, sources: int = 6, name: str = "rank.csv", labelled: bool = False) -> Path:
     """Grey squares with noise growing with the level: per source, the reference and levels 1..3 of one
-    family (unlabelled), and a labelled row."""
+    family (unlabelled; `labelled`: every source's rows labelled), and a labelled row."""
     rng = np.random.default_rng(1)
     (d / "rank").mkdir(parents=True, exist_ok=True)
     rows = []
@@ -31,7 +31,14 @@ def ranking_table(d: Path, sources: int = 6, name: str = "rank.csv") -> Path:
             img = np.clip(120 + rng.normal(0, 1 + 25 * level, (40, 40, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(img).save(d / "rank" / f"{s}-{level}.png")
             rows.append(
-                [f"rank/{s}-{level}.png", "" if s else f"{90 - 20 * level}", f"{s}/{level}", f"src{s}", "noise", level]
+                [
+                    f"rank/{s}-{level}.png",
+                    f"{90 - 20 * level - s}" if labelled or not s else "",
+                    f"{s}/{level}",
+                    f"src{s}",
+                    "noise",
+                    level,
+                ]
             )
     path = d / name
     with open(path, "w", newline="") as f:
@@ -77,6 +84,10 @@ def test_rank_srcc_and_selection():
     assert selection({"val_srcc": 0.5}) == {"val_select": 0.5}
     assert selection({"val_srcc": 0.5, "val_rank_srcc": -0.75}) == {"val_select": pytest.approx(0.625)}
     assert selection({"val_rank_srcc": -0.75}) == {"val_select": pytest.approx(0.75)}
+    # a ranking table's labelled references (another labelled set's validation part) join the mean
+    assert selection({"val_srcc": 0.5, "val_table_srcc": 0.2, "val_rank_srcc": -0.8}) == {
+        "val_select": pytest.approx(0.5)
+    }
 
 
 def test_ranked_distillation_end_to_end(ray_local, tmp_path):
@@ -86,7 +97,8 @@ def test_ranked_distillation_end_to_end(ray_local, tmp_path):
     from dpiqa.engine.training.run import run_training
 
     table = graded_table(tmp_path, n=30, seed=5)
-    train, val = ranking_table(tmp_path, 6, "train.csv"), ranking_table(tmp_path / "v", 3, "val.csv")
+    train = ranking_table(tmp_path, 6, "train.csv")
+    val = ranking_table(tmp_path / "v", 3, "val.csv", labelled=True)
     out = tmp_path / "student"
     result = run_training(
         tiny_student(
@@ -99,6 +111,9 @@ def test_ranked_distillation_end_to_end(ray_local, tmp_path):
     assert card["protocol"]["selection"].startswith("best mean of validation SRCC")
     val = result.splits[0]["metrics"]["val"]
     assert -1 <= val["rank_srcc"] <= 1 and "select" in val
+    # the table's 3 labelled references (level 0) are a second labelled validation set, and select by it too
+    assert -1 <= val["table_srcc"] <= 1 and "table_plcc" in val
+    assert val["select"] == pytest.approx(np.mean([val["srcc"], val["table_srcc"], -val["rank_srcc"]]))
 
 
 def test_output_cache_serves_a_rerun_without_the_model(tmp_path):

@@ -63,6 +63,38 @@ def test_frozen_backbone_trains_on_cached_features_exactly_as_on_images(ray_loca
     assert not torch.equal(outs[True]["mlp.net.1.weight"], initial["mlp.net.1.weight"])
 
 
+def test_fine_tuning_a_frozen_backbone_checkpoint_trains_on_cached_features(ray_local, tmp_path):
+    """`--init` of a checkpoint whose backbone is frozen (its own config says so) computes the backbone's
+    features once into the cache, as a fresh frozen student does, and ends where the same fine-tuning on images
+    ends (the bound of the test above); the backbone stays the checkpoint's, the head moves."""
+    import dataclasses
+
+    from dpiqa.engine.training.model import ModelSpec
+    from dpiqa.engine.training.run import TrainRun, run_training
+
+    table = graded_table(tmp_path, n=30, seed=5)
+    start = tmp_path / "start"
+    run_training(tiny_student(table, start, epochs=1, overrides={"freeze_backbone": True}))
+    spec = ModelSpec(kind="student", init=str(start))
+    outs = {}
+    for cache in (True, False):
+        out = tmp_path / f"tuned-{cache}"
+        recipe = dataclasses.replace(
+            tiny_student(table, out, epochs=2, run=TrainRun(threads=1, cache_dir=str(tmp_path / f"cache-{cache}"))),
+            model=spec,
+            cache_features=cache,
+        )
+        run_training(recipe)
+        outs[cache] = weights(out)
+    # the backbone features went through the cache only when cached (the teacher-less student caches nothing else)
+    assert any((tmp_path / "cache-True").rglob("*")) and not any((tmp_path / "cache-False").rglob("*"))
+    for k in outs[True]:
+        torch.testing.assert_close(outs[True][k], outs[False][k], rtol=0, atol=1e-3, msg=k)
+    initial = weights(start)
+    assert all(torch.equal(outs[True][k], initial[k]) for k in initial if k.startswith("backbone."))
+    assert not torch.equal(outs[True]["mlp.net.1.weight"], initial["mlp.net.1.weight"])
+
+
 def test_epoch_batches_shuffle_whole_per_epoch_and_split_global_batches(ray_local):
     """Every epoch a different seeded permutation of all rows (not a local buffer over file order), the same
     for the same (seed, epoch) on every run, and each worker's slice of a global batch is disjoint."""
