@@ -109,7 +109,7 @@ def split_indices(
     seed = seed if seed is not None else recorded["seed"]
     fractions = tuple(fractions or (recorded["fractions"] if recorded else (0.7, 0.1, 0.2)))
     grouped = grouped if grouped is not None else bool(recorded and recorded.get("grouped"))
-    split = make_split(labeled.names, seed, fractions, groups=labeled.groups if grouped else None)
+    split = make_split(labeled.names, seed, fractions, groups=labeled.groups, grouped=grouped)
     return split.part(part), {"part": part, "seed": seed, "fractions": list(fractions), "grouped": grouped}
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dpiqa.errors import UsageError
+
 PARTS = ("train", "val", "test")
 
 
@@ -96,6 +98,7 @@ def make_split(
     seed: int,
     fractions: Sequence[float] = (0.7, 0.1, 0.2),
     groups: Sequence[str] | None = None,
+    grouped: bool | None = None,
 ) -> Split:
     """Split `ids` into train, validation and test parts.
 
@@ -109,11 +112,17 @@ def make_split(
         seed: the split's seed.
         fractions: the train, validation and test fractions.
         groups: one group per id; ids of one group always land in the same part.
+        grouped: whether the caller asked for a grouped split (`--grouped`): True with `groups` None is
+            refused, False splits by image whatever `groups` holds; None uses `groups` as given.
 
     Raises:
-        ValueError: on duplicate ids, groups of the wrong length, or a part with a positive fraction
-            that would get no image.
+        ValueError: on duplicate ids, groups of the wrong length, a grouped split without groups, or a part
+            with a positive fraction that would get no image.
     """
+    if grouped and groups is None:
+        raise UsageError("--grouped splits need a group per image, and this dataset has none; drop --grouped")
+    if grouped is False:
+        groups = None
     SplitConfig(fractions=tuple(fractions))  # validates the fractions
     n = len(ids)
     if len(set(ids)) != n:
@@ -152,6 +161,4 @@ def make_splits(ids: Sequence[str], config: SplitConfig, groups: Sequence[str] |
         config: fractions, number of splits, first seed and whether to group.
         groups: one group per id; required when `config.grouped`, ignored otherwise.
     """
-    if config.grouped and groups is None:
-        raise ValueError("grouped splits need a group per image (this dataset has none)")
-    return [make_split(ids, seed, config.fractions, groups if config.grouped else None) for seed in config.seeds]
+    return [make_split(ids, seed, config.fractions, groups, grouped=config.grouped) for seed in config.seeds]

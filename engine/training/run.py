@@ -555,7 +555,7 @@ def _train_split(  # noqa: PLR0913
         }
 
     split = (
-        make_split(labeled.names, seed, config.split.fractions, groups=labeled.groups if config.split.grouped else None)
+        make_split(labeled.names, seed, config.split.fractions, groups=labeled.groups, grouped=config.split.grouped)
         if labeled is not None
         else None
     )

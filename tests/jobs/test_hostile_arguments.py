@@ -187,3 +187,35 @@ def test_device_cuda_on_a_machine_without_that_gpu_is_refused_before_anything_is
     line = one_line(err)
     assert code == 2 and f"--device {device}: torch sees " in line and "use --device auto or cpu" in line, err
     assert not out.exists()  # no _run.json: a rerun with --device cpu is not refused as another configuration
+
+
+def test_grouped_on_a_dataset_without_groups_is_refused_not_trained_ungrouped(capsys, tmp_path):
+    """`--grouped` on a table without a group column used to split by image while the card recorded
+    `grouped: true`; the split itself now refuses it, for `eval` and the training jobs alike (issue 36)."""
+    table = corpus.graded_table(tmp_path, n=30)
+    code, out, err = run(
+        capsys, "eval", "--model", "brisque", "--dataset", "csv", "--root", str(table), "--grouped", "--seed", "0"
+    )
+    assert code == 2 and not out, err
+    assert "--grouped splits need a group per image" in one_line(err)
+    code, out, err = run(
+        capsys,
+        "distill",
+        "--mode",
+        "none",
+        "--dataset",
+        "csv",
+        "--root",
+        str(table),
+        "--grouped",
+        "--config",
+        "dpiqa-student-tiny",
+        "--no-pretrained",
+        "--epochs",
+        "1",
+        "--output",
+        str(tmp_path / "student"),
+    )
+    assert code == 2, err
+    assert "--grouped splits need a group per image" in one_line(err)
+    assert not (tmp_path / "student" / "model.safetensors").exists()
