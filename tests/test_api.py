@@ -261,22 +261,22 @@ def test_the_ray_transform_in_this_process(images):
 
     import dpiqa.ray
 
-    transform = dpiqa.ray.Scorer(model="brisque", column="image")
+    transform = dpiqa.ray.Scorer(model="brisque", column="picture")
     images_col = np.empty(3, dtype=object)  # a column of bytes and arrays, as Ray hands a mixed column over
     for i, value in enumerate([images["rgb"].read_bytes(), None, np.asarray(Image.open(images["gray"]))]):
         images_col[i] = value
-    batch = {"image": images_col, "id": np.arange(3)}
+    batch = {"picture": images_col, "id": np.arange(3)}
     out = transform(batch)
-    assert set(batch) == {"image", "id"}  # the caller's batch is left as it was
+    assert set(batch) == {"picture", "id"}  # the caller's batch is left as it was
     assert list(out["status"]) == ["ok", "no_image", "ok"] and list(out["id"]) == [0, 1, 2]
-    assert out["error"][1] == "image: no image (None)"
+    assert out["error"][1] == "picture: no image (None)"  # the column, as a row names the member
     np.testing.assert_allclose(out["score"][[0, 2]], scorer("brisque")([images["rgb"], images["gray"]]), rtol=1e-6)
     frame = transform(pd.DataFrame(batch))
-    assert list(frame.columns) == ["image", "id", "score", "status", "error"]
+    assert list(frame.columns) == ["picture", "id", "score", "status", "error"]
     np.testing.assert_allclose(frame["score"].to_numpy(), out["score"])
-    with pytest.raises(ValueError, match=r"no column 'image' in the batch \(columns: \['jpg'\]\)"):
+    with pytest.raises(ValueError, match=r"no column 'picture' in the batch \(columns: \['jpg'\]\)"):
         transform({"jpg": images_col})
     with pytest.raises(ValueError, match=r"already has column\(s\) \['score'\]; pass prefix="):
         transform({**batch, "score": np.zeros(3)})
-    prefixed = dpiqa.ray.Scorer(model="brisque", column="image", prefix="q_")({**batch, "score": np.zeros(3)})
+    prefixed = dpiqa.ray.Scorer(model="brisque", column="picture", prefix="q_")({**batch, "score": np.zeros(3)})
     assert {"score", "q_score", "q_status", "q_error"} <= set(prefixed)
