@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -19,7 +19,7 @@ from dpiqa.errors import UsageError
 from dpiqa.models.run_options import RunOptions
 
 # What one image may be. A list or tuple of them, or a uint8 array (B, H, W, 3), is a batch.
-ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray, None]  # noqa: UP007
+ImageLike = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray | None
 ERRORS = ("raise", "status")
 
 
@@ -178,7 +178,10 @@ class QualityScorer:
                     f"image {start + i}: a {type(item).__name__} is no image; pass a path, URL, bytes, a PIL image "
                     "or a numpy array (or a list of them)"
                 )
-        return self.score_column(data, labels, return_map)
+        out = self.score_column(data, labels, return_map)
+        for i in np.flatnonzero(out.status == schema.SCORE_ERROR):  # a row's error names no image here: name it
+            out.error[i] = f"{labels[i]}: {out.error[i]}"
+        return out
 
     def score_column(self, data: np.ndarray, labels: Sequence[str], return_map: bool = False) -> Scores:
         """One batch through the engine's decode and score stages (the code path of `dpiqa score` and of the

@@ -16,9 +16,11 @@ if TYPE_CHECKING:
 
 class Scorer:
     """A callable class for `ds.map_batches`: loads the model once per actor, reads an image column of bytes (any
-    format `dpiqa score` decodes), arrays (`read_images`' `image`), PIL images or paths, and adds `score` (float32,
-    the model's MOS units; NaN where not `ok`), `status` (`ok` or `dpiqa score`'s row status) and `error` (None
-    where `ok`). Every other column passes through.
+    format `dpiqa score` decodes: `read_webdataset(..., decoder=None)`, `read_binary_files`), arrays (`read_images`)
+    or PIL images, and adds `score` (float32, the model's MOS units; NaN where not `ok`), `status` (`ok` or
+    `dpiqa score`'s row status; `no_image` for a null) and `error` (None where `ok`). Every other column passes
+    through. A column of paths or URLs is refused: read the files first (`read_binary_files`, or a download step
+    whose failures are rows of their own), so that one unreadable URL does not fail the task.
 
         ds.map_batches(dpiqa.ray.Scorer, fn_constructor_kwargs={"model": "demo", "column": "image"},
                        batch_size=32, concurrency=2, num_gpus=1)
@@ -73,10 +75,17 @@ class Scorer:
         values = batch[self.column]
         if not isinstance(values, np.ndarray):  # a pandas column
             values = values.to_numpy()
+        if values.dtype.kind in "US":  # a fixed-width text column (numpy's str dtypes)
+            values = values.astype(object)
         if values.dtype != object and values.ndim != 4:  # a column of one image per row is 4-D or object
             raise ValueError(
                 f"dpiqa.ray.Scorer: column {self.column!r} holds {values.dtype} {values.shape[1:]} per row, "
                 "not images (bytes, or uint8 arrays)"
+            )
+        if values.dtype.kind in "OUS" and any(isinstance(v, str) for v in values):
+            raise ValueError(
+                f"dpiqa.ray.Scorer: column {self.column!r} holds text (paths or URLs?), not images; read the files "
+                "first (ray.data.read_binary_files, or read_webdataset(..., decoder=None))"
             )
         out = self.scorer.score_column(values, [self.column] * len(values))
         result = dict(batch) if isinstance(batch, dict) else batch.copy()  # the caller's batch stays as it was

@@ -280,3 +280,15 @@ def test_the_ray_transform_in_this_process(images):
         transform({**batch, "score": np.zeros(3)})
     prefixed = dpiqa.ray.Scorer(model="brisque", column="picture", prefix="q_")({**batch, "score": np.zeros(3)})
     assert {"score", "q_score", "q_status", "q_error"} <= set(prefixed)
+    with pytest.raises(ValueError, match=r"column 'picture' holds text \(paths or URLs\?\), not images"):
+        transform({"picture": np.array([str(images["rgb"])])})
+
+
+def test_a_score_the_model_cannot_give_is_a_score_error():
+    """BRISQUE is undefined on a flat image (no local contrast): the README's `score_error` row, or its error."""
+    flat = np.full((64, 64, 3), 128, np.uint8)
+    out = scorer("brisque").score([flat, flat.copy()], errors="status")
+    assert list(out.status) == ["score_error"] * 2 and np.isnan(out.score).all()
+    with pytest.raises(dpiqa.ImageError, match="image 0: the model returned a non-finite score") as info:
+        scorer("brisque")(flat)
+    assert info.value.status == "score_error"
