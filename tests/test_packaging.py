@@ -51,6 +51,7 @@ def test_the_wheel_installs_one_namespace(wheel):
     assert tops == {"dpiqa"}
     assert {n.rsplit("/", 1)[0].replace("/", ".") for n in names if n.endswith("__init__.py")} == repository_packages()
     assert "dpiqa/models/checkpoints/demo/model.safetensors" in names  # the shipped checkpoint
+    assert {"dpiqa/ray.py", "dpiqa/engine/library.py", "dpiqa/engine/ray_transform.py"} <= set(names)  # the public API
 
 
 @pytest.mark.slow  # builds and installs the wheel into a new environment

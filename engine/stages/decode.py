@@ -127,6 +127,48 @@ def decode_image(data: bytes | None, preprocessing: Preprocessing, max_pixels: i
     return Decoded(pixels, width, height, statistics)
 
 
+def decode_pixels(
+    image: Image.Image | np.ndarray, preprocessing: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Decoded:
+    """An image already decoded (a PIL image, or a uint8 array `(H, W)`, `(H, W, 3)`, `(H, W, 4)`, or a
+    uint16 `(H, W)` one as a 16-bit PNG gives) -> the model's input, the rest as `decode_image` does after its
+    `Image.open`: the bomb limit, EXIF orientation (a PIL image's), alpha over white, 16-bit scaled, the
+    statistics measured before the resize. A PIL image is taken at its full resolution (it is already decoded,
+    so a JPEG's reduced-scale `draft` decode cannot apply).
+
+    Raises:
+        DecodeError: `not_an_image` for an array of another dtype or shape, `too_large`, `decode_error`.
+    """
+    if not isinstance(image, Image.Image):
+        arr = np.asarray(image)
+        if arr.dtype == np.uint16 and arr.ndim == 2:  # 16-bit grey, as PIL's I;16 (to_rgb scales it)
+            image = Image.fromarray(arr)
+        elif arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+            raise DecodeError(
+                schema.NOT_AN_IMAGE,
+                f"an array of {arr.dtype} {arr.shape} is no image: expected uint8 (H, W), (H, W, 3) or (H, W, 4), "
+                "or uint16 (H, W)",
+            )
+        else:
+            image = Image.fromarray(arr)
+    width, height = image.size
+    if width * height > max_pixels:
+        raise DecodeError(schema.TOO_LARGE, f"{width}x{height} has more than {max_pixels} pixels", (width, height))
+    try:
+        orientation = image.getexif().get(_ORIENTATION)
+    except Exception:  # noqa: BLE001 - a broken EXIF block only loses the orientation
+        orientation = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pixels, statistics = model_input(to_rgb(image), preprocessing)
+    except Exception as exc:  # noqa: BLE001 - a lazily opened image whose pixel data is corrupt
+        raise DecodeError(schema.DECODE_ERROR, f"{type(exc).__name__}: {exc}", (width, height)) from exc
+    if orientation in _TRANSPOSING:
+        width, height = height, width
+    return Decoded(pixels, width, height, statistics)
+
+
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1")
 
 
@@ -146,7 +188,7 @@ JPEG_MAGIC = b"\xff\xd8"
 
 
 def is_jpeg(data: bytes | None) -> bool:
-    return bool(data) and data[:2] == JPEG_MAGIC
+    return isinstance(data, (bytes, bytearray, memoryview)) and data[:2] == JPEG_MAGIC
 
 
 def jpeg_header(data: bytes, max_pixels: int) -> tuple[int, int]:
@@ -165,6 +207,8 @@ def jpeg_header(data: bytes, max_pixels: int) -> tuple[int, int]:
 class DecodeStage(Stage):
     """Decodes the `data` column into an `image` column (uint8 `(B, H, W, 3)`) plus `width`/`height`, and
     for a model that reads statistics measured before the resize a `statistics` column (float32 `(B, k)`).
+    A `data` entry is image bytes (`decode_image`) or, from the library API (`dpiqa.load_scorer`,
+    `dpiqa.ray`), an image already decoded: a PIL image or an array (`decode_pixels`).
 
     Rows that are already failures, or fail here, keep a zero image and get their status and error;
     control rows pass through untouched.
@@ -213,9 +257,8 @@ class DecodeStage(Stage):
                     widths[i], heights[i] = jpeg_header(data, self.max_pixels)
                     on_device[i], jpegs[i] = True, data
                     continue
-                images[i], widths[i], heights[i], statistics[i] = decode_image(
-                    data, self.preprocessing, self.max_pixels
-                )
+                decode = decode_pixels if isinstance(data, (Image.Image, np.ndarray)) else decode_image
+                images[i], widths[i], heights[i], statistics[i] = decode(data, self.preprocessing, self.max_pixels)
             except DecodeError as exc:
                 status[i], error[i] = exc.status, f"{batch['ext'][i]}: {exc}"
                 if exc.size:
