@@ -429,6 +429,75 @@ class OutputLocation:
         """URLs of the per-shard score files that have a completion marker."""
         return [self.child(SCORES_DIR, f"{name}.parquet") for name in sorted(self.done())]
 
+    # -- compacted parts (`dpiqa compact`, engine/compact.py) ------------------------------------
+    def compacted_parts(self) -> list[dict]:
+        """The manifests of the complete compacted parts, in part order: `compacted/_part-K.json`, written after
+        its `compacted/part-K.parquet` (a part is complete iff its manifest exists). A manifest that does not
+        parse stops the read with one line: its part's shards have no per-shard file any more."""
+        folder = self._p(COMPACTED_DIR)
+        self.fs.invalidate_cache(folder)
+        try:
+            listed = self.fs.ls(folder, detail=False)
+        except FileNotFoundError:
+            return []
+        names = sorted(
+            (p.rsplit("/", 1)[-1] for p in listed if p.rsplit("/", 1)[-1].startswith("_part-")),
+            key=part_number,
+        )
+        names = [n for n in names if n.endswith(".json")]
+        if not names:
+            return []
+        paths = [f"{folder}/{n}" for n in names]
+        contents = retry(lambda: self.fs.cat_ranges(paths, None, None), f"read {len(paths)} part manifests")
+        out = []
+        for name, data in zip(names, contents, strict=True):
+            try:
+                out.append(json.loads(data))
+            except ValueError as exc:
+                raise CorruptFileError(f"{self.child(COMPACTED_DIR, name)} does not parse ({exc})") from None
+        return out
+
+    def listed_names(self, subdir: str, suffix: str) -> set[str]:
+        """The names of the files `subdir/NAME{suffix}` below this location, from one listing (on S3 split by
+        the names' leading characters and listed concurrently, as `done_names`); hidden files left out."""
+        folder = self._p(subdir)
+        self.fs.invalidate_cache(folder)
+        if self.local:
+            try:
+                return {n[: -len(suffix)] for n in os.listdir(folder) if n.endswith(suffix) and not n.startswith(".")}
+            except FileNotFoundError:
+                return set()
+        if hasattr(self.fs, "call_s3"):
+            keys = _list_s3_keys(self.fs, folder)
+        else:
+            try:
+                keys = self.fs.ls(folder, detail=False)
+            except FileNotFoundError:
+                return set()
+        return {k.rsplit("/", 1)[-1][: -len(suffix)] for k in keys if k.endswith(suffix)}
+
+    def remove_files(self, rels: list[str]) -> None:
+        """Delete files below this location by exact path, in bulk (S3: 1,000 keys per request); a file already
+        gone is no error (a rerun finishing a removal a kill cut short)."""
+        paths = [self._p(rel) for rel in rels]
+        if self.local:
+            for path in paths:
+                try:
+                    os.remove(path)
+                except FileNotFoundError:
+                    pass
+            return
+        if any(ch in p for p in paths for ch in "*?["):  # fsspec's rm takes these for glob patterns
+            for path in paths:
+                try:
+                    retry(lambda p=path: self.fs.rm_file(p), f"remove {path}")
+                except FileNotFoundError:
+                    pass
+        elif paths:
+            retry(lambda: self.fs.rm(paths), f"remove {len(paths)} files below {self.url}")
+        for folder in {p.rsplit("/", 1)[0] for p in paths}:
+            self.fs.invalidate_cache(folder)
+
 
 # Objects up to this size are uploaded with one PUT; larger ones as a multipart upload (s3fs's file), which is
 # aborted when the write fails: fsspec's `with fs.open(...)` would complete it, and so commit a truncated file
@@ -530,3 +599,18 @@ def _list_s3_keys(fs: Any, folder: str, threads: int = 16) -> list[str]:
     with ThreadPoolExecutor(threads) as pool:
         parts = list(pool.map(lambda f: f(), ranges))
     return [k for part in parts for k in part]
+
+
+COMPACTED_DIR = "compacted"  # compacted/part-K.parquet + compacted/_part-K.json (`dpiqa compact`)
+
+
+def part_number(name: str) -> int:
+    """K of `part-K.parquet`, `_part-K.json` or a path ending in one (parts sort by number, not by text)."""
+    stem = name.rsplit("/", 1)[-1].lstrip("_.").split(".", 1)[0]
+    return int(stem.split("-", 1)[1])
+
+
+def is_compacted_part(path: str) -> bool:
+    """Whether `path` is a compacted part (`.../compacted/part-K.parquet`), which holds the rows of many shards."""
+    folder, _, name = path.rstrip("/").rpartition("/")
+    return folder.endswith(f"/{COMPACTED_DIR}") and name.startswith("part-") and name.endswith(".parquet")

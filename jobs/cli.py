@@ -14,7 +14,19 @@ from dpiqa.jobs.args import Parser
 
 # Subcommand modules, in `--help` order; each has `add_parser(subparsers)` and keeps heavy imports
 # inside its `main`, so `dpiqa --help` stays fast.
-JOBS = ["demo", "score", "audit", "filter", "train_teacher", "distill", "eval", "ablate", "export", "model_info"]
+JOBS = [
+    "demo",
+    "score",
+    "compact",
+    "audit",
+    "filter",
+    "train_teacher",
+    "distill",
+    "eval",
+    "ablate",
+    "export",
+    "model_info",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
