@@ -117,8 +117,25 @@ def compact(config: CompactConfig) -> CompactResult:
     run = ScoredRun(config.scores, config.storage_options)
     out = run.location
     result = CompactResult(already=run.compacted)
-    # 1. What an interrupted run left: part files without a manifest (no reader uses them), and per-shard files
-    # of shards a complete part holds.
+    # 1. Parts no shard is read from any more (every shard in them scored again since: `score --overwrite`): their
+    # manifest first, so that a kill leaves a part without one. Then what an interrupted run left: part files
+    # without a manifest (no reader uses them), and per-shard files of shards a complete part holds.
+    live = {(s.path, s.offset) for s in run.shards if s.offset is not None}
+    base = out.path.rstrip("/")
+    for part in run.parts:
+        path, offsets = f"{base}/{COMPACTED_DIR}/{part['file']}", part["shards"]["offset"]
+        used = sum((path, offset) in live for offset in offsets)
+        if not used:
+            log.info("compact: %s: every shard in it was scored again since; deleting it", part["file"])
+            out.remove_files([f"{COMPACTED_DIR}/_{part['file'].rsplit('.', 1)[0]}.json"])
+        elif used < len(offsets):
+            log.warning(
+                "compact: %s: %d of its %d shards were scored again since: readers of this output skip its rows of "
+                "them, a query over compacted/*.parquet does not",
+                part["file"],
+                len(offsets) - used,
+                len(offsets),
+            )
     result.cleaned = _remove_incomplete_parts(out)
     compacted = {s.name for s in run.shards if s.offset is not None}
     leftovers = sorted(out.listed_names(SCORES_DIR, ".parquet") & compacted)
@@ -245,7 +262,7 @@ class PartWriter:
         self.buffered = 0
         self.rows = 0
         self.row_groups = 0
-        self.shards: dict[str, list] = {"name": [], "url": [], "rows": [], "offset": []}
+        self.shards: dict[str, list] = {"name": [], "url": [], "rows": [], "offset": [], "finished": []}
 
     def add(self, shard: ScoredShard, table: pa.Table) -> None:
         """Append one shard's rows (its whole file, in index order).
@@ -255,7 +272,8 @@ class PartWriter:
         """
         if not table.schema.equals(self.schema, check_metadata=False):
             raise ValueError(f"{shard.path}: columns {table.schema} differ from the other shards' {self.schema}")
-        for key, value in (("name", shard.name), ("url", shard.url), ("rows", table.num_rows), ("offset", self.rows)):
+        facts = {"name": shard.name, "url": shard.url, "rows": table.num_rows, "offset": self.rows}
+        for key, value in {**facts, "finished": shard.finished}.items():
             self.shards[key].append(value)
         self.buffer.append(table.replace_schema_metadata(self.schema.metadata))
         self.buffered += table.num_rows

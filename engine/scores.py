@@ -41,6 +41,7 @@ class ScoredShard:
             marker; empty for a run before markers recorded it.
         offset: in a compacted part, the position of its first row (its rows are contiguous, in index order);
             None when `path` is its own file.
+        finished: when its marker says it was written (which scoring of the shard a compacted part holds).
     """
 
     name: str
@@ -49,6 +50,7 @@ class ScoredShard:
     rows: int
     source: dict = field(default_factory=dict)
     offset: int | None = None
+    finished: str | None = None
 
     def read(self, fs, columns: list[str] | None = None) -> pa.Table:  # noqa: ANN001 - an fsspec filesystem
         """This shard's rows (`columns`, or all), in index order: the one way every reader reads one shard.
@@ -125,18 +127,24 @@ class ScoredRun:
                 "is it the --output of a `dpiqa score` run?"
             )
         base = self.location.path.rstrip("/")
-        # Shards `dpiqa compact` merged: their rows live in a part, at an offset (the part's manifest).
-        placed: dict[str, tuple[str, int]] = {}
-        for part in self.location.compacted_parts():
+        # Shards `dpiqa compact` merged: their rows live in a part, at an offset (the part's manifest), as long as
+        # the shard's marker is the one that was compacted: a shard scored again since (`score --overwrite`, or its
+        # marker deleted) is read from its new file.
+        placed: dict[str, tuple[str, int, str | None]] = {}
+        self.parts = self.location.compacted_parts()
+        for part in self.parts:
             path, listed = f"{base}/{COMPACTED_DIR}/{part['file']}", part["shards"]
-            for name, offset in zip(listed["name"], listed["offset"], strict=True):
-                placed[name] = (path, int(offset))
+            finished = listed.get("finished") or [None] * len(listed["name"])
+            for name, offset, when in zip(listed["name"], listed["offset"], finished, strict=True):
+                placed[name] = (path, int(offset), when)
         self.shards = []
         for name, m in sorted(markers.items()):
-            path, offset = placed.get(name, (f"{base}/{SCORES_DIR}/{name}.parquet", None))
+            path, offset, when = placed.get(name, (None, None, None))
+            if path is None or when != m.get("finished"):
+                path, offset = f"{base}/{SCORES_DIR}/{name}.parquet", None
             url, rows, source = str(m.get("shard", name)), int(m.get("rows", 0)), dict(m.get("source") or {})
-            self.shards.append(ScoredShard(name, url, path, rows, source, offset))
-        self.compacted = len(placed)
+            self.shards.append(ScoredShard(name, url, path, rows, source, offset, m.get("finished")))
+        self.compacted = sum(s.offset is not None for s in self.shards)
         self.manifest = self._optional_json(MANIFEST)
         self.run_info = self._optional_json(RUN_FILE)
         self.schema = pq.read_schema(self.shards[0].path, filesystem=self.fs)
@@ -151,6 +159,7 @@ class ScoredRun:
         run.fs = run.location.fs
         run.shards = list(shards)
         run.compacted = sum(s.offset is not None for s in run.shards)
+        run.parts = []
         run.manifest = run.run_info = None
         run.schema, run.has_source = schema, "source" in schema.names
         return run

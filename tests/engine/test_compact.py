@@ -248,3 +248,29 @@ def test_help_and_an_output_without_shards() -> None:
         assert text in " ".join(out.stdout.split()), text
     empty = dpiqa("compact", "--scores", "/nonexistent/dpiqa-out")
     assert empty.returncode == 4 and "no completed shard" in empty.stderr
+
+
+def test_score_overwrite_after_compaction_reads_and_compacts_the_new_scores(
+    plain: tuple[Path, Path], compacted: Path, tmp_path: Path
+) -> None:
+    """`score --overwrite` leaves the old parts behind (it knows nothing of them): readers take each shard's new
+    file, not its old rows in a part, and the next compaction deletes the parts no shard is read from."""
+    from dpiqa.engine.scores import ScoredRun
+
+    shards, _ = plain
+    out = tmp_path / "out"
+    shutil.copytree(compacted, out)
+    old_parts = {p.name for p in (out / "compacted").iterdir()}
+    rescored = dpiqa(*score_args(shards, out), "--overwrite")
+    assert rescored.returncode == 0, rescored.stderr[-2000:]
+    new_rows = rows_of(str(out / "scores" / "*.parquet"))
+    run = ScoredRun(str(out))
+    assert run.compacted == 0 and all(s.offset is None for s in run.shards)
+    assert sorted(r for _, b in run.batches(COLUMNS) for r in zip(*b.to_pydict().values(), strict=True)) == new_rows
+
+    again = dpiqa("compact", "--scores", str(out), *SMALL)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert rows_of(str(out / "compacted" / "*.parquet")) == new_rows
+    assert sum(m["rows"] for m in manifests(out)) == len(new_rows) == 64
+    assert ScoredRun(str(out)).compacted == 7 and not list((out / "scores").glob("*.parquet"))
+    assert old_parts  # the old parts were replaced, not added to
