@@ -274,3 +274,24 @@ def test_score_overwrite_after_compaction_reads_and_compacts_the_new_scores(
     assert sum(m["rows"] for m in manifests(out)) == len(new_rows) == 64
     assert ScoredRun(str(out)).compacted == 7 and not list((out / "scores").glob("*.parquet"))
     assert old_parts  # the old parts were replaced, not added to
+
+
+def test_the_audit_scan_on_ray_reads_the_parts(
+    plain: tuple[Path, Path], compacted: Path, ray_local, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cluster scan (units of about ROWS_PER_TASK rows, `ScanWorker`) over a compacted output, whose units
+    split parts between workers, gives the document of the per-shard files scanned in one process."""
+    from test_audit import assert_same
+
+    from dpiqa.engine.audit import run as audit_run
+
+    monkeypatch.setattr(audit_run, "ROWS_PER_TASK", 15)  # units of two or three shards: parts split among them
+    docs = [
+        run_audit(AuditConfig(scores=str(out), thumbnails=2, executor=executor)).doc
+        for out, executor in ((compacted, "ray"), (plain[1], "local"))
+    ]
+    for doc in docs:
+        for key in ("generated", "scores"):
+            doc.pop(key)
+    assert_same(docs[0], docs[1])
+    assert docs[0]["summary"]["rows"] == 64
