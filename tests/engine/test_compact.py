@@ -180,10 +180,11 @@ def test_teacher_outputs_of_both_forms_are_the_same(plain: tuple[Path, Path], co
 @pytest.mark.parametrize(
     ("point", "left"),
     [
-        ("commit.file=exit@2", "a spool file"),  # inside Spool.commit: the part not yet at its name
+        # inside Spool.commit: the part not yet at its name (slow: each case is two cold `dpiqa` processes)
+        pytest.param("commit.file=exit@2", "a spool file", marks=pytest.mark.slow),
         ("compact.after_part=exit@2", "a part without its manifest"),
         ("compact.after_manifest=exit@2", "per-shard files of a complete part"),
-        ("compact.after_delete=exit@1", "nothing out of place"),
+        pytest.param("compact.after_delete=exit@1", "nothing out of place", marks=pytest.mark.slow),
     ],
 )
 def test_compaction_killed_and_run_again_loses_and_duplicates_nothing(
@@ -250,6 +251,7 @@ def test_help_and_an_output_without_shards() -> None:
     assert empty.returncode == 4 and "no completed shard" in empty.stderr
 
 
+@pytest.mark.slow  # a second `dpiqa score` run
 def test_score_overwrite_after_compaction_reads_and_compacts_the_new_scores(
     plain: tuple[Path, Path], compacted: Path, tmp_path: Path
 ) -> None:
