@@ -155,17 +155,21 @@ def compact(config: CompactConfig) -> CompactResult:
         config.target_mb,
         out.child(COMPACTED_DIR),
     )
-    tables = _read_ahead(run, todo, config.threads)
     writer: PartWriter | None = None
-    for shard, table in tables:
-        if writer is None:
-            writer = PartWriter(out, number, table.schema, config.row_group_rows)
-        writer.add(shard, table)
-        if writer.size() >= config.target_mb * (1 << 20):
+    try:
+        for shard, table in _read_ahead(run, todo, config.threads):
+            if writer is None:
+                writer = PartWriter(out, number, table.schema, config.row_group_rows)
+            writer.add(shard, table)
+            if writer.size() >= config.target_mb * (1 << 20):
+                result.parts.append(_finish(out, writer, result))
+                writer, number = None, number + 1
+        if writer is not None:
             result.parts.append(_finish(out, writer, result))
-            writer, number = None, number + 1
-    if writer is not None:
-        result.parts.append(_finish(out, writer, result))
+    except BaseException:
+        if writer is not None:
+            writer.discard()  # the part in flight: its spool file, never its final name
+        raise
     result.seconds = time.monotonic() - t0
     return result
 
@@ -291,6 +295,14 @@ class PartWriter:
     def size(self) -> int:
         """Bytes of the part written so far (row groups written; the buffer not yet)."""
         return os.path.getsize(self.spool.path)
+
+    def discard(self) -> None:
+        """Drop the part being written (an error stopped the run): its spool file goes, nothing reaches its name."""
+        try:
+            self.writer.close()
+        except Exception:  # noqa: BLE001, S110 - closing a file that is dropped anyway
+            pass
+        self.spool.discard()
 
     def commit(self) -> dict:
         """Close and commit the part (whole or not at all); returns its manifest (not yet written)."""

@@ -236,6 +236,7 @@ def test_a_shard_file_that_disagrees_with_its_marker_stops_compaction_and_loses_
     assert result.returncode == 4
     line = result.stderr.strip().splitlines()[-1]
     assert "b__00005.parquet: 3 rows" in line and "marker states 11" in line
+    assert not list((out / "compacted").glob(".*"))  # the part in flight discarded, not left behind
     assert (
         victim.exists()
         and len(list((out / "scores").glob("*.parquet"))) + sum(len(m["shards"]["name"]) for m in manifests(out)) == 7
