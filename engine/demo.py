@@ -148,14 +148,12 @@ def _complete(path: Path) -> bool:
 
 def ranking_of_scores(scores: str) -> dict:
     """`distortion_ranking` of a scored run: the key and score of every shard at `scores` (the output of
-    `dpiqa score` over the demo corpus) that has a completion marker."""
-    import pyarrow.parquet as pq
-
-    from dpiqa.engine.output import OutputLocation
+    `dpiqa score` over the demo corpus) that has a completion marker, compacted or not."""
+    from dpiqa.engine.scores import ScoredRun
 
     rows = []
-    for url in OutputLocation(scores).score_files():
-        rows += pq.read_table(url, columns=["key", "score"]).to_pylist()
+    for _, batch in ScoredRun(scores).batches(["key", "score"]):
+        rows += batch.to_pylist()
     return distortion_ranking(rows)
 
 

@@ -42,6 +42,7 @@ AUDITS_DIR = "audits"  # audits/history.parquet: one row per audit of this outpu
 SCORES_DIR = "scores"
 MAPS_DIR = "maps"
 DONE_DIR = "_done"
+COMPACTED_DIR = "compacted"  # compacted/part-K.parquet + compacted/_part-K.json (`dpiqa compact`)
 
 
 @dataclass
@@ -157,7 +158,9 @@ class OutputLocation:
             log.warning("%s; rewriting it (the completed shards are this configuration's)", exc)
             self.write_json(RUN_FILE, {"config_hash": digest, "identity": identity, "model": model})
             return digest
-        ours = [d for d in (SCORES_DIR, MAPS_DIR, DONE_DIR, MANIFEST, RUNS_DIR) if self.fs.exists(self._p(d))]
+        ours = [
+            d for d in (SCORES_DIR, MAPS_DIR, DONE_DIR, MANIFEST, RUNS_DIR, COMPACTED_DIR) if self.fs.exists(self._p(d))
+        ]
         if existing is not None and existing.get("config_hash") == digest and not overwrite:
             return digest
         if (existing is not None or ours) and not overwrite:
@@ -171,7 +174,7 @@ class OutputLocation:
                 "choose another --output or pass --overwrite to replace them"
             )
         if overwrite:
-            for d in (SCORES_DIR, MAPS_DIR, DONE_DIR, MANIFEST, RUNS_DIR, AUDITS_DIR, RUN_FILE):
+            for d in (SCORES_DIR, MAPS_DIR, DONE_DIR, MANIFEST, RUNS_DIR, AUDITS_DIR, COMPACTED_DIR, RUN_FILE):
                 self.remove(d)
         self.fs.makedirs(self.path, exist_ok=True)
         self.write_json(RUN_FILE, {"config_hash": digest, "identity": identity, "model": model})
@@ -179,23 +182,10 @@ class OutputLocation:
 
     # -- markers --------------------------------------------------------------------------------
     def done_names(self) -> set[str]:
-        """The names of the shards with a completion marker: one listing of `_done/`, no marker read. On S3 the
-        listing is split by the names' leading characters and the parts listed concurrently (S3 returns 1,000
-        keys per request, one request after another within a prefix)."""
+        """The names of the shards with a completion marker: one listing of `_done/` (`listed_names`), no marker
+        read."""
         self._forget_listings()
-        folder = self._p(DONE_DIR)
-        if self.local:
-            try:
-                return {n[: -len(".json")] for n in os.listdir(folder) if n.endswith(".json") and not n.startswith(".")}
-            except FileNotFoundError:
-                return set()
-        if hasattr(self.fs, "call_s3"):
-            return {k.rsplit("/", 1)[-1][: -len(".json")] for k in list_s3_keys(self.fs, folder) if k.endswith(".json")}
-        try:
-            paths = self.fs.ls(folder, detail=False)
-        except FileNotFoundError:
-            return set()
-        return {p.rsplit("/", 1)[-1][: -len(".json")] for p in paths if p.endswith(".json")}
+        return self.listed_names(DONE_DIR, ".json")
 
     def done(self) -> dict[str, dict]:
         """Completion markers by shard name. Which shards are done is one listing (`done_names`); what their
@@ -460,9 +450,74 @@ class OutputLocation:
                 out.append(record)
         return out
 
-    def score_files(self) -> list[str]:
-        """URLs of the per-shard score files that have a completion marker."""
-        return [self.child(SCORES_DIR, f"{name}.parquet") for name in sorted(self.done())]
+    # -- compacted parts (`dpiqa compact`, engine/compact.py) ------------------------------------
+    def compacted_parts(self) -> list[dict]:
+        """The manifests of the complete compacted parts, in part order: `compacted/_part-K.json`, written after
+        its `compacted/part-K.parquet` (a part is complete iff its manifest exists). A manifest that does not
+        parse stops the read with one line: its part's shards have no per-shard file any more."""
+        folder = self._p(COMPACTED_DIR)
+        self.fs.invalidate_cache(folder)
+        try:
+            listed = self.fs.ls(folder, detail=False)
+        except FileNotFoundError:
+            return []
+        names = sorted(
+            (p.rsplit("/", 1)[-1] for p in listed if p.rsplit("/", 1)[-1].startswith("_part-")),
+            key=part_number,
+        )
+        names = [n for n in names if n.endswith(".json")]
+        if not names:
+            return []
+        paths = [f"{folder}/{n}" for n in names]
+        contents = retry(lambda: self.fs.cat_ranges(paths, None, None), f"read {len(paths)} part manifests")
+        out = []
+        for name, data in zip(names, contents, strict=True):
+            try:
+                out.append(json.loads(data))
+            except ValueError as exc:
+                raise CorruptFileError(f"{self.child(COMPACTED_DIR, name)} does not parse ({exc})") from None
+        return out
+
+    def listed_names(self, subdir: str, suffix: str) -> set[str]:
+        """The names of the files `subdir/NAME{suffix}` below this location, from one listing (on S3 split by
+        the names' leading characters and listed concurrently, as `done_names`); hidden files left out."""
+        folder = self._p(subdir)
+        self.fs.invalidate_cache(folder)
+        if self.local:
+            try:
+                return {n[: -len(suffix)] for n in os.listdir(folder) if n.endswith(suffix) and not n.startswith(".")}
+            except FileNotFoundError:
+                return set()
+        if hasattr(self.fs, "call_s3"):
+            keys = list_s3_keys(self.fs, folder)
+        else:
+            try:
+                keys = self.fs.ls(folder, detail=False)
+            except FileNotFoundError:
+                return set()
+        return {k.rsplit("/", 1)[-1][: -len(suffix)] for k in keys if k.endswith(suffix)}
+
+    def remove_files(self, rels: list[str]) -> None:
+        """Delete files below this location by exact path, in bulk (S3: 1,000 keys per request); a file already
+        gone is no error (a rerun finishing a removal a kill cut short)."""
+        paths = [self._p(rel) for rel in rels]
+        if self.local:
+            for path in paths:
+                try:
+                    os.remove(path)
+                except FileNotFoundError:
+                    pass
+            return
+        if any(ch in p for p in paths for ch in "*?["):  # fsspec's rm takes these for glob patterns
+            for path in paths:
+                try:
+                    retry(lambda p=path: self.fs.rm_file(p), f"remove {path}")
+                except FileNotFoundError:
+                    pass
+        elif paths:
+            retry(lambda: self.fs.rm(paths), f"remove {len(paths)} files below {self.url}")
+        for folder in {p.rsplit("/", 1)[0] for p in paths}:
+            self.fs.invalidate_cache(folder)
 
 
 # Objects up to this size are uploaded with one PUT; larger ones as a multipart upload (s3fs's file), which is
@@ -526,3 +581,17 @@ class Spool:
 
     def __exit__(self, *exc: object) -> None:
         self.discard()
+
+
+
+
+def part_number(name: str) -> int:
+    """K of `part-K.parquet`, `_part-K.json` or a path ending in one (parts sort by number, not by text)."""
+    stem = name.rsplit("/", 1)[-1].lstrip("_.").split(".", 1)[0]
+    return int(stem.split("-", 1)[1])
+
+
+def is_compacted_part(path: str) -> bool:
+    """Whether `path` is a compacted part (`.../compacted/part-K.parquet`), which holds the rows of many shards."""
+    folder, _, name = path.rstrip("/").rpartition("/")
+    return folder.endswith(f"/{COMPACTED_DIR}") and name.startswith("part-") and name.endswith(".parquet")

@@ -76,7 +76,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="audits of the history the page plots, this one included (default: 30)",
     )
     p.add_argument("--report", type=location, default=None, help="HTML page to write (local path or URL)")
-    p.add_argument("--json", type=location, default=None, help="JSON document to write (local path or URL)")
+    p.add_argument(
+        "--json",
+        type=location,
+        default=None,
+        help="JSON document to write (local path or URL). The page and the JSON list the 50 worst and 50 best "
+        "shards; the full per-shard table goes beside the JSON (else the page) as NAME.shards.parquet "
+        "(audit.json -> audit.shards.parquet: name, url, source, rows, ok, errors, error_rate, mean, std, min, "
+        "max, statuses)",
+    )
     p.add_argument(
         "--max-error-rate",
         type=rate,

@@ -17,6 +17,7 @@ from dpiqa.jobs.args import Parser
 JOBS = [
     "demo",
     "score",
+    "compact",
     "audit",
     "filter",
     "train_teacher",

@@ -438,6 +438,7 @@ def render(doc: dict, images: dict[str, list[str | None]]) -> str:
         _group_table(doc, "per_source", "source"),
         plot_img("plot-per-source", "per source", figure_per_source(doc)),
         "<h2>Per shard</h2>",
+        _shards_table_note(doc),
         _group_table(doc, "per_shard", "shard"),
         plot_img("plot-per-shard", "per shard", figure_per_shard(doc)),
     ]
@@ -446,4 +447,17 @@ def render(doc: dict, images: dict[str, list[str | None]]) -> str:
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>dpiqa audit</title>"
         f"<style>{CSS}</style></head><body>{''.join(sections)}</body></html>"
+    )
+
+
+def _shards_table_note(doc: dict) -> str:
+    """How many shards the audit read, how many the page and the JSON list (the worst and the best), and the
+    Parquet file with every shard's row."""
+    t = doc.get("per_shard_table")
+    if not t or t["shards"] <= t["shown"]:
+        return ""
+    where = f"; every shard: {esc(t['file'])}" if t.get("file") else ""
+    return (
+        f"<p id='per-shard-table'>{num('per_shard_table.shards', t['shards'], 'int', 'span')} shards; the "
+        f"{num('per_shard_table.shown', t['shown'], 'int', 'span')} worst and best are listed{where}.</p>"
     )

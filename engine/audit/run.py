@@ -3,8 +3,11 @@ HTML page, and the alerts that decide the exit status."""
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
+import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -276,6 +279,10 @@ def run_audit(config: AuditConfig) -> AuditResult:
                 "it (--no-history skips it)"
             )
             log.warning("audit: %s", doc["history_error"])
+    table_url = shards_table_url(config)
+    if table_url is not None:
+        write_shards_table(table_url, per_shard_rows(run, stats), config.storage_options)
+        doc["per_shard_table"]["file"] = table_url
     if config.json:
         write_text(config.json, json.dumps(doc, indent=1, allow_nan=False), config.storage_options)
     if config.report:
@@ -448,16 +455,8 @@ def document(
             "bins": stats.grid.bins,
             "counts": stats.counts.tolist(),
         },
-        "per_shard": [
-            {
-                "name": s.name,
-                "url": s.url,
-                "source": stats.shard_source.get(s.name),
-                **stats.per_shard[s.name].to_dict(),
-            }
-            for s in run.shards
-            if s.name in stats.per_shard
-        ],
+        "per_shard": worst_and_best(per_shard_rows(run, stats), PER_SHARD_SHOWN),
+        "per_shard_table": {"shards": len(stats.per_shard), "shown": None, "file": None},
         "per_source": [{"source": k, **v.to_dict()} for k, v in sorted(stats.per_source.items())],
         "baseline": None,
         "per_source_vs_baseline": [],
@@ -504,7 +503,81 @@ def document(
         "plot-per-shard": "per_shard",
     }
     doc["figures"] = {"histogram": plot, "sources": sources}
+    doc["per_shard_table"]["shown"] = len(doc["per_shard"])
     return doc
+
+
+PER_SHARD_SHOWN = 50  # the worst and the best shards the page and the JSON list; every shard: SHARDS_TABLE
+
+
+def per_shard_rows(run: ScoredRun, stats: RunStats) -> Iterator[dict]:
+    """Every audited shard's row of the per-shard table, in name order."""
+    for s in run.shards:
+        if s.name in stats.per_shard:
+            yield {
+                "name": s.name,
+                "url": s.url,
+                "source": stats.shard_source.get(s.name),
+                **stats.per_shard[s.name].to_dict(),
+            }
+
+
+def worst_and_best(rows: Iterable[dict], k: int) -> list[dict]:
+    """The `k` worst shards (highest error rate, then lowest mean score) and the `k` best (lowest error rate, then
+    highest mean), in name order; every shard when there are at most 2k."""
+    rows = list(rows)
+    if len(rows) <= 2 * k:
+        return rows
+
+    def mean(r: dict, missing: float) -> float:
+        return r["mean"] if r["mean"] is not None else missing
+
+    worst = heapq.nsmallest(k, rows, key=lambda r: (-r["error_rate"], mean(r, -math.inf), r["name"]))
+    best = heapq.nsmallest(k, rows, key=lambda r: (r["error_rate"], -mean(r, -math.inf), r["name"]))
+    chosen = {r["name"] for r in worst + best}
+    return [r for r in rows if r["name"] in chosen]
+
+
+SHARDS_TABLE = ".shards.parquet"  # beside the JSON document (or the page): audit.json -> audit.shards.parquet
+
+
+def shards_table_url(config: AuditConfig) -> str | None:
+    """Where the full per-shard table goes: beside `--json` (else `--report`), `.json`/`.html` replaced by
+    `SHARDS_TABLE`; None when the audit writes neither."""
+    where = config.json or config.report
+    if where is None:
+        return None
+    stem, dot, ext = where.rpartition(".")
+    return (stem if dot and "/" not in ext else where) + SHARDS_TABLE
+
+
+def write_shards_table(url: str, rows: Iterable[dict], storage_options: dict | None) -> None:
+    """The full per-shard table as Parquet: one row per shard (name, url, source, rows, ok, errors, error_rate,
+    mean, std, min, max, statuses as JSON)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    text, count, real = pa.string(), pa.int64(), pa.float64()
+    schema = pa.schema(
+        [("name", text), ("url", text), ("source", text), ("rows", count), ("ok", count), ("errors", count)]
+        + [(k, real) for k in ("error_rate", "mean", "std", "min", "max")]
+        + [("statuses", text)]
+    )
+    columns: dict[str, list] = {k: [] for k in schema.names}
+    for r in rows:
+        for key, values in columns.items():
+            values.append(json.dumps(r[key], sort_keys=True) if key == "statuses" else r[key])
+    table = pa.table(columns, schema=schema)
+    fs, path = get_fs(url, storage_options)
+
+    def put() -> None:
+        parent = path.rsplit("/", 1)[0] if "/" in path else ""
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        with fs.open(path, "wb") as f:
+            pq.write_table(table, f, compression="zstd")
+
+    retry(put, f"write {url}")
 
 
 def _summary(total) -> dict:  # noqa: ANN001 - stats.Aggregate

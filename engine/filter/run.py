@@ -142,7 +142,11 @@ def run_filter(config: FilterConfig, executor: str = "auto", address: str | None
     # modification time: only what a copy keeps is compared.
     tasks = {
         url: ShardTask(
-            url, s.name, s.path, s.source if s.url == url else {k: v for k, v in s.source.items() if k != "mtime"}
+            url,
+            s.name,
+            s.path,
+            s.source if s.url == url else {k: v for k, v in s.source.items() if k != "mtime"},
+            scored=asdict(s),
         )
         for url, s in pairs
     }

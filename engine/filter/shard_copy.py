@@ -12,11 +12,13 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dpiqa import storage
 from dpiqa.engine.filter.cutoff import Cutoff
-from dpiqa.engine.output import OutputLocation
+from dpiqa.engine.output import OutputLocation, is_compacted_part
+from dpiqa.engine.scores import ScoredShard
 from dpiqa.engine.stages.source import Sample, shard_samples
 
 log = logging.getLogger(__name__)
@@ -52,13 +54,40 @@ def unsafe_name(name: str) -> str | None:
 
 @dataclass
 class ShardTask:
-    """One input shard to filter: its URL, its output name, its scores file, and what the shard was when it
-    was scored (its score marker's `source`: size, ETag or modification time; empty when not recorded)."""
+    """One input shard to filter: its URL, its output name, its scores file, what the shard was when it
+    was scored (its score marker's `source`: size, ETag or modification time; empty when not recorded), and
+    where its scores are (`scored`: the fields of its `engine.scores.ScoredShard`, which say where a compacted
+    shard's rows lie in its part)."""
 
     url: str
     name: str
     scores_path: str
     source: dict = field(default_factory=dict)
+    scored: dict | None = None
+
+    def scores(self, fs, columns: list[str]) -> pa.Table:  # noqa: ANN001 - an fsspec filesystem
+        """This shard's score rows (`ScoredShard.read`, the one way a shard's rows are read). A task made without
+        its `scored` fields whose scores lie in a compacted part reads the part's rows of its URL.
+
+        Raises:
+            ValueError: no row of the part is this shard's.
+        """
+        if self.scored is not None:
+            return ScoredShard(**self.scored).read(fs, columns)
+        if not is_compacted_part(self.scores_path):
+            return ScoredShard(self.name, self.url, self.scores_path, -1).read(fs, columns)
+        table = storage.retry(
+            lambda: pq.read_table(
+                self.scores_path, columns=columns, filesystem=fs, filters=pc.field("shard") == self.url
+            ),
+            f"read {self.scores_path}",
+        )
+        if not table.num_rows:
+            raise ValueError(
+                f"{self.scores_path} holds no row of {self.url} (compacted under another URL?); "
+                "pass the task its scored shard (ShardTask.scored)"
+            )
+        return table
 
 
 @dataclass
@@ -108,10 +137,7 @@ class ShardFilter:
         if changed:
             return ShardResult(task.name, task.url, error=changed)
         scores_fs, _ = storage.get_fs(self.scores_url, self.storage_options)
-        table = storage.retry(
-            lambda: pq.read_table(task.scores_path, columns=["index", "key", "score", "status"], filesystem=scores_fs),
-            f"read {task.scores_path}",
-        )
+        table = task.scores(scores_fs, ["index", "key", "score", "status"])
         index = table.column("index").to_numpy()
         score_col = table.column("score")
         scores = score_col.to_numpy().astype(np.float32) if table.num_rows else np.zeros(0, np.float32)

@@ -21,7 +21,7 @@ from PIL import Image
 
 from dpiqa.engine import schema
 from dpiqa.engine.datasets import LabeledSet, LabeledShards
-from dpiqa.engine.output import MAPS_DIR, SCORES_DIR, OutputLocation
+from dpiqa.engine.output import MAPS_DIR, OutputLocation
 from dpiqa.engine.stages.base import Batch, Stage
 from dpiqa.engine.stages.decode import DecodeError, decode_image, model_input
 from dpiqa.images import to_rgb
@@ -357,25 +357,28 @@ def with_teacher(
 
 
 class TeacherOutputs:
-    """The quality maps and scores a `dpiqa score --write-maps` run wrote, per shard, in index order."""
+    """The quality maps and scores a `dpiqa score --write-maps` run wrote, per shard, in index order. Scores are
+    read where they are (a shard's own file, or its rows of a part `dpiqa compact` wrote); maps are never
+    compacted and stay per shard (`maps/NAME.parquet`)."""
 
     def __init__(self, url: str, storage_options: dict | None = None) -> None:
+        from dpiqa.engine.scores import ScoredRun
+
         self.location = OutputLocation(url, storage_options)
-        self.names = {marker["shard"]: name for name, marker in self.location.done().items()}
-        if not self.names:
+        if not self.location.done_names():
             raise ValueError(f"{url}: no completed shard of teacher outputs (run `dpiqa score --write-maps`)")
+        self.shards = {s.url: s for s in ScoredRun(url, storage_options).shards}
 
     def rows(self, shard: str) -> dict[int, tuple[float, bytes]]:
         """`index -> (score in MOS units, map bytes)` for one shard ({} when it was not scored)."""
         import pyarrow.parquet as pq
 
-        name = self.names.get(shard)
-        if name is None:
+        scored = self.shards.get(shard)
+        if scored is None:
             return {}
         fs, base = self.location.fs, self.location.path.rstrip("/")
-        with fs.open(f"{base}/{SCORES_DIR}/{name}.parquet", "rb") as f:
-            scores = pq.read_table(f, columns=["index", "score"]).to_pydict()
-        with fs.open(f"{base}/{MAPS_DIR}/{name}.parquet", "rb") as f:
+        scores = scored.read(fs, ["index", "score"]).to_pydict()
+        with fs.open(f"{base}/{MAPS_DIR}/{scored.name}.parquet", "rb") as f:
             maps = pq.read_table(f, columns=["index", "map"]).to_pydict()
         score_of = dict(zip(scores["index"], scores["score"], strict=True))
         return {
