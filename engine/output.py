@@ -583,8 +583,6 @@ class Spool:
         self.discard()
 
 
-
-
 def part_number(name: str) -> int:
     """K of `part-K.parquet`, `_part-K.json` or a path ending in one (parts sort by number, not by text)."""
     stem = name.rsplit("/", 1)[-1].lstrip("_.").split(".", 1)[0]
