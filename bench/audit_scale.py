@@ -95,7 +95,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="dpiqa-audit-scale-"))
     try:
         total = synthetic_run(work / "scores", args.shards, args.rows)
-        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+        # a Ray of its own ("local"), never one another process on this machine runs
+        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         results, docs = {}, {}
         for executor in ("local", "ray", "local", "ray"):  # twice each: the second pass reads warm files
             t0 = time.monotonic()

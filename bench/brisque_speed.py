@@ -30,6 +30,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--photographs", type=int, default=None, help="only the first N photographs (default: all; a smoke run)"
+    )
     args = parser.parse_args()
 
     from brisque import BRISQUE
@@ -45,7 +48,8 @@ def main() -> None:
 
     package = Package(url=False)
     images = []
-    for _, _, loader in PHOTOGRAPHS:
+    photographs = PHOTOGRAPHS[: args.photographs]
+    for _, _, loader in photographs:
         photo = np.asarray(reference(loader))
         images += [photo, *(distort(photo, kind, 3, seed=0) for kind in ("gaussian_noise", "jpeg", "gaussian_blur"))]
 
@@ -63,7 +67,7 @@ def main() -> None:
         raise SystemExit("the scores differ from the package's: not a like-for-like comparison")
     lines = [
         f"`python bench/brisque_speed.py --repeats {args.repeats}`: BRISQUE on {len(images)} images (the demo's "
-        f"{len(PHOTOGRAPHS)} photographs at <= 512 px and their noise, JPEG and blur at level 3), medians of "
+        f"{len(photographs)} photographs at <= 512 px and their noise, JPEG and blur at level 3), medians of "
         f"{args.repeats} passes, alternated in one run.",
         "",
         "| | s per image | images/s |",

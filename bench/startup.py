@@ -73,6 +73,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--before-ref", default=BEFORE_REF)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--photographs", type=int, default=None, help="score only the first N photographs' shards (a smoke run)"
+    )
     args = ap.parse_args()
 
     from dpiqa.engine.demo import build_corpus
@@ -85,7 +88,7 @@ def main() -> None:
         capture_output=True,
     )
     try:
-        build_corpus(work / "corpus")
+        shards = build_corpus(work / "corpus", args.photographs)
         results: dict[str, list[dict]] = {"before": [], "after": [], "after, --executor auto": []}
         for i in range(args.repeats):
             for name, code, executor in (
@@ -111,7 +114,7 @@ def main() -> None:
     text = "\n".join(
         [
             f"`python bench/startup.py --repeats {args.repeats}`: `dpiqa score --model demo --executor ray` over the "
-            f"demo corpus ({rows} images in 15 shards) on a fresh local Ray each time; medians of {args.repeats} runs, "
+            f"demo corpus ({rows} images in {len(shards)} shards) on a fresh local Ray each time; medians of {args.repeats} runs, "
             f"before = `{args.before_ref}`, after = this checkout, alternated in one run.",
             "",
             "| | whole command, s | until the first rows, s | checks before Ray, s | Ray start, s | stderr lines |",

@@ -113,11 +113,12 @@ def samples(source: str, name: str, img: Image.Image) -> Iterator[tuple[str, dic
             yield f"{name}/{kind}-{level}", {"png": png(pixels), "json": meta(kind, level), "txt": name.encode()}
 
 
-def build_corpus(directory: str | Path) -> list[Path]:
-    """One shard per photograph, in a folder per source package (`DIR/scikit-image/astronaut.tar`, ...)."""
+def build_corpus(directory: str | Path, photographs: int | None = None) -> list[Path]:
+    """One shard per photograph, in a folder per source package (`DIR/scikit-image/astronaut.tar`, ...);
+    `photographs`: only the first N (a benchmark's smoke run)."""
     directory = Path(directory)
     shards = []
-    for source, name, loader in PHOTOGRAPHS:
+    for source, name, loader in PHOTOGRAPHS[:photographs]:
         path = directory / source / f"{name}.tar"
         if path.exists() and _complete(path):
             shards.append(path)

@@ -20,11 +20,22 @@ class FaultProxy:
     `drop_every`-th GET of an object gets its connection cut half-way through the body, and every
     request waits `latency` seconds first. Counts are in `injected`."""
 
-    def __init__(self, upstream: str, slowdown_every: int = 7, drop_every: int = 5, latency: float = 0.01) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        slowdown_every: int = 7,
+        drop_every: int = 5,
+        latency: float = 0.01,
+        cut_ranged: range = range(0),
+    ) -> None:
+        """`cut_ranged`: the ordinals (from 1) of ranged object GETs whose connection is cut half-way through
+        the body, whatever `drop_every` says (a run of them outlasts a client's own retries of one range)."""
         self.upstream = urlsplit(upstream)
         self.slowdown_every, self.drop_every, self.latency = slowdown_every, drop_every, latency
+        self.cut_ranged = cut_ranged
         self.requests = 0
         self.gets = 0
+        self.ranged: list[tuple[str, str, bool]] = []  # every ranged object GET: (path, Range header, cut)
         self.injected = {"slowdown": 0, "dropped": 0}
         self.faults: list[tuple[str, str, str]] = []  # (fault, method, path)
         self.lock = threading.Lock()
@@ -67,6 +78,9 @@ class FaultProxy:
             if is_object_get and not slowdown:
                 self.gets += 1
             drop = self.enabled and is_object_get and not slowdown and self.gets % self.drop_every == 0
+            if is_object_get and not slowdown and h.headers.get("Range"):
+                drop = drop or (self.enabled and len(self.ranged) + 1 in self.cut_ranged)
+                self.ranged.append((h.path, h.headers["Range"], drop))
             if slowdown:
                 self.injected["slowdown"] += 1
                 self.faults.append(("slowdown", h.command, h.path))

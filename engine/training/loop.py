@@ -214,9 +214,16 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa:
             if progress is not None:  # this worker's images times the workers: the epoch's share done
                 progress.update(0, seen * world)
         scheduler.step()
+        train_loss = float(np.mean(losses)) if losses else math.nan
+        if world > 1 and torch.distributed.is_initialized():
+            # The epoch's loss over every worker's part of each global batch (what one worker training on the
+            # whole batch reports), not rank 0's part alone: one all-reduce of two numbers per epoch.
+            total = torch.tensor([sum(losses), len(losses)], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(total)
+            train_loss = float(total[0] / total[1]) if total[1] else math.nan
         metrics = {
             "epoch": epoch,
-            "train_loss": float(np.mean(losses)) if losses else math.nan,
+            "train_loss": train_loss,
             "lr": optimizer.param_groups[0]["lr"],
             "images": seen * world,
             "steps": steps,

@@ -308,3 +308,46 @@ def test_top_fraction_without_ok_rows_keeps_nothing(tmp_path: Path) -> None:
     result = run_filter(FilterConfig(scores=scores, input=str(shard), output=str(tmp_path / "new"), top_fraction=0.5))
     assert result.manifest["kept"] == 0 and result.manifest["cutoff"]["score"] is None
     assert read_tar(tmp_path / "new" / "00000.tar") == []
+
+
+def test_top_fraction_cuts_inside_one_high_bucket_by_the_low_16_bits(tmp_path: Path) -> None:
+    """Scores that share their high 16 bits and differ in the low 16 (3.0 plus a few float32 steps of 2**-22,
+    so the cut is found only by the second radix pass), with ties and rows in other buckets: the kept rows are
+    exactly the first ceil(F x N) of a sort done here."""
+    per_shard, step = 40, np.float32(2.0**-22)  # float32's spacing in [2, 4): 3.0 + i x step keeps 3.0's high bits
+    rng = np.random.default_rng(11)
+    levels = {}
+    for s in range(2):
+        for i in range(per_shard):
+            key = f"s{s}_{i:04d}"
+            if i % 10 == 9:  # a few rows in buckets above and below, with low bits of their own
+                high = i % 20 == 9
+                levels[key] = np.float32(5.0 if high else 1.0) + np.float32(rng.integers(0, 60000)) * step * (
+                    np.float32(2) if high else np.float32(0.5)
+                )
+            else:
+                levels[key] = np.float32(3.0) + np.float32(rng.integers(0, 300)) * step
+    (tmp_path / "shards").mkdir()
+    shards = []
+    for s in range(2):
+        shard = tmp_path / "shards" / f"{s:05d}.tar"
+        write_shard(shard, [(k, {"jpg": b"x"}) for k in levels if k.startswith(f"s{s}_")])
+        shards.append(str(shard))
+    scores = str(tmp_path / "scores")
+    score_shards(shards, scores, lambda url, index, key: float(levels[key]))
+    bits = np.array(list(levels.values()), np.float32).view(np.uint32)
+    in_bucket = bits[bits >> 16 == 0x4040]  # 3.0 is 0x40400000
+    assert len(in_bucket) == 72 and len(np.unique(in_bucket & 0xFFFF)) > 50 and len(np.unique(in_bucket)) < 72
+    for fraction in (0.3, 0.55):
+        out = tmp_path / f"new-{fraction}"
+        run_filter(
+            FilterConfig(
+                scores=scores, input=str(tmp_path / "shards"), output=str(out), top_fraction=fraction, keys_only=True
+            )
+        )
+        table = [(float(levels[k]), f"{int(k[1]):05d}", int(k.split("_")[1]), k) for k in levels]
+        want = math.ceil(fraction * len(table))
+        expected = sorted(table, key=lambda t: (-t[0], t[1], t[2]))[:want]
+        assert 3.0 < expected[-1][0] < 3.0 + 300 * 2.0**-22  # the cut lies inside the shared bucket
+        kept = pq.read_table(out / "keys").to_pandas()
+        assert sorted(kept.key) == sorted(t[3] for t in expected)

@@ -4,9 +4,11 @@ connection, and Ray's system errors told apart from our own (what makes a pipeli
 from __future__ import annotations
 
 import errno
+import http.client
 import io
 import os
 
+import aiohttp
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
@@ -27,6 +29,11 @@ from dpiqa.storage import RETRIES, RetryingReader, is_transient
         (TimeoutError("slow"), True),
         (OSError(errno.EBUSY, "SlowDown"), True),
         (OSError("503 Service Unavailable"), True),
+        # a connection dropped in the middle of a response body, as aiohttp (s3fs) and http.client report it
+        (aiohttp.ClientPayloadError("Response payload is not completed"), True),
+        (aiohttp.ServerDisconnectedError(), True),
+        (http.client.IncompleteRead(b"partial", 1000), True),
+        (aiohttp.InvalidURL("not a url"), False),
     ],
 )
 def test_which_errors_are_transient(exc, transient):

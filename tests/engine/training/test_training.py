@@ -258,9 +258,10 @@ def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_does(traine
 
 def test_one_and_eight_workers_follow_one_recipe(trained, tmp_path):
     """`--batch-size` is the global batch: 1 and 2 workers take the same optimizer steps over the same global
-    batches and end at the same weights. The tiny teacher has no BatchNorm, so what differs is only the
-    order of float sums in DDP's all-reduce; Adam can turn such noise in a near-zero gradient into a step of
-    up to its learning rate, so the tolerance is lr x steps (1e-5 x 16)."""
+    batches, report the same epoch losses (each the mean of its steps' losses over the global batch) and end
+    at the same weights. The tiny teacher has no BatchNorm, so what differs is only the order of float sums
+    in DDP's all-reduce: the two runs' weights differ by under 5 % of how far training moved them (measured:
+    1.5e-8 against 4.0e-5), so a run whose workers do not train (weights left at initialisation) fails."""
     d, table = trained  # the 1-worker run: the module's teacher, trained with the same command
     out = tmp_path / "w2"
     two = cli(*teacher_recipe(table), "--workers", "2", "--output", str(out))
@@ -276,10 +277,13 @@ def test_one_and_eight_workers_follow_one_recipe(trained, tmp_path):
     assert cards[1]["identity"] == cards[2]["identity"]  # one recipe: the workers are not part of it
     assert cards[1]["steps"] == cards[2]["steps"] == 4 * (33 // 8)  # 48 images at 70/10/20: 33 train
     assert cards[2]["protocol"]["batch_size"] == 8 and cards[2]["protocol"]["batch_per_worker"] == 4
+    losses = {w: [h["train_loss"] for h in card["history"]] for w, card in cards.items()}
+    assert len(losses[1]) == 4 and losses[2] == pytest.approx(losses[1], rel=1e-5, abs=0)
     a, b, initial = weights(d / "teacher"), weights(out), _initial_teacher()
-    assert [k for k in a if not torch.equal(a[k], initial[k])]  # training changed the weights
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1.6e-4, msg=k)
+    assert a.keys() == b.keys() == initial.keys()
+    moved = max(float((a[k] - initial[k]).abs().max()) for k in a)  # how far training took the weights
+    apart = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert moved > 1e-5 and apart < 0.05 * moved, (moved, apart)
 
 
 def _initial_teacher() -> dict[str, torch.Tensor]:
