@@ -49,7 +49,7 @@ def jpeg_folder(folder: Path) -> list[Path]:
     return paths
 
 
-def bare_loop(model_name: str, batch_size: int):  # noqa: ANN201 - a function of a list of paths
+def bare_loop(model_name: str, batch_size: int):  # a function of a list of paths
     """Decode + model call written plainly: PIL and torch, no dpiqa code but loading the weights."""
     import torch
     from PIL import Image

@@ -69,7 +69,7 @@ def synthetic_run(out: Path, shards: int, rows: int, seed: int = 0) -> int:
     return shards * rows
 
 
-def close(a, b) -> bool:  # noqa: ANN001 - JSON values
+def close(a, b) -> bool:  # JSON values
     """Equal documents, floats up to summation order (the merged sums add in another grouping)."""
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)

@@ -70,7 +70,7 @@ def generate(out: Path, shards: int, rows: int) -> None:
         (out / "_done" / f"{name}.json").write_text(json.dumps(marker))
 
 
-def timed(fn):  # noqa: ANN001, ANN201 - a callable and its result
+def timed(fn):  # a callable and its result
     t0 = time.monotonic()
     result = fn()
     return time.monotonic() - t0, result

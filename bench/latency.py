@@ -33,7 +33,7 @@ from pathlib import Path
 from dpiqa.models.run_options import RunOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import publish  # noqa: E402
+from bench.common import publish
 
 log = logging.getLogger("bench.latency")
 

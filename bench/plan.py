@@ -62,7 +62,7 @@ def plan(spec: str, out: str, options: dict | None) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def markers_for(names: list[str], url_of) -> list[tuple[str, dict]]:  # noqa: ANN001
+def markers_for(names: list[str], url_of) -> list[tuple[str, dict]]:
     return [(n, {"shard": url_of(n), "rows": 1, "config_hash": "bench"}) for n in names[::2]]
 
 
@@ -139,7 +139,7 @@ def main() -> None:
             from moto.server import ThreadedMotoServer
 
             sys.path.insert(0, str(REPO / "tests"))
-            from conftest import free_port  # noqa: PLC0415 - the suite's port helper
+            from conftest import free_port  # the suite's port helper
 
             port = free_port()
             server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

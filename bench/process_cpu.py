@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import publish  # noqa: E402
+from bench.common import publish
 
 # Ray's daemons: the executable's name, or the Python script's (a script's path, not an argument: Ray's workers
 # are passed the raylet's socket path among their arguments)

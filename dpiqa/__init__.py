@@ -60,4 +60,4 @@ def __dir__() -> list[str]:
 # installed wheel holds them inside this folder and its parent is site-packages, where nothing is added.
 _checkout = Path(__file__).resolve().parent.parent
 if (_checkout / "pyproject.toml").is_file() and (_checkout / "engine" / "__init__.py").is_file():
-    __path__.append(str(_checkout))  # noqa: F821 - the package's own module search path
+    __path__.append(str(_checkout))  # the package's own module search path

@@ -13,7 +13,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     orientation applied."""
     try:
         img = ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - a broken EXIF block only loses the orientation
+    except Exception:  # a broken EXIF block only loses the orientation
         pass
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         arr = np.asarray(img, dtype=np.uint16) >> 8

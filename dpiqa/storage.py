@@ -147,7 +147,7 @@ def is_local(fs: AbstractFileSystem) -> bool:
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 
 
-def arrow_filesystem(fs: AbstractFileSystem):  # noqa: ANN201 - pyarrow.fs.PyFileSystem
+def arrow_filesystem(fs: AbstractFileSystem):  # pyarrow.fs.PyFileSystem
     """A pyarrow filesystem over an fsspec one, for Ray Train's storage and checkpoints (pyarrow's own S3
     filesystem would ignore our storage options, e.g. a custom endpoint)."""
     import pyarrow.fs
@@ -635,7 +635,7 @@ class RetryingReader(io.RawIOBase):
                 if is_transient(exc):
                     try:
                         self._f.close()
-                    except Exception:  # noqa: BLE001 - the old handle is broken; a new one follows
+                    except Exception:  # the old handle is broken; a new one follows
                         pass
                     self._f = None
                 raise

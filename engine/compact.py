@@ -300,7 +300,7 @@ class PartWriter:
         """Drop the part being written (an error stopped the run): its spool file goes, nothing reaches its name."""
         try:
             self.writer.close()
-        except Exception:  # noqa: BLE001, S110 - closing a file that is dropped anyway
+        except Exception:  # closing a file that is dropped anyway
             pass
         self.spool.discard()
 

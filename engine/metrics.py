@@ -89,7 +89,7 @@ def _sse(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sum((a - b) ** 2))
 
 
-def _corr(fn, a: np.ndarray, b: np.ndarray) -> float:  # noqa: ANN001 - a scipy.stats correlation
+def _corr(fn, a: np.ndarray, b: np.ndarray) -> float:  # a scipy.stats correlation
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")  # undefined without spread (an untrained model can predict a constant)
     return float(fn(a, b).statistic)

@@ -279,7 +279,7 @@ class OutputLocation:
                 table = retry(
                     lambda p=path: pq.read_table(p, columns=["name", column], filesystem=self.fs), f"read {path}"
                 )
-            except Exception as exc:  # noqa: BLE001 - a record cut short: its markers are read instead
+            except Exception as exc:  # a record cut short: its markers are read instead
                 log.warning("%s: unreadable (%s); the markers it recorded are read one by one", path, exc)
                 continue
             out.update(zip(table.column("name").to_pylist(), table.column(column).to_pylist(), strict=True))
@@ -347,7 +347,7 @@ class OutputLocation:
         while True:
             try:
                 page = self.fs.call_s3("list_multipart_uploads", **kwargs)
-            except Exception as exc:  # noqa: BLE001 - a store without the call (or without the permission)
+            except Exception as exc:  # a store without the call (or without the permission)
                 log.debug("%s: cannot list multipart uploads (%s)", self.url, exc)
                 return aborted
             for upload in page.get("Uploads", []):

@@ -368,7 +368,7 @@ class ScoreJob(ShardJob):
             threads,
         )
 
-    def fact(self, unit: dict, result: dict):  # noqa: ANN201 - ShardFact
+    def fact(self, unit: dict, result: dict):  # ShardFact
         f = super().fact(unit, result)
         self.reader_retries += f.retries
         return f

@@ -233,7 +233,7 @@ def run_units(
                 else:
                     again(unit, f"its worker was lost ({exc})")
                 continue
-            except Exception as exc:  # noqa: BLE001 - the unit's own failure: it alone runs again
+            except Exception as exc:  # the unit's own failure: it alone runs again
                 again(unit, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
                 continue
             attempts.pop(unit["url"], None)

@@ -60,7 +60,7 @@ class ScoredShard:
     offset: int | None = None
     finished: str | None = None
 
-    def read(self, fs, columns: list[str] | None = None) -> pa.Table:  # noqa: ANN001 - an fsspec filesystem
+    def read(self, fs, columns: list[str] | None = None) -> pa.Table:  # an fsspec filesystem
         """This shard's rows (`columns`, or all), in index order: the one way every reader reads one shard.
 
         Its own file is read whole; from a compacted part only the row groups holding its rows are read, and
@@ -346,7 +346,7 @@ class ScoredRun:
         return dict(zip(table.column("index").to_pylist(), table.column("key").to_pylist(), strict=True))
 
 
-def arrow_filesystem(fs) -> pafs.FileSystem:  # noqa: ANN001 - an fsspec filesystem
+def arrow_filesystem(fs) -> pafs.FileSystem:  # an fsspec filesystem
     """The pyarrow filesystem a dataset's fragments are made with: pyarrow's own for a local disk (as
     `ds.dataset` does for fsspec's local filesystem), else the fsspec filesystem wrapped."""
     if is_local(fs):

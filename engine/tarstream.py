@@ -105,7 +105,7 @@ class _Source(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:  # noqa: ANN001 - buffer protocol
+    def readinto(self, b) -> int:  # buffer protocol
         try:
             data = self.raw.read(len(b))
         except BaseException as exc:
@@ -131,7 +131,7 @@ class _ZstdReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:  # noqa: ANN001 - buffer protocol
+    def readinto(self, b) -> int:  # buffer protocol
         while not self.pending:
             chunk = self.raw.read(1 << 16)
             if not chunk:
@@ -171,7 +171,7 @@ class _Decompressed(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:  # noqa: ANN001 - buffer protocol
+    def readinto(self, b) -> int:  # buffer protocol
         try:
             # read1: what one read of the compressed data gives. read() would gather the whole request
             # and lose all of it when the stream breaks part-way.
@@ -215,7 +215,7 @@ class _Tape(io.RawIOBase):
                 self.eof = True
             self.buf += chunk
 
-    def readinto(self, b) -> int:  # noqa: ANN001 - buffer protocol
+    def readinto(self, b) -> int:  # buffer protocol
         self._fill(self.pos + len(b))
         at = self.pos - self.start
         data = self.buf[at : at + len(b)]

@@ -114,7 +114,7 @@ def add_executor(
     )
 
 
-def print_failures(result) -> int:  # noqa: ANN001 - dpiqa.engine.output.RunResult
+def print_failures(result) -> int:  # dpiqa.engine.output.RunResult
     """After a run's summary line: one line per failed shard; returns the run's exit status."""
     for url, error in sorted(result.failed.items()):
         print(f"FAILED {url}: {error}")
@@ -158,7 +158,7 @@ def add_run_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, fast_p
         )
 
 
-def run_options(args: argparse.Namespace):  # noqa: ANN201 - dpiqa.models.run_options.RunOptions
+def run_options(args: argparse.Namespace):  # dpiqa.models.run_options.RunOptions
     """The `RunOptions` of parsed `add_run_options` arguments."""
     from dpiqa.models.run_options import RunOptions
 

@@ -231,7 +231,7 @@ def add_common(p: argparse.ArgumentParser, teacher: bool = False, student: bool 
     add_storage_options(run)
 
 
-def model_spec(args: argparse.Namespace, kind: str):  # noqa: ANN201 - engine.training.model.ModelSpec
+def model_spec(args: argparse.Namespace, kind: str):  # engine.training.model.ModelSpec
     """The `ModelSpec` the model options describe."""
     from dpiqa.engine.training.model import ModelSpec
 
@@ -251,7 +251,7 @@ def model_spec(args: argparse.Namespace, kind: str):  # noqa: ANN201 - engine.tr
     )
 
 
-def config_from_args(args: argparse.Namespace, job: str, spec, **fields):  # noqa: ANN001
+def config_from_args(args: argparse.Namespace, job: str, spec, **fields):
     """The `TrainConfig` of a training job's options; `fields` are the job's own (a teacher, shards, ...)."""
     from dpiqa.engine.splits import SplitConfig
     from dpiqa.engine.training.run import TrainConfig, TrainRun
@@ -305,7 +305,7 @@ def overrides(args: argparse.Namespace) -> dict:
     return key_values(args.set, parse_json=True, option="--set")
 
 
-def report(result) -> int:  # noqa: ANN001
+def report(result) -> int:
     selection = result.summary.get("selection", "best validation SRCC")
     print(f"protocol {result.summary.get('protocol', 'ours')}: epoch chosen by {selection}")
     for split in result.splits:

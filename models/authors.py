@@ -136,7 +136,7 @@ def read_pth(path: str, storage_options: dict | None = None) -> dict[str, torch.
         raise AuthorsCheckpointError(
             f"{name}: holds objects other than tensors ({what}), refused: only a state dict of tensors is read"
         ) from None
-    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file is one line, whatever the library says
+    except Exception as exc:  # a damaged or foreign file is one line, whatever the library says
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AuthorsCheckpointError(f"{name}: not a readable torch file ({type(exc).__name__}: {first})") from None
     if not isinstance(state, dict):
@@ -634,7 +634,7 @@ def convert_onnx_student(
         data = f.read()
     try:
         graph_model = onnx.load_from_string(data)
-    except Exception as exc:  # noqa: BLE001 - any parser failure is this file's problem
+    except Exception as exc:  # any parser failure is this file's problem
         raise AuthorsCheckpointError(f"{name}: not an ONNX model ({type(exc).__name__})") from None
     initialisers = {i.name for i in graph_model.graph.initializer}
     inputs = [i for i in graph_model.graph.input if i.name not in initialisers]

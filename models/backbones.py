@@ -107,7 +107,7 @@ def load_pretrained(
             ).state_dict()
     except PretrainedWeightsError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any failure to fetch is the same decision for the user
+    except Exception as exc:  # any failure to fetch is the same decision for the user
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PretrainedWeightsError(
             f"pretrained weights for backbone {name}: {source} could not be had ({type(exc).__name__}: {first}); "

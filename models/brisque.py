@@ -24,7 +24,7 @@ ImageInput = np.ndarray | Image.Image | str
 
 
 @functools.cache
-def brisque_model():  # noqa: ANN201 - a brisque.BRISQUE subclass, imported lazily (it pulls in cv2, libsvm)
+def brisque_model():  # a brisque.BRISQUE subclass, imported lazily (it pulls in cv2, libsvm)
     """The `brisque` package's scorer (its LIVE-trained SVR), patched for numpy 2, loaded once."""
     from brisque import BRISQUE
 
@@ -52,7 +52,7 @@ def brisque_model():  # noqa: ANN201 - a brisque.BRISQUE subclass, imported lazi
         # ours leaves that pass out, with every other step the package's, in its order (the same floats: a
         # reordered blur changes scores by up to 5 units where flat regions give coefficients of exactly 0,
         # which BRISQUE's asymmetric fit splits at `z < 0`).
-        def score(self, img) -> float:  # noqa: ANN001 - as the package's
+        def score(self, img) -> float:  # as the package's
             import cv2
             import skimage.color
 
@@ -144,7 +144,9 @@ class BrisqueScorer:
 
         self.preprocessing = Preprocessing(size=(512, 512), interpolation="bilinear")
 
-    def __call__(self, images: np.ndarray, return_map: bool = False, statistics: np.ndarray | None = None):  # noqa: ANN204, ARG002 - models.scorer.ScoreOutput; reads no statistics
+    def __call__(
+        self, images: np.ndarray, return_map: bool = False, statistics: np.ndarray | None = None
+    ):  # models.scorer.ScoreOutput; reads no statistics
         from dpiqa.models.scorer import ScoreOutput
 
         if return_map:

@@ -21,7 +21,9 @@ class NullScorer:
 
         self.preprocessing = Preprocessing(size=(32, 32), interpolation="bilinear")
 
-    def __call__(self, images: np.ndarray, return_map: bool = False, statistics: np.ndarray | None = None):  # noqa: ANN204, ARG002 - models.scorer.ScoreOutput; reads no statistics
+    def __call__(
+        self, images: np.ndarray, return_map: bool = False, statistics: np.ndarray | None = None
+    ):  # models.scorer.ScoreOutput; reads no statistics
         from dpiqa.models.scorer import ScoreOutput
 
         n = len(images)

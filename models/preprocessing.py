@@ -16,7 +16,7 @@ STATISTICS = {"jpeg_grid": 2}
 JPEG_BLOCK = 8
 
 
-def jpeg_grid(gray, lines: int = 512) -> list[float]:  # noqa: ANN001 - 2-D numpy array or torch tensor, 0..255
+def jpeg_grid(gray, lines: int = 512) -> list[float]:  # 2-D numpy array or torch tensor, 0..255
     """How strongly an 8-pixel block grid shows in an image: per axis (across columns, then across rows), the
     mean absolute luminance step at the grid phase where it is largest, over the mean at the other 7 phases,
     as a log ratio (about 0 for an image without blocks; JPEG's blocks raise it, the more so the coarser the
@@ -73,12 +73,12 @@ class Preprocessing:
     def statistics_width(self) -> int:
         return sum(STATISTICS[name] for name in self.statistics)
 
-    def measure(self, gray) -> np.ndarray:  # noqa: ANN001 - numpy array or torch tensor
+    def measure(self, gray) -> np.ndarray:  # numpy array or torch tensor
         """`statistics` of one decoded image at its own size, from its luminance `(H, W)` in 0..255."""
         values = [v for name in self.statistics for v in {"jpeg_grid": jpeg_grid}[name](gray)]
         return np.asarray(values, dtype=np.float32)
 
-    def model_kwargs(self, statistics) -> dict:  # noqa: ANN001 - a tensor (B, statistics_width) or None
+    def model_kwargs(self, statistics) -> dict:  # a tensor (B, statistics_width) or None
         """The keyword arguments a model call takes beside the pixels: the statistics, for a model that reads
         them (a model that does not, such as the teacher, takes none)."""
         return {"statistics": statistics} if self.statistics else {}

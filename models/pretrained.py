@@ -96,7 +96,7 @@ def check_pretrained_sources(sd: str, clip: str, storage_options: dict | None = 
 
             try:
                 snapshot_download(repo_id=location, allow_patterns=[config_file])
-            except Exception as exc:  # noqa: BLE001 - any failure means the same to the user
+            except Exception as exc:  # any failure means the same to the user
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ValueError(
                     f"{location}: cannot be fetched from the Hugging Face Hub ({first}); download "

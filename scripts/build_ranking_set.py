@@ -272,7 +272,7 @@ def pick_families(rng: np.random.Generator, k: int) -> list[str]:
     return list(rng.choice(kinds, size=k, replace=False, p=weights / weights.sum()))
 
 
-def save(make, path: Path) -> None:  # noqa: ANN001 - () -> array or image, called only if `path` is missing
+def save(make, path: Path) -> None:  # () -> array or image, called only if `path` is missing
     if not path.exists():
         pixels = make()
         tmp = path.with_suffix(".partial.png")

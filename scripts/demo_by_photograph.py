@@ -20,7 +20,7 @@ from dpiqa.engine.distortions import distort
 from dpiqa.models.preprocessing import jpeg_grid
 
 
-def family_rhos(kind: str, quality) -> dict[str, float]:  # noqa: ANN001 - PIL image -> float
+def family_rhos(kind: str, quality) -> dict[str, float]:  # PIL image -> float
     """Each photograph's Spearman rho between the level (0 = reference) and `quality` of its images."""
     from PIL import Image
     from scipy.stats import spearmanr

@@ -32,7 +32,7 @@ VARIANTS = {
 }
 
 
-def main() -> None:  # noqa: PLR0915 - one experiment, read top to bottom
+def main() -> None:  # one experiment, read top to bottom
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--agiqa", required=True)
     ap.add_argument("--ranking", type=Path, required=True, help="the folder of scripts/build_ranking_set.py")

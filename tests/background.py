@@ -11,7 +11,7 @@ def capture(fn: Callable[[], object], result: dict) -> Callable[[], None]:
     def run() -> None:
         try:
             fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the test's thread
+        except BaseException as exc:  # re-raised by the test's thread
             result["error"] = exc
 
     return run

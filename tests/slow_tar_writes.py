@@ -11,7 +11,7 @@ if __name__ == "__main__":
     seconds = float(sys.argv[1])
     addfile = tarfile.TarFile.addfile
 
-    def slow_addfile(self, tarinfo, fileobj=None):  # noqa: ANN001, ANN202 - tarfile's own signature
+    def slow_addfile(self, tarinfo, fileobj=None):  # tarfile's own signature
         addfile(self, tarinfo, fileobj)
         time.sleep(seconds)
 

@@ -77,7 +77,7 @@ def read(location: OutputLocation) -> list[dict]:
     try:
         with location.fs.open(path, "rb") as f:
             return pq.read_table(f).to_pylist()
-    except Exception as exc:  # noqa: BLE001 - a damaged history must not stop tonight's audit
+    except Exception as exc:  # a damaged history must not stop tonight's audit
         log.warning(
             "%s: unreadable audit history (%s); starting a new one", location.child(AUDITS_DIR, f"{NAME}.parquet"), exc
         )

@@ -165,7 +165,7 @@ class ScanWorker(UnitWorker):
         grid: Grid,
         extremes: int,
         groups: bool,
-        batch_size: int,  # noqa: ANN001
+        batch_size: int,
     ) -> None:
         self.url, self.storage_options, self.schema = url, storage_options, schema
         self.grid, self.extremes, self.groups, self.batch_size = grid, extremes, groups, batch_size
@@ -580,7 +580,7 @@ def write_shards_table(url: str, rows: Iterable[dict], storage_options: dict | N
     retry(put, f"write {url}")
 
 
-def _summary(total) -> dict:  # noqa: ANN001 - stats.Aggregate
+def _summary(total) -> dict:  # stats.Aggregate
     d = total.to_dict()
     return {k: d[k] for k in ("rows", "ok", "errors", "error_rate", "mean", "std", "min", "max")}
 

@@ -74,7 +74,7 @@ def read_thumbnails(
                         out[(url, position)] = _thumbnail(sample, indices[position], size)
                     if position >= last:
                         break
-        except Exception as exc:  # noqa: BLE001 - a shard that cannot be read costs only its thumbnails
+        except Exception as exc:  # a shard that cannot be read costs only its thumbnails
             log.warning("thumbnails: cannot read %s: %s", url, exc)
             for index in indices:
                 out.setdefault((url, index), Thumbnail(error=f"cannot read shard: {type(exc).__name__}: {exc}"))
@@ -83,7 +83,7 @@ def read_thumbnails(
     return out
 
 
-def _thumbnail(sample, key: str | None, size: int) -> Thumbnail:  # noqa: ANN001 - engine.stages.source.Sample
+def _thumbnail(sample, key: str | None, size: int) -> Thumbnail:  # engine.stages.source.Sample
     if key is not None and sample.key != key:
         return Thumbnail(error=f"sample at this position has key {sample.key!r}, not {key!r}: shard changed")
     image = sample.image_member()
@@ -91,5 +91,5 @@ def _thumbnail(sample, key: str | None, size: int) -> Thumbnail:  # noqa: ANN001
         return Thumbnail(error=sample.error or "no image member")
     try:
         return Thumbnail(data_uri=make_thumbnail(image[1], size))
-    except Exception as exc:  # noqa: BLE001 - an undecodable image costs only its thumbnail
+    except Exception as exc:  # an undecodable image costs only its thumbnail
         return Thumbnail(error=f"cannot decode {image[0]}: {type(exc).__name__}: {exc}")

@@ -104,7 +104,7 @@ class LabeledShards:
                     labeled = self._label(url, sample, index)
                     if labeled is not None:
                         yield labeled
-        except Exception as exc:  # noqa: BLE001 - one unreadable shard must not stop the others
+        except Exception as exc:  # one unreadable shard must not stop the others
             self._skip(SHARD_FAILED, url, None, f"stopped reading after sample {index}: {type(exc).__name__}: {exc}")
 
     def _label(self, url: str, sample: Any, index: int) -> LabeledSample | None:

@@ -214,7 +214,7 @@ class RayPool(WorkerPool):
                 continue
             try:
                 out.append(tuple(ray.get(ref)))
-            except Exception:  # noqa: BLE001 - a dead or starting worker: no progress to report
+            except Exception:  # a dead or starting worker: no progress to report
                 out.append(None)
         return out
 
@@ -223,7 +223,7 @@ class RayPool(WorkerPool):
 
         try:
             ray.kill(self.actors[slot], no_restart=True)
-        except Exception:  # noqa: BLE001 - already gone
+        except Exception:  # already gone
             pass
         self.actors[slot] = self._actor.remote(self._worker_ref)
         self._ready_refs[slot] = self.actors[slot].ready.remote()
@@ -235,7 +235,7 @@ class RayPool(WorkerPool):
         for actor in self.actors:
             try:
                 ray.kill(actor, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
+            except Exception:  # already gone
                 pass
         self.actors = []
 

@@ -45,7 +45,7 @@ def quiet_worker_logs() -> None:
 NO_RESTARTS = {"max_restarts": 0}
 
 
-def _map_with_actors(ds, **kwargs: Any):  # noqa: ANN001, ANN202
+def _map_with_actors(ds, **kwargs: Any):
     """`ds.map_batches(StageActor, ..., max_restarts=0)`. Ray 2.60 has no named parameter for `max_restarts`
     and warns (RayDeprecationWarning) on every run about the `**ray_remote_args` that still carry it; that
     one warning is not the user's to act on, so it is filtered here and nowhere else."""
@@ -74,7 +74,7 @@ def quiet_ray_logs() -> None:
         logging.getLogger(name).setLevel(level)
 
 
-def configure_data_context():  # noqa: ANN201
+def configure_data_context():
     """The current Ray Data context, set as the jobs run their datasets: no progress bars and no plan printed
     at the start (the jobs print their own progress lines)."""
     ctx = _ray().data.DataContext.get_current()
@@ -176,7 +176,7 @@ class StageActor:
         return out
 
 
-def actor_pool(ds, stage: Stage, size: int = 1, progress: tuple[str, int | None] | None = None):  # noqa: ANN001, ANN201
+def actor_pool(ds, stage: Stage, size: int = 1, progress: tuple[str, int | None] | None = None):
     """`ds.map_batches` through a pool of `size` actors each holding `stage` (set up once per actor), with
     the stage's batch size and resources: how the engine and the training jobs run a stateful stage."""
     ray = _ray()

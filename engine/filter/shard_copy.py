@@ -65,7 +65,7 @@ class ShardTask:
     source: dict = field(default_factory=dict)
     scored: dict | None = None
 
-    def scores(self, fs, columns: list[str]) -> pa.Table:  # noqa: ANN001 - an fsspec filesystem
+    def scores(self, fs, columns: list[str]) -> pa.Table:  # an fsspec filesystem
         """This shard's score rows (`ScoredShard.read`, the one way a shard's rows are read). A task made without
         its `scored` fields whose scores lie in a compacted part reads the part's rows of its URL.
 
@@ -128,7 +128,7 @@ class ShardFilter:
     def __call__(self, task: ShardTask) -> ShardResult:
         try:
             return self.run(task)
-        except Exception as exc:  # noqa: BLE001 - reported as a failed shard; the run goes on
+        except Exception as exc:  # reported as a failed shard; the run goes on
             log.error("filter: shard %s failed: %s: %s", task.url, type(exc).__name__, exc)
             return ShardResult(task.name, task.url, error=f"{type(exc).__name__}: {exc}")
 

@@ -101,7 +101,7 @@ def decode_image(data: bytes | None, preprocessing: Preprocessing, max_pixels: i
                 "pip install pillow-heif (dpiqa[heif]) on the workers",
             ) from exc
         raise DecodeError(schema.NOT_AN_IMAGE, f"not an image PIL can identify ({len(data)} bytes)") from exc
-    except Exception as exc:  # noqa: BLE001 - any parser failure is this sample's problem only
+    except Exception as exc:  # any parser failure is this sample's problem only
         raise DecodeError(schema.DECODE_ERROR, f"{type(exc).__name__}: {exc}") from exc
     width, height = img.size
     if width * height > max_pixels:
@@ -109,7 +109,7 @@ def decode_image(data: bytes | None, preprocessing: Preprocessing, max_pixels: i
     target_h, target_w = preprocessing.size
     try:
         orientation = img.getexif().get(_ORIENTATION)
-    except Exception:  # noqa: BLE001 - a broken EXIF block only loses the orientation
+    except Exception:  # a broken EXIF block only loses the orientation
         orientation = None
     try:
         with warnings.catch_warnings():
@@ -120,7 +120,7 @@ def decode_image(data: bytes | None, preprocessing: Preprocessing, max_pixels: i
                 img.draft("RGB", (target_w, target_h))
             img.load()
             pixels, statistics = model_input(to_rgb(img), preprocessing)
-    except Exception as exc:  # noqa: BLE001 - corrupt pixel data: the header's size is still worth recording
+    except Exception as exc:  # corrupt pixel data: the header's size is still worth recording
         raise DecodeError(schema.DECODE_ERROR, f"{type(exc).__name__}: {exc}", (width, height)) from exc
     if orientation in _TRANSPOSING:
         width, height = height, width  # report the size as displayed
@@ -156,13 +156,13 @@ def decode_pixels(
         raise DecodeError(schema.TOO_LARGE, f"{width}x{height} has more than {max_pixels} pixels", (width, height))
     try:
         orientation = image.getexif().get(_ORIENTATION)
-    except Exception:  # noqa: BLE001 - a broken EXIF block only loses the orientation
+    except Exception:  # a broken EXIF block only loses the orientation
         orientation = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pixels, statistics = model_input(to_rgb(image), preprocessing)
-    except Exception as exc:  # noqa: BLE001 - a lazily opened image whose pixel data is corrupt
+    except Exception as exc:  # a lazily opened image whose pixel data is corrupt
         raise DecodeError(schema.DECODE_ERROR, f"{type(exc).__name__}: {exc}", (width, height)) from exc
     if orientation in _TRANSPOSING:
         width, height = height, width
@@ -197,7 +197,7 @@ def jpeg_header(data: bytes, max_pixels: int) -> tuple[int, int]:
         img = Image.open(io.BytesIO(data))
         width, height = img.size
         orientation = img.getexif().get(0x0112)
-    except Exception as exc:  # noqa: BLE001 - a header PIL cannot parse is this sample's problem only
+    except Exception as exc:  # a header PIL cannot parse is this sample's problem only
         raise DecodeError(schema.DECODE_ERROR, f"{type(exc).__name__}: {exc}") from exc
     if width * height > max_pixels:
         raise DecodeError(schema.TOO_LARGE, f"{width}x{height} has more than {max_pixels} pixels", (width, height))

@@ -19,7 +19,7 @@ from dpiqa.models.preprocessing import Preprocessing
 log = logging.getLogger(__name__)
 
 
-def decode_on_device(blobs: list[bytes], preprocessing: Preprocessing, device):  # noqa: ANN001, ANN201
+def decode_on_device(blobs: list[bytes], preprocessing: Preprocessing, device):
     """Decode JPEGs on `device` in one batch and resize each to the model's size there.
 
     Returns:
@@ -64,7 +64,7 @@ def decode_on_device(blobs: list[bytes], preprocessing: Preprocessing, device): 
     return out, statistics, failures
 
 
-def _resize_like_pil(x, h: int, w: int, mode: str, draft: bool):  # noqa: ANN001, ANN202 - torch tensors
+def _resize_like_pil(x, h: int, w: int, mode: str, draft: bool):  # torch tensors
     """A float `(1, 3, H, W)` image resized to `(h, w)` as `decode_image` resizes it on the CPU, so that the
     device path scores what the CPU path scores (on the demo corpus's photographs within 1/100 of their
     scores' range: `tests/engine/stages/test_device_decode.py`).
@@ -97,7 +97,7 @@ def pixels_for(
     rows: np.ndarray,
     preprocessing: Preprocessing,
     device,
-):  # noqa: ANN001, ANN201
+):
     """The model input for `rows` of a batch: CPU-decoded images as they are, deferred JPEGs decoded on
     `device`. Returns `(pixels on device, statistics (numpy; None for a model without), {row: DecodeError})`."""
     import torch

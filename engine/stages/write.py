@@ -188,7 +188,7 @@ class ShardWriter:
             try:
                 if writer is not None:
                     writer.close()
-            except Exception:  # noqa: BLE001, S110 - closing a spool that is dropped anyway
+            except Exception:  # closing a spool that is dropped anyway
                 pass
         for spool in self.spools:
             spool.discard()

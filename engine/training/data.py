@@ -270,7 +270,7 @@ class CachedScores(Stage):
 
     name = "cached-score"
 
-    def __init__(self, stage, cache_dir: str, identity: str) -> None:  # noqa: ANN001 - ScoreStage
+    def __init__(self, stage, cache_dir: str, identity: str) -> None:  # ScoreStage
         self.stage, self.cache_dir, self.identity = stage, cache_dir, identity
         self.num_cpus, self.num_gpus, self.batch_size = stage.num_cpus, stage.num_gpus, stage.batch_size
         self.cache = None
@@ -460,7 +460,7 @@ def shard_dataset(
     return ds.map_batches(DecodeSamples(preprocessing), batch_format="numpy")
 
 
-def batch_tensor(column: np.ndarray):  # noqa: ANN201 - torch.Tensor (torch imported lazily)
+def batch_tensor(column: np.ndarray):  # torch.Tensor (torch imported lazily)
     """A batch column as a tensor: zero-copy where numpy allows it, a copy where Ray hands out a read-only view
     of its object store (a tensor over it warns, and writing into it would be undefined)."""
     import torch
@@ -514,7 +514,7 @@ class BackboneFeatures(Stage):
         self,
         spec,
         mos_scale: float,
-        threads: int | None = None,  # noqa: ANN001 - ModelSpec
+        threads: int | None = None,  # ModelSpec
         storage_options: dict | None = None,
         batch_size: int = 32,
         cache_dir: str | None = None,
@@ -577,7 +577,7 @@ FEATURE_FIELDS = (
 )
 
 
-def backbone_identity(model) -> str:  # noqa: ANN001 - a DPIQAStudent
+def backbone_identity(model) -> str:  # a DPIQAStudent
     """What a student's backbone features depend on: the backbone's weights (hashed) and `FEATURE_FIELDS`;
     not the head, so runs that try other heads over one frozen backbone reuse its cached features."""
     import hashlib
@@ -595,7 +595,7 @@ def with_backbone_features(
     ds,
     spec,
     mos_scale: float,
-    threads: int | None = None,  # noqa: ANN001, ANN201
+    threads: int | None = None,
     storage_options: dict | None = None,
     total: int | None = None,
     cache_dir: str | None = None,
@@ -632,7 +632,7 @@ class EpochBatches:
         group_column: an int64 column of group ids, or None to shuffle rows.
     """
 
-    def __init__(self, ds, columns: list[str], group_column: str | None = None) -> None:  # noqa: ANN001
+    def __init__(self, ds, columns: list[str], group_column: str | None = None) -> None:
         import ray
 
         # Each Ray block becomes one numpy block as `Dataset.to_numpy_refs` makes it, by one task per block that
@@ -698,7 +698,7 @@ def _take(arrays: list[np.ndarray], offsets: np.ndarray) -> np.ndarray:
     return np.stack(picked)
 
 
-def _numpy_block(block, columns: list[str], group_column: str | None):  # noqa: ANN001, ANN202 - a Ray block
+def _numpy_block(block, columns: list[str], group_column: str | None):  # a Ray block
     """A Ray block as `{column: ndarray}` (what `Dataset.to_numpy_refs` makes of it), its row count and its group
     column (None without one)."""
     from ray.data.block import BlockAccessor

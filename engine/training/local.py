@@ -40,7 +40,7 @@ class LocalCheckpoints:
     keep: int = 2
     score: str | None = None
 
-    def _fs(self):  # noqa: ANN202
+    def _fs(self):
         fs, root = get_fs(self.url, self.storage_options)
         return fs, root
 
@@ -60,7 +60,7 @@ class LocalCheckpoints:
             out.append((path, metrics))
         return sorted(out, key=lambda e: e[1]["epoch"])
 
-    def latest(self):  # noqa: ANN201 - ray.train.Checkpoint | None
+    def latest(self):  # ray.train.Checkpoint | None
         """The last complete checkpoint (where a rerun resumes), or None."""
         entries = self.entries()
         return self._checkpoint(entries[-1][0]) if entries else None
@@ -103,7 +103,7 @@ class LocalCheckpoints:
             if path not in kept and path != latest:
                 fs.rm(path, recursive=True)
 
-    def _checkpoint(self, path: str):  # noqa: ANN202
+    def _checkpoint(self, path: str):
         import ray.train
 
         if "://" not in self.url:

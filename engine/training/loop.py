@@ -94,7 +94,7 @@ def _autocast(precision: str, device: torch.device):
     return (torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()), precision
 
 
-def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # noqa: ANN001 - data.EpochBatches
+def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # data.EpochBatches
     """The Ray Train worker function.
 
     Args:
@@ -299,7 +299,7 @@ def _validate(
     device,
     autocast,
     mos_scale,
-    compute_metrics,  # noqa: ANN001
+    compute_metrics,
     cached_features: bool = False,
 ) -> dict:
     if val is None:

@@ -286,7 +286,7 @@ def _check_gpus(config: TrainConfig, local: bool, address: str | None) -> None:
         )
 
 
-def _check_before_start(config: TrainConfig, labeled) -> str | None:  # noqa: ANN001
+def _check_before_start(config: TrainConfig, labeled) -> str | None:
     """The checks of `run_training` that need no Ray; returns what the card records about the model's
     pretrained source."""
     from dpiqa import models
@@ -322,7 +322,7 @@ def _load_labeled(config: TrainConfig):
     return labeled
 
 
-def _preprocessing_and_scale(config: TrainConfig, labeled) -> tuple:  # noqa: ANN001
+def _preprocessing_and_scale(config: TrainConfig, labeled) -> tuple:
     """The model's preprocessing and the MOS scale it will be trained in, decided on the driver without
     building the model (the workers build it)."""
     from dpiqa import models
@@ -348,7 +348,7 @@ def _teacher_scale(config: TrainConfig) -> float:
     return float(run.get("identity", {}).get("mos_scale", 100.0))
 
 
-def _materialize(ds, what: str):  # noqa: ANN001, ANN202 - a Ray dataset
+def _materialize(ds, what: str):  # a Ray dataset
     """`ds.materialize()`, logged by this process with its size and rate: the actors' own progress lines reach
     the driver only through Ray's log forwarding (asynchronous, and off where a cluster sets `log_to_driver`)."""
     start = time.monotonic()
@@ -359,7 +359,7 @@ def _materialize(ds, what: str):  # noqa: ANN001, ANN202 - a Ray dataset
     return ds
 
 
-def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: float):  # noqa: ANN001
+def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: float):
     """The training data of one split: `dpiqa.engine.training.data.EpochBatches` of the materialised labelled set
     (shuffled whole every epoch, the same global batches at any number of workers), or, when shards stream,
     a Ray dataset (the labelled set, if any, joined to the stream); the validation dataset; whether rows carry
@@ -374,7 +374,7 @@ def _datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale: flo
     extra = data.rank_table_rows(config.extra_train, mos_scale, config.storage_options) if config.extra_train else []
     images = len(split.train) * (1 + config.synthetic) + len(extra)
 
-    def cached(ds, total: int | None = None):  # noqa: ANN001, ANN202
+    def cached(ds, total: int | None = None):
         if not cache:
             return ds
         return data.with_backbone_features(
@@ -522,9 +522,9 @@ def _storage(config: TrainConfig) -> tuple[str, object | None]:
     return path, storage.arrow_filesystem(fs)
 
 
-def _train_split(  # noqa: PLR0913
+def _train_split(
     config: TrainConfig,
-    labeled,  # noqa: ANN001
+    labeled,
     seed: int,
     out: str,
     sources: str | None,

@@ -161,7 +161,7 @@ def test_a_scan_split_among_ray_tasks_gives_the_same_document(
     assert_same(split, whole)
 
 
-def assert_same(a, b, where: str = "") -> None:  # noqa: ANN001 - JSON values
+def assert_same(a, b, where: str = "") -> None:  # JSON values
     """Equal JSON documents, floats up to summation order (sums of batches in another grouping)."""
     assert type(a) is type(b), where
     if isinstance(a, dict):
@@ -363,7 +363,7 @@ def parse_number(text: str) -> float:
     return float(text[:-1]) / 100 if text.endswith("%") else float(text)
 
 
-def json_at(doc: dict, path: str):  # noqa: ANN201 - any JSON value
+def json_at(doc: dict, path: str):  # any JSON value
     for part in path.split("."):
         doc = doc[int(part)] if isinstance(doc, list) else doc[part]
     return doc

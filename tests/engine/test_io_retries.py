@@ -43,7 +43,7 @@ def test_which_errors_are_transient(exc, transient):
 class DroppingFile(io.RawIOBase):
     """A file that drops the connection once it has delivered `drop_at` bytes, as a broken S3 stream does."""
 
-    def __init__(self, inner, drop_at: int) -> None:  # noqa: ANN001
+    def __init__(self, inner, drop_at: int) -> None:
         super().__init__()
         self.inner, self.drop_at = inner, drop_at
 
@@ -56,7 +56,7 @@ class DroppingFile(io.RawIOBase):
     def tell(self) -> int:
         return self.inner.tell()
 
-    def readinto(self, b) -> int:  # noqa: ANN001
+    def readinto(self, b) -> int:
         if self.inner.tell() >= self.drop_at:
             raise ConnectionResetError("connection reset by peer")
         data = self.inner.read(min(len(b), self.drop_at - self.inner.tell()))
@@ -70,7 +70,7 @@ class DroppingFS(MemoryFileSystem):
     protocol = "dropping"
     opens: list[int] = []
 
-    def _open(self, path, mode="rb", **kwargs):  # noqa: ANN001, ANN202
+    def _open(self, path, mode="rb", **kwargs):
         f = super()._open(path, mode, **kwargs)
         DroppingFS.opens.append(1)
         return f if len(DroppingFS.opens) > 1 else DroppingFile(f, 300_000)

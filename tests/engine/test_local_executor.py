@@ -19,7 +19,7 @@ class Expand(Stage):
     def __init__(self, log: list) -> None:
         self.log = log
 
-    def __call__(self, batch):  # noqa: ANN001, ANN204
+    def __call__(self, batch):
         n = int(batch["shard"][0])
         self.log.append(("expand", n))
         for i in range(n):
@@ -33,7 +33,7 @@ class Double(Stage):
         self.fail_at = fail_at
         self.torn_down = False
 
-    def __call__(self, batch):  # noqa: ANN001, ANN204
+    def __call__(self, batch):
         if self.fail_at is not None and int(batch["value"][0]) == self.fail_at:
             raise ValueError(f"bad value {self.fail_at}")
         return {"value": batch["value"] * 2}
@@ -57,7 +57,7 @@ class SlowToLoad(Stage):
             raise OSError("weights file not found: /nowhere/model.safetensors")
         self.saw_upstream = self.upstream_busy.wait(timeout=30)
 
-    def __call__(self, batch):  # noqa: ANN001, ANN204
+    def __call__(self, batch):
         return batch
 
     def teardown(self) -> None:
@@ -83,7 +83,7 @@ def test_earlier_stages_work_while_a_later_stage_loads() -> None:
     log: list = []
 
     class Marking(Expand):
-        def __call__(self, batch):  # noqa: ANN001, ANN204
+        def __call__(self, batch):
             yield from super().__call__(batch)
             if len(self.log) == 2:
                 busy.set()
@@ -109,7 +109,7 @@ def test_a_failed_setup_and_a_failing_sink_are_raised_here() -> None:
         LocalExecutor().run([{"shard": 1}], [Expand([]), slow], lambda batch: None)
     assert pipeline_threads() == []
 
-    def sink(batch):  # noqa: ANN001, ANN202
+    def sink(batch):
         raise RuntimeError("disk full")
 
     double = Double()

@@ -25,7 +25,7 @@ from dpiqa.engine.pipeline import ScoreConfig, run_score
 MODEL = "dpiqa-student-tiny"
 
 
-def score(input: str, output: str | Path, **kw) -> dict:  # noqa: A002 - the option's name
+def score(input: str, output: str | Path, **kw) -> dict:  # the option's name
     return run_score(ScoreConfig(input=input, output=str(output), model=MODEL, **kw), LocalExecutor()).manifest
 
 

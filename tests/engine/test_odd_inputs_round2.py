@@ -27,7 +27,7 @@ MODEL = "dpiqa-student-tiny"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def score(input: str, output: str | Path, **kw) -> dict:  # noqa: A002 - the option's name
+def score(input: str, output: str | Path, **kw) -> dict:  # the option's name
     return run_score(ScoreConfig(input=input, output=str(output), model=MODEL, **kw), LocalExecutor()).manifest
 
 

@@ -45,7 +45,7 @@ class Sleeper(ShardJob):
         return SleepWorker(self.seconds, self.tick)
 
 
-def run(job: ShardJob, tmp_path, n: int = 1, **kwargs):  # noqa: ANN001, ANN201
+def run(job: ShardJob, tmp_path, n: int = 1, **kwargs):
     urls = [f"mem://{i:05d}.tar" for i in range(n)]
     shards = ShardList(urls=urls, names={u: u[6:11] for u in urls}, root=None)
     kwargs.setdefault("stall_warning", 0.4)
@@ -56,7 +56,7 @@ def run(job: ShardJob, tmp_path, n: int = 1, **kwargs):  # noqa: ANN001, ANN201
     return result
 
 
-def stall_lines(caplog) -> list[str]:  # noqa: ANN001
+def stall_lines(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if "nothing finished in the last" in r.getMessage()]
 
 

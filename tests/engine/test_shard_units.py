@@ -155,7 +155,7 @@ def test_the_writer_refuses_a_row_repeated_or_out_of_order(tmp_path):
 
     out = OutputLocation(str(tmp_path / "out"))
 
-    def batch(indices):  # noqa: ANN001, ANN202
+    def batch(indices):
         n = len(indices)
         return {
             "shard": np.array(["a.tar"] * n, dtype=object),

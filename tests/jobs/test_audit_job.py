@@ -12,7 +12,7 @@ from scored import score_shards
 from dpiqa.jobs.cli import main
 
 
-def fixed(shift: float, fail_every: int = 0):  # noqa: ANN201 - a score function
+def fixed(shift: float, fail_every: int = 0):  # a score function
     def score(url: str, index: int, key: str) -> float | None:
         if fail_every and index % fail_every == 0:
             return None

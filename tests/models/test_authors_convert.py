@@ -278,7 +278,7 @@ def test_full_size_student_converts_through_the_cli_and_computes_the_authors_fun
 # ---------------------------------------------------------------- refusals through the CLI, one line each
 
 
-def one_line(out) -> str:  # noqa: ANN001 - clirun.Result
+def one_line(out) -> str:  # clirun.Result
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     return lines[0]

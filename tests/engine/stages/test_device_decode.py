@@ -124,7 +124,7 @@ def photographs_scored():
     return scorer, images, blobs, scores
 
 
-def _device_scores(scorer, blobs: list[bytes]) -> np.ndarray:  # noqa: ANN001 - a models.Scorer
+def _device_scores(scorer, blobs: list[bytes]) -> np.ndarray:  # a models.Scorer
     pixels, statistics, failures = decode_on_device(blobs, scorer.preprocessing, torch.device("cpu"))
     assert failures == {}
     return scorer(pixels, statistics=statistics if scorer.preprocessing.statistics else None).scores

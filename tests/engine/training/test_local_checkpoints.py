@@ -23,7 +23,7 @@ def _fill(checkpoints: LocalCheckpoints, tmp_path: Path, scores: list[float]) ->
         checkpoints.add(_epoch(tmp_path, epoch), {"epoch": epoch, "val_select": score, "history": [epoch]})
 
 
-def _read(checkpoint, name: str) -> bytes:  # noqa: ANN001 - ray.train.Checkpoint
+def _read(checkpoint, name: str) -> bytes:  # ray.train.Checkpoint
     with checkpoint.as_directory() as d:
         return (Path(d) / name).read_bytes()
 

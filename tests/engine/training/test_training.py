@@ -23,7 +23,7 @@ from dpiqa import models
 REPO = Path(__file__).resolve().parents[3]
 
 
-def cli(*args: str, cwd: Path | None = None):  # noqa: ANN201 - clirun.Result
+def cli(*args: str, cwd: Path | None = None):  # clirun.Result
     """The job in this process on the session's Ray (`ray_local`), not a subprocess with a Ray of its own."""
     return dpiqa(*args)
 

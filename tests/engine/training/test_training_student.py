@@ -257,7 +257,7 @@ def test_paper_protocol_trains_to_the_last_epoch_on_80_20(ray_local, tmp_path, c
     assert t["protocol"]["name"] == "paper" and t["protocol"]["selection"] == "last epoch" and t["best_epoch"] == 2
 
 
-def student_recipe(table: Path, out: Path, max_failures: int = 0, executor: str = "auto"):  # noqa: ANN201
+def student_recipe(table: Path, out: Path, max_failures: int = 0, executor: str = "auto"):
     """A tiny student from scratch on the graded fixture (labels only), with the statistics the decoder measures
     before the resize beside its backbone: `learned` trains it once (in this process); the killed-distill test
     trains it again on Ray Train's workers, so the `statistics` column travels to a worker process too, and
