@@ -67,9 +67,11 @@ def run_driver(code: Path, address: str, shards: Path, out: Path, extra: list[st
 
 class RssSampler:
     """The peak RSS of the scoring workers (processes titled `ray::_UnitActor` or, in the baseline, Ray Data's
-    `ray::MapWorker`/`ShardWriter`), sampled every 0.2 s."""
+    `ray::MapWorker`/`ShardWriter`) started by this benchmark's cluster (descendants of its raylets: other Ray
+    instances on the machine are not counted), sampled every 0.2 s."""
 
-    def __init__(self) -> None:
+    def __init__(self, raylets: list[int]) -> None:
+        self.raylets = raylets
         self.peak: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -78,11 +80,20 @@ class RssSampler:
         import psutil
 
         while not self._stop.wait(0.2):
-            for p in psutil.process_iter(["cmdline", "memory_info"]):
-                title = " ".join(p.info["cmdline"] or [])
+            procs = []
+            for pid in self.raylets:
+                try:
+                    procs += psutil.Process(pid).children(recursive=True)
+                except psutil.NoSuchProcess:
+                    pass
+            for p in procs:
+                try:
+                    title, rss = " ".join(p.cmdline()), p.memory_info().rss
+                except psutil.Error:
+                    continue
                 for kind in ("_UnitActor", "ShardWriter", "MapWorker"):
-                    if f"ray::{kind}" in title and p.info["memory_info"]:
-                        self.peak[kind] = max(self.peak.get(kind, 0), p.info["memory_info"].rss)
+                    if f"ray::{kind}" in title:
+                        self.peak[kind] = max(self.peak.get(kind, 0), rss)
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
@@ -188,7 +199,8 @@ def main() -> None:
         build_shards(big, args.map_shards, args.map_shard_images)
         for version, code in versions.items():
             slow = {**env, "DPIQA_FAILPOINTS": "unit.start=sleep:20@1"} if version == "current" else env
-            with RssSampler() as sampler:
+            raylets = [n.all_processes["raylet"][0].process.pid for n in cluster.list_all_nodes()]
+            with RssSampler(raylets) as sampler:
                 run_driver(code, address, big, tmp / f"maps-{version}", ["--write-maps"], slow)
             for kind, rss in sorted(sampler.peak.items()):
                 lines.append(f"| {version} | {kind} | {rss / 2**20:.0f} |")

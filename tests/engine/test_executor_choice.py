@@ -14,7 +14,7 @@ from clirun import dpiqa
 from dpiqa.engine import executor as executors
 from dpiqa.engine.executor import choose_executor
 from dpiqa.engine.executor.local import LocalExecutor
-from dpiqa.engine.executor.ray_data import RayDataExecutor
+from dpiqa.engine.executor.ray_actors import RayExecutor
 from dpiqa.storage import list_shards
 
 
@@ -48,7 +48,7 @@ def test_auto_runs_a_large_input_on_ray(shards, monkeypatch, caplog, small_shard
     assert size > 1000
     with caplog.at_level(logging.INFO):
         chosen = choose_executor("auto", None, list_shards(str(tmp_path / "in")), None, "score")
-    assert type(chosen) is RayDataExecutor and not chosen.in_process and chosen.address is None
+    assert type(chosen) is RayExecutor and not chosen.in_process and chosen.address is None
     assert "score: on a local Ray" in caplog.text
 
 
@@ -65,11 +65,11 @@ def test_auto_with_a_named_cluster_runs_on_it_whatever_the_size(shards, monkeypa
     small = list_shards(str(tmp_path / "in"))
     with caplog.at_level(logging.INFO):
         chosen = choose_executor("auto", "ray://head:10001", small, None, "score")
-    assert type(chosen) is RayDataExecutor and chosen.address == "ray://head:10001"
+    assert type(chosen) is RayExecutor and chosen.address == "ray://head:10001"
     assert "score: on the Ray cluster at ray://head:10001" in caplog.text
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
     chosen = choose_executor("auto", None, small, None, "score")
-    assert type(chosen) is RayDataExecutor and not chosen.in_process
+    assert type(chosen) is RayExecutor and not chosen.in_process
     # and a named executor is taken as named
     assert type(choose_executor("local", "ray://head:10001", small)) is LocalExecutor
 

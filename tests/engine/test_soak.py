@@ -31,15 +31,23 @@ def ray_head():
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    yield cluster.address
+    yield cluster
     cluster.shutdown()
 
 
-def workers() -> list[psutil.Process]:
+def workers(cluster) -> list[psutil.Process]:
+    """The scoring workers of this test's own cluster (descendants of its raylets: never another test's)."""
     out = []
-    for p in psutil.process_iter(["cmdline"]):
-        if any("ray::_UnitActor" in part for part in p.info["cmdline"] or []):
-            out.append(p)
+    for node in cluster.list_all_nodes():
+        for info in node.all_processes.get("raylet", []):
+            try:
+                out += [
+                    p
+                    for p in psutil.Process(info.process.pid).children(recursive=True)
+                    if "_UnitActor" in " ".join(p.cmdline())
+                ]
+            except psutil.Error:
+                pass
     return out
 
 
@@ -80,7 +88,7 @@ def test_soak_random_kills_and_s3_faults_lose_and_duplicate_nothing(ray_head, s3
         for round_ in range(ROUNDS):
             out = f"s3://{bucket}/out{round_}"
             cmd = [sys.executable, "-m", "dpiqa.jobs.cli", "score", "--input", f"s3://{bucket}/shards/"]
-            cmd += ["--output", out, "--model", "null", "--executor", "ray", "--address", ray_head]
+            cmd += ["--output", out, "--model", "null", "--executor", "ray", "--address", ray_head.address]
             cmd += ["--actors", "2", "--storage-options", faulty]
             runs = 0
             while True:
@@ -95,9 +103,19 @@ def test_soak_random_kills_and_s3_faults_lose_and_duplicate_nothing(ray_head, s3
                             time.sleep(0.05)
                         if proc.poll() is not None:
                             break
-                        if victim == "worker" and workers():
-                            rng.choice(workers()).kill()
-                            kills["worker"] += 1
+                        if victim == "worker":
+                            # a scoring worker once it has started (a slow start would otherwise spare it)
+                            found = workers(ray_head)
+                            while not found and proc.poll() is None:
+                                time.sleep(0.1)
+                                found = workers(ray_head)
+                            if found:
+                                time.sleep(rng.uniform(0.0, 1.5))
+                                try:
+                                    rng.choice(found).kill()
+                                    kills["worker"] += 1
+                                except psutil.NoSuchProcess:
+                                    pass
                             deadline = time.monotonic() + rng.uniform(1.0, 4.0)
                         elif victim == "driver":
                             proc.kill()
