@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -29,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from dpiqa import storage
 from dpiqa.engine.output import OutputLocation
@@ -43,9 +42,10 @@ t2 = time.monotonic()
 first = next(iter(todo), None)
 unit = {"url": first, "name": shards.names[first]} if first else None
 t3 = time.monotonic()
+# VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across exec, so a child would report its parent's size
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(json.dumps({"shards": len(shards.urls), "todo": len(todo), "skipped": skipped, "list": t1 - t0,
-                  "skip_done": t2 - t1, "first_unit": t3 - t2, "total": t3 - t0,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "skip_done": t2 - t1, "first_unit": t3 - t2, "total": t3 - t0, "peak_rss_mib": hwm / 1024}))
 """
 
 
@@ -195,7 +195,6 @@ def main() -> None:
     print(text)
     if args.out:
         args.out.write_text(text)
-    _ = resource  # the child measures its own peak RSS
 
 
 if __name__ == "__main__":
