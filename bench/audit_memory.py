@@ -41,7 +41,9 @@ def generate(out: Path, rows: int, per_shard: int, seed: int = 0) -> None:
     location.claim({"model": "synthetic"})
     for s in range(rows // per_shard):
         name = f"{s:05d}"
-        url = f"s3://bench-corpus/part{s % 4}/{name}.tar"
+        # Local paths that do not exist: each thumbnail fails at once (an s3:// URL here would wait on a bucket
+        # that cannot be reached: minutes of connection retries where the network is closed, as in CI).
+        url = f"{out.parent / 'missing-corpus'}/part{s % 4}/{name}.tar"
         n = per_shard
         status = np.where(rng.random(n) < 0.98, "ok", rng.choice(["decode_error", "no_image", "too_large"], n))
         score = rng.normal(50, 10, n).astype(np.float32)

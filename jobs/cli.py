@@ -58,12 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt as exc:
+        # Ray's compiled wait loop catches any KeyboardInterrupt raised by a signal handler and raises a plain one
+        # in its place, so the exception's class alone cannot tell SIGTERM from Ctrl-C: the handler also records it.
+        terminated = isinstance(exc, Terminated) or Terminated.received
         print(
-            f"dpiqa {args.command}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; "
-            "rerun the same command to resume",
+            f"dpiqa {args.command}: {'terminated' if terminated else 'interrupted'}; rerun the same command to resume",
             file=sys.stderr,
         )
-        return 143 if isinstance(exc, Terminated) else 130
+        return 143 if terminated else 130
     except (ValueError, OSError) as exc:
         # One line naming what is wrong; --verbose shows the traceback. Exit status 2 for a usage error (the
         # options can never work), 4 for what the command met before it could run (dpiqa/errors.py).
@@ -85,8 +87,11 @@ def run() -> int:
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled as Ctrl-C is (exit status 143)."""
 
+    received = False
+
 
 def _terminate(signum: int, frame: object) -> None:
+    Terminated.received = True
     raise Terminated
 
 
