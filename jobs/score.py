@@ -95,6 +95,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="when a brace pattern or list names shards that do not exist, score the ones that do "
         "(default: refuse the run, naming the missing ones)",
     )
+    p.add_argument(
+        "--compact",
+        action="store_true",
+        help="when every shard is done, merge the per-shard score files into large Parquet parts (what "
+        "`dpiqa compact --scores OUT` does; rerunning either finishes the merge)",
+    )
     add_storage_options(p)
     p.set_defaults(run=main)
 
@@ -121,4 +127,15 @@ def main(args: argparse.Namespace) -> int:
     )
     result = run_score(config, args.executor, args.address)
     print(result.summary_line("scored"))
-    return print_failures(result)
+    status = print_failures(result)
+    if args.compact:
+        if result.failed:
+            # A part is sorted by shard and closed for good: compacting now would leave the failed shards, once
+            # rerun, in parts of their own. Say it and let the rerun (with --compact) do it.
+            print(f"not compacted: {len(result.failed)} shard(s) failed; rerun the same command to finish and compact")
+        else:
+            from dpiqa.engine.compact import CompactConfig, compact, summary_line
+
+            compacted = compact(CompactConfig(scores=args.output, storage_options=args.storage_options))
+            print(summary_line(compacted, args.output))
+    return status

@@ -326,3 +326,30 @@ def test_compaction_on_s3_and_the_readers_there(s3: tuple[str, dict], plain: tup
             doc.pop(key)
     assert docs[0] == docs[1]
     assert compact(CompactConfig(url, storage_options=options)).shards == 0  # nothing left to do
+
+
+def test_score_with_compact_merges_at_the_end_and_not_after_a_failed_shard(
+    plain: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`score --compact`: with every shard done, the run ends compacted (the same rows as the plain run, no
+    per-shard score file left); with a shard failed it says so and leaves the output uncompacted, and the rerun
+    without that shard compacts everything."""
+    shards = tmp_path / "shards"
+    shutil.copytree(plain[0], shards)
+    junk = shards / "b" / "junk.tar"
+    junk.write_bytes(b"\x00\x01junk" * 1000)  # a .tar that is no tar: its shard fails
+    out = tmp_path / "out"
+    first = dpiqa(*score_args(shards, out), "--compact")
+    assert first.returncode == 1, first.stderr[-2000:]
+    assert "not compacted: 1 shard(s) failed" in first.stdout
+    assert not (out / "compacted").exists() and len(list((out / "scores").rglob("*.parquet"))) == 7
+    junk.unlink()
+    second = dpiqa(*score_args(shards, out), "--compact")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "compacted 7 shards (64 rows) into" in second.stdout
+    assert not list((out / "scores").rglob("*.parquet"))
+    here = [(Path(r[0]).relative_to(shards), *r[1:]) for r in rows_of(str(out / "compacted" / "*.parquet"))]
+    before = [
+        (Path(r[0]).relative_to(plain[0]), *r[1:]) for r in rows_of(str(plain[1] / "scores" / "**" / "*.parquet"))
+    ]
+    assert here == before and len(here) == 64
