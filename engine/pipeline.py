@@ -270,7 +270,11 @@ class ShardScorer(UnitWorker):
             else None
         )
         self._decoders = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="dpiqa-decode")
-        self._model = threading.Lock()  # one model call at a time: the device (or the CPU's cores) is shared
+        # Every model call runs on this one thread, one at a time (the device, or the CPU's cores, is shared). Not
+        # a lock taken by each unit's thread: torch's OpenMP pool belongs to the thread that calls it, so units
+        # calling the model from their own threads each keep a team of OpenMP threads that spin after every call,
+        # on the cores the next call needs.
+        self._model = ThreadPoolExecutor(1, thread_name_prefix="dpiqa-model")
         self._lock = threading.Lock()
         self._rows: dict[int, int] = {}  # rows of each unit in flight
         self._last: dict[int, float] = {}  # when each unit in flight last processed a row (or started)
@@ -301,8 +305,7 @@ class ShardScorer(UnitWorker):
             for decoded in ordered_map(self.decode, chunks, self._decoders, self.decode_threads + 1):
                 if self._stopping.is_set():
                     raise RuntimeError(f"{url}: stopped before its end (the run was interrupted)")
-                with self._model:
-                    scored = self.score(decoded)
+                scored = self._model.submit(self.score, decoded).result()
                 n = writer.add(scored)
                 with self._lock:
                     self._rows[me] += n
@@ -329,6 +332,7 @@ class ShardScorer(UnitWorker):
 
     def teardown(self) -> None:
         self._decoders.shutdown(wait=False, cancel_futures=True)
+        self._model.shutdown(wait=False, cancel_futures=True)
 
 
 class ScoreJob(ShardJob):
