@@ -8,7 +8,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: demo test test-quick lint format bench clean
+.PHONY: demo test test-quick soak lint format bench clean
 
 $(BIN)/dpiqa: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: $(BIN)/dpiqa
 # Without the tests marked `slow` (a SIGKILL and a rerun each): the quick loop while editing.
 test-quick: $(BIN)/dpiqa
 	$(PYTEST)
+
+# The soak test at ten rounds of random kills and S3 faults (the suite runs three): ~12 minutes here.
+soak: $(BIN)/dpiqa
+	DPIQA_SOAK_ROUNDS=10 RUN_SLOW=1 $(BIN)/python -m pytest -q tests/engine/test_soak.py
 
 lint: $(BIN)/dpiqa
 	$(BIN)/ruff check .

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from dpiqa import storage
 from dpiqa.engine.output import OutputLocation
 from dpiqa.engine.runner import pending_shards
 spec, out, options = sys.argv[2], sys.argv[3], json.loads(sys.argv[4]) or None
-t0 = time.monotonic()
+t0, c0 = time.monotonic(), time.process_time()
 shards = storage.list_shards(spec, options)
 t1 = time.monotonic()
 todo, skipped = pending_shards(OutputLocation(out, options), shards)
@@ -45,12 +46,16 @@ t3 = time.monotonic()
 # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across exec, so a child would report its parent's size
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(json.dumps({"shards": len(shards.urls), "todo": len(todo), "skipped": skipped, "list": t1 - t0,
-                  "skip_done": t2 - t1, "first_unit": t3 - t2, "total": t3 - t0, "peak_rss_mib": hwm / 1024}))
+                  "skip_done": t2 - t1, "first_unit": t3 - t2, "total": t3 - t0, "driver_cpu": time.process_time() - c0,
+                  "peak_rss_mib": hwm / 1024}))
 """
 
 
 def plan(spec: str, out: str, options: dict | None) -> dict:
+    """Plan in a fresh process; adds `server_cpu`: this process's CPU seconds meanwhile (where the loopback S3
+    server runs on its threads, that is the server's work; ~0 for a local folder)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    before = resource.getrusage(resource.RUSAGE_SELF)
     r = subprocess.run(
         [sys.executable, "-c", CHILD, str(REPO), spec, out, json.dumps(options)],
         env=env,
@@ -59,7 +64,9 @@ def plan(spec: str, out: str, options: dict | None) -> dict:
     )
     if r.returncode != 0:
         raise RuntimeError(r.stderr[-3000:])
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    server = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {**json.loads(r.stdout.strip().splitlines()[-1]), "server_cpu": server}
 
 
 def markers_for(names: list[str], url_of) -> list[tuple[str, dict]]:
@@ -168,13 +175,14 @@ def main() -> None:
         f"`python bench/plan.py --local {args.local} --s3 {args.s3}`: planning of `dpiqa score` over N shards with "
         "markers on half (recorded in bulk, as a finished run records them), each in a fresh process.",
         "",
-        "| store | shards | list input s | skip done s | first unit s | planning total s | driver peak RSS MiB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| store | shards | list input s | skip done s | first unit s | planning total s | driver CPU s | "
+        "server CPU s | driver peak RSS MiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for store, r in rows:
         lines.append(
             f"| {store} | {r['shards']:,} | {r['list']:.2f} | {r['skip_done']:.2f} | {r['first_unit']:.4f} | "
-            f"{r['total']:.2f} | {r['peak_rss_mib']:.0f} |"
+            f"{r['total']:.2f} | {r['driver_cpu']:.2f} | {r['server_cpu']:.2f} | {r['peak_rss_mib']:.0f} |"
         )
     lines.append("")
     for store in dict.fromkeys(s for s, _ in rows):

@@ -122,7 +122,9 @@ def test_an_interrupted_run_leaves_its_record_and_the_rerun_includes_its_shards(
     """Ctrl-C or SIGTERM: the shards finished so far keep their markers, the run's record says it was
     interrupted, and the rerun's record names it (`resumes`), so `audit --run latest` sees the whole night."""
     out = tmp_path / "out"
-    env = {**os.environ, "DPIQA_FAILPOINTS": "unit.start=sleep:1.5"}
+    # the third unit waits 10 s before it starts: two shards are done and the signal comes while the third waits,
+    # however slowly this test polls on a busy machine (with a short wait per unit the run could end first)
+    env = {**os.environ, "DPIQA_FAILPOINTS": "unit.start=sleep:10@3"}
     cmd = [sys.executable, "-m", "dpiqa.jobs.cli", "score", "--input", str(shards), "--output", str(out)]
     cmd += ["--model", MODEL, "--executor", "local", "--units-per-worker", "1"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -21,7 +21,9 @@ import pytest
 from s3faults import FaultProxy
 
 REPO = Path(__file__).resolve().parents[2]
-SHARDS, PER_SHARD, ROUNDS = 96, 2, 10
+# CI runs three rounds (each a run cut at a random moment and its reruns: ~4 minutes of the suite's 15);
+# `make soak` runs ten (DPIQA_SOAK_ROUNDS), and so can a longer night.
+SHARDS, PER_SHARD, ROUNDS = 96, 2, int(os.environ.get("DPIQA_SOAK_ROUNDS", "3"))
 
 
 @pytest.fixture
@@ -71,8 +73,8 @@ def check_output(fs, prefix: str) -> int:
     return total
 
 
-@pytest.mark.slow  # ten rounds of kills and reruns on a Ray of its own: `make test` and CI run it (RUN_SLOW=1)
-@pytest.mark.timeout(1800)  # ~3 minutes on a quiet 2-core machine; far longer when it is shared
+@pytest.mark.slow  # rounds of kills and reruns on a Ray of its own: `make test` and CI run it (RUN_SLOW=1)
+@pytest.mark.timeout(1800)
 def test_soak_random_kills_and_s3_faults_lose_and_duplicate_nothing(ray_head, s3, s3_server, tmp_path):
     rng = random.Random(20261207)
     bucket, options = s3
@@ -136,5 +138,6 @@ def test_soak_random_kills_and_s3_faults_lose_and_duplicate_nothing(ray_head, s3
             manifest = json.loads(fs.cat(f"{out.removeprefix('s3://')}/manifest.json"))
             assert manifest["shards"]["failed"] == 0
         injected = dict(proxy.injected)
-    assert kills["driver"] >= 3 and kills["worker"] >= 3, kills
+    # every round's first run was cut, by each kind of kill in some round (the seed picks both within three)
+    assert kills["driver"] + kills["worker"] >= ROUNDS and kills["driver"] >= 1 and kills["worker"] >= 1, kills
     assert injected["slowdown"] > 10 and injected["dropped"] > 0, injected
