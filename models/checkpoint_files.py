@@ -10,8 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import fsspec
-
 from dpiqa import storage
 
 if TYPE_CHECKING:  # torch and safetensors.torch are imported where weights are read or written
@@ -47,7 +45,7 @@ def local_dir(location: str, files: tuple[str, ...] = FILES) -> Path:
     if location.startswith("file://"):
         return Path(location[len("file://") :])
     if is_url(location):
-        fs, path = fsspec.core.url_to_fs(location)
+        fs, path = storage.get_fs(location)
         target = cache_dir() / "checkpoints" / hashlib.sha256(location.encode()).hexdigest()[:16]
         target.mkdir(parents=True, exist_ok=True)
         for name in files:
@@ -77,7 +75,7 @@ def mirror(url: str, include: Callable[[str], bool], storage_options: dict | Non
         include: which files to copy, by path relative to `url` (`unet/config.json`).
         storage_options: fsspec options (endpoint, credentials).
     """
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs, root = storage.get_fs(url, storage_options)
     root = root.rstrip("/")
     if not fs.isdir(root):
         raise FileNotFoundError(f"{url}: no such folder")
@@ -121,10 +119,10 @@ def check_weights(location: str, name: str = WEIGHTS_NAME) -> None:
         return  # huggingface_hub checks what it downloads
     where = storage.fs_join(location, name)
     if is_url(location):
-        fs, root = fsspec.core.url_to_fs(location)
+        fs, root = storage.get_fs(location)
         path = storage.fs_join(root, name)
     else:
-        fs, path = fsspec.filesystem("file"), str(local_dir(location, files=(CONFIG_NAME,)) / name)
+        fs, path = storage.get_fs(str(local_dir(location, files=(CONFIG_NAME,)) / name))
     try:
         size = fs.size(path)
         with fs.open(path, "rb") as f:
@@ -146,9 +144,9 @@ def check_weights(location: str, name: str = WEIGHTS_NAME) -> None:
         )
 
 
-def put_files(staging: Path, location: str, names: tuple[str, ...]) -> None:
+def put_files(staging: Path, location: str, names: tuple[str, ...], storage_options: dict | None = None) -> None:
     """Copy `names` from a local staging folder to a local folder or fsspec URL (created if needed)."""
-    fs, path = fsspec.core.url_to_fs(location)
+    fs, path = storage.get_fs(location, storage_options)
     fs.makedirs(path, exist_ok=True)
     for name in names:
         fs.put(str(staging / name), storage.fs_join(path, name))
@@ -161,7 +159,7 @@ def read_json(location: str, name: str) -> dict | None:
         ValueError: the file is no JSON object (one line naming it).
     """
     if is_url(location):
-        fs, path = fsspec.core.url_to_fs(location)
+        fs, path = storage.get_fs(location)
         remote = storage.fs_join(path, name)
         if not fs.exists(remote):
             return None
