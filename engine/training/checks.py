@@ -36,7 +36,7 @@ def runs_locally(config: TrainConfig, address: str | None) -> bool:
 
 
 def check_gpus(config: TrainConfig, local: bool, address: str | None) -> None:
-    """`--gpu` where this machine has no GPU for each worker stops here, in one line: in this process torch would
+    """`--device cuda` where this machine has no GPU for each worker stops here, in one line: in this process torch would
     fail at the first tensor moved, and Ray Train would wait for GPUs a local Ray never gets. A named cluster is
     not checked: its autoscaler may add GPU nodes on demand."""
     from dpiqa.engine.executor import named_cluster
@@ -49,8 +49,8 @@ def check_gpus(config: TrainConfig, local: bool, address: str | None) -> None:
     need = 1 if local else config.run.workers
     if have < need:
         raise UsageError(
-            f"--gpu: {need} GPU(s) needed (one per worker) and this machine has {have} that torch can use; "
-            "drop --gpu to train on the CPU, or name a cluster with GPUs (--address)"
+            f"--device cuda: {need} GPU(s) needed (one per worker) and this machine has {have} that torch can use; "
+            "--device cpu trains on the CPU, or name a cluster with GPUs (--address)"
         )
 
 
@@ -66,10 +66,10 @@ def check_before_start(config: TrainConfig, labeled) -> str | None:
             f"evenly among --workers {config.run.workers} (each worker takes batch / workers)"
         )
     if config.dataset is None and not config.shards:
-        raise ValueError("nothing to train on: give --dataset and --root, and/or --shards")
+        raise ValueError("nothing to train on: give --dataset and --root, and/or --input")
     checkpoint.storage_dtype(config.weights_dtype)  # an unknown one is named now, not after the training
     if config.ranked and (config.shards or config.dataset is None):
-        raise ValueError("--rank-weight, --extra-train and --extra-val work with a labelled --dataset, not --shards")
+        raise ValueError("--rank-weight, --extra-train and --extra-val work with a labelled --dataset, not --input")
     if config.teacher and config.distill_mode != "none":
         for seed in config.split.seeds:
             models.describe(config.teacher_for(seed))  # a missing or damaged teacher is named now
@@ -86,7 +86,7 @@ def load_labeled(config: TrainConfig):
         config.dataset, config.root, storage_options=config.storage_options, **config.dataset_options
     )
     if not isinstance(labeled, LabeledSet):
-        raise ValueError(f"--dataset {config.dataset} streams shards; pass them with --shards instead")
+        raise ValueError(f"--dataset {config.dataset} streams shards; pass them with --input instead")
     return labeled
 
 

@@ -137,7 +137,7 @@ def split_datasets(config: TrainConfig, labeled, split, preprocessing, mos_scale
             stream = stream.filter(lambda row: np.isfinite(row["target"]))
         parts.append(cached(stream).select_columns(columns))
     if not parts:
-        raise ValueError("nothing to train on: give --dataset/--root and/or --shards")
+        raise ValueError("nothing to train on: give --dataset/--root and/or --input")
     if not config.shards:
         return (
             data.EpochBatches(parts[0], columns, group_column="rank_group" if config.rank_weight else None),
