@@ -9,7 +9,7 @@ import pytest
 import torch
 from clirun import last_line, run
 from corpus import graded_table
-from recipes import tiny_teacher
+from tiny_training import tiny_teacher
 
 from dpiqa.jobs.cli import build_parser
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from clirun import dpiqa
 from corpus import graded_table
-from recipes import tiny_teacher, weights
+from tiny_training import tiny_teacher, weights
 
 from dpiqa import models
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from background import capture
 from corpus import graded_table
-from recipes import tiny_student, tiny_teacher, weights
+from tiny_training import tiny_student, tiny_teacher, weights
 
 from dpiqa import models
 
