@@ -3,7 +3,6 @@ written to `bench/results/` (the machine's description is `dpiqa.version.machine
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from pathlib import Path
@@ -18,12 +17,6 @@ def publish(text: str, out: str | Path | None) -> None:
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text)
-
-
-def as_typed(command: str) -> str:
-    """A command as a script ran it, with a virtual environment's path to `dpiqa` shortened to the command a
-    user types (for the commands written into reports and model cards)."""
-    return re.sub(r"\S*/bin/dpiqa ", "dpiqa ", command)
 
 
 class TreePeakRSS:

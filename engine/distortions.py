@@ -221,7 +221,7 @@ EXTRA_DISTORTIONS: dict[str, Distortion] = {
 
 
 # --- Camera and processing defects users meet (training families; kept apart from EXTRA_DISTORTIONS so that
-# scripts/build_ranking_set.py's seeded family draws, and the tables the shipped card records, stay the same) ---
+# recipes/build_ranking_set.py's seeded family draws, and the tables the shipped card records, stay the same) ---
 
 
 def _chromatic_aberration(img: Image.Image, shift: float, rng: np.random.Generator) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Options shared by the subcommands, defined once: checked number types, fsspec storage options, the
-Ray cluster address, the executor, and the one-line usage errors of the `dpiqa` parser."""
+Ray cluster address, the executor, the precision, old spellings kept as deprecated aliases, and the one-line
+usage errors of the `dpiqa` parser."""
 
 from __future__ import annotations
 
@@ -114,6 +115,53 @@ def add_executor(
     )
 
 
+PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
+
+
+def add_precision(p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str) -> None:
+    """`--precision auto|fp32|bf16|fp16`, each command saying what `auto` does there."""
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=help)
+
+
+class _OldSpelling(argparse.Action):
+    """An option's old spelling, kept working: it stores what the new spelling stores (`value` for a flag without
+    an argument) and says once per command line, on stderr, which spelling to use."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, value: object = None, **kwargs) -> None:
+        self.new, self.value, self.warned = new, value, False
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[override]
+        if not self.warned:
+            self.warned = True
+            print(f"{parser.prog}: warning: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, self.value if self.nargs == 0 else values)
+
+
+def add_old_spelling(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup,
+    old: str,
+    new: str,
+    dest: str,
+    value: object = None,
+    type: Callable[[str], object] | None = None,
+) -> None:
+    """Keep `old` working as a deprecated alias (left out of `--help`) of the option `new` that stores into `dest`.
+
+    Args:
+        p: the parser (or group) that has `new`.
+        old: the old spelling (`--shards`).
+        new: what to write instead, as the warning names it (`--input`, `--device cuda`).
+        dest: the attribute both spellings set.
+        value: for an old flag without an argument (`--gpu`), what it stores; None: it takes an argument.
+        type: the argument's type, as `new` has it.
+    """
+    if value is None:
+        p.add_argument(old, dest=dest, action=_OldSpelling, new=new, type=type, help=argparse.SUPPRESS)
+    else:
+        p.add_argument(old, dest=dest, action=_OldSpelling, new=new, value=value, nargs=0, help=argparse.SUPPRESS)
+
+
 def print_failures(result) -> int:  # dpiqa.engine.output.RunResult
     """After a run's summary line: one line per failed shard; returns the run's exit status."""
     for url, error in sorted(result.failed.items()):
@@ -138,9 +186,7 @@ def add_run_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, fast_p
         default="auto",
         help="auto: one actor per GPU of the cluster if it has GPUs, else CPU actors",
     )
-    p.add_argument(
-        "--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto", help="auto: bf16 on GPU, fp32 on CPU"
-    )
+    add_precision(p, "auto: bf16 on GPU, fp32 on CPU")
     p.add_argument(
         "--threads",
         type=positive_int,

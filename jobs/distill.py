@@ -6,7 +6,7 @@ import argparse
 
 from dpiqa.errors import UsageError
 from dpiqa.jobs import training
-from dpiqa.jobs.args import location, positive_float
+from dpiqa.jobs.args import add_old_spelling, location, positive_float
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="distill the student from a teacher (Ray Train, DDP; resumable)",
         description="Train the student with MSE(score, MOS/scale) + MSE(student map, teacher map). On a labelled "
         "dataset the teacher's outputs are computed once before training; at scale, stream WebDataset "
-        "shards (--shards) with the teacher's maps from `dpiqa score --write-maps` (--teacher-outputs); "
+        "shards (--input) with the teacher's maps from `dpiqa score --write-maps` (--teacher-outputs); "
         "labels are used where present.",
     )
     p.add_argument(
@@ -25,16 +25,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="teacher checkpoint (its outputs on --dataset are computed first)",
     )
     p.add_argument(
-        "--shards",
+        "--input",
+        dest="shards",
         type=location,
         default=None,
-        help="WebDataset shards to distill on (labelled where .json has a score)",
+        help="WebDataset shards to distill on (labelled where .json has a score): brace pattern, glob, "
+        "prefix/folder, or a text file of URLs, as `dpiqa score --input` takes them",
     )
+    add_old_spelling(p, "--shards", "--input", "shards", type=location)
     p.add_argument(
         "--teacher-outputs",
         type=location,
         default=None,
-        help="a `dpiqa score --write-maps` run of the teacher on --shards",
+        help="a `dpiqa score --write-maps` run of the teacher on --input",
     )
     p.add_argument("--score-field", default="mos", help="score key in the shards' .json (default mos)")
     p.add_argument("--shard-mos-scale", type=positive_float, default=None, help="MOS scale of the shards' labels")
@@ -53,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
 
     if args.teacher is None and args.teacher_outputs is None and args.mode != "none":
         raise UsageError(
-            "distill needs --teacher (with --dataset) or --teacher-outputs (with --shards); "
+            "distill needs --teacher (with --dataset) or --teacher-outputs (with --input); "
             "or --mode none to train the student on labels alone"
         )
     config = training.config_from_args(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dpiqa.jobs.args import location, positive_int
+from dpiqa.jobs.args import add_storage_options, location, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,6 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--threads", type=positive_int, default=None, help="torch/onnxruntime threads for export and validation"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing export at --output")
+    add_storage_options(p)
     p.set_defaults(run=main)
 
 
@@ -68,6 +69,7 @@ def main(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         validate_batch=args.validate_batch,
         overwrite=args.overwrite,
+        storage_options=args.storage_options,
     )
     onnx_card = card["onnx"]
     validation = onnx_card["validation"]

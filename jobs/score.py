@@ -8,6 +8,7 @@ from dpiqa.engine.schema import DEFAULT_MAX_PIXELS
 from dpiqa.jobs.args import (
     add_address,
     add_executor,
+    add_old_spelling,
     add_run_options,
     add_storage_options,
     location,
@@ -54,7 +55,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_MAX_PIXELS,
         help=f"larger images become 'too_large' rows (default: {DEFAULT_MAX_PIXELS})",
     )
-    p.add_argument("--actors", type=positive_int, default=None, help="scoring workers (default: one per GPU, else 1)")
+    p.add_argument(
+        "--workers",
+        dest="actors",
+        type=positive_int,
+        default=None,
+        help="scoring workers (default: one per GPU, else 1)",
+    )
+    add_old_spelling(p, "--actors", "--workers", "actors", type=positive_int)
     p.add_argument(
         "--units-per-worker",
         type=positive_int,

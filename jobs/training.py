@@ -10,6 +10,8 @@ from dpiqa.errors import UsageError
 from dpiqa.jobs.args import (
     add_address,
     add_executor,
+    add_old_spelling,
+    add_precision,
     add_storage_options,
     epoch_list,
     key_values,
@@ -87,7 +89,7 @@ def add_common(p: argparse.ArgumentParser, teacher: bool = False, student: bool 
         default=None,
         metavar="TABLE",
         help="a ranking table (CSV: path, mos (empty = unlabelled), name, group, family, level) of "
-        "graded distortions added to the training part only (scripts/build_ranking_set.py)",
+        "graded distortions added to the training part only (recipes/build_ranking_set.py)",
     )
     data.add_argument(
         "--extra-val",
@@ -122,11 +124,9 @@ def add_common(p: argparse.ArgumentParser, teacher: bool = False, student: bool 
     proto.add_argument(
         "--milestones", type=epoch_list, default=None, help="epochs of the x0.2 step decay, e.g. 5 or 10,25"
     )
-    proto.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        default="auto",
-        help="auto: bf16 autocast on GPUs that have it (else fp16 with a gradient scaler, as the "
+    add_precision(
+        proto,
+        "auto: bf16 autocast on GPUs that have it (else fp16 with a gradient scaler, as the "
         "authors trained), fp32 on CPU; fp16 always uses the scaler",
     )
     model = p.add_argument_group("model")
@@ -198,11 +198,13 @@ def add_common(p: argparse.ArgumentParser, teacher: bool = False, student: bool 
         help="Ray Train workers (DDP); the recipe (global batch, steps, lr) does not change with them",
     )
     run.add_argument(
-        "--gpu",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="one GPU per worker (default: when the cluster has enough GPUs)",
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="cuda: one GPU per worker; auto (default): cuda when the cluster has a GPU for every worker, else cpu",
     )
+    add_old_spelling(run, "--gpu", "--device cuda", "device", value="cuda")
+    add_old_spelling(run, "--no-gpu", "--device cpu", "device", value="cpu")
     add_executor(
         run,
         auto="this process for one worker when no cluster is named (--address, RAY_ADDRESS), else Ray Train",
@@ -286,7 +288,7 @@ def config_from_args(args: argparse.Namespace, job: str, spec, **fields):
         precision=args.precision,
         run=TrainRun(
             workers=args.workers,
-            use_gpu=args.gpu,
+            use_gpu={"auto": None, "cuda": True, "cpu": False}[args.device],
             cpus_per_worker=args.cpus_per_worker,
             threads=args.threads,
             max_failures=args.max_failures,

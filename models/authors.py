@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dpiqa import storage
 from dpiqa.errors import UsageError
 from dpiqa.models import checkpoint
 
@@ -91,10 +92,9 @@ class AuthorsCheckpointError(ValueError):
 
 def file_sha256(path: str, storage_options: dict | None = None) -> tuple[str, int]:
     """`(sha256:<hex>, bytes)` of a local file or fsspec URL."""
-    import fsspec
-
+    fs, where = storage.get_fs(path, storage_options)
     h, size = hashlib.sha256(), 0
-    with fsspec.open(path, "rb", **(storage_options or {})) as f:
+    with fs.open(where, "rb") as f:
         while chunk := f.read(8 << 20):
             h.update(chunk)
             size += len(chunk)
@@ -115,9 +115,8 @@ def read_pth(path: str, storage_options: dict | None = None) -> dict[str, torch.
     name = os.path.basename(path.rstrip("/"))
     try:
         if checkpoint.is_url(path):
-            import fsspec
-
-            with fsspec.open(path, "rb", **(storage_options or {})) as f:
+            fs, where = storage.get_fs(path, storage_options)
+            with fs.open(where, "rb") as f:
                 state: Any = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
         else:
             local = path[len("file://") :] if path.startswith("file://") else path
@@ -166,6 +165,38 @@ def kind_of(keys: Any, name: str) -> str:
 # ---------------------------------------------------------------- key mapping (ours -> theirs)
 
 
+# Our key -> theirs: (our prefix, their prefix) renames, then (our key's pattern, their key from the match and the
+# decoder's levels); one table per model, read by `_their_key`.
+MLP = (r"mlp\.net\.([135])\.(weight|bias)", "fc{}.{}")  # the score MLP: our Sequential's Linear layers 1, 3, 5
+TEACHER_PREFIXES = (("vae.", "vae."), ("unet.", "unet."), ("image_adapter.", "img_adapter."))
+TEACHER_PATTERNS: tuple[tuple[str, Callable[[re.Match, int], str]], ...] = (
+    (r"text_adapter\.mlp\.([02])\.(weight|bias)", lambda m, n: f"text_adapter.fc.{m[1]}.{m[2]}"),
+    (r"decoder\.levels\.(\d+)\.0\.(weight|bias)", lambda m, n: f"QFD.conv{n - int(m[1])}.{m[2]}"),
+    (
+        r"decoder\.levels\.(\d+)\.1\.fc([12])\.weight",
+        lambda m, n: f"QFD.se{n - int(m[1])}.fc.{2 * int(m[2]) - 2}.weight",
+    ),
+    (r"decoder\.fuse\.0\.(weight|bias)", lambda m, n: f"QFD.fuse_conv.{m[1]}"),
+    (r"decoder\.fuse\.1\.fc([12])\.weight", lambda m, n: f"QFD.se_fuse.fc.{2 * int(m[1]) - 2}.weight"),
+    (r"decoder\.to_map\.([024])\.(weight|bias)", lambda m, n: f"QFD.conv_score{int(m[1]) // 2 + 1}.{m[2]}"),
+    (MLP[0], lambda m, n: "QFD." + MLP[1].format(int(m[1]) // 2 + 1, m[2])),
+)
+STUDENT_PREFIXES = (("backbone.features.", "base_model.features."), ("map_head.", "conv_transpose."))
+STUDENT_PATTERNS: tuple[tuple[str, Callable[[re.Match, int], str]], ...] = (
+    (MLP[0], lambda m, n: MLP[1].format(int(m[1]) // 2 + 1, m[2])),
+)
+
+
+def _their_key(ours: str, prefixes: tuple, patterns: tuple, levels: int, model: str) -> str:
+    for prefix, theirs in prefixes:
+        if ours.startswith(prefix):
+            return theirs + ours[len(prefix) :]
+    for pattern, theirs_of in patterns:
+        if m := re.fullmatch(pattern, ours):
+            return theirs_of(m, levels)
+    raise ValueError(f"no authors' key for our {model} key {ours!r}")  # a model this module does not know
+
+
 def teacher_key(ours: str, levels: int = 4) -> str | None:
     """The authors' key that holds our teacher parameter `ours` (None: not in their file, the prompt embeddings).
 
@@ -177,36 +208,12 @@ def teacher_key(ours: str, levels: int = 4) -> str | None:
         return None
     if ours == "text_adapter.gamma":
         return "gamma"
-    if ours.startswith(("vae.", "unet.")):
-        return ours
-    if ours.startswith("image_adapter."):
-        return "img_adapter." + ours[len("image_adapter.") :]
-    if m := re.fullmatch(r"text_adapter\.mlp\.([02])\.(weight|bias)", ours):
-        return f"text_adapter.fc.{m[1]}.{m[2]}"
-    if m := re.fullmatch(r"decoder\.levels\.(\d+)\.0\.(weight|bias)", ours):
-        return f"QFD.conv{levels - int(m[1])}.{m[2]}"
-    if m := re.fullmatch(r"decoder\.levels\.(\d+)\.1\.fc([12])\.weight", ours):
-        return f"QFD.se{levels - int(m[1])}.fc.{2 * int(m[2]) - 2}.weight"
-    if m := re.fullmatch(r"decoder\.fuse\.0\.(weight|bias)", ours):
-        return f"QFD.fuse_conv.{m[1]}"
-    if m := re.fullmatch(r"decoder\.fuse\.1\.fc([12])\.weight", ours):
-        return f"QFD.se_fuse.fc.{2 * int(m[1]) - 2}.weight"
-    if m := re.fullmatch(r"decoder\.to_map\.([024])\.(weight|bias)", ours):
-        return f"QFD.conv_score{int(m[1]) // 2 + 1}.{m[2]}"
-    if m := re.fullmatch(r"mlp\.net\.([135])\.(weight|bias)", ours):
-        return f"QFD.fc{int(m[1]) // 2 + 1}.{m[2]}"
-    raise ValueError(f"no authors' key for our teacher key {ours!r}")  # a teacher this module does not know
+    return _their_key(ours, TEACHER_PREFIXES, TEACHER_PATTERNS, levels, "teacher")
 
 
 def student_key(ours: str) -> str:
     """The authors' key that holds our student parameter `ours`."""
-    if ours.startswith("backbone.features."):
-        return "base_model." + ours[len("backbone.") :]
-    if ours.startswith("map_head."):
-        return "conv_transpose." + ours[len("map_head.") :]
-    if m := re.fullmatch(r"mlp\.net\.([135])\.(weight|bias)", ours):
-        return f"fc{int(m[1]) // 2 + 1}.{m[2]}"
-    raise ValueError(f"no authors' key for our student key {ours!r}")
+    return _their_key(ours, STUDENT_PREFIXES, STUDENT_PATTERNS, 0, "student")
 
 
 def _is_se(ours: str) -> bool:
@@ -413,11 +420,7 @@ def source_card(source: str, dataset: str, metric: str | None, kind: str, storag
 
 
 def _refuse_existing(output: str, overwrite: bool) -> None:
-    import fsspec
-
-    from dpiqa import storage
-
-    fs, path = fsspec.core.url_to_fs(output)
+    fs, path = storage.get_fs(output)
     existing = [n for n in (*checkpoint.FILES, checkpoint.ONNX_NAME) if fs.exists(storage.fs_join(path, n))]
     if existing and not overwrite:
         raise ValueError(f"{output}: already holds {', '.join(existing)}; choose another --output or pass --overwrite")
@@ -426,11 +429,7 @@ def _refuse_existing(output: str, overwrite: bool) -> None:
 def _drop_stale(output: str, name: str) -> None:
     """Remove the other format's weights file an overwritten folder may still hold (`model.onnx` beside new
     safetensors, or the reverse), so the folder is one checkpoint."""
-    import fsspec
-
-    from dpiqa import storage
-
-    fs, path = fsspec.core.url_to_fs(output)
+    fs, path = storage.get_fs(output)
     if fs.exists(storage.fs_join(path, name)):
         fs.rm(storage.fs_join(path, name))
 
@@ -618,7 +617,6 @@ def convert_onnx_student(
     parameter names (batch norms are folded into the convolutions), so a key-by-key mapping cannot be checked;
     their graph is run as it is instead.
     """
-    import fsspec
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -630,7 +628,8 @@ def convert_onnx_student(
     name = os.path.basename(source)
     config = student_config(config or StudentConfig())
     size = config.image_size
-    with fsspec.open(source, "rb", **(storage_options or {})) as f:
+    fs, where = storage.get_fs(source, storage_options)
+    with fs.open(where, "rb") as f:
         data = f.read()
     try:
         graph_model = onnx.load_from_string(data)

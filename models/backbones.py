@@ -129,9 +129,10 @@ def read_state_dict(url: str, storage_options: dict | None = None) -> dict[str, 
     """A state dict from a `.safetensors` file or a torch file (loaded with `weights_only=True`: tensors
     only, no code), local or any fsspec URL; a checkpoint that nests it under `state_dict` or `model` is
     unwrapped."""
-    import fsspec
+    from dpiqa import storage
 
-    with fsspec.open(url, "rb", **(storage_options or {})) as f:
+    fs, path = storage.get_fs(url, storage_options)
+    with fs.open(path, "rb") as f:
         data = f.read()
     if url.endswith(".safetensors"):
         import safetensors.torch

@@ -186,10 +186,10 @@ def validate(
     return report
 
 
-def _refuse_existing(output: str, overwrite: bool) -> None:
+def _refuse_existing(output: str, overwrite: bool, storage_options: dict | None = None) -> None:
     """An existing export is replaced only with `overwrite`; a PyTorch checkpoint never is; an existing file
     is no folder to export into (checked before the export, which takes minutes for a large student)."""
-    fs, path = storage.get_fs(output)
+    fs, path = storage.get_fs(output, storage_options)
     if fs.isfile(path):
         raise ValueError(
             f"--output {output} is an existing file; give a folder (it gets model.onnx, config.json, card.json)"
@@ -211,6 +211,7 @@ def export_onnx(
     validate_batch: int = 4,
     overwrite: bool = False,
     seed: int = 0,
+    storage_options: dict | None = None,
 ) -> dict:
     """Export a student to an ONNX folder at `output`, validated against PyTorch before anything is written.
 
@@ -224,6 +225,7 @@ def export_onnx(
         validate_batch: the larger batch size a dynamic export is validated at (besides 1).
         overwrite: replace an existing export or checkpoint at `output`.
         seed: seed of the validation images.
+        storage_options: fsspec options for `output` (endpoint, credentials).
 
     Returns:
         The card written to `output/card.json`.
@@ -251,7 +253,7 @@ def export_onnx(
         )
     if models.runtime_of(model) == "onnx":
         raise ValueError(f"{model}: already an ONNX export")
-    _refuse_existing(output, overwrite)
+    _refuse_existing(output, overwrite, storage_options)
 
     info = models.describe(model)
     student = models.load_model(model).float().eval()
@@ -364,6 +366,6 @@ def export_onnx(
             },
         }
         (staging / checkpoint.CARD_NAME).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
-        checkpoint.put_files(staging, output, checkpoint.ONNX_FILES)
+        checkpoint.put_files(staging, output, checkpoint.ONNX_FILES, storage_options)
     log.info("wrote %s (%s)", os.path.join(output, checkpoint.ONNX_NAME), card["sha256"])
     return card

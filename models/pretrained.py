@@ -19,9 +19,9 @@ def fetch(location: str, storage_options: dict | None, select: Any) -> str:
     if location.startswith("file://"):
         return location[len("file://") :]
     if _checkpoint().is_url(location):
-        import fsspec
+        from dpiqa import storage
 
-        fs, root = fsspec.core.url_to_fs(location, **(storage_options or {}))
+        fs, root = storage.get_fs(location, storage_options)
         root = root.rstrip("/")
         chosen = select([p[len(root) + 1 :] for p in fs.find(root)])
         return str(_checkpoint().mirror(location, chosen.__contains__, storage_options))
@@ -103,10 +103,10 @@ def check_pretrained_sources(sd: str, clip: str, storage_options: dict | None = 
                     "it where the Hub is reachable and pass its folder or URL instead"
                 ) from None
             continue
-        import fsspec
+        from dpiqa import storage
 
         path = location[len("file://") :] if location.startswith("file://") else location
-        fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
+        fs, root = storage.get_fs(path, storage_options)
         if not fs.isdir(root):
             raise ValueError(f"{location}: no such folder, URL or Hub repo")
         root = root.rstrip("/")

@@ -41,3 +41,29 @@ def dpiqa(*args: str) -> Result:
         root.setLevel(level)
         signal.signal(signal.SIGTERM, sigterm)
     return Result(int(code or 0), out.getvalue(), err.getvalue())
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:  # capsys: pytest.CaptureFixture
+    """`dpiqa.jobs.cli.main(argv)` as the entry point runs it, its output read through pytest's `capsys`: exit status,
+    stdout, stderr; fails the test on a traceback in either."""
+    from dpiqa.jobs.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # argparse's usage errors
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "Traceback" not in out
+    return code, out, err
+
+
+def one_line(err: str) -> str:
+    """The one line an error printed (fails the test when it printed more or none)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def last_line(err: str) -> str:
+    """The last line printed (the error line after any log lines)."""
+    return err.strip().splitlines()[-1]

@@ -74,7 +74,7 @@ def load(
             value = row[group_column]
             group = None if value is None or (isinstance(value, float) and value != value) else str(value)
         extra = {c: row[c] for c in df.columns if c not in wanted}
-        items.append(LabeledImage(_resolve(path, base), to_mos(row[mos_column], root, where), name, group, extra))
+        items.append(LabeledImage(resolve_path(path, base), to_mos(row[mos_column], root, where), name, group, extra))
     if not items:
         raise LayoutError(f"{root}: no rows")
     if check_images:
@@ -82,7 +82,7 @@ def load(
     return LabeledSet("csv", root, items, float(mos_scale))
 
 
-def _resolve(path: str, base: str) -> str:
+def resolve_path(path: str, base: str) -> str:
     """An absolute path or URL as is; a relative one below `base`."""
     if "://" in path or posixpath.isabs(path):
         return path

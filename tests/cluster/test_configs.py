@@ -332,7 +332,7 @@ def test_actors_and_workers_match_the_gpus_of_the_cluster(label: str, job: dict)
     spec = job["spec"]["rayClusterSpec"]
     checked = 0
     for tokens in commands(job["spec"]["entrypoint"]):
-        for name in ("--actors", "--workers"):
+        for name in ("--workers",):
             value = flag(tokens, name)
             if value is not None:
                 # One scoring actor / DDP worker per GPU the cluster starts with, so the job neither waits
@@ -341,7 +341,7 @@ def test_actors_and_workers_match_the_gpus_of_the_cluster(label: str, job: dict)
                     f"{label}: {name} {value} != GPUs at start ({start_gpus(spec)})"
                 )
                 checked += 1
-            if name == "--workers" and value is not None:
+            if name == "--workers" and value is not None and tokens[1] in ("train-teacher", "distill"):
                 from dpiqa.engine.training.run import DEFAULTS
 
                 kind = "teacher" if tokens[1] == "train-teacher" else "student"
@@ -350,10 +350,10 @@ def test_actors_and_workers_match_the_gpus_of_the_cluster(label: str, job: dict)
                     f"{label}: the global batch {batch} does not divide among --workers {value}"
                 )
         if tokens[1] == "score":
-            assert flag(tokens, "--device") == "cuda" and flag(tokens, "--actors"), (
-                f"{label}: on an autoscaling cluster `--device auto` may see no GPUs yet; say cuda and --actors"
+            assert flag(tokens, "--device") == "cuda" and flag(tokens, "--workers"), (
+                f"{label}: on an autoscaling cluster `--device auto` may see no GPUs yet; say cuda and --workers"
             )
-    assert checked, f"{label}: size the job to the cluster with --actors/--workers"
+    assert checked, f"{label}: size the job to the cluster with --workers"
 
 
 def test_pods_run_as_the_irsa_service_account() -> None:

@@ -150,10 +150,10 @@ def test_a_scan_split_among_ray_tasks_gives_the_same_document(
 ) -> None:
     """The distributed audit (statistics per group of files on Ray tasks, merged) equals the one-process
     audit: counts, histogram, quantiles, extremes, per-shard and per-source figures."""
-    from dpiqa.engine.audit import run as audit_run
+    from dpiqa.engine.audit import scan as audit_scan
 
     _, out = scored
-    monkeypatch.setattr(audit_run, "ROWS_PER_TASK", 5)  # one task per shard or two: several parts
+    monkeypatch.setattr(audit_scan, "ROWS_PER_TASK", 5)  # one task per shard or two: several parts
     split = run_audit(AuditConfig(scores=out, thumbnails=4, executor="ray")).doc
     whole = run_audit(AuditConfig(scores=out, thumbnails=4, executor="local")).doc
     for doc in (split, whole):

@@ -286,9 +286,9 @@ def test_the_audit_scan_on_ray_reads_the_parts(
     split parts between workers, gives the document of the per-shard files scanned in one process."""
     from test_audit import assert_same
 
-    from dpiqa.engine.audit import run as audit_run
+    from dpiqa.engine.audit import scan as audit_scan
 
-    monkeypatch.setattr(audit_run, "ROWS_PER_TASK", 15)  # units of two or three shards: parts split among them
+    monkeypatch.setattr(audit_scan, "ROWS_PER_TASK", 15)  # units of two or three shards: parts split among them
     docs = [
         run_audit(AuditConfig(scores=str(out), thumbnails=2, executor=executor)).doc
         for out, executor in ((compacted, "ray"), (plain[1], "local"))

@@ -91,7 +91,7 @@ def test_soak_random_kills_and_s3_faults_lose_and_duplicate_nothing(ray_head, s3
             out = f"s3://{bucket}/out{round_}"
             cmd = [sys.executable, "-m", "dpiqa.jobs.cli", "score", "--input", f"s3://{bucket}/shards/"]
             cmd += ["--output", out, "--model", "null", "--executor", "ray", "--address", ray_head.address]
-            cmd += ["--actors", "2", "--storage-options", faulty]
+            cmd += ["--workers", "2", "--storage-options", faulty]
             runs = 0
             while True:
                 runs += 1

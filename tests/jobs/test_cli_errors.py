@@ -9,24 +9,9 @@ from pathlib import Path
 
 import corpus
 import pytest
-
-from dpiqa.jobs.cli import main
+from clirun import last_line, run
 
 TINY = ["--model", "dpiqa-student-tiny", "--executor", "local"]
-
-
-def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse's usage errors
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err and "Traceback" not in out
-    return code, out, err
-
-
-def last_line(err: str) -> str:
-    return err.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +27,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (["score", "--batch-size", "-1"], "argument --batch-size: must be an integer >= 1, not '-1'"),
         (["score", "--batch-size", "0"], "argument --batch-size: must be an integer >= 1, not '0'"),
         (["score", "--max-pixels", "-5"], "argument --max-pixels: must be an integer >= 1"),
-        (["score", "--actors", "0"], "argument --actors"),
+        (["score", "--workers", "0"], "argument --workers"),
         (["score", "--threads", "two"], "argument --threads: must be an integer >= 1, not 'two'"),
         (["score", "--storage-options", "[1]"], "argument --storage-options: must be a JSON object"),
         (["score", "--storage-options", "{nope"], "argument --storage-options: must be a JSON object"),

@@ -23,7 +23,7 @@ def card() -> dict:
 @pytest.mark.slow  # 594 images through the demo model: minutes on a 2-core CPU
 def test_eval_recomputes_the_cards_agiqa3k_test_srcc(card):
     """`dpiqa eval --model demo` on AGIQA-3K with the card's split (seed, grouped by prompt, fractions; as
-    scripts/train_demo_checkpoint.sh runs it): the same 594 test images and the card's SRCC within 0.005."""
+    recipes/train_demo_checkpoint.sh runs it): the same 594 test images and the card's SRCC within 0.005."""
     published = card["metrics"]["agiqa3k_test"]
     split = published["split"]
     args = ["eval", "--model", "demo", "--dataset", "agiqa3k", "--root", str(AGIQA), "--json", "--device", "cpu"]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from corpus import graded_table
 from PIL import Image
-from recipes import tiny_student
+from tiny_training import tiny_student
 
 from dpiqa.engine.training.data import EpochBatches, rank_id, rank_table_rows
 from dpiqa.engine.training.loop import rank_srcc, selection

@@ -16,7 +16,7 @@ import pytest
 import torch
 from clirun import dpiqa
 from corpus import graded_table
-from recipes import tiny_teacher, weights
+from tiny_training import tiny_teacher, weights
 
 from dpiqa import models
 
@@ -146,7 +146,7 @@ def test_distill_needs_a_teacher_or_mode_none(trained):
 
 
 def test_distill_at_scale_from_shards_and_the_teachers_maps(trained, tmp_path):
-    """`score --write-maps` with the teacher over shards, then `distill --shards --teacher-outputs`:
+    """`score --write-maps` with the teacher over shards, then `distill --input --teacher-outputs`:
     labels are used where the shard's .json has one, teacher maps everywhere the teacher scored."""
     import corpus
 
@@ -183,7 +183,7 @@ def test_distill_at_scale_from_shards_and_the_teachers_maps(trained, tmp_path):
 
     out = cli(
         "distill",
-        "--shards",
+        "--input",
         str(shards),
         "--teacher-outputs",
         str(tmp_path / "teacher-out"),

@@ -14,7 +14,7 @@ import pytest
 import torch
 from background import capture
 from corpus import graded_table
-from recipes import tiny_student, tiny_teacher, weights
+from tiny_training import tiny_student, tiny_teacher, weights
 
 from dpiqa import models
 
@@ -143,7 +143,7 @@ def test_epoch_batches_over_many_blocks_start_no_worker_per_block(ray_local):
 
 def test_bad_recipes_stop_before_ray_starts(tmp_path, capsys):
     """A global batch that does not divide among the workers, a missing dataset file, a teacher without its
-    prior, --gpu on a machine without one: one line, exit 2 or 4 (dpiqa/errors.py), before any Ray start-up (seconds, not a minute)."""
+    prior, --device cuda on a machine without one: one line, exit 2 or 4 (dpiqa/errors.py), before any Ray start-up (seconds, not a minute)."""
     from dpiqa.jobs.cli import main
 
     table = graded_table(tmp_path, n=12)
@@ -213,12 +213,12 @@ def test_bad_recipes_stop_before_ray_starts(tmp_path, capsys):
             2,
         ),
     ]
-    if not torch.cuda.is_available():  # --gpu without a GPU: not waiting for one a local Ray never gets
+    if not torch.cuda.is_available():  # --device cuda without a GPU: not waiting for one a local Ray never gets
         for executor in ("local", "ray"):
             cases.append(
                 (
-                    [*tiny_teacher(table), "--gpu", "--executor", executor],
-                    "--gpu: 1 GPU(s) needed (one per worker) and this machine has 0 that torch can use",
+                    [*tiny_teacher(table), "--device", "cuda", "--executor", executor],
+                    "--device cuda: 1 GPU(s) needed (one per worker) and this machine has 0 that torch can use",
                     2,
                 )
             )

@@ -1,4 +1,6 @@
-"""A labelled dataset of graded synthetic distortions of photographs, for cross-dataset evaluation.
+"""Builds the labelled set of graded synthetic distortions of docs/reports/cross-dataset.md.
+
+A labelled dataset of graded synthetic distortions of photographs, for cross-dataset evaluation.
 
 Each photograph in the given folders (longer side resized to 512) is saved with every distortion of
 `dpiqa.engine.distortions` at every level, as PNG, with a pseudo-MOS on AGIQA-3K's 0-5 scale: 5 for the
@@ -7,10 +9,10 @@ reference and 5 x (1 - 0.15 x level) for a distorted copy (the training pseudo-l
 photograph, so a grouped split keeps a photograph's copies together); read it with `--dataset csv
 --dataset-option group_column=group --dataset-option mos_scale=5`.
 
-    python scripts/distortion_dataset.py PHOTO_DIR [PHOTO_DIR ...] --output DIR
+    python recipes/distortion_dataset.py PHOTO_DIR [PHOTO_DIR ...] --output DIR
     # e.g. the photographs of Debian's mate-backgrounds package:
     apt-get download mate-backgrounds && dpkg -x mate-backgrounds_*.deb /tmp/mate
-    python scripts/distortion_dataset.py /tmp/mate/usr/share/backgrounds/mate/nature --output ../runs/wallpapers
+    python recipes/distortion_dataset.py /tmp/mate/usr/share/backgrounds/mate/nature --output ../runs/wallpapers
 """
 
 from __future__ import annotations

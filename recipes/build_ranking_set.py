@@ -1,4 +1,6 @@
-"""The demo checkpoint's ranking tables: graded distortions of real photographs from Debian's wallpaper
+"""Builds the demo checkpoint's ranking tables of graded distortions (train_demo_checkpoint.sh, step 0).
+
+The demo checkpoint's ranking tables: graded distortions of real photographs from Debian's wallpaper
 packages and of AGIQA-3K's training images, for `dpiqa distill --extra-train/--extra-val`.
 
 Photographs: 36 real photographs (no renders, illustrations or composites; picked by looking at every image
@@ -21,7 +23,7 @@ Families are drawn with weight 2 for the demo's 7 and 1 for the 12 others.
 
     apt-get install -y --no-install-recommends lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 \\
         mate-backgrounds plasma-workspace-wallpapers
-    python scripts/build_ranking_set.py --agiqa ../shared/datasets/agiqa3k --output ../runs/ranking
+    python recipes/build_ranking_set.py --agiqa ../shared/datasets/agiqa3k --output ../runs/ranking
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training recipes the tests share: a tiny student from random initialisation on a labelled CSV table."""
+"""Tiny training commands the tests share: a tiny student or teacher from random initialisation on a labelled CSV table."""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
-"""How well a model ranks the distortion levels of a ranking table (`scripts/build_ranking_set.py`): per
+"""Measures how well a model ranks a ranking table's distortion levels (for the demo checkpoint's card).
+
+How well a model ranks the distortion levels of a ranking table (`recipes/build_ranking_set.py`): per
 family, the mean over sources of Spearman's rho between level (the reference at 0) and score, and overall.
 Used for the held-out photographs' table `val-extra.csv` (12 families that are not in the demo corpus) as
 a proxy for defects the demo corpus does not show.
 
-    python scripts/rank_table_eval.py --model models/checkpoints/demo --table ../runs/ranking/val-extra.csv \\
+    python recipes/rank_table_eval.py --model models/checkpoints/demo --table ../runs/ranking/val-extra.csv \\
         --output ../runs/demo-eval/student-val-extra.json
 """
 

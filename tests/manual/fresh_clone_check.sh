@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # A new user's first minutes: clone main into a fresh folder and run the README's two set-up commands
 # exactly as the README's first code block writes them, each in a clean environment (no venv active).
-#   scripts/fresh_clone_check.sh [WORKDIR]
+#   tests/manual/fresh_clone_check.sh [WORKDIR]
 set -euo pipefail
-repo=$(cd "$(dirname "$0")/.." && pwd)
+repo=$(cd "$(dirname "$0")/../.." && pwd)
 work=${1:-$(mktemp -d)}
 git clone -q --branch main "$repo" "$work/dpiqa"
 cd "$work/dpiqa"

@@ -1,6 +1,8 @@
-"""Writes the AGIQA-3K report (docs/reports/agiqa3k.md): teachers, the students distilled from them and
-BRISQUE on the same seeded test splits, from the outputs of scripts/report_agiqa.sh and
-scripts/report_agiqa_prior.sh."""
+"""Writes docs/reports/agiqa3k.md from the outputs of report_agiqa.sh and report_agiqa_prior.sh.
+
+Writes the AGIQA-3K report (docs/reports/agiqa3k.md): teachers, the students distilled from them and
+BRISQUE on the same seeded test splits, from the outputs of recipes/report_agiqa.sh and
+recipes/report_agiqa_prior.sh."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import as_typed  # noqa: E402
+from checkpoint_card import as_typed  # noqa: E402
+
 from dpiqa.version import machine  # noqa: E402
 
 PAIRS = [
@@ -62,7 +65,7 @@ def findings(runs: Path) -> list[str]:
             )
         out.append(
             "The second pair (a teacher with a pretrained DINOv2 ViT-S/14 prior, frozen, and its student; "
-            "`scripts/report_agiqa_prior.sh`) did not finish on this 2-core machine in the time we had"
+            "`recipes/report_agiqa_prior.sh`) did not finish on this 2-core machine in the time we had"
             + (f"; the teachers that did: {'; '.join(rows)}" if rows else "")
             + ". The demo checkpoint's teacher is trained that way (its card is in `models/checkpoints/demo/`)."
         )
@@ -124,7 +127,7 @@ Teacher and student above BRISQUE: **{"yes" if beat else "no"}**. Student at lea
     shows = "\n".join(f"- {line}" for line in findings(args.runs))
     text = f"""# AGIQA-3K: teachers trained here, students distilled from them, and BRISQUE
 
-Trained and measured with `scripts/report_agiqa.sh` and `scripts/report_agiqa_prior.sh` on:
+Trained and measured with `recipes/report_agiqa.sh` and `recipes/report_agiqa_prior.sh` on:
 {machine()}.
 
 Stable Diffusion v1.5 and CLIP weights cannot be downloaded on that machine, so no teacher here has the

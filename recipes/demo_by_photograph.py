@@ -1,11 +1,13 @@
-"""Per-photograph ranking of one demo distortion family by several scored runs of the demo corpus, beside what
+"""Prints docs/reports/demo.md's per-photograph table of one demo distortion family.
+
+Per-photograph ranking of one demo distortion family by several scored runs of the demo corpus, beside what
 the family does to each photograph's pixels (its reference's mean level and the share of clipped pixels at the
 strongest level). Prints a Markdown table (docs/reports/demo.md). With `--brisque-resized N`, one more column:
 BRISQUE's rho on the family's images resized to N x N (bicubic) as a model with an N-pixel input sees them;
 with `--blockiness`, the rho of the JPEG block-grid statistic (`dpiqa.models.preprocessing.jpeg_grid`, the mean of
 its two axes) on the full-size images.
 
-    python scripts/demo_by_photograph.py --kind overexposure \
+    python recipes/demo_by_photograph.py --kind overexposure \
         --scores student=demo-out/scores --scores brisque=../runs/brisque-demo
 """
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
+# Makes docs/reports/agiqa3k.md (a small teacher, its student and BRISQUE on AGIQA-3K).
+#
 # The AGIQA-3K report (issue 4): a small DP-IQA teacher trained here, a student distilled from it, both over
 # 3 seeded prompt-grouped splits, against BRISQUE on the same test splits; writes docs/reports/agiqa3k.md.
-#   scripts/report_agiqa.sh            (AGIQA=path/to/agiqa3k OUT=run-folder DPIQA=dpiqa to change)
+#   recipes/report_agiqa.sh            (AGIQA=path/to/agiqa3k OUT=run-folder DPIQA=dpiqa to change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${AGIQA:-../shared/datasets/agiqa3k}
@@ -22,4 +24,4 @@ for c in "${commands[@]}"; do
   echo "+ $c"
   bash -c "$c"
 done
-$PYTHON scripts/agiqa_report.py --runs "$OUT"
+$PYTHON recipes/agiqa_report.py --runs "$OUT"

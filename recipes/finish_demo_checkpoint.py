@@ -1,4 +1,6 @@
-"""Completes the demo checkpoint's card with its measured metrics and the commands that made it, and
+"""Writes the shipped demo checkpoint with its card (metrics, commands) to models/checkpoints/demo/.
+
+Completes the demo checkpoint's card with its measured metrics and the commands that made it, and
 writes it to models/checkpoints/demo/ (the teacher's card beside it as teacher-card.json)."""
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import as_typed  # noqa: E402
-from dpiqa import models  # noqa: E402
+from checkpoint_card import as_typed, resave  # noqa: E402
+
 from dpiqa.version import machine  # noqa: E402
 
 
@@ -102,7 +104,7 @@ def main() -> None:
             "from Debian 12's lomiri-wallpapers-16.04/-20.04, mate-backgrounds and plasma-workspace-wallpapers "
             "(8 views each, 2 families x 5 levels per view, unlabelled: ranking only); 6 more photographs "
             "held out whole for model selection (validation). Files, hashes and the build in "
-            "scripts/build_ranking_set.py. The demo corpus's photographs (scikit-image, scikit-learn, "
+            "recipes/build_ranking_set.py. The demo corpus's photographs (scikit-image, scikit-learn, "
             "matplotlib) were used neither in training nor in model selection."
         ),
         "commands": [as_typed(c) for c in args.commands.read_text().strip().splitlines()],
@@ -110,30 +112,9 @@ def main() -> None:
         "metrics": {**student_card.get("metrics", {}), **metrics},
         "teacher_card": "teacher-card.json",
     }
-    model = models.load_model(str(student_dir))
     if args.output.exists():
         shutil.rmtree(args.output)
-    model.save_pretrained(
-        str(args.output),
-        weights_dtype=student_card.get("weights_dtype"),  # as the distill job stored and measured it
-        card={
-            **{
-                k: v
-                for k, v in student_card.items()
-                if k
-                not in (
-                    "sha256",
-                    "parameters",
-                    "preprocessing",
-                    "architecture",
-                    "mos_scale",
-                    "code_version",
-                    "weights_dtype",
-                )
-            },
-            **card,
-        },
-    )
+    resave(student_dir, args.output, student_card, card)
     (args.output / "teacher-card.json").write_text(json.dumps(teacher_card, indent=2, sort_keys=True) + "\n")
     size = sum(p.stat().st_size for p in args.output.iterdir())
     print(json.dumps(metrics, indent=2))

@@ -1,4 +1,6 @@
-"""Completes the card of the demo student fine-tuned with CLIVE-half (scripts/train_demo_checkpoint.sh, stage 2)
+"""Writes the card of the demo student fine-tuned with CLIVE-half (train_demo_checkpoint.sh, stage 2).
+
+Completes the card of the demo student fine-tuned with CLIVE-half (recipes/train_demo_checkpoint.sh, stage 2)
 with its measured metrics, the CLIVE-half names of each part and the commands, and writes it to
 models/checkpoints/demo/ (the card of the checkpoint it started from beside it as init-card.json, and that
 one's teacher's card as teacher-card.json)."""
@@ -14,8 +16,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import as_typed  # noqa: E402
-from dpiqa import models  # noqa: E402
+from checkpoint_card import as_typed, resave  # noqa: E402
+
 from dpiqa.version import machine  # noqa: E402
 
 KEYS = ("srcc", "plcc", "krcc", "rmse", "plcc_logistic", "n", "unscored")
@@ -41,7 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--run", type=Path, required=True, help="the fine-tuning run's output folder")
     ap.add_argument("--init", type=Path, required=True, help="the checkpoint it started from (the shipped demo)")
-    ap.add_argument("--tables", type=Path, required=True, help="scripts/build_clive_tables.py's output")
+    ap.add_argument("--tables", type=Path, required=True, help="recipes/build_clive_tables.py's output")
     ap.add_argument("--evals", type=Path, required=True, help="the eval outputs (see the recipe)")
     ap.add_argument("--commands", type=Path, required=True)
     ap.add_argument("--output", type=Path, default=REPO / "models" / "checkpoints" / "demo")
@@ -90,7 +92,7 @@ def main() -> None:
             "Labelled set: CLIVE-half (581 authentic photographs of CLIVE, Ghadiyaram and Bovik 2016; MOS x 5 / 100), "
             "split by the job's own seeded split (seed 0, fractions 0.8/0.2/0: 465 training, 116 validation "
             "photographs; the names of each part in data_split); the other half of CLIVE was never seen. Extra "
-            "training rows (scripts/build_clive_tables.py): graded distortions of 160 training photographs (one "
+            "training rows (recipes/build_clive_tables.py): graded distortions of 160 training photographs (one "
             "seeded family of 22 at levels 1, 3, 5) and of 40 more with motion blur, "
             "unlabelled, ranked against their photograph; the first 300 images of AGIQA-3K's grouped seed-0 "
             "training part with their MOS. Validation (model selection): CLIVE-half's validation part, 20 of its "
@@ -108,31 +110,10 @@ def main() -> None:
         "init_card": "init-card.json",
         "teacher_card": "teacher-card.json",
     }
-    model = models.load_model(str(args.run))
     tmp = args.output.with_name(args.output.name + ".new")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(
-        str(tmp),
-        weights_dtype=run_card.get("weights_dtype"),  # as the distill job stored and measured it
-        card={
-            **{
-                k: v
-                for k, v in run_card.items()
-                if k
-                not in (
-                    "sha256",
-                    "parameters",
-                    "preprocessing",
-                    "architecture",
-                    "mos_scale",
-                    "code_version",
-                    "weights_dtype",
-                )
-            },
-            **card,
-        },
-    )
+    resave(args.run, tmp, run_card, card)
     (tmp / "init-card.json").write_text(json.dumps(init_card, indent=2, sort_keys=True) + "\n")
     shutil.copy(args.init / "teacher-card.json", tmp / "teacher-card.json")
     if args.output.exists():

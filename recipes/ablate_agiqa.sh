@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
+# Makes docs/reports/ablation-teacher.md and ablation-student.md (the AGIQA-3K ablations).
+#
 # The ablation tables (issue 9) on AGIQA-3K with the CPU-sized models: teacher switches and student
 # losses, each variant over 3 seeded prompt-grouped splits with the same Ray Train job; writes
-# docs/reports/ablation-teacher.md and docs/reports/ablation-student.md (read with docs/reports/ablation.md). Run after scripts/report_agiqa.sh
+# docs/reports/ablation-teacher.md and docs/reports/ablation-student.md (read with docs/reports/ablation.md). Run after recipes/report_agiqa.sh
 # (the student variants distill from its teachers).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,4 +1,6 @@
-"""The demo checkpoint's tables with authentic photographs: CLIVE-half as the labelled set (its MOS on AGIQA-3K's
+"""Builds the CLIVE-half tables of the demo checkpoint's fine-tuning (train_demo_checkpoint.sh, stage 2).
+
+The demo checkpoint's tables with authentic photographs: CLIVE-half as the labelled set (its MOS on AGIQA-3K's
 0-5 scale, split into training and validation parts by `dpiqa distill`'s own seeded split), graded synthetic
 distortions of its photographs, and AGIQA-3K images beside them, for `dpiqa distill --extra-train/--extra-val`;
 and label tables of each CLIVE-half part for `dpiqa eval --dataset csv`.
@@ -27,7 +29,7 @@ Written under `--output` (outside the repository; nothing is copied from the dat
 Families are drawn from every family of `dpiqa.engine.distortions.ALL_DISTORTIONS` (the demo corpus's, the
 training-only ones and the camera defects), the demo corpus's (motion blur included) with weight 2.
 
-    python scripts/build_clive_tables.py --clive ../shared/datasets/clive-half \\
+    python recipes/build_clive_tables.py --clive ../shared/datasets/clive-half \\
         --agiqa ../shared/datasets/agiqa3k --output ../runs-37/tables
 """
 
@@ -45,7 +47,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "recipes"))
 
 from build_ranking_set import rng_for, save  # noqa: E402
 
