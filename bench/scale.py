@@ -217,7 +217,7 @@ def main() -> None:
                 nodes_now += 1
             cluster.wait_for_nodes()
             for version, code in versions.items():
-                extra = ["--actors", str(nodes)] if version == "current" else []
+                extra = ["--workers", str(nodes)] if version == "current" else []
                 r = run_driver(code, address, many, tmp / f"rate-{version}-{nodes}", extra, env)
                 rate = r["manifest"]["rows"] / r["manifest"]["seconds"]
                 lines.append(f"| {version} | {nodes} | {rate:.0f} |")
