@@ -714,7 +714,8 @@ def list_s3_keys(fs: Any, folder: str, threads: int = 16) -> list[str]:
     request after another within a prefix, so the keys are listed as 96 prefixes (the folder plus each printable
     ASCII character) paginated side by side, up to `threads` at once, plus the two ranges no such prefix holds,
     by key order (S3 lists in UTF-8 byte order): keys whose first character sorts before a space, and keys whose
-    first character sorts after DEL (non-ASCII). Why by hand: fsspec lists a prefix page after page in one loop."""
+    first character sorts after DEL (non-ASCII), unless the first page holds them all. Why by hand: fsspec lists a
+    prefix page after page in one loop."""
     from concurrent.futures import ThreadPoolExecutor
 
     bucket, _, key = folder.partition("/")
@@ -737,6 +738,10 @@ def list_s3_keys(fs: Any, folder: str, threads: int = 16) -> list[str]:
     def first_char(k: str) -> str:
         return k[len(base) : len(base) + 1]
 
+    # One page first: a folder of up to 1,000 keys (most outputs' folders, small inputs) is one request, not 98.
+    first = retry(lambda: fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=base), f"list s3://{bucket}/{base}")
+    if not first.get("IsTruncated"):
+        return [f"{bucket}/{o['Key']}" for o in first.get("Contents", []) if not o["Key"].endswith("/")]
     ranges = [lambda: pages(base, stop=lambda k: first_char(k) >= " ")]  # control characters first
     ranges += [lambda ch=ch: pages(base + ch) for ch in PRINTABLE]
     ranges += [lambda: pages(base, start_after=base + "\x7f\U0010ffff")]  # non-ASCII last

@@ -11,6 +11,7 @@ import sys
 
 from dpiqa.errors import CANNOT_RUN, USAGE, UsageError
 from dpiqa.jobs.args import Parser
+from dpiqa.models.allocator import one_arena
 
 # Subcommand modules, in `--help` order; each has `add_parser(subparsers)` and keeps heavy imports
 # inside its `main`, so `dpiqa --help` stays fast.
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    one_arena()  # before any thread starts (models/allocator.py: a model on a thread runs 2x slower without it)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

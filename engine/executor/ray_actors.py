@@ -16,6 +16,7 @@ from typing import Any
 
 from dpiqa.engine.executor.base import Executor, UnitWorker, WorkerLost, WorkerPool, WorkerSetupError
 from dpiqa.engine.executor.ray_data import init_ray, quiet_ray_logs
+from dpiqa.models.allocator import ONE_ARENA_ENV
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,9 @@ class RayPool(WorkerPool):
             # again, counting each, within the run's limit (a unit that kills every worker it meets ends).
             "max_restarts": 0,
             "max_task_retries": 0,
+            # The worker's units and its model run on the actor's threads: one malloc arena for them all, set
+            # before the worker process's first allocation (dpiqa/models/allocator.py: one_arena).
+            "runtime_env": {"env_vars": dict(ONE_ARENA_ENV)},
         }
         if worker.num_gpus:
             options["num_gpus"] = worker.num_gpus
