@@ -127,7 +127,16 @@ def test_an_interrupted_run_leaves_its_record_and_the_rerun_includes_its_shards(
     env = {**os.environ, "DPIQA_FAILPOINTS": "unit.start=sleep:10@3"}
     cmd = [sys.executable, "-m", "dpiqa.jobs.cli", "score", "--input", str(shards), "--output", str(out)]
     cmd += ["--model", MODEL, "--executor", "local", "--units-per-worker", "1"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's default action in the child, as in a terminal: a suite started in the background (nohup, `&` in a
+    # script) hands its children SIGINT ignored, and Python then keeps ignoring it (the run would just finish)
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None and len(list(out.glob("_done/*.json"))) < 2:
         time.sleep(0.05)
