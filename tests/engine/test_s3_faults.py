@@ -47,10 +47,11 @@ def test_faulty_s3_completes_with_full_output_and_counts_retries(ray_local, s3, 
         ]
     assert injected["slowdown"] >= 3 and injected["dropped"] >= 1, injected
     assert result.exit_code == 0 and result.manifest["rows"] == 48
-    # every throttled request was retried, and counted; dropped bodies are re-read by s3fs itself. Known gap (open):
-    # since the listings run as concurrent key ranges, one throttled request in ~50 goes uncounted (50 of 51 here,
-    # every run); the count may be one short until it is found.
-    assert result.manifest["io_retries"] >= len(countable) - 1, proxy.faults
+    # every throttled request was retried, and counted (a dropped connection that botocore retried counts too).
+    # While every listing ran as 98 concurrent key ranges, one throttled request in ~50 went uncounted; a listing of
+    # at most 1,000 keys is one request now, and the count is whole (12 of 11 here). A listing of more keys still
+    # runs in ranges: tests/engine/test_resume_listing.py lists 1,100 markers, without faults.
+    assert result.manifest["io_retries"] >= len(countable), proxy.faults
     a, b = read_rows(f"s3://{bucket}/clean", options), read_rows(f"s3://{bucket}/faulty", options)
     assert [(r["shard"], r["index"], r["key"], r["status"]) for r in a] == [
         (r["shard"], r["index"], r["key"], r["status"]) for r in b
