@@ -721,30 +721,37 @@ def list_s3_keys(fs: Any, folder: str, threads: int = 16) -> list[str]:
     bucket, _, key = folder.partition("/")
     base = key.rstrip("/") + "/" if key else ""
 
+    def page(**kwargs: Any) -> dict:
+        """One LIST request (up to 1,000 keys), retried."""
+        return retry(
+            lambda: fs.call_s3("list_objects_v2", Bucket=bucket, **kwargs), f"list s3://{bucket}/{kwargs['Prefix']}"
+        )
+
     def pages(prefix: str, start_after: str | None = None, stop: Callable[[str], bool] | None = None) -> list[str]:
-        out, kwargs = [], {"Bucket": bucket, "Prefix": prefix}
+        out, kwargs = [], {"Prefix": prefix}
         if start_after:
             kwargs["StartAfter"] = start_after
         while True:
-            page = retry(lambda kw=dict(kwargs): fs.call_s3("list_objects_v2", **kw), f"list s3://{bucket}/{prefix}")
-            for o in page.get("Contents", []):
+            listed = page(**kwargs)
+            for o in listed.get("Contents", []):
                 if stop is not None and stop(o["Key"]):
                     return out
                 out.append(o["Key"])
-            if not page.get("IsTruncated"):
+            if not listed.get("IsTruncated"):
                 return out
-            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+            kwargs["ContinuationToken"] = listed["NextContinuationToken"]
 
     def first_char(k: str) -> str:
         return k[len(base) : len(base) + 1]
 
     # One page first: a folder of up to 1,000 keys (most outputs' folders, small inputs) is one request, not 98.
-    first = retry(lambda: fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=base), f"list s3://{bucket}/{base}")
+    first = page(Prefix=base)
     if not first.get("IsTruncated"):
-        return [f"{bucket}/{o['Key']}" for o in first.get("Contents", []) if not o["Key"].endswith("/")]
-    ranges = [lambda: pages(base, stop=lambda k: first_char(k) >= " ")]  # control characters first
-    ranges += [lambda ch=ch: pages(base + ch) for ch in PRINTABLE]
-    ranges += [lambda: pages(base, start_after=base + "\x7f\U0010ffff")]  # non-ASCII last
-    with ThreadPoolExecutor(threads) as pool:
-        parts = list(pool.map(lambda f: f(), ranges))
-    return [f"{bucket}/{k}" for part in parts for k in part if not k.endswith("/")]
+        keys = [o["Key"] for o in first.get("Contents", [])]
+    else:
+        ranges = [lambda: pages(base, stop=lambda k: first_char(k) >= " ")]  # control characters first
+        ranges += [lambda ch=ch: pages(base + ch) for ch in PRINTABLE]
+        ranges += [lambda: pages(base, start_after=base + "\x7f\U0010ffff")]  # non-ASCII last
+        with ThreadPoolExecutor(threads) as pool:
+            keys = [k for part in pool.map(lambda f: f(), ranges) for k in part]
+    return [f"{bucket}/{k}" for k in keys if not k.endswith("/")]

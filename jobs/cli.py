@@ -59,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.run(args) or 0)
-    except KeyboardInterrupt as exc:
+    except KeyboardInterrupt:
         # Ray's compiled wait loop catches any KeyboardInterrupt raised by a signal handler and raises a plain one
-        # in its place, so the exception's class alone cannot tell SIGTERM from Ctrl-C: the handler also records it.
-        terminated = isinstance(exc, Terminated) or Terminated.received
+        # in its place, so the exception's class cannot tell SIGTERM from Ctrl-C: the handler records that it ran.
+        terminated = Terminated.received
         print(
             f"dpiqa {args.command}: {'terminated' if terminated else 'interrupted'}; rerun the same command to resume",
             file=sys.stderr,
