@@ -101,20 +101,35 @@ def check_endpoint(endpoint: str, timeout: float = 5.0) -> None:
         ) from None
 
 
-_S3_SESSION = None
+_S3_SESSIONS: dict[bool, Any] = {}
 
 
-def _s3_session():
+def _s3_session(listing: bool = False):
     """One aiobotocore session per process whose clients report each failed request attempt to
-    `RETRIES` (botocore and s3fs retry them silently; the run manifest reports how many)."""
-    global _S3_SESSION
-    if _S3_SESSION is None:
+    `RETRIES` (botocore and s3fs retry them silently; the run manifest reports how many).
+
+    `listing=True` gives a second one for `list_s3_keys` alone, whose responses keep their timestamps as the
+    text S3 sent: botocore parses every listed key's `LastModified` into a datetime (dateutil), 40 % of the
+    driver's CPU per key listed (0.26 -> 0.16 ms per key, measured against the loopback server), and a
+    listing reads only the keys."""
+    if listing not in _S3_SESSIONS:
         from aiobotocore.session import AioSession
 
         session = AioSession()
         session.register("needs-retry.s3", _count_failed_attempt)
-        _S3_SESSION = session
-    return _S3_SESSION
+        if listing:
+            session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
+        _S3_SESSIONS.setdefault(listing, session)  # two threads racing here keep the first
+    return _S3_SESSIONS[listing]
+
+
+def _listing_fs(fs: Any) -> Any:
+    """`fs` (s3fs) with the listing session in place of ours, same credentials and endpoint; `fs` itself when
+    its session is not ours (a caller's own session is left as it is)."""
+    options = dict(fs.storage_options)
+    if options.get("session") is not _s3_session():
+        return fs
+    return type(fs)(**{**options, "session": _s3_session(listing=True)})
 
 
 def _count_failed_attempt(response: Any = None, caught_exception: BaseException | None = None, **_: Any) -> None:
@@ -720,11 +735,12 @@ def list_s3_keys(fs: Any, folder: str, threads: int = 16) -> list[str]:
 
     bucket, _, key = folder.partition("/")
     base = key.rstrip("/") + "/" if key else ""
+    many = _listing_fs(fs)  # for the ranges: its session (loaded on first use) leaves timestamps unparsed
 
-    def page(**kwargs: Any) -> dict:
+    def page(client: Any = many, **kwargs: Any) -> dict:
         """One LIST request (up to 1,000 keys), retried."""
         return retry(
-            lambda: fs.call_s3("list_objects_v2", Bucket=bucket, **kwargs), f"list s3://{bucket}/{kwargs['Prefix']}"
+            lambda: client.call_s3("list_objects_v2", Bucket=bucket, **kwargs), f"list s3://{bucket}/{kwargs['Prefix']}"
         )
 
     def pages(prefix: str, start_after: str | None = None, stop: Callable[[str], bool] | None = None) -> list[str]:
@@ -745,7 +761,7 @@ def list_s3_keys(fs: Any, folder: str, threads: int = 16) -> list[str]:
         return k[len(base) : len(base) + 1]
 
     # One page first: a folder of up to 1,000 keys (most outputs' folders, small inputs) is one request, not 98.
-    first = page(Prefix=base)
+    first = page(fs, Prefix=base)
     if not first.get("IsTruncated"):
         keys = [o["Key"] for o in first.get("Contents", [])]
     else:
