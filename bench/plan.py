@@ -3,7 +3,7 @@ done, the first unit ready to schedule), and the driver's peak memory, against t
 
 For each size N: N empty shard files (names are all planning reads) and markers on half of them, recorded in
 bulk as a finished run records them (`OutputLocation.record_markers`); then, in a fresh process each, the
-driver's planning as `dpiqa score` does it: `storage.list_shards` (the input), `runner.pending_shards` (one
+driver's planning as `dpiqa score` does it: `list_shards` (the input), `runner.pending_shards` (one
 listing of `_done/`, the runs' records), and the first unit of the rest. On a local folder and on the loopback
 S3 server (moto; objects put in bulk). Prints seconds per step, the driver's peak RSS, the slope per 10^5
 shards, the projection to 10^6 where not measured, and the machine.
@@ -31,12 +31,12 @@ sys.path.insert(0, str(REPO))
 CHILD = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-from dpiqa import storage
+from dpiqa.engine.shards.listing import list_shards
 from dpiqa.engine.output import OutputLocation
 from dpiqa.engine.runner import pending_shards
 spec, out, options = sys.argv[2], sys.argv[3], json.loads(sys.argv[4]) or None
 t0, c0 = time.monotonic(), time.process_time()
-shards = storage.list_shards(spec, options)
+shards = list_shards(spec, options)
 t1 = time.monotonic()
 todo, skipped = pending_shards(OutputLocation(out, options), shards)
 t2 = time.monotonic()

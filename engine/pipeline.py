@@ -21,6 +21,7 @@ from dpiqa.engine.executor.base import Executor, UnitWorker
 from dpiqa.engine.output import OutputLocation, RunResult
 from dpiqa.engine.runner import HANG_SECONDS, ShardJob, Tally, pending_shards, run_shard_job
 from dpiqa.engine.schema import SCORES_SCHEMA
+from dpiqa.engine.shards.listing import list_shards, refuse_overlap
 from dpiqa.engine.stages.base import Stage
 from dpiqa.engine.stages.decode import DEFAULT_MAX_PIXELS, DecodeStage
 from dpiqa.engine.stages.score import ScoreStage
@@ -162,9 +163,9 @@ def run_score(config: ScoreConfig, executor: Executor | str = "auto", address: s
     storage.RETRIES.take()  # what an earlier run in this process left is not this run's
     info = models.describe(config.model)
     models.check_runtime(config.model, info.runtime, config.run, address)
-    shards = storage.list_shards(config.input, config.storage_options, skip_missing=config.skip_missing)
+    shards = list_shards(config.input, config.storage_options, skip_missing=config.skip_missing)
     output = OutputLocation(config.output, config.storage_options)
-    storage.refuse_overlap(shards, output.url, config.storage_options)
+    refuse_overlap(shards, output.url, config.storage_options)
     output.check_writable()
     if isinstance(executor, str):
         executor = choose_executor(executor, address, shards, config.storage_options, "score")

@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from dpiqa import storage
 from dpiqa.engine.executor.base import Executor, UnitWorker, WorkerLost, WorkerPool
 from dpiqa.engine.output import MANIFEST, RUNS_DIR, OutputLocation, RunResult
 from dpiqa.engine.progress import Progress, duration
+from dpiqa.engine.shards.listing import ShardList
 from dpiqa.engine.stages.write import ShardFact
 from dpiqa.version import code_version
 
@@ -104,7 +104,7 @@ class ShardJob(ABC):
         return {}
 
 
-def pending_shards(output: OutputLocation, shards: storage.ShardList) -> tuple[list[str], int]:
+def pending_shards(output: OutputLocation, shards: ShardList) -> tuple[list[str], int]:
     """The shards without a completion marker, and how many have one: from one listing of the markers and the
     runs' records of the URLs they name (`OutputLocation.done_urls`), not from reading every marker. A shard
     counts as done when a marker names its URL under any output name (an earlier run may have named it
@@ -279,7 +279,7 @@ def run_units(
 def run_shard_job(
     job: ShardJob,
     executor: Executor,
-    shards: storage.ShardList,
+    shards: ShardList,
     output: OutputLocation,
     todo: list[str],
     skipped: int,
@@ -392,7 +392,7 @@ def run_shard_job(
 
 def _finish(
     job: ShardJob,
-    shards: storage.ShardList,
+    shards: ShardList,
     output: OutputLocation,
     skipped: int,
     config: dict,

@@ -6,7 +6,7 @@ import json
 
 import pyarrow as pa
 
-from dpiqa.engine import tarstream
+from dpiqa.engine.shards import tarstream
 
 # Every sample of every shard yields exactly one row; `status` says what happened to it.
 OK = "ok"

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from dpiqa import storage
 from dpiqa.engine import schema
 from dpiqa.engine.output import OutputLocation
+from dpiqa.engine.shards.naming import shard_names
 from dpiqa.engine.stages.source import SourceStage
 from dpiqa.engine.stages.write import ShardWriter
 
@@ -37,7 +37,7 @@ def score_shards(
     Returns:
         shard URL -> output name.
     """
-    names = storage.shard_names(urls)
+    names = shard_names(urls)
     out = OutputLocation(output, storage_options)
     identity = {"model": model, "checkpoint_hash": f"test:{model}"}
     digest = out.claim(identity)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dpiqa.engine import schema
+from dpiqa.engine.shards.listing import list_shards
 from dpiqa.engine.stages.source import shard_samples
-from dpiqa.storage import list_shards
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class LabeledShards:
 
     Args:
         shards: a shard specification (brace pattern, glob, folder/prefix or URL-list file: see
-            `dpiqa.storage.list_shards`) or an explicit list of shard URLs.
+            `dpiqa.list_shards`) or an explicit list of shard URLs.
         score_field: the score's key in the `.json` member; dots descend into nested objects
             (`quality.mos`).
         mos_scale: the top of the score's scale (training regresses `mos / mos_scale`).

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from dpiqa.engine.executor.base import Executor
-    from dpiqa.storage import ShardList
+    from dpiqa.engine.shards.listing import ShardList
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def choose_executor(
         log.info("%s: on the Ray cluster at %s", label, named)
         return RayExecutor(address=address)
     if shards is not None and len(shards.urls) <= SMALL_SHARDS:
-        from dpiqa.storage import sizes
+        from dpiqa.engine.shards.listing import sizes
 
         total = sum(s or 0 for s in sizes(shards.urls, storage_options).values())
         if total <= SMALL_BYTES:

@@ -16,6 +16,7 @@ from dpiqa.engine.filter.shard_copy import KEYS_DIR, ShardFilter, ShardResult, S
 from dpiqa.engine.output import DONE_DIR, OutputLocation, RunResult
 from dpiqa.engine.runner import ShardJob, Tally, pending_shards, run_shard_job
 from dpiqa.engine.scores import ScoredRun, ScoredShard
+from dpiqa.engine.shards.listing import ShardList, list_shards, refuse_overlap
 from dpiqa.engine.stages.write import ShardFact
 from dpiqa.errors import UsageError
 
@@ -62,7 +63,7 @@ class FilterConfig:
 FilterResult = RunResult
 
 
-def match_shards(run: ScoredRun, shards: storage.ShardList) -> tuple[list[tuple[str, ScoredShard]], dict[str, str]]:
+def match_shards(run: ScoredRun, shards: ShardList) -> tuple[list[tuple[str, ScoredShard]], dict[str, str]]:
     """Pair input shard URLs with their completed scores: by the URL the score marker names, else (for
     shards that were moved or copied) by the deterministic output name. Returns the pairs and, for the
     unmatched URLs, why."""
@@ -93,9 +94,9 @@ def run_filter(config: FilterConfig, executor: str = "auto", address: str | None
         ValueError: bad input (no shard, no scores, output on top of the input).
     """
     t0 = time.monotonic()
-    shards = storage.list_shards(config.input, config.storage_options)
+    shards = list_shards(config.input, config.storage_options)
     out = OutputLocation(config.output, config.storage_options)
-    storage.refuse_overlap(shards, out.url, config.storage_options)
+    refuse_overlap(shards, out.url, config.storage_options)
     out.check_writable()
     run = ScoredRun(config.scores, config.storage_options)
     pairs, missing = match_shards(run, shards)

@@ -12,8 +12,8 @@ from typing import BinaryIO, ClassVar
 import numpy as np
 
 from dpiqa.engine import schema
+from dpiqa.engine.shards.tarstream import Damage, NotATarError, iter_members, shown
 from dpiqa.engine.stages.base import Batch, Stage
-from dpiqa.engine.tarstream import Damage, NotATarError, iter_members, shown
 from dpiqa.storage import RETRIES, RetryingReader, get_fs, is_transient
 
 ROW_COLUMNS = ("shard", "index", "key", "ext", "data", "status", "error")
@@ -103,7 +103,7 @@ def iter_samples(fileobj: BinaryIO, reopen: Callable[[], BinaryIO] | None = None
     twice in a row for the same key, starts a `duplicate_key` sample. A stream that ends inside a
     member, inside a header or without an end-of-archive block yields a `truncated_tar` sample (after
     the complete ones), and a damaged compressed stream or trailing bytes a `corrupt_archive` one;
-    nothing follows them. Hard links are read as their target's bytes (`dpiqa.engine.tarstream`).
+    nothing follows them. Hard links are read as their target's bytes (`dpiqa.engine.shards.tarstream`).
 
     We read the tar with `tarfile` ourselves instead of webdataset's `tar_file_iterator` because a
     corpus needs per-sample failures and the position of a truncation; webdataset's handlers can only
@@ -114,7 +114,7 @@ def iter_samples(fileobj: BinaryIO, reopen: Callable[[], BinaryIO] | None = None
         reopen: opens them again from the start (to read a hard link's target that is no longer held).
 
     Raises:
-        engine.tarstream.NotATarError: the bytes are no tar archive at all.
+        engine.shards.tarstream.NotATarError: the bytes are no tar archive at all.
     """
     seen: set[str] = set()
     current: Sample | None = None
@@ -164,7 +164,7 @@ def shard_samples(url: str, storage_options: dict | None = None) -> Iterator[Ite
 
     Raises:
         OSError: the shard cannot be opened (after retries).
-        engine.tarstream.NotATarError: (while iterating) its bytes are no tar archive.
+        engine.shards.tarstream.NotATarError: (while iterating) its bytes are no tar archive.
     """
     fs, path = get_fs(url, storage_options)
     with RetryingReader(fs, path) as reader:

@@ -15,7 +15,7 @@ from dpiqa.engine import executor as executors
 from dpiqa.engine.executor import choose_executor
 from dpiqa.engine.executor.local import LocalExecutor
 from dpiqa.engine.executor.ray_actors import RayExecutor
-from dpiqa.storage import list_shards
+from dpiqa.engine.shards.listing import list_shards
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import webdataset.tariterators as wds
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from dpiqa import storage
+from dpiqa.engine.shards.listing import list_shards
 from dpiqa.engine.stages.source import iter_samples, shard_samples
 
 SETTINGS = settings(
@@ -101,7 +101,7 @@ def test_every_shard_below_a_folder_is_found_once_and_read_as_webdataset_reads_i
             shard.write_bytes(data)
             written.add(os.path.abspath(shard))
         assume(written)
-        listed = storage.list_shards(str(root))
+        listed = list_shards(str(root))
         assert sorted(listed.urls) == sorted(written)
         assert len(set(listed.names.values())) == len(written)
         for url in listed.urls:

@@ -145,8 +145,8 @@ def test_a_folder_that_cannot_be_read_is_named_not_skipped(tmp_path):
             [
                 *python,
                 "-c",
-                "import sys; from dpiqa import storage; "
-                "print(list(storage.list_shards(sys.argv[1], skip_missing=True).names.values()))",
+                "import sys; from dpiqa.engine.shards.listing import list_shards; "
+                "print(list(list_shards(sys.argv[1], skip_missing=True).names.values()))",
                 str(root),
             ],
             env=env,

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dpiqa.engine import schema
+from dpiqa.engine.shards.tarstream import NotATarError
 from dpiqa.engine.stages.decode import DecodeError, decode_image
 from dpiqa.engine.stages.source import iter_samples
-from dpiqa.engine.tarstream import NotATarError
 from dpiqa.models.preprocessing import Preprocessing
 
 SETTINGS = settings(

@@ -9,9 +9,9 @@ import random
 
 import fsspec
 
-from dpiqa import storage
 from dpiqa.engine.output import DONE_DIR, OutputLocation
 from dpiqa.engine.runner import pending_shards
+from dpiqa.engine.shards.listing import list_shards
 
 
 def test_resume_over_1100_s3_markers_finds_exactly_the_shards_without_one(s3):
@@ -19,7 +19,7 @@ def test_resume_over_1100_s3_markers_finds_exactly_the_shards_without_one(s3):
     fs = fsspec.filesystem("s3", **options)
     names = [f"{i:05d}" for i in range(1100)] + ["zeta", "Alpha", "~tilde", "é-accent", " space"]
     fs.pipe({f"{bucket}/in/{n}.tar": b"" for n in names})  # listing needs names only
-    shards = storage.list_shards(f"s3://{bucket}/in/", options)
+    shards = list_shards(f"s3://{bucket}/in/", options)
     assert len(shards.urls) == len(names)
 
     out = OutputLocation(f"s3://{bucket}/out", options)

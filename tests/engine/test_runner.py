@@ -11,7 +11,7 @@ from dpiqa.engine.executor.base import UnitWorker
 from dpiqa.engine.executor.local import LocalExecutor
 from dpiqa.engine.output import OutputLocation
 from dpiqa.engine.runner import ShardJob, run_shard_job
-from dpiqa.storage import ShardList
+from dpiqa.engine.shards.listing import ShardList
 
 
 class SleepWorker(UnitWorker):

@@ -18,8 +18,8 @@ import pytest
 import zstandard
 
 from dpiqa.engine import schema
+from dpiqa.engine.shards.tarstream import NotATarError, iter_members
 from dpiqa.engine.stages.source import iter_samples
-from dpiqa.engine.tarstream import NotATarError, iter_members
 
 
 def tool(name: str) -> str:

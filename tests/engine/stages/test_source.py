@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from dpiqa.engine import schema
+from dpiqa.engine.shards.tarstream import NotATarError
 from dpiqa.engine.stages.source import SourceStage, iter_samples
-from dpiqa.engine.tarstream import NotATarError
 
 
 def samples_of(data: bytes):
