@@ -110,6 +110,8 @@ def _s3_session(listing: bool = False):
         session.register("needs-retry.s3", _count_failed_attempt)
         if listing:
             session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
+            # the service models (~23 MB of JSON once parsed) are loaded once per process, not once per session
+            session.register_component("data_loader", _s3_session().get_component("data_loader"))
         _S3_SESSIONS.setdefault(listing, session)  # two threads racing here keep the first
     return _S3_SESSIONS[listing]
 
