@@ -369,54 +369,69 @@ def fs_join(path: str, *parts: str) -> str:
     return "/".join([path.rstrip("/"), *parts])
 
 
-PRINTABLE = [chr(c) for c in range(32, 128)]  # the prefixes an S3 listing is split into (space to DEL)
+PRINTABLE = [chr(c) for c in range(32, 128)]  # the characters a key range is split by (space to DEL)
+_AFTER_DEL = "\x7f\U0010ffff"  # a prefix + this sorts after every key whose next character is ASCII
 
 
-def list_s3_keys(fs: Any, folder: str, threads: int = 16) -> list[str]:
-    """Every object below `folder` (bucket/path) on S3, as `bucket/key` paths (as `fs.find` gives them), listed
-    concurrently: S3 returns 1,000 keys per request, one
-    request after another within a prefix, so the keys are listed as 96 prefixes (the folder plus each printable
-    ASCII character) paginated side by side, up to `threads` at once, plus the two ranges no such prefix holds,
-    by key order (S3 lists in UTF-8 byte order): keys whose first character sorts before a space, and keys whose
-    first character sorts after DEL (non-ASCII), unless the first page holds them all. Why by hand: fsspec lists a
-    prefix page after page in one loop."""
-    from concurrent.futures import ThreadPoolExecutor
+def list_s3_keys(fs: Any, folder: str, threads: int = 16, page_size: int = 1000) -> list[str]:
+    """Every object below `folder` (bucket/path) on S3, as `bucket/key` paths (as `fs.find` gives them; in no
+    particular order), listed in key ranges side by side.
+
+    S3 returns at most 1,000 keys per LIST request, and the pages of one prefix come one after another (each
+    needs the last one's continuation token). So a page that comes back truncated splits what is left of its
+    range by the next character after its prefix (S3 lists in UTF-8 byte order): with `P` the prefix and `c` the
+    next character of the page's last key `L`, the keys `P + (a character before c)...` were all on that page,
+    and the rest is `P + c` after `L`, `P + d` for each printable ASCII `d` after `c`, and the keys whose next
+    character sorts after DEL (non-ASCII). Each of those ranges splits again in the same way, so a folder of
+    10^6 names that share their first characters (`0000000.tar`, ...) is still listed many ranges at once, up
+    to `threads` requests in flight. A range goes on page after page instead of splitting when its next
+    character is a control or non-ASCII character, or when `threads` ranges are already in flight (splitting
+    costs up to 97 requests, most of them answered empty). A folder of up to `page_size` keys (most outputs'
+    folders, small inputs) is one request. Why by hand: fsspec lists a prefix page after page in one loop.
+    """
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     bucket, _, key = folder.partition("/")
     base = key.rstrip("/") + "/" if key else ""
     many = _listing_fs(fs)  # for the ranges: its session (loaded on first use) leaves timestamps unparsed
+    in_flight = 1
 
-    def page(client: Any = many, **kwargs: Any) -> dict:
-        """One LIST request (up to 1,000 keys), retried."""
-        return retry(
-            lambda: client.call_s3("list_objects_v2", Bucket=bucket, **kwargs), f"list s3://{bucket}/{kwargs['Prefix']}"
-        )
-
-    def pages(prefix: str, start_after: str | None = None, stop: Callable[[str], bool] | None = None) -> list[str]:
-        out, kwargs = [], {"Prefix": prefix}
-        if start_after:
+    def page(client: Any, prefix: str, start_after: str | None, token: str | None) -> dict:
+        """One LIST request (up to `page_size` keys), retried."""
+        kwargs: dict[str, Any] = {"Prefix": prefix, "MaxKeys": page_size}
+        if token:
+            kwargs["ContinuationToken"] = token
+        elif start_after:
             kwargs["StartAfter"] = start_after
-        while True:
-            listed = page(**kwargs)
-            for o in listed.get("Contents", []):
-                if stop is not None and stop(o["Key"]):
-                    return out
-                out.append(o["Key"])
-            if not listed.get("IsTruncated"):
-                return out
-            kwargs["ContinuationToken"] = listed["NextContinuationToken"]
+        return retry(lambda: client.call_s3("list_objects_v2", Bucket=bucket, **kwargs), f"list s3://{bucket}/{prefix}")
 
-    def first_char(k: str) -> str:
-        return k[len(base) : len(base) + 1]
+    Range = tuple[str, str | None, str | None]  # (prefix, start after this key, continuation token)
 
-    # One page first: a folder of up to 1,000 keys (most outputs' folders, small inputs) is one request, not 98.
-    first = page(fs, Prefix=base)
-    if not first.get("IsTruncated"):
-        keys = [o["Key"] for o in first.get("Contents", [])]
-    else:
-        ranges = [lambda: pages(base, stop=lambda k: first_char(k) >= " ")]  # control characters first
-        ranges += [lambda ch=ch: pages(base + ch) for ch in PRINTABLE]
-        ranges += [lambda: pages(base, start_after=base + "\x7f\U0010ffff")]  # non-ASCII last
+    def one_page(client: Any, rng: Range) -> tuple[list[str], list[Range]]:
+        """A range's next page: its keys, and the ranges that hold what is left."""
+        prefix, start_after, _ = rng
+        listed = page(client, *rng)
+        keys = [o["Key"] for o in listed.get("Contents", ())]
+        if not listed.get("IsTruncated"):
+            return keys, []
+        nxt = keys[-1][len(prefix) : len(prefix) + 1] if keys else ""
+        if nxt and " " <= nxt <= "\x7f" and in_flight < threads:
+            rest: list[Range] = [(prefix + nxt, keys[-1], None)]
+            rest += [(prefix + d, None, None) for d in PRINTABLE if d > nxt]
+            rest.append((prefix, prefix + _AFTER_DEL, None))
+            return keys, rest
+        return keys, [(prefix, start_after, listed["NextContinuationToken"])]
+
+    keys, todo = one_page(fs, (base, None, None))
+    parts = [keys]
+    if todo:
         with ThreadPoolExecutor(threads) as pool:
-            keys = [k for part in pool.map(lambda f: f(), ranges) for k in part]
-    return [f"{bucket}/{k}" for k in keys if not k.endswith("/")]
+            running = {pool.submit(one_page, many, rng) for rng in todo}
+            while running:
+                in_flight = len(running)
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    keys, rest = future.result()
+                    parts.append(keys)
+                    running |= {pool.submit(one_page, many, rng) for rng in rest}
+    return [f"{bucket}/{k}" for part in parts for k in part if not k.endswith("/")]

@@ -1,0 +1,63 @@
+"""`list_s3_keys` on the loopback S3 server: its key ranges, split page by page, list every key once, checked
+against boto3's own paginator (one prefix, page after page) as the reference. Pages of 7 keys make the
+splits happen at a few hundred keys: digits-only names that share their first characters (the common case at
+scale), every kind of next character (control, ASCII, DEL, non-ASCII), a key equal to a split prefix, keys
+outside the folder, and a folder marker."""
+
+from __future__ import annotations
+
+import boto3
+import fsspec
+import pytest
+
+from dpiqa import storage
+
+
+def reference(endpoint: str, bucket: str, prefix: str) -> list[str]:
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    keys = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    return [f"{bucket}/{k}" for k in keys if not k.endswith("/")]
+
+
+@pytest.mark.parametrize("threads", [1, 16])  # 1: page after page, never split
+def test_split_ranges_list_every_key_once(s3, s3_server, threads):
+    bucket, options = s3
+    fs, _ = storage.get_fs(f"s3://{bucket}/", options)
+    names = [f"{i:04d}.tar" for i in range(230)]  # 0000.tar ... 0229.tar: one leading character, then three
+    names += ["0", "00", "000", "0001", "01"]  # keys equal to the prefixes a split makes
+    names += ["\x01ctrl", "\x1fctrl", " space", "~tilde", "\x7fdel", "\x7f\x7f", "é-accent", "日本", "\U0001f600"]
+    names += [f"z{i:03d}" for i in range(40)] + ["zz", "z~", "zé"]
+    names += ["sub/", "sub/a.tar", "sub/deeper/b.tar"]  # a folder marker and keys below it
+    fs.pipe({f"{bucket}/in/{n}": b"" for n in names})
+    fs.pipe({f"{bucket}/in-other/x.tar": b"", f"{bucket}/im.tar": b""})  # beside the folder: not listed
+
+    got = storage.list_s3_keys(fs, f"{bucket}/in", threads=threads, page_size=7)
+
+    want = reference(s3_server, bucket, "in/")
+    assert len(want) == len(names) - 1  # the folder marker is left out
+    assert len(got) == len(set(got))  # no key twice
+    assert sorted(got) == sorted(want)
+
+
+def test_one_page_folder_is_one_request(s3):
+    """A folder that fits in one page costs one request (no split, no second session's requests)."""
+    bucket, options = s3
+    fs = fsspec.filesystem("s3", **options)
+    fs.pipe({f"{bucket}/small/{i:03d}.tar": b"" for i in range(12)})
+    fs, _ = storage.get_fs(f"s3://{bucket}/", options)
+    calls = []
+    real = fs.call_s3
+
+    def counting(method, *args, **kwargs):
+        calls.append(kwargs.get("Prefix"))
+        return real(method, *args, **kwargs)
+
+    fs.call_s3 = counting
+    try:
+        keys = storage.list_s3_keys(fs, f"{bucket}/small", page_size=20)
+    finally:
+        del fs.call_s3
+    assert sorted(keys) == [f"{bucket}/small/{i:03d}.tar" for i in range(12)]
+    assert calls == ["small/"]
