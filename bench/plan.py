@@ -14,6 +14,7 @@ shards, the projection to 10^6 where not measured, and the machine.
 from __future__ import annotations
 
 import argparse
+import logging
 import json
 import os
 import resource
@@ -149,6 +150,7 @@ def main() -> None:
             from conftest import free_port  # the suite's port helper
 
             port = free_port()
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto logs every request otherwise
             server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
             server.start()
             endpoint = f"http://127.0.0.1:{port}"

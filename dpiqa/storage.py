@@ -371,6 +371,9 @@ def fs_join(path: str, *parts: str) -> str:
 
 PRINTABLE = [chr(c) for c in range(32, 128)]  # the characters a key range is split by (space to DEL)
 _AFTER_DEL = "\x7f\U0010ffff"  # a prefix + this sorts after every key whose next character is ASCII
+# A range below the folder splits after this many pages of its own: a split costs up to 97 requests (most
+# answered empty, ~1-2 ms of driver CPU each), worth it for a range of thousands of keys, not for a few pages.
+SPLIT_AFTER_PAGES = 3
 
 
 def list_s3_keys(fs: Any, folder: str, threads: int = 16, page_size: int = 1000) -> list[str]:
@@ -382,11 +385,12 @@ def list_s3_keys(fs: Any, folder: str, threads: int = 16, page_size: int = 1000)
     range by the next character after its prefix (S3 lists in UTF-8 byte order): with `P` the prefix and `c` the
     next character of the page's last key `L`, the keys `P + (a character before c)...` were all on that page,
     and the rest is `P + c` after `L`, `P + d` for each printable ASCII `d` after `c`, and the keys whose next
-    character sorts after DEL (non-ASCII). Each of those ranges splits again in the same way, so a folder of
-    10^6 names that share their first characters (`0000000.tar`, ...) is still listed many ranges at once, up
-    to `threads` requests in flight. A range goes on page after page instead of splitting when its next
-    character is a control or non-ASCII character, or when `threads` ranges are already in flight (splitting
-    costs up to 97 requests, most of them answered empty). A folder of up to `page_size` keys (most outputs'
+    character sorts after DEL (non-ASCII). Each of those ranges splits again in the same way once it has
+    listed `SPLIT_AFTER_PAGES` pages of its own, so a folder of 10^6 names that share their first characters
+    (`0000000.tar`, ...) is still listed many ranges at once, up to `threads` requests in flight. A range goes
+    on page after page instead of splitting when its next character is a control or non-ASCII character, or
+    when `threads` ranges are already in flight (a split costs up to 97 requests, most of them answered
+    empty). A folder of up to `page_size` keys (most outputs'
     folders, small inputs) is one request. Why by hand: fsspec lists a prefix page after page in one loop.
     """
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -405,24 +409,25 @@ def list_s3_keys(fs: Any, folder: str, threads: int = 16, page_size: int = 1000)
             kwargs["StartAfter"] = start_after
         return retry(lambda: client.call_s3("list_objects_v2", Bucket=bucket, **kwargs), f"list s3://{bucket}/{prefix}")
 
-    Range = tuple[str, str | None, str | None]  # (prefix, start after this key, continuation token)
+    # (prefix, start after this key, continuation token, pages listed in this range so far)
+    Range = tuple[str, str | None, str | None, int]
 
     def one_page(client: Any, rng: Range) -> tuple[list[str], list[Range]]:
         """A range's next page: its keys, and the ranges that hold what is left."""
-        prefix, start_after, _ = rng
-        listed = page(client, *rng)
+        prefix, start_after, token, pages = rng
+        listed = page(client, prefix, start_after, token)
         keys = [o["Key"] for o in listed.get("Contents", ())]
         if not listed.get("IsTruncated"):
             return keys, []
         nxt = keys[-1][len(prefix) : len(prefix) + 1] if keys else ""
-        if nxt and " " <= nxt <= "\x7f" and in_flight < threads:
-            rest: list[Range] = [(prefix + nxt, keys[-1], None)]
-            rest += [(prefix + d, None, None) for d in PRINTABLE if d > nxt]
-            rest.append((prefix, prefix + _AFTER_DEL, None))
+        if nxt and " " <= nxt <= "\x7f" and pages >= SPLIT_AFTER_PAGES and in_flight < threads:
+            rest: list[Range] = [(prefix + nxt, keys[-1], None, 0)]
+            rest += [(prefix + d, None, None, 0) for d in PRINTABLE if d > nxt]
+            rest.append((prefix, prefix + _AFTER_DEL, None, 0))
             return keys, rest
-        return keys, [(prefix, start_after, listed["NextContinuationToken"])]
+        return keys, [(prefix, start_after, listed["NextContinuationToken"], pages + 1)]
 
-    keys, todo = one_page(fs, (base, None, None))
+    keys, todo = one_page(fs, (base, None, None, SPLIT_AFTER_PAGES))  # the folder splits at its first page
     parts = [keys]
     if todo:
         with ThreadPoolExecutor(threads) as pool:
