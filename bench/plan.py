@@ -14,8 +14,8 @@ shards, the projection to 10^6 where not measured, and the machine.
 from __future__ import annotations
 
 import argparse
-import logging
 import json
+import logging
 import os
 import resource
 import shutil
