@@ -26,6 +26,7 @@ from dpiqa.engine.stages.decode import DEFAULT_MAX_PIXELS, DecodeStage
 from dpiqa.engine.stages.score import ScoreStage
 from dpiqa.engine.stages.source import SourceStage, source_identity
 from dpiqa.engine.stages.write import ShardWriter
+from dpiqa.errors import UsageError
 from dpiqa.failpoints import failpoint
 from dpiqa.models.run_options import RunOptions
 from dpiqa.version import code_version
@@ -33,6 +34,7 @@ from dpiqa.version import code_version
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+DECODE_ON = ("auto", "cpu", "device")
 
 
 @dataclass
@@ -82,6 +84,27 @@ class ScoreConfig:
     hang_seconds: float = HANG_SECONDS
     storage_options: dict | None = None
 
+    def __post_init__(self) -> None:
+        if self.decode_on not in DECODE_ON:
+            raise UsageError(f"--decode-on must be one of {', '.join(DECODE_ON)}, not {self.decode_on!r}")
+        # each count as the command line names it (`actors` is `--workers` there; chunk_size and decode_threads
+        # are the API's alone)
+        counts = {
+            "--batch-size": self.batch_size,
+            "--max-pixels": self.max_pixels,
+            "--workers": self.actors,
+            "--units-per-worker": self.units_per_worker,
+            "chunk_size": self.chunk_size,
+            "decode_threads": self.decode_threads,
+        }
+        for name, value in counts.items():
+            if value is not None and value < 1:
+                raise UsageError(f"{name} must be at least 1, not {value}")
+        if self.retries < 0:
+            raise UsageError(f"--retries must be >= 0, not {self.retries}")
+        if not self.hang_seconds > 0:
+            raise UsageError(f"--hang-seconds must be > 0, not {self.hang_seconds}")
+
     def identity(self, info: models.ModelInfo, stages: list[Stage]) -> dict:
         """What makes two runs' rows comparable: the same identity may resume into the same output."""
         ident = info.identity()
@@ -119,8 +142,6 @@ def build_stages(config: ScoreConfig, info: models.ModelInfo, gpus: float) -> li
     )
     source = SourceStage(chunk_size=config.chunk_size, storage_options=config.storage_options)
     source.batch_size = 1
-    if config.decode_on not in ("auto", "cpu", "device"):
-        raise ValueError(f"decode_on must be auto, cpu or device, not {config.decode_on!r}")
     on_device = config.decode_on == "device" or (
         config.decode_on == "auto" and use_gpu and info.architecture == "dpiqa-student"
     )
