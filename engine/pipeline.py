@@ -10,7 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import TypeVar
 
@@ -18,6 +18,7 @@ from dpiqa import models, storage
 from dpiqa.engine import schema
 from dpiqa.engine.executor import choose_executor
 from dpiqa.engine.executor.base import Executor, UnitWorker
+from dpiqa.engine.identity import identity_fields, setting
 from dpiqa.engine.output import OutputLocation, RunResult
 from dpiqa.engine.runner import HANG_SECONDS, ShardJob, Tally, pending_shards, run_shard_job
 from dpiqa.engine.schema import SCORES_SCHEMA
@@ -66,23 +67,25 @@ class ScoreConfig:
         storage_options: fsspec options for input and output.
     """
 
-    input: str
-    output: str
-    model: str = "demo"
-    batch_size: int = 32
-    run: RunOptions = field(default_factory=RunOptions)
-    overwrite: bool = False
+    # `setting`: outside the run's identity (`dpiqa.engine.identity`); the model, the precision and the decoder
+    # enter it as what they resolve to (`identity`)
+    input: str = setting()
+    output: str = setting()
+    model: str = setting("demo")
+    batch_size: int = setting(32)
+    run: RunOptions = setting(default_factory=RunOptions)
+    overwrite: bool = setting(False)
     write_maps: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
-    actors: int | None = None
-    chunk_size: int = 64
-    retries: int = 3
-    decode_on: str = "auto"
-    skip_missing: bool = False
-    units_per_worker: int = 2
-    decode_threads: int | None = None
-    hang_seconds: float = HANG_SECONDS
-    storage_options: dict | None = None
+    actors: int | None = setting(None)
+    chunk_size: int = setting(64)
+    retries: int = setting(3)
+    decode_on: str = setting("auto")
+    skip_missing: bool = setting(False)
+    units_per_worker: int = setting(2)
+    decode_threads: int | None = setting(None)
+    hang_seconds: float = setting(HANG_SECONDS)
+    storage_options: dict | None = setting(None)
 
     def __post_init__(self) -> None:
         if self.decode_on not in DECODE_ON:
@@ -112,9 +115,8 @@ class ScoreConfig:
         decode = next(s for s in stages if isinstance(s, DecodeStage))
         return {
             **ident,
+            **identity_fields(self),
             "precision": self.run.precision,
-            "write_maps": self.write_maps,
-            "max_pixels": self.max_pixels,
             "jpeg_decoder": "device" if decode.defer_jpeg else "pil",
             "schema_version": SCHEMA_VERSION,
         }

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from dpiqa.engine.executor import EXECUTORS
+from dpiqa.engine.identity import identity_fields, setting
 from dpiqa.engine.splits import SplitConfig
 from dpiqa.engine.training.model import ModelSpec
 from dpiqa.errors import UsageError
@@ -119,7 +120,7 @@ class TrainConfig:
     """
 
     job: str
-    output: str
+    output: str = setting()
     model: ModelSpec
     dataset: str | None = None
     root: str | None = None
@@ -132,22 +133,22 @@ class TrainConfig:
     score_field: str = "mos"
     shard_mos_scale: float | None = None
     synthetic: int = 0
-    cache_features: bool = True
+    cache_features: bool = setting(True)
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
     milestones: tuple[int, ...] | None = None
     precision: str = "auto"
     distill_mode: str = "feature"
-    run: TrainRun = field(default_factory=TrainRun)
+    run: TrainRun = setting(default_factory=TrainRun)
     extra_train: str | None = None
     extra_val: str | None = None
     rank_weight: float = 0.0
     rank_margin: float = 0.05
-    storage: str | None = None
-    storage_options: dict | None = None
-    command: list[str] = field(default_factory=list)
-    weights_dtype: str | None = None
+    storage: str | None = setting(None)
+    storage_options: dict | None = setting(None)
+    command: list[str] = setting(default_factory=list)
+    weights_dtype: str | None = setting(None)
 
     def __post_init__(self) -> None:
         """What the options alone can tell is refused here, for an API caller as for the command line (no file
@@ -234,21 +235,9 @@ class TrainConfig:
         return self.teacher.replace("{seed}", str(seed)) if self.teacher else None
 
     def identity(self) -> str:
-        """A hash of what determines the trained model (not where it runs)."""
-        keep = {
-            k: v
-            for k, v in asdict(self).items()
-            if k
-            not in (
-                "output",
-                "storage",
-                "storage_options",
-                "command",
-                "run",
-                "cache_features",
-                "weights_dtype",
-            )
-        }
+        """A hash of what determines the trained model (its identity fields, `dpiqa.engine.identity`), not of where
+        and how it runs: a rerun with the same identity resumes the run (Ray Train's run name holds the hash)."""
+        keep = identity_fields(self)
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
