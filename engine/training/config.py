@@ -73,7 +73,7 @@ class TrainRun:
             )
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """A `train-teacher` or `distill` run: what is trained, and (`run`, a `TrainRun`) how it runs.
 
@@ -177,7 +177,7 @@ class TrainConfig:
         if self.distill_mode not in MODES:
             raise UsageError(f"--mode must be one of {', '.join(MODES)}, not {self.distill_mode!r}")
         if self.weights_dtype is not None and self.weights_dtype not in WEIGHTS_DTYPES:
-            raise UsageError(f"--weights-dtype must be one of {', '.join(WEIGHTS_DTYPES)}, not {self.weights_dtype!r}")
+            raise UsageError(f"weights_dtype {self.weights_dtype!r} is not one of {', '.join(WEIGHTS_DTYPES)}")
         if self.protocol()["batch_size"] % self.run.workers:
             raise UsageError(
                 f"--batch-size {self.protocol()['batch_size']} is the global batch and must divide "

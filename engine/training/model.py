@@ -14,7 +14,7 @@ from dpiqa.errors import UsageError
 from dpiqa.models.pretrained import CLIP_TEXT, STABLE_DIFFUSION
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelSpec:
     """Which model to train and how to initialise it.
 

@@ -70,7 +70,7 @@ def test_the_valid_recipes_here_are_accepted():
         (lambda: teacher_config(rank_margin=0.0), "--rank-margin > 0"),
         (lambda: teacher_config(precision="fp8"), "--precision must be one of auto, fp32, bf16, fp16"),
         (lambda: teacher_config(distill_mode="maps"), "--mode must be one of feature, score, both, none"),
-        (lambda: teacher_config(weights_dtype="int8"), "--weights-dtype must be one of float16, bfloat16, float32"),
+        (lambda: teacher_config(weights_dtype="int8"), "weights_dtype 'int8' is not one of float16, bfloat16, float32"),
         (lambda: teacher_config(dataset=None, root=None), "nothing to train on: give --dataset and --root"),
         (
             lambda: teacher_config(shards="s/{0..3}.tar", rank_weight=0.5),
