@@ -142,15 +142,15 @@ def build_stages(config: ScoreConfig, info: models.ModelInfo, gpus: float) -> li
         concurrency=actors,
         write_maps=config.write_maps,
     )
-    source = SourceStage(chunk_size=config.chunk_size, storage_options=config.storage_options)
-    source.batch_size = 1
+    source = SourceStage(chunk_size=config.chunk_size, storage_options=config.storage_options).with_(batch_size=1)
     on_device = config.decode_on == "device" or (
         config.decode_on == "auto" and use_gpu and info.architecture == "dpiqa-student"
     )
     if on_device and info.runtime != "torch":
         raise ValueError(f"--decode-on device needs a torch model; {config.model} runs on {info.runtime}")
-    decode = DecodeStage(info.preprocessing, max_pixels=config.max_pixels, defer_jpeg=on_device)
-    decode.batch_size = config.batch_size
+    decode = DecodeStage(info.preprocessing, max_pixels=config.max_pixels, defer_jpeg=on_device).with_(
+        batch_size=config.batch_size
+    )
     return [source, decode, score]
 
 
