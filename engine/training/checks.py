@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from dpiqa.engine.splits import make_splits
 from dpiqa.engine.training.config import TrainConfig
 from dpiqa.engine.training.model import check_sources, model_config
 from dpiqa.errors import UsageError
@@ -55,6 +56,10 @@ def check_before_start(config: TrainConfig, labeled) -> str | None:
 
     # What the options alone can tell (the global batch against the workers, something to train on, the weights'
     # dtype, a teacher for a student) was refused when the config was made (`TrainConfig.__post_init__`).
+    if labeled is not None:
+        # every split, as `_train_split` will make it: `--grouped` on a set without groups, or a part left empty,
+        # stops here, before Ray starts (the splits are a hash per image: milliseconds)
+        make_splits(labeled.names, config.split, labeled.groups)
     if config.teacher and config.distill_mode != "none":
         for seed in config.split.seeds:
             models.describe(config.teacher_for(seed))  # a missing or damaged teacher is named now
