@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from dpiqa.errors import UsageError
 from dpiqa.jobs.args import (
     add_run_options,
     add_storage_options,
@@ -77,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
     from dpiqa.storage import get_fs
 
     if len(args.dataset) != len(args.root):
-        raise ValueError(f"{len(args.dataset)} --dataset but {len(args.root)} --root: give one root per dataset")
+        raise UsageError(f"{len(args.dataset)} --dataset but {len(args.root)} --root: give one root per dataset")
     matrix = len(args.model) > 1 or len(args.dataset) > 1
     options = key_values(args.dataset_option, parse_json=True, option="--dataset-option")
 

@@ -23,3 +23,13 @@ def test_the_table_goes_to_a_bucket_with_the_storage_options(s3, tmp_path, monke
     text = fs.cat_file(path).decode()
     assert text.startswith("# Evaluation\n") and "| brisque (not trained here) |" in text and "n=12" in text
     assert not (tmp_path / "s3:").exists()
+
+
+def test_a_root_per_dataset_is_a_usage_error(tmp_path):
+    """The options alone tell it: exit status 2 (it was 4, the status of a file the command met)."""
+    args = ["eval", "--model", "brisque", "--dataset", "csv", "--dataset", "csv", "--root", str(tmp_path / "t.csv")]
+    result = dpiqa(*args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "dpiqa eval: error: 2 --dataset but 1 --root: give one root per dataset"
+    )
