@@ -50,6 +50,7 @@ import pyarrow.parquet as pq
 
 from dpiqa.engine.output import COMPACTED_DIR, SCORES_DIR, OutputLocation, part_number
 from dpiqa.engine.scores import ScoredRun, ScoredShard
+from dpiqa.errors import UsageError
 from dpiqa.failpoints import failpoint
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,9 @@ class CompactConfig:
 
     def __post_init__(self) -> None:
         if not self.target_mb > 0:
-            raise ValueError(f"--target-mb must be > 0, not {self.target_mb}")
+            raise UsageError(f"--target-mb must be > 0, not {self.target_mb}")
         if self.row_group_rows < 1:
-            raise ValueError(f"--row-group-rows must be >= 1, not {self.row_group_rows}")
+            raise UsageError(f"--row-group-rows must be >= 1, not {self.row_group_rows}")
 
 
 @dataclass

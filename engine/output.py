@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from dpiqa.errors import FAILED_SHARDS
 from dpiqa.failpoints import failpoint
+from dpiqa.json_object import NotAJsonObject, json_object
 from dpiqa.storage import fs_join, get_fs, is_local, join, list_s3_keys, retry
 
 log = logging.getLogger(__name__)
@@ -236,10 +237,8 @@ class OutputLocation:
             if isinstance(data, BaseException):
                 raise data
             try:
-                marker = json.loads(data)
-                if not isinstance(marker, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as exc:
+                marker = json_object(data)
+            except NotAJsonObject as exc:
                 log.warning(
                     "%s: unreadable completion marker (%s); the shard counts as not done and is done again",
                     self.child(DONE_DIR, f"{name}.json"),
@@ -379,12 +378,9 @@ class OutputLocation:
         except FileNotFoundError:
             return None
         try:
-            value = json.loads(data)
-        except ValueError as exc:
-            raise CorruptFileError(f"{self.child(rel)} does not parse ({len(data)} bytes: {exc})") from None
-        if not isinstance(value, dict):
-            raise CorruptFileError(f"{self.child(rel)} holds no JSON object (a {type(value).__name__})")
-        return value
+            return json_object(data)
+        except NotAJsonObject as exc:
+            raise CorruptFileError(f"{self.child(rel)}: {exc} ({len(data)} bytes)") from None
 
     def write_json(self, rel: str, data: Any) -> None:
         text = json.dumps(data, indent=2, sort_keys=True).encode()

@@ -10,7 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import TypeVar
 
@@ -18,6 +18,7 @@ from dpiqa import models, storage
 from dpiqa.engine import schema
 from dpiqa.engine.executor import choose_executor
 from dpiqa.engine.executor.base import Executor, UnitWorker
+from dpiqa.engine.identity import identity_fields, setting
 from dpiqa.engine.output import OutputLocation, RunResult
 from dpiqa.engine.runner import HANG_SECONDS, ShardJob, Tally, pending_shards, run_shard_job
 from dpiqa.engine.schema import SCORES_SCHEMA
@@ -27,6 +28,7 @@ from dpiqa.engine.stages.decode import DEFAULT_MAX_PIXELS, DecodeStage
 from dpiqa.engine.stages.score import ScoreStage
 from dpiqa.engine.stages.source import SourceStage, source_identity
 from dpiqa.engine.stages.write import ShardWriter
+from dpiqa.errors import UsageError
 from dpiqa.failpoints import failpoint
 from dpiqa.models.run_options import RunOptions
 from dpiqa.version import code_version
@@ -34,6 +36,7 @@ from dpiqa.version import code_version
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+DECODE_ON = ("auto", "cpu", "device")
 
 
 @dataclass
@@ -65,23 +68,46 @@ class ScoreConfig:
         storage_options: fsspec options for input and output.
     """
 
-    input: str
-    output: str
-    model: str = "demo"
-    batch_size: int = 32
-    run: RunOptions = field(default_factory=RunOptions)
-    overwrite: bool = False
+    # `setting`: outside the run's identity (`dpiqa.engine.identity`); the model, the precision and the decoder
+    # enter it as what they resolve to (`identity`)
+    input: str = setting()
+    output: str = setting()
+    model: str = setting("demo")
+    batch_size: int = setting(32)
+    run: RunOptions = setting(default_factory=RunOptions)
+    overwrite: bool = setting(False)
     write_maps: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
-    actors: int | None = None
-    chunk_size: int = 64
-    retries: int = 3
-    decode_on: str = "auto"
-    skip_missing: bool = False
-    units_per_worker: int = 2
-    decode_threads: int | None = None
-    hang_seconds: float = HANG_SECONDS
-    storage_options: dict | None = None
+    actors: int | None = setting(None)
+    chunk_size: int = setting(64)
+    retries: int = setting(3)
+    decode_on: str = setting("auto")
+    skip_missing: bool = setting(False)
+    units_per_worker: int = setting(2)
+    decode_threads: int | None = setting(None)
+    hang_seconds: float = setting(HANG_SECONDS)
+    storage_options: dict | None = setting(None)
+
+    def __post_init__(self) -> None:
+        if self.decode_on not in DECODE_ON:
+            raise UsageError(f"--decode-on must be one of {', '.join(DECODE_ON)}, not {self.decode_on!r}")
+        # each count as the command line names it (`actors` is `--workers` there; chunk_size and decode_threads
+        # are the API's alone)
+        counts = {
+            "--batch-size": self.batch_size,
+            "--max-pixels": self.max_pixels,
+            "--workers": self.actors,
+            "--units-per-worker": self.units_per_worker,
+            "chunk_size": self.chunk_size,
+            "decode_threads": self.decode_threads,
+        }
+        for name, value in counts.items():
+            if value is not None and value < 1:
+                raise UsageError(f"{name} must be at least 1, not {value}")
+        if self.retries < 0:
+            raise UsageError(f"--retries must be >= 0, not {self.retries}")
+        if not self.hang_seconds > 0:
+            raise UsageError(f"--hang-seconds must be > 0, not {self.hang_seconds}")
 
     def identity(self, info: models.ModelInfo, stages: list[Stage]) -> dict:
         """What makes two runs' rows comparable: the same identity may resume into the same output."""
@@ -90,9 +116,8 @@ class ScoreConfig:
         decode = next(s for s in stages if isinstance(s, DecodeStage))
         return {
             **ident,
+            **identity_fields(self),
             "precision": self.run.precision,
-            "write_maps": self.write_maps,
-            "max_pixels": self.max_pixels,
             "jpeg_decoder": "device" if decode.defer_jpeg else "pil",
             "schema_version": SCHEMA_VERSION,
         }
@@ -118,17 +143,15 @@ def build_stages(config: ScoreConfig, info: models.ModelInfo, gpus: float) -> li
         concurrency=actors,
         write_maps=config.write_maps,
     )
-    source = SourceStage(chunk_size=config.chunk_size, storage_options=config.storage_options)
-    source.batch_size = 1
-    if config.decode_on not in ("auto", "cpu", "device"):
-        raise ValueError(f"decode_on must be auto, cpu or device, not {config.decode_on!r}")
+    source = SourceStage(chunk_size=config.chunk_size, storage_options=config.storage_options).with_(batch_size=1)
     on_device = config.decode_on == "device" or (
         config.decode_on == "auto" and use_gpu and info.architecture == "dpiqa-student"
     )
     if on_device and info.runtime != "torch":
         raise ValueError(f"--decode-on device needs a torch model; {config.model} runs on {info.runtime}")
-    decode = DecodeStage(info.preprocessing, max_pixels=config.max_pixels, defer_jpeg=on_device)
-    decode.batch_size = config.batch_size
+    decode = DecodeStage(info.preprocessing, max_pixels=config.max_pixels, defer_jpeg=on_device).with_(
+        batch_size=config.batch_size
+    )
     return [source, decode, score]
 
 

@@ -34,13 +34,13 @@ class SplitConfig:
 
     def __post_init__(self) -> None:
         if len(self.fractions) != 3 or any(f < 0 for f in self.fractions):
-            raise ValueError(f"fractions must be three non-negative numbers (train, val, test), got {self.fractions}")
+            raise UsageError(f"fractions must be three non-negative numbers (train, val, test), got {self.fractions}")
         if abs(sum(self.fractions) - 1.0) > 1e-6:
-            raise ValueError(f"fractions must sum to 1, got {self.fractions} (sum {sum(self.fractions):g})")
+            raise UsageError(f"fractions must sum to 1, got {self.fractions} (sum {sum(self.fractions):g})")
         if self.fractions[0] == 0:
-            raise ValueError("the train fraction must be positive")
+            raise UsageError("the train fraction must be positive")
         if self.n_splits < 1:
-            raise ValueError(f"n_splits must be at least 1, got {self.n_splits}")
+            raise UsageError(f"n_splits must be at least 1, got {self.n_splits}")
 
     @property
     def seeds(self) -> list[int]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from dpiqa.errors import UsageError
 from dpiqa.jobs import training
 from dpiqa.jobs.args import location
 from dpiqa.storage import join
@@ -31,8 +30,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from dpiqa.engine.ablate import run_ablation, variants_for, write_table
 
-    if args.kind == "student" and not args.teacher:
-        raise UsageError("student ablations distill from a teacher: pass --teacher")
     config = training.config_from_args(
         args, "ablate-" + args.kind, training.model_spec(args, args.kind), teacher=args.teacher
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from dpiqa.errors import UsageError
 from dpiqa.jobs import training
 from dpiqa.jobs.args import add_old_spelling, location, positive_float
 
@@ -54,11 +53,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from dpiqa.engine.training.run import run_training
 
-    if args.teacher is None and args.teacher_outputs is None and args.mode != "none":
-        raise UsageError(
-            "distill needs --teacher (with --dataset) or --teacher-outputs (with --input); "
-            "or --mode none to train the student on labels alone"
-        )
     config = training.config_from_args(
         args,
         "distill",

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from dpiqa.errors import UsageError
 from dpiqa.jobs.args import (
     add_run_options,
     add_storage_options,
@@ -74,9 +75,10 @@ def main(args: argparse.Namespace) -> int:
     from dpiqa import models
     from dpiqa.engine.datasets import load_dataset
     from dpiqa.engine.evaluate import evaluate, matrix_markdown, shown, split_indices
+    from dpiqa.storage import get_fs
 
     if len(args.dataset) != len(args.root):
-        raise ValueError(f"{len(args.dataset)} --dataset but {len(args.root)} --root: give one root per dataset")
+        raise UsageError(f"{len(args.dataset)} --dataset but {len(args.root)} --root: give one root per dataset")
     matrix = len(args.model) > 1 or len(args.dataset) > 1
     options = key_values(args.dataset_option, parse_json=True, option="--dataset-option")
 
@@ -111,8 +113,10 @@ def main(args: argparse.Namespace) -> int:
                     "dataset_label": dataset if args.dataset.count(dataset) == 1 else f"{dataset}:{root}",
                 }
             )
-    if args.table:
-        Path(args.table).write_text(matrix_markdown(results, "Cross-dataset evaluation" if matrix else "Evaluation"))
+    if args.table:  # a local path or a URL, written with --storage-options as every URL is
+        fs, path = get_fs(args.table, args.storage_options)
+        with fs.open(path, "wt") as f:
+            f.write(matrix_markdown(results, "Cross-dataset evaluation" if matrix else "Evaluation"))
     if args.json:
         print(json.dumps(results if matrix else results[0], indent=2, sort_keys=True, allow_nan=False))
     else:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dpiqa.errors import UsageError
 from dpiqa.jobs.args import (
     add_address,
     add_executor,
@@ -260,11 +259,6 @@ def config_from_args(args: argparse.Namespace, job: str, spec, **fields):
 
     protocol = PROTOCOLS[args.protocol]
     fractions = args.fractions or protocol["fractions"]
-    if args.protocol == "paper" and fractions[1] != 0:
-        raise UsageError(
-            "--protocol paper has no validation part (it trains to the last epoch): "
-            "leave --fractions out or give 0 for the validation fraction"
-        )
     return TrainConfig(
         job=job,
         output=args.output,

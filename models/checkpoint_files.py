@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dpiqa import storage
+from dpiqa.json_object import NotAJsonObject, json_object
 
 if TYPE_CHECKING:  # torch and safetensors.torch are imported where weights are read or written
     pass
@@ -172,9 +173,6 @@ def read_json(location: str, name: str) -> dict | None:
             return None
         text, where = path.read_bytes(), str(path)
     try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"{where}: not JSON ({exc}); the checkpoint is damaged") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: JSON {type(data).__name__}, not an object; the checkpoint is damaged")
-    return data
+        return json_object(text)
+    except NotAJsonObject as exc:
+        raise ValueError(f"{where}: {exc}; the checkpoint is damaged") from None

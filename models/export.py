@@ -233,9 +233,52 @@ def export_onnx(
     Raises:
         ValueError: not a student, unknown format, `output` taken, or `ExportMismatchError`.
     """
-    import onnx
-    import onnxruntime
+    from dpiqa import models
 
+    _check_request(model, output, format, batch_size, validate_batch)
+    _refuse_existing(output, overwrite, storage_options)
+
+    info = models.describe(model)
+    student = models.load_model(model).float().eval()
+    graph = ExportGraph(student).eval()
+    with tempfile.TemporaryDirectory(prefix="dpiqa-export-") as tmp:
+        staging = Path(tmp)
+        onnx_path = staging / checkpoint.ONNX_NAME
+        log.info(
+            "exporting %s (%s, %dx%d) to ONNX opset %d, %s batch ...",
+            model,
+            info.checkpoint_hash,
+            *graph.preprocessing.size,
+            opset,
+            "dynamic" if dynamic_batch else f"fixed {batch_size}",
+        )
+        _write_onnx(graph, onnx_path, opset, dynamic_batch, batch_size, seed)
+        batches = (1, validate_batch) if dynamic_batch else (batch_size,)
+        validation = validate(onnx_path, graph, tuple(dict.fromkeys(batches)), seed=seed)
+
+        (staging / checkpoint.CONFIG_NAME).write_text(checkpoint.config_json(student.architecture, student.config))
+        card = {
+            **student.card(),
+            # the graph holds float32 weights whatever the source stored (its `weights_dtype` goes into `source`)
+            **{k: v for k, v in info.card.items() if k != "weights_dtype"},
+            "format": "onnx",
+            "sha256": checkpoint.content_hash(staging, (checkpoint.CONFIG_NAME, checkpoint.ONNX_NAME)),
+            "source": {
+                "model": model,
+                "checkpoint_hash": info.checkpoint_hash,
+                "weights_dtype": info.card.get("weights_dtype", "float32"),
+            },
+            "onnx": _onnx_section(onnx_path, info, graph.preprocessing, opset, dynamic_batch, batch_size, validation),
+        }
+        (staging / checkpoint.CARD_NAME).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        checkpoint.put_files(staging, output, checkpoint.ONNX_FILES, storage_options)
+    log.info("wrote %s (%s)", os.path.join(output, checkpoint.ONNX_NAME), card["sha256"])
+    return card
+
+
+def _check_request(model: str, output: str, format: str, batch_size: int, validate_batch: int) -> None:
+    """Refuse, before anything is loaded, what cannot be exported: another format, a file as the output, a batch
+    below 1, a teacher, an ONNX export."""
     from dpiqa import models
 
     if format not in FORMATS:
@@ -253,119 +296,91 @@ def export_onnx(
         )
     if models.runtime_of(model) == "onnx":
         raise ValueError(f"{model}: already an ONNX export")
-    _refuse_existing(output, overwrite, storage_options)
 
-    info = models.describe(model)
-    student = models.load_model(model).float().eval()
-    graph = ExportGraph(student).eval()
-    height, width = graph.preprocessing.size
+
+def _write_onnx(graph: ExportGraph, onnx_path: Path, opset: int, dynamic_batch: bool, batch_size: int, seed: int):
+    """Trace `graph` on random inputs and write it to `onnx_path`, then check the file with onnx's checker."""
+    import onnx
+
     # torch.export specialises a dimension of size 1 as a constant, so a dynamic axis is traced at 2.
     example_batch = 2 if dynamic_batch else batch_size
     example = tuple(torch.from_numpy(a) for a in random_inputs(example_batch, graph.preprocessing, seed))
     names = input_names(graph.preprocessing)
     batch_axis = torch.export.Dim("batch", min=1)
     dynamic_shapes = tuple({0: batch_axis} for _ in names) if dynamic_batch else None
-
     for name in ("onnxscript", "onnx_ir"):  # one INFO line per optimisation pass would drown our progress
         if logging.getLogger(name).level == logging.NOTSET:
             logging.getLogger(name).setLevel(logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix="dpiqa-export-") as tmp:
-        staging = Path(tmp)
-        onnx_path = staging / checkpoint.ONNX_NAME
-        t0 = time.monotonic()
-        log.info(
-            "exporting %s (%s, %dx%d) to ONNX opset %d, %s batch ...",
-            model,
-            info.checkpoint_hash,
-            height,
-            width,
-            opset,
-            "dynamic" if dynamic_batch else f"fixed {batch_size}",
-        )
-        # The torch.export-based exporter (torch's default since 2.9; the TorchScript one is deprecated).
-        # One file, no external data: the largest student (B7) is ~325 MB, far below protobuf's 2 GB.
-        torch.onnx.export(
-            graph,
-            example,
-            str(onnx_path),
-            dynamo=True,
-            input_names=names,
-            output_names=["score", "map"],
-            dynamic_shapes=dynamic_shapes,
-            opset_version=opset,
-            external_data=False,
-            verbose=False,
-        )
-        log.info(
-            "exported in %.1f s (%.1f MB); checking the graph",
-            time.monotonic() - t0,
-            onnx_path.stat().st_size / 1e6,
-        )
-        onnx.checker.check_model(str(onnx_path), full_check=True)
-        batches = (1, validate_batch) if dynamic_batch else (batch_size,)
-        validation = validate(onnx_path, graph, tuple(dict.fromkeys(batches)), seed=seed)
+    t0 = time.monotonic()
+    # The torch.export-based exporter (torch's default since 2.9; the TorchScript one is deprecated).
+    # One file, no external data: the largest student (B7) is ~325 MB, far below protobuf's 2 GB.
+    torch.onnx.export(
+        graph,
+        example,
+        str(onnx_path),
+        dynamo=True,
+        input_names=names,
+        output_names=["score", "map"],
+        dynamic_shapes=dynamic_shapes,
+        opset_version=opset,
+        external_data=False,
+        verbose=False,
+    )
+    log.info(
+        "exported in %.1f s (%.1f MB); checking the graph",
+        time.monotonic() - t0,
+        onnx_path.stat().st_size / 1e6,
+    )
+    onnx.checker.check_model(str(onnx_path), full_check=True)
 
-        (staging / checkpoint.CONFIG_NAME).write_text(checkpoint.config_json(student.architecture, student.config))
-        batch_dim = "batch" if dynamic_batch else batch_size
-        card = {
-            **student.card(),
-            # the graph holds float32 weights whatever the source stored (its `weights_dtype` goes into `source`)
-            **{k: v for k, v in info.card.items() if k != "weights_dtype"},
-            "format": "onnx",
-            "sha256": checkpoint.content_hash(staging, (checkpoint.CONFIG_NAME, checkpoint.ONNX_NAME)),
-            "source": {
-                "model": model,
-                "checkpoint_hash": info.checkpoint_hash,
-                "weights_dtype": info.card.get("weights_dtype", "float32"),
-            },
-            "onnx": {
-                "file": checkpoint.ONNX_NAME,
-                "sha256": file_sha256(onnx_path),
-                "bytes": onnx_path.stat().st_size,
-                "opset": opset,
-                "exporter": "torch.onnx.export(dynamo=True)",
-                "versions": {
-                    "torch": torch.__version__,
-                    "onnx": onnx.__version__,
-                    "onnxruntime": onnxruntime.__version__,
-                },
-                "dynamic_batch": dynamic_batch,
-                "batch_size": None if dynamic_batch else batch_size,
-                "inputs": {
-                    "images": {
-                        "dtype": "uint8",
-                        "layout": "NHWC",
-                        "color": "RGB",
-                        "shape": [batch_dim, height, width, 3],
-                        "note": "resized to preprocessing.size with preprocessing.interpolation; "
-                        "the graph scales to preprocessing.value_range and transposes to NCHW",
-                    },
-                    **(
-                        {
-                            "statistics": {
-                                "dtype": "float32",
-                                "shape": [batch_dim, graph.preprocessing.statistics_width],
-                                "note": "measured on the decoded image before the resize: "
-                                + ", ".join(graph.preprocessing.statistics)
-                                + " (dpiqa.models.preprocessing.Preprocessing.measure)",
-                            }
-                        }
-                        if graph.preprocessing.statistics
-                        else {}
-                    ),
-                },
-                "outputs": {
-                    "score": {
-                        "dtype": "float32",
-                        "shape": [batch_dim],
-                        "units": f"MOS (model output x {info.mos_scale:g})",
-                    },
-                    "map": {"dtype": "float32", "shape": [batch_dim, *info.map_shape]},
-                },
-                "validation": validation,
-            },
+
+def _onnx_section(
+    onnx_path: Path,
+    info,  # dpiqa.models.ModelInfo
+    preprocessing: Preprocessing,
+    opset: int,
+    dynamic_batch: bool,
+    batch_size: int,
+    validation: dict,
+) -> dict:
+    """The card's `onnx` section: the file, its exporter and versions, the input and output contract, the
+    validation against PyTorch."""
+    import onnx
+    import onnxruntime
+
+    height, width = preprocessing.size
+    batch_dim = "batch" if dynamic_batch else batch_size
+    inputs = {
+        "images": {
+            "dtype": "uint8",
+            "layout": "NHWC",
+            "color": "RGB",
+            "shape": [batch_dim, height, width, 3],
+            "note": "resized to preprocessing.size with preprocessing.interpolation; "
+            "the graph scales to preprocessing.value_range and transposes to NCHW",
         }
-        (staging / checkpoint.CARD_NAME).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
-        checkpoint.put_files(staging, output, checkpoint.ONNX_FILES, storage_options)
-    log.info("wrote %s (%s)", os.path.join(output, checkpoint.ONNX_NAME), card["sha256"])
-    return card
+    }
+    if preprocessing.statistics:
+        inputs["statistics"] = {
+            "dtype": "float32",
+            "shape": [batch_dim, preprocessing.statistics_width],
+            "note": "measured on the decoded image before the resize: "
+            + ", ".join(preprocessing.statistics)
+            + " (dpiqa.models.preprocessing.Preprocessing.measure)",
+        }
+    return {
+        "file": checkpoint.ONNX_NAME,
+        "sha256": file_sha256(onnx_path),
+        "bytes": onnx_path.stat().st_size,
+        "opset": opset,
+        "exporter": "torch.onnx.export(dynamo=True)",
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        "dynamic_batch": dynamic_batch,
+        "batch_size": None if dynamic_batch else batch_size,
+        "inputs": inputs,
+        "outputs": {
+            "score": {"dtype": "float32", "shape": [batch_dim], "units": f"MOS (model output x {info.mos_scale:g})"},
+            "map": {"dtype": "float32", "shape": [batch_dim, *info.map_shape]},
+        },
+        "validation": validation,
+    }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dpiqa.errors import ALERT
+from dpiqa.errors import ALERT, UsageError
 
 ALERT_EXIT = ALERT  # the exit status when a threshold is crossed (dpiqa/errors.py)
 PLOT_BINS = 64  # the histogram plot's bins (the fine grid summed in groups)
@@ -61,21 +61,21 @@ class AuditConfig:
 
     def __post_init__(self) -> None:
         if self.bins <= 0 or self.bins % PLOT_BINS:
-            raise ValueError(f"bins must be a positive multiple of {PLOT_BINS}, not {self.bins}")
+            raise UsageError(f"bins must be a positive multiple of {PLOT_BINS}, not {self.bins}")
         if sum(x is not None for x in (self.baseline, self.baseline_runs, self.baseline_json)) > 1:
-            raise ValueError("give one baseline: --baseline, --baseline-runs or --baseline-json")
+            raise UsageError("give one baseline: --baseline, --baseline-runs or --baseline-json")
         if self.run is not None and self.under is not None:
-            raise ValueError("select the shards by --run or by --under, not both")
+            raise UsageError("select the shards by --run or by --under, not both")
         if self.baseline_runs is not None and self.baseline_runs < 1:
-            raise ValueError(f"--baseline-runs must be at least 1, not {self.baseline_runs}")
+            raise UsageError(f"--baseline-runs must be at least 1, not {self.baseline_runs}")
         if self.executor not in ("auto", "local", "ray"):
-            raise ValueError(f"executor must be auto, local or ray, not {self.executor!r}")
+            raise UsageError(f"executor must be auto, local or ray, not {self.executor!r}")
         if self.thumbnails < 0:
-            raise ValueError(f"thumbnails must be >= 0, not {self.thumbnails}")
+            raise UsageError(f"thumbnails must be >= 0, not {self.thumbnails}")
         for name in ("max_error_rate", "max_drift"):
             value = getattr(self, name)
             if value is not None and value < 0:
-                raise ValueError(f"{name} must be >= 0, not {value}")
+                raise UsageError(f"{name} must be >= 0, not {value}")
 
 
 @dataclass

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 from dpiqa.engine.audit.config import AuditConfig
 from dpiqa.engine.scores import ScoredRun
+from dpiqa.json_object import NotAJsonObject, json_object
 from dpiqa.storage import get_fs
 
 log = logging.getLogger(__name__)
@@ -68,14 +68,10 @@ def read_baseline_document(url: str, storage_options: dict | None) -> dict:
     fs, path = get_fs(url, storage_options)
     try:
         with fs.open(path, "rb") as f:
-            doc = json.loads(f.read())
+            return json_object(f.read())
     except FileNotFoundError:
         raise ValueError(f"--baseline-json {url}: no such file") from None
-    except ValueError as exc:
-        raise ValueError(f"--baseline-json {url}: not JSON ({exc})") from None
-    if not isinstance(doc, dict):
+    except NotAJsonObject as exc:
         raise ValueError(
-            f"--baseline-json {url}: JSON {type(doc).__name__}, not an audit document (a JSON object made by "
-            "`dpiqa audit --json`)"
-        )
-    return doc
+            f"--baseline-json {url}: not an audit document ({exc}; `dpiqa audit --json` writes one)"
+        ) from None

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 Batch = dict[str, np.ndarray]
+S = TypeVar("S", bound="Stage")
+
+
+# What `Stage.with_` may set: how a stage is scheduled, never what it computes.
+RESOURCES = ("num_cpus", "num_gpus", "batch_size", "concurrency", "beside_actor")
 
 
 class Stage(ABC):
@@ -16,7 +22,8 @@ class Stage(ABC):
 
     A stage that overrides `setup()` holds state (a model) and runs as a pool of actors that each call
     `setup()` once; any other stage runs as stateless tasks. Resources are class defaults that an
-    instance may override (from the CLI or a cluster config), never guessed from the driver's hardware.
+    instance may override (from the CLI or a cluster config) through a configured copy (`with_`), never guessed from
+    the driver's hardware.
     """
 
     name: ClassVar[str] = "stage"
@@ -41,6 +48,21 @@ class Stage(ABC):
     @property
     def runs_as_actor(self) -> bool:
         return type(self).setup is not Stage.setup
+
+    def with_(self: S, **resources: Any) -> S:
+        """A copy of this stage with other resources (`num_cpus`, `num_gpus`, `batch_size`, `concurrency`,
+        `beside_actor`); this stage is left as it was, so a stage built once (a library's, a test's) can be
+        configured for several runs. NeMo Curator's `ProcessingStage.with_` does the same.
+
+        Raises:
+            TypeError: a name that is not one of the resources.
+        """
+        unknown = sorted(set(resources) - set(RESOURCES))
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.with_: {', '.join(unknown)} not among {', '.join(RESOURCES)}")
+        stage = copy.copy(self)
+        vars(stage).update(resources)
+        return stage
 
 
 def take(batch: Batch, mask: np.ndarray) -> Batch:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from dpiqa.engine.splits import make_splits
 from dpiqa.engine.training.config import TrainConfig
 from dpiqa.engine.training.model import check_sources, model_config
 from dpiqa.errors import UsageError
@@ -13,15 +14,9 @@ log = logging.getLogger(__name__)
 
 def runs_locally(config: TrainConfig, address: str | None) -> bool:
     """Whether the loop runs in this process (`TrainRun.executor`); the choice is logged with its reason."""
-    from dpiqa.engine.executor import EXECUTORS, named_cluster
+    from dpiqa.engine.executor import named_cluster
 
-    kind = config.run.executor
-    if kind not in EXECUTORS:
-        raise UsageError(f"--executor must be one of {', '.join(EXECUTORS)}, not {kind!r}")
-    if kind == "local" and config.run.workers > 1:
-        raise UsageError(
-            f"--executor local runs one worker in this process; --workers {config.run.workers} needs --executor ray"
-        )
+    kind = config.run.executor  # a known one, and `local` with one worker (`TrainRun.__post_init__`)
     named = named_cluster(address)
     local = kind == "local" or (kind == "auto" and config.run.workers == 1 and not named)
     if kind == "auto":
@@ -58,18 +53,13 @@ def check_before_start(config: TrainConfig, labeled) -> str | None:
     """The checks of `run_training` that need no Ray; returns what the card records about the model's
     pretrained source."""
     from dpiqa import models
-    from dpiqa.models import checkpoint
 
-    if config.protocol()["batch_size"] % config.run.workers:
-        raise UsageError(
-            f"--batch-size {config.protocol()['batch_size']} is the global batch and must divide "
-            f"evenly among --workers {config.run.workers} (each worker takes batch / workers)"
-        )
-    if config.dataset is None and not config.shards:
-        raise ValueError("nothing to train on: give --dataset and --root, and/or --input")
-    checkpoint.storage_dtype(config.weights_dtype)  # an unknown one is named now, not after the training
-    if config.ranked and (config.shards or config.dataset is None):
-        raise ValueError("--rank-weight, --extra-train and --extra-val work with a labelled --dataset, not --input")
+    # What the options alone can tell (the global batch against the workers, something to train on, the weights'
+    # dtype, a teacher for a student) was refused when the config was made (`TrainConfig.__post_init__`).
+    if labeled is not None:
+        # every split, as `_train_split` will make it: `--grouped` on a set without groups, or a part left empty,
+        # stops here, before Ray starts (the splits are a hash per image: milliseconds)
+        make_splits(labeled.names, config.split, labeled.groups)
     if config.teacher and config.distill_mode != "none":
         for seed in config.split.seeds:
             models.describe(config.teacher_for(seed))  # a missing or damaged teacher is named now

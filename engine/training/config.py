@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
+from dpiqa.engine.executor import EXECUTORS
+from dpiqa.engine.identity import identity_fields, setting
 from dpiqa.engine.splits import SplitConfig
 from dpiqa.engine.training.model import ModelSpec
+from dpiqa.errors import UsageError
+from dpiqa.models.checkpoint_weights import WEIGHTS_DTYPES
+from dpiqa.models.distill import MODES
+from dpiqa.models.run_options import PRECISION_NAMES
 
 # The paper's protocol: epoch(s) at which the learning rate is multiplied by 0.2, per dataset.
 # AGIQA-3K is not in the paper; it gets KonIQ-10k's schedule.
@@ -15,6 +21,9 @@ MILESTONES = {
     "teacher": {"koniq": (5,), "spaq": (5,), "clive": (10,), "livefb": (2,), "agiqa3k": (5,)},
     "student": {"koniq": (5,), "clive": (10, 25), "livefb": (4,), "spaq": (6,), "agiqa3k": (5,)},
 }
+# The protocols a training job follows (`TrainConfig.protocol_name`; `dpiqa.jobs.training.PROTOCOLS` holds their
+# defaults for the command line).
+PROTOCOL_NAMES = ("ours", "paper")
 DEFAULTS = {
     "teacher": {"lr": 1e-5, "batch_size": 16, "epochs": 30},
     "student": {"lr": 1e-4, "batch_size": 24, "epochs": 30},
@@ -47,8 +56,24 @@ class TrainRun:
     cache_dir: str | None = None
     executor: str = "auto"
 
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise UsageError(f"--workers must be at least 1, not {self.workers}")
+        if not self.cpus_per_worker > 0:
+            raise UsageError(f"--cpus-per-worker must be > 0, not {self.cpus_per_worker}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be at least 1, not {self.threads}")
+        if self.max_failures < 0:
+            raise UsageError(f"--max-failures must be >= 0, not {self.max_failures}")
+        if self.executor not in EXECUTORS:
+            raise UsageError(f"--executor must be one of {', '.join(EXECUTORS)}, not {self.executor!r}")
+        if self.executor == "local" and self.workers > 1:
+            raise UsageError(
+                f"--executor local runs one worker in this process; --workers {self.workers} needs --executor ray"
+            )
 
-@dataclass
+
+@dataclass(frozen=True)
 class TrainConfig:
     """A `train-teacher` or `distill` run: what is trained, and (`run`, a `TrainRun`) how it runs.
 
@@ -95,7 +120,7 @@ class TrainConfig:
     """
 
     job: str
-    output: str
+    output: str = setting()
     model: ModelSpec
     dataset: str | None = None
     root: str | None = None
@@ -108,22 +133,72 @@ class TrainConfig:
     score_field: str = "mos"
     shard_mos_scale: float | None = None
     synthetic: int = 0
-    cache_features: bool = True
+    cache_features: bool = setting(True)
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
     milestones: tuple[int, ...] | None = None
     precision: str = "auto"
     distill_mode: str = "feature"
-    run: TrainRun = field(default_factory=TrainRun)
+    run: TrainRun = setting(default_factory=TrainRun)
     extra_train: str | None = None
     extra_val: str | None = None
     rank_weight: float = 0.0
     rank_margin: float = 0.05
-    storage: str | None = None
-    storage_options: dict | None = None
-    command: list[str] = field(default_factory=list)
-    weights_dtype: str | None = None
+    storage: str | None = setting(None)
+    storage_options: dict | None = setting(None)
+    command: list[str] = setting(default_factory=list)
+    weights_dtype: str | None = setting(None)
+
+    def __post_init__(self) -> None:
+        """What the options alone can tell is refused here, for an API caller as for the command line (no file
+        is read: `checks.check_before_start` checks what the files hold)."""
+        if self.protocol_name not in PROTOCOL_NAMES:
+            raise UsageError(f"--protocol must be one of {', '.join(PROTOCOL_NAMES)}, not {self.protocol_name!r}")
+        if self.protocol_name == "paper" and self.split.fractions[1] != 0:
+            raise UsageError(
+                "--protocol paper has no validation part (it trains to the last epoch): "
+                "leave --fractions out or give 0 for the validation fraction"
+            )
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+        if self.lr is not None and not self.lr > 0:
+            raise UsageError(f"--lr must be > 0, not {self.lr}")
+        if self.synthetic < 0:
+            raise UsageError(f"--synthetic must be >= 0, not {self.synthetic}")
+        if self.rank_weight < 0 or not self.rank_margin > 0:
+            raise UsageError(
+                f"--rank-weight must be >= 0 and --rank-margin > 0, not {self.rank_weight} and {self.rank_margin}"
+            )
+        if self.precision not in PRECISION_NAMES:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISION_NAMES)}, not {self.precision!r}")
+        if self.distill_mode not in MODES:
+            raise UsageError(f"--mode must be one of {', '.join(MODES)}, not {self.distill_mode!r}")
+        if self.weights_dtype is not None and self.weights_dtype not in WEIGHTS_DTYPES:
+            raise UsageError(f"weights_dtype {self.weights_dtype!r} is not one of {', '.join(WEIGHTS_DTYPES)}")
+        if self.protocol()["batch_size"] % self.run.workers:
+            raise UsageError(
+                f"--batch-size {self.protocol()['batch_size']} is the global batch and must divide "
+                f"evenly among --workers {self.run.workers} (each worker takes batch / workers)"
+            )
+        if self.dataset is None and not self.shards:
+            raise UsageError("nothing to train on: give --dataset and --root, and/or --input")
+        if self.ranked and (self.shards or self.dataset is None):
+            raise UsageError("--rank-weight, --extra-train and --extra-val work with a labelled --dataset, not --input")
+        if (
+            self.model.kind == "student"
+            and not self.teacher
+            and not self.teacher_outputs
+            and self.distill_mode != "none"
+        ):
+            raise UsageError(
+                "student ablations distill from a teacher: pass --teacher"
+                if self.job.startswith("ablate")
+                else "distill needs --teacher (with --dataset) or --teacher-outputs (with --input); "
+                "or --mode none to train the student on labels alone"
+            )
 
     @property
     def ranked(self) -> bool:
@@ -160,21 +235,9 @@ class TrainConfig:
         return self.teacher.replace("{seed}", str(seed)) if self.teacher else None
 
     def identity(self) -> str:
-        """A hash of what determines the trained model (not where it runs)."""
-        keep = {
-            k: v
-            for k, v in asdict(self).items()
-            if k
-            not in (
-                "output",
-                "storage",
-                "storage_options",
-                "command",
-                "run",
-                "cache_features",
-                "weights_dtype",
-            )
-        }
+        """A hash of what determines the trained model (its identity fields, `dpiqa.engine.identity`), not of where
+        and how it runs: a rerun with the same identity resumes the run (Ray Train's run name holds the hash)."""
+        keep = identity_fields(self)
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

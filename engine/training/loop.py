@@ -19,62 +19,47 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dpiqa.engine.training.config import TrainConfig
 from dpiqa.engine.training.local import LocalCheckpoints
-from dpiqa.engine.training.model import ModelSpec
 
 log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoopConfig:
-    """Everything the workers need (plain data: it travels to every worker).
+    """Everything the workers need (plain data: it travels to every worker): the job as given and what the
+    driver decided for this split, nothing copied out of the job.
 
     Args:
-        model: what to build.
+        job: the training job (`TrainConfig`): the model, the protocol (`TrainConfig.protocol()`: epochs, lr,
+            milestones and gamma, the batch per worker), precision, distillation mode, ranking loss, the torch
+            threads per worker (`run.threads`) and the storage options the model's weights are read with.
         mos_scale: the labels' MOS scale, written into the model config (scores come out in those units).
-        epochs, lr, milestones, gamma: the protocol (Adam, step decay x gamma at milestones).
-        batch_size: images per worker per step: the global batch divided by the number of workers, so that
-            one worker and eight take the same steps of the same global batch.
-        precision: `auto` (bf16 autocast on GPUs that have it, else fp16 with a gradient scaler; fp32 on
-            CPU), `fp32`, `bf16`, `fp16` (always with a gradient scaler, as the authors trained).
-        distill_mode: student only: `feature`, `score`, `both` or `none` (see `dpiqa.models.distill`).
-        seed: seeds initialisation and the per-epoch data order.
-        threads: torch threads per worker on CPU.
-        shuffle_buffer: rows mixed locally per epoch when shards stream (a labelled set is shuffled whole).
+        seed: the split's seed: seeds initialisation and the per-epoch data order.
         has_val: a `val` dataset was given.
         cached_features: the rows hold a frozen backbone's `features` instead of `image`.
-        storage_options: fsspec options for the weights the model is built from.
         images_per_epoch: the global number of training images per epoch, when known (for progress lines).
-        rank_weight: weight of the pairwise ranking loss across distortion levels of one source
-            (`dpiqa.models.distill.ranking_loss`) added to the label/distillation loss; 0 leaves it out.
-        rank_margin: its margin, in score units (MOS / mos_scale).
+        shuffle_buffer: rows mixed locally per epoch when shards stream (a labelled set is shuffled whole).
         local: the loop runs in this process (Ray Train's local mode, one worker): its checkpoints are kept and
             resumed from here, not by Ray Train.
         device: the device of a loop in this process (Ray Train gives its workers theirs).
     """
 
-    model: ModelSpec
+    job: TrainConfig
     mos_scale: float
-    epochs: int = 30
-    batch_size: int = 16
-    lr: float = 1e-5
-    milestones: tuple[int, ...] = (5,)
-    gamma: float = 0.2
-    precision: str = "auto"
-    distill_mode: str = "feature"
     seed: int = 0
-    threads: int | None = None
-    shuffle_buffer: int = 4096
     has_val: bool = True
     cached_features: bool = False
-    storage_options: dict | None = None
     images_per_epoch: int | None = None
-    rank_weight: float = 0.0
-    rank_margin: float = 0.05
+    shuffle_buffer: int = 4096
     local: LocalCheckpoints | None = None
     device: str = "cpu"
+
+    @property
+    def epochs(self) -> int:
+        return self.job.protocol()["epochs"]
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -116,12 +101,14 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # data.
     # Ray Train logs "Reporting training result N: <every metric>" at INFO from a logger named after its file,
     # outside the `ray.train` names that RunConfig's LoggingConfig(log_level="WARNING") filters (run.py)
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    job, protocol = cfg.job, cfg.job.protocol()
+    epochs, batch_size = protocol["epochs"], protocol["batch_per_worker"]
+    if job.run.threads:
+        torch.set_num_threads(job.run.threads)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.mos_scale, cfg.storage_options)
+    model = build_model(job.model, cfg.mos_scale, job.storage_options)
     start_epoch, best = 0, None
     checkpoint = cfg.local.latest() if cfg.local is not None else ray.train.get_checkpoint()
     state = None
@@ -142,36 +129,38 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # data.
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ddp = model.to(device) if cfg.local is not None else ray.train.torch.prepare_model(model)
     module = ddp.module if hasattr(ddp, "module") else ddp
-    optimizer = torch.optim.Adam([p for p in ddp.parameters() if p.requires_grad], lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
+    optimizer = torch.optim.Adam([p for p in ddp.parameters() if p.requires_grad], lr=protocol["lr"])
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=protocol["milestones"], gamma=protocol["gamma"]
+    )
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-    autocast, precision = _autocast(cfg.precision, device)
+    autocast, precision = _autocast(job.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     steps = int(state.get("steps", 0)) if state is not None else 0
 
     train = ray.train.get_dataset_shard("train") if epoch_batches is None else None
     val = ray.train.get_dataset_shard("val") if rank == 0 and cfg.has_val else None
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, epochs):
         t0 = time.monotonic()
         torch.manual_seed(cfg.seed * 1000 + epoch)
         ddp.train()
         losses, seen = [], 0
         progress = (
-            Progress(f"epoch {epoch + 1}/{cfg.epochs}", cfg.images_per_epoch, done_unit="images") if rank == 0 else None
+            Progress(f"epoch {epoch + 1}/{epochs}", cfg.images_per_epoch, done_unit="images") if rank == 0 else None
         )
         if epoch_batches is not None:
-            batches = epoch_batches.batches(epoch, cfg.seed, cfg.batch_size * world, rank, world)
+            batches = epoch_batches.batches(epoch, cfg.seed, batch_size * world, rank, world)
         else:
             batches = train.iter_batches(
-                batch_size=cfg.batch_size,
+                batch_size=batch_size,
                 batch_format="numpy",
                 local_shuffle_buffer_size=cfg.shuffle_buffer,
                 local_shuffle_seed=cfg.seed * 1000 + epoch,
             )
         for batch in batches:
-            b = to_torch(batch, map_shape if cfg.model.kind == "student" else None)
+            b = to_torch(batch, map_shape if job.model.kind == "student" else None)
             target = b["target"].to(device)
             with autocast:
                 if cfg.cached_features:
@@ -182,7 +171,7 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # data.
                         preprocessing.to_tensor(b["image"].to(device)), **preprocessing.model_kwargs(measured)
                     )
             score, quality_map = score.float(), quality_map.float()
-            if cfg.model.kind == "teacher":
+            if job.model.kind == "teacher":
                 loss = teacher_loss(score, target)
             else:
                 teacher_score = b["teacher_score"].to(device) / config.mos_scale if "teacher_score" in b else None
@@ -192,18 +181,18 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # data.
                     target,
                     teacher_score,
                     b["teacher_map"].to(device) if "teacher_map" in b else None,
-                    mode=cfg.distill_mode,
+                    mode=job.distill_mode,
                 ).total
-            if cfg.rank_weight and "rank_group" in b:
+            if job.rank_weight and "rank_group" in b:
                 ranked = ranking_loss(
                     score,
                     b["rank_group"].to(device),
                     b["rank_family"].to(device),
                     b["level"].to(device),
-                    margin=cfg.rank_margin,
+                    margin=job.rank_margin,
                 )
                 if ranked is not None:
-                    loss = loss + cfg.rank_weight * ranked
+                    loss = loss + job.rank_weight * ranked
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -256,7 +245,7 @@ def train_loop_per_worker(cfg: LoopConfig, epoch_batches=None) -> None:  # data.
                 "epoch %d/%d: train loss %.5f, val SRCC %s PLCC %s table SRCC %s PLCC %s rank SRCC %s, "
                 "%d images in %d steps, %.1fs",
                 epoch + 1,
-                cfg.epochs,
+                epochs,
                 metrics["train_loss"],
                 _fmt(metrics.get("val_srcc")),
                 _fmt(metrics.get("val_plcc")),

@@ -14,7 +14,7 @@ from dpiqa.errors import UsageError
 from dpiqa.models.pretrained import CLIP_TEXT, STABLE_DIFFUSION
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelSpec:
     """Which model to train and how to initialise it.
 
@@ -47,6 +47,16 @@ class ModelSpec:
     pretrained_backbone: bool = True
     backbone_weights: str | None = None
     overrides: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("teacher", "student"):
+            raise UsageError(f"the model kind must be teacher or student, not {self.kind!r}")
+        if self.kind == "teacher" and not (self.init or self.sd or self.random_prior):
+            raise UsageError(
+                "train-teacher needs the diffusion prior: --sd STABLE_DIFFUSION (Hub id "
+                f"{STABLE_DIFFUSION}, or a diffusers folder or URL) with --clip (default {CLIP_TEXT}); "
+                "--random-prior trains on a randomly initialised prior on purpose (tests, ablations)"
+            )
 
     def prior(self) -> str | None:
         """What the teacher's diffusion prior is, for the card (None for a student)."""
@@ -127,16 +137,10 @@ def check_sources(spec: ModelSpec, mos_scale: float, storage_options: dict | Non
         models.describe(spec.init)  # a missing or damaged checkpoint is named now
         return f"from checkpoint {spec.init}"
     if spec.kind == "teacher":
-        if spec.sd:
+        if spec.sd:  # else a random prior on purpose (`ModelSpec.__post_init__` refused a teacher with neither)
             from dpiqa.models.pretrained import check_pretrained_sources
 
             check_pretrained_sources(spec.sd, spec.clip or CLIP_TEXT, storage_options)
-        elif not spec.random_prior:
-            raise UsageError(
-                "train-teacher needs the diffusion prior: --sd STABLE_DIFFUSION (Hub id "
-                f"{STABLE_DIFFUSION}, or a diffusers folder or URL) with --clip (default {CLIP_TEXT}); "
-                "--random-prior trains on a randomly initialised prior on purpose (tests, ablations)"
-            )
         return spec.prior()
     if not spec.pretrained_backbone:
         return "none: random initialisation (--no-pretrained)"

@@ -108,24 +108,14 @@ def _train_split(
     train, val, cached_features, images_per_epoch = split_datasets(config, labeled, split, preprocessing, mos_scale)
     gpu = use_gpu(config)
     loop = LoopConfig(
-        model=config.model,
+        job=config,
         mos_scale=mos_scale,
-        epochs=protocol["epochs"],
-        batch_size=protocol["batch_per_worker"],
-        lr=protocol["lr"],
-        milestones=tuple(protocol["milestones"]),
-        precision=config.precision,
-        distill_mode=config.distill_mode,
         seed=seed,
-        threads=config.run.threads,
         has_val=val is not None,
         cached_features=cached_features,
-        storage_options=config.storage_options,
         images_per_epoch=images_per_epoch,
-        rank_weight=config.rank_weight,
-        rank_margin=config.rank_margin,
     )
-    fitted = fit(config, loop, train, val, f"{config.job}-{config.identity()}-split{seed}", local, gpu)
+    fitted = fit(loop, train, val, f"{config.job}-{config.identity()}-split{seed}", local, gpu)
     best_metrics = fitted.best_metrics
     with fitted.checkpoint.as_directory() as d:
         model = checkpoint.round_weights(models.load_model(str(Path(d) / MODEL_DIR)), config.weights_dtype)

@@ -34,12 +34,11 @@ class Fitted:
     seconds: float
 
 
-def fit(config: TrainConfig, loop: LoopConfig, train, val, name: str, local: bool, use_gpu: bool) -> Fitted:
+def fit(loop: LoopConfig, train, val, name: str, local: bool, use_gpu: bool) -> Fitted:
     """Train one split with Ray Train and pick the checkpoint to keep.
 
     Args:
-        config: the job (workers, failures, storage).
-        loop: what the workers run.
+        loop: what the workers run; its job (`loop.job`) says how (workers, failures, storage).
         train: the training data: `dpiqa.engine.training.data.EpochBatches`, or a Ray dataset of streamed shards.
         val: the validation Ray dataset, or None.
         name: the Ray Train run's name (resumes a run of the same name in the same storage).
@@ -55,6 +54,7 @@ def fit(config: TrainConfig, loop: LoopConfig, train, val, name: str, local: boo
 
     from dpiqa.engine.training import data
 
+    config = loop.job
     epoch_batches = train if isinstance(train, data.EpochBatches) else None
     datasets = {} if epoch_batches is not None else {"train": train}
     if val is not None:

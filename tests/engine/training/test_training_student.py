@@ -212,6 +212,11 @@ def test_bad_recipes_stop_before_ray_starts(tmp_path, capsys):
             "--executor local runs one worker in this process; --workers 2 needs --executor ray",
             2,
         ),
+        (  # the table has no group column: refused before Ray starts, not after (training/checks.py)
+            [*tiny_teacher(table), "--grouped"],
+            "--grouped splits need a group per image, and this dataset has none; drop --grouped",
+            2,
+        ),
     ]
     if not torch.cuda.is_available():  # --device cuda without a GPU: not waiting for one a local Ray never gets
         for executor in ("local", "ray"):
