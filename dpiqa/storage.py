@@ -376,9 +376,9 @@ _AFTER_DEL = "\x7f\U0010ffff"  # a prefix + this sorts after every key whose nex
 SPLIT_AFTER_PAGES = 3
 
 
-def list_s3_keys(fs: Any, folder: str, threads: int = 16, page_size: int = 1000) -> list[str]:
+def list_s3_keys(fs: Any, folder: str, threads: int = 16, page_size: int = 1000, sizes: bool = False) -> list:
     """Every object below `folder` (bucket/path) on S3, as `bucket/key` paths (as `fs.find` gives them; in no
-    particular order), listed in key ranges side by side.
+    particular order; with `sizes`, `(path, size in bytes)` pairs), listed in key ranges side by side.
 
     S3 returns at most 1,000 keys per LIST request, and the pages of one prefix come one after another (each
     needs the last one's continuation token). So a page that comes back truncated splits what is left of its
@@ -412,20 +412,22 @@ def list_s3_keys(fs: Any, folder: str, threads: int = 16, page_size: int = 1000)
     # (prefix, start after this key, continuation token, pages listed in this range so far)
     Range = tuple[str, str | None, str | None, int]
 
-    def one_page(client: Any, rng: Range) -> tuple[list[str], list[Range]]:
-        """A range's next page: its keys, and the ranges that hold what is left."""
+    def one_page(client: Any, rng: Range) -> tuple[list, list[Range]]:
+        """A range's next page: its keys (or key-size pairs), and the ranges that hold what is left."""
         prefix, start_after, token, pages = rng
         listed = page(client, prefix, start_after, token)
-        keys = [o["Key"] for o in listed.get("Contents", ())]
+        contents = listed.get("Contents", ())
+        keys = [o["Key"] for o in contents]
+        found = [(o["Key"], int(o.get("Size") or 0)) for o in contents] if sizes else keys
         if not listed.get("IsTruncated"):
-            return keys, []
+            return found, []
         nxt = keys[-1][len(prefix) : len(prefix) + 1] if keys else ""
         if nxt and " " <= nxt <= "\x7f" and pages >= SPLIT_AFTER_PAGES and in_flight < threads:
             rest: list[Range] = [(prefix + nxt, keys[-1], None, 0)]
             rest += [(prefix + d, None, None, 0) for d in PRINTABLE if d > nxt]
             rest.append((prefix, prefix + _AFTER_DEL, None, 0))
-            return keys, rest
-        return keys, [(prefix, start_after, listed["NextContinuationToken"], pages + 1)]
+            return found, rest
+        return found, [(prefix, start_after, listed["NextContinuationToken"], pages + 1)]
 
     keys, todo = one_page(fs, (base, None, None, SPLIT_AFTER_PAGES))  # the folder splits at its first page
     parts = [keys]
@@ -439,4 +441,6 @@ def list_s3_keys(fs: Any, folder: str, threads: int = 16, page_size: int = 1000)
                     keys, rest = future.result()
                     parts.append(keys)
                     running |= {pool.submit(one_page, many, rng) for rng in rest}
+    if sizes:
+        return [(f"{bucket}/{k}", n) for part in parts for k, n in part if not k.endswith("/")]
     return [f"{bucket}/{k}" for part in parts for k in part if not k.endswith("/")]

@@ -6,10 +6,12 @@ from __future__ import annotations
 import codecs
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 
 import braceexpand
 from fsspec import AbstractFileSystem
+from fsspec.utils import glob_translate
 
 from dpiqa.engine.shards.naming import SHARD_SUFFIX_NAMES, is_shard_name, shard_names
 from dpiqa.errors import UsageError
@@ -65,8 +67,9 @@ def list_shards(spec: str, storage_options: dict | None = None, skip_missing: bo
     root: str | None = None
     explicit = False  # every URL was named one by one (checked for existence)
     unreadable: list[str] = []
-    if _exists(fs, path):
-        if fs.isdir(path):
+    kind = _kind(fs, path)
+    if kind is not None:
+        if kind == "directory":
             root = to_url(fs, path.rstrip("/"))
             if is_local(fs):
                 found, unreadable = _find_local(path)
@@ -173,11 +176,17 @@ def refuse_missing_bucket(output: str, storage_options: dict | None = None) -> N
         pass  # it exists; whether this user may write there shows at the first write
 
 
-def _exists(fs: AbstractFileSystem, path: str) -> bool:
+def _kind(fs: AbstractFileSystem, path: str) -> str | None:
+    """`directory`, `file` (or another kind fsspec names), or None where nothing is: one `info` call, on S3 a
+    HEAD and at most a one-key listing. (`fs.isdir` on S3 lists the whole prefix, page after page, into s3fs's
+    cache: at 10^6 keys 1,000 requests and ~1.5 KiB of driver memory per key, measured: 1,555 bytes a shard
+    still held after planning 6,000 shards on the loopback server.)"""
+    if not path:
+        return None
     try:
-        return bool(path) and fs.exists(path)
-    except (ValueError, OSError):  # a pattern that is no valid object name
-        return False
+        return fs.info(path)["type"]
+    except (ValueError, OSError):  # absent (FileNotFoundError), or a pattern that is no valid object name
+        return None
 
 
 def _find_local(folder: str) -> tuple[list[str], list[str]]:
@@ -210,7 +219,15 @@ def _magic(path: str) -> bool:
 
 
 def _glob(spec: str, storage_options: dict | None) -> list[str]:
+    """The tar shards a glob matches. On S3 the keys below the pattern's fixed folder come from one ranged
+    listing (`list_s3_keys`) and are matched with fsspec's own glob rules (`glob_translate`): `fs.glob` would
+    list them page after page and keep every entry in s3fs's cache."""
     fs, path = get_fs(spec, storage_options)
+    if is_s3(fs):
+        cut = min(path.index(c) for c in "*?[" if c in path)
+        folder = path[:cut].rsplit("/", 1)[0]
+        match = re.compile(glob_translate(path)).match
+        return [to_url(fs, k) for k in list_s3_keys(fs, folder) if is_shard_name(k) and match(k)]
     return [to_url(fs, p) for p in fs.glob(path) if is_shard_name(p) and not fs.isdir(p)]
 
 
@@ -272,10 +289,13 @@ def sizes(urls: list[str], storage_options: dict | None = None) -> dict[str, int
     out: dict[str, int | None] = {}
     for folder, members in by_folder.items():
         fs, path = get_fs(folder, storage_options)
-        try:
-            present = {to_url(fs, e["name"]): int(e.get("size") or 0) for e in fs.ls(path, detail=True)}
-        except (FileNotFoundError, NotADirectoryError):
-            present = {}
+        if is_s3(fs) and "/" in path:  # ranged listing, no s3fs cache (fs.ls keeps ~1.5 KiB per key)
+            present = {to_url(fs, k): size for k, size in list_s3_keys(fs, path, sizes=True)}
+        else:
+            try:
+                present = {to_url(fs, e["name"]): int(e.get("size") or 0) for e in fs.ls(path, detail=True)}
+            except (FileNotFoundError, NotADirectoryError):
+                present = {}
         out.update({u: present.get(u) for u in members})
     return out
 

@@ -61,3 +61,34 @@ def test_one_page_folder_is_one_request(s3):
         del fs.call_s3
     assert sorted(keys) == [f"{bucket}/small/{i:03d}.tar" for i in range(12)]
     assert calls == ["small/"]
+
+
+LAYOUT = ["a/00000.tar", "a/00001.tar", "a/00002.tar.gz", "a/x-1.tar", "a/notes.txt", "a/deep/00003.tar", "b/00000.tar"]
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["a", "a/*.tar", "a/0000?.tar", "a/0000[02].tar*", "**/0000*.tar", "a/**", "{a,b}/00000.tar", "a/{00000..00002}.tar*"],
+)
+def test_s3_patterns_name_the_shards_a_local_folder_gives(s3, tmp_path, pattern):
+    """Globs (through one ranged listing and fsspec's glob rules) and brace patterns (existence from one listing
+    with sizes) on S3 name the same shards, under the same output names, as the same layout on a local disk
+    (fsspec's local glob); and planning leaves nothing in s3fs's listing cache (`fs.isdir`/`fs.glob`/`fs.ls` kept
+    every listed key there, ~1.5 KiB each)."""
+    from dpiqa.engine.shards.listing import list_shards
+
+    bucket, options = s3
+    fs, _ = storage.get_fs(f"s3://{bucket}/", options)
+    fs.pipe({f"{bucket}/in/{p}": b"" for p in LAYOUT})
+    for p in LAYOUT:
+        (tmp_path / p).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / p).write_bytes(b"")
+
+    local = list_shards(f"{tmp_path}/{pattern}", skip_missing=True)
+    remote = list_shards(f"s3://{bucket}/in/{pattern}", options, skip_missing=True)
+
+    assert local.urls  # every pattern names some shard
+    assert [u.split("/in/", 1)[1] for u in remote.urls] == [u[len(str(tmp_path)) + 1 :] for u in local.urls]
+    assert sorted(remote.names.values()) == sorted(local.names.values())
+    assert [m.split("/in/", 1)[1] for m in remote.missing] == [m[len(str(tmp_path)) + 1 :] for m in local.missing]
+    assert not fs.dircache, list(fs.dircache)[:3]
