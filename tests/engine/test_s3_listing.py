@@ -68,7 +68,16 @@ LAYOUT = ["a/00000.tar", "a/00001.tar", "a/00002.tar.gz", "a/x-1.tar", "a/notes.
 
 @pytest.mark.parametrize(
     "pattern",
-    ["a", "a/*.tar", "a/0000?.tar", "a/0000[02].tar*", "**/0000*.tar", "a/**", "{a,b}/00000.tar", "a/{00000..00002}.tar*"],
+    [
+        "a",
+        "a/*.tar",
+        "a/0000?.tar",
+        "a/0000[02].tar*",
+        "**/0000*.tar",
+        "a/**",
+        "{a,b}/00000.tar",
+        "a/{00000..00002}.tar*",
+    ],
 )
 def test_s3_patterns_name_the_shards_a_local_folder_gives(s3, tmp_path, pattern):
     """Globs (through one ranged listing and fsspec's glob rules) and brace patterns (existence from one listing
