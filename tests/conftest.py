@@ -85,6 +85,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     skip_slow = pytest.mark.skip(reason="slow: set RUN_SLOW=1")
     skip_agiqa = pytest.mark.skip(reason=f"needs {AGIQA}")
+    skip_extra = pytest.mark.skip(reason="an extra check: set RUN_EXTRA=1 (make test-extra)")
     # Modules with a `slow` test (Ray Train runs, SIGKILLs and reruns: a minute or more each) first: pytest-xdist
     # hands modules out in this order, and a long module handed out last makes one worker end minutes after the
     # other. The order within a module is kept.
@@ -98,3 +99,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_slow)
         if "agiqa" in item.keywords and not AGIQA.exists():
             item.add_marker(skip_agiqa)
+        if "extra" in item.keywords and not os.environ.get("RUN_EXTRA"):
+            item.add_marker(skip_extra)

@@ -1,5 +1,6 @@
 """Every `bench/` script runs at its smallest size and prints its result, so a benchmark that no longer runs
-fails the suite (with the slow tests; not the numbers: a smoke run measures nothing worth keeping). `LEFT_OUT`
+fails CI (`make test-extra`, run by CI after the suite: ~3 minutes of fresh Pythons, kept out of `make test`;
+not the numbers: a smoke run measures nothing worth keeping). `LEFT_OUT`
 says which are not run and why; `bench/gpu.py` needs a GPU, so only its `--help` is run."""
 
 from __future__ import annotations
@@ -89,12 +90,14 @@ def test_bench_script_help(script: str, tmp_path: Path) -> None:
     _smoke(script, ["--help"], HELP_ONLY[script], tmp_path)
 
 
+@pytest.mark.extra  # not in `make test`: `make test-extra` (CI runs both)
 @pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(SMOKE))
 def test_bench_script_runs_at_its_smallest_size(script: str, tmp_path: Path) -> None:
     _smoke(script, *SMOKE[script], tmp_path)
 
 
+@pytest.mark.extra
 @pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(SLOW))
 def test_bench_script_with_ray_runs_at_its_smallest_size(script: str, tmp_path: Path) -> None:

@@ -13,6 +13,11 @@ from conftest import AGIQA
 from dpiqa import models
 from dpiqa.models.registry import SHIPPED
 
+# Checks of the shipped artefact (minutes on a 2-core CPU: 594 images, a ViT's ONNX export), not of code the
+# suite does not cover otherwise (tests/models/test_export.py exports and compares every architecture at tiny
+# size): `make test-extra`, which CI runs after the suite.
+pytestmark = pytest.mark.extra
+
 
 @pytest.fixture(scope="module")
 def card() -> dict:
