@@ -200,6 +200,13 @@ def main() -> None:
                 f"{'measured ' + format(b['total'], '.0f') + ' s' if b['shards'] >= at else 'projected ' + format(b['total'] + per * (at - b['shards']), '.0f') + ' s'}, "
                 f"driver peak RSS {'measured ' + format(b['peak_rss_mib'], '.0f') if b['shards'] >= at else 'projected ' + format(b['peak_rss_mib'] + mem * (at - b['shards']), '.0f')} MiB."
             )
+            cpu = (b["driver_cpu"] - a["driver_cpu"]) / (b["shards"] - a["shards"])
+            # The planning process's own CPU: against a store that answers as fast as S3 does (many ranges in
+            # flight), what is left of planning; on moto, whose server time grows with the bucket, wall time is not.
+            lines.append(
+                f"{store}: driver CPU {cpu * 1e3:.3f} ms per more shard; at 10^6 shards "
+                f"{'measured ' + format(b['driver_cpu'], '.0f') if b['shards'] >= at else 'projected ' + format(b['driver_cpu'] + cpu * (at - b['shards']), '.0f')} s."
+            )
     lines += ["", f"Machine: {machine()}"]
     text = "\n".join(lines) + "\n"
     print(text)
