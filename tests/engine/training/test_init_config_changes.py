@@ -51,3 +51,11 @@ def test_init_with_a_change_that_does_not_keep_the_checkpoint_stops(start, overr
     path, _ = start
     with pytest.raises((UsageError, ValueError), match=message):
         build_model(ModelSpec(kind="student", init=str(path), overrides=overrides), 100.0)
+
+
+def test_init_with_a_change_that_drops_a_part_stops(tmp_path):
+    """A pooled checkpoint fine-tuned with `head_pool=""` would lose its read-out: one line, not a silent drop."""
+    path = str(tmp_path / "pooled")
+    models.build("dpiqa-student-tiny", overrides={"head_pool": "meanstd"}).save_pretrained(path)
+    with pytest.raises(UsageError, match="drops the checkpoint's pool_"):
+        build_model(ModelSpec(kind="student", init=path, overrides={"head_pool": ""}), 100.0)
