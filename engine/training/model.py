@@ -102,6 +102,8 @@ def build_model(spec: ModelSpec, mos_scale: float, storage_options: dict | None 
 
     if spec.init:
         model = models.load_model(spec.init)
+        if spec.overrides:
+            model = with_config_changes(model, spec.overrides, spec.init)
         if not math.isclose(model.config.mos_scale, mos_scale):
             model.config = dataclasses.replace(model.config, mos_scale=mos_scale)
         return model
@@ -121,6 +123,35 @@ def build_model(spec: ModelSpec, mos_scale: float, storage_options: dict | None 
             storage_options=storage_options,
         )
     return cls(config)
+
+
+def with_config_changes(model: torch.nn.Module, overrides: dict, init: str) -> torch.nn.Module:
+    """A checkpoint's model (`--init`) with config fields changed (`--set`) that add parts, e.g. the student's
+    `head_pool`: the changed config's model, every weight of the checkpoint loaded into it, the added parts
+    keeping their own initialisation.
+
+    Raises:
+        UsageError: a field the config does not have or a value it cannot take, or a change that drops or
+            reshapes any of the checkpoint's weights (fine-tuning would then not start from the checkpoint).
+    """
+    from dpiqa.models import checkpoint
+    from dpiqa.models.registry import check_override
+
+    data = checkpoint.config_to_dict(model.config)
+    unknown = sorted(set(overrides) - set(data))
+    if unknown:
+        raise UsageError(f"--init {init}: {type(model.config).__name__} has no field {', '.join(unknown)}")
+    for name, value in overrides.items():
+        check_override(init, type(model.config), name, value)
+    changed = type(model)(checkpoint.config_from_dict(type(model.config), {**data, **overrides}))
+    says = f"--init {init} with --set {', '.join(f'{k}={v}' for k, v in overrides.items())}"
+    try:
+        result = changed.load_state_dict(model.state_dict(), strict=False)
+    except RuntimeError as exc:  # a weight whose shape the change alters
+        raise UsageError(f"{says}: the checkpoint's weights do not fit: {str(exc).splitlines()[-1].strip()}") from exc
+    if result.unexpected_keys:
+        raise UsageError(f"{says}: the change drops the checkpoint's {', '.join(result.unexpected_keys[:3])}")
+    return changed
 
 
 def check_sources(spec: ModelSpec, mos_scale: float, storage_options: dict | None = None) -> str | None:

@@ -277,3 +277,91 @@ def test_nss_blur_is_brisques_7x7_gaussian_with_mirrored_edges() -> None:
     np.testing.assert_allclose(_gaussian_blur(x).numpy(), expected, rtol=1e-12, atol=1e-12)
     # the form exports use (shifted slices: an ONNX conv's groups cannot follow the batch)
     np.testing.assert_allclose(_gaussian_blur_shifted(x).numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_head_pool_adds_a_linear_read_out_of_the_grids_mean_and_std() -> None:
+    """`head_pool="meanstd"`: the score is the map MLP's plus a linear read-out of each feature's mean and
+    standard deviation over the whole grid, standardised by running statistics when scoring; at its zero
+    initialisation the scores are the plain head's."""
+    config = StudentConfig(backbone="test_efficientnet", map_size=4, head_hidden=8, image_size=32)
+    torch.manual_seed(0)
+    plain = DPIQAStudent(config).eval()
+    pooled = DPIQAStudent(dataclasses.replace(config, head_pool="meanstd")).eval()
+    missing = pooled.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == [
+        "pool_head.bias",
+        "pool_head.weight",
+        "pool_norm.running_mean",
+        "pool_norm.running_var",
+    ]
+    channels = plain.map_head.in_channels
+    features = torch.randn(3, channels, 6, 6, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        base, base_map = plain(features, from_backbone=True)
+        same, same_map = pooled(features, from_backbone=True)
+        torch.testing.assert_close(same, base)
+        torch.testing.assert_close(same_map, base_map)
+        weight = torch.randn(1, 2 * channels, generator=torch.Generator().manual_seed(3))
+        pooled.pool_head.weight.copy_(weight)
+        pooled.pool_head.bias.fill_(0.5)
+        mean = torch.rand(2 * channels, generator=torch.Generator().manual_seed(4))
+        var = torch.rand(2 * channels, generator=torch.Generator().manual_seed(5)) + 0.5
+        pooled.pool_norm.running_mean.copy_(mean)
+        pooled.pool_norm.running_var.copy_(var)
+        got, _ = pooled(features, from_backbone=True)
+    flat = features.flatten(2).double()
+    stats = torch.cat([flat.mean(2), flat.std(2, correction=0)], 1)  # by hand over the 36 cells
+    standard = (stats - mean.double()) / (var.double() + 1e-5).sqrt()
+    expected = base.double() + (standard @ weight.double().t()).squeeze(1) + 0.5
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        from_images, _ = pooled(images)
+        from_features, _ = pooled(pooled.backbone_features(images), from_backbone=True)
+    torch.testing.assert_close(from_images, from_features)
+    with pytest.raises(ValueError, match="head_pool"):
+        DPIQAStudent(dataclasses.replace(config, head_pool="max"))
+
+
+def test_head_pool_default_keeps_the_shipped_checkpoint_loading_identically() -> None:
+    """The shipped demo student's config has no `head_pool`: it loads with the default, no pooled part."""
+    demo = models.load_model("demo")
+    assert demo.config.head_pool == "" and not hasattr(demo, "pool_head")
+    assert sum(p.numel() for p in demo.parameters()) == 8_775_169
+
+
+def test_head_pool_trains_on_batch_statistics_and_keeps_their_average() -> None:
+    """While training, the pooled features are standardised by the batch's statistics and the running ones
+    become the average over the batches seen (a batch of one image uses the running ones)."""
+    config = StudentConfig(backbone="test_efficientnet", map_size=4, head_hidden=8, image_size=32, head_pool="meanstd")
+    student = DPIQAStudent(config).train()
+    channels = student.map_head.in_channels
+    batches = [torch.randn(4, channels, 3, 3, generator=torch.Generator().manual_seed(s)) * 3 + s for s in (1, 2)]
+    for f in batches:
+        student(f, from_backbone=True)
+    stats = [torch.cat([f.flatten(2).mean(2), f.flatten(2).std(2, correction=0)], 1) for f in batches]
+    torch.testing.assert_close(student.pool_norm.running_mean, (stats[0].mean(0) + stats[1].mean(0)) / 2)
+    before = student.pool_norm.running_mean.clone()
+    student(batches[0][:1], from_backbone=True)  # one image: no batch statistics, nothing updated
+    torch.testing.assert_close(student.pool_norm.running_mean, before)
+
+
+def test_freeze_map_head_trains_the_pooled_read_out_alone() -> None:
+    config = StudentConfig(
+        backbone="test_efficientnet",
+        map_size=4,
+        head_hidden=8,
+        image_size=32,
+        head_pool="meanstd",
+        freeze_map_head=True,
+        freeze_backbone=True,
+    )
+    student = DPIQAStudent(config).train()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    optimizer = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=1e-2)
+    score, _ = student(torch.rand(4, 3, 32, 32))
+    ((score - 1.0) ** 2).mean().backward()
+    optimizer.step()
+    after = student.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k]) and "pool_norm" not in k}
+    assert moved == {"pool_head.weight", "pool_head.bias"}
