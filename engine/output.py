@@ -311,10 +311,12 @@ class OutputLocation:
 
         def put() -> None:
             folder = path.rsplit("/", 1)[0]
-            self.fs.makedirs(folder, exist_ok=True)
             if not self.local:
+                # no folder to make on an object store (s3fs's makedirs asks S3 whether the bucket exists: one
+                # HEAD request per file written)
                 _upload(self.fs, path, write, mode)
                 return
+            self.fs.makedirs(folder, exist_ok=True)
             tmp = f"{folder}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex[:8]}.tmp"
             try:
                 with open(tmp, mode) as f:
