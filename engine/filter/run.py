@@ -13,6 +13,7 @@ from dpiqa import storage
 from dpiqa.engine.executor.base import UnitWorker
 from dpiqa.engine.filter.cutoff import Cutoff, min_score_cutoff, top_fraction_cutoff
 from dpiqa.engine.filter.shard_copy import KEYS_DIR, ShardFilter, ShardResult, ShardTask
+from dpiqa.engine.identity import identity_fields, setting
 from dpiqa.engine.output import DONE_DIR, OutputLocation, RunResult
 from dpiqa.engine.runner import ShardJob, Tally, pending_shards, run_shard_job
 from dpiqa.engine.scores import ScoredRun, ScoredShard
@@ -42,14 +43,14 @@ class FilterConfig:
     """
 
     scores: str
-    input: str
-    output: str
+    input: str = setting()  # which shards of the scored run are copied, not what is kept of them
+    output: str = setting()
     min_score: float | None = None
     top_fraction: float | None = None
     keys_only: bool = False
-    overwrite: bool = False
-    workers: int = 4
-    storage_options: dict | None = None
+    overwrite: bool = setting(False)
+    workers: int = setting(4)
+    storage_options: dict | None = setting(None)
 
     def __post_init__(self) -> None:
         if (self.min_score is None) == (self.top_fraction is None):
@@ -116,12 +117,9 @@ def run_filter(config: FilterConfig, executor: str = "auto", address: str | None
     else:
         cutoff = min_score_cutoff(config.min_score)
     identity = {
-        "scores": config.scores,
+        **identity_fields(config),
         "scores_config": (run.run_info or {}).get("config_hash"),
-        "min_score": config.min_score,
-        "top_fraction": config.top_fraction,
         "cutoff": cutoff.identity() if config.top_fraction is not None else None,
-        "keys_only": config.keys_only,
     }
     if config.overwrite:
         _remove_previous(out)

@@ -143,3 +143,26 @@ def test_a_scoring_rerun_that_changes_its_identity_is_refused(scored, change):
     shards, out = scored
     with pytest.raises(ForeignOutputError):
         run_score(ScoreConfig(input=str(shards), output=str(out), model="dpiqa-student-tiny", **change), "local")
+
+
+def test_a_filter_runs_identity_is_what_it_keeps_not_where_or_how_fast():
+    """The filter follows the one rule: what it keeps (the scored run, the cut, keys only) is its identity; the
+    shards it copies, the output, the workers, --overwrite and the storage options are settings."""
+    from dpiqa.engine.filter.run import FilterConfig
+    from dpiqa.engine.identity import identity_fields
+
+    a = FilterConfig(scores="s3://b/scores", input="s3://b/in/", output="s3://b/kept", min_score=3.5)
+    assert identity_fields(a) == {"scores": "s3://b/scores", "min_score": 3.5, "top_fraction": None, "keys_only": False}
+    moved = FilterConfig(
+        scores="s3://b/scores",
+        input="/local/in",
+        output="/local/kept",
+        min_score=3.5,
+        overwrite=True,
+        workers=16,
+        storage_options={"anon": True},
+    )
+    assert identity_fields(moved) == identity_fields(a)
+    assert identity_fields(FilterConfig(scores="s3://b/scores", input="i", output="o", top_fraction=0.1)) != (
+        identity_fields(a)
+    )
