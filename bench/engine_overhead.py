@@ -11,9 +11,9 @@ copies of it, and (extra images) / (extra seconds) cancels start-up (imports, Ra
 load); each run's own Ray start (`startup.ray_start_seconds` in its manifest, 4-20 s on a busy 2-core
 machine) is taken out of its seconds first, so that its spread between the two runs does not land in the
 difference. The bare loop runs before and after the engine's runs; its mean is the baseline, and both are
-printed, so the machine's drift over the run is visible. It prints the rates, the ratios to (a), the peak memory of the whole process tree (the driver and
-every Ray process) on both corpora, whose ratio must stay near 1 (memory must not grow with the corpus),
-and the machine.
+printed, so the machine's drift over the run is visible. It prints the rates, the ratios to (a), the peak
+memory of the whole process tree (the driver and every Ray process) on both corpora, whose ratio must stay
+near 1 (memory must not grow with the corpus), and the machine.
 
 The model is a DP-IQA student whose compute dominates on a CPU (default: EfficientNet-B0 backbone at
 the paper's 512x512 input, random weights, saved and loaded as a checkpoint); the images are
@@ -225,13 +225,13 @@ def main() -> None:
             f"{rate:.2f} | {rate / bare_rate:.2f} |"
         )
     print(f"| (a) bare loop, both: the baseline | {bare['images']} | {bare['seconds']:.1f} | {bare_rate:.2f} | 1.00 |")
-    for executor, m1, wall1, _, mx, wallx, _, steady in rows:
-        whole1 = wall1 + m1["startup"]["ray_start_seconds"]
+    for executor, m1, busy1, _, mx, busyx, _, steady in rows:
+        whole1 = busy1 + m1["startup"]["ray_start_seconds"]
         label = "(b) dpiqa score, in this process" if executor == "local" else "(c) dpiqa score, on a local Ray"
         print(
-            f"| {label}, steady state ({mx['rows']} - {m1['rows']} images in {wallx:.1f} - {wall1:.1f} s "
+            f"| {label}, steady state ({mx['rows']} - {m1['rows']} images in {busyx:.1f} - {busy1:.1f} s "
             "without Ray's start) | "
-            f"{mx['rows'] - m1['rows']} | {wallx - wall1:.1f} | {steady:.2f} | {steady / bare_rate:.2f} |"
+            f"{mx['rows'] - m1['rows']} | {busyx - busy1:.1f} | {steady:.2f} | {steady / bare_rate:.2f} |"
         )
         print(
             f"| {label}, whole command incl. start-up | {m1['rows']} | {whole1:.1f} | {m1['rows'] / whole1:.2f} | "

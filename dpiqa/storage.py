@@ -390,14 +390,13 @@ def list_s3_keys(fs: Any, folder: str, threads: int = 16, page_size: int = 1000,
     (`0000000.tar`, ...) is still listed many ranges at once, up to `threads` requests in flight. A range goes
     on page after page instead of splitting when its next character is a control or non-ASCII character, or
     when `threads` ranges are already in flight (a split costs up to 97 requests, most of them answered
-    empty). A folder of up to `page_size` keys (most outputs'
-    folders, small inputs) is one request. Why by hand: fsspec lists a prefix page after page in one loop.
+    empty). A folder of up to `page_size` keys (most outputs' folders, small inputs) is one request. Why by
+    hand: fsspec lists a prefix page after page in one loop.
     """
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     bucket, _, key = folder.partition("/")
     base = key.rstrip("/") + "/" if key else ""
-    many = _listing_fs(fs)  # for the ranges: its session (loaded on first use) leaves timestamps unparsed
     in_flight = 1
 
     def page(client: Any, prefix: str, start_after: str | None, token: str | None) -> dict:
@@ -432,6 +431,7 @@ def list_s3_keys(fs: Any, folder: str, threads: int = 16, page_size: int = 1000,
     keys, todo = one_page(fs, (base, None, None, SPLIT_AFTER_PAGES))  # the folder splits at its first page
     parts = [keys]
     if todo:
+        many = _listing_fs(fs)  # for the ranges: its session leaves timestamps unparsed
         with ThreadPoolExecutor(threads) as pool:
             running = {pool.submit(one_page, many, rng) for rng in todo}
             while running:

@@ -102,7 +102,7 @@ def list_shards(spec: str, storage_options: dict | None = None, skip_missing: bo
         root = _fixed_folder(spec, spec.index("{"), storage_options)
     elif _magic(path):
         urls = _glob(spec, storage_options)
-        root = _fixed_folder(spec, min(spec.index(c) for c in "*?[" if c in spec), storage_options)
+        root = _fixed_folder(spec, _first_magic(spec), storage_options)
         if not urls:
             raise ValueError(f"{spec}: the pattern matches no tar shard")
     else:
@@ -214,8 +214,16 @@ def _find_local(folder: str) -> tuple[list[str], list[str]]:
     return sorted(files), sorted(unreadable)
 
 
+GLOB_CHARS = "*?["
+
+
 def _magic(path: str) -> bool:
-    return any(ch in path for ch in "*?[")
+    return any(ch in path for ch in GLOB_CHARS)
+
+
+def _first_magic(path: str) -> int:
+    """Where a glob's pattern starts: the first of its special characters."""
+    return min(path.index(ch) for ch in GLOB_CHARS if ch in path)
 
 
 def _glob(spec: str, storage_options: dict | None) -> list[str]:
@@ -224,8 +232,7 @@ def _glob(spec: str, storage_options: dict | None) -> list[str]:
     list them page after page and keep every entry in s3fs's cache."""
     fs, path = get_fs(spec, storage_options)
     if is_s3(fs):
-        cut = min(path.index(c) for c in "*?[" if c in path)
-        folder = path[:cut].rsplit("/", 1)[0]
+        folder = path[: _first_magic(path)].rsplit("/", 1)[0]
         match = re.compile(glob_translate(path)).match
         return [to_url(fs, k) for k in list_s3_keys(fs, folder) if is_shard_name(k) and match(k)]
     return [to_url(fs, p) for p in fs.glob(path) if is_shard_name(p) and not fs.isdir(p)]
