@@ -10,8 +10,10 @@ The engine's steady-state rate is measured by difference: each executor scores t
 copies of it, and (extra images) / (extra seconds) cancels start-up (imports, Ray's start, the model's
 load); each run's own Ray start (`startup.ray_start_seconds` in its manifest, 4-20 s on a busy 2-core
 machine) is taken out of its seconds first, so that its spread between the two runs does not land in the
-difference. The bare loop runs before and after the engine's runs; its mean is the baseline, and both are
-printed, so the machine's drift over the run is visible. It prints the rates, the ratios to (a), the peak
+difference. The bare loop runs before, between and after the two executors' runs, and each executor is
+measured against the mean of the two bare loops beside it (a shared VM's speed drifts by 10-20 % over the
+minutes of a run: a baseline taken next to each executor follows the drift); every bare loop is printed, so
+the drift is visible. It prints the rates, the ratios to (a), the peak
 memory of the whole process tree (the driver and every Ray process) on both corpora, whose ratio must stay
 near 1 (memory must not grow with the corpus), and the machine.
 
@@ -153,6 +155,11 @@ def engine_run(
     return json.loads((output / "manifest.json").read_text()), wall, mem
 
 
+def _rate(*loops: dict) -> float:
+    """Images per second over several bare loops taken together."""
+    return sum(b["images"] for b in loops) / sum(b["seconds"] for b in loops)
+
+
 def _env(threads: int) -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": str(threads)}
 
@@ -190,7 +197,7 @@ def main() -> None:
         f"{args.shards} shards; batch {args.batch_size}; {args.threads} torch threads"
     )
 
-    before = bare_loop(model, shards, args.threads, args.batch_size)
+    loops = [("before the engine's runs", bare_loop(model, shards, args.threads, args.batch_size))]
 
     big = work / "corpus-x"
     big.mkdir(exist_ok=True)
@@ -208,41 +215,40 @@ def main() -> None:
         mx, wallx, peakx = engine_run(
             model, big, work / f"out-{executor}-{args.scale}x", args.threads, args.batch_size, executor
         )
+        loops.append((f"after the {executor} runs", bare_loop(model, shards, args.threads, args.batch_size)))
         busy1, busyx = wall1 - m1["startup"]["ray_start_seconds"], wallx - mx["startup"]["ray_start_seconds"]
         steady = (mx["rows"] - m1["rows"]) / max(busyx - busy1, 1e-9)
-        rows.append((executor, m1, busy1, peak1, mx, busyx, peakx, steady))
-    after = bare_loop(model, shards, args.threads, args.batch_size)
-    bare = {"images": before["images"] + after["images"], "seconds": before["seconds"] + after["seconds"]}
-    bare_rate = bare["images"] / bare["seconds"]
+        beside = _rate(loops[-2][1], loops[-1][1])  # the bare loops just before and just after this executor
+        rows.append((executor, m1, busy1, peak1, mx, busyx, peakx, steady, beside))
+    bare_rate = _rate(*(b for _, b in loops))
 
     print()
-    print("| run | images | seconds | img/s | / bare loop |")
+    print("| run | images | seconds | img/s | / its baseline |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    for when, b in (("before the engine's runs", before), ("after them", after)):
-        rate = b["images"] / b["seconds"]
+    for when, b in loops:
         print(
             f"| (a) bare loop, one process (after the model's load), {when} | {b['images']} | {b['seconds']:.1f} | "
-            f"{rate:.2f} | {rate / bare_rate:.2f} |"
+            f"{b['images'] / b['seconds']:.2f} | {b['images'] / b['seconds'] / bare_rate:.2f} (of all three) |"
         )
-    print(f"| (a) bare loop, both: the baseline | {bare['images']} | {bare['seconds']:.1f} | {bare_rate:.2f} | 1.00 |")
-    for executor, m1, busy1, _, mx, busyx, _, steady in rows:
+    print(f"| (a) bare loop, all three | | | {bare_rate:.2f} | 1.00 |")
+    for executor, m1, busy1, _, mx, busyx, _, steady, beside in rows:
         whole1 = busy1 + m1["startup"]["ray_start_seconds"]
         label = "(b) dpiqa score, in this process" if executor == "local" else "(c) dpiqa score, on a local Ray"
         print(
             f"| {label}, steady state ({mx['rows']} - {m1['rows']} images in {busyx:.1f} - {busy1:.1f} s "
-            "without Ray's start) | "
-            f"{mx['rows'] - m1['rows']} | {busyx - busy1:.1f} | {steady:.2f} | {steady / bare_rate:.2f} |"
+            f"without Ray's start), against the bare loops beside it ({beside:.2f} img/s) | "
+            f"{mx['rows'] - m1['rows']} | {busyx - busy1:.1f} | {steady:.2f} | **{steady / beside:.2f}** |"
         )
         print(
             f"| {label}, whole command incl. start-up | {m1['rows']} | {whole1:.1f} | {m1['rows'] / whole1:.2f} | "
-            f"{m1['rows'] / whole1 / bare_rate:.2f} |"
+            f"{m1['rows'] / whole1 / beside:.2f} |"
         )
     print()
     print(
         "| executor | corpus | images | peak PSS of driver + Ray processes (MiB) | processes then | peak summed RSS (MiB) |"
     )
     print("| --- | --- | ---: | ---: | ---: | ---: |")
-    for executor, m1, _, peak1, mx, _, peakx, _ in rows:
+    for executor, m1, _, peak1, mx, _, peakx, _, _ in rows:
         for name, m, mem in (("1x", m1, peak1), (f"{args.scale}x", mx, peakx)):
             print(f"| {executor} | {name} | {m['rows']} | {mem.peak_pss:.0f} | {mem.processes} | {mem.peak:.0f} |")
         print(
