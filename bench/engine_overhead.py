@@ -7,15 +7,19 @@ The same model on the same images, three ways, in the same run:
       size): a shard per unit, read and decoded on threads while the model scores, Parquet, markers;
   (c) `dpiqa score --executor ray`: the same units on a scoring actor of a local Ray.
 The engine's steady-state rate is measured by difference: each executor scores the corpus and `--scale`
-copies of it, and (extra images) / (extra seconds) cancels start-up (imports, Ray's start, the model's
-load); each run's own Ray start (`startup.ray_start_seconds` in its manifest, 4-20 s on a busy 2-core
-machine) is taken out of its seconds first, so that its spread between the two runs does not land in the
-difference. The bare loop runs before, between and after the two executors' runs, and each executor is
+copies of it, and (extra images) / (extra seconds) is the rate. The seconds of a run are those from its first
+shard's commit to its last (the modification times of the completion markers in `_done/`, written when each
+shard is committed): start-up (imports, Ray's start, the scoring actor's start, the model's load: together
+10-30 s, varying by seconds on a busy 2-core machine) and the end (the manifest, Ray's shutdown) fall outside
+that span, and what is done before the first commit (the first shards in flight) is the same work in both
+runs, so it cancels in the difference. Until 2026-12-08 the seconds were the whole command's less Ray's start,
+and the actor's start and model load varied by more than the gap being measured. The bare loop runs before, between and after the two executors' runs, and each executor is
 measured against the mean of the two bare loops beside it (a shared VM's speed drifts by 10-20 % over the
 minutes of a run: a baseline taken next to each executor follows the drift); every bare loop is printed, so
 the drift is visible. It prints the rates, the ratios to (a), the peak
 memory of the whole process tree (the driver and every Ray process) on both corpora, whose ratio must stay
-near 1 (memory must not grow with the corpus), and the machine.
+near 1 (memory must not grow with the corpus), the same within the larger run (its peak against its peak
+until the first corpus-worth of shards was committed), and the machine.
 
 The model is a DP-IQA student whose compute dominates on a CPU (default: EfficientNet-B0 backbone at
 the paper's 512x512 input, random weights, saved and loaded as a checkpoint); the images are
@@ -155,6 +159,19 @@ def engine_run(
     return json.loads((output / "manifest.json").read_text()), wall, mem
 
 
+def commit_times(output: Path) -> list[float]:
+    """When each shard of a run was committed (its completion marker's modification time), in order."""
+    return sorted(p.stat().st_mtime for p in (output / "_done").iterdir())
+
+
+def commit_span(output: Path) -> float:
+    """Seconds from a run's first shard commit to its last."""
+    times = commit_times(output)
+    if len(times) < 2:
+        raise RuntimeError(f"{output}: fewer than two committed shards; use more --shards")
+    return times[-1] - times[0]
+
+
 def _rate(*loops: dict) -> float:
     """Images per second over several bare loops taken together."""
     return sum(b["images"] for b in loops) / sum(b["seconds"] for b in loops)
@@ -216,10 +233,11 @@ def main() -> None:
             model, big, work / f"out-{executor}-{args.scale}x", args.threads, args.batch_size, executor
         )
         loops.append((f"after the {executor} runs", bare_loop(model, shards, args.threads, args.batch_size)))
-        busy1, busyx = wall1 - m1["startup"]["ray_start_seconds"], wallx - mx["startup"]["ray_start_seconds"]
+        busy1, busyx = commit_span(work / f"out-{executor}-1x"), commit_span(work / f"out-{executor}-{args.scale}x")
         steady = (mx["rows"] - m1["rows"]) / max(busyx - busy1, 1e-9)
+        whole = wall1
         beside = _rate(loops[-2][1], loops[-1][1])  # the bare loops just before and just after this executor
-        rows.append((executor, m1, busy1, peak1, mx, busyx, peakx, steady, beside))
+        rows.append((executor, m1, busy1, peak1, mx, busyx, peakx, steady, beside, whole))
     bare_rate = _rate(*(b for _, b in loops))
 
     print()
@@ -231,12 +249,11 @@ def main() -> None:
             f"{b['images'] / b['seconds']:.2f} | {b['images'] / b['seconds'] / bare_rate:.2f} (of all three) |"
         )
     print(f"| (a) bare loop, all three | | | {bare_rate:.2f} | 1.00 |")
-    for executor, m1, busy1, _, mx, busyx, _, steady, beside in rows:
-        whole1 = busy1 + m1["startup"]["ray_start_seconds"]
+    for executor, m1, busy1, _, mx, busyx, _, steady, beside, whole1 in rows:
         label = "(b) dpiqa score, in this process" if executor == "local" else "(c) dpiqa score, on a local Ray"
         print(
             f"| {label}, steady state ({mx['rows']} - {m1['rows']} images in {busyx:.1f} - {busy1:.1f} s "
-            f"without Ray's start), against the bare loops beside it ({beside:.2f} img/s) | "
+            f"from the first shard's commit to the last), against the bare loops beside it ({beside:.2f} img/s) | "
             f"{mx['rows'] - m1['rows']} | {busyx - busy1:.1f} | {steady:.2f} | **{steady / beside:.2f}** |"
         )
         print(
@@ -248,13 +265,26 @@ def main() -> None:
         "| executor | corpus | images | peak PSS of driver + Ray processes (MiB) | processes then | peak summed RSS (MiB) |"
     )
     print("| --- | --- | ---: | ---: | ---: | ---: |")
-    for executor, m1, _, peak1, mx, _, peakx, _, _ in rows:
+    for executor, m1, _, peak1, mx, _, peakx, _, _, _ in rows:
         for name, m, mem in (("1x", m1, peak1), (f"{args.scale}x", mx, peakx)):
             print(f"| {executor} | {name} | {m['rows']} | {mem.peak_pss:.0f} | {mem.processes} | {mem.peak:.0f} |")
         print(
             f"| {executor} | {args.scale}x / 1x | | {peakx.peak_pss / peak1.peak_pss:.3f} | | "
             f"{peakx.peak / peak1.peak:.3f} |"
         )
+    print()
+    print(
+        f"Within the {args.scale}x run (one process's memory against itself, free of the run-to-run spread of the "
+        "early peak): the peak summed RSS of the whole run against the peak until the first 1x of its shards "
+        "was committed."
+    )
+    print()
+    print("| executor | peak until 1x committed (MiB) | peak of the whole run (MiB) | whole / 1x |")
+    print("| --- | ---: | ---: | ---: |")
+    for executor, _, _, _, _, _, peakx, _, _, _ in rows:
+        times = commit_times(work / f"out-{executor}-{args.scale}x")
+        early = peakx.peak_until(times[len(times) // args.scale - 1])
+        print(f"| {executor} | {early:.0f} | {peakx.peak:.0f} | {peakx.peak / early:.3f} |")
     print()
     print("goals: steady state >= 0.9 of the bare loop; peak memory ratio within 1.10")
 
