@@ -14,7 +14,7 @@ shard is committed): start-up (imports, Ray's start, the scoring actor's start, 
 that span, and what is done before the first commit (the first shards in flight) is the same work in both
 runs, so it cancels in the difference. Until 2026-12-08 the seconds were the whole command's less Ray's start,
 and the actor's start and model load varied by more than the gap being measured. The bare loop runs before, between and after the two executors' runs, and each executor is
-measured against the mean of the two bare loops beside it (a shared VM's speed drifts by 10-20 % over the
+measured against the mean of the two bare loops beside it (a shared VM's speed drifts by 10-26 % over the
 minutes of a run: a baseline taken next to each executor follows the drift); every bare loop is printed, so
 the drift is visible. It prints the rates, the ratios to (a), the peak
 memory of the whole process tree (the driver and every Ray process) on both corpora, whose ratio must stay
