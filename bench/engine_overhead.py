@@ -6,20 +6,20 @@ The same model on the same images, three ways, in the same run:
   (b) `dpiqa score --executor local`: the engine in one process (the `auto` choice for a corpus this
       size): a shard per unit, read and decoded on threads while the model scores, Parquet, markers;
   (c) `dpiqa score --executor ray`: the same units on a scoring actor of a local Ray.
-The engine's steady-state rate is measured by difference: each executor scores the corpus and `--scale`
-copies of it, and (extra images) / (extra seconds) is the rate. The seconds of a run are those from its first
-shard's commit to its last (the modification times of the completion markers in `_done/`, written when each
-shard is committed): start-up (imports, Ray's start, the scoring actor's start, the model's load: together
-10-30 s, varying by seconds on a busy 2-core machine) and the end (the manifest, Ray's shutdown) fall outside
-that span, and what is done before the first commit (the first shards in flight) is the same work in both
-runs, so it cancels in the difference. Until 2026-12-08 the seconds were the whole command's less Ray's start,
-and the actor's start and model load varied by more than the gap being measured. The bare loop runs before, between and after the two executors' runs, and each executor is
-measured against the mean of the two bare loops beside it (a shared VM's speed drifts by 10-26 % over the
-minutes of a run: a baseline taken next to each executor follows the drift); every bare loop is printed, so
-the drift is visible. It prints the rates, the ratios to (a), the peak
-memory of the whole process tree (the driver and every Ray process) on both corpora, whose ratio must stay
-near 1 (memory must not grow with the corpus), the same within the larger run (its peak against its peak
-until the first corpus-worth of shards was committed), and the machine.
+The engine's steady-state rate is measured by difference: each executor scores the corpus and `--scale` copies
+of it, and (extra images) / (extra seconds) is the rate. The seconds of a run are those from its first shard's
+commit to its last (the modification times of the completion markers in `_done/`, written when each shard is
+committed): start-up (imports, Ray's start, the scoring actor's start, the model's load: together 10-30 s,
+varying by seconds on a busy 2-core machine) and the end (the manifest, Ray's shutdown) fall outside that
+span, and what is done before the first commit (the first shards in flight) is the same work in both runs, so
+it cancels in the difference. Until 2026-12-08 the seconds were the whole command's less Ray's start, and the
+actor's start and model load varied by more than the gap being measured. The bare loop runs before, between
+and after the two executors' runs, and each executor is measured against the mean of the two bare loops beside
+it (a shared VM's speed drifts by 10-26 % over the minutes of a run: a baseline taken next to each executor
+follows the drift); every bare loop is printed, so the drift is visible. It prints the rates, the ratios to
+(a), the peak memory of the whole process tree (the driver and every Ray process) on both corpora, whose ratio
+must stay near 1 (memory must not grow with the corpus), the same within the larger run (its peak against its
+peak until the first corpus-worth of shards was committed), and the machine.
 
 The model is a DP-IQA student whose compute dominates on a CPU (default: EfficientNet-B0 backbone at
 the paper's 512x512 input, random weights, saved and loaded as a checkpoint); the images are
