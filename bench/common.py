@@ -36,7 +36,6 @@ class TreePeakRSS:
     def __init__(self, pid: int, interval: float = 0.1, pss_interval: float = 2.0) -> None:
         self.root = psutil.Process(pid)
         self.interval, self.pss_interval = interval, pss_interval
-        self.peak = 0.0
         self.peak_pss = 0.0
         self.processes = 0
         self.trace: list[tuple[float, float]] = []
@@ -64,11 +63,15 @@ class TreePeakRSS:
                         rss += p.memory_info().rss
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
-            self.peak = max(self.peak, rss / 2**20)
             self.trace.append((time.time(), rss / 2**20))
             if with_pss and pss / 2**20 > self.peak_pss:
                 self.peak_pss, self.processes = pss / 2**20, len(procs)
             time.sleep(self.interval)
+
+    @property
+    def peak(self) -> float:
+        """The peak summed RSS (MiB) of every sample."""
+        return max((rss for _, rss in self.trace), default=0.0)
 
     def peak_until(self, when: float) -> float:
         """The peak summed RSS (MiB) of the samples taken up to `when` (a `time.time()`)."""

@@ -38,6 +38,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -123,10 +124,28 @@ def bare_loop(model: str, shards: list[Path], threads: int, batch: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def engine_run(
-    model: str, shards: Path, output: Path, threads: int, batch: int, executor: str
-) -> tuple[dict, float, float]:
-    """`dpiqa score --executor EXECUTOR`; returns (manifest, wall seconds, the process tree's memory peaks)."""
+@dataclass
+class EngineRun:
+    """One `dpiqa score` run: its manifest, wall seconds, the process tree's memory (`TreePeakRSS`) and when each
+    shard was committed (its completion marker's modification time), in order."""
+
+    manifest: dict
+    wall: float
+    mem: TreePeakRSS
+    commits: list[float]
+
+    @property
+    def rows(self) -> int:
+        return self.manifest["rows"]
+
+    @property
+    def span(self) -> float:
+        """Seconds from the run's first shard commit to its last."""
+        return self.commits[-1] - self.commits[0]
+
+
+def engine_run(model: str, shards: Path, output: Path, threads: int, batch: int, executor: str) -> EngineRun:
+    """`dpiqa score --executor EXECUTOR` into `output`."""
     cmd = [
         sys.executable,
         "-m",
@@ -156,20 +175,10 @@ def engine_run(
     wall = time.monotonic() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"dpiqa score failed:\n{log[-3000:]}")
-    return json.loads((output / "manifest.json").read_text()), wall, mem
-
-
-def commit_times(output: Path) -> list[float]:
-    """When each shard of a run was committed (its completion marker's modification time), in order."""
-    return sorted(p.stat().st_mtime for p in (output / "_done").iterdir())
-
-
-def commit_span(output: Path) -> float:
-    """Seconds from a run's first shard commit to its last."""
-    times = commit_times(output)
-    if len(times) < 2:
+    commits = sorted(p.stat().st_mtime for p in (output / "_done").iterdir())
+    if len(commits) < 2:
         raise RuntimeError(f"{output}: fewer than two committed shards; use more --shards")
-    return times[-1] - times[0]
+    return EngineRun(json.loads((output / "manifest.json").read_text()), wall, mem, commits)
 
 
 def _rate(*loops: dict) -> float:
@@ -224,20 +233,15 @@ def main() -> None:
             if not target.exists():
                 os.link(path, target)
 
-    rows = []
+    runs = []  # (executor, the 1x run, the larger run, the rate of the bare loops beside them)
     for executor in ("local", "ray"):
-        m1, wall1, peak1 = engine_run(
-            model, corpus, work / f"out-{executor}-1x", args.threads, args.batch_size, executor
-        )
-        mx, wallx, peakx = engine_run(
+        one = engine_run(model, corpus, work / f"out-{executor}-1x", args.threads, args.batch_size, executor)
+        big_run = engine_run(
             model, big, work / f"out-{executor}-{args.scale}x", args.threads, args.batch_size, executor
         )
         loops.append((f"after the {executor} runs", bare_loop(model, shards, args.threads, args.batch_size)))
-        busy1, busyx = commit_span(work / f"out-{executor}-1x"), commit_span(work / f"out-{executor}-{args.scale}x")
-        steady = (mx["rows"] - m1["rows"]) / max(busyx - busy1, 1e-9)
-        whole = wall1
         beside = _rate(loops[-2][1], loops[-1][1])  # the bare loops just before and just after this executor
-        rows.append((executor, m1, busy1, peak1, mx, busyx, peakx, steady, beside, whole))
+        runs.append((executor, one, big_run, beside))
     bare_rate = _rate(*(b for _, b in loops))
 
     print()
@@ -249,28 +253,31 @@ def main() -> None:
             f"{b['images'] / b['seconds']:.2f} | {b['images'] / b['seconds'] / bare_rate:.2f} (of all three) |"
         )
     print(f"| (a) bare loop, all three | | | {bare_rate:.2f} | 1.00 |")
-    for executor, m1, busy1, _, mx, busyx, _, steady, beside, whole1 in rows:
+    for executor, one, big_run, beside in runs:
         label = "(b) dpiqa score, in this process" if executor == "local" else "(c) dpiqa score, on a local Ray"
+        extra, seconds = big_run.rows - one.rows, big_run.span - one.span
+        steady = extra / max(seconds, 1e-9)
         print(
-            f"| {label}, steady state ({mx['rows']} - {m1['rows']} images in {busyx:.1f} - {busy1:.1f} s "
+            f"| {label}, steady state ({big_run.rows} - {one.rows} images in {big_run.span:.1f} - {one.span:.1f} s "
             f"from the first shard's commit to the last), against the bare loops beside it ({beside:.2f} img/s) | "
-            f"{mx['rows'] - m1['rows']} | {busyx - busy1:.1f} | {steady:.2f} | **{steady / beside:.2f}** |"
+            f"{extra} | {seconds:.1f} | {steady:.2f} | **{steady / beside:.2f}** |"
         )
         print(
-            f"| {label}, whole command incl. start-up | {m1['rows']} | {whole1:.1f} | {m1['rows'] / whole1:.2f} | "
-            f"{m1['rows'] / whole1 / beside:.2f} |"
+            f"| {label}, whole command incl. start-up | {one.rows} | {one.wall:.1f} | {one.rows / one.wall:.2f} | "
+            f"{one.rows / one.wall / beside:.2f} |"
         )
     print()
     print(
         "| executor | corpus | images | peak PSS of driver + Ray processes (MiB) | processes then | peak summed RSS (MiB) |"
     )
     print("| --- | --- | ---: | ---: | ---: | ---: |")
-    for executor, m1, _, peak1, mx, _, peakx, _, _, _ in rows:
-        for name, m, mem in (("1x", m1, peak1), (f"{args.scale}x", mx, peakx)):
-            print(f"| {executor} | {name} | {m['rows']} | {mem.peak_pss:.0f} | {mem.processes} | {mem.peak:.0f} |")
+    for executor, one, big_run, _ in runs:
+        for name, run in (("1x", one), (f"{args.scale}x", big_run)):
+            mem = run.mem
+            print(f"| {executor} | {name} | {run.rows} | {mem.peak_pss:.0f} | {mem.processes} | {mem.peak:.0f} |")
         print(
-            f"| {executor} | {args.scale}x / 1x | | {peakx.peak_pss / peak1.peak_pss:.3f} | | "
-            f"{peakx.peak / peak1.peak:.3f} |"
+            f"| {executor} | {args.scale}x / 1x | | {big_run.mem.peak_pss / one.mem.peak_pss:.3f} | | "
+            f"{big_run.mem.peak / one.mem.peak:.3f} |"
         )
     print()
     print(
@@ -281,10 +288,9 @@ def main() -> None:
     print()
     print("| executor | peak until 1x committed (MiB) | peak of the whole run (MiB) | whole / 1x |")
     print("| --- | ---: | ---: | ---: |")
-    for executor, _, _, _, _, _, peakx, _, _, _ in rows:
-        times = commit_times(work / f"out-{executor}-{args.scale}x")
-        early = peakx.peak_until(times[len(times) // args.scale - 1])
-        print(f"| {executor} | {early:.0f} | {peakx.peak:.0f} | {peakx.peak / early:.3f} |")
+    for executor, _, big_run, _ in runs:
+        early = big_run.mem.peak_until(big_run.commits[len(big_run.commits) // args.scale - 1])
+        print(f"| {executor} | {early:.0f} | {big_run.mem.peak:.0f} | {big_run.mem.peak / early:.3f} |")
     print()
     print("goals: steady state >= 0.9 of the bare loop; peak memory ratio within 1.10")
 
