@@ -24,6 +24,8 @@ import csv
 import sys
 from pathlib import Path
 
+from dpiqa.engine.datasets.table import resolve_path
+
 BATCH = 32
 
 
@@ -63,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"{args.labels}: no MOS for {len(unknown)} sources of distorted rows (first: {unknown[0]})")
 
-    here = args.table.parent
-    paths = [r["path"] if Path(r["path"]).is_absolute() else str(here / r["path"]) for r in distorted]
+    # the table's own rule for its paths (relative to its folder; absolute or a URL as is)
+    paths = [resolve_path(r["path"], str(args.table.parent)) for r in distorted]
     row_scores = score_paths(args.model, paths + [labels[g][0] for g in sources])
     source_scores = dict(zip(sources, row_scores[len(paths) :], strict=True))
     for row, score in zip(distorted, row_scores, strict=False):
